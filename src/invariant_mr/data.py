@@ -1,0 +1,240 @@
+"""The multi-environment individual-level data container.
+
+`MRData` is immutable: every array is copied on construction and marked
+read-only, so a result computed from it can never be invalidated later.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Hashable, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+#: Smallest per-environment sample size accepted by default. Below this,
+#: per-environment moments (and per-environment IV fits) are meaningless.
+MIN_SAMPLES_PER_ENV = 20
+
+
+def _as_float_vector(values, name: str, n: int | None) -> np.ndarray:
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise InputError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if n is not None and arr.shape[0] != n:
+        raise InputError(f"{name} has {arr.shape[0]} rows but the instruments have {n}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise InputError(f"{name} has {int(bad.sum())} NaN/inf value(s)")
+    return arr
+
+
+def _check_finite_matrix(mat: np.ndarray, what: str, names: Sequence[str]) -> None:
+    bad = ~np.isfinite(mat)
+    if bad.any():
+        counts = bad.sum(axis=0)
+        cols = [f"{names[j]} ({int(counts[j])})" for j in np.flatnonzero(counts)[:10]]
+        more = "" if (counts > 0).sum() <= 10 else f" and {(counts > 0).sum() - 10} more"
+        raise InputError(f"{what} contain NaN/inf values in column(s): {', '.join(cols)}{more}")
+
+
+def _readonly(arr: np.ndarray) -> np.ndarray:
+    arr = np.array(arr, copy=True)
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True)
+class MRData:
+    """Instruments, exposure, outcome and environment labels for n samples.
+
+    Parameters
+    ----------
+    Z : (n, p) array of instruments (e.g. genotype dosages).
+    exposure, outcome : (n,) arrays.
+    env : (n,) environment labels, any hashable values (strings, ints).
+    covariates : optional (n, q) exogenous controls (age, sex, PCs, ...).
+    sample_ids, instrument_names, covariate_names : optional labels.
+
+    Constant and duplicate instrument columns are dropped with a warning that
+    names them (`drop_degenerate=True`, the default) or raise `InputError`.
+    """
+
+    Z: np.ndarray
+    exposure: np.ndarray
+    outcome: np.ndarray
+    env: np.ndarray
+    covariates: np.ndarray | None = None
+    sample_ids: np.ndarray | None = None
+    instrument_names: tuple[str, ...] | None = None
+    covariate_names: tuple[str, ...] | None = None
+    min_samples_per_env: int = MIN_SAMPLES_PER_ENV
+    drop_degenerate: bool = True
+    dropped_instruments: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self):
+        Z = np.asarray(self.Z, dtype=float)
+        if Z.ndim == 1:
+            Z = Z[:, None]
+        if Z.ndim != 2:
+            raise InputError(f"instruments must be a 2-D matrix, got shape {Z.shape}")
+        n, p = Z.shape
+        if n == 0 or p == 0:
+            raise InputError(f"instrument matrix is empty (shape {Z.shape})")
+        names = (
+            tuple(str(s) for s in self.instrument_names)
+            if self.instrument_names is not None
+            else tuple(f"z{j + 1}" for j in range(p))
+        )
+        if len(names) != p:
+            raise InputError(f"{len(names)} instrument names given for {p} instrument columns")
+        if len(set(names)) != p:
+            raise InputError("instrument names are not unique")
+        _check_finite_matrix(Z, "instruments", names)
+        exposure = _as_float_vector(self.exposure, "exposure", n)
+        outcome = _as_float_vector(self.outcome, "outcome", n)
+
+        env = np.asarray(self.env, dtype=object)
+        if env.ndim != 1 or env.shape[0] != n:
+            raise InputError(f"environment labels have shape {env.shape}, expected ({n},)")
+        if any(e is None or (isinstance(e, float) and np.isnan(e)) for e in env):
+            raise InputError("environment labels contain missing values")
+        levels, counts = np.unique(env.astype(str), return_counts=True)
+        if len(levels) < 2:
+            raise InputError(
+                f"need at least 2 environments, found {len(levels)} ({', '.join(levels)})"
+            )
+        small = [f"{lv} (n={c})" for lv, c in zip(levels, counts) if c < self.min_samples_per_env]
+        if small:
+            raise InputError(
+                f"environment(s) with fewer than {self.min_samples_per_env} samples: "
+                + ", ".join(small)
+            )
+
+        cov = self.covariates
+        cov_names = self.covariate_names
+        if cov is not None:
+            cov = np.asarray(cov, dtype=float)
+            if cov.ndim == 1:
+                cov = cov[:, None]
+            if cov.shape[0] != n:
+                raise InputError(f"covariates have {cov.shape[0]} rows but the instruments have {n}")
+            cov_names = (
+                tuple(str(s) for s in cov_names)
+                if cov_names is not None
+                else tuple(f"c{j + 1}" for j in range(cov.shape[1]))
+            )
+            if len(cov_names) != cov.shape[1]:
+                raise InputError(f"{len(cov_names)} covariate names for {cov.shape[1]} columns")
+            _check_finite_matrix(cov, "covariates", cov_names)
+
+        ids = self.sample_ids
+        if ids is not None:
+            ids = np.asarray(ids, dtype=object)
+            if ids.shape != (n,):
+                raise InputError(f"sample_ids have shape {ids.shape}, expected ({n},)")
+
+        keep, dropped = _degenerate_columns(Z, names)
+        if dropped:
+            msg = "dropped constant or duplicate instrument column(s): " + ", ".join(dropped[:20])
+            if len(dropped) > 20:
+                msg += f" and {len(dropped) - 20} more"
+            if not self.drop_degenerate:
+                raise InputError(msg.replace("dropped", "found"))
+            if len(keep) == 0:
+                raise InputError("every instrument column is constant")
+            warnings.warn(msg, UserWarning, stacklevel=3)
+            Z = Z[:, keep]
+            names = tuple(names[j] for j in keep)
+
+        object.__setattr__(self, "Z", _readonly(Z))
+        object.__setattr__(self, "exposure", _readonly(exposure))
+        object.__setattr__(self, "outcome", _readonly(outcome))
+        object.__setattr__(self, "env", _readonly(env))
+        object.__setattr__(self, "covariates", None if cov is None else _readonly(cov))
+        object.__setattr__(self, "covariate_names", cov_names)
+        object.__setattr__(self, "sample_ids", None if ids is None else _readonly(ids))
+        object.__setattr__(self, "instrument_names", names)
+        object.__setattr__(self, "dropped_instruments", tuple(self.dropped_instruments) + tuple(dropped))
+
+    # ------------------------------------------------------------------ views
+    @property
+    def n(self) -> int:
+        return self.Z.shape[0]
+
+    @property
+    def p(self) -> int:
+        return self.Z.shape[1]
+
+    @property
+    def env_levels(self) -> tuple[Hashable, ...]:
+        """Environment labels in sorted (string) order: the order of `env_codes`."""
+        return tuple(sorted(set(self.env.tolist()), key=str))
+
+    @property
+    def env_codes(self) -> np.ndarray:
+        lookup = {lv: i for i, lv in enumerate(self.env_levels)}
+        return np.fromiter((lookup[e] for e in self.env), dtype=np.int64, count=self.n)
+
+    def env_dummies(self, drop_first: bool = True) -> np.ndarray:
+        """Environment indicator columns (the first level dropped by default)."""
+        codes = self.env_codes
+        k = len(self.env_levels)
+        dummies = (codes[:, None] == np.arange(k)[None, :]).astype(float)
+        return dummies[:, 1:] if drop_first else dummies
+
+    def subset(self, rows) -> "MRData":
+        """A new `MRData` on a subset of rows (boolean mask or indices)."""
+        rows = np.asarray(rows)
+        return replace(
+            self,
+            Z=self.Z[rows],
+            exposure=self.exposure[rows],
+            outcome=self.outcome[rows],
+            env=self.env[rows],
+            covariates=None if self.covariates is None else self.covariates[rows],
+            sample_ids=None if self.sample_ids is None else self.sample_ids[rows],
+            dropped_instruments=(),
+        )
+
+    def env_subset(self, level) -> "MRData":
+        """Rows of one environment. Environment checks do not apply to the result."""
+        mask = self.env == level
+        return _SingleEnvView(self, mask)
+
+
+class _SingleEnvView:
+    """Rows of a single environment, for per-environment estimation.
+
+    Not an `MRData`, because `MRData` requires at least two environments.
+    """
+
+    def __init__(self, data: MRData, mask: np.ndarray):
+        self.Z = data.Z[mask]
+        self.exposure = data.exposure[mask]
+        self.outcome = data.outcome[mask]
+        self.covariates = None if data.covariates is None else data.covariates[mask]
+        self.n = int(mask.sum())
+
+
+def _degenerate_columns(Z: np.ndarray, names: Sequence[str]) -> tuple[list[int], list[str]]:
+    """Indices of columns to keep, and names of constant or duplicate ones."""
+    const = np.ptp(Z, axis=0) == 0
+    keep: list[int] = []
+    dropped: list[str] = []
+    seen: dict[bytes, int] = {}
+    for j in range(Z.shape[1]):
+        if const[j]:
+            dropped.append(f"{names[j]} (constant)")
+            continue
+        key = np.ascontiguousarray(Z[:, j]).tobytes()
+        if key in seen:
+            dropped.append(f"{names[j]} (duplicate of {names[seen[key]]})")
+            continue
+        seen[key] = j
+        keep.append(j)
+    return keep, dropped

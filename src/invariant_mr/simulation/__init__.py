@@ -1,0 +1,5 @@
+"""Seeded data generators. Each returns the data together with the truth."""
+
+from .paper import PAPER_SETTINGS, SimulatedData, simulate_paper
+
+__all__ = ["PAPER_SETTINGS", "SimulatedData", "simulate_paper"]
