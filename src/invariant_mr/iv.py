@@ -31,6 +31,16 @@ def orthonormal_basis(M: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
     return Q[:, :rank]
 
 
+def independent_columns(M: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
+    """The columns of M that span its column space (redundant controls dropped, order kept)."""
+    if M.shape[1] == 0:
+        return M
+    _, R, piv = sla.qr(M, mode="economic", pivoting=True)
+    diag = np.abs(np.diag(R))
+    rank = int((diag > rtol * diag[0]).sum()) if diag.size and diag[0] > 0 else 0
+    return M[:, np.sort(piv[:rank])]
+
+
 def residualize(M: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """M minus its projection onto the span of the orthonormal `basis`."""
     if basis.shape[1] == 0:
@@ -100,7 +110,8 @@ def fit_kclass(
     if exog is not None:
         exog = np.asarray(exog, dtype=float)
         cols.append(exog.reshape(n, -1))
-    X1 = np.hstack(cols) if cols else np.empty((n, 0))
+    # Redundant controls (e.g. fold dummies inside one environment) are dropped, not fatal.
+    X1 = independent_columns(np.hstack(cols)) if cols else np.empty((n, 0))
     X = np.hstack([X1, d[:, None]])
 
     if kind == "ols" or instruments is None:

@@ -65,27 +65,63 @@ MethodFunction = Callable[[Any, MethodContext], MethodOutput]
 
 
 @dataclass(frozen=True)
+class MethodOption:
+    """A tunable of one or more methods. The CLI turns each into a flag `--name-with-dashes`.
+
+    Methods read it with `ctx.option(name, default)`; options with the same name
+    are shared between methods and must then have the same type and meaning.
+    `type` is a click-compatible type (int, float, str, bool or click.Choice).
+    """
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
     function: MethodFunction
     description: str
     needs_truth: bool = False
     default: bool = True
+    options: tuple[MethodOption, ...] = ()
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, *, description: str, default: bool = True, needs_truth: bool = False):
-    """Decorator: register `function` under `name` (unique)."""
+def register_method(
+    name: str,
+    *,
+    description: str,
+    default: bool = True,
+    needs_truth: bool = False,
+    options: tuple[MethodOption, ...] = (),
+):
+    """Decorator: register `function` under `name` (unique).
+
+    `default=False` keeps a method out of "all methods" (e.g. slow ones); it
+    still runs when named in `--methods`.
+    """
 
     def wrap(function: MethodFunction) -> MethodFunction:
         if name in _REGISTRY and _REGISTRY[name].function is not function:
             raise RuntimeError(f"method {name!r} registered twice")
-        _REGISTRY[name] = MethodSpec(name, function, description, needs_truth, default)
+        _REGISTRY[name] = MethodSpec(name, function, description, needs_truth, default, tuple(options))
         return function
 
     return wrap
+
+
+def all_method_options() -> dict[str, MethodOption]:
+    """Every option of every registered method, by name (first registration wins)."""
+    out: dict[str, MethodOption] = {}
+    for spec in registered_methods().values():
+        for opt in spec.options:
+            out.setdefault(opt.name, opt)
+    return out
 
 
 def registered_methods() -> dict[str, MethodSpec]:

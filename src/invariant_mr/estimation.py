@@ -1,0 +1,85 @@
+"""From instruments to `Estimate` rows: pooled (with environment fixed effects) and per environment."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from .data import MRData
+from .errors import InputError
+from .iv import KClassFit, fit_kclass
+from .registry import MethodContext
+from .results import Estimate
+
+
+def exogenous_controls(data: MRData, env_fixed_effects: bool, extra: np.ndarray | None = None) -> np.ndarray | None:
+    """Covariates, environment dummies and `extra` columns (the intercept is added by `fit_kclass`)."""
+    cols = []
+    if data.covariates is not None:
+        cols.append(data.covariates)
+    if env_fixed_effects:
+        cols.append(data.env_dummies(drop_first=True))
+    if extra is not None:
+        cols.append(np.asarray(extra, dtype=float).reshape(data.n, -1))
+    return np.hstack(cols) if cols else None
+
+
+def estimate_from_fit(
+    fit: KClassFit, method: str, scope: str, alpha: float, extra: Mapping[str, Any] | None = None
+) -> Estimate:
+    lo, hi = fit.ci(alpha)
+    return Estimate(
+        method=method,
+        scope=scope,
+        estimate=fit.estimate,
+        se=fit.se,
+        ci_low=lo,
+        ci_high=hi,
+        n=fit.n,
+        n_instruments=fit.n_instruments,
+        first_stage_f=fit.first_stage_f,
+        pvalue=fit.pvalue,
+        extra={"kappa": fit.kappa, "cov_type": fit.cov_type, **(extra or {})},
+    )
+
+
+def iv_estimates(
+    data: MRData,
+    instruments: np.ndarray | None,
+    ctx: MethodContext,
+    *,
+    method: str,
+    kappa="tsls",
+    env_fixed_effects: bool = True,
+    extra_controls: np.ndarray | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> list[Estimate]:
+    """The pooled estimate, then one per environment when `ctx.per_env`.
+
+    Per-environment fits use the intercept and covariates only (the fixed
+    effects are constant within an environment). An environment where the fit
+    cannot be computed (e.g. instruments constant there) is skipped rather
+    than failing the whole analysis; the reason is kept in `extra`.
+    """
+    controls = exogenous_controls(data, env_fixed_effects, extra_controls)
+    fit = fit_kclass(data.outcome, data.exposure, instruments, controls, kappa=kappa, cov_type=ctx.cov_type)
+    rows = [estimate_from_fit(fit, method, "pooled", ctx.alpha, extra)]
+    if not ctx.per_env:
+        return rows
+    codes = data.env_codes
+    for i, level in enumerate(data.env_levels):
+        mask = codes == i
+        ctrl = None if data.covariates is None else data.covariates[mask]
+        if extra_controls is not None:
+            ec = np.asarray(extra_controls, dtype=float).reshape(data.n, -1)[mask]
+            ctrl = ec if ctrl is None else np.hstack([ctrl, ec])
+        Zi = None if instruments is None else np.asarray(instruments).reshape(data.n, -1)[mask]
+        try:
+            fit_e = fit_kclass(
+                data.outcome[mask], data.exposure[mask], Zi, ctrl, kappa=kappa, cov_type=ctx.cov_type
+            )
+        except (InputError, np.linalg.LinAlgError):
+            continue
+        rows.append(estimate_from_fit(fit_e, method, f"env:{level}", ctx.alpha, extra))
+    return rows

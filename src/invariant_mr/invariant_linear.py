@@ -1,0 +1,320 @@
+"""Closed-form linear invariant instruments (METHOD.md section 5).
+
+With linear mixing, or polynomial mixing with an invertible weight matrix,
+every linear function of Z whose mean and covariance with Z are the same in
+all environments is a function of the exogenous block W alone. Those
+directions solve an eigenproblem built from per-environment moments, so they
+need no training and one pass over the data.
+
+Steps of `LinearInvariantInstruments.fit`:
+
+1. Per-environment counts, sums and cross-products (`EnvironmentMoments`).
+2. Signal subspace: eigenvectors of the total covariance whose eigenvalues
+   stand out of a noise bulk. Pure-noise directions are trivially invariant
+   but useless as instruments, so they are removed first. The rank rule finds
+   the largest set of trailing eigenvalues consistent with isotropic noise:
+   the largest of them stays below the Tracy-Widom 99% quantile of the
+   largest noise eigenvalue (Johnstone 2001), with the noise variance
+   estimated by their mean. A matrix without a noise bulk keeps every
+   direction.
+3. Whitening by the pooled within-environment covariance in that subspace,
+   so that every direction has unit within-environment variance.
+4. Invariance matrix M = sum_e w_e [m_e m_e' + (S_e - I)(S_e - I)], with m_e
+   the environment's whitened mean shift and S_e its whitened covariance;
+   a'Ma = 0 exactly when a'Z has the same mean and the same covariance with
+   every direction of Z in every environment. Its eigenvalues (ascending)
+   are the invariance spectrum.
+5. Number of components: sequential permutation test. For k = 1, 2, ... the
+   statistic T_k (sum of the k smallest eigenvalues) is compared with its
+   distribution when environment labels are permuted (every direction then
+   invariant); k grows while the test does not reject at level `alpha`.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable
+
+import numpy as np
+from scipy import stats
+
+from .crossfit import crossfit_estimates, crossfit_instruments
+from .data import MRData
+from .errors import InputError
+from .estimation import iv_estimates
+from .moments import EnvironmentMoments
+from .registry import MethodContext, MethodOption, MethodOutput, register_method
+from .results import Estimate
+
+#: Relative eigenvalue below which a direction of Z is numerically absent.
+_NUMERICAL_RANK_RTOL = 1e-10
+#: Tracy-Widom (beta = 1) 99% quantile.
+_TW1_Q99 = 2.0234
+
+
+def tracy_widom_edge(n: int, m: int, q: float = _TW1_Q99) -> float:
+    """Upper bound (mean + q SD, Johnstone 2001) of the largest eigenvalue of a
+    sample covariance of m independent unit-variance noise variables from n rows."""
+    a, b = np.sqrt(n - 0.5), np.sqrt(m - 0.5)
+    mu = (a + b) ** 2
+    sd = (a + b) * (1 / a + 1 / b) ** (1 / 3)
+    return (mu + q * sd) / n
+
+
+def signal_rank(eigenvalues_desc: np.ndarray, n: int) -> int:
+    """Number of eigenvalues above the noise bulk (see the module docstring)."""
+    lam = np.asarray(eigenvalues_desc, dtype=float)
+    if lam.size == 0 or lam[0] <= 0:
+        return 0
+    lam = lam[lam > _NUMERICAL_RANK_RTOL * lam[0]]
+    p = lam.size
+    for m in range(p, 1, -1):  # size of the candidate noise set, largest first
+        tail = lam[p - m :]
+        if tail[0] <= tail.mean() * tracy_widom_edge(n, m):
+            return p - m
+    return p
+
+
+def _sym_inv_sqrt(S: np.ndarray) -> np.ndarray:
+    vals, vecs = np.linalg.eigh(S)
+    return (vecs / np.sqrt(vals)) @ vecs.T
+
+
+def _invariance_matrix(means: np.ndarray, covs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """sum_e w_e [dm_e dm_e' + (S_e - S)(S_e - S)] for whitened per-env moments."""
+    pooled_mean = weights @ means
+    pooled_cov = np.tensordot(weights, covs, axes=1)
+    M = np.zeros_like(pooled_cov)
+    for w, m, S in zip(weights, means, covs):
+        dm = m - pooled_mean
+        dS = S - pooled_cov
+        M += w * (np.outer(dm, dm) + dS @ dS)
+    return (M + M.T) / 2
+
+
+def _whitened_moments(X: np.ndarray, codes: np.ndarray, n_envs: int):
+    mom = EnvironmentMoments.from_arrays(X, codes, n_envs)
+    return mom.means, mom.covariances, mom.weights
+
+
+class LinearInvariantInstruments:
+    """Closed-form invariant linear instruments: `fit(Z, env)` then `transform(Z)`.
+
+    Parameters
+    ----------
+    n_components : "auto" or int
+        Number of invariant directions; "auto" uses the permutation test.
+    signal_rank : "auto" or int
+        Dimension of the signal subspace; "auto" uses the Tracy-Widom rule.
+    standardize : bool
+        Scale columns to unit pooled variance first (the genetics convention:
+        every variant weighs the same).
+    alpha : float
+        Level of each sequential permutation test.
+    n_permutations : int
+    random_state : int, Generator or None
+
+    Attributes (after fit)
+    ----------------------
+    components_ : (p, k) projection; transform(Z) = ((Z - mean_) / scale_) @ components_
+    invariance_eigenvalues_ : the invariance spectrum (ascending), a diagnostic
+    signal_eigenvalues_ : total-covariance spectrum (descending) of the scaled Z
+    signal_rank_, n_components_, pvalues_ (per k), levels_
+    """
+
+    def __init__(
+        self,
+        n_components="auto",
+        signal_rank="auto",
+        standardize: bool = True,
+        alpha: float = 0.05,
+        n_permutations: int = 199,
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.signal_rank = signal_rank
+        self.standardize = standardize
+        self.alpha = alpha
+        self.n_permutations = n_permutations
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, Z, env, exposure=None) -> "LinearInvariantInstruments":
+        """Learn the invariant directions. `exposure` is accepted and ignored (no relevance step)."""
+        Z = np.asarray(Z)
+        if Z.ndim != 2:
+            raise InputError(f"Z must be a 2-D matrix, got shape {Z.shape}")
+        env = np.asarray(env, dtype=object)
+        if env.shape[0] != Z.shape[0]:
+            raise InputError(f"env has {env.shape[0]} labels for {Z.shape[0]} rows of Z")
+        levels = tuple(sorted(set(env.tolist()), key=str))
+        if len(levels) < 2:
+            raise InputError("the invariant method needs at least 2 environments")
+        if not 0 < self.alpha < 1:
+            raise InputError(f"alpha must be in (0, 1), got {self.alpha}")
+        lookup: dict[Hashable, int] = {lv: i for i, lv in enumerate(levels)}
+        codes = np.fromiter((lookup[e] for e in env), dtype=np.int64, count=env.shape[0])
+        rng = np.random.default_rng(self.random_state) if not isinstance(
+            self.random_state, np.random.Generator
+        ) else self.random_state
+
+        # A rough shift (the first row) keeps the uncentred cross-products well conditioned.
+        moments = EnvironmentMoments.from_arrays(Z, codes, len(levels), shift=np.asarray(Z[0], dtype=float))
+        self.mean_ = moments.pooled_mean + np.asarray(Z[0], dtype=float)
+        total = moments.total_covariance
+        scale = np.sqrt(np.clip(np.diag(total), 0, None)) if self.standardize else np.ones(total.shape[0])
+        scale[scale == 0] = 1.0
+        self.scale_ = scale
+        total = total / np.outer(scale, scale)
+        within = moments.within_covariance / np.outer(scale, scale)
+
+        evals, evecs = np.linalg.eigh(total)
+        order = np.argsort(evals)[::-1]
+        evals, evecs = evals[order], evecs[:, order]
+        self.signal_eigenvalues_ = evals
+        rank = signal_rank(evals, moments.n) if self.signal_rank == "auto" else int(self.signal_rank)
+        if not 1 <= rank <= evals.size:
+            raise InputError(f"signal_rank must be between 1 and {evals.size}, got {self.signal_rank}")
+        self.signal_rank_ = rank
+        U = evecs[:, :rank]
+        whiten = U @ _sym_inv_sqrt(U.T @ within @ U)  # (p, r): unit within-env variance
+
+        means = (moments.means - moments.pooled_mean) / scale @ whiten
+        covs = np.einsum("pi,kpq,qj->kij", whiten, moments.covariances / np.outer(scale, scale), whiten)
+        M = _invariance_matrix(means, covs, moments.weights)
+        inv_vals, inv_vecs = np.linalg.eigh(M)
+        self.invariance_eigenvalues_ = inv_vals
+        directions = whiten @ inv_vecs  # (p, r), most invariant first
+
+        if self.n_components == "auto":
+            X = self._project(Z, directions)
+            self.pvalues_ = self._permutation_pvalues(X, codes, len(levels), inv_vals, rng)
+            rejected = np.flatnonzero(self.pvalues_ <= self.alpha)
+            k = int(rejected[0]) if rejected.size else rank
+        else:
+            k = int(self.n_components)
+            if not 0 <= k <= rank:
+                raise InputError(f"n_components must be between 0 and the signal rank {rank}, got {k}")
+            self.pvalues_ = None
+        self.n_components_ = k
+        self.components_ = directions[:, :k]
+        self.all_directions_ = directions
+        self.levels_ = levels
+        self.n_features_in_ = Z.shape[1]
+        return self
+
+    def _project(self, Z: np.ndarray, directions: np.ndarray) -> np.ndarray:
+        return ((np.asarray(Z, dtype=float) - self.mean_) / self.scale_) @ directions
+
+    def _permutation_pvalues(self, X, codes, n_envs, observed_eigs, rng) -> np.ndarray:
+        """p-value for each k of the cumulative statistic T_k (see module docstring).
+
+        X is already expressed in the invariant eigenbasis, so the permuted
+        statistic uses the same whitening as the observed one.
+        """
+        observed = np.cumsum(observed_eigs)
+        exceed = np.zeros_like(observed)
+        # Re-whiten on the observed pooled within-env covariance of X (identity up to rounding).
+        for _ in range(self.n_permutations):
+            perm = rng.permutation(codes)
+            means, covs, weights = _whitened_moments(X, perm, n_envs)
+            null = np.cumsum(np.linalg.eigvalsh(_invariance_matrix(means, covs, weights)))
+            exceed += null >= observed
+        return (1 + exceed) / (1 + self.n_permutations)
+
+    # ------------------------------------------------------------ transform
+    def transform(self, Z) -> np.ndarray:
+        if not hasattr(self, "components_"):
+            raise RuntimeError("LinearInvariantInstruments is not fitted yet; call fit first")
+        Z = np.asarray(Z)
+        if Z.ndim != 2 or Z.shape[1] != self.n_features_in_:
+            raise InputError(f"Z must have {self.n_features_in_} columns, got shape {Z.shape}")
+        return self._project(Z, self.components_)
+
+    def fit_transform(self, Z, env, exposure=None) -> np.ndarray:
+        return self.fit(Z, env, exposure).transform(Z)
+
+
+# ---------------------------------------------------------------- methods
+_OPTIONS = (
+    MethodOption("n_components", str, "auto", "invariant directions to keep: 'auto' (permutation test) or a number"),
+    MethodOption("signal_rank", str, "auto", "signal subspace dimension: 'auto' (Tracy-Widom rule) or a number"),
+    MethodOption("n_permutations", int, 199, "permutations for choosing the number of invariant directions"),
+    MethodOption("standardize", bool, True, "scale instruments to unit variance before the invariant method"),
+    MethodOption("n_folds", int, 2, "folds for cross-fitted methods"),
+)
+
+
+def _int_or_auto(value, name: str):
+    if value in (None, "auto"):
+        return "auto"
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"--{name.replace('_', '-')} must be 'auto' or an integer, got {value!r}") from None
+
+
+def learner_from_context(ctx: MethodContext, salt: str) -> LinearInvariantInstruments:
+    return LinearInvariantInstruments(
+        n_components=_int_or_auto(ctx.option("n_components"), "n_components"),
+        signal_rank=_int_or_auto(ctx.option("signal_rank"), "signal_rank"),
+        standardize=bool(ctx.option("standardize", True)),
+        n_permutations=int(ctx.option("n_permutations", 199)),
+        random_state=ctx.rng(salt),
+    )
+
+
+def _no_instrument_rows(data: MRData, method: str, reason: str) -> tuple[Estimate, ...]:
+    nan = float("nan")
+    return (Estimate(method, "pooled", nan, None, None, None, data.n, 0, None, extra={"reason": reason}),)
+
+
+@register_method(
+    "invariant_linear",
+    description="2SLS on closed-form invariant linear instruments (environment fixed effects)",
+    options=_OPTIONS,
+)
+def invariant_linear(data: MRData, ctx: MethodContext) -> MethodOutput:
+    learner = learner_from_context(ctx, "invariant_linear").fit(data.Z, data.env)
+    spectrum = {
+        "signal_rank": learner.signal_rank_,
+        "n_components": learner.n_components_,
+        "invariance_eigenvalues": learner.invariance_eigenvalues_.tolist(),
+        "signal_eigenvalues": learner.signal_eigenvalues_[: min(50, learner.signal_eigenvalues_.size)].tolist(),
+        "pvalues": None if learner.pvalues_ is None else learner.pvalues_.tolist(),
+    }
+    if learner.n_components_ == 0:
+        return MethodOutput(
+            _no_instrument_rows(data, "invariant_linear", "no invariant direction found"),
+            artifacts={"spectrum": spectrum},
+        )
+    hw = learner.transform(data.Z)
+    rows = iv_estimates(
+        data, hw, ctx, method="invariant_linear",
+        extra={"signal_rank": learner.signal_rank_},
+    )
+    return MethodOutput(tuple(rows), artifacts={"instruments": hw, "spectrum": spectrum})
+
+
+@register_method(
+    "invariant_linear_crossfit",
+    description="Cross-fitted 2SLS on closed-form invariant instruments (learned on other folds)",
+    options=_OPTIONS,
+)
+def invariant_linear_crossfit(data: MRData, ctx: MethodContext) -> MethodOutput:
+    n_folds = int(ctx.option("n_folds", 2))
+    hw, folds, learners = crossfit_instruments(
+        data,
+        lambda f: learner_from_context(ctx, f"invariant_linear_crossfit/{f}"),
+        n_folds=n_folds,
+        rng=ctx.rng("invariant_linear_crossfit/folds"),
+    )
+    if hw.shape[1] == 0:
+        return MethodOutput(_no_instrument_rows(data, "invariant_linear_crossfit", "no invariant direction found"))
+    rows = crossfit_estimates(
+        data, hw, folds, ctx, method="invariant_linear_crossfit",
+        extra={"components_per_fold": [lr.n_components_ for lr in learners]},
+    )
+    return MethodOutput(tuple(rows), artifacts={"instruments": hw, "folds": folds})
+
+
+__all__ = ["LinearInvariantInstruments", "signal_rank", "tracy_widom_edge", "stats"]

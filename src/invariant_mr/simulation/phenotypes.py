@@ -1,0 +1,187 @@
+"""Exposure and outcome models on top of simulated genotypes.
+
+Two models, both in the notation of METHOD.md (`Z = g(V, W)`, hidden
+confounder `H`, `D = beta'[V, W] + alpha1 H + e_D`, `Y = theta D + alpha2 H + e_Y`):
+
+* `stratified_phenotypes`: population stratification. The confounder tracks
+  ancestry, both between populations and within them.
+* `family_phenotypes`: confounding through the parents' phenotypes, for the
+  assortative-mating simulator.
+
+Shared conventions
+------------------
+* The exposure's genetic score `G = sum_j b_j Z_j` over `n_causal` causal
+  variants (raw dosages, so populations with different allele frequencies
+  have different mean scores, as in real data). It is scaled to unit average
+  within-environment variance, and `h2` sets its weight against the
+  idiosyncratic noise: `D = sqrt(h2) G + sqrt(1 - h2) e_D + alpha1 H + covariates`.
+  So `h2` is the heritability the exposure would have without confounding.
+* The outcome has no direct genetic effect in `stratified_phenotypes`
+  (exclusion restriction holds given `H`); every bias in 2SLS comes from
+  instruments being correlated with `H`.
+* Exogenous covariates: `age` (uniform 40-70 years) and `sex` (1 = male,
+  2 = female, PLINK coding). Both shift exposure and outcome a little and are
+  independent of genotypes and `H`; adjusting for them only adds precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import InputError
+
+#: Effects of the exogenous covariates (per 10 years of age, female vs male).
+AGE_EFFECT_EXPOSURE, AGE_EFFECT_OUTCOME = 0.10, 0.10
+SEX_EFFECT_EXPOSURE, SEX_EFFECT_OUTCOME = 0.20, -0.10
+
+
+@dataclass(frozen=True)
+class PhenotypeDraw:
+    """Simulated exposure, outcome and covariates, with the truth behind them."""
+
+    exposure: np.ndarray
+    outcome: np.ndarray
+    covariates: Mapping[str, np.ndarray]
+    truth: Mapping[str, Any]
+    latent: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+def check_fraction(value: float, name: str, *, closed_low: bool = True, closed_high: bool = False) -> float:
+    value = float(value)
+    low_ok = value >= 0 if closed_low else value > 0
+    high_ok = value <= 1 if closed_high else value < 1
+    if not (low_ok and high_ok and np.isfinite(value)):
+        lo = "[" if closed_low else "("
+        hi = "]" if closed_high else ")"
+        raise InputError(f"{name} must be in {lo}0, 1{hi}, got {value}")
+    return value
+
+
+def draw_causal_effects(
+    n_variants: int, n_causal: int, rng: np.random.Generator, candidates: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Causal variant indices (sorted) and N(0, 1) effect sizes."""
+    pool = np.arange(n_variants) if candidates is None else np.asarray(candidates)
+    if not 1 <= n_causal <= len(pool):
+        raise InputError(f"--n-causal must be between 1 and {len(pool)}, got {n_causal}")
+    idx = np.sort(rng.choice(pool, size=n_causal, replace=False))
+    return idx, rng.standard_normal(n_causal)
+
+
+def genetic_score(genotypes: np.ndarray, idx: np.ndarray, effects: np.ndarray, env_codes: np.ndarray) -> np.ndarray:
+    """sum_j b_j Z_j, centred on the pooled mean and scaled to unit mean within-environment variance."""
+    score = genotypes[:, idx].astype(np.float64) @ effects
+    within = np.mean([score[env_codes == k].var() for k in np.unique(env_codes)])
+    if within <= 0:
+        raise InputError("the causal variants do not vary within environments; use more causal variants")
+    return (score - score.mean()) / np.sqrt(within)
+
+
+def within_env_zscore(values: np.ndarray, env_codes: np.ndarray) -> np.ndarray:
+    out = np.empty_like(values, dtype=float)
+    for k in np.unique(env_codes):
+        rows = env_codes == k
+        sd = values[rows].std()
+        out[rows] = (values[rows] - values[rows].mean()) / (sd if sd > 0 else 1.0)
+    return out
+
+
+def demographic_covariates(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Age in years (uniform 40-70, one decimal) and sex (1 male, 2 female)."""
+    return {
+        "age": np.round(rng.uniform(40.0, 70.0, size=n), 1),
+        "sex": rng.integers(1, 3, size=n).astype(np.int64),
+    }
+
+
+def _covariate_effects(cov: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    age10 = (cov["age"] - 55.0) / 10.0
+    female = (cov["sex"] == 2).astype(float)
+    on_exposure = AGE_EFFECT_EXPOSURE * age10 + SEX_EFFECT_EXPOSURE * female
+    on_outcome = AGE_EFFECT_OUTCOME * age10 + SEX_EFFECT_OUTCOME * female
+    return on_exposure, on_outcome
+
+
+def stratified_phenotypes(
+    genotypes: np.ndarray,
+    env_codes: np.ndarray,
+    ancestry: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    theta: float = 1.0,
+    n_causal: int = 50,
+    h2: float = 0.3,
+    ancestry_confounding: float = 1.0,
+    within_confounding: float = 1.0,
+    within_correlation: float = 0.6,
+    alpha_exposure: float = 1.0,
+    alpha_outcome: float = 1.0,
+) -> PhenotypeDraw:
+    """Exposure and outcome confounded through ancestry (population stratification).
+
+    `ancestry` holds each individual's ancestry coordinates (n, a): admixture
+    proportions for Balding-Nichols, supervised ancestry estimates for the
+    coalescent model. A random axis `s = ancestry @ c` carries the confounding:
+
+        H_anc = standardised s                       (between and within populations)
+        H_env = r * z_e(s) + sqrt(1 - r^2) * N(0, 1)  (an environment component
+                correlated with ancestry within each population; z_e is the
+                within-environment z-score, r = within_correlation)
+        H     = ancestry_confounding * H_anc + within_confounding * H_env
+        D     = sqrt(h2) G + sqrt(1 - h2) e_D + alpha_exposure H + age/sex
+        Y     = theta D + alpha_outcome H + age/sex + e_Y
+
+    In METHOD.md notation: V is the ancestry component of the genotype,
+    E[Z | ancestry], which shifts across environments and is correlated with H
+    within them; W is the Mendelian-segregation component Z - E[Z | ancestry],
+    independent of H given ancestry and with (nearly) the same first two
+    moments in every environment. Environment fixed effects remove the
+    between-population part of H_anc only; the within-population part and
+    H_env bias 2SLS that uses variants tracking ancestry.
+    """
+    n = genotypes.shape[0]
+    h2 = check_fraction(h2, "h2", closed_low=False)
+    within_correlation = check_fraction(within_correlation, "within_correlation", closed_high=True)
+    ancestry = np.asarray(ancestry, dtype=float)
+    if ancestry.ndim == 1:
+        ancestry = ancestry[:, None]
+    if ancestry.shape[0] != n:
+        raise InputError(f"ancestry has {ancestry.shape[0]} rows for {n} individuals")
+
+    causal, effects = draw_causal_effects(genotypes.shape[1], n_causal, rng)
+    G = genetic_score(genotypes, causal, effects, env_codes)
+
+    axis = rng.standard_normal(ancestry.shape[1])
+    s = ancestry @ axis
+    sd = s.std()
+    H_anc = (s - s.mean()) / (sd if sd > 0 else 1.0)
+    r = within_correlation
+    H_env = r * within_env_zscore(s, env_codes) + np.sqrt(1 - r * r) * rng.standard_normal(n)
+    H = ancestry_confounding * H_anc + within_confounding * H_env
+
+    cov = demographic_covariates(n, rng)
+    cov_d, cov_y = _covariate_effects(cov)
+    D = np.sqrt(h2) * G + np.sqrt(1 - h2) * rng.standard_normal(n) + alpha_exposure * H + cov_d
+    Y = theta * D + alpha_outcome * H + cov_y + rng.standard_normal(n)
+    truth = {
+        "theta": float(theta),
+        "phenotype_model": "stratified",
+        "n_causal": int(n_causal),
+        "h2": h2,
+        "ancestry_confounding": float(ancestry_confounding),
+        "within_confounding": float(within_confounding),
+        "within_correlation": r,
+        "alpha_exposure": float(alpha_exposure),
+        "alpha_outcome": float(alpha_outcome),
+        "causal_variant_index": causal.tolist(),
+        "causal_effects": effects.tolist(),
+        "covariate_effects": {
+            "exposure": {"age_per_10y": AGE_EFFECT_EXPOSURE, "female": SEX_EFFECT_EXPOSURE},
+            "outcome": {"age_per_10y": AGE_EFFECT_OUTCOME, "female": SEX_EFFECT_OUTCOME},
+        },
+    }
+    latent = {"H": H, "H_ancestry": H_anc, "H_environment": H_env, "genetic_score": G}
+    return PhenotypeDraw(exposure=D, outcome=Y, covariates=cov, truth=truth, latent=latent)

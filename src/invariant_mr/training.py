@@ -1,0 +1,274 @@
+"""Training loop of the invariant autoencoder: batching, validation, early stopping, divergence checks.
+
+The loop owns everything that is not the model or the penalties: seeding,
+the device, equal-per-environment mini-batches, the validation split, the
+optimiser and its schedule, early stopping with the best weights restored,
+the per-epoch history and the progress bar.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import InputError, TrainingDivergedError
+from .networks import InvariantAutoencoderNet
+from .penalties import (
+    INDEPENDENCE_MEASURES,
+    MMD_KERNELS,
+    gaussian_logdet,
+    pairwise_mmd,
+    pooled_and_within_independence,
+    standardize,
+)
+
+TERMS = ("recon", "inv", "ind", "ent", "rel")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights and kernels of the objective (METHOD.md section 2)."""
+
+    lam_inv: float = 10.0
+    lam_ind: float = 1.0
+    lam_ent: float = 0.01
+    lam_rel: float = 0.0
+    mmd_kernel: str = "poly"
+    independence: str = "poly"
+    within_env_independence: bool = True
+    adaptive_balancer: bool = False
+
+    def validate(self) -> None:
+        if self.mmd_kernel not in MMD_KERNELS:
+            raise InputError(f"--mmd-kernel must be one of {', '.join(MMD_KERNELS)}, got {self.mmd_kernel!r}")
+        if self.independence not in INDEPENDENCE_MEASURES:
+            raise InputError(
+                f"--independence must be one of {', '.join(INDEPENDENCE_MEASURES)}, got {self.independence!r}"
+            )
+        for name in ("lam_inv", "lam_ind", "lam_ent", "lam_rel"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise InputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 300
+    batch_per_env: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2
+    patience: int = 40
+    lr_patience: int = 20
+    lr_factor: float = 0.5
+    min_epochs: int = 20
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise InputError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_per_env < 4:
+            raise InputError(f"--batch-size (per environment) must be at least 4, got {self.batch_per_env}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"--lr must be a positive number, got {self.lr}")
+        if not 0 < self.val_fraction < 0.9:
+            raise InputError(f"val_fraction must be in (0, 0.9), got {self.val_fraction}")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto' (or None) picks CUDA when available; anything else is passed to torch.device."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"--device: not a torch device: {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but CUDA is not available")
+    return dev
+
+
+def loss_terms(
+    net: InvariantAutoencoderNet,
+    z: torch.Tensor,
+    env: torch.Tensor,
+    exposure: torch.Tensor | None,
+    weights: LossWeights,
+) -> dict[str, torch.Tensor]:
+    """Every term of the objective on one batch (unweighted; 'ent' is the log det, to be maximised)."""
+    hv, hw = net.encoder(z)
+    recon = ((net.decoder(hv, hw) - z) ** 2).mean()
+    # Penalties see standardised codes: otherwise shrinking hW would fake invariance.
+    sv, sw = standardize(hv), standardize(hw)
+    terms = {
+        "recon": recon,
+        "inv": pairwise_mmd(sw, env, weights.mmd_kernel),
+        "ind": pooled_and_within_independence(
+            sw, sv, env, weights.independence, within=weights.within_env_independence
+        ),
+        "ent": gaussian_logdet(torch.cat([sv, sw], dim=1), env),
+    }
+    if net.relevance is not None and exposure is not None:
+        terms["rel"] = ((net.relevance(hw) - exposure) ** 2).mean()
+    else:
+        terms["rel"] = z.new_zeros(())
+    return terms
+
+
+def total_loss(terms: dict[str, torch.Tensor], w: dict[str, float]) -> torch.Tensor:
+    return (
+        terms["recon"]
+        + w["inv"] * terms["inv"]
+        + w["ind"] * terms["ind"]
+        + w["rel"] * terms["rel"]
+        - w["ent"] * terms["ent"]
+    )
+
+
+def check_finite(terms: dict[str, torch.Tensor], where: str) -> None:
+    for name, value in terms.items():
+        if not torch.isfinite(value).all():
+            raise TrainingDivergedError(
+                f"training diverged: loss term {name!r} is {value.item()} at {where}; "
+                "try a smaller --lr or smaller loss weights"
+            )
+
+
+def validation_split(env_codes: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of validation rows, the same fraction from every environment."""
+    val = np.zeros(env_codes.shape[0], dtype=bool)
+    for code in np.unique(env_codes):
+        idx = np.flatnonzero(env_codes == code)
+        rng.shuffle(idx)
+        val[idx[: max(2, int(round(fraction * idx.size)))]] = True
+    return val
+
+
+class AdaptiveBalancer:
+    """Rescales lam_inv and lam_ind so each weighted term stays on the scale of the reconstruction.
+
+    Uses exponential moving averages of the detached term values; the factor
+    is clipped to [0.01, 100] so a term that reaches zero cannot blow up its weight.
+    """
+
+    def __init__(self, base: dict[str, float], momentum: float = 0.9):
+        self.base = dict(base)
+        self.momentum = momentum
+        self.ema: dict[str, float] = {}
+
+    def update(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        for name in ("recon", "inv", "ind"):
+            v = float(terms[name].detach())
+            self.ema[name] = v if name not in self.ema else self.momentum * self.ema[name] + (1 - self.momentum) * v
+        w = dict(self.base)
+        for name in ("inv", "ind"):
+            if self.base[name] > 0:
+                ratio = self.ema["recon"] / max(self.ema[name], 1e-12)
+                w[name] = self.base[name] * float(np.clip(ratio, 0.01, 100.0))
+        return w
+
+
+def train(
+    net: InvariantAutoencoderNet,
+    z: np.ndarray,
+    env_codes: np.ndarray,
+    exposure: np.ndarray | None,
+    weights: LossWeights,
+    config: TrainingConfig,
+    *,
+    seed: int,
+    device: torch.device,
+    progress: bool = False,
+) -> list[dict]:
+    """Train `net` in place; returns the per-epoch history. The best-validation weights are restored."""
+    weights.validate()
+    config.validate()
+    rng = np.random.default_rng([seed, 7])
+    val_mask = validation_split(env_codes, config.val_fraction, rng)
+    dtype = torch.float32
+
+    def to_t(a, dt=dtype):
+        return None if a is None else torch.as_tensor(a, dtype=dt, device=device)
+
+    z_tr, z_va = to_t(z[~val_mask]), to_t(z[val_mask])
+    e_tr_np = env_codes[~val_mask]
+    e_tr, e_va = to_t(e_tr_np, torch.int64), to_t(env_codes[val_mask], torch.int64)
+    d_tr = None if exposure is None else to_t(exposure[~val_mask])
+    d_va = None if exposure is None else to_t(exposure[val_mask])
+    per_env_rows = [np.flatnonzero(e_tr_np == c) for c in np.unique(e_tr_np)]
+    batch = min(config.batch_per_env, min(r.size for r in per_env_rows))
+    steps = max(1, max(r.size for r in per_env_rows) // batch)
+
+    base = {"inv": weights.lam_inv, "ind": weights.lam_ind, "ent": weights.lam_ent, "rel": weights.lam_rel}
+    balancer = AdaptiveBalancer(base) if weights.adaptive_balancer else None
+    w = dict(base)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=config.lr_factor, patience=config.lr_patience
+    )
+    best, best_state, since_best = math.inf, copy.deepcopy(net.state_dict()), 0
+    history: list[dict] = []
+    bar = tqdm(range(config.epochs), desc="invariant autoencoder", disable=not progress, leave=False)
+    for epoch in bar:
+        net.train()
+        perms = [r[rng.permutation(r.size)] for r in per_env_rows]
+        sums = dict.fromkeys(TERMS, 0.0)
+        for s in range(steps):
+            # Equal numbers per environment; a smaller environment wraps around.
+            rows = np.concatenate([p[np.arange(s * batch, (s + 1) * batch) % p.size] for p in perms])
+            idx = torch.as_tensor(rows, device=device)
+            terms = loss_terms(net, z_tr[idx], e_tr[idx], None if d_tr is None else d_tr[idx], weights)
+            check_finite(terms, f"epoch {epoch}, step {s}")
+            if balancer is not None:
+                w = balancer.update(terms)
+            loss = total_loss(terms, w)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k in TERMS:
+                sums[k] += float(terms[k].detach())
+        net.eval()
+        with torch.no_grad():
+            vterms = loss_terms(net, z_va, e_va, d_va, weights)
+        check_finite(vterms, f"epoch {epoch}, validation")
+        # The stopping criterion uses the user's weights, not the balancer's moving ones.
+        vtotal = float(total_loss(vterms, base))
+        sched.step(vtotal)
+        row = {"epoch": epoch, **{f"train_{k}": v / steps for k, v in sums.items()}}
+        row.update({f"val_{k}": float(v) for k, v in vterms.items()})
+        row.update({"val_total": vtotal, "lr": opt.param_groups[0]["lr"], "w_inv": w["inv"], "w_ind": w["ind"]})
+        history.append(row)
+        if vtotal < best - 1e-6 * abs(best) or not math.isfinite(best):
+            best, since_best = vtotal, 0
+            best_state = copy.deepcopy(net.state_dict())
+            row["best"] = True
+        else:
+            since_best += 1
+        bar.set_postfix(
+            recon=f"{row['val_recon']:.3g}", inv=f"{row['val_inv']:.2g}", ind=f"{row['val_ind']:.2g}",
+            ent=f"{row['val_ent']:.2g}", total=f"{vtotal:.3g}",
+        )
+        if since_best >= config.patience and epoch + 1 >= config.min_epochs:
+            break
+    net.load_state_dict(best_state)
+    return history
+
+
+def training_summary(history: list[dict]) -> dict:
+    best = min(history, key=lambda r: r["val_total"])
+    return {"epochs_run": len(history), "best_epoch": best["epoch"], "best_val_total": best["val_total"]}
+
+
+__all__ = [
+    "LossWeights",
+    "TrainingConfig",
+    "train",
+    "loss_terms",
+    "resolve_device",
+    "validation_split",
+    "training_summary",
+]
