@@ -78,6 +78,121 @@ def write_result_files(result, directory: Path, plot: bool = True) -> list[str]:
     return written
 
 
+GENETIC_OPTION_NAMES = (
+    "bfile", "npy", "npy_samples", "npy_variants", "pheno", "iid_col", "fid_col", "id_match", "extract", "region",
+    "max_variant_missing", "max_sample_missing", "min_maf", "min_maf_per_env", "standardize_dosages",
+    "min_env_samples", "dosage_of", "instruments_out", "report", "sumstats_out",
+)
+
+
+def genetic_input_options(func):
+    """`run` options for genotype files (--bfile/--npy + --pheno), variant selection, QC, extra outputs, --config."""
+    from .config import config_option_callback
+    from .data import MIN_SAMPLES_PER_ENV
+    from .qc import QCThresholds
+
+    qc = QCThresholds()
+    path = click.Path(path_type=Path)
+    decorators = [
+        click.option("--config", type=path, is_eager=True, expose_value=False, callback=config_option_callback,
+                     help="TOML file of run options (keys = option names); command-line flags override it"),
+        click.option("--bfile", type=path, default=None, help="PLINK 1 fileset prefix (PREFIX.bed/.bim/.fam)"),
+        click.option("--npy", type=path, default=None, help="samples x variants dosage matrix (.npy, NaN = missing)"),
+        click.option("--npy-samples", type=path, default=None, help="--npy row IDs: one IID (or 'FID IID') per line"),
+        click.option("--npy-variants", type=path, default=None, help="--npy column IDs: one variant ID per line"),
+        click.option("--pheno", type=path, default=None, help="phenotype table (CSV/TSV/Parquet) joined by sample ID"),
+        click.option("--iid-col", default=None, help="IID column of --pheno [default: IID, #IID, iid, sample_id, ...]"),
+        click.option("--fid-col", default=None, help="FID column of --pheno [default: FID or #FID if present]"),
+        click.option("--id-match", type=click.Choice(["auto", "fid_iid", "iid", "row_order"]), default="auto",
+                     show_default=True, help="join key: FID+IID when --pheno has an FID column, else IID"),
+        click.option("--extract", type=path, default=None, help="file of variant IDs to analyse (first field per line)"),
+        click.option("--region", default=None, help="analyse variants in CHROM or CHROM:START-END (1-based, inclusive)"),
+        click.option("--geno", "max_variant_missing", type=click.FloatRange(0, 1), default=qc.max_variant_missing,
+                     show_default=True, help="QC: remove variants with a missing-call rate above this"),
+        click.option("--mind", "max_sample_missing", type=click.FloatRange(0, 1), default=qc.max_sample_missing,
+                     show_default=True, help="QC: remove samples with a missing-call rate above this"),
+        click.option("--maf", "min_maf", type=click.FloatRange(0, 0.5), default=qc.min_maf, show_default=True,
+                     help="QC: remove variants with pooled minor-allele frequency below this"),
+        click.option("--maf-env", "min_maf_per_env", type=click.FloatRange(0, 0.5), default=qc.min_maf_per_env,
+                     show_default=True, help="QC: remove variants with MAF below this in any environment"),
+        click.option("--standardize-dosages/--raw-dosages", default=qc.standardize, show_default=True,
+                     help="QC: centre and scale every variant (pooled mean and SD)"),
+        click.option("--min-env-samples", type=click.IntRange(2), default=MIN_SAMPLES_PER_ENV, show_default=True,
+                     help="fewest samples an environment may have"),
+        click.option("--dosage-of", type=click.Choice(["A1", "A2"]), default="A1", show_default=True,
+                     help="PLINK allele counted by the dosage (.bim column 5 = A1)"),
+        click.option("--instruments-out/--no-instruments-out", default=False, show_default=True,
+                     help="write instruments.tsv (learned instrument values per sample)"),
+        click.option("--report/--no-report", default=True, show_default=True, help="write report.html"),
+        click.option("--sumstats-out", type=path, default=None,
+                     help="also write per-variant summary statistics (TSV: variant, beta/se exposure and outcome, n)"),
+    ]
+    for dec in reversed(decorators):
+        func = dec(func)
+    return func
+
+
+def write_run_extras(result, directory: Path, data, *, qc_tsv: str | None = None, instruments_out: bool = False,
+                     report: bool = True, sumstats_out: Path | None = None) -> list[str]:
+    """qc.tsv, instruments.tsv and report.html (each optional) into `directory`."""
+    from .learned_instruments import instruments_tsv
+    from .report import write_report
+
+    written = []
+    if qc_tsv is not None:
+        atomic_write_text(directory / "qc.tsv", qc_tsv)
+        written.append("qc.tsv")
+    if instruments_out:
+        text = instruments_tsv(result, data.env, data.sample_ids)
+        if text is not None:
+            atomic_write_text(directory / "instruments.tsv", text)
+            written.append("instruments.tsv")
+    if report:
+        write_report(directory / "report.html", result, env=data.env)
+        written.append("report.html")
+    if sumstats_out is not None:
+        from .sumstats import summary_statistics
+
+        summary_statistics(data).to_tsv(sumstats_out)
+    return written
+
+
+def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariates, g) -> None:
+    """`run --bfile/--npy --pheno`: load, QC, estimate, write. All logic lives in `genetic_input`."""
+    from .genetic_input import load_genetic_data
+    from .pipeline import run_analysis
+    from .qc import QCThresholds
+
+    if g["bfile"] is None and g["npy"] is None:
+        raise InputError("give the data: --table FILE, or --bfile PREFIX (or --npy FILE) with --pheno FILE")
+    if g["pheno"] is None:
+        raise InputError("--pheno FILE is required with --bfile/--npy (the exposure, outcome and environment)")
+    qc = QCThresholds(
+        max_variant_missing=g["max_variant_missing"], max_sample_missing=g["max_sample_missing"],
+        min_maf=g["min_maf"], min_maf_per_env=g["min_maf_per_env"], standardize=g["standardize_dosages"],
+    )
+    loaded = load_genetic_data(
+        bfile=g["bfile"], npy=g["npy"], npy_samples=g["npy_samples"], npy_variants=g["npy_variants"],
+        pheno=g["pheno"], env_col=env_col, exposure=exposure, outcome=outcome,
+        covariates=[c.strip() for c in covariates.split(",") if c.strip()] if covariates else (),
+        iid_col=g["iid_col"], fid_col=g["fid_col"], id_match=g["id_match"], extract=g["extract"],
+        region=g["region"], qc=qc, min_samples_per_env=g["min_env_samples"], count_a1=g["dosage_of"] == "A1",
+    )
+    result = run_analysis(
+        loaded.data, methods, ctx, command=_command_line(), parameters=dict(loaded.parameters),
+        inputs=[dict(i) for i in loaded.inputs], extra_provenance=loaded.provenance(),
+    )
+    with out:
+        written = write_result_files(result, out.path)
+        written += write_run_extras(result, out.path, loaded.data, qc_tsv=loaded.qc.to_tsv(),
+                                    instruments_out=g["instruments_out"], report=g["report"],
+                                    sumstats_out=g["sumstats_out"])
+    if not quiet:
+        click.echo(loaded.summary() + "\n")
+        click.echo(result.summary())
+        click.echo(f"\nwrote {out.final}/" + ", ".join(written))
+
+
 # ------------------------------------------------------------------ commands
 def build_cli() -> click.Group:
     @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -95,15 +210,16 @@ def build_cli() -> click.Group:
                 click.echo(f"    --{opt.name.replace('_', '-'):<24}{opt.help} [default: {opt.default}]")
 
     @cli.command()
-    @click.option("--table", "table", type=click.Path(path_type=Path), required=True, help="TSV/CSV/Parquet with one row per sample")
-    @click.option("--env", "env_col", required=True, help="environment column (ancestry, cohort, site)")
+    @click.option("--table", "table", type=click.Path(path_type=Path), default=None, help="TSV/CSV/Parquet with one row per sample (or use --bfile/--npy with --pheno)")
+    @click.option("--env", "--env-col", "env_col", required=True, help="environment column (ancestry, cohort, site)")
     @click.option("--exposure", required=True, help="exposure column")
     @click.option("--outcome", required=True, help="outcome column")
-    @click.option("--instruments", required=True, help="instrument columns: names or globs, comma-separated (e.g. 'z*')")
-    @click.option("--covariates", default=None, help="exogenous covariate columns (names or globs)")
+    @click.option("--instruments", default=None, help="--table: instrument columns, names or globs, comma-separated (e.g. 'z*')")
+    @click.option("--covariates", "--covar", "covariates", default=None, help="exogenous covariate columns, comma-separated names or globs (e.g. 'age,sex,PC*')")
     @click.option("--id-column", default="iid", show_default=True, help="sample ID column, if present")
     @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="output directory (must not exist)")
     @analysis_options
+    @genetic_input_options
     def run(table, env_col, exposure, outcome, instruments, covariates, id_column, out_dir, methods, seed, alpha,
             cov_type, per_env, overwrite, quiet, **option_values):
         """Estimate the causal effect from a table of instruments, exposure, outcome and environment."""
@@ -113,6 +229,14 @@ def build_cli() -> click.Group:
         out = OutputDirectory(out_dir, overwrite)
         out.check()
         ctx = _context(seed, alpha, cov_type, per_env, quiet, option_values)
+        genetic = {name: option_values.pop(name) for name in GENETIC_OPTION_NAMES}
+        if table is None:
+            _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariates, genetic)
+            return
+        if genetic["bfile"] is not None or genetic["npy"] is not None or genetic["pheno"] is not None:
+            raise InputError("--table cannot be combined with --bfile, --npy or --pheno: give one data source")
+        if not instruments:
+            raise InputError("--instruments is required with --table (e.g. --instruments 'z*')")
         data = mrdata_from_table(
             read_table(table), env=env_col, exposure=exposure, outcome=outcome,
             instruments=instruments, covariates=covariates, id_column=id_column, path=table,
@@ -122,10 +246,13 @@ def build_cli() -> click.Group:
         result = run_analysis(data, methods, ctx, command=_command_line(), parameters=params,
                               inputs=input_record([table]))
         with out:
-            write_result_files(result, out.path)
+            written = write_result_files(result, out.path)
+            written += write_run_extras(result, out.path, data, instruments_out=genetic["instruments_out"],
+                                        sumstats_out=genetic["sumstats_out"],
+                                        report=genetic["report"])
         if not quiet:
             click.echo(result.summary())
-            click.echo(f"\nwrote {out_dir}/results.json, estimates.tsv, forest.png")
+            click.echo(f"\nwrote {out_dir}/" + ", ".join(written))
 
     @cli.command()
     @click.option("--setting", type=click.Choice(list(_paper_settings())), default="linear", show_default=True,
@@ -158,7 +285,7 @@ def build_cli() -> click.Group:
     @cli.command()
     @click.option("--model", type=click.Choice(["paper", "balding-nichols", "coalescent", "assortative"]), default="paper", show_default=True)
     @click.option("--setting", type=click.Choice(list(_paper_settings())), default="linear", show_default=True, help="paper model: mixing setting")
-    @click.option("--envs", "n_envs", type=click.IntRange(2), default=2, show_default=True, help="number of environments / populations")
+    @click.option("--envs", "n_envs", type=click.IntRange(2), default=None, help="number of environments / populations [default: 2 for paper, 3 for balding-nichols and assortative; coalescent: every population of the demography]")
     @click.option("--n-per-env", type=click.IntRange(2), default=3000, show_default=True)
     @click.option("--theta", type=float, default=1.0, show_default=True, help="true causal effect")
     @click.option("--n-variants", type=click.IntRange(1), default=500, show_default=True, help="genetic models: number of variants")
@@ -166,11 +293,14 @@ def build_cli() -> click.Group:
     @click.option("--demography", default="OutOfAfrica_3G09", show_default=True, help="coalescent: stdpopsim HomSap model")
     @click.option("--length-mb", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True, help="coalescent: simulated Mb")
     @click.option("--generations", type=click.IntRange(0), default=5, show_default=True, help="assortative: generations of assortative mating")
+    @click.option("--admixture", type=click.FloatRange(0, 1, max_open=True), default=None, help="balding-nichols: mean share of ancestry from other populations [default: 0.1]")
+    @click.option("--mating-correlation", type=click.FloatRange(0, 1, max_open=True), default=None, help="assortative: partner phenotype correlation in the last population (the first mates at random) [default: 0.5]")
+    @click.option("--mating-traits", type=click.Choice(["cross", "exposure"]), default=None, help="assortative: pair one partner's exposure with the other's outcome (cross) or exposure with exposure [default: cross]")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
     @click.option("--overwrite", is_flag=True, help="replace an existing output directory")
-    def simulate(model, setting, n_envs, n_per_env, theta, n_variants, fst, demography, length_mb, generations, seed,
-                 out_dir, overwrite):
+    def simulate(model, setting, n_envs, n_per_env, theta, n_variants, fst, demography, length_mb, generations,
+                 admixture, mating_correlation, mating_traits, seed, out_dir, overwrite):
         """Write a simulated data set with its truth (table for `paper`, PLINK fileset otherwise)."""
         out = OutputDirectory(out_dir, overwrite)
         out.check()
@@ -178,7 +308,7 @@ def build_cli() -> click.Group:
             from .simulation import simulate_paper
             from .table_input import mrdata_to_table
 
-            sim = simulate_paper(setting, n_envs=n_envs, n_per_env=n_per_env, theta=theta, seed=seed)
+            sim = simulate_paper(setting, n_envs=n_envs or 2, n_per_env=n_per_env, theta=theta, seed=seed)
             truth = {**sim.truth_dict(), "provenance": make_provenance(
                 command=_command_line(), parameters={"model": model, **sim.params, "theta": theta}, seed=seed)}
             with out:
@@ -186,14 +316,15 @@ def build_cli() -> click.Group:
                 atomic_write_text(out.path / "truth.json", json.dumps(truth, indent=2, default=json_default))
             click.echo(f"wrote {out_dir}/data.tsv ({sim.data.n} samples, {sim.data.p} instruments) and truth.json")
             return
-        from .simulation.genetic_dataset import simulate_genetic, write_fileset
+        from .simulation.genetic_dataset import simulate_genetic, write_fileset_into
 
         params = dict(n_envs=n_envs, n_per_env=n_per_env, n_variants=n_variants, fst=fst, theta=theta,
-                      demography=demography, length_mb=length_mb, generations=generations, seed=seed)
+                      demography=demography, length_mb=length_mb, generations=generations, admixture=admixture,
+                      mating_correlation=mating_correlation, mating_traits=mating_traits, seed=seed)
         sim = simulate_genetic(model, **params)
         with out:
-            write_fileset(sim, out.path, command=_command_line())
-        click.echo(f"wrote {out_dir}/genotypes.bed/.bim/.fam, phenotypes.tsv and truth.json")
+            write_fileset_into(sim, out.path, command=_command_line())
+        click.echo(f"{sim.summary()}\nwrote {out_dir}/genotypes.bed/.bim/.fam, phenotypes.tsv and truth.json")
 
     return cli
 

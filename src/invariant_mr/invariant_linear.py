@@ -11,7 +11,10 @@ Steps of `LinearInvariantInstruments.fit`:
 1. Per-environment counts, sums and cross-products (`EnvironmentMoments`).
 2. Signal subspace: eigenvectors of the total covariance whose eigenvalues
    stand out of a noise bulk. Pure-noise directions are trivially invariant
-   but useless as instruments, so they are removed first. The rank rule finds
+   but useless as instruments, so they are removed first. The covariance is
+   first whitened by per-column noise variances, estimated iteratively
+   (`noise_whitened_spectrum`), so that heteroskedastic noise (genotypes,
+   standardised columns) forms one isotropic bulk. The rank rule then finds
    the largest set of trailing eigenvalues consistent with isotropic noise:
    the largest of them stays below the Tracy-Widom 99% quantile of the
    largest noise eigenvalue (Johnstone 2001), with the noise variance
@@ -41,7 +44,7 @@ from .crossfit import crossfit_estimates, crossfit_instruments
 from .data import MRData
 from .errors import InputError
 from .estimation import iv_estimates
-from .moments import EnvironmentMoments
+from .moments import EnvironmentMoments, block_rows_for
 from .registry import MethodContext, MethodOption, MethodOutput, register_method
 from .results import Estimate
 
@@ -74,6 +77,44 @@ def signal_rank(eigenvalues_desc: np.ndarray, n: int) -> int:
     return p
 
 
+def noise_whitened_spectrum(C: np.ndarray, n: int, max_iter: int = 10):
+    """Signal rank of a covariance with heteroskedastic noise.
+
+    Genotype columns (and standardised mixtures) have a different noise
+    variance per column, which smears the noise bulk and defeats an isotropic
+    rank rule. So, as in heteroskedastic factor analysis, alternate between
+    the rank rule on the noise-whitened covariance D^-1/2 C D^-1/2 and
+    re-estimating the per-column noise variances D as the diagonal of C minus
+    its low-rank signal part, until the rank is stable.
+
+    Returns (rank, eigenvalues of the whitened covariance (descending),
+    eigenvectors, noise variances D).
+    """
+    diag = np.clip(np.diag(C), 1e-300, None)
+    noise = diag.copy()
+    previous = None
+    for iteration in range(max_iter):
+        d = 1 / np.sqrt(noise)
+        evals, evecs = np.linalg.eigh(C * np.outer(d, d))
+        evals, evecs = evals[::-1], evecs[:, ::-1]
+        rank = signal_rank(evals, n)
+        if rank >= evals.size or rank == previous:
+            break
+        if iteration == 0:
+            # A smeared bulk makes the first rank far too large; start instead
+            # from the eigenvalue-ratio estimate (Ahn & Horenstein 2013).
+            kmax = max(1, min(rank, evals.size // 2))
+            pos = evals[: kmax + 1] > 0
+            ratios = evals[:kmax] / np.where(pos[1:], evals[1 : kmax + 1], np.inf)
+            rank = int(np.argmax(ratios)) + 1
+        previous = rank
+        sigma2 = float(evals[rank:].mean())
+        lowrank_w = (evecs[:, :rank] * (evals[:rank] - sigma2)) @ evecs[:, :rank].T
+        signal_diag = np.diag(lowrank_w) * noise  # back to the original scale
+        noise = np.clip(diag - signal_diag, 1e-3 * diag, None)
+    return rank, evals, evecs, noise
+
+
 def _sym_inv_sqrt(S: np.ndarray) -> np.ndarray:
     vals, vecs = np.linalg.eigh(S)
     return (vecs / np.sqrt(vals)) @ vecs.T
@@ -91,9 +132,45 @@ def _invariance_matrix(means: np.ndarray, covs: np.ndarray, weights: np.ndarray)
     return (M + M.T) / 2
 
 
-def _whitened_moments(X: np.ndarray, codes: np.ndarray, n_envs: int):
-    mom = EnvironmentMoments.from_arrays(X, codes, n_envs)
-    return mom.means, mom.covariances, mom.weights
+def permuted_invariance_spectra(
+    X: np.ndarray, codes: np.ndarray, n_envs: int, n_permutations: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Invariance-matrix eigenvalues (ascending) of X under random relabellings of the environments.
+
+    All permutations are evaluated together: per row block, one matrix product
+    of the permutations' environment indicators with the rows' features
+    [1, x, upper triangle of x x'] gives every permutation's per-environment
+    counts, sums and cross-products. Many tiny products would otherwise be
+    dominated by call overhead and BLAS thread start-up.
+    """
+    n, r = X.shape
+    iu = np.triu_indices(r)
+    n_feat = 1 + r + iu[0].size
+    perms = np.empty((n_permutations, n), dtype=np.int16)
+    for b in range(n_permutations):
+        perms[b] = rng.permutation(codes)
+    totals = np.zeros((n_permutations * n_envs, n_feat))
+    step = max(256, min(n, 2_000_000 // max(n_permutations * n_envs, n_feat)))
+    env_ids = np.arange(n_envs, dtype=np.int16)
+    for start in range(0, n, step):
+        xb = X[start : start + step]
+        feats = np.hstack([np.ones((xb.shape[0], 1)), xb, xb[:, iu[0]] * xb[:, iu[1]]])
+        onehot = (perms[:, None, start : start + step] == env_ids[None, :, None]).reshape(-1, xb.shape[0])
+        totals += onehot.astype(float) @ feats
+    totals = totals.reshape(n_permutations, n_envs, n_feat)
+    counts = totals[:, :, 0]
+    means = totals[:, :, 1 : 1 + r] / counts[:, :, None]
+    cross = np.zeros((n_permutations, n_envs, r, r))
+    cross[:, :, iu[0], iu[1]] = totals[:, :, 1 + r :]
+    cross[:, :, iu[1], iu[0]] = totals[:, :, 1 + r :]
+    covs = cross / counts[:, :, None, None] - means[:, :, :, None] * means[:, :, None, :]
+    weights = counts / counts.sum(axis=1, keepdims=True)
+    pooled_mean = np.einsum("be,ber->br", weights, means)
+    pooled_cov = np.einsum("be,beij->bij", weights, covs)
+    dm = means - pooled_mean[:, None, :]
+    dS = covs - pooled_cov[:, None, :, :]
+    M = np.einsum("be,bei,bej->bij", weights, dm, dm) + np.einsum("be,beik,bekj->bij", weights, dS, dS)
+    return np.linalg.eigvalsh((M + M.transpose(0, 2, 1)) / 2)
 
 
 class LinearInvariantInstruments:
@@ -167,15 +244,15 @@ class LinearInvariantInstruments:
         total = total / np.outer(scale, scale)
         within = moments.within_covariance / np.outer(scale, scale)
 
-        evals, evecs = np.linalg.eigh(total)
-        order = np.argsort(evals)[::-1]
-        evals, evecs = evals[order], evecs[:, order]
-        self.signal_eigenvalues_ = evals
-        rank = signal_rank(evals, moments.n) if self.signal_rank == "auto" else int(self.signal_rank)
+        rank, evals, evecs, noise = noise_whitened_spectrum(total, moments.n)
+        if self.signal_rank != "auto":
+            rank = int(self.signal_rank)
         if not 1 <= rank <= evals.size:
             raise InputError(f"signal_rank must be between 1 and {evals.size}, got {self.signal_rank}")
+        self.signal_eigenvalues_ = evals
+        self.noise_variances_ = noise
         self.signal_rank_ = rank
-        U = evecs[:, :rank]
+        U = evecs[:, :rank] / np.sqrt(noise)[:, None]  # signal directions in the scaled coordinates
         whiten = U @ _sym_inv_sqrt(U.T @ within @ U)  # (p, r): unit within-env variance
 
         means = (moments.means - moments.pooled_mean) / scale @ whiten
@@ -203,7 +280,14 @@ class LinearInvariantInstruments:
         return self
 
     def _project(self, Z: np.ndarray, directions: np.ndarray) -> np.ndarray:
-        return ((np.asarray(Z, dtype=float) - self.mean_) / self.scale_) @ directions
+        """((Z - mean) / scale) @ directions, by row blocks so Z is never copied whole."""
+        weights = directions / self.scale_[:, None]
+        offset = self.mean_ @ weights
+        out = np.empty((Z.shape[0], directions.shape[1]))
+        step = block_rows_for(Z.shape[1])
+        for start in range(0, Z.shape[0], step):
+            out[start : start + step] = np.asarray(Z[start : start + step], dtype=float) @ weights - offset
+        return out
 
     def _permutation_pvalues(self, X, codes, n_envs, observed_eigs, rng) -> np.ndarray:
         """p-value for each k of the cumulative statistic T_k (see module docstring).
@@ -212,13 +296,8 @@ class LinearInvariantInstruments:
         statistic uses the same whitening as the observed one.
         """
         observed = np.cumsum(observed_eigs)
-        exceed = np.zeros_like(observed)
-        # Re-whiten on the observed pooled within-env covariance of X (identity up to rounding).
-        for _ in range(self.n_permutations):
-            perm = rng.permutation(codes)
-            means, covs, weights = _whitened_moments(X, perm, n_envs)
-            null = np.cumsum(np.linalg.eigvalsh(_invariance_matrix(means, covs, weights)))
-            exceed += null >= observed
+        null = permuted_invariance_spectra(X, codes, n_envs, self.n_permutations, rng)
+        exceed = (np.cumsum(null, axis=1) >= observed[None, :]).sum(axis=0)
         return (1 + exceed) / (1 + self.n_permutations)
 
     # ------------------------------------------------------------ transform
