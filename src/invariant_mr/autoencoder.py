@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,32 @@ from .estimation import iv_estimates
 from .networks import InvariantAutoencoderNet
 from .penalties import INDEPENDENCE_MEASURES, MMD_KERNELS
 from .registry import MethodContext, MethodOption, MethodOutput, register_method
+from .results import Diagnostic
 from .training import LossWeights, TrainingConfig, resolve_device, train, training_summary
 
 WARM_STARTS = ("none", "linear")
 _FORMAT_VERSION = 1
+
+
+def input_map(Zc: np.ndarray, whiten: bool, rtol: float = 1e-9) -> np.ndarray:
+    """(p, r) matrix applied to centred Z before the network.
+
+    Whitening (pooled covariance, numerically null directions dropped) makes
+    every direction of Z equally easy to reach for the encoder's linear path.
+    Without it, W can hide in a low-variance direction (under cubic mixing the
+    V^3 monomials dominate every column), which the optimiser, with weight
+    decay, reaches only after a very long time.
+    """
+    if not whiten:
+        scale = Zc.std(0)
+        # Constant columns carry no information; a unit scale keeps them at zero instead of NaN.
+        return np.diag(1.0 / np.where(scale > 1e-12, scale, 1.0))
+    cov = Zc.T @ Zc / Zc.shape[0]
+    vals, vecs = np.linalg.eigh(cov)
+    keep = vals > rtol * max(vals.max(), 1e-300)
+    if not keep.any():
+        raise InputError("Z is constant: no direction to learn instruments from")
+    return vecs[:, keep] / np.sqrt(vals[keep])
 
 
 class InvariantAutoencoder:
@@ -56,6 +77,8 @@ class InvariantAutoencoder:
         dim_w: int = 2,
         hidden: int = 64,
         n_layers: int = 2,
+        whiten: bool = True,
+        linear_w: bool = False,
         lam_inv: float = 10.0,
         lam_ind: float = 1.0,
         lam_ent: float = 0.01,
@@ -79,6 +102,8 @@ class InvariantAutoencoder:
         self.dim_w = dim_w
         self.hidden = hidden
         self.n_layers = n_layers
+        self.whiten = whiten
+        self.linear_w = linear_w
         self.lam_inv = lam_inv
         self.lam_ind = lam_ind
         self.lam_ent = lam_ent
@@ -101,7 +126,7 @@ class InvariantAutoencoder:
     # -------------------------------------------------------------- sklearn plumbing
 
     _PARAMS = (
-        "dim_v", "dim_w", "hidden", "n_layers", "lam_inv", "lam_ind", "lam_ent", "lam_rel", "mmd_kernel",
+        "dim_v", "dim_w", "hidden", "n_layers", "whiten", "linear_w", "lam_inv", "lam_ind", "lam_ent", "lam_rel", "mmd_kernel",
         "independence", "within_env_independence", "adaptive_balancer", "epochs", "batch_size", "lr",
         "weight_decay", "val_fraction", "patience", "warm_start", "device", "seed", "progress",
     )  # fmt: skip
@@ -141,7 +166,7 @@ class InvariantAutoencoder:
     def _build_net(self, d_in: int) -> InvariantAutoencoderNet:
         return InvariantAutoencoderNet(
             d_in, int(self.dim_v), int(self.dim_w), int(self.hidden), int(self.n_layers),
-            relevance=float(self.lam_rel) > 0,
+            relevance=float(self.lam_rel) > 0, linear_w=bool(self.linear_w),
         )  # fmt: skip
 
     # -------------------------------------------------------------- fit / transform
@@ -173,17 +198,15 @@ class InvariantAutoencoder:
         device = resolve_device(self.device)
 
         self.z_mean_ = Z.mean(0)
-        scale = Z.std(0)
-        # Constant columns carry no information; a unit scale keeps them at zero instead of NaN.
-        self.z_scale_ = np.where(scale > 1e-12, scale, 1.0)
-        Zs = (Z - self.z_mean_) / self.z_scale_
+        self.z_map_ = input_map(Z - self.z_mean_, bool(self.whiten))
+        Zs = (Z - self.z_mean_) @ self.z_map_
         ds = None
         if exposure is not None and float(self.lam_rel) > 0:
             ds = (exposure - exposure.mean()) / (exposure.std() + 1e-12)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.seed))
-            net = self._build_net(Z.shape[1])
+            net = self._build_net(Zs.shape[1])
         if self.warm_start == "linear":
             self._load_linear_warm_start(net, Zs, env, exposure)
         net.to(device)
@@ -225,7 +248,7 @@ class InvariantAutoencoder:
         Z = np.asarray(Z, dtype=float)
         if Z.ndim != 2 or Z.shape[1] != self.n_features_in_:
             raise InputError(f"Z must have {self.n_features_in_} columns, got shape {Z.shape}")
-        zs = torch.as_tensor((Z - self.z_mean_) / self.z_scale_, dtype=torch.float32)
+        zs = torch.as_tensor((Z - self.z_mean_) @ self.z_map_, dtype=torch.float32)
         with torch.no_grad():
             hv, hw = self.net_.encoder(zs)
         return hv.double().numpy(), hw.double().numpy()
@@ -248,7 +271,7 @@ class InvariantAutoencoder:
         try:
             state = {k: v.detach().cpu() for k, v in self.net_.state_dict().items()}
             state["_z_mean"] = torch.as_tensor(self.z_mean_, dtype=torch.float64)
-            state["_z_scale"] = torch.as_tensor(self.z_scale_, dtype=torch.float64)
+            state["_z_map"] = torch.as_tensor(self.z_map_, dtype=torch.float64)
             torch.save(state, stage / "model.pt")
             config = {
                 "format_version": _FORMAT_VERSION,
@@ -285,8 +308,8 @@ class InvariantAutoencoder:
         model = cls(**config["params"])
         state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
         model.z_mean_ = state.pop("_z_mean").numpy()
-        model.z_scale_ = state.pop("_z_scale").numpy()
-        net = model._build_net(int(config["n_features_in"]))
+        model.z_map_ = state.pop("_z_map").numpy()
+        net = model._build_net(model.z_map_.shape[1])
         net.load_state_dict(state)
         model.net_ = net.eval()
         model.n_features_in_ = int(config["n_features_in"])
@@ -303,6 +326,8 @@ _OPTIONS = (
     MethodOption("latent_dim_w", int, 2, "invariant autoencoder: dimension of the instrument code hW"),
     MethodOption("hidden", int, 64, "invariant autoencoder: width of the hidden layers"),
     MethodOption("n_layers", int, 2, "invariant autoencoder: hidden layers in encoder/decoder (0 = linear encoder)"),
+    MethodOption("whiten", bool, True, "invariant autoencoder: whiten Z (pooled covariance) before the network"),
+    MethodOption("linear_w", bool, False, "invariant autoencoder: make hW an affine function of Z (MLP only for hV)"),
     MethodOption("lam_inv", float, 10.0, "invariant autoencoder: weight of the MMD invariance penalty"),
     MethodOption("lam_ind", float, 1.0, "invariant autoencoder: weight of the hW-hV independence penalty"),
     MethodOption("lam_ent", float, 0.01, "invariant autoencoder: weight of the log-det entropy bonus"),
@@ -316,6 +341,7 @@ _OPTIONS = (
     MethodOption("lr", float, 1e-3, "invariant autoencoder: AdamW learning rate"),
     MethodOption("device", str, "auto", "invariant autoencoder: torch device ('auto' = CUDA when available)"),
     MethodOption("n_folds", int, 2, "cross-fitting folds for learned instruments"),
+    MethodOption("invariance_permutations", int, 99, "invariant autoencoder: permutations of the held-out invariance test (0 = skip)"),
 )  # fmt: skip
 
 _ESTIMATOR_OPTION = {
@@ -331,6 +357,46 @@ def estimator_from_context(ctx: MethodContext, seed: int) -> InvariantAutoencode
             continue
         params[_ESTIMATOR_OPTION.get(opt.name, opt.name)] = ctx.option(opt.name, opt.default)
     return InvariantAutoencoder(**params, seed=seed, progress=ctx.progress)
+
+
+def heldout_invariance_test(
+    instruments: np.ndarray,
+    env_codes: np.ndarray,
+    strata: np.ndarray,
+    rng: np.random.Generator,
+    n_permutations: int = 199,
+    max_rows: int = 2000,
+) -> tuple[float, float]:
+    """Permutation test that out-of-fold instruments have the same distribution in every environment.
+
+    Statistic: mean pairwise RBF MMD^2 (U-statistic) of the standardised
+    instruments. Environment labels are permuted within strata (the folds),
+    because each fold's instruments come from a different encoder. A truth-free
+    check of the learned invariance on data the encoder never saw.
+    """
+    from .penalties import pairwise_mmd, standardize
+
+    if instruments.shape[1] == 0:
+        return float("nan"), float("nan")
+    rows = np.arange(instruments.shape[0])
+    if rows.size > max_rows:  # the RBF statistic is O(n^2); a subsample keeps it fast
+        rows = np.sort(rng.choice(rows, max_rows, replace=False))
+    h = torch.as_tensor(instruments[rows], dtype=torch.float64)
+    strata = strata[rows]
+    # Standardise per stratum: folds' encoders have arbitrary location and scale.
+    for s_ in np.unique(strata):
+        m = torch.as_tensor(strata == s_)
+        h[m] = standardize(h[m])
+    env = env_codes[rows]
+    observed = float(pairwise_mmd(h, torch.as_tensor(env), "rbf"))
+    exceed = 0
+    for _ in range(n_permutations):
+        perm = env.copy()
+        for s_ in np.unique(strata):
+            idx = np.flatnonzero(strata == s_)
+            perm[idx] = perm[rng.permutation(idx)]
+        exceed += float(pairwise_mmd(h, torch.as_tensor(perm), "rbf")) >= observed
+    return observed, (1 + exceed) / (1 + n_permutations)
 
 
 def _history_rows(history: list[dict], **tags) -> list[dict]:
@@ -362,8 +428,26 @@ def invariant_autoencoder(data: MRData, ctx: MethodContext) -> MethodOutput:
         data, instruments, folds, ctx, method="invariant_autoencoder",
         extra={"training": summaries},
     )  # fmt: skip
+    diagnostics = ()
+    n_perm = int(ctx.option("invariance_permutations", 99))
+    if n_perm > 0:
+        stat, pvalue = heldout_invariance_test(
+            instruments, data.env_codes, folds, ctx.rng("invariant_autoencoder invariance test"), n_perm
+        )
+        diagnostics = (
+            Diagnostic(
+                name="heldout_invariance",
+                scope="invariant_autoencoder",
+                statistic=stat,
+                pvalue=pvalue,
+                flag="instruments differ across environments on held-out folds"
+                if pvalue <= ctx.alpha
+                else "no evidence against invariance on held-out folds",
+                detail={"test": "RBF MMD^2 permutation (within folds)", "n_permutations": n_perm},
+            ),
+        )
     return MethodOutput(
-        tuple(estimates), artifacts={"instruments": instruments, "folds": folds, "history": history}
+        tuple(estimates), diagnostics, artifacts={"instruments": instruments, "folds": folds, "history": history}
     )
 
 

@@ -25,7 +25,10 @@ EXIT_USER_ERROR = 2
 
 # ------------------------------------------------------------------ helpers
 def _command_line() -> str:
-    return shlex.join(["invariant-mr", *sys.argv[1:]])
+    """The command as the user typed it (from `main`'s argv, recorded in the click context)."""
+    root = click.get_current_context().find_root()
+    argv = (root.obj or {}).get("argv", sys.argv[1:])
+    return shlex.join(["invariant-mr", *argv])
 
 
 def method_option_flags(func):
@@ -338,7 +341,8 @@ def _paper_settings():
 def main(argv: list[str] | None = None) -> int:
     cli = build_cli()
     try:
-        code = cli.main(args=argv, prog_name="invariant-mr", standalone_mode=False)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        code = cli.main(args=argv, prog_name="invariant-mr", standalone_mode=False, obj={"argv": argv})
     except InputError as exc:
         click.echo(f"invariant-mr: error: {exc}", err=True)
         return _exit(EXIT_USER_ERROR)

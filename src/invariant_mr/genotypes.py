@@ -420,3 +420,26 @@ def select_variants(
                 f"fall in it (chromosomes present: {chroms})"
             )
     return VariantSelection(np.flatnonzero(mask), n, n_requested, n_missing, region_text)
+
+
+def unique_variant_names(variant_table: pd.DataFrame) -> list[str]:
+    """Instrument names: the variant ID, or CHROM:POS:COUNTED:OTHER where the ID is "." or repeated.
+
+    Exporters write "." for unnamed variants and multi-allelic sites repeat an
+    ID; instrument names must be unique to label estimates and qc.tsv rows.
+    """
+    ids = variant_table["variant_id"].astype(str).to_numpy()
+    counts = pd.Series(ids).value_counts()
+    names = []
+    for i, vid in enumerate(ids):
+        if vid in (".", "", "nan") or counts[vid] > 1:
+            row = variant_table.iloc[i]
+            vid = f"{row['chrom']}:{row['pos']}:{row['counted_allele']}:{row['other_allele']}"
+        names.append(vid)
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        k = seen.get(name, 0)
+        seen[name] = k + 1
+        out.append(name if k == 0 else f"{name}#{k + 1}")
+    return out

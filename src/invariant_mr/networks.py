@@ -24,13 +24,21 @@ def mlp(d_in: int, d_out: int, hidden: int, n_layers: int) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    """Z -> (hV, hW) = linear(Z) + mlp(Z), split into the confounded and the invariant block."""
+    """Z -> (hV, hW) = linear(Z) + mlp(Z), split into the confounded and the invariant block.
 
-    def __init__(self, d_in: int, dim_v: int, dim_w: int, hidden: int = 64, n_layers: int = 2):
+    With `linear_w`, the MLP correction feeds hV only, so hW is an affine
+    function of Z: the right model class under linear and polynomial mixing,
+    and one in which spurious invariant nonlinear functions of V cannot be built.
+    """
+
+    def __init__(
+        self, d_in: int, dim_v: int, dim_w: int, hidden: int = 64, n_layers: int = 2, linear_w: bool = False
+    ):
         super().__init__()
-        self.dim_v, self.dim_w = dim_v, dim_w
+        self.dim_v, self.dim_w, self.linear_w = dim_v, dim_w, linear_w
         self.linear = nn.Linear(d_in, dim_v + dim_w)
-        self.correction = mlp(d_in, dim_v + dim_w, hidden, n_layers) if n_layers > 0 else None
+        width = dim_v if linear_w else dim_v + dim_w
+        self.correction = mlp(d_in, width, hidden, n_layers) if n_layers > 0 else None
         if self.correction is not None:
             # Start from the linear map alone, so a warm start is reproduced exactly at step 0.
             nn.init.zeros_(self.correction[-1].weight)
@@ -38,9 +46,13 @@ class Encoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.linear(z)
+        hv, hw = h[:, : self.dim_v], h[:, self.dim_v :]
         if self.correction is not None:
-            h = h + self.correction(z)
-        return h[:, : self.dim_v], h[:, self.dim_v :]
+            c = self.correction(z)
+            hv = hv + c[:, : self.dim_v]
+            if not self.linear_w:
+                hw = hw + c[:, self.dim_v :]
+        return hv, hw
 
 
 class Decoder(nn.Module):
@@ -69,9 +81,16 @@ class InvariantAutoencoderNet(nn.Module):
     """Encoder, decoder and the optional relevance head in one module (one state dict)."""
 
     def __init__(
-        self, d_in: int, dim_v: int, dim_w: int, hidden: int = 64, n_layers: int = 2, relevance: bool = False
+        self,
+        d_in: int,
+        dim_v: int,
+        dim_w: int,
+        hidden: int = 64,
+        n_layers: int = 2,
+        relevance: bool = False,
+        linear_w: bool = False,
     ):
         super().__init__()
-        self.encoder = Encoder(d_in, dim_v, dim_w, hidden, n_layers)
+        self.encoder = Encoder(d_in, dim_v, dim_w, hidden, n_layers, linear_w)
         self.decoder = Decoder(dim_v + dim_w, d_in, hidden, n_layers)
         self.relevance = RelevanceHead(dim_w) if relevance else None

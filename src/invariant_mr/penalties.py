@@ -1,9 +1,17 @@
 """Penalties of the invariant-autoencoder objective, as pure functions of tensors.
 
 Every function takes (n, d) tensors and returns a scalar tensor that is
-differentiable in its inputs. All statistics are the biased (V-statistic)
-versions: they are exactly zero for identical samples, never negative for the
-kernel ones, and invariant to permuting rows.
+differentiable in its inputs. Kernel MMD^2 and HSIC come in two versions, both invariant to permuting rows:
+
+* unbiased U-statistics (the default in training): their expectation is the
+  population value, 0 when the distributions agree (resp. under independence);
+  they can be slightly negative;
+* biased V-statistics (`unbiased=False`): exactly zero for identical samples
+  and never negative, but their bias grows with E k(x, x), i.e. with the
+  fourth moments of the codes. Minimising them rewards light-tailed,
+  sign-like codes (e.g. sign(V1 - V2)) for no reason other than the bias;
+  with batches of a few hundred rows this bias is larger than the
+  reconstruction loss. That is why training uses the U-statistics.
 
 The polynomial kernel `(x'y + 1)^2` has a finite feature map, so its MMD and
 HSIC are computed from explicit features in O(n d^2) time instead of from
@@ -23,9 +31,10 @@ INDEPENDENCE_MEASURES = ("poly", "rbf", "crosscov", "dcor")
 RBF_SCALES = (0.1, 1.0, 5.0)
 
 
-def standardize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def standardize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Columns to mean 0, SD 1, so that shrinking a code cannot fake invariance or independence."""
-    return (x - x.mean(0)) / (x.std(0, unbiased=False) + eps)
+    xc = x - x.mean(0)
+    return xc / torch.sqrt((xc * xc).mean(0) + eps)
 
 
 def poly2_features(x: torch.Tensor) -> torch.Tensor:
@@ -59,23 +68,38 @@ def rbf_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth: torch.Tensor, scales
 # ---------------------------------------------------------------- MMD^2 (invariance)
 
 
-def mmd_poly(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """MMD^2 with (x'y + 1)^2: squared distance between the mean feature vectors."""
-    diff = poly2_features(x).mean(0) - poly2_features(y).mean(0)
-    return (diff * diff).sum()
+def _within_mean(total_sq: torch.Tensor, diag_sum: torch.Tensor, n: int, unbiased: bool) -> torch.Tensor:
+    """Mean of k(x_i, x_j) over i != j (unbiased) or over all i, j, from the full sum and the diagonal."""
+    if unbiased:
+        return (total_sq - diag_sum) / (n * (n - 1))
+    return total_sq / (n * n)
 
 
-def mmd_rbf(x: torch.Tensor, y: torch.Tensor, scales: Sequence[float] = RBF_SCALES) -> torch.Tensor:
+def mmd_poly(x: torch.Tensor, y: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """MMD^2 with (x'y + 1)^2 from explicit features: sum_ij k(x_i, x_j) = ||sum_i phi(x_i)||^2."""
+    fx, fy = poly2_features(x), poly2_features(y)
+    sx, sy = fx.sum(0), fy.sum(0)
+    n, m = x.shape[0], y.shape[0]
+    kxx = _within_mean((sx * sx).sum(), (fx * fx).sum(), n, unbiased)
+    kyy = _within_mean((sy * sy).sum(), (fy * fy).sum(), m, unbiased)
+    return kxx + kyy - 2.0 * (sx * sy).sum() / (n * m)
+
+
+def mmd_rbf(
+    x: torch.Tensor, y: torch.Tensor, unbiased: bool = True, scales: Sequence[float] = RBF_SCALES
+) -> torch.Tensor:
     """Multi-scale RBF MMD^2, bandwidth = median heuristic on the pooled sample."""
     bw = median_bandwidth(torch.cat([x, y]))
-    kxx = rbf_kernel(x, x, bw, scales).mean()
-    kyy = rbf_kernel(y, y, bw, scales).mean()
+    n, m = x.shape[0], y.shape[0]
+    k_self = float(len(scales))  # k(x, x) for every x
+    kxx = _within_mean(rbf_kernel(x, x, bw, scales).sum(), x.new_tensor(k_self * n), n, unbiased)
+    kyy = _within_mean(rbf_kernel(y, y, bw, scales).sum(), y.new_tensor(k_self * m), m, unbiased)
     kxy = rbf_kernel(x, y, bw, scales).mean()
     return kxx + kyy - 2.0 * kxy
 
 
-def mmd_moments(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean and covariance matching: ||mean_x - mean_y||^2 + ||Cov_x - Cov_y||_F^2."""
+def mmd_moments(x: torch.Tensor, y: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Mean and covariance matching: ||mean_x - mean_y||^2 + ||Cov_x - Cov_y||_F^2 (plug-in; `unbiased` unused)."""
     dm = x.mean(0) - y.mean(0)
     xc, yc = x - x.mean(0), y - y.mean(0)
     dc = xc.T @ xc / x.shape[0] - yc.T @ yc / y.shape[0]
@@ -85,15 +109,15 @@ def mmd_moments(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 _MMD = {"poly": mmd_poly, "rbf": mmd_rbf, "moments": mmd_moments}
 
 
-def mmd(x: torch.Tensor, y: torch.Tensor, kernel: str = "poly") -> torch.Tensor:
-    return _MMD[kernel](x, y)
+def mmd(x: torch.Tensor, y: torch.Tensor, kernel: str = "poly", unbiased: bool = True) -> torch.Tensor:
+    return _MMD[kernel](x, y, unbiased=unbiased)
 
 
-def pairwise_mmd(h: torch.Tensor, env: torch.Tensor, kernel: str = "poly") -> torch.Tensor:
+def pairwise_mmd(h: torch.Tensor, env: torch.Tensor, kernel: str = "poly", unbiased: bool = True) -> torch.Tensor:
     """Mean MMD^2 over all pairs of environments present in `env` (integer codes)."""
     levels = torch.unique(env)
     groups = [h[env == lv] for lv in levels]
-    terms = [mmd(a, b, kernel) for a, b in combinations(groups, 2)]
+    terms = [mmd(a, b, kernel, unbiased) for a, b in combinations(groups, 2)]
     return torch.stack(terms).mean() if terms else h.new_zeros(())
 
 
@@ -106,33 +130,62 @@ def _centered_cross_cov(fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
     return fx.T @ fy / fx.shape[0]
 
 
-def hsic_poly(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """HSIC with (x'y + 1)^2 kernels: (1/n^2) tr(K H L H) = ||Cov(phi(x), phi(y))||_F^2."""
-    c = _centered_cross_cov(poly2_features(x), poly2_features(y))
-    return (c * c).sum()
-
-
 def _center(k: torch.Tensor) -> torch.Tensor:
     return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
 
 
-def hsic_rbf(x: torch.Tensor, y: torch.Tensor, scales: Sequence[float] = RBF_SCALES) -> torch.Tensor:
-    """Multi-scale RBF HSIC (1/n^2) tr(K H L H), median-heuristic bandwidths per block."""
+def hsic_from_kernels(k: torch.Tensor, l_: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """HSIC from two kernel matrices: Song et al. (2012) U-statistic, or (1/n^2) tr(K H L H)."""
+    n = k.shape[0]
+    if not unbiased:
+        return (_center(k) * l_).sum() / n**2
+    if n < 4:
+        raise ValueError("the unbiased HSIC needs at least 4 rows")
+    eye = torch.eye(n, dtype=torch.bool, device=k.device)
+    kt, lt = k.masked_fill(eye, 0.0), l_.masked_fill(eye, 0.0)
+    k1, l1 = kt.sum(1), lt.sum(1)
+    value = (kt * lt).sum() + k1.sum() * l1.sum() / ((n - 1) * (n - 2)) - 2.0 * (k1 * l1).sum() / (n - 2)
+    return value / (n * (n - 3))
+
+
+def hsic_poly(x: torch.Tensor, y: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """HSIC with (x'y + 1)^2 kernels. The V-statistic equals ||Cov(phi(x), phi(y))||_F^2."""
+    if not unbiased:
+        c = _centered_cross_cov(poly2_features(x), poly2_features(y))
+        return (c * c).sum()
+    return hsic_from_kernels((x @ x.T + 1.0) ** 2, (y @ y.T + 1.0) ** 2, unbiased=True)
+
+
+def hsic_rbf(x: torch.Tensor, y: torch.Tensor, unbiased: bool = True, scales: Sequence[float] = RBF_SCALES) -> torch.Tensor:
+    """Multi-scale RBF HSIC, median-heuristic bandwidths per block."""
     k = rbf_kernel(x, x, median_bandwidth(x), scales)
     l_ = rbf_kernel(y, y, median_bandwidth(y), scales)
-    return (_center(k) * l_).sum() / x.shape[0] ** 2
+    return hsic_from_kernels(k, l_, unbiased)
 
 
-def cross_covariance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Squared Frobenius norm of the cross-covariance ("orthogonality")."""
-    c = _centered_cross_cov(x, y)
-    return (c * c).sum()
+def cross_covariance(x: torch.Tensor, y: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Squared Frobenius norm of the cross-covariance ("orthogonality"): HSIC with linear kernels."""
+    if not unbiased:
+        c = _centered_cross_cov(x, y)
+        return (c * c).sum()
+    return hsic_from_kernels(x @ x.T, y @ y.T, unbiased=True)
 
 
-def distance_correlation(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
-    """Squared distance correlation dCor^2 (Szekely et al. 2007), V-statistic version."""
-    a = _center(torch.sqrt(_sq_dists(x, x) + eps))
-    b = _center(torch.sqrt(_sq_dists(y, y) + eps))
+def _distances(x: torch.Tensor) -> torch.Tensor:
+    # sqrt has an infinite gradient at 0 (the diagonal): take it only where the distance is positive.
+    d = _sq_dists(x, x)
+    pos = d > 1e-12
+    return torch.where(pos, torch.sqrt(torch.where(pos, d, torch.ones_like(d))), torch.zeros_like(d))
+
+
+def distance_correlation(x: torch.Tensor, y: torch.Tensor, unbiased: bool = True, eps: float = 1e-12) -> torch.Tensor:
+    """Squared distance correlation dCor^2 (Szekely et al. 2007), V-statistic version (`unbiased` unused).
+
+    It is normalised by the marginal distance variances, so its bias does not
+    reward any particular shape of the codes the way raw kernel statistics do.
+    """
+    a = _center(_distances(x))
+    b = _center(_distances(y))
     dcov_xy = (a * b).mean()
     dcov_xx = (a * a).mean()
     dcov_yy = (b * b).mean()
@@ -142,23 +195,28 @@ def distance_correlation(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-9) ->
 _INDEP = {"poly": hsic_poly, "rbf": hsic_rbf, "crosscov": cross_covariance, "dcor": distance_correlation}
 
 
-def independence(x: torch.Tensor, y: torch.Tensor, measure: str = "poly") -> torch.Tensor:
-    return _INDEP[measure](x, y)
+def independence(x: torch.Tensor, y: torch.Tensor, measure: str = "poly", unbiased: bool = True) -> torch.Tensor:
+    return _INDEP[measure](x, y, unbiased=unbiased)
 
 
 def pooled_and_within_independence(
-    x: torch.Tensor, y: torch.Tensor, env: torch.Tensor, measure: str = "poly", within: bool = True
+    x: torch.Tensor,
+    y: torch.Tensor,
+    env: torch.Tensor,
+    measure: str = "poly",
+    within: bool = True,
+    unbiased: bool = True,
 ) -> torch.Tensor:
     """Dependence pooled plus the sum over environments of the within-environment dependence.
 
     The within-environment terms matter because pooled independence can hold
     by cancellation while hW still tracks hV inside each environment.
     """
-    total = independence(x, y, measure)
+    total = independence(x, y, measure, unbiased)
     if within:
         for lv in torch.unique(env):
             m = env == lv
-            total = total + independence(x[m], y[m], measure)
+            total = total + independence(x[m], y[m], measure, unbiased)
     return total
 
 

@@ -10,6 +10,7 @@ PCs, ...) become exogenous controls; a text covariate such as sex coded
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from .data import MIN_SAMPLES_PER_ENV
 from .errors import InputError
 
 #: Strings read as missing, besides the empty field (pandas' defaults plus PLINK's ".").
-NA_VALUES = ("NA", "N/A", "NaN", "nan", "null", "NULL", "None", ".", "#N/A")
+NA_VALUES = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", ".", "#N/A")
 
 #: ID column names recognised when none is given (PLINK 2 writes "#FID"/"#IID").
 IID_CANDIDATES = ("IID", "#IID", "iid", "sample_id", "sample", "ID", "id")
@@ -103,6 +104,20 @@ def resolve_column(table: pd.DataFrame, name: str, option: str, source: str) -> 
     raise InputError(f"{option}: column {name!r} not found in {source}{hint} Columns: {shown}")
 
 
+def expand_columns(table: pd.DataFrame, patterns: Sequence[str], option: str, source: str) -> list[str]:
+    """Column names from names or shell globs (e.g. "PC*"), in the order given, without repeats."""
+    chosen: list[str] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            hits = [str(c) for c in table.columns if fnmatch.fnmatchcase(str(c), pattern)]
+            if not hits:
+                raise InputError(f"{option}: pattern {pattern!r} matches no column in {source}")
+        else:
+            hits = [resolve_column(table, pattern, option, source)]
+        chosen.extend(h for h in hits if h not in chosen)
+    return chosen
+
+
 def _first_present(table: pd.DataFrame, candidates: Sequence[str]) -> str | None:
     for c in candidates:
         if c in table.columns:
@@ -121,7 +136,7 @@ def parse_numeric(values: pd.Series, column: str, option: str, source: str) -> n
         raise InputError(
             f"{option}: column {column!r} in {source} is not numeric ({int(bad.sum())} value(s) such as {examples})"
         )
-    out = numeric.to_numpy(dtype=float)
+    out = numeric.to_numpy(dtype=float, copy=True)
     out[~np.isfinite(out)] = np.nan
     return out
 
@@ -247,7 +262,7 @@ def match_phenotypes(
     env_col = resolve_column(table, columns.env, "--env-col", source)
     exp_col = resolve_column(table, columns.exposure, "--exposure", source)
     out_col = resolve_column(table, columns.outcome, "--outcome", source)
-    cov_cols = [resolve_column(table, c, "--covar", source) for c in columns.covariates]
+    cov_cols = expand_columns(table, columns.covariates, "--covar", source)
     iid_col = (
         resolve_column(table, columns.iid, "--iid-col", source)
         if columns.iid
@@ -398,7 +413,7 @@ def check_environment_sizes(env: np.ndarray, min_samples: int, column: str, stag
             f"--env-col {column!r}: need at least 2 environments {stage}, found {len(levels)} "
             f"({', '.join(levels)})"
         )
-    small = [f"{lv!r} (n={c})" for lv, c in zip(levels, counts) if c < min_samples]
+    small = [f"{str(lv)!r} (n={c})" for lv, c in zip(levels, counts) if c < min_samples]
     if small:
         raise InputError(
             f"--env-col {column!r}: environment(s) with fewer than {min_samples} samples {stage}: "

@@ -23,6 +23,8 @@ from .results import AnalysisResult
 BUILTIN_METHOD_MODULES: tuple[str, ...] = (
     "invariant_mr.baseline_methods",
     "invariant_mr.invariant_linear",
+    "invariant_mr.mr_methods",
+    "invariant_mr.autoencoder",
 )
 
 _loaded = False

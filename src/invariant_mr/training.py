@@ -42,6 +42,8 @@ class LossWeights:
     independence: str = "poly"
     within_env_independence: bool = True
     adaptive_balancer: bool = False
+    #: U-statistic MMD/HSIC; the V-statistics' bias rewards light-tailed codes (see penalties).
+    unbiased: bool = True
 
     def validate(self) -> None:
         if self.mmd_kernel not in MMD_KERNELS:
@@ -106,9 +108,9 @@ def loss_terms(
     sv, sw = standardize(hv), standardize(hw)
     terms = {
         "recon": recon,
-        "inv": pairwise_mmd(sw, env, weights.mmd_kernel),
+        "inv": pairwise_mmd(sw, env, weights.mmd_kernel, unbiased=weights.unbiased),
         "ind": pooled_and_within_independence(
-            sw, sv, env, weights.independence, within=weights.within_env_independence
+            sw, sv, env, weights.independence, within=weights.within_env_independence, unbiased=weights.unbiased
         ),
         "ent": gaussian_logdet(torch.cat([sv, sw], dim=1), env),
     }

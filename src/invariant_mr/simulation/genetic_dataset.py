@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -55,6 +53,8 @@ class GeneticSimulation:
     truth : JSON-ready description of the data-generating model (theta first).
     latent : name -> array of latent quantities (ancestry, confounders) kept
         in memory for benchmarks and tests; never written to disk.
+    family_ids : optional (n,) family ids (the .fam FID; siblings share one).
+        Defaults to the sample id (unrelated individuals).
     """
 
     genotypes: np.ndarray
@@ -70,6 +70,7 @@ class GeneticSimulation:
     covariates: Mapping[str, np.ndarray]
     truth: Mapping[str, Any]
     latent: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False)
+    family_ids: np.ndarray | None = None
 
     def __post_init__(self):
         G = np.asarray(self.genotypes)
@@ -93,6 +94,11 @@ class GeneticSimulation:
             if arr.shape != (n,):
                 raise InputError(f"{name} has shape {arr.shape}, expected ({n},)")
             object.__setattr__(self, name, arr)
+        if self.family_ids is not None:
+            fam = _readonly(self.family_ids, object)
+            if fam.shape != (n,):
+                raise InputError(f"family_ids has shape {fam.shape}, expected ({n},)")
+            object.__setattr__(self, "family_ids", fam)
         covs = {}
         for key, values in self.covariates.items():
             arr = _readonly(values)
@@ -147,11 +153,32 @@ class GeneticSimulation:
         )
 
 
-def _atomic_target(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not overwrite:
-        raise InputError(f"output directory {out_dir} already exists; pass --overwrite to replace it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"output path {out_dir} exists and is not a directory")
+#: Genetic models of `simulate_genetic`: name -> (module, function).
+GENETIC_MODELS: dict[str, tuple[str, str]] = {
+    "balding-nichols": ("invariant_mr.simulation.balding_nichols", "simulate_balding_nichols"),
+    "coalescent": ("invariant_mr.simulation.coalescent", "simulate_coalescent"),
+    "assortative": ("invariant_mr.simulation.assortative", "simulate_assortative"),
+}
+
+
+def simulate_genetic(model: str, **params) -> GeneticSimulation:
+    """Simulate one of `GENETIC_MODELS`; the entry point of `invariant-mr simulate`.
+
+    `params` are the model function's keyword arguments. The CLI passes every
+    simulate option it has, so options a model does not take (e.g. `fst` for
+    the coalescent model) and options left at None are dropped here; the
+    model's own defaults then apply.
+    """
+    import importlib
+    import inspect
+
+    if model not in GENETIC_MODELS:
+        raise InputError(f"unknown genetic model {model!r}; choose from {', '.join(GENETIC_MODELS)}")
+    module_name, func_name = GENETIC_MODELS[model]
+    func = getattr(importlib.import_module(module_name), func_name)
+    accepted = inspect.signature(func).parameters
+    kwargs = {k: v for k, v in params.items() if k in accepted and v is not None}
+    return func(**kwargs)
 
 
 def write_fileset(
@@ -167,67 +194,61 @@ def write_fileset(
     and renamed into place, so an interrupted call leaves no partial fileset.
     An existing `out_dir` is refused unless `overwrite=True`.
     """
+    from ..output import OutputDirectory
+
+    out = OutputDirectory(out_dir, overwrite=overwrite)
+    out.check()
+    with out:
+        write_fileset_into(sim, out.path, command=command)
+    return Path(out_dir)
+
+
+def write_fileset_into(sim: GeneticSimulation, directory: str | os.PathLike, *, command: str = "python-api") -> None:
+    """Write the fileset into an existing (staging) directory; `write_fileset` is the atomic wrapper."""
     from bed_reader import to_bed
 
-    out_dir = Path(out_dir)
-    _atomic_target(out_dir, overwrite)
-    parent = out_dir.resolve().parent
-    if not parent.is_dir():
-        raise InputError(f"parent directory of {out_dir} does not exist")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=parent))
-    try:
-        ids = [str(s) for s in sim.sample_ids]
-        sex = sim.covariates.get("sex")
-        to_bed(
-            staging / f"{GENOTYPE_PREFIX}.bed",
-            sim.genotypes,
-            properties={
-                "fid": ids,
-                "iid": ids,
-                "sex": [int(s) for s in sex] if sex is not None else [0] * sim.n,
-                "chromosome": [str(c) for c in sim.chrom],
-                "sid": [str(v) for v in sim.variant_ids],
-                "bp_position": sim.pos.astype(np.int64),
-                "cm_position": np.zeros(sim.m),
-                "allele_1": [str(a) for a in sim.allele_1],
-                "allele_2": [str(a) for a in sim.allele_2],
-            },
-            count_A1=True,
-            num_threads=1,
-        )
-        _write_phenotypes(sim, staging / PHENOTYPE_FILE)
-        truth = {
-            **dict(sim.truth),
-            "files": {
-                "bfile": GENOTYPE_PREFIX,
-                "phenotypes": PHENOTYPE_FILE,
-                "counted_allele": "A1 (allele_1, column 5 of the .bim)",
-                "id_column": "IID",
-                "environment_column": "environment",
-                "exposure_column": "exposure",
-                "outcome_column": "outcome",
-                "covariate_columns": list(sim.covariates),
-            },
-            "provenance": make_provenance(
-                command=command, parameters=dict(sim.truth.get("parameters", {})),
-                seed=sim.truth.get("seed"),
-            ),
-        }
-        with open(staging / TRUTH_FILE, "w") as fh:
-            json.dump(truth, fh, indent=2, default=json_default)
-            fh.write("\n")
-        if out_dir.exists():
-            # Swap in two renames so the old fileset is never half-replaced.
-            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
-            os.replace(out_dir, trash / "old")
-            os.replace(staging, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
+    staging = Path(directory)
+    ids = [str(s) for s in sim.sample_ids]
+    sex = sim.covariates.get("sex")
+    to_bed(
+        staging / f"{GENOTYPE_PREFIX}.bed",
+        # bed-reader's Rust writer insists on a writeable buffer; ours is read-only.
+        np.array(sim.genotypes, order="C"),
+        properties={
+            "fid": ids if sim.family_ids is None else [str(f) for f in sim.family_ids],
+            "iid": ids,
+            "sex": [int(s) for s in sex] if sex is not None else [0] * sim.n,
+            "chromosome": [str(c) for c in sim.chrom],
+            "sid": [str(v) for v in sim.variant_ids],
+            "bp_position": sim.pos.astype(np.int64),
+            "cm_position": np.zeros(sim.m),
+            "allele_1": [str(a) for a in sim.allele_1],
+            "allele_2": [str(a) for a in sim.allele_2],
+        },
+        count_A1=True,
+        num_threads=1,
+    )
+    _write_phenotypes(sim, staging / PHENOTYPE_FILE)
+    truth = {
+        **dict(sim.truth),
+        "files": {
+            "bfile": GENOTYPE_PREFIX,
+            "phenotypes": PHENOTYPE_FILE,
+            "counted_allele": "A1 (allele_1, column 5 of the .bim)",
+            "id_column": "IID",
+            "environment_column": "environment",
+            "exposure_column": "exposure",
+            "outcome_column": "outcome",
+            "covariate_columns": list(sim.covariates),
+        },
+        "provenance": make_provenance(
+            command=command, parameters=dict(sim.truth.get("parameters", {})),
+            seed=sim.truth.get("seed"),
+        ),
+    }
+    with open(staging / TRUTH_FILE, "w") as fh:
+        json.dump(truth, fh, indent=2, default=json_default)
+        fh.write("\n")
 
 
 def _write_phenotypes(sim: GeneticSimulation, path: Path) -> None:

@@ -60,6 +60,11 @@ def check_fraction(value: float, name: str, *, closed_low: bool = True, closed_h
     return value
 
 
+def default_n_causal(n_variants: int) -> int:
+    """50 causal variants, or a tenth of the variants when there are fewer than 500."""
+    return int(min(50, max(1, n_variants // 10)))
+
+
 def draw_causal_effects(
     n_variants: int, n_causal: int, rng: np.random.Generator, candidates: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -112,10 +117,10 @@ def stratified_phenotypes(
     rng: np.random.Generator,
     *,
     theta: float = 1.0,
-    n_causal: int = 50,
+    n_causal: int | None = None,
     h2: float = 0.3,
-    ancestry_confounding: float = 1.0,
-    within_confounding: float = 1.0,
+    ancestry_confounding: float = 0.5,
+    within_confounding: float = 0.5,
     within_correlation: float = 0.6,
     alpha_exposure: float = 1.0,
     alpha_outcome: float = 1.0,
@@ -151,6 +156,7 @@ def stratified_phenotypes(
     if ancestry.shape[0] != n:
         raise InputError(f"ancestry has {ancestry.shape[0]} rows for {n} individuals")
 
+    n_causal = default_n_causal(genotypes.shape[1]) if n_causal is None else int(n_causal)
     causal, effects = draw_causal_effects(genotypes.shape[1], n_causal, rng)
     G = genetic_score(genotypes, causal, effects, env_codes)
 
@@ -185,3 +191,75 @@ def stratified_phenotypes(
     }
     latent = {"H": H, "H_ancestry": H_anc, "H_environment": H_env, "genetic_score": G}
     return PhenotypeDraw(exposure=D, outcome=Y, covariates=cov, truth=truth, latent=latent)
+
+
+@dataclass(frozen=True)
+class FamilyTraitModel:
+    """Genetic architecture of the assortative-mating model (fixed across generations).
+
+    Scores are standardised with the linkage-equilibrium moments of the base
+    generation, so that the variance inflation assortative mating causes
+    stays visible in later generations.
+    """
+
+    exposure_index: np.ndarray
+    exposure_effects: np.ndarray
+    outcome_index: np.ndarray
+    outcome_effects: np.ndarray
+    base_frequencies: np.ndarray
+    theta: float
+    h2_exposure: float
+    h2_outcome: float
+    family_effect: float
+
+    def score(self, genotypes: np.ndarray, which: str) -> np.ndarray:
+        idx, eff = (
+            (self.exposure_index, self.exposure_effects) if which == "exposure"
+            else (self.outcome_index, self.outcome_effects)
+        )
+        p = self.base_frequencies[idx]
+        mean = 2 * p @ eff
+        sd = np.sqrt(np.sum(eff**2 * 2 * p * (1 - p)))
+        return (genotypes[:, idx].astype(np.float64) @ eff - mean) / sd
+
+
+def family_phenotypes(
+    genotypes: np.ndarray,
+    family_environment: np.ndarray,
+    model: FamilyTraitModel,
+    rng: np.random.Generator,
+    covariates: Mapping[str, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Exposure and outcome of one generation, confounded through the parents' phenotypes.
+
+        G_D, G_Y  standardised exposure and outcome genetic scores (disjoint variants)
+        F         family environment: standardised mean exposure of the two parents
+        D = sqrt(h2_D) G_D + sqrt(1 - h2_D) e_D + f F (+ age/sex)
+        Y = theta D + sqrt(h2_Y) G_Y + f F + e_Y      (+ age/sex)
+
+    In METHOD.md notation H = (G_Y, F): the outcome's own genetic score and the
+    family environment. Both are instrument-outcome confounders for a variant
+    set that contains the outcome variants or variants correlated with them or
+    with the parents' genotypes. V is the part of the genotype that carries H:
+    the outcome-score direction, and the exposure-variant components that
+    assortative mating and transmission from the parents correlate with H.
+    W is what is left: under random mating, the exposure variants
+    (independent of G_Y; correlated with F only through the transmitted half
+    of the parental score) and null variants. Assortative mating of different
+    strength per environment makes the V directions' covariance differ across
+    environments, while allele frequencies (first moments) stay the same.
+    """
+    n = genotypes.shape[0]
+    G_D = model.score(genotypes, "exposure")
+    G_Y = model.score(genotypes, "outcome")
+    D = (
+        np.sqrt(model.h2_exposure) * G_D + np.sqrt(1 - model.h2_exposure) * rng.standard_normal(n)
+        + model.family_effect * family_environment
+    )
+    Y = model.theta * D + np.sqrt(model.h2_outcome) * G_Y + model.family_effect * family_environment
+    Y = Y + rng.standard_normal(n)
+    if covariates is not None:
+        cov_d, cov_y = _covariate_effects(covariates)
+        D = D + cov_d
+        Y = Y + model.theta * cov_d + cov_y
+    return D, Y, {"G_exposure": G_D, "G_outcome": G_Y, "F": family_environment}

@@ -1,0 +1,411 @@
+"""Assumption diagnostics for a set of instruments (learned or not).
+
+Each check returns an `invariant_mr.results.Diagnostic` with a statistic, a
+p-value and a plain-language flag:
+
+* `invariance_mmd`: are the instruments identically distributed in every
+  environment? Permutation test of the maximum mean discrepancy (MMD)
+  between environments. A valid instrument W has the same distribution in
+  every environment; the confounded part of the genotype does not.
+* `independence_hsic`: are the instruments independent of the
+  environment-varying component? Permutation test of the Hilbert-Schmidt
+  independence criterion (HSIC). The *environment-varying component* is
+  whatever the caller passes as `complement` (e.g. the learned hV of the
+  neural method); by default it is the genotype projected off the
+  instruments, i.e. the residual of a linear regression of Z on the
+  instruments. When the instruments recover the invariant block W of a
+  linear mixing Z = A [V, W], that residual is A_V (V - mean), which is
+  independent of W exactly when the instruments are valid.
+* `overidentification_j`: Sargan (homoskedastic) or Hansen (robust) J test
+  that all instruments give the same causal effect.
+* `first_stage_f`: instrument strength per scope (pooled and each
+  environment), flagged below the usual F = 10.
+
+Kernels are used through explicit finite feature maps so that the
+permutation null is cheap: the default polynomial kernel (x'y + 1)^2 (the
+MMD/HSIC default of the method) has an exact feature map of dimension
+O(d^2); for wide inputs a Gaussian kernel is approximated by seeded random
+Fourier features with the median-heuristic bandwidth. With features F, the
+(biased) MMD^2 between two environments is ||mean F_e - mean F_e'||^2 and
+HSIC is ||cov(F, G)||_F^2, so each permutation costs one pass over the data.
+All p-values are (1 + #{null >= observed}) / (1 + n_permutations).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy import stats
+
+from .data import MRData
+from .errors import InputError
+from .iv import independent_columns, orthonormal_basis, residualize
+from .registry import MethodContext
+from .results import Diagnostic
+
+#: Above this many polynomial features, switch to random Fourier features.
+MAX_POLY_FEATURES = 300
+#: Random Fourier features for the Gaussian kernel.
+N_RANDOM_FEATURES = 128
+#: The conventional weak-instrument threshold (Staiger & Stock 1997).
+WEAK_F = 10.0
+
+
+# ----------------------------------------------------------------------------- features
+def _standardize(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=float)
+    X = X.reshape(X.shape[0], -1)
+    sd = X.std(axis=0)
+    return (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
+def poly2_features(X: np.ndarray) -> np.ndarray:
+    """Exact feature map of the kernel (x'y + 1)^2, without its constant feature."""
+    n, d = X.shape
+    iu = np.triu_indices(d, k=1)
+    cross = (X[:, iu[0]] * X[:, iu[1]]) * np.sqrt(2.0)
+    return np.hstack([np.sqrt(2.0) * X, X * X, cross])
+
+
+def rbf_features(X: np.ndarray, rng: np.random.Generator, n_features: int = N_RANDOM_FEATURES) -> np.ndarray:
+    """Random Fourier features of a Gaussian kernel, bandwidth = median pairwise distance."""
+    n = X.shape[0]
+    sub = X[rng.choice(n, size=min(n, 500), replace=False)]
+    d2 = np.sum((sub[:, None, :] - sub[None, :, :]) ** 2, axis=-1)
+    bw = float(np.sqrt(np.median(d2[np.triu_indices(sub.shape[0], 1)]))) or 1.0
+    W = rng.standard_normal((X.shape[1], n_features)) / bw
+    b = rng.uniform(0, 2 * np.pi, n_features)
+    return np.sqrt(2.0 / n_features) * np.cos(X @ W + b)
+
+
+def kernel_features(X: np.ndarray, kernel: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """(features, kernel actually used) for standardised X."""
+    X = _standardize(X)
+    d = X.shape[1]
+    if kernel == "poly2":
+        if d + d * (d + 1) // 2 <= MAX_POLY_FEATURES:
+            return poly2_features(X), "poly2"
+        kernel = "rbf"
+    if kernel == "rbf":
+        return rbf_features(X, rng), "rbf (random Fourier features)"
+    raise InputError(f"kernel must be 'poly2' or 'rbf', got {kernel!r}")
+
+
+# ----------------------------------------------------------------------------- tests
+def _perm_pvalue(observed: float, null: np.ndarray) -> float:
+    return float((1 + np.sum(null >= observed)) / (1 + null.size))
+
+
+def _check_permutations(n_permutations: int) -> int:
+    n_permutations = int(n_permutations)
+    if n_permutations < 1:
+        raise InputError(f"--diagnostic-permutations must be at least 1, got {n_permutations}")
+    return n_permutations
+
+
+def _pairwise_mmd(means: np.ndarray) -> np.ndarray:
+    """Sum over environment pairs of squared distances between mean embeddings; means (..., K, m)."""
+    K = means.shape[-2]
+    total = 0.0
+    for a in range(K):
+        for b in range(a + 1, K):
+            diff = means[..., a, :] - means[..., b, :]
+            total = total + np.sum(diff * diff, axis=-1)
+    return total
+
+
+def mmd_permutation_test(
+    X: np.ndarray,
+    env_codes: np.ndarray,
+    *,
+    kernel: str = "poly2",
+    n_permutations: int = 1000,
+    rng: np.random.Generator | int = 0,
+) -> tuple[float, float, str]:
+    """(MMD^2 summed over environment pairs, permutation p-value, kernel used).
+
+    Null: X has the same distribution in every environment. Environment
+    labels are permuted; all permutations are scored with one sparse
+    (permutations x environments, samples) by (samples, features) product.
+    """
+    rng = np.random.default_rng(rng)
+    n_permutations = _check_permutations(n_permutations)
+    codes = np.asarray(env_codes)
+    _, codes = np.unique(codes, return_inverse=True)
+    K = int(codes.max()) + 1
+    if K < 2:
+        raise InputError("the MMD test needs at least two environments")
+    F, used = kernel_features(X, kernel, rng)
+    counts = np.bincount(codes, minlength=K).astype(float)
+    means = np.stack([F[codes == k].mean(axis=0) for k in range(K)])
+    observed = float(_pairwise_mmd(means))
+    null = np.empty(n_permutations)
+    n = codes.size
+    chunk = max(1, int(2_000_000 // max(n, 1)))
+    for start in range(0, n_permutations, chunk):
+        B = min(chunk, n_permutations - start)
+        perm_codes = np.stack([rng.permutation(codes) for _ in range(B)])  # (B, n)
+        rows = (np.arange(B)[:, None] * K + perm_codes).ravel()
+        cols = np.tile(np.arange(n), B)
+        S = sp.csr_matrix((np.ones(B * n), (rows, cols)), shape=(B * K, n))
+        sums = np.asarray(S @ F).reshape(B, K, -1)
+        null[start : start + B] = _pairwise_mmd(sums / counts[None, :, None])
+    return observed, _perm_pvalue(observed, null), used
+
+
+def hsic_permutation_test(
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    kernel: str = "poly2",
+    n_permutations: int = 1000,
+    rng: np.random.Generator | int = 0,
+    strata: np.ndarray | None = None,
+) -> tuple[float, float, str]:
+    """(HSIC, permutation p-value, kernel used) for independence of X and Y.
+
+    HSIC = ||(1/n) Fc' Gc||_F^2 with centred feature maps. Rows of Y are
+    permuted (within `strata`, e.g. environments, when given: a test of
+    independence conditional on the stratum).
+    """
+    rng = np.random.default_rng(rng)
+    n_permutations = _check_permutations(n_permutations)
+    F, used = kernel_features(X, kernel, rng)
+    G, _ = kernel_features(Y, kernel, rng)
+    F = F - F.mean(axis=0)
+    G = G - G.mean(axis=0)
+    n = F.shape[0]
+    observed = float(np.sum((F.T @ G / n) ** 2))
+    groups = None
+    if strata is not None:
+        _, codes = np.unique(np.asarray(strata), return_inverse=True)
+        groups = [np.flatnonzero(codes == k) for k in range(codes.max() + 1)]
+
+    def permutation() -> np.ndarray:
+        if groups is None:
+            return rng.permutation(n)
+        idx = np.arange(n)
+        for g in groups:
+            idx[g] = rng.permutation(g)
+        return idx
+
+    null = np.empty(n_permutations)
+    chunk = max(1, int(4_000_000 // max(n * G.shape[1], 1)))
+    for start in range(0, n_permutations, chunk):
+        B = min(chunk, n_permutations - start)
+        Gp = np.stack([G[permutation()] for _ in range(B)])  # (B, n, m2)
+        cross = np.einsum("ni,bnj->bij", F, Gp, optimize=True) / n
+        null[start : start + B] = np.sum(cross * cross, axis=(1, 2))
+    return observed, _perm_pvalue(observed, null), used
+
+
+def sargan_hansen_j(
+    outcome, exposure, instruments, exog=None, *, cov_type: str = "robust"
+) -> tuple[float, float, int]:
+    """Overidentification test: (J statistic, p-value, degrees of freedom k - 1).
+
+    "unadjusted": Sargan's statistic on the 2SLS residuals u,
+    ||P u||^2 / (||M u||^2 / (n - k - c)), the form of `ivmodels.tests.j_test`
+    with the 2SLS estimator. "robust": Hansen's J at the two-step efficient
+    GMM estimate, weight matrix from the 2SLS residuals (HC0).
+    """
+    y = np.asarray(outcome, dtype=float).ravel()
+    d = np.asarray(exposure, dtype=float).ravel()
+    n = y.shape[0]
+    cols = [np.ones((n, 1))]
+    if exog is not None:
+        cols.append(np.asarray(exog, dtype=float).reshape(n, -1))
+    basis_c = orthonormal_basis(independent_columns(np.hstack(cols)))
+    Zt = orthonormal_basis(residualize(np.asarray(instruments, dtype=float).reshape(n, -1), basis_c))
+    k = Zt.shape[1]
+    if k < 2:
+        raise InputError("the J test needs more instruments than endogenous regressors (overidentification)")
+    yt = residualize(y[:, None], basis_c)[:, 0]
+    dt = residualize(d[:, None], basis_c)[:, 0]
+    a, c = Zt.T @ yt, Zt.T @ dt
+    b_tsls = float(a @ c / (c @ c))
+    u = yt - b_tsls * dt
+    df = k - 1
+    if cov_type == "unadjusted":
+        g = Zt.T @ u
+        explained = float(g @ g)
+        stat = explained / ((float(u @ u) - explained) / (n - k - basis_c.shape[1]))
+    elif cov_type == "robust":
+        Zu = Zt * u[:, None]
+        S = Zu.T @ Zu
+        Sc, Sa = np.linalg.solve(S, c), np.linalg.solve(S, a)
+        b_gmm = float(c @ Sa / (c @ Sc))
+        g = a - b_gmm * c
+        stat = float(g @ np.linalg.solve(S, g))
+    else:
+        raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
+    return stat, float(stats.chi2.sf(stat, df)), df
+
+
+def first_stage_strength(exposure, instruments, exog=None, *, cov_type: str = "robust") -> tuple[float, float, int]:
+    """(first-stage F, p-value of a zero first stage, number of instruments k).
+
+    "unadjusted": the partial F with an F(k, n - k - c) p-value; "robust": the
+    HC0 Wald statistic divided by k with a chi^2_k p-value. Both agree with
+    `iv.fit_kclass(...).first_stage_f`.
+    """
+    d = np.asarray(exposure, dtype=float).ravel()
+    n = d.shape[0]
+    cols = [np.ones((n, 1))]
+    if exog is not None:
+        cols.append(np.asarray(exog, dtype=float).reshape(n, -1))
+    basis_c = orthonormal_basis(independent_columns(np.hstack(cols)))
+    Zt = orthonormal_basis(residualize(np.asarray(instruments, dtype=float).reshape(n, -1), basis_c))
+    k = Zt.shape[1]
+    if k == 0:
+        raise InputError("the instruments are collinear with the controls")
+    dt = residualize(d[:, None], basis_c)[:, 0]
+    pi = Zt.T @ dt
+    u = dt - Zt @ pi
+    if cov_type == "unadjusted":
+        dfd = n - k - basis_c.shape[1]
+        f = float(pi @ pi) / k / (float(u @ u) / dfd)
+        return f, float(stats.f.sf(f, k, dfd)), k
+    Zu = Zt * u[:, None]
+    wald = float(pi @ np.linalg.solve(Zu.T @ Zu, pi))
+    return wald / k, float(stats.chi2.sf(wald, k)), k
+
+
+# ----------------------------------------------------------------------------- one call
+def environment_varying_component(Z: np.ndarray, instruments: np.ndarray) -> np.ndarray:
+    """The genotype projected off the instruments: residual of Z on [1, instruments]."""
+    n = Z.shape[0]
+    basis = orthonormal_basis(np.hstack([np.ones((n, 1)), np.asarray(instruments, dtype=float).reshape(n, -1)]))
+    return residualize(np.asarray(Z, dtype=float), basis)
+
+
+def _invalid(name: str, scope: str, reason: str) -> Diagnostic:
+    return Diagnostic(name, scope, None, None, f"not computed: {reason}", {"reason": reason})
+
+
+def instrument_diagnostics(
+    data: MRData,
+    instruments: np.ndarray,
+    ctx: MethodContext,
+    complement: np.ndarray | None = None,
+    *,
+    method: str | None = None,
+    env_fixed_effects: bool = True,
+    extra_controls: np.ndarray | None = None,
+    kernel: str = "poly2",
+) -> list[Diagnostic]:
+    """All four checks for `instruments` (n, k) of `data`.
+
+    `complement` is the environment-varying component to test independence
+    against (e.g. the learned hV); None uses `environment_varying_component`.
+    `method` prefixes the diagnostic names ("<method>/invariance_mmd").
+    Permutations: `ctx.option("diagnostic_permutations", 1000)`, seeded by
+    `ctx.rng`. Controls for J and F follow `estimation.iv_estimates`.
+    A check that cannot be computed is reported with statistic and p-value
+    None and the reason, never raised.
+    """
+    from .estimation import exogenous_controls
+
+    prefix = f"{method}/" if method else ""
+    n_perm = int(ctx.option("diagnostic_permutations", 1000))
+    X = np.asarray(instruments, dtype=float).reshape(data.n, -1)
+    alpha = ctx.alpha
+    out: list[Diagnostic] = []
+
+    name = prefix + "invariance_mmd"
+    try:
+        stat, p, used = mmd_permutation_test(
+            X, data.env_codes, kernel=kernel, n_permutations=n_perm, rng=ctx.rng(name)
+        )
+        flag = (
+            "instruments are distributed differently across environments: not invariant, possibly confounded"
+            if p < alpha
+            else "no evidence that the instruments' distribution differs across environments"
+        )
+        out.append(Diagnostic(name, "pooled", stat, p, flag, {"kernel": used, "n_permutations": n_perm}))
+    except (InputError, np.linalg.LinAlgError) as exc:
+        out.append(_invalid(name, "pooled", str(exc)))
+
+    name = prefix + "independence_hsic"
+    Y = environment_varying_component(data.Z, X) if complement is None else np.asarray(complement, dtype=float)
+    Y = Y.reshape(data.n, -1)
+    source = "Z projected off the instruments" if complement is None else "supplied complement"
+    if np.all(Y.std(axis=0) <= 1e-8 * max(1.0, float(np.abs(data.Z).max()))):
+        out.append(
+            _invalid(
+                name,
+                "pooled",
+                "the instruments span the genotype, so there is no environment-varying component left "
+                "to test against; pass one (e.g. the learned hV)",
+            )
+        )
+    else:
+        try:
+            stat, p, used = hsic_permutation_test(X, Y, kernel=kernel, n_permutations=n_perm, rng=ctx.rng(name))
+            flag = (
+                "instruments depend on the environment-varying component: likely confounded"
+                if p < alpha
+                else "no evidence of dependence between instruments and the environment-varying component"
+            )
+            out.append(
+                Diagnostic(name, "pooled", stat, p, flag, {"kernel": used, "n_permutations": n_perm, "complement": source})
+            )
+        except (InputError, np.linalg.LinAlgError) as exc:
+            out.append(_invalid(name, "pooled", str(exc)))
+
+    controls = exogenous_controls(data, env_fixed_effects, extra_controls)
+    name = prefix + "overidentification_j"
+    try:
+        stat, p, df = sargan_hansen_j(data.outcome, data.exposure, X, controls, cov_type=ctx.cov_type)
+        flag = (
+            "instruments disagree about the effect: at least one is invalid"
+            if p < alpha
+            else "no evidence against the overidentifying restrictions"
+        )
+        out.append(
+            Diagnostic(
+                name,
+                "pooled",
+                stat,
+                p,
+                flag,
+                {"df": df, "test": "hansen" if ctx.cov_type == "robust" else "sargan"},
+            )
+        )
+    except (InputError, np.linalg.LinAlgError) as exc:
+        out.append(_invalid(name, "pooled", str(exc)))
+
+    name = prefix + "first_stage_f"
+    scopes = [("pooled", np.ones(data.n, dtype=bool), controls)]
+    ec = None if extra_controls is None else np.asarray(extra_controls, dtype=float).reshape(data.n, -1)
+    codes = data.env_codes
+    for i, level in enumerate(data.env_levels):
+        mask = codes == i
+        parts = [m[mask] for m in (data.covariates, ec) if m is not None]
+        scopes.append((f"env:{level}", mask, np.hstack(parts) if parts else None))
+    for scope, mask, ctrl in scopes:
+        try:
+            f, p, k = first_stage_strength(data.exposure[mask], X[mask], ctrl, cov_type=ctx.cov_type)
+        except (InputError, np.linalg.LinAlgError) as exc:
+            out.append(_invalid(name, scope, str(exc)))
+            continue
+        flag = (
+            f"weak instruments (F = {f:.1f} < {WEAK_F:.0f}): Wald intervals unreliable, use the AR set"
+            if f < WEAK_F
+            else f"instruments strong enough (F = {f:.1f})"
+        )
+        out.append(Diagnostic(name, scope, f, p, flag, {"n_instruments": k, "cov_type": ctx.cov_type}))
+    return out
+
+
+__all__ = [
+    "environment_varying_component",
+    "first_stage_strength",
+    "hsic_permutation_test",
+    "instrument_diagnostics",
+    "kernel_features",
+    "mmd_permutation_test",
+    "poly2_features",
+    "rbf_features",
+    "sargan_hansen_j",
+]

@@ -1,0 +1,49 @@
+"""The learned instruments of each method, per sample: for instruments.tsv and the report.
+
+Methods that learn instruments return them as `artifacts[method]["instruments"]`,
+an (n, k) array aligned with the analysed samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .results import AnalysisResult
+
+
+def learned_instruments(result: AnalysisResult, n: int) -> dict[str, np.ndarray]:
+    """method -> (n, k) float array, for every method whose instruments have one row per sample."""
+    out = {}
+    for method, artifacts in result.artifacts.items():
+        values = artifacts.get("instruments") if hasattr(artifacts, "get") else None
+        if values is None:
+            continue
+        arr = np.asarray(values, dtype=float)
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        if arr.ndim == 2 and arr.shape[0] == n and arr.shape[1] > 0:
+            out[method] = arr
+    return out
+
+
+def instruments_table(result: AnalysisResult, env: np.ndarray, sample_ids: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per analysed sample: IID, environment, then `<method>_<k>` for each learned instrument."""
+    env = np.asarray(env)
+    n = env.shape[0]
+    columns = {
+        "IID": np.asarray(sample_ids, dtype=object) if sample_ids is not None else [f"row{i + 1}" for i in range(n)],
+        "environment": env,
+    }
+    for method, arr in learned_instruments(result, n).items():
+        for j in range(arr.shape[1]):
+            columns[f"{method}_{j + 1}"] = arr[:, j]
+    return pd.DataFrame(columns)
+
+
+def instruments_tsv(result: AnalysisResult, env: np.ndarray, sample_ids: np.ndarray | None = None) -> str | None:
+    """instruments.tsv text, or None when no method learned instruments."""
+    table = instruments_table(result, env, sample_ids)
+    if table.shape[1] <= 2:
+        return None
+    return table.to_csv(sep="\t", index=False, float_format="%.10g", lineterminator="\n")

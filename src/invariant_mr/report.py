@@ -1,0 +1,268 @@
+"""A self-contained HTML report of one analysis.
+
+One file, no network resources (no scripts, fonts or style sheets fetched;
+figures are base64 PNGs), so it can be mailed or archived with the results:
+the estimates table, a forest plot (pooled and per environment), the learned
+instruments by environment, training curves of neural methods, diagnostics,
+QC and sample counts, and the provenance.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .learned_instruments import learned_instruments
+from .output import atomic_write_text
+from .provenance import json_default
+from .results import ESTIMATE_COLUMNS, AnalysisResult
+
+#: Points drawn per scatter plot: enough to see the shape, small enough to keep the file light.
+MAX_SCATTER_POINTS = 4000
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:0.2em}h2{border-bottom:1px solid #ccc;padding-bottom:0.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#f3f3f3}
+td.text,th.text{text-align:left}tr.pooled td{font-weight:600}
+img{max-width:100%;border:1px solid #eee;margin:0.4em 0}
+pre{background:#f7f7f7;padding:0.8em;overflow-x:auto;font-size:0.8em}
+.muted{color:#777}.figs{display:flex;flex-wrap:wrap;gap:1em}
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "NA"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "NA" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _png_tag(fig, alt: str) -> str:
+    from .plots import figure_png_bytes
+
+    data = base64.b64encode(figure_png_bytes(fig)).decode("ascii")
+    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _estimates_table(result: AnalysisResult) -> str:
+    theta = None if result.truth is None else result.truth.get("theta")
+    cols = list(ESTIMATE_COLUMNS)
+    head = "".join(f'<th class="{"text" if c in ("method", "scope") else ""}">{_esc(c)}</th>' for c in cols)
+    if theta is not None:
+        head += "<th>bias</th>"
+    rows = []
+    ordered = sorted(result.estimates, key=lambda e: (e.scope != "pooled", e.scope))
+    for e in ordered:
+        d = e.to_dict()
+        cells = "".join(
+            f'<td class="{"text" if c in ("method", "scope") else ""}">{_esc(_fmt(d[c]))}</td>' for c in cols
+        )
+        if theta is not None:
+            bias = None if e.estimate is None or not math.isfinite(e.estimate) else e.estimate - theta
+            cells += f"<td>{_esc(_fmt(bias))}</td>"
+        rows.append(f'<tr class="{"pooled" if e.scope == "pooled" else ""}">{cells}</tr>')
+    caption = f'<p class="muted">True effect: {theta:g}</p>' if theta is not None else ""
+    return f"{caption}<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _forest(result: AnalysisResult) -> str:
+    from .plots import forest_plot
+
+    if not any(e.estimate is not None and math.isfinite(e.estimate) for e in result.estimates):
+        return '<p class="muted">No finite estimate to plot.</p>'
+    return _png_tag(forest_plot(result, title="Estimates by method: pooled and per environment"), "forest plot")
+
+
+def _instrument_figures(result: AnalysisResult, env: np.ndarray | None) -> str:
+    import matplotlib.pyplot as plt
+
+    if env is None:
+        return '<p class="muted">Environment labels not available.</p>'
+    env = np.asarray(env).astype(str)
+    found = learned_instruments(result, env.shape[0])
+    if not found:
+        return '<p class="muted">No method learned instruments in this run.</p>'
+    levels = sorted(set(env.tolist()))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # A fixed seed: the same run gives the same report.
+    rng = np.random.default_rng(0)
+    shown = rng.permutation(env.shape[0])[:MAX_SCATTER_POINTS]
+    parts = []
+    for method, values in found.items():
+        k = values.shape[1]
+        ncols = 2 if k >= 2 else 1
+        fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.0), squeeze=False)
+        ax = axes[0, 0]
+        for i, lv in enumerate(levels):
+            col = values[env == lv, 0]
+            col = col[np.isfinite(col)]
+            if col.size:
+                ax.hist(col, bins=40, density=True, alpha=0.45, color=colors[i % len(colors)], label=f"{lv} (n={col.size})")
+        ax.set_xlabel(f"{method} instrument 1")
+        ax.set_ylabel("density")
+        ax.set_title("Distribution by environment")
+        ax.legend(fontsize=8)
+        if k >= 2:
+            ax2 = axes[0, 1]
+            for i, lv in enumerate(levels):
+                rows = shown[env[shown] == lv]
+                ax2.scatter(values[rows, 0], values[rows, 1], s=4, alpha=0.5, color=colors[i % len(colors)], label=lv)
+            ax2.set_xlabel("instrument 1")
+            ax2.set_ylabel("instrument 2")
+            ax2.set_title(f"Instruments 1 and 2 ({min(len(shown), env.shape[0])} samples)")
+            ax2.legend(fontsize=8, markerscale=3)
+        fig.suptitle(f"{method}: {k} learned instrument(s)")
+        fig.tight_layout()
+        parts.append(_png_tag(fig, f"learned instruments of {method}"))
+    return '<div class="figs">' + "".join(parts) + "</div>"
+
+
+def _training_figures(result: AnalysisResult) -> str:
+    import matplotlib.pyplot as plt
+
+    parts = []
+    for method, artifacts in result.artifacts.items():
+        history = artifacts.get("history") if hasattr(artifacts, "get") else None
+        if not history:
+            continue
+        rows = [r for r in history if isinstance(r, Mapping)]
+        keys = [
+            k for k in dict.fromkeys(k for r in rows for k in r)
+            if k not in ("epoch", "fold", "lr") and all(isinstance(r.get(k, 0.0), (int, float)) for r in rows)
+        ]
+        if not keys:
+            continue
+        folds = sorted({r.get("fold") for r in rows}, key=lambda f: (f is None, f))
+        totals = [k for k in keys if k.endswith("total")] or keys[:2]
+        terms = [k for k in keys if k not in totals]
+        ncols = 2 if terms else 1
+        fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 3.8), squeeze=False)
+        for ax, group, title in ((axes[0, 0], totals, "total loss"), (axes[0, -1], terms, "loss terms")):
+            if not group or (title == "loss terms" and ncols == 1):
+                continue
+            for fold in folds:
+                fold_rows = [r for r in rows if r.get("fold") == fold]
+                epochs = [r.get("epoch", i) for i, r in enumerate(fold_rows)]
+                for key in group:
+                    ys = [r.get(key, np.nan) for r in fold_rows]
+                    label = key if fold is None else f"{key} (fold {fold})"
+                    ax.plot(epochs, ys, lw=1.2, label=label)
+            ax.set_yscale("symlog", linthresh=1e-3)
+            ax.set_xlabel("epoch")
+            ax.set_title(title)
+            ax.legend(fontsize=7, ncol=1 + len(group) // 6)
+        fig.suptitle(f"{method}: training curves")
+        fig.tight_layout()
+        parts.append(_png_tag(fig, f"training curves of {method}"))
+    if not parts:
+        return '<p class="muted">No neural method ran in this analysis.</p>'
+    return '<div class="figs">' + "".join(parts) + "</div>"
+
+
+def _diagnostics_table(result: AnalysisResult) -> str:
+    if not result.diagnostics:
+        return '<p class="muted">No diagnostics were computed.</p>'
+    rows = "".join(
+        f'<tr><td class="text">{_esc(d.name)}</td><td class="text">{_esc(d.scope)}</td>'
+        f"<td>{_esc(_fmt(d.statistic))}</td><td>{_esc(_fmt(d.pvalue))}</td><td class=\"text\">{_esc(d.flag)}</td></tr>"
+        for d in result.diagnostics
+    )
+    return (
+        '<table><thead><tr><th class="text">diagnostic</th><th class="text">scope</th><th>statistic</th>'
+        f'<th>p-value</th><th class="text">flag</th></tr></thead><tbody>{rows}</tbody></table>'
+    )
+
+
+def _counts_table(title: str, counts: Mapping[str, Any]) -> str:
+    rows = "".join(
+        f'<tr><td class="text">{_esc(k)}</td><td>{_esc(_fmt(v))}</td></tr>' for k, v in counts.items()
+    )
+    return f'<table><thead><tr><th class="text">{_esc(title)}</th><th>count</th></tr></thead><tbody>{rows}</tbody></table>'
+
+
+def _qc_section(qc: Mapping[str, Any] | None, samples: Mapping[str, Any] | None) -> str:
+    if qc is None and samples is None:
+        return '<p class="muted">No genotype QC in this run (table input).</p>'
+    parts = []
+    if samples is not None:
+        counts = {k: samples[k] for k in ("n_genotyped", "n_phenotype_rows", "n_matched", "n_analysed") if k in samples}
+        counts.update({f"dropped: {r}": c for r, c in samples.get("dropped", {}).items() if c})
+        parts.append(f"<p>Samples joined by {_esc(samples.get('match_key', ''))}.</p>")
+        parts.append(_counts_table("samples", counts))
+    if qc is not None:
+        counts = {
+            "variants in": qc.get("n_variants_in"),
+            "variants kept": qc.get("n_variants_out"),
+            **{f"variants removed: {r}": c for r, c in qc.get("removed_variants", {}).items()},
+            "samples in": qc.get("n_samples_in"),
+            "samples kept": qc.get("n_samples_out"),
+            **{f"samples removed: {r}": c for r, c in qc.get("removed_samples", {}).items()},
+            "missing calls imputed (environment mean)": qc.get("n_imputed_calls"),
+        }
+        parts.append(_counts_table("QC", counts))
+        parts.append(
+            "<p>Thresholds: "
+            + ", ".join(f"{_esc(k)} = {_esc(v)}" for k, v in qc.get("thresholds", {}).items())
+            + ". Per-variant details are in qc.tsv.</p>"
+        )
+    return "".join(parts)
+
+
+def render_report(
+    result: AnalysisResult,
+    *,
+    env: Sequence | np.ndarray | None = None,
+    title: str = "invariant-mr analysis report",
+) -> str:
+    """The report as one HTML string.
+
+    `env` (one label per analysed sample) colours the learned-instrument
+    plots. QC and sample counts are read from `result.provenance["qc"]` and
+    `["samples"]` when the run loaded genotypes.
+    """
+    prov = dict(result.provenance)
+    qc = prov.get("qc")
+    samples = prov.get("samples")
+    created = prov.get("created_utc", "")
+    version = prov.get("version", "")
+    command = prov.get("command", "")
+    prov_json = json.dumps(prov, indent=2, default=json_default, sort_keys=False)
+    sections = [
+        ("Estimates", _estimates_table(result)),
+        ("Forest plot", _forest(result)),
+        ("Learned instruments by environment", _instrument_figures(result, None if env is None else np.asarray(env))),
+        ("Training curves", _training_figures(result)),
+        ("Diagnostics", _diagnostics_table(result)),
+        ("Samples and quality control", _qc_section(qc, samples)),
+        ("Provenance", f"<pre>{_esc(prov_json)}</pre>"),
+    ]
+    body = "".join(f'<h2 id="{_esc(t.lower().replace(" ", "-"))}">{_esc(t)}</h2>{c}' for t, c in sections)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_esc(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1>"
+        f'<p class="muted">invariant-mr {_esc(version)} &middot; {_esc(created)}<br><code>{_esc(command)}</code></p>'
+        f"{body}</body></html>\n"
+    )
+
+
+def write_report(path: str | os.PathLike, result: AnalysisResult, *, env=None, title: str | None = None) -> None:
+    """Render and write the report atomically (temporary file, then rename)."""
+    text = render_report(result, env=env, title=title or "invariant-mr analysis report")
+    atomic_write_text(path, text)
