@@ -112,3 +112,14 @@ def test_crossfit_coverage_linear_mixing():
         covered.append(est.ci_low <= 1 <= est.ci_high)
     rate = np.mean(covered)
     assert abs(rate - 0.95) < 3 * np.sqrt(0.95 * 0.05 / 200)
+
+
+def test_dask_input_matches_in_memory(linear_sim):
+    da = pytest.importorskip("dask.array")
+    data = linear_sim.data
+    eager = LinearInvariantInstruments(random_state=0).fit(data.Z, data.env)
+    lazy_Z = da.from_array(np.asarray(data.Z), chunks=(700, -1))
+    lazy = LinearInvariantInstruments(random_state=0).fit(lazy_Z, data.env)
+    np.testing.assert_allclose(lazy.invariance_eigenvalues_, eager.invariance_eigenvalues_, rtol=1e-8, atol=1e-13)
+    assert lazy.n_components_ == eager.n_components_
+    np.testing.assert_allclose(np.abs(lazy.transform(lazy_Z)), np.abs(eager.transform(data.Z)), rtol=1e-7, atol=1e-9)

@@ -50,7 +50,7 @@ from .crossfit import crossfit_estimates, crossfit_instruments
 from .data import MRData
 from .errors import InputError
 from .estimation import iv_estimates
-from .moments import EnvironmentMoments, block_rows_for
+from .moments import EnvironmentMoments, block_rows_for, is_dask_array
 from .registry import MethodContext, MethodOption, MethodOutput, register_method
 from .results import Estimate
 
@@ -224,8 +224,13 @@ class LinearInvariantInstruments:
 
     # ------------------------------------------------------------------ fit
     def fit(self, Z, env, exposure=None) -> "LinearInvariantInstruments":
-        """Learn the invariant directions. `exposure` is accepted and ignored (no relevance step)."""
-        Z = np.asarray(Z)
+        """Learn the invariant directions. `exposure` is accepted and ignored (no relevance step).
+
+        `Z` may be a NumPy array or a dask array (out of core / distributed):
+        the only full pass over it accumulates per-environment moments.
+        """
+        lazy = is_dask_array(Z)
+        Z = Z if lazy else np.asarray(Z)
         if Z.ndim != 2:
             raise InputError(f"Z must be a 2-D matrix, got shape {Z.shape}")
         env = np.asarray(env, dtype=object)
@@ -243,8 +248,12 @@ class LinearInvariantInstruments:
         ) else self.random_state
 
         # A rough shift (the first row) keeps the uncentred cross-products well conditioned.
-        moments = EnvironmentMoments.from_arrays(Z, codes, len(levels), shift=np.asarray(Z[0], dtype=float))
-        self.mean_ = moments.pooled_mean + np.asarray(Z[0], dtype=float)
+        shift = np.asarray(Z[0], dtype=float)
+        if lazy:
+            moments = EnvironmentMoments.from_dask(Z, codes, len(levels), shift=shift)
+        else:
+            moments = EnvironmentMoments.from_arrays(Z, codes, len(levels), shift=shift)
+        self.mean_ = moments.pooled_mean + shift
         total = moments.total_covariance
         scale = np.sqrt(np.clip(np.diag(total), 0, None)) if self.standardize else np.ones(total.shape[0])
         scale[scale == 0] = 1.0
@@ -296,6 +305,8 @@ class LinearInvariantInstruments:
         """((Z - mean) / scale) @ directions, by row blocks so Z is never copied whole."""
         weights = directions / self.scale_[:, None]
         offset = self.mean_ @ weights
+        if is_dask_array(Z):
+            return np.asarray((Z.astype(float) @ weights - offset).compute())
         out = np.empty((Z.shape[0], directions.shape[1]))
         step = block_rows_for(Z.shape[1])
         for start in range(0, Z.shape[0], step):
@@ -317,7 +328,7 @@ class LinearInvariantInstruments:
     def transform(self, Z) -> np.ndarray:
         if not hasattr(self, "components_"):
             raise RuntimeError("LinearInvariantInstruments is not fitted yet; call fit first")
-        Z = np.asarray(Z)
+        Z = Z if is_dask_array(Z) else np.asarray(Z)
         if Z.ndim != 2 or Z.shape[1] != self.n_features_in_:
             raise InputError(f"Z must have {self.n_features_in_} columns, got shape {Z.shape}")
         return self._project(Z, self.components_)

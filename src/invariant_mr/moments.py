@@ -60,6 +60,29 @@ class EnvironmentMoments:
                 cross[e] += sub.T @ sub
         return cls(counts, sums, cross)
 
+    @classmethod
+    def from_dask(
+        cls, Z, env_codes: np.ndarray, n_envs: int, *, shift: np.ndarray | None = None
+    ) -> "EnvironmentMoments":
+        """Moments of a dask array, one task per row chunk, merged by a tree reduction.
+
+        The chunks may live out of core or on a distributed cluster; only the
+        (K, p, p) partial moments travel. `env_codes` is a NumPy vector
+        aligned with the rows of Z.
+        """
+        import dask
+
+        Z = Z.rechunk({1: -1})
+        bounds = np.cumsum((0,) + Z.chunks[0])
+        parts = [
+            dask.delayed(cls.from_arrays)(block, env_codes[lo:hi], n_envs, shift=shift)
+            for block, lo, hi in zip(Z.to_delayed().ravel(), bounds[:-1], bounds[1:])
+        ]
+        while len(parts) > 1:
+            parts = [dask.delayed(_add)(*parts[i : i + 2]) if i + 1 < len(parts) else parts[i]
+                     for i in range(0, len(parts), 2)]
+        return parts[0].compute()
+
     def __add__(self, other: "EnvironmentMoments") -> "EnvironmentMoments":
         return EnvironmentMoments(self.counts + other.counts, self.sums + other.sums, self.cross + other.cross)
 
@@ -94,3 +117,11 @@ class EnvironmentMoments:
     def within_covariance(self) -> np.ndarray:
         """Environment-size weighted average of the per-environment covariances."""
         return np.tensordot(self.weights, self.covariances, axes=1)
+
+
+def _add(a: EnvironmentMoments, b: EnvironmentMoments) -> EnvironmentMoments:
+    return a + b
+
+
+def is_dask_array(obj) -> bool:
+    return type(obj).__module__.startswith("dask.")
