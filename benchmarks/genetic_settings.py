@@ -81,7 +81,15 @@ SCENARIOS: dict[str, tuple[str, dict, str]] = {
     "assortative": (
         "assortative",
         dict(n_envs=3, n_per_env=3000, n_variants=200, generations=5, mating_correlation=0.5),
-        "3 populations, cross-trait assortative mating r = 0 / 0.25 / 0.5, 5 generations",
+        "3 populations, cross-trait assortative mating r = 0 / 0.25 / 0.5, 5 generations, "
+        "family environment (parents' mean exposure) effect 0.3",
+    ),
+    "assortative-nofamily": (
+        "assortative",
+        dict(n_envs=3, n_per_env=3000, n_variants=200, generations=5, mating_correlation=0.8,
+             family_effect=0.0, h2=0.5, h2_outcome=0.5),
+        "3 populations, cross-trait assortative mating r = 0 / 0.4 / 0.8, 5 generations, no family "
+        "effect, h2 0.5 for exposure and outcome: the Hartwig et al. mechanism alone",
     ),
 }
 

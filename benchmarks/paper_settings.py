@@ -70,10 +70,14 @@ def one_fit(task: tuple) -> list[dict]:
             "first_stage_f": est.first_stage_f, "n_instruments": est.n_instruments,
             "seconds": times.get(est.method), "r2_w": None, "r2_v": None,
         }
-        hw = result.artifacts.get(est.method, {}).get("instruments")
+        artifacts = result.artifacts.get(est.method, {})
+        hw = artifacts.get("instruments")
         if hw is not None and np.asarray(hw).shape[1] > 0:
-            row["r2_w"] = r_squared(np.asarray(hw), sim.W)
-            row["r2_v"] = r_squared(np.asarray(hw), sim.V)
+            # Cross-fitted instruments come from a different map in each fold: score folds separately.
+            folds = np.asarray(artifacts.get("folds", np.zeros(len(hw), dtype=int)))
+            parts = [np.flatnonzero(folds == f) for f in np.unique(folds)]
+            row["r2_w"] = float(np.mean([r_squared(np.asarray(hw)[i], sim.W[i]) for i in parts]))
+            row["r2_v"] = float(np.mean([r_squared(np.asarray(hw)[i], sim.V[i]) for i in parts]))
         rows.append(row)
     return rows
 

@@ -97,13 +97,43 @@ def test_every_kernel_and_the_balancer_train(small):
 
 
 def test_recovers_w_under_linear_mixing():
-    sim = simulate_paper("linear", n_envs=2, n_per_env=1000, seed=0)
+    sim = simulate_paper("linear", n_envs=2, n_per_env=600, seed=0)
     d = sim.data
-    model = InvariantAutoencoder(hidden=32, epochs=60, batch_size=256, device="cpu", lam_rel=1.0, seed=0)
+    model = InvariantAutoencoder(
+        hidden=32, epochs=100, warmup_epochs=30, patience=30, batch_size=128, lr=3e-3, device="cpu",
+        mmd_kernel="rbf", independence="rbf", lam_inv=100.0, lam_rel=1.0, linear_w=True, seed=0,
+    )  # fmt: skip
     hw = model.fit(d.Z, d.env, exposure=d.exposure).transform(d.Z)
     scores = recovery_scores(hw, sim.W, sim.V)
     assert scores["r2_w"] > 0.8
     assert scores["r2_v"] < 0.1
+
+
+def test_heldout_invariance_test_detects_shift_only():
+    from invariant_mr.autoencoder import heldout_invariance_test
+
+    rng = np.random.default_rng(5)
+    env = np.repeat([0, 1], 150)
+    folds = np.tile([0, 1], 150)
+    same = rng.standard_normal((300, 2))
+    shifted = same + 0.8 * env[:, None]
+    _, p_same = heldout_invariance_test(same, env, folds, np.random.default_rng(0), 99)
+    _, p_shift = heldout_invariance_test(shifted, env, folds, np.random.default_rng(0), 99)
+    assert p_same > 0.05
+    assert p_shift == pytest.approx(0.01)
+
+
+def test_whitening_map_whitens_and_drops_null_directions():
+    from invariant_mr.autoencoder import input_map
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((500, 3)) @ rng.standard_normal((3, 3))
+    Z = np.column_stack([x, x[:, 0] + x[:, 1]])  # one exactly redundant column
+    Zc = Z - Z.mean(0)
+    white = Zc @ input_map(Zc, whiten=True)
+    assert white.shape == (500, 3)
+    np.testing.assert_allclose(white.T @ white / 500, np.eye(3), atol=1e-8)
+    np.testing.assert_allclose((Zc @ input_map(Zc, whiten=False)).std(0), 1.0)
 
 
 def test_r_squared_reference():
@@ -119,7 +149,9 @@ def test_r_squared_reference():
 def test_registered_methods_end_to_end(small, method):
     spec = registered_methods()[method]
     assert {"lam_inv", "mmd_kernel", "epochs", "device"} <= {o.name for o in spec.options}
-    ctx = MethodContext(seed=2, options={"epochs": 3, "hidden": 8, "batch_size": 64, "device": "cpu"})
+    ctx = MethodContext(
+        seed=2, options={"epochs": 3, "hidden": 8, "batch_size": 64, "device": "cpu", "invariance_permutations": 19}
+    )
     result = run_analysis(small.data, method, ctx)
     pooled = [e for e in result.estimates if e.scope == "pooled"]
     assert len(pooled) == 1 and np.isfinite(pooled[0].estimate) and pooled[0].se > 0
@@ -131,3 +163,5 @@ def test_registered_methods_end_to_end(small, method):
         assert {r["fold"] for r in art["history"]} == {0, 1}
         # Every row's instruments come from the model that did not see it.
         assert set(np.unique(art["folds"])) == {0, 1}
+        (diag,) = [g for g in result.diagnostics if g.name == "heldout_invariance"]
+        assert 0 < diag.pvalue <= 1.0 and diag.detail["n_permutations"] == 19

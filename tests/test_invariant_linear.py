@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from invariant_mr.errors import InputError
-from invariant_mr.invariant_linear import LinearInvariantInstruments, signal_rank
+from invariant_mr.invariant_linear import LinearInvariantInstruments, NoSignalError, signal_rank
 from invariant_mr.moments import EnvironmentMoments
 from invariant_mr.pipeline import run_analysis
 from invariant_mr.recovery import r_squared
@@ -74,7 +74,7 @@ def test_signal_rank_rule():
 
 def test_pure_noise_input_is_a_clear_error():
     rng = np.random.default_rng(0)
-    with pytest.raises(InputError, match="no signal"):
+    with pytest.raises(NoSignalError, match="no signal"):
         LinearInvariantInstruments().fit(rng.standard_normal((2000, 30)), np.repeat(["a", "b"], 1000))
 
 

@@ -51,7 +51,7 @@ def test_iid_only_join_and_fid_mismatch():
     no_fid = table.drop(columns="FID")
     assert match_phenotypes(geno, no_fid, COLS, min_samples_per_env=5).accounting.match_key == "IID"
     wrong_fid = table.assign(FID="other")
-    with pytest.raises(InputError, match=r"no sample IDs overlap .*FID\+IID"):
+    with pytest.raises(InputError, match=r"no sample IDs overlap .*FID\+IID.*60 sample\(s\) match on IID alone"):
         match_phenotypes(geno, wrong_fid, COLS, min_samples_per_env=5)
     # The same table joins on IID alone when asked.
     assert match_phenotypes(geno, wrong_fid, COLS, id_match="iid", min_samples_per_env=5).accounting.n_matched == 60

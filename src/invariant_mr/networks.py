@@ -89,8 +89,10 @@ class InvariantAutoencoderNet(nn.Module):
         n_layers: int = 2,
         relevance: bool = False,
         linear_w: bool = False,
+        encoder_layers: int | None = None,
     ):
         super().__init__()
-        self.encoder = Encoder(d_in, dim_v, dim_w, hidden, n_layers, linear_w)
+        enc_layers = n_layers if encoder_layers is None else encoder_layers
+        self.encoder = Encoder(d_in, dim_v, dim_w, hidden, enc_layers, linear_w)
         self.decoder = Decoder(dim_v + dim_w, d_in, hidden, n_layers)
         self.relevance = RelevanceHead(dim_w) if relevance else None

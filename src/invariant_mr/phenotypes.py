@@ -322,10 +322,15 @@ def match_phenotypes(
         n_geno_only = int((~found).sum())
         n_pheno_only = len(table) - geno_pos.size
         if geno_pos.size == 0:
+            hint = ""
+            if use_fid:
+                n_iid = int(genotype_samples["IID"].astype(str).str.strip().isin(table[iid_col].astype(str).str.strip()).sum())
+                if n_iid:
+                    hint = f"; {n_iid} sample(s) match on IID alone: use --id-match iid"
             raise InputError(
                 f"no sample IDs overlap between the genotypes and {source} (joined on {match_key}); "
                 f"genotype IDs look like {', '.join(geno_key.head(3).str.replace(chr(9), ' '))}, "
-                f"phenotype IDs like {', '.join(pheno_key.head(3).str.replace(chr(9), ' '))}"
+                f"phenotype IDs like {', '.join(pheno_key.head(3).str.replace(chr(9), ' '))}{hint}"
             )
         ids = table[iid_col].astype(str).to_numpy(dtype=object)[pheno_pos]
 

@@ -219,6 +219,7 @@ def run_genotype_qc(
         rows = codes_k == e
         env_obs[e] = observed[rows].sum(axis=0)
         env_sum[e] = filled[rows].sum(axis=0, dtype=np.float64)
+    del filled, observed  # as large as the genotype block: free them before the float64 copy below
     with np.errstate(invalid="ignore", divide="ignore"):
         env_mean = env_sum / env_obs
         env_af = env_mean / 2.0

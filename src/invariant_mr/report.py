@@ -86,7 +86,41 @@ def _forest(result: AnalysisResult) -> str:
 
     if not any(e.estimate is not None and math.isfinite(e.estimate) for e in result.estimates):
         return '<p class="muted">No finite estimate to plot.</p>'
-    return _png_tag(forest_plot(result, title="Estimates by method: pooled and per environment"), "forest plot")
+    fig = forest_plot(result, title="Estimates by method: pooled and per environment")
+    note = ""
+    window = _forest_window(result)
+    if window is not None:
+        fig.axes[0].set_xlim(*window)
+        note = (
+            f'<p class="muted">The axis is limited to [{window[0]:.3g}, {window[1]:.3g}] so that the point '
+            "estimates stay readable; wider intervals run off the edge (their bounds are in the table).</p>"
+        )
+    return _png_tag(fig, "forest plot") + note
+
+
+def _forest_window(result: AnalysisResult) -> tuple[float, float] | None:
+    """An x-range around the point estimates, or None when every interval already fits in it.
+
+    One very wide interval (a weak-instrument method) would otherwise squeeze
+    all the others into a single pixel column.
+    """
+    est = np.array([e.estimate for e in result.estimates if e.estimate is not None and math.isfinite(e.estimate)])
+    half = np.array([
+        (e.ci_high - e.ci_low) / 2 for e in result.estimates
+        if e.ci_low is not None and e.ci_high is not None and math.isfinite(e.ci_low) and math.isfinite(e.ci_high)
+    ])
+    lows = [e.ci_low for e in result.estimates if e.ci_low is not None and math.isfinite(e.ci_low)]
+    highs = [e.ci_high for e in result.estimates if e.ci_high is not None and math.isfinite(e.ci_high)]
+    if est.size == 0 or half.size == 0:
+        return None
+    pad = 3 * float(np.median(half)) + 1e-12
+    lo, hi = float(est.min()) - pad, float(est.max()) + pad
+    theta = None if result.truth is None else result.truth.get("theta")
+    if theta is not None:
+        lo, hi = min(lo, theta - pad), max(hi, theta + pad)
+    if min(lows, default=lo) >= lo and max(highs, default=hi) <= hi:
+        return None
+    return lo, hi
 
 
 def _instrument_figures(result: AnalysisResult, env: np.ndarray | None) -> str:

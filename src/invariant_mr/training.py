@@ -69,6 +69,9 @@ class TrainingConfig:
     lr_patience: int = 20
     lr_factor: float = 0.5
     min_epochs: int = 20
+    #: Epochs over which the penalty weights ramp up linearly from 0: the codes first learn
+    #: to reconstruct Z, so the penalties then sort information instead of destroying it.
+    warmup_epochs: int = 0
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -77,6 +80,8 @@ class TrainingConfig:
             raise InputError(f"--batch-size (per environment) must be at least 4, got {self.batch_per_env}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InputError(f"--lr must be a positive number, got {self.lr}")
+        if self.warmup_epochs < 0:
+            raise InputError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
         if not 0 < self.val_fraction < 0.9:
             raise InputError(f"val_fraction must be in (0, 0.9), got {self.val_fraction}")
 
@@ -216,6 +221,12 @@ def train(
     history: list[dict] = []
     bar = tqdm(range(config.epochs), desc="invariant autoencoder", disable=not progress, leave=False)
     for epoch in bar:
+        ramp = min(1.0, (epoch + 1) / config.warmup_epochs) if config.warmup_epochs > 0 else 1.0
+        in_warmup = epoch + 1 < config.warmup_epochs
+        if balancer is None:
+            w = {k: (v * ramp if k in ("inv", "ind", "ent") else v) for k, v in base.items()}
+        else:
+            balancer.base = {k: (v * ramp if k in ("inv", "ind", "ent") else v) for k, v in base.items()}
         net.train()
         perms = [r[rng.permutation(r.size)] for r in per_env_rows]
         sums = dict.fromkeys(TERMS, 0.0)
@@ -239,12 +250,13 @@ def train(
         check_finite(vterms, f"epoch {epoch}, validation")
         # The stopping criterion uses the user's weights, not the balancer's moving ones.
         vtotal = float(total_loss(vterms, base))
-        sched.step(vtotal)
+        if not in_warmup:
+            sched.step(vtotal)
         row = {"epoch": epoch, **{f"train_{k}": v / steps for k, v in sums.items()}}
         row.update({f"val_{k}": float(v) for k, v in vterms.items()})
         row.update({"val_total": vtotal, "lr": opt.param_groups[0]["lr"], "w_inv": w["inv"], "w_ind": w["ind"]})
         history.append(row)
-        if vtotal < best - 1e-6 * abs(best) or not math.isfinite(best):
+        if not in_warmup and (vtotal < best - 1e-6 * abs(best) or not math.isfinite(best)):
             best, since_best = vtotal, 0
             best_state = copy.deepcopy(net.state_dict())
             row["best"] = True
@@ -254,7 +266,7 @@ def train(
             recon=f"{row['val_recon']:.3g}", inv=f"{row['val_inv']:.2g}", ind=f"{row['val_ind']:.2g}",
             ent=f"{row['val_ent']:.2g}", total=f"{vtotal:.3g}",
         )
-        if since_best >= config.patience and epoch + 1 >= config.min_epochs:
+        if since_best >= config.patience and epoch + 1 >= max(config.min_epochs, config.warmup_epochs):
             break
     net.load_state_dict(best_state)
     return history

@@ -263,4 +263,5 @@ def _write_phenotypes(sim: GeneticSimulation, path: Path) -> None:
             **{k: v for k, v in sim.covariates.items()},
         }
     )
-    table.to_csv(path, sep="\t", index=False, float_format="%.10g")
+    # Default float formatting is the shortest repr: the values read back bit for bit.
+    table.to_csv(path, sep="\t", index=False)
