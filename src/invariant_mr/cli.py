@@ -283,11 +283,12 @@ def build_cli() -> click.Group:
             parameters={"simulation": sim.params}, truth=sim.truth_dict(),
         )
         with out:
-            write_result_files(result, out.path)
+            written = write_result_files(result, out.path)
+            written += write_run_extras(result, out.path, sim.data, instruments_out=True)
         if not quiet:
             click.echo(f"Simulated paper setting '{setting}', K={n_envs}, n={n_per_env} per environment; true effect {sim.theta:g}\n")
             click.echo(result.summary())
-            click.echo(f"\nwrote {out_dir}/results.json, estimates.tsv, forest.png")
+            click.echo(f"\nwrote {', '.join(f'{out_dir}/{name}' for name in written)}")
 
     @cli.command()
     @click.option("--model", type=click.Choice(["paper", "balding-nichols", "coalescent", "assortative"]), default="paper", show_default=True)
