@@ -332,11 +332,43 @@ def build_report() -> None:
         if notes:
             lines += [""] + notes
         lines.append("")
+    lines += headline_table(summaries)
     lines += reproduction_guide(by_scenario)
     REPORT.write_text("\n".join(lines) + "\n")
     (RESULTS_DIR.parent / "genetic_settings_summary.json").write_text(json.dumps(summaries, indent=1))
     print(f"wrote {REPORT}")
     plot_bias(summaries)
+
+
+HEADLINE = (
+    ("tsls_all", "naive 2SLS, all variants, no FE"),
+    ("tsls_all_env", "2SLS all + env FE"),
+    ("tsls_pcs", "2SLS + 10 PCs"),
+    ("invariant_linear", "invariant_linear"),
+    ("invariant_linear_crossfit", "invariant_linear_crossfit"),
+    ("invariant_autoencoder [neural]", "invariant autoencoder"),
+)
+
+
+def headline_table(summaries: dict) -> list[str]:
+    """Bias (SD) of the key methods per scenario; 'abstained k/n' where a method gave no estimate."""
+    lines = ["## Headline: bias (SD) of the pooled estimate", "",
+             "| scenario | " + " | ".join(label for _, label in HEADLINE) + " |",
+             "|---|" + "---|" * len(HEADLINE)]
+    for scenario, rows in summaries.items():
+        cells = []
+        for method, _ in HEADLINE:
+            s = rows.get(method)
+            if s is None:
+                cells.append("not run")
+            elif s["bias"] is None:
+                cells.append(f"abstained {s['failed']}/{s['failed']}")
+            else:
+                reps = s["n"] + s["failed"]
+                note = f", {s['n']}/{reps} reps" if s["failed"] or reps < 20 else ""
+                cells.append(f"{s['bias']:.3f} ({_fmt(s['sd'])}{note})")
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def reproduction_guide(by_scenario) -> list[str]:

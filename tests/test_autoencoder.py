@@ -165,3 +165,14 @@ def test_registered_methods_end_to_end(small, method):
         assert set(np.unique(art["folds"])) == {0, 1}
         (diag,) = [g for g in result.diagnostics if g.name == "heldout_invariance"]
         assert 0 < diag.pvalue <= 1.0 and diag.detail["n_permutations"] == 19
+
+
+def test_nonlinear_leakage_sees_what_linear_leakage_misses():
+    from invariant_mr.recovery import nonlinear_leakage
+
+    rng = np.random.default_rng(3)
+    V = rng.standard_normal((2000, 2))
+    env = np.repeat([0, 1], 1000)
+    hw = np.column_stack([V[:, 0] ** 2 - 1 + 0.1 * rng.standard_normal(2000), rng.standard_normal(2000)])
+    assert r_squared(V, hw) < 0.01
+    assert nonlinear_leakage(hw, V, env) == pytest.approx(0.5, abs=0.02)

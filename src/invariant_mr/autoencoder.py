@@ -88,13 +88,13 @@ class InvariantAutoencoder:
         independence: str = "rbf",
         within_env_independence: bool = True,
         adaptive_balancer: bool = False,
-        epochs: int = 300,
-        batch_size: int = 256,
+        epochs: int = 200,
+        batch_size: int = 128,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         val_fraction: float = 0.2,
-        patience: int = 60,
-        warmup_epochs: int = 50,
+        patience: int = 40,
+        warmup_epochs: int = 40,
         warm_start: str = "none",
         device: str = "auto",
         seed: int = 0,
@@ -169,11 +169,12 @@ class InvariantAutoencoder:
         )
 
     def _build_net(self, d_in: int) -> InvariantAutoencoderNet:
+        # float32 whatever torch's global default dtype is: training feeds float32 tensors.
         return InvariantAutoencoderNet(
             d_in, int(self.dim_v), int(self.dim_w), int(self.hidden), int(self.n_layers),
             relevance=float(self.lam_rel) > 0, linear_w=bool(self.linear_w),
             encoder_layers=None if self.encoder_layers is None else int(self.encoder_layers),
-        )  # fmt: skip
+        ).float()  # fmt: skip
 
     # -------------------------------------------------------------- fit / transform
 
@@ -346,9 +347,9 @@ _OPTIONS = (
     MethodOption("independence", click.Choice(INDEPENDENCE_MEASURES), "rbf", "invariant autoencoder: independence measure"),
     MethodOption("adaptive_balancer", bool, False, "invariant autoencoder: rescale penalty weights to the reconstruction scale"),
     MethodOption("warm_start", click.Choice(WARM_STARTS), "none", "invariant autoencoder: initialise from the closed-form invariant directions"),
-    MethodOption("epochs", int, 300, "invariant autoencoder: maximum training epochs"),
-    MethodOption("warmup_epochs", int, 50, "invariant autoencoder: epochs over which penalty weights ramp up from 0"),
-    MethodOption("batch_size", int, 256, "invariant autoencoder: rows per environment in each mini-batch"),
+    MethodOption("epochs", int, 200, "invariant autoencoder: maximum training epochs"),
+    MethodOption("warmup_epochs", int, 40, "invariant autoencoder: epochs over which penalty weights ramp up from 0"),
+    MethodOption("batch_size", int, 128, "invariant autoencoder: rows per environment in each mini-batch"),
     MethodOption("lr", float, 3e-3, "invariant autoencoder: AdamW learning rate"),
     MethodOption("device", str, "auto", "invariant autoencoder: torch device ('auto' = CUDA when available)"),
     MethodOption("n_folds", int, 2, "cross-fitting folds for learned instruments"),

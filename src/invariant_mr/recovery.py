@@ -27,3 +27,25 @@ def r_squared(target: np.ndarray, predictors: np.ndarray) -> float:
 def recovery_scores(instruments: np.ndarray, W: np.ndarray, V: np.ndarray) -> dict[str, float]:
     """{"r2_w": recovery of W, "r2_v": leakage of V} for one set of learned instruments."""
     return {"r2_w": r_squared(W, instruments), "r2_v": r_squared(V, instruments)}
+
+
+def _within(x: np.ndarray, env_codes: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=float).reshape(env_codes.shape[0], -1).copy()
+    for code in np.unique(env_codes):
+        rows = env_codes == code
+        x[rows] -= x[rows].mean(0)
+    return x
+
+
+def nonlinear_leakage(instruments: np.ndarray, V: np.ndarray, env_codes: np.ndarray, degree: int = 3) -> float:
+    """Mean R^2 of the instruments on all monomials of V up to `degree`, within environment.
+
+    The linear leakage R^2 misses instruments built from V1^2, V1 V2, ...
+    (under polynomial mixing those are linear in Z); such instruments are
+    correlated with the confounder inside each environment and bias 2SLS.
+    Both sides are centred within environment, as the 2SLS with fixed effects sees them.
+    """
+    from .simulation.paper import monomials
+
+    features = monomials(np.asarray(V, dtype=float), degree)[:, 1:]
+    return r_squared(_within(instruments, env_codes), _within(features, env_codes))
