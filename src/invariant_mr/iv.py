@@ -103,7 +103,7 @@ class InstrumentProjector:
         scale = np.sqrt(np.diag(G))
         self._cho = None
         if scale.size and scale.min() > 0:
-            eig = np.linalg.eigvalsh(G / np.outer(scale, scale))
+            eig = sla.eigvalsh(G / np.outer(scale, scale))
             if eig[0] > self.CONDITION_RTOL * eig[-1]:
                 self._cho = sla.cho_factor(G)
         self.basis = Zr if self._cho is not None else orthonormal_basis(Zr)
