@@ -55,6 +55,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results" / "genetic_settings"
 REPORT = ROOT / "benchmarks" / "results" / "genetic_settings.md"
 FIGURES = ROOT / "docs" / "img"
+#: The write-up whose headline table `report` rewrites, between these two marker lines.
+WRITE_UP = ROOT / "docs" / "genetic_simulations.md"
+TABLE_BEGIN = "<!-- headline table: written by `python benchmarks/genetic_settings.py report`, do not edit -->"
+TABLE_END = "<!-- end of headline table -->"
 
 #: name -> (model, parameters, one-line description)
 SCENARIOS: dict[str, tuple[str, dict, str]] = {
@@ -134,7 +138,8 @@ def run_scenario(
     load_builtin_methods()
     specs = resolve_methods(",".join(methods) if methods else None)
     method_names = [s.name for s in specs]
-    records = []
+    method_options = {**BENCHMARK_OPTIONS, **(options or {})}
+    records = _earlier_records(name, tag, method_names, prep, method_options, first)
     for rep in range(first, first + replicates):
         t0 = time.perf_counter()
         sim = simulate_genetic(model, seed=rep, **params)
@@ -176,21 +181,67 @@ def run_scenario(
         })
         done = ", ".join(f"{k}={v['estimate']:.3f}" for k, v in rows.items() if v["estimate"] is not None)
         print(f"[{name}] replicate {rep}: simulated in {sim_seconds:.1f}s; {done}", flush=True)
-        path = _write_payload(name, tag, model, params, description, method_names, records, prep,
-                              {**BENCHMARK_OPTIONS, **(options or {})})
+        path = _write_payload(name, tag, model, params, description, method_names, records, prep, method_options)
     print(f"wrote {path}")
     return path
+
+
+def _result_path(name: str, tag: str | None) -> Path:
+    return RESULTS_DIR / (f"{name}-{tag}.json" if tag else f"{name}.json")
+
+
+def _earlier_records(name, tag, method_names, prep, options, first) -> list[dict]:
+    """Replicates 0 .. first-1 from an earlier run of the same configuration, so a job can be resumed.
+
+    Replicate r always uses seed r, so replicates from separate calls are
+    exactly the ones a single call would produce (up to timings). A stored
+    file from another configuration, or with a gap before `first`, is refused
+    rather than silently mixed.
+    """
+    if first == 0:
+        return []
+    path = _result_path(name, tag)
+    if not path.exists():
+        raise SystemExit(f"--first-replicate {first}: no earlier results in {path} to continue")
+    payload = json.loads(path.read_text())
+    same = (payload["methods"] == method_names and payload.get("instrument_preparation", "raw") == prep
+            and payload["method_options"] == options and payload["parameters"] == SCENARIOS[name][1])
+    if not same:
+        raise SystemExit(f"--first-replicate {first}: {path} holds another configuration; rerun from 0")
+    records = [r for r in payload["replicates"] if r["replicate"] < first]
+    if sorted(r["replicate"] for r in records) != list(range(first)):
+        raise SystemExit(f"--first-replicate {first}: {path} lacks some of replicates 0..{first - 1}")
+    return records
+
+
+def _command(records: list[dict]) -> str:
+    """The single call that reproduces the stored replicates (resumed runs are recorded as one run)."""
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--first-replicate", "--replicates"):
+            skip = True
+            continue
+        if arg.startswith(("--first-replicate=", "--replicates=")):
+            continue
+        argv.append(arg)
+    at = next((i + 1 for i, a in enumerate(argv) if a.startswith("--scenario")), 0)
+    at += 1 if at and argv[at - 1] == "--scenario" else 0
+    argv[at:at] = ["--replicates", str(len(records))]
+    return " ".join(["python", "benchmarks/genetic_settings.py", *argv])
 
 
 def _write_payload(name, tag, model, params, description, method_names, records, prep, options) -> Path:
     """Rewrite the scenario's JSON after every replicate, so a stopped job keeps what it finished."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / (f"{name}-{tag}.json" if tag else f"{name}.json")
+    path = _result_path(name, tag)
     payload = {
         "scenario": name, "tag": tag, "model": model, "parameters": params, "description": description,
         "instrument_preparation": prep, "methods": method_names, "method_options": options,
         "replicates": records,
-        "command": " ".join(["python", "benchmarks/genetic_settings.py", *sys.argv[1:]]),
+        "command": _command(records),
         "hardware": _hardware(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     tmp = path.with_suffix(".json.tmp")
@@ -337,7 +388,22 @@ def build_report() -> None:
     REPORT.write_text("\n".join(lines) + "\n")
     (RESULTS_DIR.parent / "genetic_settings_summary.json").write_text(json.dumps(summaries, indent=1))
     print(f"wrote {REPORT}")
+    update_write_up(headline_rows(summaries))
     plot_bias(summaries)
+
+
+def update_write_up(table: list[str]) -> None:
+    """Put the headline table into the write-up, so its numbers cannot drift from the results."""
+    text = WRITE_UP.read_text()
+    if text.count(TABLE_BEGIN) != 1 or text.count(TABLE_END) != 1:
+        raise SystemExit(f"{WRITE_UP} needs exactly one pair of headline-table marker lines:\n"
+                         f"{TABLE_BEGIN}\n{TABLE_END}")
+    head, rest = text.split(TABLE_BEGIN)
+    _, tail = rest.split(TABLE_END)
+    tmp = WRITE_UP.with_suffix(".md.tmp")
+    tmp.write_text(head + TABLE_BEGIN + "\n" + "\n".join(table) + "\n" + TABLE_END + tail)
+    os.replace(tmp, WRITE_UP)
+    print(f"updated the headline table in {WRITE_UP}")
 
 
 HEADLINE = (
@@ -351,9 +417,15 @@ HEADLINE = (
 
 
 def headline_table(summaries: dict) -> list[str]:
-    """Bias (SD) of the key methods per scenario; 'abstained k/n' where a method gave no estimate."""
-    lines = ["## Headline: bias (SD) of the pooled estimate", "",
-             "| scenario | " + " | ".join(label for _, label in HEADLINE) + " |",
+    return ["## Headline: bias (SD) of the pooled estimate", "", *headline_rows(summaries), ""]
+
+
+def headline_rows(summaries: dict) -> list[str]:
+    """Bias (SD) of the key methods per scenario; 'abstained k/n' where a method gave no estimate.
+
+    A cell names its replicate count whenever it is not 20 of 20 with estimates.
+    """
+    lines = ["| scenario | " + " | ".join(label for _, label in HEADLINE) + " |",
              "|---|" + "---|" * len(HEADLINE)]
     for scenario, rows in summaries.items():
         cells = []
@@ -368,7 +440,7 @@ def headline_table(summaries: dict) -> list[str]:
                 note = f", {s['n']}/{reps} reps" if s["failed"] or reps < 20 else ""
                 cells.append(f"{s['bias']:.3f} ({_fmt(s['sd'])}{note})")
         lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    return lines
 
 
 def reproduction_guide(by_scenario) -> list[str]:
@@ -480,7 +552,9 @@ def main(argv=None) -> None:
     run = sub.add_parser("run", help="run one scenario")
     run.add_argument("--scenario", choices=list(SCENARIOS), required=True)
     run.add_argument("--replicates", type=int, default=20)
-    run.add_argument("--first-replicate", type=int, default=0)
+    run.add_argument("--first-replicate", type=int, default=0,
+                     help="continue an earlier run of the same configuration: keep its replicates "
+                          "0..N-1 and append from N")
     run.add_argument("--methods", default=None, help="comma-separated registry methods (default: every default method)")
     run.add_argument("--tag", default=None, help="suffix of the result file, for extra method runs (e.g. neural)")
     run.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",

@@ -136,7 +136,8 @@ def genetic_input_options(func):
 
 
 def write_run_extras(result, directory: Path, data, *, qc_tsv: str | None = None, instruments_out: bool = False,
-                     report: bool = True, sumstats_out: Path | None = None) -> list[str]:
+                     report: bool = True, sumstats_out: Path | None = None,
+                     sumstats_env_adjust: bool = True) -> list[str]:
     """qc.tsv, instruments.tsv and report.html (each optional) into `directory`."""
     from .learned_instruments import instruments_tsv
     from .report import write_report
@@ -156,7 +157,8 @@ def write_run_extras(result, directory: Path, data, *, qc_tsv: str | None = None
     if sumstats_out is not None:
         from .sumstats import summary_statistics
 
-        summary_statistics(data).to_tsv(sumstats_out)
+        # The same associations the summary-statistic methods use (--sumstats-env-adjust).
+        summary_statistics(data, env_fixed_effects=sumstats_env_adjust).to_tsv(sumstats_out)
     return written
 
 
@@ -189,7 +191,8 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         written = write_result_files(result, out.path)
         written += write_run_extras(result, out.path, loaded.data, qc_tsv=loaded.qc.to_tsv(),
                                     instruments_out=g["instruments_out"], report=g["report"],
-                                    sumstats_out=g["sumstats_out"])
+                                    sumstats_out=g["sumstats_out"],
+                                    sumstats_env_adjust=bool(ctx.option("sumstats_env_adjust", True)))
     if not quiet:
         click.echo(loaded.summary() + "\n")
         click.echo(result.summary())
@@ -256,6 +259,7 @@ def build_cli() -> click.Group:
             written = write_result_files(result, out.path)
             written += write_run_extras(result, out.path, data, instruments_out=genetic["instruments_out"],
                                         sumstats_out=genetic["sumstats_out"],
+                                        sumstats_env_adjust=bool(ctx.option("sumstats_env_adjust", True)),
                                         report=genetic["report"])
         if not quiet:
             click.echo(result.summary())

@@ -40,7 +40,7 @@ from scipy import stats
 from .data import MRData
 from .errors import InputError
 from .iv import independent_columns, orthonormal_basis, residualize
-from .registry import MethodContext
+from .registry import MethodContext, MethodOption
 from .results import Diagnostic
 
 #: Above this many polynomial features, switch to random Fourier features.
@@ -49,6 +49,19 @@ MAX_POLY_FEATURES = 300
 N_RANDOM_FEATURES = 128
 #: The conventional weak-instrument threshold (Staiger & Stock 1997).
 WEAK_F = 10.0
+#: Default permutations of the MMD and HSIC diagnostics.
+DIAGNOSTIC_PERMUTATIONS_DEFAULT = 1000
+#: The MMD and HSIC permutation tests use a seeded random subset of at most this many samples
+#: (each permutation costs a pass over the rows; 10,000 rows keep the power and bound the time).
+DIAGNOSTIC_MAX_ROWS = 10_000
+
+#: The CLI flag `--diagnostic-permutations` (an option of every method that runs these checks).
+DIAGNOSTIC_PERMUTATIONS = MethodOption(
+    "diagnostic_permutations",
+    int,
+    DIAGNOSTIC_PERMUTATIONS_DEFAULT,
+    "permutations of the MMD invariance and HSIC independence diagnostics (seeded by --seed)",
+)
 
 
 # ----------------------------------------------------------------------------- features
@@ -71,7 +84,9 @@ def rbf_features(X: np.ndarray, rng: np.random.Generator, n_features: int = N_RA
     """Random Fourier features of a Gaussian kernel, bandwidth = median pairwise distance."""
     n = X.shape[0]
     sub = X[rng.choice(n, size=min(n, 500), replace=False)]
-    d2 = np.sum((sub[:, None, :] - sub[None, :, :]) ** 2, axis=-1)
+    # Gram form of the squared distances: the broadcast difference would take 500^2 x d memory.
+    sq = np.sum(sub * sub, axis=1)
+    d2 = np.clip(sq[:, None] + sq[None, :] - 2.0 * (sub @ sub.T), 0.0, None)
     bw = float(np.sqrt(np.median(d2[np.triu_indices(sub.shape[0], 1)]))) or 1.0
     W = rng.standard_normal((X.shape[1], n_features)) / bw
     b = rng.uniform(0, 2 * np.pi, n_features)
@@ -103,6 +118,23 @@ def _check_permutations(n_permutations: int) -> int:
     return n_permutations
 
 
+def _strata_groups(strata: np.ndarray | None) -> list[np.ndarray] | None:
+    if strata is None:
+        return None
+    _, codes = np.unique(np.asarray(strata), return_inverse=True)
+    return [np.flatnonzero(codes == k) for k in range(codes.max() + 1)]
+
+
+def _permuted_rows(n: int, groups: list[np.ndarray] | None, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of range(n), within each group when `groups` is given."""
+    if groups is None:
+        return rng.permutation(n)
+    idx = np.arange(n)
+    for g in groups:
+        idx[g] = rng.permutation(g)
+    return idx
+
+
 def _pairwise_mmd(means: np.ndarray) -> np.ndarray:
     """Sum over environment pairs of squared distances between mean embeddings; means (..., K, m)."""
     K = means.shape[-2]
@@ -121,12 +153,15 @@ def mmd_permutation_test(
     kernel: str = "poly2",
     n_permutations: int = 1000,
     rng: np.random.Generator | int = 0,
+    strata: np.ndarray | None = None,
 ) -> tuple[float, float, str]:
     """(MMD^2 summed over environment pairs, permutation p-value, kernel used).
 
     Null: X has the same distribution in every environment. Environment
-    labels are permuted; all permutations are scored with one sparse
-    (permutations x environments, samples) by (samples, features) product.
+    labels are permuted (within `strata`, e.g. cross-fitting folds whose
+    instruments come from different maps, when given); all permutations are
+    scored with one sparse (permutations x environments, samples) by
+    (samples, features) product.
     """
     rng = np.random.default_rng(rng)
     n_permutations = _check_permutations(n_permutations)
@@ -142,9 +177,10 @@ def mmd_permutation_test(
     null = np.empty(n_permutations)
     n = codes.size
     chunk = max(1, int(2_000_000 // max(n, 1)))
+    groups = _strata_groups(strata)
     for start in range(0, n_permutations, chunk):
         B = min(chunk, n_permutations - start)
-        perm_codes = np.stack([rng.permutation(codes) for _ in range(B)])  # (B, n)
+        perm_codes = np.stack([codes[_permuted_rows(n, groups, rng)] for _ in range(B)])  # (B, n)
         rows = (np.arange(B)[:, None] * K + perm_codes).ravel()
         cols = np.tile(np.arange(n), B)
         S = sp.csr_matrix((np.ones(B * n), (rows, cols)), shape=(B * K, n))
@@ -176,26 +212,22 @@ def hsic_permutation_test(
     G = G - G.mean(axis=0)
     n = F.shape[0]
     observed = float(np.sum((F.T @ G / n) ** 2))
-    groups = None
-    if strata is not None:
-        _, codes = np.unique(np.asarray(strata), return_inverse=True)
-        groups = [np.flatnonzero(codes == k) for k in range(codes.max() + 1)]
+    groups = _strata_groups(strata)
 
-    def permutation() -> np.ndarray:
-        if groups is None:
-            return rng.permutation(n)
-        idx = np.arange(n)
-        for g in groups:
-            idx[g] = rng.permutation(g)
-        return idx
-
+    # F' G[perm] = F[perm^-1]' G: permute whichever side has fewer columns (the same null
+    # statistics, less memory traffic), and score a batch of permutations with one matrix product.
+    permute_f = F.shape[1] < G.shape[1]
+    small, other = (F, G) if permute_f else (G, F)
     null = np.empty(n_permutations)
-    chunk = max(1, int(4_000_000 // max(n * G.shape[1], 1)))
+    chunk = max(1, int(4_000_000 // max(n * small.shape[1], 1)))
     for start in range(0, n_permutations, chunk):
         B = min(chunk, n_permutations - start)
-        Gp = np.stack([G[permutation()] for _ in range(B)])  # (B, n, m2)
-        cross = np.einsum("ni,bnj->bij", F, Gp, optimize=True) / n
-        null[start : start + B] = np.sum(cross * cross, axis=(1, 2))
+        perms = [_permuted_rows(n, groups, rng) for _ in range(B)]
+        if permute_f:
+            perms = [np.argsort(p) for p in perms]
+        stacked = np.concatenate([small[p].T for p in perms])  # (B * m_small, n)
+        cross = (stacked @ other) / n
+        null[start : start + B] = np.sum((cross * cross).reshape(B, -1), axis=1)
     return observed, _perm_pvalue(observed, null), used
 
 
@@ -293,6 +325,8 @@ def instrument_diagnostics(
     env_fixed_effects: bool = True,
     extra_controls: np.ndarray | None = None,
     kernel: str = "poly2",
+    folds: np.ndarray | None = None,
+    max_rows: int = DIAGNOSTIC_MAX_ROWS,
 ) -> list[Diagnostic]:
     """All four checks for `instruments` (n, k) of `data`.
 
@@ -302,33 +336,69 @@ def instrument_diagnostics(
     Permutations: `ctx.option("diagnostic_permutations", 1000)`, seeded by
     `ctx.rng`. Controls for J and F follow `estimation.iv_estimates`.
     A check that cannot be computed is reported with statistic and p-value
-    None and the reason, never raised.
+    None and the reason, never raised. The MMD and HSIC tests run on a seeded
+    random subset of `max_rows` samples when there are more (J and F use all).
+
+    `folds` marks cross-fitted instruments (each fold's rows come from a map
+    learned on the other folds, so columns mean different things in different
+    folds). Then MMD and HSIC standardise and permute within folds (tests
+    given the fold), the default complement is computed fold by fold, and J
+    and F use the fold-interacted instruments with fold-by-environment
+    effects, exactly as `crossfit.crossfit_estimates` estimates.
     """
+    from .crossfit import fold_dummies, fold_interacted
     from .estimation import exogenous_controls
 
     prefix = f"{method}/" if method else ""
-    n_perm = int(ctx.option("diagnostic_permutations", 1000))
+    n_perm = int(ctx.option("diagnostic_permutations", DIAGNOSTIC_PERMUTATIONS_DEFAULT))
     X = np.asarray(instruments, dtype=float).reshape(data.n, -1)
     alpha = ctx.alpha
     out: list[Diagnostic] = []
+    X_iv = X
+    if folds is not None:
+        folds = np.asarray(folds)
+        X = X.copy()
+        for f in np.unique(folds):
+            X[folds == f] = _standardize(X[folds == f])
+        X_iv = fold_interacted(np.asarray(instruments, dtype=float).reshape(data.n, -1), folds)
+        fd = fold_dummies(folds, data.env_codes)
+        extra_controls = fd if extra_controls is None else np.hstack(
+            [np.asarray(extra_controls, dtype=float).reshape(data.n, -1), fd]
+        )
+
+    rows = np.arange(data.n)
+    if data.n > max_rows:
+        rows = np.sort(ctx.rng(prefix + "diagnostic rows").choice(data.n, size=max_rows, replace=False))
+    strata = None if folds is None else folds[rows]
 
     name = prefix + "invariance_mmd"
     try:
         stat, p, used = mmd_permutation_test(
-            X, data.env_codes, kernel=kernel, n_permutations=n_perm, rng=ctx.rng(name)
+            X[rows], data.env_codes[rows], kernel=kernel, n_permutations=n_perm, rng=ctx.rng(name), strata=strata
         )
         flag = (
             "instruments are distributed differently across environments: not invariant, possibly confounded"
             if p < alpha
             else "no evidence that the instruments' distribution differs across environments"
         )
-        out.append(Diagnostic(name, "pooled", stat, p, flag, {"kernel": used, "n_permutations": n_perm}))
+        detail = {
+            "kernel": used, "n_permutations": n_perm, "permuted_within_folds": folds is not None, "rows": rows.size
+        }
+        out.append(Diagnostic(name, "pooled", stat, p, flag, detail))
     except (InputError, np.linalg.LinAlgError) as exc:
         out.append(_invalid(name, "pooled", str(exc)))
 
     name = prefix + "independence_hsic"
-    Y = environment_varying_component(data.Z, X) if complement is None else np.asarray(complement, dtype=float)
-    Y = Y.reshape(data.n, -1)
+    # Only the tested rows are needed (the projection is fitted on them too).
+    Xr = X[rows]
+    if complement is not None:
+        Y = np.asarray(complement, dtype=float).reshape(data.n, -1)[rows]
+    elif folds is None:
+        Y = environment_varying_component(data.Z[rows], Xr)
+    else:
+        Y = np.empty((rows.size, data.Z.shape[1]))
+        for f in np.unique(strata):
+            Y[strata == f] = environment_varying_component(data.Z[rows][strata == f], Xr[strata == f])
     source = "Z projected off the instruments" if complement is None else "supplied complement"
     if np.all(Y.std(axis=0) <= 1e-8 * max(1.0, float(np.abs(data.Z).max()))):
         out.append(
@@ -341,14 +411,23 @@ def instrument_diagnostics(
         )
     else:
         try:
-            stat, p, used = hsic_permutation_test(X, Y, kernel=kernel, n_permutations=n_perm, rng=ctx.rng(name))
+            stat, p, used = hsic_permutation_test(
+                Xr, Y, kernel=kernel, n_permutations=n_perm, rng=ctx.rng(name), strata=strata
+            )
             flag = (
                 "instruments depend on the environment-varying component: likely confounded"
                 if p < alpha
                 else "no evidence of dependence between instruments and the environment-varying component"
             )
             out.append(
-                Diagnostic(name, "pooled", stat, p, flag, {"kernel": used, "n_permutations": n_perm, "complement": source})
+                Diagnostic(
+                    name,
+                    "pooled",
+                    stat,
+                    p,
+                    flag,
+                    {"kernel": used, "n_permutations": n_perm, "complement": source, "rows": rows.size},
+                )
             )
         except (InputError, np.linalg.LinAlgError) as exc:
             out.append(_invalid(name, "pooled", str(exc)))
@@ -356,7 +435,7 @@ def instrument_diagnostics(
     controls = exogenous_controls(data, env_fixed_effects, extra_controls)
     name = prefix + "overidentification_j"
     try:
-        stat, p, df = sargan_hansen_j(data.outcome, data.exposure, X, controls, cov_type=ctx.cov_type)
+        stat, p, df = sargan_hansen_j(data.outcome, data.exposure, X_iv, controls, cov_type=ctx.cov_type)
         flag = (
             "instruments disagree about the effect: at least one is invalid"
             if p < alpha
@@ -385,7 +464,7 @@ def instrument_diagnostics(
         scopes.append((f"env:{level}", mask, np.hstack(parts) if parts else None))
     for scope, mask, ctrl in scopes:
         try:
-            f, p, k = first_stage_strength(data.exposure[mask], X[mask], ctrl, cov_type=ctx.cov_type)
+            f, p, k = first_stage_strength(data.exposure[mask], X_iv[mask], ctrl, cov_type=ctx.cov_type)
         except (InputError, np.linalg.LinAlgError) as exc:
             out.append(_invalid(name, scope, str(exc)))
             continue
@@ -399,6 +478,7 @@ def instrument_diagnostics(
 
 
 __all__ = [
+    "DIAGNOSTIC_PERMUTATIONS",
     "environment_varying_component",
     "first_stage_strength",
     "hsic_permutation_test",

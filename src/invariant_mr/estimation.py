@@ -11,6 +11,7 @@ from .errors import InputError
 from .iv import KClassFit, fit_kclass
 from .registry import MethodContext
 from .results import Estimate
+from .weak_iv import AR_MAX_INSTRUMENTS_DEFAULT, with_anderson_rubin
 
 
 def exogenous_controls(data: MRData, env_fixed_effects: bool, extra: np.ndarray | None = None) -> np.ndarray | None:
@@ -61,10 +62,29 @@ def iv_estimates(
     effects are constant within an environment). An environment where the fit
     cannot be computed (e.g. instruments constant there) is skipped rather
     than failing the whole analysis; the reason is kept in `extra`.
+
+    Every IV row (not OLS) carries its Anderson-Rubin confidence set, computed
+    with the same instruments, controls, level and covariance type: the hull
+    in `ar_ci_low`/`ar_ci_high` (None on an unbounded side), the exact set and
+    its kind ("empty", "two_rays", ...) in `extra`. Doing it here gives every
+    2SLS-type method, learned instruments included, the same weak-instrument-
+    robust inference without per-method code. With more instruments than
+    `ctx.option("ar_max_instruments")` the robust set is skipped (its cost
+    grows as k^3 per grid point) and `extra` says so.
     """
+    max_ar = int(ctx.option("ar_max_instruments", AR_MAX_INSTRUMENTS_DEFAULT))
+
+    def row(fit: KClassFit, scope: str, y, d, Z, ctrl) -> Estimate:
+        est = estimate_from_fit(fit, method, scope, ctx.alpha, extra)
+        if Z is None or kappa == "ols":
+            return est
+        return with_anderson_rubin(
+            est, y, d, Z, ctrl, alpha=ctx.alpha, cov_type=ctx.cov_type, max_instruments=max_ar
+        )
+
     controls = exogenous_controls(data, env_fixed_effects, extra_controls)
     fit = fit_kclass(data.outcome, data.exposure, instruments, controls, kappa=kappa, cov_type=ctx.cov_type)
-    rows = [estimate_from_fit(fit, method, "pooled", ctx.alpha, extra)]
+    rows = [row(fit, "pooled", data.outcome, data.exposure, instruments, controls)]
     if not ctx.per_env:
         return rows
     codes = data.env_codes
@@ -81,5 +101,5 @@ def iv_estimates(
             )
         except (InputError, np.linalg.LinAlgError):
             continue
-        rows.append(estimate_from_fit(fit_e, method, f"env:{level}", ctx.alpha, extra))
+        rows.append(row(fit_e, f"env:{level}", data.outcome[mask], data.exposure[mask], Zi, ctrl))
     return rows

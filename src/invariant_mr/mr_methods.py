@@ -5,7 +5,8 @@ individual-level data (`sumstats.summary_statistics`, adjusted for the
 environment fixed effects and covariates unless `--sumstats-env-adjust` is
 off), then apply the estimator. Per-environment rows use that environment's
 samples (adjusted for covariates only). 2SLS-type rows carry
-Anderson-Rubin confidence sets (`weak_iv.add_anderson_rubin`).
+Anderson-Rubin confidence sets (attached by `estimation.iv_estimates`; TSHT
+on its selected instruments via `weak_iv.with_anderson_rubin`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .summary_mr import (
     weighted_mode,
 )
 from .sumstats import SummaryStatistics, per_column_regression, summary_statistics
-from .weak_iv import add_anderson_rubin, with_anderson_rubin
+from .weak_iv import AR_MAX_INSTRUMENTS, AR_MAX_INSTRUMENTS_DEFAULT, with_anderson_rubin
 
 N_BOOTSTRAP = MethodOption("n_bootstrap", int, 1000, "bootstrap draws for the weighted median and weighted mode SEs")
 ENV_ADJUST = MethodOption(
@@ -312,17 +313,10 @@ def genotype_pcs(Z: np.ndarray, k: int) -> np.ndarray:
     return U[:, :k] * s[:k]
 
 
-def _with_ar(rows: list[Estimate], data: MRData, instruments, ctx: MethodContext, **kw) -> list[Estimate]:
-    # iv_estimates may already attach AR sets (once the lead wires weak_iv into it); never do it twice.
-    if all("ar_set_kind" in r.extra or "ar_error" in r.extra for r in rows):
-        return rows
-    return add_anderson_rubin(rows, data, instruments, ctx, **kw)
-
-
 @register_method(
     "tsls_pcs",
     description="2SLS with every instrument, adjusting for top-k genotype PCs and environment fixed effects",
-    options=(N_PCS,),
+    options=(N_PCS, AR_MAX_INSTRUMENTS),
 )
 def tsls_pcs(data: MRData, ctx: MethodContext) -> MethodOutput:
     supplied = [j for j, name in enumerate(data.covariate_names or ()) if _PC_NAME.match(name)]
@@ -339,10 +333,10 @@ def tsls_pcs(data: MRData, ctx: MethodContext) -> MethodOutput:
         if k < 1:
             raise InputError("tsls_pcs needs at least 2 instruments when PCs are computed from them")
         pcs, source = genotype_pcs(data.Z, k), "instruments"
+    # iv_estimates attaches the Anderson-Rubin sets (same instruments and PC controls).
     rows = iv_estimates(
         data, data.Z, ctx, method="tsls_pcs", extra_controls=pcs, extra={"n_pcs": k, "pcs_from": source}
     )
-    rows = _with_ar(rows, data, data.Z, ctx, extra_controls=pcs)
     return MethodOutput(tuple(rows))
 
 
@@ -350,7 +344,7 @@ def tsls_pcs(data: MRData, ctx: MethodContext) -> MethodOutput:
 @register_method(
     "tsht",
     description="Two-stage hard thresholding (Guo et al. 2018): 2SLS on instruments voted valid",
-    options=(TSHT_THRESHOLD,),
+    options=(TSHT_THRESHOLD, AR_MAX_INSTRUMENTS),
 )
 def tsht_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     threshold = ctx.option("tsht_threshold", None)
@@ -404,6 +398,7 @@ def tsht_method(data: MRData, ctx: MethodContext) -> MethodOutput:
                 model.exogenous_controls(Z, controls),
                 alpha=ctx.alpha,
                 cov_type=ctx.cov_type,
+                max_instruments=int(ctx.option("ar_max_instruments", AR_MAX_INSTRUMENTS_DEFAULT)),
             )
         )
     return MethodOutput(tuple(rows))

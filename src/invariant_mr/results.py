@@ -139,7 +139,11 @@ class AnalysisResult:
     def summary(self, scopes: Sequence[str] | None = ("pooled",)) -> str:
         """A fixed-width table of estimates (pooled only by default), plus diagnostics."""
         theta = None if self.truth is None else self.truth.get("theta")
-        header = f"{'method':<32}{'scope':<12}{'estimate':>10}{'se':>9}{'95% CI':>22}{'F':>9}{'#IV':>6}"
+        level = f"{100 * (1 - self.provenance.get('parameters', {}).get('alpha', 0.05)):g}%"
+        header = (
+            f"{'method':<32}{'scope':<12}{'estimate':>10}{'se':>9}{level + ' CI':>22}{'AR ' + level + ' set':>26}"
+            f"{'F':>9}{'#IV':>6}"
+        )
         if theta is not None:
             header += f"{'bias':>9}"
         lines = [header, "-" * len(header)]
@@ -148,7 +152,7 @@ class AnalysisResult:
                 continue
             ci = _fmt_interval(e.ci_low, e.ci_high)
             line = (
-                f"{e.method:<32}{e.scope:<12}{_fmt(e.estimate, 10)}{_fmt(e.se, 9)}{ci:>22}"
+                f"{e.method:<32}{e.scope:<12}{_fmt(e.estimate, 10)}{_fmt(e.se, 9)}{ci:>22}{_fmt_ar(e):>26}"
                 f"{_fmt(e.first_stage_f, 9, '.1f')}{'' if e.n_instruments is None else e.n_instruments:>6}"
             )
             if theta is not None:
@@ -156,9 +160,12 @@ class AnalysisResult:
             lines.append(line)
         if self.diagnostics:
             lines += ["", "Diagnostics:"]
+            width = max(len(d.name) for d in self.diagnostics) + 2
+            scope_width = max(len(d.scope) for d in self.diagnostics) + 2
             for d in self.diagnostics:
                 lines.append(
-                    f"  {d.name:<34}{d.scope:<12}stat={_fmt(d.statistic, 0)}  p={_fmt(d.pvalue, 0, '.3g')}  {d.flag}"
+                    f"  {d.name:<{width}}{d.scope:<{scope_width}}stat={_fmt(d.statistic, 0)}  "
+                    f"p={_fmt(d.pvalue, 0, '.3g')}  {d.flag}"
                 )
         return "\n".join(lines)
 
@@ -167,6 +174,19 @@ def _fmt(value, width: int, spec: str = ".4f") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return f"{'NA':>{width}}"
     return f"{value:>{width}{spec}}"
+
+
+def _fmt_ar(e: "Estimate") -> str:
+    """The Anderson-Rubin set as printed: an interval, two rays, 'empty', or '' when not computed."""
+    kind = e.extra.get("ar_set_kind")
+    if kind is None or kind == "not computed":
+        return ""
+    if kind == "empty":
+        return "empty"
+    intervals = e.extra.get("ar_set") or []
+    if kind == "two_rays" and len(intervals) == 2:
+        return f"[-inf, {intervals[0][1]:.3f}] U [{intervals[1][0]:.3f}, inf]"
+    return _fmt_interval(e.ar_ci_low, e.ar_ci_high) + (" (hull)" if kind == "union" else "")
 
 
 def _fmt_interval(low, high) -> str:

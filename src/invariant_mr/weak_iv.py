@@ -42,7 +42,7 @@ from scipy import optimize, stats
 from .data import MRData
 from .errors import InputError
 from .iv import independent_columns, orthonormal_basis, residualize
-from .registry import MethodContext
+from .registry import MethodContext, MethodOption
 from .results import Estimate
 
 
@@ -201,13 +201,24 @@ def _classical_stat(pr: _ARProblem, b: np.ndarray) -> np.ndarray:
     return explained / ((total - explained) / pr.dfd)
 
 
+#: Upper bound on the bytes of one batch of k x k covariance matrices in `_robust_stat`.
+_BATCH_BYTES = 64 * 2**20
+
+
 def _robust_stat(pr: _ARProblem, b: np.ndarray, blocks=None) -> np.ndarray:
     Oyy, Oyd, Odd = blocks if blocks is not None else _robust_blocks(pr)
-    b = np.asarray(b, dtype=float)
-    g = pr.a[None, :] - b[:, None] * pr.c[None, :]
-    omega = Oyy[None] - 2 * b[:, None, None] * Oyd[None] + (b * b)[:, None, None] * Odd[None]
-    sol = np.linalg.solve(omega, g[:, :, None])[:, :, 0]
-    return np.sum(g * sol, axis=1)
+    b = np.atleast_1d(np.asarray(b, dtype=float))
+    out = np.empty(b.shape[0])
+    # Batches keep memory bounded: with hundreds of instruments a full grid of
+    # k x k matrices would take gigabytes.
+    step = max(1, int(_BATCH_BYTES // (8 * pr.k * pr.k)))
+    for start in range(0, b.shape[0], step):
+        bb = b[start : start + step]
+        g = pr.a[None, :] - bb[:, None] * pr.c[None, :]
+        omega = Oyy[None] - 2 * bb[:, None, None] * Oyd[None] + (bb * bb)[:, None, None] * Odd[None]
+        sol = np.linalg.solve(omega, g[:, :, None])[:, :, 0]
+        out[start : start + step] = np.sum(g * sol, axis=1)
+    return out
 
 
 # ----------------------------------------------------------------------------- public API
@@ -338,6 +349,18 @@ def anderson_rubin_fields(cs: ConfidenceSet) -> dict:
     }
 
 
+#: Default of `--ar-max-instruments`: above it the robust AR set is not computed.
+AR_MAX_INSTRUMENTS_DEFAULT = 200
+
+AR_MAX_INSTRUMENTS = MethodOption(
+    "ar_max_instruments",
+    int,
+    AR_MAX_INSTRUMENTS_DEFAULT,
+    "most instruments for which the robust Anderson-Rubin set is computed (its inversion costs "
+    "O(k^3) per grid point; the classical set is always computed)",
+)
+
+
 def with_anderson_rubin(
     estimate: Estimate,
     outcome,
@@ -347,12 +370,26 @@ def with_anderson_rubin(
     *,
     alpha: float = 0.05,
     cov_type: str = "robust",
+    max_instruments: int | None = None,
 ) -> Estimate:
-    """A copy of `estimate` with its AR confidence set (hull in ar_ci_low/high, set in extra)."""
+    """A copy of `estimate` with its AR confidence set (hull in ar_ci_low/high, set in extra).
+
+    When the set cannot be computed, or is skipped because a robust inversion
+    would use more than `max_instruments` instruments, `ar_ci_low/high` stay
+    None and `extra` says so ("ar_set_kind": "not computed" and "ar_error"),
+    so a missing set is never mistaken for an unbounded one.
+    """
+    k = estimate.n_instruments
+    if cov_type == "robust" and max_instruments is not None and k is not None and k > max_instruments:
+        reason = (
+            f"robust Anderson-Rubin set skipped: {k} instruments > --ar-max-instruments {max_instruments} "
+            "(raise it, or use --cov-type unadjusted for the closed-form classical set)"
+        )
+        return replace(estimate, extra={**estimate.extra, "ar_set_kind": "not computed", "ar_error": reason})
     try:
         cs = anderson_rubin_confidence_set(outcome, exposure, instruments, exog, alpha=alpha, cov_type=cov_type)
     except (InputError, np.linalg.LinAlgError) as exc:
-        return replace(estimate, extra={**estimate.extra, "ar_error": str(exc)})
+        return replace(estimate, extra={**estimate.extra, "ar_set_kind": "not computed", "ar_error": str(exc)})
     fields_ = anderson_rubin_fields(cs)
     return replace(
         estimate,
@@ -408,12 +445,14 @@ def add_anderson_rubin(
                 ctrl,
                 alpha=ctx.alpha,
                 cov_type=ctx.cov_type,
+                max_instruments=int(ctx.option("ar_max_instruments", AR_MAX_INSTRUMENTS_DEFAULT)),
             )
         )
     return out
 
 
 __all__ = [
+    "AR_MAX_INSTRUMENTS",
     "ConfidenceSet",
     "add_anderson_rubin",
     "anderson_rubin_confidence_set",
