@@ -19,6 +19,10 @@ Methods (all with environment fixed effects and HC0-robust inference):
 * invariant_linear_auto: the same, with the rank and the number of invariant
   directions chosen from the data (Tracy-Widom rule, permutation test), i.e.
   what the `invariant_linear` method runs;
+* invariant_linear_bootstrap: invariant_linear_auto's estimate with the
+  `invariant_linear` method's default SE: a within-environment bootstrap that
+  refits the directions (200 draws; `--bootstrap-reps` reps per cell, since
+  it costs 200 refits);
 * invariant_linear_crossfit: what the `invariant_linear_crossfit` method
   runs: directions (chosen from the data) learned on the other fold, 2 folds
   stratified by environment, 2SLS with fold-interacted instruments and
@@ -65,6 +69,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from statistics import NormalDist  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -76,7 +81,8 @@ from invariant_mr.diagnostics import (  # noqa: E402
 )
 from invariant_mr.crossfit import crossfit_instruments, fold_dummies, fold_interacted  # noqa: E402
 from invariant_mr.errors import InputError  # noqa: E402
-from invariant_mr.invariant_linear import LinearInvariantInstruments, NoSignalError  # noqa: E402
+from invariant_mr.provenance import cpu_model  # noqa: E402
+from invariant_mr.invariant_linear import LinearInvariantInstruments, NoSignalError, direction_bootstrap  # noqa: E402
 from invariant_mr.iv import fit_kclass  # noqa: E402
 from invariant_mr.simulation.paper import simulate_paper  # noqa: E402
 from invariant_mr.summary_mr import ivw  # noqa: E402
@@ -93,6 +99,7 @@ METHODS = (
     "oracle_liml",
     "invariant_linear_tsls",
     "invariant_linear_auto",
+    "invariant_linear_bootstrap",
     "invariant_linear_crossfit",
     "invariant_linear_leak_removed",
     "tsls_all_env",
@@ -106,7 +113,11 @@ AR_METHODS = (
     "invariant_linear_leak_removed",
     "tsls_all_env",
 )
-VALID_METHODS = ("oracle_tsls", "oracle_liml", "invariant_linear_tsls", "invariant_linear_auto", "invariant_linear_crossfit")
+VALID_METHODS = (
+    "oracle_tsls", "oracle_liml", "invariant_linear_tsls", "invariant_linear_auto", "invariant_linear_bootstrap",
+    "invariant_linear_crossfit",
+)  # fmt: skip
+BOOTSTRAP_DRAWS = 200
 
 
 # ----------------------------------------------------------------------------- part 1
@@ -120,7 +131,7 @@ def _iv_row(y, d, Z, controls, theta: float, kappa: str = "tsls", ar: bool = Tru
     return row
 
 
-def one_replication(seed: int, theta: float, scale: float, n_per_env: int) -> dict:
+def one_replication(seed: int, theta: float, scale: float, n_per_env: int, bootstrap: bool = True) -> dict:
     sim = simulate_paper("linear", seed=seed, n_per_env=n_per_env, theta=theta)
     data = sim.data
     w_sum = sim.W.sum(axis=1)
@@ -155,6 +166,18 @@ def one_replication(seed: int, theta: float, scale: float, n_per_env: int) -> di
         _iv_row(y, d, learner.transform(data.Z), env_fe, theta) if k > 0 else {"failed": True}
     )
     out["invariant_linear_auto"]["n_components"] = [k]
+    if not bootstrap:
+        out["invariant_linear_bootstrap"] = {"failed": True, "skipped": True}
+    elif k == 0:
+        out["invariant_linear_bootstrap"] = {"failed": True}
+    else:
+        draws = direction_bootstrap(data.Z, data.env_codes, y, d, env_fe, learner, BOOTSTRAP_DRAWS, rng)
+        auto = out["invariant_linear_auto"]
+        se = float(np.nanstd(draws, ddof=1))
+        z = NormalDist().inv_cdf(1 - ALPHA / 2)
+        out["invariant_linear_bootstrap"] = {
+            "wald": (auto["est"] - z * se, auto["est"] + z * se), "f": auto["f"], "est": auto["est"], "se": se
+        }
 
     # Cross-fitted, as `invariant_linear_crossfit` (2 folds, fold-interacted instruments).
     try:
@@ -184,7 +207,7 @@ def binom_se(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 1e-12) / n)
 
 
-def run_coverage(reps: int, n_per_env: int, seed0: int) -> list[dict]:
+def run_coverage(reps: int, n_per_env: int, seed0: int, bootstrap_reps: int) -> list[dict]:
     rows = []
     cell = 0
     for strength, scale in STRENGTHS:
@@ -193,10 +216,14 @@ def run_coverage(reps: int, n_per_env: int, seed0: int) -> list[dict]:
             # since every IV estimator here is equivariant to y -> y + c d.
             cell += 1
             start = time.process_time()
-            reps_all = [one_replication(seed0 + 10_000 * cell + r, theta, scale, n_per_env) for r in range(reps)]
+            reps_all = [
+                one_replication(seed0 + 10_000 * cell + r, theta, scale, n_per_env, bootstrap=r < bootstrap_reps)
+                for r in range(reps)
+            ]
             cpu = time.process_time() - start
             for m in METHODS:
-                reps_out = [o[m] for o in reps_all if not o[m].get("failed")]
+                run = [o for o in reps_all if not o[m].get("skipped")]
+                reps_out = [o[m] for o in run if not o[m].get("failed")]
                 done = len(reps_out)
                 wald = np.array([o["wald"] for o in reps_out])
                 cover = (wald[:, 0] <= theta) & (theta <= wald[:, 1])
@@ -207,9 +234,9 @@ def run_coverage(reps: int, n_per_env: int, seed0: int) -> list[dict]:
                     "scale": scale,
                     "theta": theta,
                     "method": m,
-                    "reps": reps,
+                    "reps": len(run),
                     "reps_with_interval": done,
-                    "no_instrument_share": 1 - done / reps,
+                    "no_instrument_share": 1 - done / len(run),
                     "median_f": float(np.median([o["f"] for o in reps_out])),
                     "bias": float(np.mean(est) - theta),
                     "sd_over_mean_se": float(np.std(est) / np.mean(se)),
@@ -433,16 +460,6 @@ def markdown(meta: dict, coverage: list[dict], size: dict, power: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
-
 
 def git_revision() -> str:
     try:
@@ -457,6 +474,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=1000, help="replications per coverage cell")
     ap.add_argument("--n-per-env", type=int, default=1000, help="coverage: samples per environment")
+    ap.add_argument("--bootstrap-reps", type=int, default=500, help="reps per cell with the direction bootstrap")
     ap.add_argument("--size-reps", type=int, default=500)
     ap.add_argument("--size-n-per-env", type=int, default=3000)
     ap.add_argument("--power-reps", type=int, default=50)
@@ -469,9 +487,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.quick:
         args.reps, args.size_reps, args.power_reps, args.permutations = 20, 20, 5, 50
+        args.bootstrap_reps = min(args.bootstrap_reps, 10)
     command = "python " + " ".join(["benchmarks/coverage.py", *(argv if argv is not None else sys.argv[1:])])
     start, wall_start = time.process_time(), time.perf_counter()
-    coverage = run_coverage(args.reps, args.n_per_env, args.seed)
+    coverage = run_coverage(args.reps, args.n_per_env, args.seed, args.bootstrap_reps)
     size = run_diagnostic_size(args.size_reps, args.size_n_per_env, args.permutations, args.seed + 100_000)
     power = run_diagnostic_power(
         [s for s in args.power_settings.split(",") if s], args.power_reps, args.power_n_per_env, args.permutations,

@@ -38,7 +38,6 @@ import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -48,6 +47,7 @@ import numpy as np  # noqa: E402
 
 from invariant_mr.iv import fit_kclass  # noqa: E402
 from invariant_mr.pipeline import load_builtin_methods, run_analysis  # noqa: E402
+from invariant_mr.provenance import cpu_model  # noqa: E402
 from invariant_mr.registry import MethodContext, resolve_methods  # noqa: E402
 from invariant_mr.simulation.genetic_dataset import simulate_genetic  # noqa: E402
 
@@ -276,12 +276,7 @@ def _num(value):
 
 
 def _hardware() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:  # lscpu missing: fall back to what Python knows
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores (shared with other jobs), Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 # ---------------------------------------------------------------------------- report

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import time
 import tracemalloc
 from datetime import date
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from invariant_mr.invariant_linear import LinearInvariantInstruments
+from invariant_mr.provenance import cpu_model
 from invariant_mr.simulation.paper import simulate_paper
 
 
@@ -37,16 +36,6 @@ def make_data(n_per_env: int, p: int, seed: int):
     Z = latents @ A + rng.standard_normal((latents.shape[0], p))
     return Z, sim.data.env, sim
 
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv=None):
@@ -89,7 +78,7 @@ def main(argv=None):
     text = f"""# Closed-form invariant instruments: speed and memory
 
 Command: `python benchmarks/invariant_linear_speed.py --n-per-env {args.n_per_env} --p {args.p} --repeats {args.repeats}`
-Hardware: {cpu_name()}, {len(__import__('os').sched_getaffinity(0))} cores; numpy {np.__version__}. Date: {date.today()}.
+Hardware: {cpu_model()}, {len(__import__('os').sched_getaffinity(0))} cores; numpy {np.__version__}. Date: {date.today()}.
 Data: paper linear setting (K=2), 4 latent factors mixed into {args.p} unit-norm columns + N(0,1) noise.
 
 | n | p | fit median (s) | bare Z.T@Z median (s) | ratio | peak memory incl. Z / size of Z | signal rank | components | R² of hW on W |

@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from paper_settings import cpu_name, summarise  # noqa: E402
+from paper_settings import summarise  # noqa: E402
+
+from invariant_mr.provenance import cpu_model  # noqa: E402
 
 SETTINGS = ("linear", "poly2", "poly3", "poly2-normal", "poly3-normal", "mlp", "discrete")
 
@@ -103,7 +105,7 @@ def markdown(summary: list[dict], rows: list[dict], command: str, elapsed: float
         "",
         f"Command: `{command}`",
         f"Method options: `{json.dumps(options)}` (all other options at their defaults).",
-        f"Hardware: {cpu_name()}, {len(os.sched_getaffinity(0))} cores shared with other jobs (timings noisy), "
+        f"Hardware: {cpu_model()}, {len(os.sched_getaffinity(0))} cores shared with other jobs (timings noisy), "
         f"CPU only, no GPU. Date: {date.today()}. Wall time of the run {elapsed / 60:.1f} min.",
         "",
         "theta = 1, n = 3000 per environment. Bias/SD/RMSE over seeds; coverage of the 95% robust Wald CI;",

@@ -19,8 +19,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date
@@ -28,19 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from invariant_mr.provenance import cpu_model
+
 DEFAULT_METHODS = "ols,tsls_all,tsls_all_env,liml_all_env,invariant_linear,invariant_linear_crossfit"
 SETTINGS = ("linear", "poly2", "poly3", "poly2-normal", "poly3-normal", "mlp", "discrete")
 
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def one_fit(task: tuple) -> list[dict]:
@@ -120,7 +110,7 @@ def markdown(summary: list[dict], args, elapsed: float) -> str:
         "",
         f"Command: `python benchmarks/paper_settings.py --methods {args.methods} --seeds {args.seeds} "
         f"--settings {','.join(args.settings)} --envs {','.join(map(str, args.envs))} --n-per-env {args.n_per_env}`",
-        f"Hardware: {cpu_name()}, {len(os.sched_getaffinity(0))} cores, CPU only. Date: {date.today()}. "
+        f"Hardware: {cpu_model()}, {len(os.sched_getaffinity(0))} cores, CPU only. Date: {date.today()}. "
         f"Wall time {elapsed / 60:.1f} min.",
         "",
         "True effect theta = 1. Bias, SD and RMSE over seeds with a finite estimate (`valid`); coverage of the",

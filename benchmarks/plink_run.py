@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from invariant_mr.provenance import cpu_model
+
 CORE_METHODS = "invariant_linear,ols,tsls_all,tsls_all_env,liml_all_env"
 
 
@@ -112,15 +114,6 @@ def stage_times_subprocess(prefix: Path, pheno: Path, methods: str, blas_threads
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -64,7 +64,9 @@ def test_table_and_plink_give_the_same_estimates(tmp_path):
               "--methods", FAST_METHODS, "--signal-rank", "8", "--quiet", "--no-report",
               # A fixed number of invariant directions: the automatic choice is a permutation test whose
               # draws depend on the row order, and the table's rows are shuffled relative to the .fam.
-              "--n-components", "4"]
+              "--n-components", "4",
+              # Likewise the direction bootstrap's resamples are drawn by row position.
+              "--direction-bootstrap", "0"]
     assert main(["run", "--table", str(table_path), "--instruments", "rs*", "--id-column", "IID",
                  "--out", str(tmp_path / "t"), *common]) == 0
     assert main(["run", "--bfile", str(s.prefix), "--pheno", str(s.pheno), "--out", str(tmp_path / "p"), *common]) == 0

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from invariant_mr.errors import InputError
 from invariant_mr.invariant_linear import LinearInvariantInstruments, NoSignalError, signal_rank
 from invariant_mr.moments import EnvironmentMoments
 from invariant_mr.pipeline import run_analysis
@@ -123,3 +122,75 @@ def test_dask_input_matches_in_memory(linear_sim):
     np.testing.assert_allclose(lazy.invariance_eigenvalues_, eager.invariance_eigenvalues_, rtol=1e-8, atol=1e-13)
     assert lazy.n_components_ == eager.n_components_
     np.testing.assert_allclose(np.abs(lazy.transform(lazy_Z)), np.abs(eager.transform(data.Z)), rtol=1e-7, atol=1e-9)
+
+
+def test_relabelled_discrepancies_match_direct_invariance_matrix():
+    """The batched null statistic equals diag(M) computed directly from each relabelling's moments."""
+    from invariant_mr.invariant_linear import _invariance_matrix, random_relabellings, relabelled_discrepancies
+
+    rng = np.random.default_rng(3)
+    n, r, K = 900, 3, 3
+    X = rng.standard_normal((n, r)) @ rng.standard_normal((r, r))
+    codes = np.repeat(np.arange(K), [200, 300, 400])
+    labels = random_relabellings(codes, K, 5, rng)
+    got = relabelled_discrepancies(X, labels, K)
+    for b in range(labels.shape[0]):
+        lab = labels[b].astype(int)
+        means = np.stack([X[lab == e].mean(axis=0) for e in range(K)])
+        covs = np.stack([np.cov(X[lab == e].T, bias=True) for e in range(K)])
+        weights = np.bincount(lab, minlength=K) / n
+        np.testing.assert_allclose(got[b], np.diag(_invariance_matrix(means, covs, weights)), rtol=1e-9, atol=1e-12)
+
+
+def test_random_relabellings_keep_sizes_and_are_uniform():
+    from invariant_mr.invariant_linear import random_relabellings
+
+    codes = np.repeat(np.arange(3), [10, 20, 30])
+    labels = random_relabellings(codes, 3, 4000, np.random.default_rng(0))
+    for e, size in enumerate((10, 20, 30)):
+        assert np.all((labels == e).sum(axis=1) == size)
+        # Every row lands in environment e with probability size / 60; binomial SD about 0.007.
+        share = (labels == e).mean(axis=0)
+        assert np.all(np.abs(share - size / 60) < 0.04)
+
+
+def test_direction_bootstrap_se_is_seeded_and_replaces_the_fixed_direction_se():
+    sim = simulate_paper("linear", n_envs=2, n_per_env=800, seed=5)
+    opts = {"diagnostic_permutations": 10}
+    runs = [
+        run_analysis(sim.data, "invariant_linear", MethodContext(seed=s, options={**opts, "direction_bootstrap": b}))
+        for s, b in ((1, "auto"), (1, "auto"), (2, "auto"), (1, "0"))
+    ]
+    boot, same, other_seed, fixed = (r.select("invariant_linear")[0] for r in runs)
+    assert boot.se == same.se and boot.se != other_seed.se  # deterministic given the seed
+    assert boot.estimate == fixed.estimate  # only the inference changes
+    assert boot.extra["se_fixed_directions"] == pytest.approx(fixed.se, rel=1e-12)
+    assert boot.extra["se_method"] == "direction bootstrap (200 draws)" and "se_method" not in fixed.extra
+    assert boot.ci_low == pytest.approx(boot.estimate - 1.959964 * boot.se, rel=1e-6)
+    # Same order as the fixed-direction SE (it adds the directions' error, a few percent here).
+    assert 0.8 < boot.se / fixed.se < 1.5
+
+
+def test_direction_bootstrap_option():
+    from invariant_mr.errors import InputError
+    from invariant_mr.invariant_linear import bootstrap_draws
+
+    small = simulate_paper("linear", n_envs=2, n_per_env=100, seed=0).data
+    assert bootstrap_draws("auto", small) == 200 and bootstrap_draws("50", small) == 50
+    assert bootstrap_draws("0", small) == 0
+    with pytest.raises(InputError, match="direction-bootstrap"):
+        bootstrap_draws("1", small)
+    with pytest.raises(InputError, match="direction-bootstrap"):
+        bootstrap_draws("many", small)
+
+
+@pytest.mark.slow
+def test_direction_bootstrap_coverage_linear_mixing():
+    """The in-sample method's default (bootstrap) CI covers at 0.95 within binomial tolerance over 300 seeds."""
+    covered = []
+    for seed in range(300):
+        sim = simulate_paper("linear", n_envs=2, n_per_env=1000, seed=20_000 + seed)
+        ctx = MethodContext(seed=seed, per_env=False, options={"diagnostic_permutations": 10})
+        est = run_analysis(sim.data, "invariant_linear", ctx).select("invariant_linear")[0]
+        covered.append(est.ci_low <= 1 <= est.ci_high)
+    assert abs(np.mean(covered) - 0.95) < 3 * np.sqrt(0.95 * 0.05 / 300)

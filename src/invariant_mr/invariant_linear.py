@@ -41,6 +41,7 @@ Steps of `LinearInvariantInstruments.fit`:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Hashable
 
 import numpy as np
@@ -52,7 +53,8 @@ from .crossfit import crossfit_estimates, crossfit_instruments
 from .data import MRData
 from .diagnostics import DIAGNOSTIC_PERMUTATIONS, instrument_diagnostics
 from .errors import InputError
-from .estimation import iv_estimates
+from .estimation import exogenous_controls, iv_estimates
+from .iv import fit_kclass
 from .moments import EnvironmentMoments, block_rows_for, is_dask_array
 from .registry import MethodContext, MethodOption, MethodOutput, register_method
 from .results import Estimate
@@ -170,21 +172,49 @@ def permuted_invariance_discrepancies(
     counts, sums and cross-products. Many tiny products would otherwise be
     dominated by call overhead and BLAS thread start-up.
     """
-    n, r = X.shape
+    return relabelled_discrepancies(X, random_relabellings(codes, n_envs, n_permutations, rng), n_envs)
+
+
+def random_relabellings(codes: np.ndarray, n_envs: int, n_permutations: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_permutations, n) uniformly random relabellings of `codes` that keep every environment's size.
+
+    A relabelling is a random ordered subset of the rows cut into the first
+    K-1 environments (the last gets the rest). `choice` draws that subset
+    several times faster than a full permutation, and int8 labels keep the
+    table small.
+    """
+    n = codes.size
+    env_counts = np.bincount(codes, minlength=n_envs)
+    cuts = np.concatenate([[0], np.cumsum(env_counts[:-1])])
+    label_type = np.int8 if n_envs <= np.iinfo(np.int8).max else np.int16
+    labels = np.full((n_permutations, n), n_envs - 1, dtype=label_type)
+    for b in range(n_permutations):
+        chosen = rng.choice(n, size=int(cuts[-1]), replace=False)
+        for e in range(n_envs - 1):
+            labels[b, chosen[cuts[e] : cuts[e + 1]]] = e
+    return labels
+
+
+def relabelled_discrepancies(X: np.ndarray, labels: np.ndarray, n_envs: int) -> np.ndarray:
+    """(P, r): diagonal of the invariance matrix of X's columns under each row of `labels` (P, n)."""
+    n_permutations, n = labels.shape
+    r = X.shape[1]
     iu = np.triu_indices(r)
     n_feat = 1 + r + iu[0].size
-    perms = np.empty((n_permutations, n), dtype=np.int16)
-    for b in range(n_permutations):
-        perms[b] = rng.permutation(codes)
-    totals = np.zeros((n_permutations * n_envs, n_feat))
-    step = max(256, min(n, 2_000_000 // max(n_permutations * n_envs, n_feat)))
-    env_ids = np.arange(n_envs, dtype=np.int16)
+    # Only the first K-1 environments' sums are accumulated; the last is the total minus them.
+    head = n_envs - 1
+    totals = np.zeros((n_permutations * head, n_feat))
+    grand = np.zeros(n_feat)
+    step = max(256, min(n, 2_000_000 // max(n_permutations * head, n_feat)))
+    env_ids = np.arange(head, dtype=labels.dtype)
     for start in range(0, n, step):
         xb = X[start : start + step]
         feats = np.hstack([np.ones((xb.shape[0], 1)), xb, xb[:, iu[0]] * xb[:, iu[1]]])
-        onehot = (perms[:, None, start : start + step] == env_ids[None, :, None]).reshape(-1, xb.shape[0])
+        onehot = (labels[:, None, start : start + step] == env_ids[None, :, None]).reshape(-1, xb.shape[0])
         totals += onehot.astype(float) @ feats
-    totals = totals.reshape(n_permutations, n_envs, n_feat)
+        grand += feats.sum(axis=0)
+    totals = totals.reshape(n_permutations, head, n_feat)
+    totals = np.concatenate([totals, (grand - totals.sum(axis=1))[:, None, :]], axis=1)
     counts = totals[:, :, 0]
     means = totals[:, :, 1 : 1 + r] / counts[:, :, None]
     cross = np.zeros((n_permutations, n_envs, r, r))
@@ -362,8 +392,17 @@ _OPTIONS = (
     MethodOption("n_permutations", int, 199, "permutations for choosing the number of invariant directions"),
     MethodOption("standardize", bool, True, "scale instruments to unit variance before the invariant method"),
     MethodOption("n_folds", int, 2, "folds for cross-fitted methods"),
+    MethodOption(
+        "direction_bootstrap", str, "auto",
+        "invariant_linear: bootstrap draws for the pooled SE that refit the directions "
+        "('auto' = 200 when a refit is cheap, else 0 = the 2SLS SE that treats them as fixed)",
+    ),
     DIAGNOSTIC_PERMUTATIONS,
-)
+)  # fmt: skip
+
+#: "auto" bootstraps when one refit costs at most this many n * p^2 multiply-adds (about 0.1 s).
+_BOOTSTRAP_AUTO_MAX_WORK = 5e8
+_BOOTSTRAP_AUTO_DRAWS = 200
 
 
 def _int_or_auto(value, name: str):
@@ -382,6 +421,94 @@ def learner_from_context(ctx: MethodContext, salt: str) -> LinearInvariantInstru
         standardize=bool(ctx.option("standardize", True)),
         n_permutations=int(ctx.option("n_permutations", 199)),
         random_state=ctx.rng(salt),
+    )
+
+
+def bootstrap_draws(option, data: MRData) -> int:
+    """Number of direction-refitting bootstrap draws that `--direction-bootstrap` asks for."""
+    if option in (None, "auto"):
+        cheap = not is_dask_array(data.Z) and data.n * data.p**2 <= _BOOTSTRAP_AUTO_MAX_WORK
+        return _BOOTSTRAP_AUTO_DRAWS if cheap else 0
+    draws = _int_or_auto(option, "direction_bootstrap")
+    if draws < 0 or draws == 1:
+        raise InputError(f"--direction-bootstrap must be 0, at least 2, or 'auto', got {option!r}")
+    return draws
+
+
+def direction_bootstrap(
+    Z: np.ndarray,
+    env_codes: np.ndarray,
+    outcome: np.ndarray,
+    exposure: np.ndarray,
+    controls: np.ndarray | None,
+    learner: LinearInvariantInstruments,
+    n_draws: int,
+    rng: np.random.Generator,
+    *,
+    cov_type: str = "robust",
+) -> np.ndarray:
+    """2SLS estimates on `n_draws` within-environment resamples, the directions refitted on each.
+
+    The refit keeps `learner`'s signal rank and number of components (the
+    selection step is not repeated); `controls` (e.g. environment dummies)
+    are resampled with the rows.
+    """
+    groups = [np.flatnonzero(env_codes == e) for e in np.unique(env_codes)]
+    draws = np.empty(n_draws)
+    for b in range(n_draws):
+        rows = np.concatenate([rng.choice(g, size=g.size, replace=True) for g in groups])
+        try:
+            refit = LinearInvariantInstruments(
+                n_components=learner.n_components_, signal_rank=learner.signal_rank_, standardize=learner.standardize
+            ).fit(Z[rows], env_codes[rows])
+            fit = fit_kclass(
+                outcome[rows], exposure[rows], refit.transform(Z[rows]),
+                None if controls is None else controls[rows], kappa="tsls", cov_type=cov_type,
+            )  # fmt: skip
+        except (InputError, np.linalg.LinAlgError):  # e.g. a resample with a collinear column: drop the draw
+            draws[b] = np.nan
+            continue
+        draws[b] = fit.estimate
+    return draws
+
+
+def with_direction_bootstrap(
+    estimate: Estimate, data: MRData, learner: LinearInvariantInstruments, ctx: MethodContext, n_draws: int
+) -> Estimate:
+    """`estimate` with an SE and Wald CI that include the error of the estimated directions.
+
+    The 2SLS SE treats the instruments as fixed. But the directions are
+    estimated, and their error leaks a little of the confounded component into
+    the instruments, which adds variance of the same order as the sampling
+    variance (n^-1/2 direction error times an O(1) confounded covariance).
+    In the coverage benchmark the 2SLS SE was 7-9% too small (Wald coverage
+    0.92). Each draw resamples rows within environments (keeping their
+    sizes), refits the directions with the chosen signal rank and number of
+    components, and re-estimates; the SE is the SD of the draws. The analytic
+    SE and the percentile interval are kept in `extra`.
+    """
+    draws = direction_bootstrap(
+        np.asarray(data.Z), data.env_codes, data.outcome, data.exposure, exogenous_controls(data, True), learner,
+        n_draws, ctx.rng("invariant_linear/direction bootstrap"), cov_type=ctx.cov_type,
+    )  # fmt: skip
+    draws = draws[np.isfinite(draws)]
+    if draws.size < 2:
+        return replace(estimate, extra={**estimate.extra, "direction_bootstrap_error": "too few valid draws"})
+    se = float(np.std(draws, ddof=1))
+    z = stats.norm.ppf(1 - ctx.alpha / 2)
+    lo, hi = np.quantile(draws, [ctx.alpha / 2, 1 - ctx.alpha / 2])
+    return replace(
+        estimate,
+        se=se,
+        ci_low=estimate.estimate - z * se,
+        ci_high=estimate.estimate + z * se,
+        pvalue=float(2 * stats.norm.sf(abs(estimate.estimate) / se)) if se > 0 else None,
+        extra={
+            **estimate.extra,
+            "se_method": f"direction bootstrap ({draws.size} draws)",
+            "se_fixed_directions": estimate.se,
+            "bootstrap_percentile_ci": [float(lo), float(hi)],
+        },
     )
 
 
@@ -417,6 +544,9 @@ def invariant_linear(data: MRData, ctx: MethodContext) -> MethodOutput:
         data, hw, ctx, method="invariant_linear",
         extra={"signal_rank": learner.signal_rank_},
     )
+    n_draws = bootstrap_draws(ctx.option("direction_bootstrap", "auto"), data)
+    if n_draws:  # pooled row only: per-environment rows keep the fixed-direction SE
+        rows[0] = with_direction_bootstrap(rows[0], data, learner, ctx, n_draws)
     diagnostics = instrument_diagnostics(data, hw, ctx, method="invariant_linear")
     return MethodOutput(tuple(rows), tuple(diagnostics), artifacts={"instruments": hw, "spectrum": spectrum})
 

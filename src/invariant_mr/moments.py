@@ -44,10 +44,16 @@ class EnvironmentMoments:
         counts = np.zeros(n_envs, dtype=np.int64)
         sums = np.zeros((n_envs, p))
         cross = np.zeros((n_envs, p, p))
+        # One reused float buffer: a fresh block per step would allocate (and page in) as much
+        # memory as Z itself over the pass.
+        buffer = np.empty((min(block_rows, n), p))
         for start in range(0, n, block_rows):
-            block = np.asarray(Z[start : start + block_rows], dtype=float)
+            raw = Z[start : start + block_rows]
+            block = buffer[: raw.shape[0]]
             if shift is not None:
-                block = block - shift
+                np.subtract(raw, shift, out=block)
+            else:
+                block[...] = raw
             codes = env_codes[start : start + block_rows]
             for e in range(n_envs):
                 rows = codes == e

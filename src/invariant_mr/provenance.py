@@ -13,6 +13,18 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 
+def cpu_model() -> str:
+    """The CPU's model name, for benchmark tables (timings mean little without the hardware)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def package_version() -> str:
     from . import __version__
 
