@@ -70,8 +70,15 @@ def test_load_rejects_other_directories(tmp_path):
 
 def test_divergence_names_the_term(small, monkeypatch):
     d = small.data
-    monkeypatch.setattr(training, "pairwise_mmd", lambda h, env, kernel, **kw: h.sum() * float("nan"))
+    nan_mmd = lambda h, env, kernel, **kw: h.sum() * float("nan")  # noqa: E731
+    monkeypatch.setattr(training, "pairwise_mmd", nan_mmd)
     with pytest.raises(TrainingDivergedError, match="'inv'"):
+        InvariantAutoencoder(**FAST, seed=0, mmd_kernel="poly").fit(d.Z, d.env)
+    # The default RBF pair goes through the fused penalties.
+    monkeypatch.setattr(
+        training, "rbf_invariance_and_independence", lambda w, v, env, **kw: (w.sum() * 0.0, v.sum() * float("nan"))
+    )
+    with pytest.raises(TrainingDivergedError, match="'ind'"):
         InvariantAutoencoder(**FAST, seed=0).fit(d.Z, d.env)
 
 

@@ -255,3 +255,36 @@ def test_penalties_are_differentiable():
     for measure in P.INDEPENDENCE_MEASURES:
         (g,) = torch.autograd.grad(P.independence(x, x**2 + y, measure), x)
         assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_fused_rbf_penalties_match_the_separate_functions(unbiased):
+    rng = np.random.default_rng(9)
+    w = torch.tensor(rng.standard_normal((60, 2)))
+    v = torch.tensor(rng.standard_normal((60, 2))) + 0.5 * w
+    env = torch.tensor(rng.permutation(np.repeat([0, 1], 30)))  # interleaved rows, as a shuffled batch
+    inv, ind = P.rbf_invariance_and_independence(w, v, env, within=True, unbiased=unbiased)
+    # K = 2: the pair's pooled bandwidth is the batch bandwidth, so the MMD is the separate one exactly.
+    assert inv.item() == pytest.approx(P.pairwise_mmd(w, env, "rbf", unbiased).item(), rel=1e-10)
+    # Pooled HSIC as the separate function; within-environment HSIC with the batch bandwidths.
+    bw_w, bw_v = P.median_bandwidth(w), P.median_bandwidth(v)
+    expected = P.hsic_rbf(w, v, unbiased).item()
+    for e in (0, 1):
+        m = env == e
+        k, l_ = P.rbf_kernel(w[m], w[m], bw_w), P.rbf_kernel(v[m], v[m], bw_v)
+        expected += P.hsic_from_kernels(k, l_, unbiased).item()
+    assert ind.item() == pytest.approx(expected, rel=1e-10)
+    # Without the within terms: the pooled HSIC alone.
+    _, pooled = P.rbf_invariance_and_independence(w, v, env, within=False, unbiased=unbiased)
+    assert pooled.item() == pytest.approx(P.hsic_rbf(w, v, unbiased).item(), rel=1e-10)
+
+
+def test_fused_rbf_invariance_is_zero_for_identical_environments_and_positive_under_shift():
+    rng = np.random.default_rng(10)
+    x = torch.tensor(rng.standard_normal((40, 2)))
+    env = torch.tensor(np.repeat([0, 1], 40))
+    v = torch.tensor(rng.standard_normal((80, 1)))
+    same, _ = P.rbf_invariance_and_independence(torch.cat([x, x]), v, env, unbiased=False)
+    assert same.item() == pytest.approx(0.0, abs=1e-12)
+    shifted, _ = P.rbf_invariance_and_independence(torch.cat([x, x + 1.0]), v, env)
+    assert shifted.item() > 0.05

@@ -24,6 +24,7 @@ from .penalties import (
     gaussian_logdet,
     pairwise_mmd,
     pooled_and_within_independence,
+    rbf_invariance_and_independence,
     standardize,
 )
 
@@ -111,14 +112,16 @@ def loss_terms(
     recon = ((net.decoder(hv, hw) - z) ** 2).mean()
     # Penalties see standardised codes: otherwise shrinking hW would fake invariance.
     sv, sw = standardize(hv), standardize(hw)
-    terms = {
-        "recon": recon,
-        "inv": pairwise_mmd(sw, env, weights.mmd_kernel, unbiased=weights.unbiased),
-        "ind": pooled_and_within_independence(
+    if weights.mmd_kernel == "rbf" and weights.independence == "rbf":  # the default: shared Gram matrices
+        inv, ind = rbf_invariance_and_independence(
+            sw, sv, env, within=weights.within_env_independence, unbiased=weights.unbiased
+        )
+    else:
+        inv = pairwise_mmd(sw, env, weights.mmd_kernel, unbiased=weights.unbiased)
+        ind = pooled_and_within_independence(
             sw, sv, env, weights.independence, within=weights.within_env_independence, unbiased=weights.unbiased
-        ),
-        "ent": gaussian_logdet(torch.cat([sv, sw], dim=1), env),
-    }
+        )
+    terms = {"recon": recon, "inv": inv, "ind": ind, "ent": gaussian_logdet(torch.cat([sv, sw], dim=1), env)}
     if net.relevance is not None and exposure is not None:
         terms["rel"] = ((net.relevance(hw) - exposure) ** 2).mean()
     else:
