@@ -19,7 +19,7 @@ import numpy as np
 
 from .data import MRData
 from .errors import InputError
-from .estimation import exogenous_controls, iv_estimates
+from .estimation import estimate_from_fit, exogenous_controls, iv_estimates
 from .registry import MethodContext, MethodOption, MethodOutput, register_method
 from .results import Diagnostic, Estimate
 from .robust_iv import TwoStageHardThresholding
@@ -367,28 +367,16 @@ def tsht_method(data: MRData, ctx: MethodContext) -> MethodOutput:
                 nan = float("nan")
                 rows.append(Estimate("tsht", scope, nan, None, None, None, int(mask.sum()), data.p, extra={"reason": str(exc)}))
             continue
-        fit = model.fit_
-        lo, hi = fit.ci(ctx.alpha)
         names = np.array(data.instrument_names)
-        est = Estimate(
-            method="tsht",
-            scope=scope,
-            estimate=fit.estimate,
-            se=fit.se,
-            ci_low=lo,
-            ci_high=hi,
-            n=fit.n,
-            n_instruments=fit.n_instruments,
-            first_stage_f=fit.first_stage_f,
-            pvalue=fit.pvalue,
-            extra={
+        est = estimate_from_fit(
+            model.fit_, "tsht", scope, ctx.alpha,
+            {
                 "valid_instruments": names[model.valid_].tolist(),
                 "relevant_instruments": names[model.relevant_].tolist(),
                 "threshold": model.threshold_,
-                "cov_type": fit.cov_type,
                 "se_ignores_selection": True,
             },
-        )
+        )  # fmt: skip
         rows.append(
             with_anderson_rubin(
                 est,
