@@ -455,21 +455,25 @@ def direction_bootstrap(
     """
     groups = [np.flatnonzero(env_codes == e) for e in np.unique(env_codes)]
     draws = np.empty(n_draws)
-    for b in range(n_draws):
-        rows = np.concatenate([rng.choice(g, size=g.size, replace=True) for g in groups])
-        try:
-            refit = LinearInvariantInstruments(
-                n_components=learner.n_components_, signal_rank=learner.signal_rank_, standardize=learner.standardize
-            ).fit(Z[rows], env_codes[rows])
-            fit = fit_kclass(
-                outcome[rows], exposure[rows], refit.transform(Z[rows]),
-                None if controls is None else controls[rows], kappa="tsls", cov_type=cov_type,
-            )  # fmt: skip
-        except (InputError, np.linalg.LinAlgError):  # e.g. a resample with a collinear column: drop the draw
-            draws[b] = np.nan
-            continue
-        draws[b] = fit.estimate
+    with threadpool_limits(limits=1, user_api="blas"):  # small products: threads cost more than they give
+        for b in range(n_draws):
+            draws[b] = _one_bootstrap_draw(Z, env_codes, outcome, exposure, controls, learner, groups, rng, cov_type)
     return draws
+
+
+def _one_bootstrap_draw(Z, env_codes, outcome, exposure, controls, learner, groups, rng, cov_type) -> float:
+    rows = np.concatenate([rng.choice(g, size=g.size, replace=True) for g in groups])
+    try:
+        refit = LinearInvariantInstruments(
+            n_components=learner.n_components_, signal_rank=learner.signal_rank_, standardize=learner.standardize
+        ).fit(Z[rows], env_codes[rows])
+        fit = fit_kclass(
+            outcome[rows], exposure[rows], refit.transform(Z[rows]),
+            None if controls is None else controls[rows], kappa="tsls", cov_type=cov_type,
+        )  # fmt: skip
+    except (InputError, np.linalg.LinAlgError):  # e.g. a resample with a collinear column: drop the draw
+        return float("nan")
+    return fit.estimate
 
 
 def with_direction_bootstrap(
