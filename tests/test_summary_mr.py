@@ -7,6 +7,7 @@ import pytest
 import statsmodels.api as sm
 
 from invariant_mr.data import MRData
+from invariant_mr.errors import InputError
 from invariant_mr.pipeline import run_analysis
 from invariant_mr.registry import MethodContext
 from invariant_mr.simulation.paper import simulate_paper
@@ -268,3 +269,20 @@ def test_summary_methods_need_enough_variants():
     res = run_analysis(data, "mr_egger", MethodContext())
     row = res.select("mr_egger", "pooled")[0]
     assert np.isnan(row.estimate) and "at least 3 variants" in row.extra["reason"]
+
+
+def test_sumstats_p_threshold_selects_variants_for_every_scope():
+    data = simulate_paper("poly3", n_envs=2, n_per_env=500, seed=3).data
+    base = run_analysis(data, "ivw", MethodContext(seed=0))
+    sel = run_analysis(data, "ivw", MethodContext(seed=0, options={"sumstats_p_threshold": 1e-6}))
+    k_all = base.select("ivw")[0].n_instruments
+    k_sel = {e.scope: e.n_instruments for e in sel.select("ivw")}
+    assert k_all == data.p and 3 <= k_sel["pooled"] < k_all
+    assert set(k_sel.values()) == {k_sel["pooled"]}  # the pooled selection is used in every environment
+    # Too strict: the method reports why it has no estimate; it does not stop the run.
+    none = run_analysis(data, "ivw,ols", MethodContext(seed=0, options={"sumstats_p_threshold": 1e-300}))
+    row = none.select("ivw")[0]
+    assert np.isnan(row.estimate) and "sumstats-p-threshold" in row.extra["reason"]
+    assert np.isfinite(none.select("ols")[0].estimate)
+    with pytest.raises(InputError, match="sumstats-p-threshold"):
+        run_analysis(data, "ivw", MethodContext(seed=0, options={"sumstats_p_threshold": 2.0}))

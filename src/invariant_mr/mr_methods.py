@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Callable
 
 import numpy as np
+from scipy import stats
 
 from .data import MRData
 from .errors import InputError
@@ -53,7 +54,13 @@ TSHT_THRESHOLD = MethodOption(
     "tsht_threshold", float, None, "TSHT thresholding multiplier (default sqrt(log n))"
 )
 
-_SUMMARY_OPTIONS = (ENV_ADJUST,)
+P_THRESHOLD = MethodOption(
+    "sumstats_p_threshold", float, None,
+    "summary-statistic methods: keep only variants whose pooled exposure association has p below this "
+    "(e.g. 5e-8, the usual genome-wide selection; default: every variant)",
+)  # fmt: skip
+
+_SUMMARY_OPTIONS = (ENV_ADJUST, P_THRESHOLD)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -68,14 +75,43 @@ def _env_sumstats(data: MRData, mask: np.ndarray) -> SummaryStatistics:
     return SummaryStatistics(data.instrument_names, bx, sx, by, sy, n, ("intercept", *(data.covariate_names or ())))
 
 
+class TooFewVariantsError(InputError):
+    """Fewer variants than a summary-statistic method needs pass the p-value selection."""
+
+
+def selected_variants(pooled: SummaryStatistics, threshold: float | None) -> np.ndarray:
+    """Mask of the variants whose exposure association has a two-sided p-value below `threshold`.
+
+    Selection uses the pooled associations, so every scope analyses the same
+    variants. Selecting on the exposure in the same sample (one-sample MR)
+    favours variants whose association was overestimated (winner's curse),
+    which biases towards the confounded estimate; the usual price of
+    dropping the weak variants that make the mode and median unstable.
+    """
+    if threshold is None:
+        return np.ones(pooled.n_variants, dtype=bool)
+    if not 0 < threshold <= 1:
+        raise InputError(f"--sumstats-p-threshold must be in (0, 1], got {threshold}")
+    p = 2 * stats.norm.sf(np.abs(pooled.beta_exposure / pooled.se_exposure))
+    keep = p < threshold
+    if keep.sum() < 3:
+        raise TooFewVariantsError(
+            f"--sumstats-p-threshold {threshold:g}: only {int(keep.sum())} variant(s) pass "
+            f"(smallest exposure p-value {p.min():.3g}); the summary-statistic methods need at least 3"
+        )
+    return keep
+
+
 def sumstats_by_scope(data: MRData, ctx: MethodContext) -> list[tuple[str, SummaryStatistics]]:
     """("pooled", stats) then ("env:<label>", stats) per environment when `ctx.per_env`."""
-    out = [("pooled", summary_statistics(data, env_fixed_effects=bool(ctx.option("sumstats_env_adjust", True))))]
+    pooled = summary_statistics(data, env_fixed_effects=bool(ctx.option("sumstats_env_adjust", True)))
+    keep = selected_variants(pooled, ctx.option("sumstats_p_threshold", None))
+    out = [("pooled", pooled.subset(keep))]
     if ctx.per_env:
         codes = data.env_codes
         for i, level in enumerate(data.env_levels):
             try:
-                out.append((f"env:{level}", _env_sumstats(data, codes == i)))
+                out.append((f"env:{level}", _env_sumstats(data, codes == i).subset(keep)))
             except InputError:
                 continue  # e.g. a variant constant within this environment
     return out
@@ -111,7 +147,12 @@ def _run_summary(
     data: MRData, ctx: MethodContext, method: str, estimator: Callable[[SummaryStatistics, str], tuple]
 ) -> MethodOutput:
     rows, diags = [], []
-    for scope, ss in sumstats_by_scope(data, ctx):
+    try:
+        scopes = sumstats_by_scope(data, ctx)
+    except TooFewVariantsError as exc:  # this method has no estimate; the run's other methods stand
+        nan = float("nan")
+        return MethodOutput((Estimate(method, "pooled", nan, None, None, None, data.n, 0, extra={"reason": str(exc)}),))
+    for scope, ss in scopes:
         try:
             est, dgs = estimator(ss, scope)
         except InputError as exc:
