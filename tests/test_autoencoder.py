@@ -183,3 +183,14 @@ def test_nonlinear_leakage_sees_what_linear_leakage_misses():
     hw = np.column_stack([V[:, 0] ** 2 - 1 + 0.1 * rng.standard_normal(2000), rng.standard_normal(2000)])
     assert r_squared(V, hw) < 0.01
     assert nonlinear_leakage(hw, V, env) == pytest.approx(0.5, abs=0.02)
+
+
+def test_validation_chunks_cover_every_row_once_with_every_environment():
+    from invariant_mr.training import validation_chunks
+
+    codes = np.repeat([0, 1, 2], [5000, 3000, 1000])
+    chunks = validation_chunks(codes, max_rows=4096)
+    assert len(chunks) == 3 and all(c.size <= 4096 for c in chunks)
+    assert np.array_equal(np.sort(np.concatenate(chunks)), np.arange(codes.size))
+    assert all(set(codes[c]) == {0, 1, 2} for c in chunks)
+    assert len(validation_chunks(codes[:3000], max_rows=4096)) == 1  # small sets stay whole

@@ -158,6 +158,28 @@ def validation_split(env_codes: np.ndarray, fraction: float, rng: np.random.Gene
     return val
 
 
+#: Validation rows per evaluation chunk: the kernel penalties are O(rows^2) in time and memory.
+VALIDATION_CHUNK_ROWS = 4096
+
+
+def validation_chunks(env_codes: np.ndarray, max_rows: int = VALIDATION_CHUNK_ROWS) -> list[np.ndarray]:
+    """Index sets that split the validation rows into chunks of at most about `max_rows`, each
+    holding the same share of every environment (so every chunk can score the invariance penalty).
+    One chunk, the whole set, when it is small enough."""
+    n_chunks = max(1, -(-env_codes.shape[0] // max_rows))
+    parts = [np.array_split(np.flatnonzero(env_codes == c), n_chunks) for c in np.unique(env_codes)]
+    return [np.concatenate([p[i] for p in parts]) for i in range(n_chunks)]
+
+
+def chunked_loss_terms(net, z, env, exposure, weights, chunks: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """Loss terms averaged over validation chunks (each term is a mean, or a U-statistic, per chunk)."""
+    parts = [
+        loss_terms(net, z[idx], env[idx], None if exposure is None else exposure[idx], weights)
+        for idx in (torch.as_tensor(c, device=z.device) for c in chunks)
+    ]
+    return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
+
+
 class AdaptiveBalancer:
     """Rescales lam_inv and lam_ind so each weighted term stays on the scale of the reconstruction.
 
@@ -209,6 +231,7 @@ def train(
     e_tr, e_va = to_t(e_tr_np, torch.int64), to_t(env_codes[val_mask], torch.int64)
     d_tr = None if exposure is None else to_t(exposure[~val_mask])
     d_va = None if exposure is None else to_t(exposure[val_mask])
+    val_chunks = validation_chunks(env_codes[val_mask])
     per_env_rows = [np.flatnonzero(e_tr_np == c) for c in np.unique(e_tr_np)]
     batch = min(config.batch_per_env, min(r.size for r in per_env_rows))
     steps = max(1, max(r.size for r in per_env_rows) // batch)
@@ -249,7 +272,7 @@ def train(
                 sums[k] += float(terms[k].detach())
         net.eval()
         with torch.no_grad():
-            vterms = loss_terms(net, z_va, e_va, d_va, weights)
+            vterms = chunked_loss_terms(net, z_va, e_va, d_va, weights, val_chunks)
         check_finite(vterms, f"epoch {epoch}, validation")
         # The stopping criterion uses the user's weights, not the balancer's moving ones.
         vtotal = float(total_loss(vterms, base))
