@@ -47,7 +47,7 @@ from typing import Hashable
 import numpy as np
 import scipy.linalg
 from scipy import stats
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .crossfit import crossfit_estimates, crossfit_instruments
 from .data import MRData
@@ -92,6 +92,24 @@ def signal_rank(eigenvalues_desc: np.ndarray, n: int) -> int:
     return p
 
 
+_THREADPOOLS: ThreadpoolController | None = None
+#: Below this size LAPACK runs on one thread anyway, and limiting costs more than the decomposition.
+_SINGLE_THREAD_MIN_SIZE = 64
+
+
+def one_blas_thread():
+    """Context manager limiting BLAS to one thread.
+
+    The controller is built once: `threadpool_limits()` rescans the loaded
+    libraries on every call (about 1.5 ms, which dominated a bootstrap of
+    small refits).
+    """
+    global _THREADPOOLS
+    if _THREADPOOLS is None:
+        _THREADPOOLS = ThreadpoolController()
+    return _THREADPOOLS.limit(limits=1, user_api="blas")
+
+
 def symmetric_eigh(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (ascending) and eigenvectors of a symmetric matrix, on one BLAS thread.
 
@@ -99,7 +117,9 @@ def symmetric_eigh(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     multithreaded BLAS slows it down (at p = 1000 on a busy 2-core machine:
     0.3 s on one thread against 0.9-6 s on two).
     """
-    with threadpool_limits(limits=1, user_api="blas"):
+    if S.shape[0] < _SINGLE_THREAD_MIN_SIZE:
+        return scipy.linalg.eigh(S, driver="evd")
+    with one_blas_thread():
         return scipy.linalg.eigh(S, driver="evd")
 
 
@@ -455,7 +475,7 @@ def direction_bootstrap(
     """
     groups = [np.flatnonzero(env_codes == e) for e in np.unique(env_codes)]
     draws = np.empty(n_draws)
-    with threadpool_limits(limits=1, user_api="blas"):  # small products: threads cost more than they give
+    with one_blas_thread():  # small products: threads cost more than they give
         for b in range(n_draws):
             draws[b] = _one_bootstrap_draw(Z, env_codes, outcome, exposure, controls, learner, groups, rng, cov_type)
     return draws
