@@ -365,6 +365,7 @@ def markdown(meta: dict, coverage: list[dict], size: dict, power: dict) -> str:
         "to strip the V-part from invariant_linear_tsls's instruments: a diagnostic, not a method. What",
         "is left spans the same space as W, so that row reproduces oracle_tsls exactly: the whole gap",
         "between invariant_linear_tsls and the oracle is the leaked V-part of the estimated directions.",
+        "invariant_linear_bootstrap: invariant_linear_auto's estimate with the `invariant_linear` method's default SE, a 200-draw within-environment bootstrap that refits the directions (first `--bootstrap-reps` reps of each cell).",
         "tsls_all_env and ivw_all_env use confounded instruments and are references (assumptions fail).",
         "",
         "| strength | theta | method | median F | bias | SD/SE | no-IV | Wald coverage | Wald median length "
