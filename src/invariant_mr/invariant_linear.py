@@ -420,8 +420,9 @@ _OPTIONS = (
     DIAGNOSTIC_PERMUTATIONS,
 )  # fmt: skip
 
-#: "auto" bootstraps when one refit costs at most this many n * p^2 multiply-adds (about 0.1 s).
-_BOOTSTRAP_AUTO_MAX_WORK = 5e8
+#: "auto" bootstraps when one refit costs at most this many n * p^2 multiply-adds (about 0.05 s
+#: on one core, so 200 draws add at most about 10 s to a run).
+_BOOTSTRAP_AUTO_MAX_WORK = 2e8
 _BOOTSTRAP_AUTO_DRAWS = 200
 
 
