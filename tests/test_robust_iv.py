@@ -107,3 +107,13 @@ def test_tsht_coverage_with_invalid_instruments():
         lo, hi = TwoStageHardThresholding().fit(y, d, Z).fit_.ci(0.05)
         cover.append(lo <= 1.0 <= hi)
     assert 0.92 <= np.mean(cover) <= 0.98
+
+
+@pytest.mark.parametrize("shape", [(400, 30), (25, 60)])
+def test_genotype_pcs_match_the_svd_scores_up_to_sign(shape):
+    rng = np.random.default_rng(4)
+    Z = rng.integers(0, 3, shape).astype(float) + rng.standard_normal((shape[0], 2)) @ rng.standard_normal((2, shape[1]))
+    Zs = (Z - Z.mean(0)) / Z.std(0)
+    U, s, _ = np.linalg.svd(Zs, full_matrices=False)
+    got = genotype_pcs(Z, 4)
+    np.testing.assert_allclose(np.abs(got), np.abs(U[:, :4] * s[:4]), atol=1e-8)
