@@ -81,3 +81,28 @@ def test_exact_invariance_to_instrument_rescaling_and_rotation():
     a, b = fit_kclass(y, d, Z, X1), fit_kclass(y, d, Z @ A + 5.0, X1)
     assert a.estimate == pytest.approx(b.estimate, rel=1e-9)
     assert a.se == pytest.approx(b.se, rel=1e-9)
+
+
+def test_orthonormal_basis_gram_route_and_qr_fallback_span_the_same_space():
+    from invariant_mr.iv import orthonormal_basis
+
+    rng = np.random.default_rng(12)
+    M = rng.integers(0, 3, (2000, 60)).astype(float)
+    B = orthonormal_basis(M)  # tall and well conditioned: the Gram/Cholesky route
+    np.testing.assert_allclose(B.T @ B, np.eye(60), atol=1e-10)
+    Q, _ = np.linalg.qr(M)
+    np.testing.assert_allclose(B @ (B.T @ M), M, atol=1e-9)
+    np.testing.assert_allclose(B @ B.T[:, :5], Q @ Q.T[:, :5], atol=1e-10)
+    # A duplicated column: the pivoted QR drops it.
+    D = np.hstack([M, M[:, :1]])
+    assert orthonormal_basis(D).shape[1] == 60
+
+
+def test_independent_columns_keeps_a_full_rank_tall_matrix_and_drops_duplicates():
+    from invariant_mr.iv import independent_columns
+
+    rng = np.random.default_rng(13)
+    M = rng.standard_normal((1000, 40))
+    assert independent_columns(M) is M  # full column rank: the Gram check skips the QR
+    D = np.hstack([M, M[:, 3:4] + M[:, 7:8]])
+    assert independent_columns(D).shape[1] == 40
