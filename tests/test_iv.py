@@ -106,3 +106,16 @@ def test_independent_columns_keeps_a_full_rank_tall_matrix_and_drops_duplicates(
     assert independent_columns(M) is M  # full column rank: the Gram check skips the QR
     D = np.hstack([M, M[:, 3:4] + M[:, 7:8]])
     assert independent_columns(D).shape[1] == 40
+
+
+def test_orthonormal_basis_gram_route_drops_exactly_collinear_directions():
+    from invariant_mr.iv import orthonormal_basis
+
+    rng = np.random.default_rng(14)
+    M = rng.standard_normal((3000, 50))
+    pcs = M @ np.linalg.svd(M, full_matrices=False)[2][:5].T  # residualising on these removes 5 directions
+    R = M - pcs @ np.linalg.lstsq(pcs, M, rcond=None)[0]
+    B = orthonormal_basis(R)
+    assert B.shape[1] == 45
+    np.testing.assert_allclose(B.T @ B, np.eye(45), atol=1e-9)
+    np.testing.assert_allclose(B @ (B.T @ R), R, atol=1e-8)

@@ -21,38 +21,19 @@ from .errors import InputError
 _FULLER = re.compile(r"^fuller\(\s*([0-9.]+)\s*\)$")
 
 
-#: Tall matrices with at least this many columns try the Gram/Cholesky route first.
+#: Tall matrices with at least this many columns try the Gram route first.
 _GRAM_MIN_COLUMNS = 32
-#: Smallest eigenvalue of the scaled Gram matrix, relative to the largest, for that route: the
-#: basis then deviates from orthonormal by about eps / this ratio (1e-10), far inside test tolerances.
-_GRAM_CONDITION_RTOL = 1e-6
+#: Directions of the scaled Gram matrix kept by the Gram route have eigenvalues above this share of
+#: the largest, so the basis deviates from orthonormal by about eps / 1e-6 = 1e-10.
+_GRAM_KEEP_RTOL = 1e-6
+#: Eigenvalues below this share of the largest are numerically zero (exactly collinear directions,
+#: e.g. instruments residualised on their own principal components).
+_GRAM_ZERO_RTOL = 1e-12
 
 
-def orthonormal_basis(M: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
-    """Orthonormal basis of the column space of M.
-
-    Tall, well-conditioned M (hundreds of genotype instruments): M L^-T with
-    G = M'M = L L', one n p^2 product and a triangular solve, several times
-    cheaper than a pivoted QR (TSHT and the Anderson-Rubin sets spent most of
-    their time in QR at 30,000 x 1,000). Otherwise the rank-revealing pivoted
-    QR, which also drops redundant directions. Every use is a projection or a
-    rotation-invariant statistic, so the two bases are interchangeable.
-    """
-    if M.shape[1] == 0:
-        return M
-    n, p = M.shape
-    G = _well_conditioned_gram(M)
-    if G is not None:
-        L = sla.cholesky(G, lower=True)
-        return sla.solve_triangular(L, M.T, lower=True).T
-    Q, R, _ = sla.qr(M, mode="economic", pivoting=True)
-    diag = np.abs(np.diag(R))
-    rank = int((diag > rtol * diag[0]).sum()) if diag.size and diag[0] > 0 else 0
-    return Q[:, :rank]
-
-
-def _well_conditioned_gram(M: np.ndarray) -> np.ndarray | None:
-    """M'M when M is tall, wide enough for the Gram route to pay, and well conditioned; else None."""
+def _gram_spectrum(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(column scales, eigenvalues, eigenvectors) of the column-scaled M'M, for tall M with
+    enough columns for the Gram route to pay; None otherwise or when a column is zero."""
     n, p = M.shape
     if p < _GRAM_MIN_COLUMNS or n < 4 * p:
         return None
@@ -60,16 +41,43 @@ def _well_conditioned_gram(M: np.ndarray) -> np.ndarray | None:
     scale = np.sqrt(np.diag(G))
     if scale.min() <= 0:
         return None
-    eig = sla.eigvalsh(G / np.outer(scale, scale))
-    return G if eig[0] > _GRAM_CONDITION_RTOL * eig[-1] else None
+    vals, vecs = sla.eigh(G / np.outer(scale, scale))
+    return scale, vals, vecs
+
+
+def orthonormal_basis(M: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
+    """Orthonormal basis of the column space of M.
+
+    Tall M with hundreds of columns (genotype instruments): from the
+    eigendecomposition of the column-scaled Gram matrix, one n p^2 product
+    and a p x p eigenproblem, several times cheaper than a pivoted QR (TSHT,
+    tsls_pcs and the Anderson-Rubin sets spent most of their time in QR at
+    30,000 x 1,000). It is used when the spectrum separates cleanly into kept
+    directions and numerically zero ones; otherwise the rank-revealing pivoted
+    QR decides. Every use is a projection or a rotation-invariant statistic,
+    so the two bases are interchangeable.
+    """
+    if M.shape[1] == 0:
+        return M
+    spectrum = _gram_spectrum(M)
+    if spectrum is not None:
+        scale, vals, vecs = spectrum
+        keep = vals > _GRAM_KEEP_RTOL * vals[-1]
+        if np.all(keep | (vals < _GRAM_ZERO_RTOL * vals[-1])):
+            return (M / scale) @ (vecs[:, keep] / np.sqrt(vals[keep]))
+    Q, R, _ = sla.qr(M, mode="economic", pivoting=True)
+    diag = np.abs(np.diag(R))
+    rank = int((diag > rtol * diag[0]).sum()) if diag.size and diag[0] > 0 else 0
+    return Q[:, :rank]
 
 
 def independent_columns(M: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
     """The columns of M that span its column space (redundant controls dropped, order kept)."""
     if M.shape[1] == 0:
         return M
-    if _well_conditioned_gram(M) is not None:  # full column rank: nothing to drop, no QR needed
-        return M
+    spectrum = _gram_spectrum(M)
+    if spectrum is not None and spectrum[1][0] > _GRAM_KEEP_RTOL * spectrum[1][-1]:
+        return M  # full column rank: nothing to drop, no QR needed
     _, R, piv = sla.qr(M, mode="economic", pivoting=True)
     diag = np.abs(np.diag(R))
     rank = int((diag > rtol * diag[0]).sum()) if diag.size and diag[0] > 0 else 0
