@@ -119,3 +119,16 @@ def test_orthonormal_basis_gram_route_drops_exactly_collinear_directions():
     assert B.shape[1] == 45
     np.testing.assert_allclose(B.T @ B, np.eye(45), atol=1e-9)
     np.testing.assert_allclose(B @ (B.T @ R), R, atol=1e-8)
+
+
+def test_gram_route_centres_next_to_an_intercept_without_changing_the_span():
+    from invariant_mr.iv import independent_columns, orthonormal_basis
+
+    rng = np.random.default_rng(15)
+    dosages = rng.binomial(2, 0.9, (4000, 60)).astype(float)  # large means: nearly collinear with 1
+    M = np.hstack([np.ones((4000, 1)), dosages])
+    assert independent_columns(M) is M
+    B = orthonormal_basis(M)
+    assert B.shape[1] == 61
+    np.testing.assert_allclose(B.T @ B, np.eye(61), atol=1e-9)
+    np.testing.assert_allclose(B @ (B.T @ M), M, atol=1e-8)  # spans the uncentred columns too

@@ -31,18 +31,27 @@ _GRAM_KEEP_RTOL = 1e-6
 _GRAM_ZERO_RTOL = 1e-12
 
 
-def _gram_spectrum(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(column scales, eigenvalues, eigenvectors) of the column-scaled M'M, for tall M with
-    enough columns for the Gram route to pay; None otherwise or when a column is zero."""
+def _gram_spectrum(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(A, column scales, eigenvalues, eigenvectors) of the column-scaled A'A, where A spans the same
+    space as M, for tall M with enough columns for the Gram route to pay; None otherwise.
+
+    When M holds a constant column (the intercept), the other columns are centred first: the span
+    is unchanged, and uncentred genotype dosages next to an intercept are so collinear that the
+    Gram matrix would look rank-deficient and send every call to the QR.
+    """
     n, p = M.shape
     if p < _GRAM_MIN_COLUMNS or n < 4 * p:
         return None
-    G = M.T @ M
+    constant = np.ptp(M, axis=0) == 0
+    A = M
+    if constant.any() and np.abs(M[0, constant]).max() > 0:
+        A = np.where(constant, M, M - M.mean(axis=0))
+    G = A.T @ A
     scale = np.sqrt(np.diag(G))
     if scale.min() <= 0:
         return None
     vals, vecs = sla.eigh(G / np.outer(scale, scale))
-    return scale, vals, vecs
+    return A, scale, vals, vecs
 
 
 def orthonormal_basis(M: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
@@ -61,10 +70,10 @@ def orthonormal_basis(M: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
         return M
     spectrum = _gram_spectrum(M)
     if spectrum is not None:
-        scale, vals, vecs = spectrum
+        A, scale, vals, vecs = spectrum
         keep = vals > _GRAM_KEEP_RTOL * vals[-1]
         if np.all(keep | (vals < _GRAM_ZERO_RTOL * vals[-1])):
-            return (M / scale) @ (vecs[:, keep] / np.sqrt(vals[keep]))
+            return (A / scale) @ (vecs[:, keep] / np.sqrt(vals[keep]))
     Q, R, _ = sla.qr(M, mode="economic", pivoting=True)
     diag = np.abs(np.diag(R))
     rank = int((diag > rtol * diag[0]).sum()) if diag.size and diag[0] > 0 else 0
@@ -76,7 +85,7 @@ def independent_columns(M: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
     if M.shape[1] == 0:
         return M
     spectrum = _gram_spectrum(M)
-    if spectrum is not None and spectrum[1][0] > _GRAM_KEEP_RTOL * spectrum[1][-1]:
+    if spectrum is not None and spectrum[2][0] > _GRAM_KEEP_RTOL * spectrum[2][-1]:
         return M  # full column rank: nothing to drop, no QR needed
     _, R, piv = sla.qr(M, mode="economic", pivoting=True)
     diag = np.abs(np.diag(R))
