@@ -192,5 +192,8 @@ def test_direction_bootstrap_coverage_linear_mixing():
         sim = simulate_paper("linear", n_envs=2, n_per_env=1000, seed=20_000 + seed)
         ctx = MethodContext(seed=seed, per_env=False, options={"diagnostic_permutations": 10})
         est = run_analysis(sim.data, "invariant_linear", ctx).select("invariant_linear")[0]
+        if est.ci_low is None:  # no invariant direction chosen (about 0.5% of fits): no interval
+            continue
         covered.append(est.ci_low <= 1 <= est.ci_high)
-    assert abs(np.mean(covered) - 0.95) < 3 * np.sqrt(0.95 * 0.05 / 300)
+    assert len(covered) >= 290
+    assert abs(np.mean(covered) - 0.95) < 3 * np.sqrt(0.95 * 0.05 / len(covered))
