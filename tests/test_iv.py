@@ -132,3 +132,17 @@ def test_gram_route_centres_next_to_an_intercept_without_changing_the_span():
     assert B.shape[1] == 61
     np.testing.assert_allclose(B.T @ B, np.eye(61), atol=1e-9)
     np.testing.assert_allclose(B @ (B.T @ M), M, atol=1e-8)  # spans the uncentred columns too
+
+
+@pytest.mark.parametrize("shape", [(200, 6), (2000, 40)])
+def test_independent_basis_matches_the_two_step_calls(shape):
+    from invariant_mr.iv import independent_basis, independent_columns, orthonormal_basis
+
+    rng = np.random.default_rng(16)
+    M = rng.standard_normal(shape)
+    for X in (M, np.hstack([M, M[:, :1] - M[:, 1:2]])):  # full rank (Gram route when wide), then QR
+        cols, basis = independent_basis(X)
+        np.testing.assert_array_equal(cols, independent_columns(X))
+        ref = orthonormal_basis(independent_columns(X))
+        assert basis.shape == ref.shape
+        np.testing.assert_allclose(basis @ basis.T[:, :7], ref @ ref.T[:, :7], atol=1e-9)

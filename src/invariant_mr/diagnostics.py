@@ -39,7 +39,7 @@ from scipy import stats
 
 from .data import MRData
 from .errors import InputError
-from .iv import independent_columns, orthonormal_basis, residualize
+from .iv import independent_basis, orthonormal_basis, residualize
 from .registry import MethodContext, MethodOption
 from .results import Diagnostic
 
@@ -247,7 +247,7 @@ def sargan_hansen_j(
     cols = [np.ones((n, 1))]
     if exog is not None:
         cols.append(np.asarray(exog, dtype=float).reshape(n, -1))
-    basis_c = orthonormal_basis(independent_columns(np.hstack(cols)))
+    _, basis_c = independent_basis(np.hstack(cols))
     Zt = orthonormal_basis(residualize(np.asarray(instruments, dtype=float).reshape(n, -1), basis_c))
     k = Zt.shape[1]
     if k < 2:
@@ -286,7 +286,7 @@ def first_stage_strength(exposure, instruments, exog=None, *, cov_type: str = "r
     cols = [np.ones((n, 1))]
     if exog is not None:
         cols.append(np.asarray(exog, dtype=float).reshape(n, -1))
-    basis_c = orthonormal_basis(independent_columns(np.hstack(cols)))
+    _, basis_c = independent_basis(np.hstack(cols))
     Zt = orthonormal_basis(residualize(np.asarray(instruments, dtype=float).reshape(n, -1), basis_c))
     k = Zt.shape[1]
     if k == 0:

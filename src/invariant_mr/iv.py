@@ -74,22 +74,48 @@ def orthonormal_basis(M: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
         keep = vals > _GRAM_KEEP_RTOL * vals[-1]
         if np.all(keep | (vals < _GRAM_ZERO_RTOL * vals[-1])):
             return (A / scale) @ (vecs[:, keep] / np.sqrt(vals[keep]))
-    Q, R, _ = sla.qr(M, mode="economic", pivoting=True)
+    Q, _, rank = _pivoted_qr(M, rtol)
+    return Q[:, :rank]
+
+
+def _pivoted_qr(M: np.ndarray, rtol: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(Q, column pivots, numerical rank) of the rank-revealing pivoted QR of M."""
+    Q, R, piv = sla.qr(M, mode="economic", pivoting=True)
     diag = np.abs(np.diag(R))
     rank = int((diag > rtol * diag[0]).sum()) if diag.size and diag[0] > 0 else 0
-    return Q[:, :rank]
+    return Q, piv, rank
+
+
+def _full_rank_spectrum(M: np.ndarray):
+    """M's Gram spectrum (see `_gram_spectrum`) when M is tall and clearly of full column rank,
+    so no column is to be dropped; None when the pivoted QR has to decide."""
+    spectrum = _gram_spectrum(M)
+    if spectrum is None or spectrum[2][0] <= _GRAM_KEEP_RTOL * spectrum[2][-1]:
+        return None
+    return spectrum
+
+
+def independent_basis(M: np.ndarray, rtol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+    """(independent columns of M, orthonormal basis of their span) from one factorisation.
+
+    For controls that are both kept as regressors and projected out: calling
+    `independent_columns` and then `orthonormal_basis` factorised M twice.
+    """
+    if M.shape[1] == 0:
+        return M, M
+    spectrum = _full_rank_spectrum(M)
+    if spectrum is not None:
+        A, scale, vals, vecs = spectrum
+        return M, (A / scale) @ (vecs / np.sqrt(vals))
+    Q, piv, rank = _pivoted_qr(M, rtol)
+    return M[:, np.sort(piv[:rank])], Q[:, :rank]
 
 
 def independent_columns(M: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
     """The columns of M that span its column space (redundant controls dropped, order kept)."""
-    if M.shape[1] == 0:
-        return M
-    spectrum = _gram_spectrum(M)
-    if spectrum is not None and spectrum[2][0] > _GRAM_KEEP_RTOL * spectrum[2][-1]:
+    if M.shape[1] == 0 or _full_rank_spectrum(M) is not None:
         return M  # full column rank: nothing to drop, no QR needed
-    _, R, piv = sla.qr(M, mode="economic", pivoting=True)
-    diag = np.abs(np.diag(R))
-    rank = int((diag > rtol * diag[0]).sum()) if diag.size and diag[0] > 0 else 0
+    _, piv, rank = _pivoted_qr(M, rtol)
     return M[:, np.sort(piv[:rank])]
 
 
@@ -198,9 +224,8 @@ def fit_kclass(
         exog = np.asarray(exog, dtype=float)
         cols.append(exog.reshape(n, -1))
     # Redundant controls (e.g. fold dummies inside one environment) are dropped, not fatal.
-    X1 = independent_columns(np.hstack(cols)) if cols else np.empty((n, 0))
+    X1, basis_x1 = independent_basis(np.hstack(cols)) if cols else (np.empty((n, 0)), np.empty((n, 0)))
     X = np.hstack([X1, d[:, None]])
-    basis_x1 = orthonormal_basis(X1)
 
     if kind == "ols" or instruments is None:
         if kind != "ols":

@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
-from .iv import KClassFit, fit_kclass, independent_columns, orthonormal_basis, residualize
+from .iv import KClassFit, fit_kclass, independent_basis, residualize
 
 
 class TwoStageHardThresholding:
@@ -72,8 +72,7 @@ class TwoStageHardThresholding:
         cols = [np.ones((n, 1))]
         if exog is not None:
             cols.append(np.asarray(exog, dtype=float).reshape(n, -1))
-        C = independent_columns(np.hstack(cols))
-        basis = orthonormal_basis(C)
+        _, basis = independent_basis(np.hstack(cols))
         Zt = residualize(Z, basis)
         yt = residualize(y[:, None], basis)[:, 0]
         dt = residualize(d[:, None], basis)[:, 0]

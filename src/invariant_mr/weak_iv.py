@@ -41,7 +41,7 @@ from scipy import optimize, stats
 
 from .data import MRData
 from .errors import InputError
-from .iv import independent_columns, orthonormal_basis, residualize
+from .iv import independent_basis, orthonormal_basis, residualize
 from .registry import MethodContext, MethodOption
 from .results import Estimate
 
@@ -162,8 +162,7 @@ def _prepare(outcome, exposure, instruments, exog, add_intercept: bool) -> _ARPr
     cols = [np.ones((n, 1))] if add_intercept else []
     if exog is not None:
         cols.append(np.asarray(exog, dtype=float).reshape(n, -1))
-    C = independent_columns(np.hstack(cols)) if cols else np.empty((n, 0))
-    basis_c = orthonormal_basis(C) if C.shape[1] else C
+    _, basis_c = independent_basis(np.hstack(cols)) if cols else (None, np.empty((n, 0)))
     yt = residualize(y[:, None], basis_c)[:, 0]
     dt = residualize(d[:, None], basis_c)[:, 0]
     Zt = orthonormal_basis(residualize(Z, basis_c))
