@@ -473,7 +473,7 @@ def invariant_autoencoder(data: MRData, ctx: MethodContext) -> MethodOutput:
         extra={"training": summaries},
     )  # fmt: skip
     # Out-of-fold hV of each fold's encoder: the environment-varying component the HSIC check tests against.
-    hv = np.zeros((data.n, learners[0].transform_all(data.Z[:1])[0].shape[1]))
+    hv = np.zeros((data.n, learners[0].dim_v))
     for f, model in enumerate(learners):
         hv[folds == f] = model.transform_all(data.Z[folds == f])[0]
     diagnostics = tuple(
@@ -512,12 +512,11 @@ def invariant_autoencoder_insample(data: MRData, ctx: MethodContext) -> MethodOu
     model = estimator_from_context(ctx, seed)
     use_exposure = float(ctx.option("lam_rel", 1.0)) > 0
     model.fit(data.Z, data.env, exposure=data.exposure if use_exposure else None)
-    instruments = model.transform(data.Z)
+    hv, instruments = model.transform_all(data.Z)  # one encoder pass for the instruments and the HSIC check
     estimates = iv_estimates(
         data, instruments, ctx, method="invariant_autoencoder_insample",
         extra={"training": model.training_summary_, "in_sample": True},
     )  # fmt: skip
-    hv = model.transform_all(data.Z)[0]
     diagnostics = instrument_diagnostics(data, instruments, ctx, hv, method="invariant_autoencoder_insample")
     return MethodOutput(
         tuple(estimates), tuple(diagnostics), artifacts={"instruments": instruments, "history": model.history_}

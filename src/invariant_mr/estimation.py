@@ -11,7 +11,7 @@ from .errors import InputError
 from .iv import KClassFit, fit_kclass
 from .registry import MethodContext
 from .results import Estimate
-from .weak_iv import AR_MAX_INSTRUMENTS_DEFAULT, with_anderson_rubin
+from .weak_iv import ar_max_instruments, with_anderson_rubin
 
 
 def exogenous_controls(data: MRData, env_fixed_effects: bool, extra: np.ndarray | None = None) -> np.ndarray | None:
@@ -72,7 +72,7 @@ def iv_estimates(
     `ctx.option("ar_max_instruments")` the robust set is skipped (its cost
     grows as k^3 per grid point) and `extra` says so.
     """
-    max_ar = int(ctx.option("ar_max_instruments", AR_MAX_INSTRUMENTS_DEFAULT))
+    max_ar = ar_max_instruments(ctx)
 
     def row(fit: KClassFit, scope: str, y, d, Z, ctrl) -> Estimate:
         est = estimate_from_fit(fit, method, scope, ctx.alpha, extra)

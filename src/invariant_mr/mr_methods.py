@@ -35,7 +35,7 @@ from .summary_mr import (
     weighted_mode,
 )
 from .sumstats import SummaryStatistics, per_column_regression, summary_statistics
-from .weak_iv import AR_MAX_INSTRUMENTS, AR_MAX_INSTRUMENTS_DEFAULT, with_anderson_rubin
+from .weak_iv import AR_MAX_INSTRUMENTS, ar_max_instruments, with_anderson_rubin
 
 N_BOOTSTRAP = MethodOption("n_bootstrap", int, 1000, "bootstrap draws for the weighted median and weighted mode SEs")
 ENV_ADJUST = MethodOption(
@@ -439,7 +439,7 @@ def tsht_method(data: MRData, ctx: MethodContext) -> MethodOutput:
                 model.exogenous_controls(Z, controls),
                 alpha=ctx.alpha,
                 cov_type=ctx.cov_type,
-                max_instruments=int(ctx.option("ar_max_instruments", AR_MAX_INSTRUMENTS_DEFAULT)),
+                max_instruments=ar_max_instruments(ctx),
             )
         )
     return MethodOutput(tuple(rows))

@@ -173,6 +173,8 @@ def validation_chunks(env_codes: np.ndarray, max_rows: int = VALIDATION_CHUNK_RO
 
 def chunked_loss_terms(net, z, env, exposure, weights, chunks: list[np.ndarray]) -> dict[str, torch.Tensor]:
     """Loss terms averaged over validation chunks (each term is a mean, or a U-statistic, per chunk)."""
+    if len(chunks) == 1:  # the whole set: no per-epoch copy of the validation rows
+        return loss_terms(net, z, env, exposure, weights)
     parts = [
         loss_terms(net, z[idx], env[idx], None if exposure is None else exposure[idx], weights)
         for idx in (torch.as_tensor(c, device=z.device) for c in chunks)

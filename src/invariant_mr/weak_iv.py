@@ -360,6 +360,11 @@ AR_MAX_INSTRUMENTS = MethodOption(
 )
 
 
+def ar_max_instruments(ctx: MethodContext) -> int:
+    """The `--ar-max-instruments` setting of an analysis."""
+    return int(ctx.option("ar_max_instruments", AR_MAX_INSTRUMENTS_DEFAULT))
+
+
 def with_anderson_rubin(
     estimate: Estimate,
     outcome,
@@ -444,7 +449,7 @@ def add_anderson_rubin(
                 ctrl,
                 alpha=ctx.alpha,
                 cov_type=ctx.cov_type,
-                max_instruments=int(ctx.option("ar_max_instruments", AR_MAX_INSTRUMENTS_DEFAULT)),
+                max_instruments=ar_max_instruments(ctx),
             )
         )
     return out
@@ -454,6 +459,7 @@ __all__ = [
     "AR_MAX_INSTRUMENTS",
     "ConfidenceSet",
     "add_anderson_rubin",
+    "ar_max_instruments",
     "anderson_rubin_confidence_set",
     "anderson_rubin_fields",
     "anderson_rubin_test",
