@@ -165,6 +165,7 @@ def write_run_extras(result, directory: Path, data, *, qc_tsv: str | None = None
 def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariates, g) -> None:
     """`run --bfile/--npy --pheno`: load, QC, estimate, write. All logic lives in `genetic_input`."""
     from .genetic_input import load_genetic_data
+    from .mr_methods import sumstats_env_adjusted
     from .pipeline import run_analysis
     from .qc import QCThresholds
 
@@ -192,7 +193,7 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         written += write_run_extras(result, out.path, loaded.data, qc_tsv=loaded.qc.to_tsv(),
                                     instruments_out=g["instruments_out"], report=g["report"],
                                     sumstats_out=g["sumstats_out"],
-                                    sumstats_env_adjust=bool(ctx.option("sumstats_env_adjust", True)))
+                                    sumstats_env_adjust=sumstats_env_adjusted(ctx))
     if not quiet:
         click.echo(loaded.summary() + "\n")
         click.echo(result.summary())
@@ -268,6 +269,7 @@ def build_cli() -> click.Group:
 
         Options can also come from --config FILE.toml; flags on the command line override it.
         """
+        from .mr_methods import sumstats_env_adjusted
         from .pipeline import run_analysis
         from .table_input import mrdata_from_table, read_table
 
@@ -294,7 +296,7 @@ def build_cli() -> click.Group:
             written = write_result_files(result, out.path)
             written += write_run_extras(result, out.path, data, instruments_out=genetic["instruments_out"],
                                         sumstats_out=genetic["sumstats_out"],
-                                        sumstats_env_adjust=bool(ctx.option("sumstats_env_adjust", True)),
+                                        sumstats_env_adjust=sumstats_env_adjusted(ctx),
                                         report=genetic["report"])
         if not quiet:
             click.echo(result.summary())

@@ -540,8 +540,7 @@ def with_direction_bootstrap(
 
 
 def _no_instrument_rows(data: MRData, method: str, reason: str) -> tuple[Estimate, ...]:
-    nan = float("nan")
-    return (Estimate(method, "pooled", nan, None, None, None, data.n, 0, None, extra={"reason": reason}),)
+    return (Estimate.unavailable(method, "pooled", data.n, 0, reason),)
 
 
 @register_method(

@@ -76,6 +76,11 @@ def _env_sumstats(data: MRData, mask: np.ndarray) -> SummaryStatistics:
     return SummaryStatistics(data.instrument_names, bx, sx, by, sy, n, ("intercept", *(data.covariate_names or ())))
 
 
+def sumstats_env_adjusted(ctx: MethodContext) -> bool:
+    """The `--sumstats-env-adjust` setting: adjust per-variant associations for environment effects."""
+    return bool(ctx.option("sumstats_env_adjust", True))
+
+
 class TooFewVariantsError(InputError):
     """Fewer variants than a summary-statistic method needs pass the p-value selection."""
 
@@ -105,7 +110,7 @@ def selected_variants(pooled: SummaryStatistics, threshold: float | None) -> np.
 
 def sumstats_by_scope(data: MRData, ctx: MethodContext) -> list[tuple[str, SummaryStatistics]]:
     """("pooled", stats) then ("env:<label>", stats) per environment when `ctx.per_env`."""
-    pooled = summary_statistics(data, env_fixed_effects=bool(ctx.option("sumstats_env_adjust", True)))
+    pooled = summary_statistics(data, env_fixed_effects=sumstats_env_adjusted(ctx))
     keep = selected_variants(pooled, ctx.option("sumstats_p_threshold", None))
     out = [("pooled", pooled.subset(keep))]
     if ctx.per_env:
@@ -140,8 +145,7 @@ def _estimate(fit: SummaryMRFit, scope: str, ss: SummaryStatistics, method: str 
 
 
 def _failed(method: str, scope: str, ss: SummaryStatistics, reason: str) -> Estimate:
-    nan = float("nan")
-    return Estimate(method, scope, nan, None, None, None, ss.n, ss.n_variants, extra={"reason": reason})
+    return Estimate.unavailable(method, scope, ss.n, ss.n_variants, reason)
 
 
 def _run_summary(
@@ -151,8 +155,7 @@ def _run_summary(
     try:
         scopes = sumstats_by_scope(data, ctx)
     except TooFewVariantsError as exc:  # this method has no estimate; the run's other methods stand
-        nan = float("nan")
-        return MethodOutput((Estimate(method, "pooled", nan, None, None, None, data.n, 0, extra={"reason": str(exc)}),))
+        return MethodOutput((Estimate.unavailable(method, "pooled", data.n, 0, str(exc)),))
     for scope, ss in scopes:
         try:
             est, dgs = estimator(ss, scope)
@@ -417,8 +420,7 @@ def tsht_method(data: MRData, ctx: MethodContext) -> MethodOutput:
             )
         except (InputError, np.linalg.LinAlgError) as exc:
             if scope == "pooled":
-                nan = float("nan")
-                rows.append(Estimate("tsht", scope, nan, None, None, None, int(mask.sum()), data.p, extra={"reason": str(exc)}))
+                rows.append(Estimate.unavailable("tsht", scope, int(mask.sum()), data.p, str(exc)))
             continue
         names = np.array(data.instrument_names)
         est = estimate_from_fit(

@@ -62,6 +62,11 @@ class Estimate:
     def __post_init__(self):
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
 
+    @classmethod
+    def unavailable(cls, method: str, scope: str, n: int, n_instruments: int | None, reason: str) -> "Estimate":
+        """A row saying why a method has no estimate here (estimate NaN, no SE or interval)."""
+        return cls(method, scope, float("nan"), None, None, None, n, n_instruments, extra={"reason": reason})
+
     def to_dict(self) -> dict:
         out = {f.name: _clean(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}
         out["extra"] = {k: _clean(v) for k, v in self.extra.items()}
