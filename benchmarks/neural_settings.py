@@ -134,7 +134,29 @@ def markdown(summary: list[dict], rows: list[dict], command: str, options: dict)
                 f"{f(p_med, '.2f')} | {rejected} |"
             )
         lines.append("")
+    lines += truth_free_rule_section(rows)
     return "\n".join(lines)
+
+
+def truth_free_rule_section(rows: list[dict]) -> list[str]:
+    """Does the held-out invariance test (p <= 0.05 flags a fit) separate biased fits from good ones?"""
+    fits = [r for r in rows if r.get("invariance_pvalue") is not None and r.get("estimate") is not None]
+    if not fits:
+        return []
+    flagged = sorted(abs(r["estimate"] - 1) for r in fits if r["invariance_pvalue"] <= 0.05)
+    passed = sorted(abs(r["estimate"] - 1) for r in fits if r["invariance_pvalue"] > 0.05)
+
+    def median(v):
+        return f"{v[len(v) // 2]:.3f}" if v else "–"
+
+    return [
+        "## The truth-free rule",
+        "",
+        f"Over all {len(fits)} fits with a held-out invariance p-value: {len(flagged)} flagged (p <= 0.05), "
+        f"median |bias| {median(flagged)}; {len(passed)} passed, median |bias| {median(passed)}; "
+        f"passed fits with |bias| < 0.02: {sum(b < 0.02 for b in passed)}.",
+        "",
+    ]
 
 
 def latest_rows(rows: list[dict]) -> list[dict]:

@@ -269,8 +269,8 @@ def rbf_invariance_and_independence(
     The training default, fused: with one median-heuristic bandwidth per code
     over the whole batch, every kernel the two penalties need is a block of
     the batch's Gram matrix of w or of v. Separately they computed about four
-    times the exponentials and seven medians per step (68% of a CPU fit went
-    to `exp`, `median` and their gradients). The differences from the
+    times the exponentials and seven medians per step, and `exp`, `median` and
+    their gradients took most of a CPU fit. The differences from the
     separate functions: the MMD bandwidth comes from all environments in the
     batch rather than from each pair (the same when K = 2), and the
     within-environment HSIC uses the batch bandwidths rather than its own.
