@@ -73,21 +73,22 @@ from statistics import NormalDist  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from invariant_mr.diagnostics import (  # noqa: E402
+from invariant_mr.inference.diagnostics import (  # noqa: E402
     environment_varying_component,
     hsic_permutation_test,
     mmd_permutation_test,
     sargan_hansen_j,
 )
-from invariant_mr.crossfit import crossfit_instruments, fold_dummies, fold_interacted  # noqa: E402
+from invariant_mr.inference.crossfit import crossfit_instruments, fold_dummies, fold_interacted  # noqa: E402
 from invariant_mr.errors import InputError  # noqa: E402
 from invariant_mr.provenance import cpu_model  # noqa: E402
-from invariant_mr.invariant_linear import LinearInvariantInstruments, NoSignalError, direction_bootstrap  # noqa: E402
-from invariant_mr.iv import fit_kclass  # noqa: E402
+from invariant_mr.inference.direction_bootstrap import direction_bootstrap  # noqa: E402
+from invariant_mr.instruments.linear import LinearInvariantInstruments, NoSignalError  # noqa: E402
+from invariant_mr.estimators.iv import fit_kclass  # noqa: E402
 from invariant_mr.simulation.paper import simulate_paper  # noqa: E402
-from invariant_mr.summary_mr import ivw  # noqa: E402
-from invariant_mr.sumstats import per_column_regression, SummaryStatistics  # noqa: E402
-from invariant_mr.weak_iv import anderson_rubin_confidence_set  # noqa: E402
+from invariant_mr.estimators.summary_mr import ivw  # noqa: E402
+from invariant_mr.estimators.sumstats import per_column_regression, SummaryStatistics  # noqa: E402
+from invariant_mr.inference.weak_iv import anderson_rubin_confidence_set  # noqa: E402
 
 WEAK_SCALE = 0.245
 VERY_WEAK_SCALE = 0.166
@@ -171,7 +172,8 @@ def one_replication(seed: int, theta: float, scale: float, n_per_env: int, boots
     elif k == 0:
         out["invariant_linear_bootstrap"] = {"failed": True}
     else:
-        draws = direction_bootstrap(data.Z, data.env_codes, y, d, env_fe, learner, BOOTSTRAP_DRAWS, rng)
+        refit = lambda Z, env: learner.with_fixed_selection().fit_transform(Z, env)  # noqa: E731
+        draws = direction_bootstrap(data.Z, data.env_codes, y, d, env_fe, refit, BOOTSTRAP_DRAWS, rng)
         auto = out["invariant_linear_auto"]
         se = float(np.nanstd(draws, ddof=1))
         z = NormalDist().inv_cdf(1 - ALPHA / 2)

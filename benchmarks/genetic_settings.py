@@ -45,10 +45,10 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from invariant_mr.iv import fit_kclass  # noqa: E402
-from invariant_mr.pipeline import load_builtin_methods, run_analysis  # noqa: E402
+from invariant_mr.estimators.iv import fit_kclass  # noqa: E402
+from invariant_mr.pipeline import run_analysis  # noqa: E402
 from invariant_mr.provenance import cpu_model  # noqa: E402
-from invariant_mr.registry import MethodContext, resolve_methods  # noqa: E402
+from invariant_mr.methods.registry import MethodContext, resolve_methods  # noqa: E402
 from invariant_mr.simulation.genetic_dataset import simulate_genetic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +135,6 @@ def run_scenario(
 
     torch.set_num_threads(1)
     model, params, description = SCENARIOS[name]
-    load_builtin_methods()
     specs = resolve_methods(",".join(methods) if methods else None)
     method_names = [s.name for s in specs]
     method_options = {**BENCHMARK_OPTIONS, **(options or {})}

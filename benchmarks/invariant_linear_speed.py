@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from invariant_mr.invariant_linear import LinearInvariantInstruments
+from invariant_mr.instruments.linear import LinearInvariantInstruments
 from invariant_mr.provenance import cpu_model
 from invariant_mr.simulation.paper import simulate_paper
 

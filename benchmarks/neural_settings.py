@@ -52,7 +52,7 @@ def truth_scores(hw, folds, sim) -> dict:
     Each fold's instruments come from a different encoder (arbitrary rotation and scale), so one
     regression over the stacked folds would understate recovery; within a fold the map is fixed.
     """
-    from invariant_mr.recovery import nonlinear_leakage, r_squared
+    from invariant_mr.instruments.recovery import nonlinear_leakage, r_squared
 
     groups = [np.ones(hw.shape[0], dtype=bool)] if folds is None else [folds == f for f in np.unique(folds)]
     codes = sim.data.env_codes
@@ -65,14 +65,14 @@ def truth_scores(hw, folds, sim) -> dict:
 
 
 def one_fit(setting: str, K: int, seed: int, methods: str, n_per_env: int, options: dict) -> list[dict]:
-    from invariant_mr.estimation import iv_estimates
+    from invariant_mr.inference.estimates import iv_estimates
     from invariant_mr.pipeline import run_analysis
-    from invariant_mr.registry import MethodContext
+    from invariant_mr.methods.registry import MethodContext
     from invariant_mr.simulation import simulate_paper
 
     sim = simulate_paper(setting, n_envs=K, n_per_env=n_per_env, seed=seed)
     ctx = MethodContext(seed=seed, per_env=False, options=options)
-    oracle = iv_estimates(sim.data, sim.W, ctx, method="oracle_true_w")[0]
+    oracle = iv_estimates(sim.data, sim.W, ctx.inference, method="oracle_true_w")[0]
     result = run_analysis(sim.data, methods, ctx)
     times = dict(result.provenance["method_seconds"])
     pvalues = {d.scope: d.pvalue for d in result.diagnostics if d.name == "heldout_invariance"}

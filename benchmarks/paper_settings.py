@@ -38,17 +38,17 @@ def one_fit(task: tuple) -> list[dict]:
     import torch
 
     torch.set_num_threads(threads)
-    from invariant_mr.estimation import iv_estimates
+    from invariant_mr.inference.estimates import iv_estimates
     from invariant_mr.pipeline import run_analysis
-    from invariant_mr.recovery import r_squared
-    from invariant_mr.registry import MethodContext
+    from invariant_mr.instruments.recovery import r_squared
+    from invariant_mr.methods.registry import MethodContext
     from invariant_mr.simulation import simulate_paper
 
     sim = simulate_paper(setting, n_envs=n_envs, n_per_env=n_per_env, seed=seed)
     ctx = MethodContext(seed=seed, per_env=False)
     rows = []
     start = time.perf_counter()
-    oracle = iv_estimates(sim.data, sim.W, ctx, method="oracle_true_w")[0]
+    oracle = iv_estimates(sim.data, sim.W, ctx.inference, method="oracle_true_w")[0]
     oracle_time = time.perf_counter() - start
     result = run_analysis(sim.data, methods, ctx)
     times = dict(result.provenance["method_seconds"])

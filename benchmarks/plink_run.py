@@ -76,10 +76,10 @@ def run_cli(args: list[str], blas_threads: int) -> tuple[float, float, float]:
 
 def stage_times(prefix: Path, pheno: Path, methods: str) -> dict:
     """Seconds per stage in one process: load + QC, each method, report."""
-    from invariant_mr.genetic_input import load_genetic_data
+    from invariant_mr.io.genetic_input import load_genetic_data
     from invariant_mr.pipeline import run_analysis
-    from invariant_mr.registry import MethodContext
-    from invariant_mr.report import render_report
+    from invariant_mr.methods.registry import MethodContext
+    from invariant_mr.report.html import render_report
 
     t0 = time.perf_counter()
     loaded = load_genetic_data(bfile=prefix, pheno=pheno, env_col="environment", exposure="exposure",

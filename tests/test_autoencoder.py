@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from invariant_mr import training
-from invariant_mr.autoencoder import InvariantAutoencoder
+from invariant_mr.instruments import training
+from invariant_mr.instruments.autoencoder import InvariantAutoencoder
 from invariant_mr.errors import InputError, TrainingDivergedError
 from invariant_mr.pipeline import run_analysis
-from invariant_mr.recovery import r_squared, recovery_scores
-from invariant_mr.registry import MethodContext, registered_methods
+from invariant_mr.instruments.recovery import r_squared, recovery_scores
+from invariant_mr.methods.registry import MethodContext, registered_methods
 from invariant_mr.simulation.paper import simulate_paper
 
 FAST = dict(hidden=16, epochs=8, batch_size=64, device="cpu")
@@ -117,7 +117,7 @@ def test_recovers_w_under_linear_mixing():
 
 
 def test_heldout_invariance_test_detects_shift_only():
-    from invariant_mr.autoencoder import heldout_invariance_test
+    from invariant_mr.inference.heldout_invariance import heldout_invariance_test
 
     rng = np.random.default_rng(5)
     env = np.repeat([0, 1], 150)
@@ -131,7 +131,7 @@ def test_heldout_invariance_test_detects_shift_only():
 
 
 def test_whitening_map_whitens_and_drops_null_directions():
-    from invariant_mr.autoencoder import input_map
+    from invariant_mr.instruments.autoencoder import input_map
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((500, 3)) @ rng.standard_normal((3, 3))
@@ -175,7 +175,7 @@ def test_registered_methods_end_to_end(small, method):
 
 
 def test_nonlinear_leakage_sees_what_linear_leakage_misses():
-    from invariant_mr.recovery import nonlinear_leakage
+    from invariant_mr.instruments.recovery import nonlinear_leakage
 
     rng = np.random.default_rng(3)
     V = rng.standard_normal((2000, 2))
@@ -186,7 +186,7 @@ def test_nonlinear_leakage_sees_what_linear_leakage_misses():
 
 
 def test_validation_chunks_cover_every_row_once_with_every_environment():
-    from invariant_mr.training import validation_chunks
+    from invariant_mr.instruments.training import validation_chunks
 
     codes = np.repeat([0, 1, 2], [5000, 3000, 1000])
     chunks = validation_chunks(codes, max_rows=4096)

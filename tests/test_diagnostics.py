@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from invariant_mr.diagnostics import (
+from invariant_mr.inference.diagnostics import (
     environment_varying_component,
     first_stage_strength,
     hsic_permutation_test,
@@ -14,8 +14,8 @@ from invariant_mr.diagnostics import (
     poly2_features,
     sargan_hansen_j,
 )
-from invariant_mr.iv import fit_kclass
-from invariant_mr.registry import MethodContext
+from invariant_mr.estimators.iv import fit_kclass
+from invariant_mr.inference.settings import InferenceSettings
 from invariant_mr.simulation.paper import simulate_paper
 
 
@@ -124,7 +124,7 @@ def test_environment_varying_component_is_independent_of_valid_instruments():
 
 def test_instrument_diagnostics_flag_confounded_and_pass_oracle_instruments():
     sim = simulate_paper("linear", seed=1, n_per_env=3000)
-    ctx = MethodContext(seed=0, options={"diagnostic_permutations": 199})
+    ctx = InferenceSettings(seed=0, diagnostic_permutations=199)
     oracle = {d.name: d for d in instrument_diagnostics(sim.data, sim.W, ctx, method="oracle") if d.scope == "pooled"}
     assert oracle["oracle/invariance_mmd"].pvalue > 0.01
     assert oracle["oracle/independence_hsic"].pvalue > 0.01

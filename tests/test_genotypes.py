@@ -8,7 +8,7 @@ import pytest
 from genetic_fixtures import write_study
 
 from invariant_mr.errors import InputError
-from invariant_mr.genotypes import (
+from invariant_mr.io.genotypes import (
     NpyGenotypes,
     PlinkGenotypes,
     Region,

@@ -14,14 +14,15 @@ import pytest
 import torch
 
 from invariant_mr.cli import main
-from invariant_mr.crossfit import fold_dummies, fold_interacted
-from invariant_mr.estimation import exogenous_controls, iv_estimates
+from invariant_mr.inference.crossfit import fold_dummies, fold_interacted
+from invariant_mr.inference.estimates import exogenous_controls, iv_estimates
 from invariant_mr.pipeline import run_analysis
-from invariant_mr.registry import MethodContext
+from invariant_mr.inference.settings import InferenceSettings
+from invariant_mr.methods.registry import MethodContext
 from invariant_mr.results import AnalysisResult
 from invariant_mr.simulation.paper import simulate_paper
-from invariant_mr.sumstats import SUMSTATS_COLUMNS, read_summary_statistics, summary_statistics
-from invariant_mr.weak_iv import anderson_rubin_confidence_set
+from invariant_mr.estimators.sumstats import SUMSTATS_COLUMNS, read_summary_statistics, summary_statistics
+from invariant_mr.inference.weak_iv import anderson_rubin_confidence_set
 
 IV_METHODS = (
     "tsls_all",
@@ -148,16 +149,16 @@ def test_diagnostics_are_seeded(sim, ctx):
 def test_unbounded_and_empty_sets_are_reported_honestly(sim, ctx):
     data = sim.data
     noise = np.random.default_rng(0).standard_normal((data.n, 1))
-    (row,) = iv_estimates(data, noise, MethodContext(per_env=False), method="noise")
+    (row,) = iv_estimates(data, noise, InferenceSettings(per_env=False), method="noise")
     assert row.extra["ar_set_kind"] in ("whole_line", "two_rays")  # irrelevant instrument: unbounded
     assert row.to_dict()["ar_ci_low"] is None and row.to_dict()["ar_ci_high"] is None
     # All of Z is confounded and the instruments disagree: no theta passes the AR test.
-    (row,) = iv_estimates(data, data.Z, MethodContext(per_env=False), method="all")
+    (row,) = iv_estimates(data, data.Z, InferenceSettings(per_env=False), method="all")
     assert row.extra["ar_set_kind"] == "empty" and row.extra["ar_set"] == []
     # Skipped (too many instruments for the robust inversion) is said, never shown as unbounded.
-    (row,) = iv_estimates(data, data.Z, MethodContext(per_env=False, options={"ar_max_instruments": 3}), method="all")
+    (row,) = iv_estimates(data, data.Z, InferenceSettings(per_env=False, ar_max_instruments=3), method="all")
     assert row.extra["ar_set_kind"] == "not computed" and "--ar-max-instruments" in row.extra["ar_error"]
-    (row,) = iv_estimates(data, None, MethodContext(per_env=False), method="ols", kappa="ols")
+    (row,) = iv_estimates(data, None, InferenceSettings(per_env=False), method="ols", kappa="ols")
     assert "ar_set_kind" not in row.extra and row.ar_ci_low is None
 
 

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from invariant_mr.invariant_linear import LinearInvariantInstruments, NoSignalError, signal_rank
-from invariant_mr.moments import EnvironmentMoments
+from invariant_mr.instruments.linear import LinearInvariantInstruments, NoSignalError, signal_rank
+from invariant_mr.instruments.moments import EnvironmentMoments
 from invariant_mr.pipeline import run_analysis
-from invariant_mr.recovery import r_squared
-from invariant_mr.registry import MethodContext
+from invariant_mr.instruments.recovery import r_squared
+from invariant_mr.methods.registry import MethodContext
 from invariant_mr.simulation import simulate_paper
 
 
@@ -126,7 +126,7 @@ def test_dask_input_matches_in_memory(linear_sim):
 
 def test_relabelled_discrepancies_match_direct_invariance_matrix():
     """The batched null statistic equals diag(M) computed directly from each relabelling's moments."""
-    from invariant_mr.invariant_linear import _invariance_matrix, random_relabellings, relabelled_discrepancies
+    from invariant_mr.instruments.linear import _invariance_matrix, random_relabellings, relabelled_discrepancies
 
     rng = np.random.default_rng(3)
     n, r, K = 900, 3, 3
@@ -143,7 +143,7 @@ def test_relabelled_discrepancies_match_direct_invariance_matrix():
 
 
 def test_random_relabellings_keep_sizes_and_are_uniform():
-    from invariant_mr.invariant_linear import random_relabellings
+    from invariant_mr.instruments.linear import random_relabellings
 
     codes = np.repeat(np.arange(3), [10, 20, 30])
     labels = random_relabellings(codes, 3, 4000, np.random.default_rng(0))
@@ -173,7 +173,7 @@ def test_direction_bootstrap_se_is_seeded_and_replaces_the_fixed_direction_se():
 
 def test_direction_bootstrap_option():
     from invariant_mr.errors import InputError
-    from invariant_mr.invariant_linear import bootstrap_draws
+    from invariant_mr.methods.invariant_linear import bootstrap_draws
 
     small = simulate_paper("linear", n_envs=2, n_per_env=100, seed=0).data
     assert bootstrap_draws("auto", small) == 200 and bootstrap_draws("50", small) == 50

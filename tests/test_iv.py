@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from linearmodels.iv import IV2SLS, IVLIML
 
-from invariant_mr.iv import fit_kclass
+from invariant_mr.estimators.iv import fit_kclass
 
 
 def _data(seed, n=400, p=4, q=2, hetero=True):
@@ -84,7 +84,7 @@ def test_exact_invariance_to_instrument_rescaling_and_rotation():
 
 
 def test_orthonormal_basis_gram_route_and_qr_fallback_span_the_same_space():
-    from invariant_mr.iv import orthonormal_basis
+    from invariant_mr.estimators.iv import orthonormal_basis
 
     rng = np.random.default_rng(12)
     M = rng.integers(0, 3, (2000, 60)).astype(float)
@@ -99,7 +99,7 @@ def test_orthonormal_basis_gram_route_and_qr_fallback_span_the_same_space():
 
 
 def test_independent_columns_keeps_a_full_rank_tall_matrix_and_drops_duplicates():
-    from invariant_mr.iv import independent_columns
+    from invariant_mr.estimators.iv import independent_columns
 
     rng = np.random.default_rng(13)
     M = rng.standard_normal((1000, 40))
@@ -109,7 +109,7 @@ def test_independent_columns_keeps_a_full_rank_tall_matrix_and_drops_duplicates(
 
 
 def test_orthonormal_basis_gram_route_drops_exactly_collinear_directions():
-    from invariant_mr.iv import orthonormal_basis
+    from invariant_mr.estimators.iv import orthonormal_basis
 
     rng = np.random.default_rng(14)
     M = rng.standard_normal((3000, 50))
@@ -122,7 +122,7 @@ def test_orthonormal_basis_gram_route_drops_exactly_collinear_directions():
 
 
 def test_gram_route_centres_next_to_an_intercept_without_changing_the_span():
-    from invariant_mr.iv import independent_columns, orthonormal_basis
+    from invariant_mr.estimators.iv import independent_columns, orthonormal_basis
 
     rng = np.random.default_rng(15)
     dosages = rng.binomial(2, 0.9, (4000, 60)).astype(float)  # large means: nearly collinear with 1
@@ -136,7 +136,7 @@ def test_gram_route_centres_next_to_an_intercept_without_changing_the_span():
 
 @pytest.mark.parametrize("shape", [(200, 6), (2000, 40)])
 def test_independent_basis_matches_the_two_step_calls(shape):
-    from invariant_mr.iv import independent_basis, independent_columns, orthonormal_basis
+    from invariant_mr.estimators.iv import independent_basis, independent_columns, orthonormal_basis
 
     rng = np.random.default_rng(16)
     M = rng.standard_normal(shape)

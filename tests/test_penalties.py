@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from invariant_mr import penalties as P
+from invariant_mr.instruments import penalties as P
 
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from invariant_mr.errors import InputError
-from invariant_mr.phenotypes import (
+from invariant_mr.io.phenotypes import (
     PhenotypeColumns,
     check_environment_sizes,
     match_phenotypes,

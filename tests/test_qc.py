@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from invariant_mr.errors import InputError
-from invariant_mr.iv import fit_kclass
-from invariant_mr.qc import QCThresholds, run_genotype_qc
+from invariant_mr.estimators.iv import fit_kclass
+from invariant_mr.io.qc import QCThresholds, run_genotype_qc
 
 NAN = np.nan
 

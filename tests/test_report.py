@@ -9,8 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from invariant_mr.learned_instruments import instruments_table, instruments_tsv
-from invariant_mr.report import render_report, write_report
+from invariant_mr.report.learned_instruments import instruments_table, instruments_tsv
+from invariant_mr.report.html import render_report, write_report
 from invariant_mr.results import AnalysisResult, Diagnostic, Estimate
 
 

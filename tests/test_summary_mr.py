@@ -9,9 +9,9 @@ import statsmodels.api as sm
 from invariant_mr.data import MRData
 from invariant_mr.errors import InputError
 from invariant_mr.pipeline import run_analysis
-from invariant_mr.registry import MethodContext
+from invariant_mr.methods.registry import MethodContext
 from invariant_mr.simulation.paper import simulate_paper
-from invariant_mr.summary_mr import (
+from invariant_mr.estimators.summary_mr import (
     cochran_q,
     ivw,
     kde_mode_rows,
@@ -22,7 +22,7 @@ from invariant_mr.summary_mr import (
     weighted_median_rows,
     weighted_mode,
 )
-from invariant_mr.sumstats import (
+from invariant_mr.estimators.sumstats import (
     SummaryStatistics,
     per_column_regression,
     read_summary_statistics,

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from invariant_mr.estimation import iv_estimates
-from invariant_mr.iv import fit_kclass
-from invariant_mr.registry import MethodContext
+from invariant_mr.inference.estimates import iv_estimates
+from invariant_mr.estimators.iv import fit_kclass
+from invariant_mr.inference.settings import InferenceSettings
 from invariant_mr.simulation.paper import simulate_paper
-from invariant_mr.weak_iv import (
+from invariant_mr.inference.weak_iv import (
     ConfidenceSet,
     _prepare,
     _robust_blocks,
@@ -137,7 +137,7 @@ def test_tsls_and_liml_match_linearmodels():
 
 def test_add_anderson_rubin_fills_every_scope():
     sim = simulate_paper("linear", seed=1, n_per_env=500)
-    ctx = MethodContext(seed=0)
+    ctx = InferenceSettings(seed=0)
     rows = iv_estimates(sim.data, sim.W, ctx, method="oracle")
     with_ar = add_anderson_rubin(rows, sim.data, sim.W, ctx)
     assert [r.scope for r in with_ar] == [r.scope for r in rows]

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import InputError
-from .output import OutputDirectory, atomic_write_bytes, atomic_write_text
-from .provenance import input_record, json_default, make_provenance
-from .registry import MethodContext, all_method_options, registered_methods
+from invariant_mr import __version__
+from invariant_mr.errors import InputError
+from invariant_mr.io.output import OutputDirectory, atomic_write_bytes, atomic_write_text
+from invariant_mr.provenance import input_record, json_default, make_provenance
+from invariant_mr.methods.registry import MethodContext, all_method_options, registered_methods
 
 EXIT_USER_ERROR = 2
 
@@ -74,7 +74,7 @@ def write_result_files(result, directory: Path, plot: bool = True) -> list[str]:
     atomic_write_text(directory / "estimates.tsv", result.to_tsv())
     written = ["results.json", "estimates.tsv"]
     if plot:
-        from .plots import figure_png_bytes, forest_plot
+        from invariant_mr.report.plots import figure_png_bytes, forest_plot
 
         atomic_write_bytes(directory / "forest.png", figure_png_bytes(forest_plot(result)))
         written.append("forest.png")
@@ -90,9 +90,9 @@ GENETIC_OPTION_NAMES = (
 
 def genetic_input_options(func):
     """`run` options for genotype files (--bfile/--npy + --pheno), variant selection, QC, extra outputs, --config."""
-    from .config import config_option_callback
-    from .data import MIN_SAMPLES_PER_ENV
-    from .qc import QCThresholds
+    from invariant_mr.config import config_option_callback
+    from invariant_mr.data import MIN_SAMPLES_PER_ENV
+    from invariant_mr.io.qc import QCThresholds
 
     qc = QCThresholds()
     path = click.Path(path_type=Path)
@@ -139,8 +139,8 @@ def write_run_extras(result, directory: Path, data, *, qc_tsv: str | None = None
                      report: bool = True, sumstats_out: Path | None = None,
                      sumstats_env_adjust: bool = True) -> list[str]:
     """qc.tsv, instruments.tsv and report.html (each optional) into `directory`."""
-    from .learned_instruments import instruments_tsv
-    from .report import write_report
+    from invariant_mr.report.learned_instruments import instruments_tsv
+    from invariant_mr.report.html import write_report
 
     written = []
     if qc_tsv is not None:
@@ -155,7 +155,7 @@ def write_run_extras(result, directory: Path, data, *, qc_tsv: str | None = None
         write_report(directory / "report.html", result, env=data.env)
         written.append("report.html")
     if sumstats_out is not None:
-        from .sumstats import summary_statistics
+        from invariant_mr.estimators.sumstats import summary_statistics
 
         # The same associations the summary-statistic methods use (--sumstats-env-adjust).
         summary_statistics(data, env_fixed_effects=sumstats_env_adjust).to_tsv(sumstats_out)
@@ -164,10 +164,10 @@ def write_run_extras(result, directory: Path, data, *, qc_tsv: str | None = None
 
 def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariates, g) -> None:
     """`run --bfile/--npy --pheno`: load, QC, estimate, write. All logic lives in `genetic_input`."""
-    from .genetic_input import load_genetic_data
-    from .mr_methods import sumstats_env_adjusted
-    from .pipeline import run_analysis
-    from .qc import QCThresholds
+    from invariant_mr.io.genetic_input import load_genetic_data
+    from invariant_mr.methods.summary_level import sumstats_env_adjusted
+    from invariant_mr.pipeline import run_analysis
+    from invariant_mr.io.qc import QCThresholds
 
     if g["bfile"] is None and g["npy"] is None:
         raise InputError("give the data: --table FILE, or --bfile PREFIX (or --npy FILE) with --pheno FILE")
@@ -202,9 +202,9 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
 
 def _demo_plink(out, ctx, methods, quiet, n_envs: int, n_per_env: int, seed: int) -> None:
     """`demo --model balding-nichols`: simulate a PLINK fileset, then analyse it exactly as `run --bfile` does."""
-    from .genetic_input import load_genetic_data
-    from .pipeline import run_analysis
-    from .simulation.genetic_dataset import GENOTYPE_PREFIX, PHENOTYPE_FILE, simulate_genetic, write_fileset_into
+    from invariant_mr.io.genetic_input import load_genetic_data
+    from invariant_mr.pipeline import run_analysis
+    from invariant_mr.simulation.genetic_dataset import GENOTYPE_PREFIX, PHENOTYPE_FILE, simulate_genetic, write_fileset_into
 
     sim = simulate_genetic("balding-nichols", n_envs=n_envs, n_per_env=n_per_env, n_variants=500, fst=0.1, seed=seed)
     with out:
@@ -269,9 +269,9 @@ def build_cli() -> click.Group:
 
         Options can also come from --config FILE.toml; flags on the command line override it.
         """
-        from .mr_methods import sumstats_env_adjusted
-        from .pipeline import run_analysis
-        from .table_input import mrdata_from_table, read_table
+        from invariant_mr.methods.summary_level import sumstats_env_adjusted
+        from invariant_mr.pipeline import run_analysis
+        from invariant_mr.io.tables import mrdata_from_table, read_table
 
         out = OutputDirectory(out_dir, overwrite)
         out.check()
@@ -317,7 +317,7 @@ def build_cli() -> click.Group:
     def demo(model, setting, n_envs, n_per_env, out_dir, methods, seed, alpha, cov_type, per_env, overwrite, quiet,
              **option_values):
         """Simulate a built-in data set, run every default method and compare with the truth."""
-        from .pipeline import run_analysis
+        from invariant_mr.pipeline import run_analysis
 
         out = OutputDirectory(out_dir, overwrite=True)
         out.check()
@@ -325,7 +325,7 @@ def build_cli() -> click.Group:
         if model == "balding-nichols":
             _demo_plink(out, ctx, methods, quiet, n_envs or 3, n_per_env or 2000, seed)
             return
-        from .simulation import simulate_paper
+        from invariant_mr.simulation import simulate_paper
 
         n_envs, n_per_env = n_envs or 2, n_per_env or 3000
         sim = simulate_paper(setting, n_envs=n_envs, n_per_env=n_per_env, seed=seed)
@@ -364,8 +364,8 @@ def build_cli() -> click.Group:
         out = OutputDirectory(out_dir, overwrite)
         out.check()
         if model == "paper":
-            from .simulation import simulate_paper
-            from .table_input import mrdata_to_table
+            from invariant_mr.simulation import simulate_paper
+            from invariant_mr.io.tables import mrdata_to_table
 
             sim = simulate_paper(setting, n_envs=n_envs or 2, n_per_env=n_per_env, theta=theta, seed=seed)
             truth = {**sim.truth_dict(), "provenance": make_provenance(
@@ -375,7 +375,7 @@ def build_cli() -> click.Group:
                 atomic_write_text(out.path / "truth.json", json.dumps(truth, indent=2, default=json_default))
             click.echo(f"wrote {out_dir}/data.tsv ({sim.data.n} samples, {sim.data.p} instruments) and truth.json")
             return
-        from .simulation.genetic_dataset import simulate_genetic, write_fileset_into
+        from invariant_mr.simulation.genetic_dataset import simulate_genetic, write_fileset_into
 
         params = dict(n_envs=n_envs, n_per_env=n_per_env, n_variants=n_variants, fst=fst, theta=theta,
                       demography=demography, length_mb=length_mb, generations=generations, admixture=admixture,
@@ -389,7 +389,7 @@ def build_cli() -> click.Group:
 
 
 def _paper_settings():
-    from .simulation.paper import PAPER_SETTINGS
+    from invariant_mr.simulation.paper import PAPER_SETTINGS
 
     return PAPER_SETTINGS
 

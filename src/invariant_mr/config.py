@@ -34,7 +34,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import InputError
+from invariant_mr.errors import InputError
 
 #: Options whose values are file or directory paths.
 PATH_KEYS = frozenset({"bfile", "pheno", "extract", "out_dir", "npy", "npy_samples", "npy_variants", "table"})

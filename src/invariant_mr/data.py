@@ -12,7 +12,7 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from invariant_mr.errors import InputError
 
 #: Smallest per-environment sample size accepted by default. Below this,
 #: per-environment moments (and per-environment IV fits) are meaningless.
@@ -238,3 +238,15 @@ def _degenerate_columns(Z: np.ndarray, names: Sequence[str]) -> tuple[list[int],
         seen[key] = j
         keep.append(j)
     return keep, dropped
+
+
+def exogenous_controls(data: MRData, env_fixed_effects: bool, extra: np.ndarray | None = None) -> np.ndarray | None:
+    """Covariates, environment dummies and `extra` columns (the intercept is added by `fit_kclass`)."""
+    cols = []
+    if data.covariates is not None:
+        cols.append(data.covariates)
+    if env_fixed_effects:
+        cols.append(data.env_dummies(drop_first=True))
+    if extra is not None:
+        cols.append(np.asarray(extra, dtype=float).reshape(data.n, -1))
+    return np.hstack(cols) if cols else None

@@ -6,43 +6,16 @@ Each step is usable on its own; this module only wires them together for
 
 from __future__ import annotations
 
-import importlib
 import time
-import warnings
 from typing import Any, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from .data import MRData
-from .errors import InputError
-from .provenance import make_provenance, sha256_array
-from .registry import MethodContext, MethodSpec, resolve_methods
-from .results import AnalysisResult
-
-#: Modules whose import registers methods, in the order they are listed to users.
-BUILTIN_METHOD_MODULES: tuple[str, ...] = (
-    "invariant_mr.baseline_methods",
-    "invariant_mr.invariant_linear",
-    "invariant_mr.mr_methods",
-    "invariant_mr.autoencoder",
-)
-
-_loaded = False
-
-
-def load_builtin_methods() -> None:
-    global _loaded
-    if _loaded:
-        return
-    for name in BUILTIN_METHOD_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # an optional extra that is not installed
-            if exc.name and exc.name.startswith("invariant_mr"):
-                raise
-            warnings.warn(f"methods in {name} unavailable: {exc}", RuntimeWarning, stacklevel=2)
-    _loaded = True
-
+from invariant_mr.data import MRData
+from invariant_mr.errors import InputError
+from invariant_mr.provenance import make_provenance, sha256_array
+from invariant_mr.methods.registry import MethodContext, MethodSpec, resolve_methods
+from invariant_mr.results import AnalysisResult
 
 def data_fingerprint(data: MRData) -> dict:
     """Hashes of the analysed arrays, so a result can be matched to its data."""

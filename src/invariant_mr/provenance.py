@@ -26,7 +26,7 @@ def cpu_model() -> str:
 
 
 def package_version() -> str:
-    from . import __version__
+    from invariant_mr import __version__
 
     return __version__
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
-from .provenance import json_default
+from invariant_mr.provenance import json_default
 
 #: Columns of `estimates.tsv`, in order. Later fields are optional per method.
 ESTIMATE_COLUMNS = (

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.linalg as sla
 from scipy import stats
 
-from .errors import InputError
+from invariant_mr.errors import InputError
 
 _FULLER = re.compile(r"^fuller\(\s*([0-9.]+)\s*\)$")
 

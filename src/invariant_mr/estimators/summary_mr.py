@@ -39,8 +39,8 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import stats
 
-from .errors import InputError
-from .sumstats import SummaryStatistics
+from invariant_mr.errors import InputError
+from invariant_mr.estimators.sumstats import SummaryStatistics
 
 #: MAD to SD for the normal distribution (R's `mad` default constant).
 _MAD_SCALE = 1.4826

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import MRData
-from .errors import InputError
-from .iv import independent_columns, orthonormal_basis, residualize
-from .output import atomic_write_text
+from invariant_mr.data import MRData
+from invariant_mr.errors import InputError
+from invariant_mr.estimators.iv import independent_columns, orthonormal_basis, residualize
+from invariant_mr.io.output import atomic_write_text
 
 #: Columns of the summary-statistics TSV, in order.
 SUMSTATS_COLUMNS = ("variant", "beta_exposure", "se_exposure", "beta_outcome", "se_outcome", "n")

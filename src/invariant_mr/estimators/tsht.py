@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-from .iv import KClassFit, fit_kclass, independent_basis, residualize
+from invariant_mr.errors import InputError
+from invariant_mr.estimators.iv import KClassFit, fit_kclass, independent_basis, residualize
 
 
 class TwoStageHardThresholding:

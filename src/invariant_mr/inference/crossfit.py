@@ -19,10 +19,10 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .data import MRData
-from .registry import MethodContext
-from .results import Estimate
-from .estimation import iv_estimates
+from invariant_mr.data import MRData
+from invariant_mr.inference.settings import InferenceSettings
+from invariant_mr.results import Estimate
+from invariant_mr.inference.estimates import iv_estimates
 
 
 class InstrumentLearner(Protocol):
@@ -101,7 +101,7 @@ def crossfit_estimates(
     data: MRData,
     instruments: np.ndarray,
     folds: np.ndarray,
-    ctx: MethodContext,
+    settings: InferenceSettings,
     *,
     method: str,
     kappa="tsls",
@@ -111,7 +111,7 @@ def crossfit_estimates(
     return iv_estimates(
         data,
         fold_interacted(instruments, folds),
-        ctx,
+        settings,
         method=method,
         kappa=kappa,
         env_fixed_effects=True,

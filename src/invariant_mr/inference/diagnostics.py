@@ -37,11 +37,11 @@ import numpy as np
 import scipy.sparse as sp
 from scipy import stats
 
-from .data import MRData
-from .errors import InputError
-from .iv import independent_basis, orthonormal_basis, residualize
-from .registry import MethodContext, MethodOption
-from .results import Diagnostic
+from invariant_mr.data import MRData, exogenous_controls
+from invariant_mr.errors import InputError
+from invariant_mr.estimators.iv import independent_basis, orthonormal_basis, residualize
+from invariant_mr.inference.settings import InferenceSettings
+from invariant_mr.results import Diagnostic
 
 #: Above this many polynomial features, switch to random Fourier features.
 MAX_POLY_FEATURES = 300
@@ -49,19 +49,9 @@ MAX_POLY_FEATURES = 300
 N_RANDOM_FEATURES = 128
 #: The conventional weak-instrument threshold (Staiger & Stock 1997).
 WEAK_F = 10.0
-#: Default permutations of the MMD and HSIC diagnostics.
-DIAGNOSTIC_PERMUTATIONS_DEFAULT = 1000
 #: The MMD and HSIC permutation tests use a seeded random subset of at most this many samples
 #: (each permutation costs a pass over the rows; 10,000 rows keep the power and bound the time).
 DIAGNOSTIC_MAX_ROWS = 10_000
-
-#: The CLI flag `--diagnostic-permutations` (an option of every method that runs these checks).
-DIAGNOSTIC_PERMUTATIONS = MethodOption(
-    "diagnostic_permutations",
-    int,
-    DIAGNOSTIC_PERMUTATIONS_DEFAULT,
-    "permutations of the MMD invariance and HSIC independence diagnostics (seeded by --seed)",
-)
 
 
 # ----------------------------------------------------------------------------- features
@@ -318,7 +308,7 @@ def _invalid(name: str, scope: str, reason: str) -> Diagnostic:
 def instrument_diagnostics(
     data: MRData,
     instruments: np.ndarray,
-    ctx: MethodContext,
+    settings: InferenceSettings,
     complement: np.ndarray | None = None,
     *,
     method: str | None = None,
@@ -333,8 +323,8 @@ def instrument_diagnostics(
     `complement` is the environment-varying component to test independence
     against (e.g. the learned hV); None uses `environment_varying_component`.
     `method` prefixes the diagnostic names ("<method>/invariance_mmd").
-    Permutations: `ctx.option("diagnostic_permutations", 1000)`, seeded by
-    `ctx.rng`. Controls for J and F follow `estimation.iv_estimates`.
+    Permutations: `settings.diagnostic_permutations`, seeded by
+    `settings.rng`. Controls for J and F follow `estimation.iv_estimates`.
     A check that cannot be computed is reported with statistic and p-value
     None and the reason, never raised. The MMD and HSIC tests run on a seeded
     random subset of `max_rows` samples when there are more (J and F use all).
@@ -346,13 +336,12 @@ def instrument_diagnostics(
     and F use the fold-interacted instruments with fold-by-environment
     effects, exactly as `crossfit.crossfit_estimates` estimates.
     """
-    from .crossfit import fold_dummies, fold_interacted
-    from .estimation import exogenous_controls
+    from invariant_mr.inference.crossfit import fold_dummies, fold_interacted
 
     prefix = f"{method}/" if method else ""
-    n_perm = int(ctx.option("diagnostic_permutations", DIAGNOSTIC_PERMUTATIONS_DEFAULT))
+    n_perm = int(settings.diagnostic_permutations)
     X = np.asarray(instruments, dtype=float).reshape(data.n, -1)
-    alpha = ctx.alpha
+    alpha = settings.alpha
     out: list[Diagnostic] = []
     X_iv = X
     if folds is not None:
@@ -368,13 +357,13 @@ def instrument_diagnostics(
 
     rows = np.arange(data.n)
     if data.n > max_rows:
-        rows = np.sort(ctx.rng(prefix + "diagnostic rows").choice(data.n, size=max_rows, replace=False))
+        rows = np.sort(settings.rng(prefix + "diagnostic rows").choice(data.n, size=max_rows, replace=False))
     strata = None if folds is None else folds[rows]
 
     name = prefix + "invariance_mmd"
     try:
         stat, p, used = mmd_permutation_test(
-            X[rows], data.env_codes[rows], kernel=kernel, n_permutations=n_perm, rng=ctx.rng(name), strata=strata
+            X[rows], data.env_codes[rows], kernel=kernel, n_permutations=n_perm, rng=settings.rng(name), strata=strata
         )
         flag = (
             "instruments are distributed differently across environments: not invariant, possibly confounded"
@@ -412,7 +401,7 @@ def instrument_diagnostics(
     else:
         try:
             stat, p, used = hsic_permutation_test(
-                Xr, Y, kernel=kernel, n_permutations=n_perm, rng=ctx.rng(name), strata=strata
+                Xr, Y, kernel=kernel, n_permutations=n_perm, rng=settings.rng(name), strata=strata
             )
             flag = (
                 "instruments depend on the environment-varying component: likely confounded"
@@ -435,7 +424,7 @@ def instrument_diagnostics(
     controls = exogenous_controls(data, env_fixed_effects, extra_controls)
     name = prefix + "overidentification_j"
     try:
-        stat, p, df = sargan_hansen_j(data.outcome, data.exposure, X_iv, controls, cov_type=ctx.cov_type)
+        stat, p, df = sargan_hansen_j(data.outcome, data.exposure, X_iv, controls, cov_type=settings.cov_type)
         flag = (
             "instruments disagree about the effect: at least one is invalid"
             if p < alpha
@@ -448,7 +437,7 @@ def instrument_diagnostics(
                 stat,
                 p,
                 flag,
-                {"df": df, "test": "hansen" if ctx.cov_type == "robust" else "sargan"},
+                {"df": df, "test": "hansen" if settings.cov_type == "robust" else "sargan"},
             )
         )
     except (InputError, np.linalg.LinAlgError) as exc:
@@ -464,7 +453,7 @@ def instrument_diagnostics(
         scopes.append((f"env:{level}", mask, np.hstack(parts) if parts else None))
     for scope, mask, ctrl in scopes:
         try:
-            f, p, k = first_stage_strength(data.exposure[mask], X_iv[mask], ctrl, cov_type=ctx.cov_type)
+            f, p, k = first_stage_strength(data.exposure[mask], X_iv[mask], ctrl, cov_type=settings.cov_type)
         except (InputError, np.linalg.LinAlgError) as exc:
             out.append(_invalid(name, scope, str(exc)))
             continue
@@ -473,12 +462,11 @@ def instrument_diagnostics(
             if f < WEAK_F
             else f"instruments strong enough (F = {f:.1f})"
         )
-        out.append(Diagnostic(name, scope, f, p, flag, {"n_instruments": k, "cov_type": ctx.cov_type}))
+        out.append(Diagnostic(name, scope, f, p, flag, {"n_instruments": k, "cov_type": settings.cov_type}))
     return out
 
 
 __all__ = [
-    "DIAGNOSTIC_PERMUTATIONS",
     "environment_varying_component",
     "first_stage_strength",
     "hsic_permutation_test",

@@ -6,24 +6,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .data import MRData
-from .errors import InputError
-from .iv import KClassFit, fit_kclass
-from .registry import MethodContext
-from .results import Estimate
-from .weak_iv import ar_max_instruments, with_anderson_rubin
-
-
-def exogenous_controls(data: MRData, env_fixed_effects: bool, extra: np.ndarray | None = None) -> np.ndarray | None:
-    """Covariates, environment dummies and `extra` columns (the intercept is added by `fit_kclass`)."""
-    cols = []
-    if data.covariates is not None:
-        cols.append(data.covariates)
-    if env_fixed_effects:
-        cols.append(data.env_dummies(drop_first=True))
-    if extra is not None:
-        cols.append(np.asarray(extra, dtype=float).reshape(data.n, -1))
-    return np.hstack(cols) if cols else None
+from invariant_mr.data import MRData, exogenous_controls
+from invariant_mr.errors import InputError
+from invariant_mr.estimators.iv import KClassFit, fit_kclass
+from invariant_mr.inference.settings import InferenceSettings
+from invariant_mr.results import Estimate
+from invariant_mr.inference.weak_iv import with_anderson_rubin
 
 
 def estimate_from_fit(
@@ -48,7 +36,7 @@ def estimate_from_fit(
 def iv_estimates(
     data: MRData,
     instruments: np.ndarray | None,
-    ctx: MethodContext,
+    settings: InferenceSettings,
     *,
     method: str,
     kappa="tsls",
@@ -56,7 +44,7 @@ def iv_estimates(
     extra_controls: np.ndarray | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> list[Estimate]:
-    """The pooled estimate, then one per environment when `ctx.per_env`.
+    """The pooled estimate, then one per environment when `settings.per_env`.
 
     Per-environment fits use the intercept and covariates only (the fixed
     effects are constant within an environment). An environment where the fit
@@ -69,23 +57,22 @@ def iv_estimates(
     its kind ("empty", "two_rays", ...) in `extra`. Doing it here gives every
     2SLS-type method, learned instruments included, the same weak-instrument-
     robust inference without per-method code. With more instruments than
-    `ctx.option("ar_max_instruments")` the robust set is skipped (its cost
+    `settings.ar_max_instruments` the robust set is skipped (its cost
     grows as k^3 per grid point) and `extra` says so.
     """
-    max_ar = ar_max_instruments(ctx)
 
     def row(fit: KClassFit, scope: str, y, d, Z, ctrl) -> Estimate:
-        est = estimate_from_fit(fit, method, scope, ctx.alpha, extra)
+        est = estimate_from_fit(fit, method, scope, settings.alpha, extra)
         if Z is None or kappa == "ols":
             return est
         return with_anderson_rubin(
-            est, y, d, Z, ctrl, alpha=ctx.alpha, cov_type=ctx.cov_type, max_instruments=max_ar
+            est, y, d, Z, ctrl, alpha=settings.alpha, cov_type=settings.cov_type, max_instruments=settings.ar_max_instruments
         )
 
     controls = exogenous_controls(data, env_fixed_effects, extra_controls)
-    fit = fit_kclass(data.outcome, data.exposure, instruments, controls, kappa=kappa, cov_type=ctx.cov_type)
+    fit = fit_kclass(data.outcome, data.exposure, instruments, controls, kappa=kappa, cov_type=settings.cov_type)
     rows = [row(fit, "pooled", data.outcome, data.exposure, instruments, controls)]
-    if not ctx.per_env:
+    if not settings.per_env:
         return rows
     codes = data.env_codes
     for i, level in enumerate(data.env_levels):
@@ -97,7 +84,7 @@ def iv_estimates(
         Zi = None if instruments is None else np.asarray(instruments).reshape(data.n, -1)[mask]
         try:
             fit_e = fit_kclass(
-                data.outcome[mask], data.exposure[mask], Zi, ctrl, kappa=kappa, cov_type=ctx.cov_type
+                data.outcome[mask], data.exposure[mask], Zi, ctrl, kappa=kappa, cov_type=settings.cov_type
             )
         except (InputError, np.linalg.LinAlgError):
             continue

@@ -39,11 +39,11 @@ from typing import Sequence
 import numpy as np
 from scipy import optimize, stats
 
-from .data import MRData
-from .errors import InputError
-from .iv import independent_basis, orthonormal_basis, residualize
-from .registry import MethodContext, MethodOption
-from .results import Estimate
+from invariant_mr.data import MRData, exogenous_controls
+from invariant_mr.errors import InputError
+from invariant_mr.estimators.iv import independent_basis, orthonormal_basis, residualize
+from invariant_mr.inference.settings import InferenceSettings
+from invariant_mr.results import Estimate
 
 
 # ----------------------------------------------------------------------------- sets
@@ -348,23 +348,6 @@ def anderson_rubin_fields(cs: ConfidenceSet) -> dict:
     }
 
 
-#: Default of `--ar-max-instruments`: above it the robust AR set is not computed.
-AR_MAX_INSTRUMENTS_DEFAULT = 200
-
-AR_MAX_INSTRUMENTS = MethodOption(
-    "ar_max_instruments",
-    int,
-    AR_MAX_INSTRUMENTS_DEFAULT,
-    "most instruments for which the robust Anderson-Rubin set is computed (its inversion costs "
-    "O(k^3) per grid point; the classical set is always computed)",
-)
-
-
-def ar_max_instruments(ctx: MethodContext) -> int:
-    """The `--ar-max-instruments` setting of an analysis."""
-    return int(ctx.option("ar_max_instruments", AR_MAX_INSTRUMENTS_DEFAULT))
-
-
 def with_anderson_rubin(
     estimate: Estimate,
     outcome,
@@ -407,7 +390,7 @@ def add_anderson_rubin(
     estimates: Sequence[Estimate],
     data: MRData,
     instruments: np.ndarray | None,
-    ctx: MethodContext,
+    settings: InferenceSettings,
     *,
     env_fixed_effects: bool = True,
     extra_controls: np.ndarray | None = None,
@@ -418,10 +401,8 @@ def add_anderson_rubin(
     with covariates, environment fixed effects (if `env_fixed_effects`) and
     `extra_controls`; "env:<label>" rows on that environment's samples with
     covariates and `extra_controls`. Rows without instruments (OLS) are
-    returned unchanged. Variant (robust/classical) and level follow `ctx`.
+    returned unchanged. Variant (robust/classical) and level follow `settings`.
     """
-    from .estimation import exogenous_controls  # estimation may import this module
-
     if instruments is None:
         return list(estimates)
     Z = np.asarray(instruments, dtype=float).reshape(data.n, -1)
@@ -447,19 +428,17 @@ def add_anderson_rubin(
                 data.exposure[rows],
                 Z[rows],
                 ctrl,
-                alpha=ctx.alpha,
-                cov_type=ctx.cov_type,
-                max_instruments=ar_max_instruments(ctx),
+                alpha=settings.alpha,
+                cov_type=settings.cov_type,
+                max_instruments=settings.ar_max_instruments,
             )
         )
     return out
 
 
 __all__ = [
-    "AR_MAX_INSTRUMENTS",
     "ConfidenceSet",
     "add_anderson_rubin",
-    "ar_max_instruments",
     "anderson_rubin_confidence_set",
     "anderson_rubin_fields",
     "anderson_rubin_test",

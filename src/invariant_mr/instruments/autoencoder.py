@@ -1,4 +1,4 @@
-"""The paper's invariant autoencoder as an sklearn-style transformer, and its two registered methods.
+"""The paper's invariant autoencoder as an sklearn-style transformer.
 
 `InvariantAutoencoder.fit(Z, env, exposure=None)` learns an encoder
 Z -> (hV, hW) whose hW block has the same distribution in every environment
@@ -6,12 +6,7 @@ Z -> (hV, hW) whose hW block has the same distribution in every environment
 the information in Z (reconstruction, entropy) and, optionally, predicts the
 exposure (relevance head). `transform(Z)` returns hW, the learned instruments.
 
-Methods:
-* `invariant_autoencoder`: cross-fitted (encoder learned on k-1 folds, 2SLS on
-  out-of-fold instruments with fold-interacted first stages), environment
-  fixed effects. Valid SEs even though the instruments are learned.
-* `invariant_autoencoder_insample`: the paper's variant: learn and estimate on
-  the same rows. Point estimates as in the paper; SEs ignore the learning step.
+The cross-fitted and in-sample methods built on it are in `methods/autoencoder.py`.
 """
 
 from __future__ import annotations
@@ -20,24 +15,14 @@ import json
 import os
 import shutil
 import tempfile
-from itertools import combinations
 from pathlib import Path
-from typing import Any
 
-import click
 import numpy as np
 import torch
 
-from .crossfit import crossfit_estimates, crossfit_instruments
-from .data import MRData
-from .diagnostics import DIAGNOSTIC_PERMUTATIONS, instrument_diagnostics
-from .errors import InputError
-from .estimation import iv_estimates
-from .networks import InvariantAutoencoderNet
-from .penalties import INDEPENDENCE_MEASURES, MMD_KERNELS
-from .registry import MethodContext, MethodOption, MethodOutput, register_method
-from .results import Diagnostic
-from .training import LossWeights, TrainingConfig, resolve_device, train, training_summary
+from invariant_mr.errors import InputError
+from invariant_mr.instruments.networks import InvariantAutoencoderNet
+from invariant_mr.instruments.training import LossWeights, TrainingConfig, resolve_device, train, training_summary
 
 WARM_STARTS = ("none", "linear")
 _FORMAT_VERSION = 1
@@ -234,9 +219,9 @@ class InvariantAutoencoder:
     def _load_linear_warm_start(self, net: InvariantAutoencoderNet, Zs: np.ndarray, env, exposure) -> None:
         """Set the hW rows of the encoder's linear path to the closed-form invariant directions."""
         try:
-            from .invariant_linear import LinearInvariantInstruments
+            from invariant_mr.instruments.linear import LinearInvariantInstruments
         except ImportError as exc:  # pragma: no cover - depends on the closed-form module
-            raise InputError("--warm-start linear needs invariant_mr.invariant_linear") from exc
+            raise InputError("--warm-start linear needs invariant_mr.instruments.linear") from exc
         lin = LinearInvariantInstruments().fit(Zs, env, exposure=exposure)
         # The closed form may be affine; read its map off by transforming the unit basis.
         origin = np.asarray(lin.transform(np.zeros((1, Zs.shape[1]))), dtype=float)
@@ -331,196 +316,4 @@ class InvariantAutoencoder:
         return model
 
 
-# ------------------------------------------------------------------ registered methods
-
-_OPTIONS = (
-    MethodOption("latent_dim_v", int, 2, "invariant autoencoder: dimension of the confounded code hV"),
-    MethodOption("latent_dim_w", int, 2, "invariant autoencoder: dimension of the instrument code hW"),
-    MethodOption("hidden", int, 64, "invariant autoencoder: width of the hidden layers"),
-    MethodOption("n_layers", int, 2, "invariant autoencoder: hidden layers in encoder/decoder (0 = linear encoder)"),
-    MethodOption("encoder_layers", int, None, "invariant autoencoder: hidden layers of the encoder (default: --n-layers; 0 = linear encoder)"),
-    MethodOption("whiten", bool, True, "invariant autoencoder: whiten Z (pooled covariance) before the network"),
-    MethodOption("linear_w", bool, False, "invariant autoencoder: make hW an affine function of Z (MLP only for hV)"),
-    MethodOption("lam_inv", float, 100.0, "invariant autoencoder: weight of the MMD invariance penalty"),
-    MethodOption("lam_ind", float, 1.0, "invariant autoencoder: weight of the hW-hV independence penalty"),
-    MethodOption("lam_ent", float, 0.01, "invariant autoencoder: weight of the log-det entropy bonus"),
-    MethodOption("lam_rel", float, 1.0, "invariant autoencoder: weight of the exposure relevance head (0 = off; >0 uses the exposure of the training folds)"),
-    MethodOption("mmd_kernel", click.Choice(MMD_KERNELS), "rbf", "invariant autoencoder: MMD kernel"),
-    MethodOption("independence", click.Choice(INDEPENDENCE_MEASURES), "rbf", "invariant autoencoder: independence measure"),
-    MethodOption("adaptive_balancer", bool, False, "invariant autoencoder: rescale penalty weights to the reconstruction scale"),
-    MethodOption("warm_start", click.Choice(WARM_STARTS), "none", "invariant autoencoder: initialise from the closed-form invariant directions"),
-    MethodOption("epochs", int, 200, "invariant autoencoder: maximum training epochs"),
-    MethodOption("warmup_epochs", int, 40, "invariant autoencoder: epochs over which penalty weights ramp up from 0"),
-    MethodOption("batch_size", int, 128, "invariant autoencoder: rows per environment in each mini-batch"),
-    MethodOption("lr", float, 3e-3, "invariant autoencoder: AdamW learning rate"),
-    MethodOption("device", str, "auto", "invariant autoencoder: torch device ('auto' = CUDA when available)"),
-    MethodOption("n_folds", int, 2, "cross-fitting folds for learned instruments"),
-    MethodOption("invariance_permutations", int, 99, "invariant autoencoder: permutations of the held-out invariance test (0 = skip)"),
-    DIAGNOSTIC_PERMUTATIONS,
-)  # fmt: skip
-
-#: Options of the methods, not of the estimator.
-_METHOD_ONLY_OPTIONS = ("n_folds", "invariance_permutations", "diagnostic_permutations")
-
-_ESTIMATOR_OPTION = {
-    "latent_dim_v": "dim_v",
-    "latent_dim_w": "dim_w",
-}
-
-
-def estimator_from_context(ctx: MethodContext, seed: int) -> InvariantAutoencoder:
-    params: dict[str, Any] = {}
-    for opt in _OPTIONS:
-        if opt.name in _METHOD_ONLY_OPTIONS:
-            continue
-        params[_ESTIMATOR_OPTION.get(opt.name, opt.name)] = ctx.option(opt.name, opt.default)
-    return InvariantAutoencoder(**params, seed=seed, progress=ctx.progress)
-
-
-def heldout_invariance_test(
-    instruments: np.ndarray,
-    env_codes: np.ndarray,
-    strata: np.ndarray,
-    rng: np.random.Generator,
-    n_permutations: int = 199,
-    max_rows: int = 2000,
-) -> tuple[float, float]:
-    """Permutation test that out-of-fold instruments have the same distribution in every environment.
-
-    Statistic: mean pairwise RBF MMD^2 (U-statistic) of the standardised
-    instruments, with one median-heuristic bandwidth from all tested rows.
-    Environment labels are permuted within strata (the folds),
-    because each fold's instruments come from a different encoder. A truth-free
-    check of the learned invariance on data the encoder never saw.
-
-    The bandwidth and the kernel matrix do not depend on the labels, so they
-    are computed once; each permutation only re-sums blocks of the same
-    matrix (before, every permutation recomputed the O(n^2) kernel and its
-    median: 99 permutations took longer than training an encoder).
-    """
-    from .penalties import RBF_SCALES, rbf_gram, standardize
-
-    if instruments.shape[1] == 0:
-        return float("nan"), float("nan")
-    rows = np.arange(instruments.shape[0])
-    if rows.size > max_rows:  # the RBF statistic is O(n^2); a subsample keeps it fast
-        rows = np.sort(rng.choice(rows, max_rows, replace=False))
-    h = torch.as_tensor(instruments[rows], dtype=torch.float64)
-    strata = strata[rows]
-    # Standardise per stratum: folds' encoders have arbitrary location and scale.
-    for s_ in np.unique(strata):
-        m = torch.as_tensor(strata == s_)
-        h[m] = standardize(h[m])
-    env = env_codes[rows]
-    with torch.no_grad():
-        gram = rbf_gram(h)[0].numpy()
-    k_self = float(len(RBF_SCALES))  # k(x, x) for every row
-    levels = np.unique(env)
-    pairs = list(combinations(range(levels.size), 2))
-    if not pairs:
-        return 0.0, 1.0
-
-    labelings = [env]
-    for _ in range(n_permutations):
-        perm = env.copy()
-        for s_ in np.unique(strata):
-            idx = np.flatnonzero(strata == s_)
-            perm[idx] = perm[rng.permutation(idx)]
-        labelings.append(perm)
-    # One product of the Gram matrix with every labelling's indicators (a single pass over the
-    # O(n^2) matrix instead of one per permutation), then per labelling the block sums.
-    onehots = np.stack([(lab[:, None] == levels[None, :]).astype(float) for lab in labelings])  # (P, n, L)
-    gram_onehots = np.einsum("ij,pjl->pil", gram, onehots, optimize=True)
-    block_sums = np.einsum("pik,pil->pkl", onehots, gram_onehots)  # (P, L, L)
-    counts = onehots.sum(1)  # (P, L)
-    within = (np.einsum("pkk->pk", block_sums) - k_self * counts) / (counts * (counts - 1))
-    stats = np.mean(
-        [within[:, a] + within[:, b] - 2.0 * block_sums[:, a, b] / (counts[:, a] * counts[:, b]) for a, b in pairs],
-        axis=0,
-    )
-    observed = float(stats[0])
-    exceed = int(np.sum(stats[1:] >= observed))
-    return observed, (1 + exceed) / (1 + n_permutations)
-
-
-def _history_rows(history: list[dict], **tags) -> list[dict]:
-    return [{**tags, **row} for row in history]
-
-
-@register_method(
-    "invariant_autoencoder",
-    description="2SLS on instruments from the invariant autoencoder (cross-fitted), environment fixed effects",
-    default=False,
-    options=_OPTIONS,
-)
-def invariant_autoencoder(data: MRData, ctx: MethodContext) -> MethodOutput:
-    n_folds = int(ctx.option("n_folds", 2))
-    if n_folds < 2:
-        raise InputError(f"--n-folds must be at least 2 for cross-fitting, got {n_folds}")
-    use_exposure = float(ctx.option("lam_rel", 1.0)) > 0
-    base_seed = int(ctx.rng("invariant_autoencoder seed").integers(2**31 - 1))
-    instruments, folds, learners = crossfit_instruments(
-        data,
-        lambda fold: estimator_from_context(ctx, base_seed + fold),
-        n_folds=n_folds,
-        rng=ctx.rng("invariant_autoencoder folds"),
-        use_exposure=use_exposure,
-    )
-    history = [row for f, m in enumerate(learners) for row in _history_rows(m.history_, fold=f)]
-    summaries = [m.training_summary_ for m in learners]
-    estimates = crossfit_estimates(
-        data, instruments, folds, ctx, method="invariant_autoencoder",
-        extra={"training": summaries},
-    )  # fmt: skip
-    # Out-of-fold hV of each fold's encoder: the environment-varying component the HSIC check tests against.
-    hv = np.zeros((data.n, learners[0].dim_v))
-    for f, model in enumerate(learners):
-        hv[folds == f] = model.transform_all(data.Z[folds == f])[0]
-    diagnostics = tuple(
-        instrument_diagnostics(data, instruments, ctx, hv, method="invariant_autoencoder", folds=folds)
-    )
-    n_perm = int(ctx.option("invariance_permutations", 99))
-    if n_perm > 0:
-        stat, pvalue = heldout_invariance_test(
-            instruments, data.env_codes, folds, ctx.rng("invariant_autoencoder invariance test"), n_perm
-        )
-        diagnostics += (
-            Diagnostic(
-                name="heldout_invariance",
-                scope="invariant_autoencoder",
-                statistic=stat,
-                pvalue=pvalue,
-                flag="instruments differ across environments on held-out folds"
-                if pvalue <= ctx.alpha
-                else "no evidence against invariance on held-out folds",
-                detail={"test": "RBF MMD^2 permutation (within folds)", "n_permutations": n_perm},
-            ),
-        )
-    return MethodOutput(
-        tuple(estimates), diagnostics, artifacts={"instruments": instruments, "folds": folds, "history": history}
-    )
-
-
-@register_method(
-    "invariant_autoencoder_insample",
-    description="2SLS on invariant-autoencoder instruments learned on the same rows (the paper's variant)",
-    default=False,
-    options=_OPTIONS,
-)
-def invariant_autoencoder_insample(data: MRData, ctx: MethodContext) -> MethodOutput:
-    seed = int(ctx.rng("invariant_autoencoder_insample seed").integers(2**31 - 1))
-    model = estimator_from_context(ctx, seed)
-    use_exposure = float(ctx.option("lam_rel", 1.0)) > 0
-    model.fit(data.Z, data.env, exposure=data.exposure if use_exposure else None)
-    hv, instruments = model.transform_all(data.Z)  # one encoder pass for the instruments and the HSIC check
-    estimates = iv_estimates(
-        data, instruments, ctx, method="invariant_autoencoder_insample",
-        extra={"training": model.training_summary_, "in_sample": True},
-    )  # fmt: skip
-    diagnostics = instrument_diagnostics(data, instruments, ctx, hv, method="invariant_autoencoder_insample")
-    return MethodOutput(
-        tuple(estimates), tuple(diagnostics), artifacts={"instruments": instruments, "history": model.history_}
-    )
-
-
-__all__ = ["InvariantAutoencoder", "invariant_autoencoder", "invariant_autoencoder_insample"]
+__all__ = ["InvariantAutoencoder", "WARM_STARTS", "input_map"]

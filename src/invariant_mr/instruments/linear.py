@@ -41,23 +41,14 @@ Steps of `LinearInvariantInstruments.fit`:
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Hashable
 
 import numpy as np
 import scipy.linalg
-from scipy import stats
 from threadpoolctl import ThreadpoolController
 
-from .crossfit import crossfit_estimates, crossfit_instruments
-from .data import MRData
-from .diagnostics import DIAGNOSTIC_PERMUTATIONS, instrument_diagnostics
-from .errors import InputError
-from .estimation import exogenous_controls, iv_estimates
-from .iv import fit_kclass
-from .moments import EnvironmentMoments, block_rows_for, is_dask_array
-from .registry import MethodContext, MethodOption, MethodOutput, register_method
-from .results import Estimate
+from invariant_mr.errors import InputError
+from invariant_mr.instruments.moments import EnvironmentMoments, block_rows_for, is_dask_array
 
 class NoSignalError(InputError):
     """The instruments' covariance has no eigenvalue above the noise bulk."""
@@ -401,206 +392,19 @@ class LinearInvariantInstruments:
             raise InputError(f"Z must have {self.n_features_in_} columns, got shape {Z.shape}")
         return self._project(Z, self.components_)
 
+    def with_fixed_selection(self) -> "LinearInvariantInstruments":
+        """An unfitted copy whose signal rank and number of components are the ones this fit chose.
+
+        Resampling schemes refit with it: repeating the selection on every
+        draw would add the variance of a choice the reported estimate did not make.
+        """
+        return LinearInvariantInstruments(
+            n_components=self.n_components_, signal_rank=self.signal_rank_, standardize=self.standardize,
+            alpha=self.alpha, n_permutations=self.n_permutations,
+        )  # fmt: skip
+
     def fit_transform(self, Z, env, exposure=None) -> np.ndarray:
         return self.fit(Z, env, exposure).transform(Z)
 
 
-# ---------------------------------------------------------------- methods
-_OPTIONS = (
-    MethodOption("n_components", str, "auto", "invariant directions to keep: 'auto' (permutation test) or a number"),
-    MethodOption("signal_rank", str, "auto", "signal subspace dimension: 'auto' (Tracy-Widom rule) or a number"),
-    MethodOption("n_permutations", int, 199, "permutations for choosing the number of invariant directions"),
-    MethodOption("standardize", bool, True, "scale instruments to unit variance before the invariant method"),
-    MethodOption("n_folds", int, 2, "folds for cross-fitted methods"),
-    MethodOption(
-        "direction_bootstrap", str, "auto",
-        "invariant_linear: bootstrap draws for the pooled SE that refit the directions "
-        "('auto' = 200 when a refit is cheap, else 0 = the 2SLS SE that treats them as fixed)",
-    ),
-    DIAGNOSTIC_PERMUTATIONS,
-)  # fmt: skip
-
-#: "auto" bootstraps when one refit costs at most this many n * p^2 multiply-adds (about 0.05 s
-#: on one core, so 200 draws add at most about 10 s to a run).
-_BOOTSTRAP_AUTO_MAX_WORK = 2e8
-_BOOTSTRAP_AUTO_DRAWS = 200
-
-
-def _int_or_auto(value, name: str):
-    if value in (None, "auto"):
-        return "auto"
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise InputError(f"--{name.replace('_', '-')} must be 'auto' or an integer, got {value!r}") from None
-
-
-def learner_from_context(ctx: MethodContext, salt: str) -> LinearInvariantInstruments:
-    return LinearInvariantInstruments(
-        n_components=_int_or_auto(ctx.option("n_components"), "n_components"),
-        signal_rank=_int_or_auto(ctx.option("signal_rank"), "signal_rank"),
-        standardize=bool(ctx.option("standardize", True)),
-        n_permutations=int(ctx.option("n_permutations", 199)),
-        random_state=ctx.rng(salt),
-    )
-
-
-def bootstrap_draws(option, data: MRData) -> int:
-    """Number of direction-refitting bootstrap draws that `--direction-bootstrap` asks for."""
-    if option in (None, "auto"):
-        cheap = not is_dask_array(data.Z) and data.n * data.p**2 <= _BOOTSTRAP_AUTO_MAX_WORK
-        return _BOOTSTRAP_AUTO_DRAWS if cheap else 0
-    draws = _int_or_auto(option, "direction_bootstrap")
-    if draws < 0 or draws == 1:
-        raise InputError(f"--direction-bootstrap must be 0, at least 2, or 'auto', got {option!r}")
-    return draws
-
-
-def direction_bootstrap(
-    Z: np.ndarray,
-    env_codes: np.ndarray,
-    outcome: np.ndarray,
-    exposure: np.ndarray,
-    controls: np.ndarray | None,
-    learner: LinearInvariantInstruments,
-    n_draws: int,
-    rng: np.random.Generator,
-    *,
-    cov_type: str = "robust",
-) -> np.ndarray:
-    """2SLS estimates on `n_draws` within-environment resamples, the directions refitted on each.
-
-    The refit keeps `learner`'s signal rank and number of components (the
-    selection step is not repeated); `controls` (e.g. environment dummies)
-    are resampled with the rows.
-    """
-    groups = [np.flatnonzero(env_codes == e) for e in np.unique(env_codes)]
-    draws = np.empty(n_draws)
-    with one_blas_thread():  # small products: threads cost more than they give
-        for b in range(n_draws):
-            draws[b] = _one_bootstrap_draw(Z, env_codes, outcome, exposure, controls, learner, groups, rng, cov_type)
-    return draws
-
-
-def _one_bootstrap_draw(Z, env_codes, outcome, exposure, controls, learner, groups, rng, cov_type) -> float:
-    rows = np.concatenate([rng.choice(g, size=g.size, replace=True) for g in groups])
-    try:
-        refit = LinearInvariantInstruments(
-            n_components=learner.n_components_, signal_rank=learner.signal_rank_, standardize=learner.standardize
-        ).fit(Z[rows], env_codes[rows])
-        fit = fit_kclass(
-            outcome[rows], exposure[rows], refit.transform(Z[rows]),
-            None if controls is None else controls[rows], kappa="tsls", cov_type=cov_type,
-        )  # fmt: skip
-    except (InputError, np.linalg.LinAlgError):  # e.g. a resample with a collinear column: drop the draw
-        return float("nan")
-    return fit.estimate
-
-
-def with_direction_bootstrap(
-    estimate: Estimate, data: MRData, learner: LinearInvariantInstruments, ctx: MethodContext, n_draws: int
-) -> Estimate:
-    """`estimate` with an SE and Wald CI that include the error of the estimated directions.
-
-    The 2SLS SE treats the instruments as fixed. But the directions are
-    estimated, and their error leaks a little of the confounded component into
-    the instruments, which adds variance of the same order as the sampling
-    variance (n^-1/2 direction error times an O(1) confounded covariance).
-    In the coverage benchmark (linear mixing, 1000 reps per cell) the
-    fixed-direction SE gave Wald coverage 0.91-0.93 with strong and weak
-    instruments; this SE gave 0.93-0.95, as 2SLS on the true W does
-    (0.92-0.95). Each draw resamples rows within environments (keeping their
-    sizes), refits the directions with the chosen signal rank and number of
-    components, and re-estimates; the SE is the SD of the draws. The analytic
-    SE and the percentile interval are kept in `extra`.
-    """
-    draws = direction_bootstrap(
-        np.asarray(data.Z), data.env_codes, data.outcome, data.exposure, exogenous_controls(data, True), learner,
-        n_draws, ctx.rng("invariant_linear/direction bootstrap"), cov_type=ctx.cov_type,
-    )  # fmt: skip
-    draws = draws[np.isfinite(draws)]
-    if draws.size < 2:
-        return replace(estimate, extra={**estimate.extra, "direction_bootstrap_error": "too few valid draws"})
-    se = float(np.std(draws, ddof=1))
-    z = stats.norm.ppf(1 - ctx.alpha / 2)
-    lo, hi = np.quantile(draws, [ctx.alpha / 2, 1 - ctx.alpha / 2])
-    return replace(
-        estimate,
-        se=se,
-        ci_low=estimate.estimate - z * se,
-        ci_high=estimate.estimate + z * se,
-        pvalue=float(2 * stats.norm.sf(abs(estimate.estimate) / se)) if se > 0 else None,
-        extra={
-            **estimate.extra,
-            "se_method": f"direction bootstrap ({draws.size} draws)",
-            "se_fixed_directions": estimate.se,
-            "bootstrap_percentile_ci": [float(lo), float(hi)],
-        },
-    )
-
-
-def _no_instrument_rows(data: MRData, method: str, reason: str) -> tuple[Estimate, ...]:
-    return (Estimate.unavailable(method, "pooled", data.n, 0, reason),)
-
-
-@register_method(
-    "invariant_linear",
-    description="2SLS on closed-form invariant linear instruments (environment fixed effects)",
-    options=_OPTIONS,
-)
-def invariant_linear(data: MRData, ctx: MethodContext) -> MethodOutput:
-    try:
-        learner = learner_from_context(ctx, "invariant_linear").fit(data.Z, data.env)
-    except NoSignalError as exc:  # the other methods' results stay valid
-        return MethodOutput(_no_instrument_rows(data, "invariant_linear", str(exc)))
-    spectrum = {
-        "signal_rank": learner.signal_rank_,
-        "n_components": learner.n_components_,
-        "invariance_eigenvalues": learner.invariance_eigenvalues_.tolist(),
-        "signal_eigenvalues": learner.signal_eigenvalues_[: min(50, learner.signal_eigenvalues_.size)].tolist(),
-        "pvalues": None if learner.pvalues_ is None else learner.pvalues_.tolist(),
-    }
-    if learner.n_components_ == 0:
-        return MethodOutput(
-            _no_instrument_rows(data, "invariant_linear", "no invariant direction found"),
-            artifacts={"spectrum": spectrum},
-        )
-    hw = learner.transform(data.Z)
-    rows = iv_estimates(
-        data, hw, ctx, method="invariant_linear",
-        extra={"signal_rank": learner.signal_rank_},
-    )
-    n_draws = bootstrap_draws(ctx.option("direction_bootstrap", "auto"), data)
-    if n_draws:  # pooled row only: per-environment rows keep the fixed-direction SE
-        rows[0] = with_direction_bootstrap(rows[0], data, learner, ctx, n_draws)
-    diagnostics = instrument_diagnostics(data, hw, ctx, method="invariant_linear")
-    return MethodOutput(tuple(rows), tuple(diagnostics), artifacts={"instruments": hw, "spectrum": spectrum})
-
-
-@register_method(
-    "invariant_linear_crossfit",
-    description="Cross-fitted 2SLS on closed-form invariant instruments (learned on other folds)",
-    options=_OPTIONS,
-)
-def invariant_linear_crossfit(data: MRData, ctx: MethodContext) -> MethodOutput:
-    n_folds = int(ctx.option("n_folds", 2))
-    try:
-        hw, folds, learners = crossfit_instruments(
-            data,
-            lambda f: learner_from_context(ctx, f"invariant_linear_crossfit/{f}"),
-            n_folds=n_folds,
-            rng=ctx.rng("invariant_linear_crossfit/folds"),
-        )
-    except NoSignalError as exc:
-        return MethodOutput(_no_instrument_rows(data, "invariant_linear_crossfit", str(exc)))
-    if hw.shape[1] == 0:
-        return MethodOutput(_no_instrument_rows(data, "invariant_linear_crossfit", "no invariant direction found"))
-    rows = crossfit_estimates(
-        data, hw, folds, ctx, method="invariant_linear_crossfit",
-        extra={"components_per_fold": [lr.n_components_ for lr in learners]},
-    )
-    diagnostics = instrument_diagnostics(data, hw, ctx, method="invariant_linear_crossfit", folds=folds)
-    return MethodOutput(tuple(rows), tuple(diagnostics), artifacts={"instruments": hw, "folds": folds})
-
-
-__all__ = ["LinearInvariantInstruments", "signal_rank", "tracy_widom_edge", "stats"]
+__all__ = ["LinearInvariantInstruments", "NoSignalError", "signal_rank", "tracy_widom_edge"]

@@ -45,7 +45,7 @@ def nonlinear_leakage(instruments: np.ndarray, V: np.ndarray, env_codes: np.ndar
     correlated with the confounder inside each environment and bias 2SLS.
     Both sides are centred within environment, as the 2SLS with fixed effects sees them.
     """
-    from .simulation.paper import monomials
+    from invariant_mr.simulation.paper import monomials
 
     features = monomials(np.asarray(V, dtype=float), degree)[:, 1:]
     return r_squared(_within(instruments, env_codes), _within(features, env_codes))

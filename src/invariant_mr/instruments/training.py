@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import InputError, TrainingDivergedError
-from .networks import InvariantAutoencoderNet
-from .penalties import (
+from invariant_mr.errors import InputError, TrainingDivergedError
+from invariant_mr.instruments.networks import InvariantAutoencoderNet
+from invariant_mr.instruments.penalties import (
     INDEPENDENCE_MEASURES,
     MMD_KERNELS,
     gaussian_logdet,

@@ -19,9 +19,9 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from .data import MIN_SAMPLES_PER_ENV, MRData
-from .errors import InputError
-from .genotypes import (
+from invariant_mr.data import MIN_SAMPLES_PER_ENV, MRData
+from invariant_mr.errors import InputError
+from invariant_mr.io.genotypes import (
     DEFAULT_CHUNK_VARIANTS,
     VariantSelection,
     open_genotypes,
@@ -29,15 +29,15 @@ from .genotypes import (
     select_variants,
     unique_variant_names,
 )
-from .phenotypes import (
+from invariant_mr.io.phenotypes import (
     PhenotypeColumns,
     SampleAccounting,
     check_environment_sizes,
     match_phenotypes,
     read_phenotype_table,
 )
-from .provenance import input_record
-from .qc import QCReport, QCThresholds, run_genotype_qc
+from invariant_mr.provenance import input_record
+from invariant_mr.io.qc import QCReport, QCThresholds, run_genotype_qc
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def load_genetic_data(
     Only the samples present in both files (and with a non-missing exposure,
     outcome, environment and covariates) and only the selected variants
     (`extract`: a file of variant IDs; `region`: CHROM[:START-END]) are read
-    from disk. QC (`qc`, see `invariant_mr.qc`) runs on that block; the
+    from disk. QC (`qc`, see `invariant_mr.io.qc`) runs on that block; the
     environment sizes are checked again after sample QC.
     """
     if min_samples_per_env < 2:

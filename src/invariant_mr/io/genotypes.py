@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from invariant_mr.errors import InputError
 
 #: The first three bytes of a variant-major PLINK 1 .bed file.
 BED_MAGIC = bytes([0x6C, 0x1B, 0x01])

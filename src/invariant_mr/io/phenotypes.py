@@ -20,8 +20,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import MIN_SAMPLES_PER_ENV
-from .errors import InputError
+from invariant_mr.data import MIN_SAMPLES_PER_ENV
+from invariant_mr.errors import InputError
 
 #: Strings read as missing, besides the empty field (pandas' defaults plus PLINK's ".").
 NA_VALUES = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", ".", "#N/A")

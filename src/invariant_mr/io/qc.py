@@ -28,12 +28,14 @@ from __future__ import annotations
 import io
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import pandas as pd
 
-from .errors import InputError
+if TYPE_CHECKING:  # pandas is imported where a table is built: the CLI reads the QC defaults at start-up
+    import pandas as pd
+
+from invariant_mr.errors import InputError
 
 #: The flags that set each threshold, named in messages.
 THRESHOLD_FLAGS = {
@@ -243,6 +245,8 @@ def run_genotype_qc(
     reason[step] = "maf_env"
     open_ &= ~step
     variant_mask = open_
+
+    import pandas as pd
 
     table = pd.DataFrame({c: variant_table[c].to_numpy() for c in variant_table.columns})
     table["missing_rate"] = variant_missing_rate

@@ -10,8 +10,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .data import MRData
-from .errors import InputError
+from invariant_mr.data import MRData
+from invariant_mr.errors import InputError
 
 
 def read_table(path: str | Path, option: str = "--table") -> pd.DataFrame:

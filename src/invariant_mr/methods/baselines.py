@@ -1,36 +1,105 @@
-"""Standard IV baselines on all instruments: OLS, 2SLS, LIML (with environment fixed effects)."""
+"""Standard IV baselines: OLS, 2SLS and LIML on all instruments, 2SLS with genotype PCs, and TSHT."""
 
 from __future__ import annotations
 
-from .data import MRData
-from .estimation import iv_estimates
-from .registry import MethodContext, MethodOutput, register_method
-from .weak_iv import AR_MAX_INSTRUMENTS
+import re
+
+import numpy as np
+
+from invariant_mr.data import MRData, exogenous_controls
+from invariant_mr.errors import InputError
+from invariant_mr.estimators.genotype_pcs import genotype_pcs
+from invariant_mr.estimators.tsht import TwoStageHardThresholding
+from invariant_mr.inference.estimates import estimate_from_fit, iv_estimates
+from invariant_mr.inference.weak_iv import with_anderson_rubin
+from invariant_mr.methods.registry import MethodContext, MethodOutput
+from invariant_mr.results import Estimate
 
 
-@register_method("ols", description="OLS of outcome on exposure, environment fixed effects (confounded)")
 def ols(data: MRData, ctx: MethodContext) -> MethodOutput:
-    return MethodOutput(tuple(iv_estimates(data, None, ctx, method="ols", kappa="ols")))
+    return MethodOutput(tuple(iv_estimates(data, None, ctx.inference, method="ols", kappa="ols")))
 
 
-@register_method(
-    "tsls_all", description="2SLS with every instrument, no environment adjustment", options=(AR_MAX_INSTRUMENTS,)
-)
 def tsls_all(data: MRData, ctx: MethodContext) -> MethodOutput:
     return MethodOutput(
-        tuple(iv_estimates(data, data.Z, ctx, method="tsls_all", env_fixed_effects=False))
+        tuple(iv_estimates(data, data.Z, ctx.inference, method="tsls_all", env_fixed_effects=False))
     )
 
 
-@register_method(
-    "tsls_all_env", description="2SLS with every instrument and environment fixed effects", options=(AR_MAX_INSTRUMENTS,)
-)
 def tsls_all_env(data: MRData, ctx: MethodContext) -> MethodOutput:
-    return MethodOutput(tuple(iv_estimates(data, data.Z, ctx, method="tsls_all_env")))
+    return MethodOutput(tuple(iv_estimates(data, data.Z, ctx.inference, method="tsls_all_env")))
 
 
-@register_method(
-    "liml_all_env", description="LIML with every instrument and environment fixed effects", options=(AR_MAX_INSTRUMENTS,)
-)
 def liml_all_env(data: MRData, ctx: MethodContext) -> MethodOutput:
-    return MethodOutput(tuple(iv_estimates(data, data.Z, ctx, method="liml_all_env", kappa="liml")))
+    return MethodOutput(tuple(iv_estimates(data, data.Z, ctx.inference, method="liml_all_env", kappa="liml")))
+
+
+_PC_NAME = re.compile(r"^(pc|PC|Pc)_?\d+$")
+
+
+def tsls_pcs(data: MRData, ctx: MethodContext) -> MethodOutput:
+    supplied = [j for j, name in enumerate(data.covariate_names or ()) if _PC_NAME.match(name)]
+    if supplied:
+        # PCs are among the covariates already, which every method adjusts for.
+        pcs, source, k = None, "covariates " + ", ".join(data.covariate_names[j] for j in supplied), len(supplied)
+    else:
+        requested = int(ctx.option("n_pcs", 10))
+        if requested < 1:
+            raise InputError(f"--n-pcs must be at least 1, got {requested}")
+        # PCs of the instruments span part of the instruments themselves; at least one
+        # instrument direction must remain for identification.
+        k = min(requested, data.p - 1)
+        if k < 1:
+            raise InputError("tsls_pcs needs at least 2 instruments when PCs are computed from them")
+        pcs, source = genotype_pcs(data.Z, k), "instruments"
+    # iv_estimates attaches the Anderson-Rubin sets (same instruments and PC controls).
+    rows = iv_estimates(
+        data, data.Z, ctx.inference, method="tsls_pcs", extra_controls=pcs, extra={"n_pcs": k, "pcs_from": source}
+    )
+    return MethodOutput(tuple(rows))
+
+
+# ----------------------------------------------------------------------------- TSHT
+def tsht_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    threshold = ctx.option("tsht_threshold", None)
+    threshold = None if threshold is None else float(threshold)
+    scopes = [("pooled", np.ones(data.n, dtype=bool), exogenous_controls(data, True))]
+    if ctx.per_env:
+        codes = data.env_codes
+        for i, level in enumerate(data.env_levels):
+            mask = codes == i
+            scopes.append((f"env:{level}", mask, None if data.covariates is None else data.covariates[mask]))
+    rows = []
+    for scope, mask, controls in scopes:
+        Z = data.Z[mask]
+        try:
+            model = TwoStageHardThresholding(threshold=threshold, cov_type=ctx.cov_type).fit(
+                data.outcome[mask], data.exposure[mask], Z, controls
+            )
+        except (InputError, np.linalg.LinAlgError) as exc:
+            if scope == "pooled":
+                rows.append(Estimate.unavailable("tsht", scope, int(mask.sum()), data.p, str(exc)))
+            continue
+        names = np.array(data.instrument_names)
+        est = estimate_from_fit(
+            model.fit_, "tsht", scope, ctx.alpha,
+            {
+                "valid_instruments": names[model.valid_].tolist(),
+                "relevant_instruments": names[model.relevant_].tolist(),
+                "threshold": model.threshold_,
+                "se_ignores_selection": True,
+            },
+        )  # fmt: skip
+        rows.append(
+            with_anderson_rubin(
+                est,
+                data.outcome[mask],
+                data.exposure[mask],
+                Z[:, model.valid_],
+                model.exogenous_controls(Z, controls),
+                alpha=ctx.alpha,
+                cov_type=ctx.cov_type,
+                max_instruments=ctx.inference.ar_max_instruments,
+            )
+        )
+    return MethodOutput(tuple(rows))

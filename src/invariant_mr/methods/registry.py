@@ -1,20 +1,25 @@
-"""One registry of effect-estimation methods, shared by `run`, `demo` and the benchmarks.
+"""The registry of effect-estimation methods shared by `run`, `demo` and the benchmarks.
 
 A method is a function `(data: MRData, ctx: MethodContext) -> MethodOutput`.
-Modules register their methods on import with `@register_method`; the list of
-built-in modules lives in `pipeline.BUILTIN_METHOD_MODULES`.
+This is the only layer that knows `MethodContext` and `MethodOption`: it
+maps command-line options onto the learners' constructor arguments and the
+`InferenceSettings` of the inference layer.
+
+Built-in methods are declared in `methods/catalogue.py` with the
+"module:function" that implements them, so listing methods and building the
+command line never imports torch or any method module; the function is
+imported the first time the method runs. User code can add methods with
+`@register_method`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-import numpy as np
-
-from .errors import InputError
-from .results import Diagnostic, Estimate
+from invariant_mr.errors import InputError
+from invariant_mr.methods.spec import MethodFunction, MethodOption, MethodOutput, MethodSpec
 
 
 @dataclass(frozen=True)
@@ -33,14 +38,31 @@ class MethodContext:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if not 0 < self.alpha < 1:
-            raise InputError(f"alpha must be in (0, 1), got {self.alpha}")
-        if self.cov_type not in ("robust", "unadjusted"):
-            raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {self.cov_type!r}")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        self.inference  # validates alpha, cov_type and the shared inference options
 
-    def rng(self, salt: str) -> np.random.Generator:
+    @property
+    def inference(self):
+        """The `InferenceSettings` these options describe (what the inference layer takes)."""
+        from invariant_mr.inference.settings import (
+            AR_MAX_INSTRUMENTS_DEFAULT,
+            DIAGNOSTIC_PERMUTATIONS_DEFAULT,
+            InferenceSettings,
+        )
+
+        return InferenceSettings(
+            seed=self.seed,
+            alpha=self.alpha,
+            cov_type=self.cov_type,
+            per_env=self.per_env,
+            ar_max_instruments=int(self.option("ar_max_instruments", AR_MAX_INSTRUMENTS_DEFAULT)),
+            diagnostic_permutations=int(self.option("diagnostic_permutations", DIAGNOSTIC_PERMUTATIONS_DEFAULT)),
+        )
+
+    def rng(self, salt: str):
         """An independent generator per named random step, fixed by the seed."""
+        import numpy as np
+
         return np.random.default_rng([self.seed, *salt.encode()])
 
     def option(self, name: str, default: Any = None) -> Any:
@@ -48,48 +70,15 @@ class MethodContext:
         return default if value is None else value
 
 
-@dataclass(frozen=True)
-class MethodOutput:
-    """What a method returns: estimates, optional diagnostics and artifacts.
-
-    Artifacts are large or non-tabular things a report may show: learned
-    instruments (an (n, k) array under "instruments"), training histories.
-    """
-
-    estimates: tuple[Estimate, ...]
-    diagnostics: tuple[Diagnostic, ...] = ()
-    artifacts: Mapping[str, Any] = field(default_factory=dict)
-
-
-MethodFunction = Callable[[Any, MethodContext], MethodOutput]
-
-
-@dataclass(frozen=True)
-class MethodOption:
-    """A tunable of one or more methods. The CLI turns each into a flag `--name-with-dashes`.
-
-    Methods read it with `ctx.option(name, default)`; options with the same name
-    are shared between methods and must then have the same type and meaning.
-    `type` is a click-compatible type (int, float, str, bool or click.Choice).
-    """
-
-    name: str
-    type: Any
-    default: Any
-    help: str
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    name: str
-    function: MethodFunction
-    description: str
-    needs_truth: bool = False
-    default: bool = True
-    options: tuple[MethodOption, ...] = ()
-
-
 _REGISTRY: dict[str, MethodSpec] = {}
+_BUILTINS_LOADED = False
+
+
+def add_method(spec: MethodSpec) -> None:
+    existing = _REGISTRY.get(spec.name)
+    if existing is not None and existing.target != spec.target:
+        raise RuntimeError(f"method {spec.name!r} registered twice")
+    _REGISTRY[spec.name] = spec
 
 
 def register_method(
@@ -99,20 +88,36 @@ def register_method(
     default: bool = True,
     needs_truth: bool = False,
     options: tuple[MethodOption, ...] = (),
+    family: str = "other",
 ):
-    """Decorator: register `function` under `name` (unique).
+    """Decorator: register `function` under `name` (unique), for methods defined outside the catalogue.
 
     `default=False` keeps a method out of "all methods" (e.g. slow ones); it
     still runs when named in `--methods`.
     """
 
     def wrap(function: MethodFunction) -> MethodFunction:
-        if name in _REGISTRY and _REGISTRY[name].function is not function:
-            raise RuntimeError(f"method {name!r} registered twice")
-        _REGISTRY[name] = MethodSpec(name, function, description, needs_truth, default, tuple(options))
+        _load_builtins()
+        add_method(MethodSpec(name, function, description, needs_truth, default, tuple(options), family))
         return function
 
     return wrap
+
+
+def _load_builtins() -> None:
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
+    from invariant_mr.methods.catalogue import BUILTIN_METHODS
+
+    for spec in BUILTIN_METHODS:
+        add_method(spec)
+
+
+def registered_methods() -> dict[str, MethodSpec]:
+    _load_builtins()
+    return dict(_REGISTRY)
 
 
 def all_method_options() -> dict[str, MethodOption]:
@@ -122,13 +127,6 @@ def all_method_options() -> dict[str, MethodOption]:
         for opt in spec.options:
             out.setdefault(opt.name, opt)
     return out
-
-
-def registered_methods() -> dict[str, MethodSpec]:
-    from .pipeline import load_builtin_methods
-
-    load_builtin_methods()
-    return dict(_REGISTRY)
 
 
 def resolve_methods(names: str | list[str] | None) -> list[MethodSpec]:
@@ -146,3 +144,9 @@ def resolve_methods(names: str | list[str] | None) -> list[MethodSpec]:
             f"--methods: unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(available))}"
         )
     return [available[n] for n in dict.fromkeys(names)]
+
+
+__all__ = [
+    "MethodContext", "MethodFunction", "MethodOption", "MethodOutput", "MethodSpec",
+    "add_method", "all_method_options", "register_method", "registered_methods", "resolve_methods",
+]  # fmt: skip

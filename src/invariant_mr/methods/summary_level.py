@@ -1,31 +1,25 @@
-"""`run` methods for the MR baselines: summary-statistic MR, 2SLS with genotype PCs, and TSHT.
+"""`run` methods for summary-statistic MR on per-variant associations computed from individual data.
 
 Summary-statistic methods compute per-variant associations from the
 individual-level data (`sumstats.summary_statistics`, adjusted for the
 environment fixed effects and covariates unless `--sumstats-env-adjust` is
 off), then apply the estimator. Per-environment rows use that environment's
-samples (adjusted for covariates only). 2SLS-type rows carry
-Anderson-Rubin confidence sets (attached by `estimation.iv_estimates`; TSHT
-on its selected instruments via `weak_iv.with_anderson_rubin`).
+samples (adjusted for covariates only).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import Callable
 
 import numpy as np
-import scipy.linalg
 from scipy import stats
 
-from .data import MRData
-from .errors import InputError
-from .estimation import estimate_from_fit, exogenous_controls, iv_estimates
-from .registry import MethodContext, MethodOption, MethodOutput, register_method
-from .results import Diagnostic, Estimate
-from .robust_iv import TwoStageHardThresholding
-from .summary_mr import (
+from invariant_mr.data import MRData
+from invariant_mr.errors import InputError
+from invariant_mr.methods.registry import MethodContext, MethodOutput
+from invariant_mr.results import Diagnostic, Estimate
+from invariant_mr.estimators.summary_mr import (
     SummaryMRFit,
     ivw,
     leave_one_out,
@@ -34,35 +28,7 @@ from .summary_mr import (
     weighted_median,
     weighted_mode,
 )
-from .sumstats import SummaryStatistics, per_column_regression, summary_statistics
-from .weak_iv import AR_MAX_INSTRUMENTS, ar_max_instruments, with_anderson_rubin
-
-N_BOOTSTRAP = MethodOption("n_bootstrap", int, 1000, "bootstrap draws for the weighted median and weighted mode SEs")
-ENV_ADJUST = MethodOption(
-    "sumstats_env_adjust", bool, True, "adjust per-variant associations for environment fixed effects"
-)
-MODE_PHI = MethodOption("mode_phi", float, 1.0, "bandwidth multiplier of the weighted mode estimator")
-PRESSO_DRAWS = MethodOption(
-    "presso_n_distribution", int, 1000, "simulated data sets for the MR-PRESSO null distribution"
-)
-PRESSO_SIGNIFICANCE = MethodOption(
-    "presso_significance", float, 0.05, "MR-PRESSO level for the global and outlier tests"
-)
-N_PCS = MethodOption(
-    "n_pcs", int, 10, "genotype principal components adjusted for by tsls_pcs (at most #instruments - 1)"
-)
-TSHT_THRESHOLD = MethodOption(
-    "tsht_threshold", float, None, "TSHT thresholding multiplier (default sqrt(log n))"
-)
-
-P_THRESHOLD = MethodOption(
-    "sumstats_p_threshold", float, None,
-    "summary-statistic methods: keep only variants whose pooled exposure association has p below this "
-    "(e.g. 5e-8, the usual genome-wide selection; default: every variant)",
-)  # fmt: skip
-
-_SUMMARY_OPTIONS = (ENV_ADJUST, P_THRESHOLD)
-
+from invariant_mr.estimators.sumstats import SummaryStatistics, per_column_regression, summary_statistics
 
 # ----------------------------------------------------------------------------- helpers
 def _env_sumstats(data: MRData, mask: np.ndarray) -> SummaryStatistics:
@@ -174,11 +140,6 @@ def _p_flag(p: float, alpha: float, bad: str, good: str) -> str:
 
 
 # ----------------------------------------------------------------------------- summary MR
-@register_method(
-    "ivw",
-    description="Inverse-variance weighted MR on per-variant associations (multiplicative random effects)",
-    options=_SUMMARY_OPTIONS,
-)
 def ivw_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     def one(ss: SummaryStatistics, scope: str):
         fit = ivw(ss, ctx.alpha)
@@ -228,11 +189,6 @@ def ivw_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     return _run_summary(data, ctx, "ivw", one)
 
 
-@register_method(
-    "mr_egger",
-    description="MR-Egger regression on per-variant associations, with intercept test and I^2_GX",
-    options=_SUMMARY_OPTIONS,
-)
 def mr_egger_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     def one(ss: SummaryStatistics, scope: str):
         fit = mr_egger(ss, ctx.alpha)
@@ -268,11 +224,6 @@ def mr_egger_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     return _run_summary(data, ctx, "mr_egger", one)
 
 
-@register_method(
-    "weighted_median",
-    description="Weighted median MR on per-variant associations (bootstrap SE)",
-    options=(*_SUMMARY_OPTIONS, N_BOOTSTRAP),
-)
 def weighted_median_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     n_boot = int(ctx.option("n_bootstrap", 1000))
 
@@ -283,11 +234,6 @@ def weighted_median_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     return _run_summary(data, ctx, "weighted_median", one)
 
 
-@register_method(
-    "weighted_mode",
-    description="Weighted mode MR (Hartwig 2017) on per-variant associations (bootstrap SE)",
-    options=(*_SUMMARY_OPTIONS, N_BOOTSTRAP, MODE_PHI),
-)
 def weighted_mode_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     n_boot = int(ctx.option("n_bootstrap", 1000))
     phi = float(ctx.option("mode_phi", 1.0))
@@ -299,11 +245,6 @@ def weighted_mode_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     return _run_summary(data, ctx, "weighted_mode", one)
 
 
-@register_method(
-    "mr_presso",
-    description="MR-PRESSO: global pleiotropy test and outlier-corrected IVW",
-    options=(*_SUMMARY_OPTIONS, PRESSO_DRAWS, PRESSO_SIGNIFICANCE),
-)
 def mr_presso_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     draws = int(ctx.option("presso_n_distribution", 1000))
     level = float(ctx.option("presso_significance", 0.05))
@@ -348,113 +289,11 @@ def mr_presso_method(data: MRData, ctx: MethodContext) -> MethodOutput:
 
 
 # ----------------------------------------------------------------------------- 2SLS with PCs
-_PC_NAME = re.compile(r"^(pc|PC|Pc)_?\d+$")
-
-
-def genotype_pcs(Z: np.ndarray, k: int) -> np.ndarray:
-    """Top-k principal component scores (U s of the SVD) of the standardised genotype matrix.
-
-    From the top-k eigenvectors of the smaller Gram matrix rather than a full
-    SVD: at 30,000 x 1,000 that is about 1 s instead of 20 s, and the scores
-    span the same space (only their signs are arbitrary, which adjustment
-    does not see).
-    """
-    Zs = (Z - Z.mean(axis=0)) / np.where(Z.std(axis=0) > 0, Z.std(axis=0), 1.0)
-    n, p = Zs.shape
-    k = min(k, n, p)
-    if n >= p:
-        _, vecs = scipy.linalg.eigh(Zs.T @ Zs, subset_by_index=[p - k, p - 1])
-        return Zs @ vecs[:, ::-1]
-    vals, vecs = scipy.linalg.eigh(Zs @ Zs.T, subset_by_index=[n - k, n - 1])
-    return vecs[:, ::-1] * np.sqrt(np.clip(vals[::-1], 0, None))
-
-
-@register_method(
-    "tsls_pcs",
-    description="2SLS with every instrument, adjusting for top-k genotype PCs and environment fixed effects",
-    options=(N_PCS, AR_MAX_INSTRUMENTS),
-)
-def tsls_pcs(data: MRData, ctx: MethodContext) -> MethodOutput:
-    supplied = [j for j, name in enumerate(data.covariate_names or ()) if _PC_NAME.match(name)]
-    if supplied:
-        # PCs are among the covariates already, which every method adjusts for.
-        pcs, source, k = None, "covariates " + ", ".join(data.covariate_names[j] for j in supplied), len(supplied)
-    else:
-        requested = int(ctx.option("n_pcs", 10))
-        if requested < 1:
-            raise InputError(f"--n-pcs must be at least 1, got {requested}")
-        # PCs of the instruments span part of the instruments themselves; at least one
-        # instrument direction must remain for identification.
-        k = min(requested, data.p - 1)
-        if k < 1:
-            raise InputError("tsls_pcs needs at least 2 instruments when PCs are computed from them")
-        pcs, source = genotype_pcs(data.Z, k), "instruments"
-    # iv_estimates attaches the Anderson-Rubin sets (same instruments and PC controls).
-    rows = iv_estimates(
-        data, data.Z, ctx, method="tsls_pcs", extra_controls=pcs, extra={"n_pcs": k, "pcs_from": source}
-    )
-    return MethodOutput(tuple(rows))
-
-
-# ----------------------------------------------------------------------------- TSHT
-@register_method(
-    "tsht",
-    description="Two-stage hard thresholding (Guo et al. 2018): 2SLS on instruments voted valid",
-    options=(TSHT_THRESHOLD, AR_MAX_INSTRUMENTS),
-)
-def tsht_method(data: MRData, ctx: MethodContext) -> MethodOutput:
-    threshold = ctx.option("tsht_threshold", None)
-    threshold = None if threshold is None else float(threshold)
-    scopes = [("pooled", np.ones(data.n, dtype=bool), exogenous_controls(data, True))]
-    if ctx.per_env:
-        codes = data.env_codes
-        for i, level in enumerate(data.env_levels):
-            mask = codes == i
-            scopes.append((f"env:{level}", mask, None if data.covariates is None else data.covariates[mask]))
-    rows = []
-    for scope, mask, controls in scopes:
-        Z = data.Z[mask]
-        try:
-            model = TwoStageHardThresholding(threshold=threshold, cov_type=ctx.cov_type).fit(
-                data.outcome[mask], data.exposure[mask], Z, controls
-            )
-        except (InputError, np.linalg.LinAlgError) as exc:
-            if scope == "pooled":
-                rows.append(Estimate.unavailable("tsht", scope, int(mask.sum()), data.p, str(exc)))
-            continue
-        names = np.array(data.instrument_names)
-        est = estimate_from_fit(
-            model.fit_, "tsht", scope, ctx.alpha,
-            {
-                "valid_instruments": names[model.valid_].tolist(),
-                "relevant_instruments": names[model.relevant_].tolist(),
-                "threshold": model.threshold_,
-                "se_ignores_selection": True,
-            },
-        )  # fmt: skip
-        rows.append(
-            with_anderson_rubin(
-                est,
-                data.outcome[mask],
-                data.exposure[mask],
-                Z[:, model.valid_],
-                model.exogenous_controls(Z, controls),
-                alpha=ctx.alpha,
-                cov_type=ctx.cov_type,
-                max_instruments=ar_max_instruments(ctx),
-            )
-        )
-    return MethodOutput(tuple(rows))
-
-
 __all__ = [
-    "genotype_pcs",
     "ivw_method",
     "mr_egger_method",
     "mr_presso_method",
     "sumstats_by_scope",
-    "tsht_method",
-    "tsls_pcs",
     "weighted_median_method",
     "weighted_mode_method",
 ]

@@ -18,10 +18,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .learned_instruments import learned_instruments
-from .output import atomic_write_text
-from .provenance import json_default
-from .results import ESTIMATE_COLUMNS, AnalysisResult
+from invariant_mr.report.learned_instruments import learned_instruments
+from invariant_mr.io.output import atomic_write_text
+from invariant_mr.provenance import json_default
+from invariant_mr.results import ESTIMATE_COLUMNS, AnalysisResult
 
 #: Points drawn per scatter plot: enough to see the shape, small enough to keep the file light.
 MAX_SCATTER_POINTS = 4000
@@ -54,7 +54,7 @@ def _fmt(value: Any) -> str:
 
 
 def _png_tag(fig, alt: str) -> str:
-    from .plots import figure_png_bytes
+    from invariant_mr.report.plots import figure_png_bytes
 
     data = base64.b64encode(figure_png_bytes(fig)).decode("ascii")
     return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
@@ -82,7 +82,7 @@ def _estimates_table(result: AnalysisResult) -> str:
 
 
 def _forest(result: AnalysisResult) -> str:
-    from .plots import forest_plot
+    from invariant_mr.report.plots import forest_plot
 
     if not any(e.estimate is not None and math.isfinite(e.estimate) for e in result.estimates):
         return '<p class="muted">No finite estimate to plot.</p>'

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .results import AnalysisResult
+from invariant_mr.results import AnalysisResult
 
 
 def learned_instruments(result: AnalysisResult, n: int) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .results import AnalysisResult  # noqa: E402
+from invariant_mr.results import AnalysisResult  # noqa: E402
 
 
 def forest_plot(result: AnalysisResult, scopes: tuple[str, ...] | None = None, title: str | None = None):

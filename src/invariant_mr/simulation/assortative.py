@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
-from .balding_nichols import variant_annotations
-from .genetic_dataset import GeneticSimulation
-from .phenotypes import (
+from invariant_mr.errors import InputError
+from invariant_mr.simulation.balding_nichols import variant_annotations
+from invariant_mr.simulation.genetic_dataset import GeneticSimulation
+from invariant_mr.simulation.phenotypes import (
     FamilyTraitModel,
     check_fraction,
     default_n_causal,

@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
-from .fst import pairwise_hudson_fst
-from .genetic_dataset import GeneticSimulation
-from .phenotypes import check_fraction, stratified_phenotypes
+from invariant_mr.errors import InputError
+from invariant_mr.simulation.fst import pairwise_hudson_fst
+from invariant_mr.simulation.genetic_dataset import GeneticSimulation
+from invariant_mr.simulation.phenotypes import check_fraction, stratified_phenotypes
 
 _BASES = np.array(["A", "C", "G", "T"], dtype=object)
 

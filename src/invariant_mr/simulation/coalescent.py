@@ -35,9 +35,9 @@ import math
 
 import numpy as np
 
-from ..errors import InputError
-from .genetic_dataset import GeneticSimulation
-from .phenotypes import stratified_phenotypes
+from invariant_mr.errors import InputError
+from invariant_mr.simulation.genetic_dataset import GeneticSimulation
+from invariant_mr.simulation.phenotypes import stratified_phenotypes
 
 #: Demographic models known to work offline with the msprime engine.
 SUPPORTED_DEMOGRAPHIES = ("OutOfAfrica_3G09", "AmericanAdmixture_4B18")
@@ -267,7 +267,7 @@ def simulate_coalescent(
         ancestry_confounding=ancestry_confounding, within_confounding=within_confounding,
         within_correlation=within_correlation,
     )
-    from .fst import pairwise_hudson_fst
+    from invariant_mr.simulation.fst import pairwise_hudson_fst
 
     labels = np.array(geno["population_names"], dtype=object)
     env = labels[env_codes]

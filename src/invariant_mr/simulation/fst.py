@@ -17,7 +17,7 @@ from itertools import combinations
 
 import numpy as np
 
-from ..errors import InputError
+from invariant_mr.errors import InputError
 
 
 def allele_frequencies(genotypes: np.ndarray, env: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:

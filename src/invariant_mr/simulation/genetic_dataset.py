@@ -22,9 +22,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..data import MRData
-from ..errors import InputError
-from ..provenance import json_default, make_provenance
+from invariant_mr.data import MRData
+from invariant_mr.errors import InputError
+from invariant_mr.provenance import json_default, make_provenance
 
 #: File names inside a simulated fileset directory.
 GENOTYPE_PREFIX = "genotypes"
@@ -194,7 +194,7 @@ def write_fileset(
     and renamed into place, so an interrupted call leaves no partial fileset.
     An existing `out_dir` is refused unless `overwrite=True`.
     """
-    from ..output import OutputDirectory
+    from invariant_mr.io.output import OutputDirectory
 
     out = OutputDirectory(out_dir, overwrite=overwrite)
     out.check()

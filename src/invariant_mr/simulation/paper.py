@@ -19,8 +19,8 @@ from itertools import combinations_with_replacement
 
 import numpy as np
 
-from ..data import MRData
-from ..errors import InputError
+from invariant_mr.data import MRData
+from invariant_mr.errors import InputError
 
 #: name -> (mixing family, polynomial weight kind or None)
 PAPER_SETTINGS: dict[str, tuple[str, str | None]] = {

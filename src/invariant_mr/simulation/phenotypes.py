@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import InputError
+from invariant_mr.errors import InputError
 
 #: Effects of the exogenous covariates (per 10 years of age, female vs male).
 AGE_EFFECT_EXPOSURE, AGE_EFFECT_OUTCOME = 0.10, 0.10

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from invariant_mr.errors import InputError
-from invariant_mr.mr_methods import genotype_pcs
+from invariant_mr.estimators.genotype_pcs import genotype_pcs
 from invariant_mr.pipeline import run_analysis
-from invariant_mr.registry import MethodContext
-from invariant_mr.robust_iv import TwoStageHardThresholding
+from invariant_mr.methods.registry import MethodContext
+from invariant_mr.estimators.tsht import TwoStageHardThresholding
 from invariant_mr.simulation.paper import simulate_paper
 
 
@@ -37,7 +37,7 @@ def test_tsht_selects_the_valid_instruments_and_equals_oracle_2sls():
 
 
 def test_tsht_beats_2sls_with_invalid_instruments():
-    from invariant_mr.iv import fit_kclass
+    from invariant_mr.estimators.iv import fit_kclass
 
     errs_tsht, errs_tsls = [], []
     for seed in range(8):

@@ -1,0 +1,54 @@
+"""The built-in methods: names, descriptions, options and where each is implemented.
+
+Metadata only: nothing here imports a method module, so `invariant-mr
+--help` and `invariant-mr methods` answer without loading torch, dask or
+matplotlib. The order is the order users see.
+"""
+
+from __future__ import annotations
+
+from invariant_mr.methods import options as o
+from invariant_mr.methods.spec import MethodSpec
+
+_B = "invariant_mr.methods.baselines"
+_L = "invariant_mr.methods.invariant_linear"
+_S = "invariant_mr.methods.summary_level"
+_A = "invariant_mr.methods.autoencoder"
+
+BUILTIN_METHODS: tuple[MethodSpec, ...] = (
+    MethodSpec("ols", f"{_B}:ols", "OLS of outcome on exposure, environment fixed effects (confounded)", family=o.BASELINE),
+    MethodSpec("tsls_all", f"{_B}:tsls_all", "2SLS with every instrument, no environment adjustment",
+               options=(o.AR_MAX_INSTRUMENTS,), family=o.BASELINE),
+    MethodSpec("tsls_all_env", f"{_B}:tsls_all_env", "2SLS with every instrument and environment fixed effects",
+               options=(o.AR_MAX_INSTRUMENTS,), family=o.BASELINE),
+    MethodSpec("liml_all_env", f"{_B}:liml_all_env", "LIML with every instrument and environment fixed effects",
+               options=(o.AR_MAX_INSTRUMENTS,), family=o.BASELINE),
+    MethodSpec("invariant_linear", f"{_L}:invariant_linear",
+               "2SLS on closed-form invariant linear instruments (environment fixed effects)",
+               options=o.LINEAR_OPTIONS, family=o.LINEAR),
+    MethodSpec("invariant_linear_crossfit", f"{_L}:invariant_linear_crossfit",
+               "Cross-fitted 2SLS on closed-form invariant instruments (learned on other folds)",
+               options=o.LINEAR_OPTIONS, family=o.LINEAR),
+    MethodSpec("ivw", f"{_S}:ivw_method",
+               "Inverse-variance weighted MR on per-variant associations (multiplicative random effects)",
+               options=o.SUMMARY_OPTIONS, family=o.SUMMARY),
+    MethodSpec("mr_egger", f"{_S}:mr_egger_method", "MR-Egger regression on per-variant associations, with intercept test and I^2_GX",
+               options=o.SUMMARY_OPTIONS, family=o.SUMMARY),
+    MethodSpec("weighted_median", f"{_S}:weighted_median_method", "Weighted median MR on per-variant associations (bootstrap SE)",
+               options=(*o.SUMMARY_OPTIONS, o.N_BOOTSTRAP), family=o.SUMMARY),
+    MethodSpec("weighted_mode", f"{_S}:weighted_mode_method", "Weighted mode MR (Hartwig 2017) on per-variant associations (bootstrap SE)",
+               options=(*o.SUMMARY_OPTIONS, o.N_BOOTSTRAP, o.MODE_PHI), family=o.SUMMARY),
+    MethodSpec("mr_presso", f"{_S}:mr_presso_method", "MR-PRESSO: global pleiotropy test and outlier-corrected IVW",
+               options=(*o.SUMMARY_OPTIONS, o.PRESSO_DRAWS, o.PRESSO_SIGNIFICANCE), family=o.SUMMARY),
+    MethodSpec("tsls_pcs", f"{_B}:tsls_pcs",
+               "2SLS with every instrument, adjusting for top-k genotype PCs and environment fixed effects",
+               options=(o.N_PCS, o.AR_MAX_INSTRUMENTS), family=o.BASELINE),
+    MethodSpec("tsht", f"{_B}:tsht_method", "Two-stage hard thresholding (Guo et al. 2018): 2SLS on instruments voted valid",
+               options=(o.TSHT_THRESHOLD, o.AR_MAX_INSTRUMENTS), family=o.BASELINE),
+    MethodSpec("invariant_autoencoder", f"{_A}:invariant_autoencoder",
+               "2SLS on instruments from the invariant autoencoder (cross-fitted), environment fixed effects",
+               default=False, options=o.AUTOENCODER_OPTIONS, family=o.AE),
+    MethodSpec("invariant_autoencoder_insample", f"{_A}:invariant_autoencoder_insample",
+               "2SLS on invariant-autoencoder instruments learned on the same rows (the paper's variant)",
+               default=False, options=o.AUTOENCODER_OPTIONS, family=o.AE),
+)  # fmt: skip

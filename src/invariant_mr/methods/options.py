@@ -1,0 +1,97 @@
+"""Every method option: the command-line flags, their defaults and which help section lists them.
+
+Declared here, apart from the method functions, so that `--help` and
+`invariant-mr methods` need neither torch nor any method module. The
+defaults equal the learners' constructor defaults (a test checks it).
+"""
+
+from __future__ import annotations
+
+import click
+
+from invariant_mr.inference.settings import AR_MAX_INSTRUMENTS_DEFAULT, DIAGNOSTIC_PERMUTATIONS_DEFAULT
+from invariant_mr.methods.spec import MethodOption
+
+#: Names of the autoencoder's MMD kernels and independence measures (`instruments.penalties` has the
+#: implementations; kept here so the CLI does not import torch; a test checks they agree).
+MMD_KERNEL_NAMES = ("poly", "rbf", "moments")
+INDEPENDENCE_NAMES = ("poly", "rbf", "crosscov", "dcor")
+WARM_START_NAMES = ("none", "linear")
+
+# ------------------------------------------------------------------ shared by several families
+AR_MAX_INSTRUMENTS = MethodOption(
+    "ar_max_instruments", int, AR_MAX_INSTRUMENTS_DEFAULT,
+    "most instruments for which the robust Anderson-Rubin set is computed (its inversion costs "
+    "O(k^3) per grid point; the classical set is always computed)",
+)  # fmt: skip
+DIAGNOSTIC_PERMUTATIONS = MethodOption(
+    "diagnostic_permutations", int, DIAGNOSTIC_PERMUTATIONS_DEFAULT,
+    "permutations of the MMD invariance and HSIC independence diagnostics (seeded by --seed)",
+)  # fmt: skip
+N_FOLDS = MethodOption("n_folds", int, 2, "folds for the cross-fitted methods (at least 2)")
+
+# ------------------------------------------------------------------ closed-form invariant directions
+LINEAR = "invariant_linear"
+LINEAR_OPTIONS = (
+    MethodOption("n_components", str, "auto", "invariant directions to keep: 'auto' (permutation test) or a number", LINEAR),
+    MethodOption("signal_rank", str, "auto", "signal subspace dimension: 'auto' (Tracy-Widom rule) or a number", LINEAR),
+    MethodOption("n_permutations", int, 199, "permutations for choosing the number of invariant directions (at least 19)", LINEAR),
+    MethodOption("standardize", bool, True, "scale instruments to unit variance before the invariant method", LINEAR),
+    MethodOption(
+        "direction_bootstrap", str, "auto",
+        "invariant_linear: bootstrap draws for the pooled SE that refit the directions "
+        "('auto' = 200 when a refit is cheap, else 0 = the 2SLS SE that treats them as fixed)", LINEAR,
+    ),
+    N_FOLDS,
+    DIAGNOSTIC_PERMUTATIONS,
+)  # fmt: skip
+
+# ------------------------------------------------------------------ invariant autoencoder
+AE = "invariant_autoencoder"
+AUTOENCODER_OPTIONS = (
+    MethodOption("latent_dim_v", int, 2, "dimension of the confounded code hV", AE),
+    MethodOption("latent_dim_w", int, 2, "dimension of the instrument code hW", AE),
+    MethodOption("hidden", int, 64, "width of the hidden layers", AE),
+    MethodOption("n_layers", int, 2, "hidden layers in encoder/decoder (0 = linear encoder)", AE),
+    MethodOption("encoder_layers", int, None, "hidden layers of the encoder (default: --n-layers; 0 = linear encoder)", AE),
+    MethodOption("whiten", bool, True, "whiten Z (pooled covariance) before the network", AE),
+    MethodOption("linear_w", bool, False, "make hW an affine function of Z (MLP only for hV)", AE),
+    MethodOption("lam_inv", float, 100.0, "weight of the MMD invariance penalty", AE),
+    MethodOption("lam_ind", float, 1.0, "weight of the hW-hV independence penalty", AE),
+    MethodOption("lam_ent", float, 0.01, "weight of the log-det entropy bonus", AE),
+    MethodOption("lam_rel", float, 1.0, "weight of the exposure relevance head (0 = off; >0 uses the exposure of the training folds)", AE),
+    MethodOption("mmd_kernel", click.Choice(MMD_KERNEL_NAMES), "rbf", "MMD kernel", AE),
+    MethodOption("independence", click.Choice(INDEPENDENCE_NAMES), "rbf", "independence measure", AE),
+    MethodOption("adaptive_balancer", bool, False, "rescale penalty weights to the reconstruction scale", AE),
+    MethodOption("warm_start", click.Choice(WARM_START_NAMES), "none", "initialise from the closed-form invariant directions", AE),
+    MethodOption("epochs", int, 200, "maximum training epochs", AE),
+    MethodOption("warmup_epochs", int, 40, "epochs over which penalty weights ramp up from 0", AE),
+    MethodOption("batch_size", int, 128, "rows per environment in each mini-batch", AE),
+    MethodOption("lr", float, 3e-3, "AdamW learning rate", AE),
+    MethodOption("device", str, "auto", "torch device ('auto' = CUDA when available)", AE),
+    N_FOLDS,
+    MethodOption("invariance_permutations", int, 99, "permutations of the held-out invariance test (0 = skip)", AE),
+    DIAGNOSTIC_PERMUTATIONS,
+)  # fmt: skip
+#: Autoencoder options that configure the method, not the `InvariantAutoencoder` estimator.
+AUTOENCODER_METHOD_ONLY = ("n_folds", "invariance_permutations", "diagnostic_permutations")
+#: Option name -> `InvariantAutoencoder` constructor argument, where they differ.
+AUTOENCODER_ARGUMENT = {"latent_dim_v": "dim_v", "latent_dim_w": "dim_w"}
+
+# ------------------------------------------------------------------ summary-statistic MR and baselines
+SUMMARY = "summary-statistic MR"
+N_BOOTSTRAP = MethodOption("n_bootstrap", int, 1000, "bootstrap draws for the weighted median and weighted mode SEs", SUMMARY)
+ENV_ADJUST = MethodOption("sumstats_env_adjust", bool, True, "adjust per-variant associations for environment fixed effects", SUMMARY)
+MODE_PHI = MethodOption("mode_phi", float, 1.0, "bandwidth multiplier of the weighted mode estimator", SUMMARY)
+PRESSO_DRAWS = MethodOption("presso_n_distribution", int, 1000, "simulated data sets for the MR-PRESSO null distribution", SUMMARY)
+PRESSO_SIGNIFICANCE = MethodOption("presso_significance", float, 0.05, "MR-PRESSO level for the global and outlier tests", SUMMARY)
+P_THRESHOLD = MethodOption(
+    "sumstats_p_threshold", float, None,
+    "keep only variants whose pooled exposure association has p below this "
+    "(e.g. 5e-8, the usual genome-wide selection; default: every variant)", SUMMARY,
+)  # fmt: skip
+SUMMARY_OPTIONS = (ENV_ADJUST, P_THRESHOLD)
+
+BASELINE = "IV baselines"
+N_PCS = MethodOption("n_pcs", int, 10, "genotype principal components adjusted for by tsls_pcs (at most #instruments - 1)", BASELINE)
+TSHT_THRESHOLD = MethodOption("tsht_threshold", float, None, "TSHT thresholding multiplier (default sqrt(log n))", BASELINE)
