@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/invariant-mr demo --out invariant-mr-demo
+	$(BIN)/invariant-mr demo --out invariant-mr-demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -88,9 +88,15 @@ def test_existing_output_directory_is_refused_unless_overwrite(paper_table, tmp_
     assert main(argv) == 2
     assert "already exists" in capsys.readouterr().err
     assert (out / "keep.txt").exists()
-    assert main(argv + ["--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "results.json").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["res"]  # no staging debris
+    # --overwrite replaces only a previous run's output, never a folder of the user's
+    assert main(argv + ["--overwrite"]) == 2
+    assert "was not written by invariant-mr" in capsys.readouterr().err and (out / "keep.txt").exists()
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    assert main(argv) == 0
+    assert main(argv + ["--overwrite", "--seed", "4"]) == 0
+    assert json.loads((out / "results.json").read_text())["provenance"]["seed"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]  # no staging debris, no lock
 
 
 def test_demo_runs_and_reports_bias(tmp_path, capsys):

@@ -214,8 +214,13 @@ def test_existing_output_directory_is_refused_unless_overwrite(study, tmp_path, 
     out.mkdir()
     (out / "keep.txt").write_text("user data")
     assert main(_base(study, out, "--no-report")) != 0
-    assert "already exists (use --overwrite to replace it)" in capsys.readouterr().err
+    assert "already exists (use --overwrite" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert main(_base(study, out, "--no-report", "--overwrite")) == 2  # not a previous run's output
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    assert main(_base(study, out, "--no-report")) == 0
     assert main(_base(study, out, "--no-report", "--overwrite")) == 0
-    assert "keep.txt" not in [p.name for p in out.iterdir()] and (out / "qc.tsv").exists()
+    assert (out / "qc.tsv").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]

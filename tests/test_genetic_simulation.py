@@ -123,8 +123,14 @@ def test_fileset_refuses_existing_directory_and_overwrites_on_request(tmp_path):
     with pytest.raises(InputError, match="already exists"):
         write_fileset(sim, target)
     assert (target / "keep.txt").exists()
-    write_fileset(sim, target, overwrite=True)
-    assert not (target / "keep.txt").exists() and (target / "genotypes.bed").exists()
+    with pytest.raises(InputError, match="not written by invariant-mr"):
+        write_fileset(sim, target, overwrite=True)  # a user's folder is never replaced
+    assert (target / "keep.txt").exists()
+    (target / "keep.txt").unlink()
+    target.rmdir()
+    write_fileset(sim, target)
+    write_fileset(sim, target, overwrite=True)  # a previous fileset is
+    assert (target / "genotypes.bed").exists()
     # No staging directories are left behind.
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 

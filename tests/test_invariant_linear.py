@@ -156,7 +156,7 @@ def test_random_relabellings_keep_sizes_and_are_uniform():
 
 def test_direction_bootstrap_se_is_seeded_and_replaces_the_fixed_direction_se():
     sim = simulate_paper("linear", n_envs=2, n_per_env=800, seed=5)
-    opts = {"diagnostic_permutations": 10}
+    opts = {"diagnostic_permutations": 19}
     runs = [
         run_analysis(sim.data, "invariant_linear", MethodContext(seed=s, options={**opts, "direction_bootstrap": b}))
         for s, b in ((1, "auto"), (1, "auto"), (2, "auto"), (1, "0"))

@@ -16,11 +16,45 @@ import click
 
 from invariant_mr import __version__
 from invariant_mr.errors import InputError
-from invariant_mr.io.output import OutputDirectory, atomic_write_bytes, atomic_write_text
+from invariant_mr.io.output import OutputDirectory, atomic_write_bytes, atomic_write_text, release_all_locks
 from invariant_mr.provenance import input_record, json_default, make_provenance
 from invariant_mr.methods.registry import MethodContext, all_method_options, registered_methods
 
 EXIT_USER_ERROR = 2
+
+#: Help sections of `run` and `demo`, in order; method families follow, then anything else.
+SECTIONS = ("Input", "Simulation", "Output", "Quality control", "Analysis")
+
+
+class SectionOption(click.Option):
+    """An option that names the help section listing it."""
+
+    def __init__(self, *args, section: str = "Analysis", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.section = section
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists its options by section: input, output, analysis, then each method family."""
+
+    def format_options(self, ctx, formatter):
+        sections: dict[str, list] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "section", "Other"), []).append(record)
+        order = [s for s in SECTIONS if s in sections] + [s for s in sections if s not in SECTIONS]
+        for name in order:
+            with formatter.section(name if name in SECTIONS or name == "Other" else f"{name} options"):
+                formatter.write_dl(sections[name])
+
+
+def _opt(*decls, section: str, **kwargs):
+    return click.option(*decls, cls=SectionOption, section=section, **kwargs)
+
+
+def _simulation_opt(*decls, **kwargs):
+    return _opt(*decls, section="Simulation", **kwargs)
 
 
 # ------------------------------------------------------------------ helpers
@@ -35,27 +69,31 @@ def method_option_flags(func):
     """Add one flag per registered method option (see `registry.MethodOption`)."""
     for opt in sorted(all_method_options().values(), key=lambda o: o.name, reverse=True):
         flag = opt.name.replace("_", "-")
+        text = f"{opt.help} [default: {opt.default}]"
         if opt.type is bool:
-            decl = [f"--{flag}/--no-{flag}"]
-            func = click.option(*decl, opt.name, default=None, help=f"{opt.help} [default: {opt.default}]")(func)
+            func = _opt(f"--{flag}/--no-{flag}", opt.name, default=None, help=text, section=opt.group)(func)
         else:
-            func = click.option(
-                f"--{flag}", opt.name, type=opt.type, default=None, help=f"{opt.help} [default: {opt.default}]"
-            )(func)
+            func = _opt(f"--{flag}", opt.name, type=opt.type, default=None, help=text, section=opt.group)(func)
     return func
 
 
 def analysis_options(func):
     """Options shared by `run` and `demo`."""
     func = method_option_flags(func)
+    A = "Analysis"
     decorators = [
-        click.option("--methods", default=None, help="comma-separated methods (default: all default methods; see `invariant-mr methods`)"),
-        click.option("--seed", type=int, default=0, show_default=True, help="seed for every random step"),
-        click.option("--alpha", type=float, default=0.05, show_default=True, help="1 - confidence level"),
-        click.option("--cov-type", type=click.Choice(["robust", "unadjusted"]), default="robust", show_default=True),
-        click.option("--per-env/--no-per-env", default=True, show_default=True, help="also estimate within each environment"),
-        click.option("--overwrite", is_flag=True, help="replace an existing output directory"),
-        click.option("--quiet", is_flag=True, help="no progress bars or tables on the terminal"),
+        _opt("--methods", default=None, section=A,
+             help="comma-separated methods (default: all default methods; see `invariant-mr methods`)"),
+        _opt("--seed", type=int, default=0, show_default=True, section=A, help="seed for every random step"),
+        _opt("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
+             section=A, help="1 - confidence level"),
+        _opt("--cov-type", type=click.Choice(["robust", "unadjusted"]), default="robust", show_default=True, section=A,
+             help="robust (HC0) or classical standard errors"),
+        _opt("--per-env/--no-per-env", default=True, show_default=True, section=A,
+             help="also estimate within each environment"),
+        _opt("--overwrite", is_flag=True, section="Output",
+             help="replace an existing output directory written by a previous run (never one holding inputs)"),
+        _opt("--quiet", is_flag=True, section="Output", help="no progress bars or tables on the terminal"),
     ]
     for dec in reversed(decorators):
         func = dec(func)
@@ -84,8 +122,16 @@ def write_result_files(result, directory: Path, plot: bool = True) -> list[str]:
 GENETIC_OPTION_NAMES = (
     "bfile", "npy", "npy_samples", "npy_variants", "pheno", "iid_col", "fid_col", "id_match", "extract", "region",
     "max_variant_missing", "max_sample_missing", "min_maf", "min_maf_per_env", "standardize_dosages",
-    "min_env_samples", "dosage_of", "instruments_out", "report", "sumstats_out",
+    "min_env_samples", "dosage_of", "instruments_out", "report", "sumstats_out", "missing_code",
 )
+
+
+def _input_paths(table, g) -> list[Path]:
+    """Every file this run reads: `--overwrite` never replaces a folder holding one of them."""
+    paths = [table, g["npy"], g["npy_samples"], g["npy_variants"], g["pheno"], g["extract"]]
+    if g["bfile"] is not None:
+        paths += [Path(f"{g['bfile']}{ext}") for ext in (".bed", ".bim", ".fam")]
+    return [Path(p) for p in paths if p is not None]
 
 
 def genetic_input_options(func):
@@ -97,37 +143,40 @@ def genetic_input_options(func):
     qc = QCThresholds()
     path = click.Path(path_type=Path)
     decorators = [
-        click.option("--config", type=path, is_eager=True, expose_value=False, callback=config_option_callback,
+        _opt("--missing-code", section="Input", default="-9,NA", show_default=True,
+             help="comma-separated values read as missing in phenotype and table columns (PLINK's -9 and NA); "
+                  "rows missing a used value are dropped and counted"),
+        _opt("--config", section="Input", type=path, is_eager=True, expose_value=False, callback=config_option_callback,
                      help="TOML file of run options (keys = option names); command-line flags override it"),
-        click.option("--bfile", type=path, default=None, help="PLINK 1 fileset prefix (PREFIX.bed/.bim/.fam)"),
-        click.option("--npy", type=path, default=None, help="samples x variants dosage matrix (.npy, NaN = missing)"),
-        click.option("--npy-samples", type=path, default=None, help="--npy row IDs: one IID (or 'FID IID') per line"),
-        click.option("--npy-variants", type=path, default=None, help="--npy column IDs: one variant ID per line"),
-        click.option("--pheno", type=path, default=None, help="phenotype table (CSV/TSV/Parquet) joined by sample ID"),
-        click.option("--iid-col", default=None, help="IID column of --pheno [default: IID, #IID, iid, sample_id, ...]"),
-        click.option("--fid-col", default=None, help="FID column of --pheno [default: FID or #FID if present]"),
-        click.option("--id-match", type=click.Choice(["auto", "fid_iid", "iid", "row_order"]), default="auto",
+        _opt("--bfile", section="Input", type=path, default=None, help="PLINK 1 fileset prefix (PREFIX.bed/.bim/.fam)"),
+        _opt("--npy", section="Input", type=path, default=None, help="samples x variants dosage matrix (.npy, NaN = missing)"),
+        _opt("--npy-samples", section="Input", type=path, default=None, help="--npy row IDs: one IID (or 'FID IID') per line"),
+        _opt("--npy-variants", section="Input", type=path, default=None, help="--npy column IDs: one variant ID per line"),
+        _opt("--pheno", section="Input", type=path, default=None, help="phenotype table (CSV/TSV/Parquet) joined by sample ID"),
+        _opt("--iid-col", section="Input", default=None, help="IID column of --pheno [default: IID, #IID, iid, sample_id, ...]"),
+        _opt("--fid-col", section="Input", default=None, help="FID column of --pheno [default: FID or #FID if present]"),
+        _opt("--id-match", section="Input", type=click.Choice(["auto", "fid_iid", "iid", "row_order"]), default="auto",
                      show_default=True, help="join key: FID+IID when --pheno has an FID column, else IID"),
-        click.option("--extract", type=path, default=None, help="file of variant IDs to analyse (first field per line)"),
-        click.option("--region", default=None, help="analyse variants in CHROM or CHROM:START-END (1-based, inclusive)"),
-        click.option("--geno", "max_variant_missing", type=click.FloatRange(0, 1), default=qc.max_variant_missing,
+        _opt("--extract", section="Input", type=path, default=None, help="file of variant IDs to analyse (first field per line)"),
+        _opt("--region", section="Input", default=None, help="analyse variants in CHROM or CHROM:START-END (1-based, inclusive)"),
+        _opt("--geno", "max_variant_missing", section="Quality control", type=click.FloatRange(0, 1), default=qc.max_variant_missing,
                      show_default=True, help="QC: remove variants with a missing-call rate above this"),
-        click.option("--mind", "max_sample_missing", type=click.FloatRange(0, 1), default=qc.max_sample_missing,
+        _opt("--mind", "max_sample_missing", section="Quality control", type=click.FloatRange(0, 1), default=qc.max_sample_missing,
                      show_default=True, help="QC: remove samples with a missing-call rate above this"),
-        click.option("--maf", "min_maf", type=click.FloatRange(0, 0.5), default=qc.min_maf, show_default=True,
+        _opt("--maf", "min_maf", section="Quality control", type=click.FloatRange(0, 0.5), default=qc.min_maf, show_default=True,
                      help="QC: remove variants with pooled minor-allele frequency below this"),
-        click.option("--maf-env", "min_maf_per_env", type=click.FloatRange(0, 0.5), default=qc.min_maf_per_env,
+        _opt("--maf-env", "min_maf_per_env", section="Quality control", type=click.FloatRange(0, 0.5), default=qc.min_maf_per_env,
                      show_default=True, help="QC: remove variants with MAF below this in any environment"),
-        click.option("--standardize-dosages/--raw-dosages", default=qc.standardize, show_default=True,
+        _opt("--standardize-dosages/--raw-dosages", section="Quality control", default=qc.standardize, show_default=True,
                      help="QC: centre and scale every variant (pooled mean and SD)"),
-        click.option("--min-env-samples", type=click.IntRange(2), default=MIN_SAMPLES_PER_ENV, show_default=True,
+        _opt("--min-env-samples", section="Quality control", type=click.IntRange(2), default=MIN_SAMPLES_PER_ENV, show_default=True,
                      help="fewest samples an environment may have"),
-        click.option("--dosage-of", type=click.Choice(["A1", "A2"]), default="A1", show_default=True,
+        _opt("--dosage-of", section="Input", type=click.Choice(["A1", "A2"]), default="A1", show_default=True,
                      help="PLINK allele counted by the dosage (.bim column 5 = A1)"),
-        click.option("--instruments-out/--no-instruments-out", default=False, show_default=True,
+        _opt("--instruments-out/--no-instruments-out", section="Output", default=False, show_default=True,
                      help="write instruments.tsv (learned instrument values per sample)"),
-        click.option("--report/--no-report", default=True, show_default=True, help="write report.html"),
-        click.option("--sumstats-out", type=path, default=None,
+        _opt("--report/--no-report", section="Output", default=True, show_default=True, help="write report.html"),
+        _opt("--sumstats-out", section="Output", type=path, default=None,
                      help="also write per-variant summary statistics (TSV: variant, beta/se exposure and outcome, n)"),
     ]
     for dec in reversed(decorators):
@@ -165,9 +214,10 @@ def write_run_extras(result, directory: Path, data, *, qc_tsv: str | None = None
 def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariates, g) -> None:
     """`run --bfile/--npy --pheno`: load, QC, estimate, write. All logic lives in `genetic_input`."""
     from invariant_mr.io.genetic_input import load_genetic_data
+    from invariant_mr.io.phenotypes import parse_missing_codes
+    from invariant_mr.io.qc import QCThresholds
     from invariant_mr.methods.summary_level import sumstats_env_adjusted
     from invariant_mr.pipeline import run_analysis
-    from invariant_mr.io.qc import QCThresholds
 
     if g["bfile"] is None and g["npy"] is None:
         raise InputError("give the data: --table FILE, or --bfile PREFIX (or --npy FILE) with --pheno FILE")
@@ -183,6 +233,7 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         covariates=[c.strip() for c in covariates.split(",") if c.strip()] if covariates else (),
         iid_col=g["iid_col"], fid_col=g["fid_col"], id_match=g["id_match"], extract=g["extract"],
         region=g["region"], qc=qc, min_samples_per_env=g["min_env_samples"], count_a1=g["dosage_of"] == "A1",
+        missing_codes=parse_missing_codes(g["missing_code"]),
     )
     result = run_analysis(
         loaded.data, methods, ctx, command=_command_line(), parameters=dict(loaded.parameters),
@@ -244,22 +295,39 @@ def build_cli() -> click.Group:
 
     @cli.command()
     def methods():
-        """List the estimation methods and their options."""
-        for spec in registered_methods().values():
-            tag = "" if spec.default else "  (not run by default; name it in --methods)"
-            click.echo(f"{spec.name:<30}{spec.description}{tag}")
+        """List the estimation methods, then each family's options once."""
+        specs = list(registered_methods().values())
+        width = max(len(spec.name) + (0 if spec.default else 2) for spec in specs) + 2
+        wrap = click.wrap_text
+        click.echo("Methods (* = not run by default; name it in --methods):\n")
+        for spec in specs:
+            name = spec.name + ("" if spec.default else " *")
+            click.echo(wrap(spec.description, width=100, initial_indent=f"  {name:<{width}}",
+                            subsequent_indent=" " * (width + 2)))
+        families: dict[str, list] = {}
+        for spec in specs:
             for opt in spec.options:
-                click.echo(f"    --{opt.name.replace('_', '-'):<24}{opt.help} [default: {opt.default}]")
+                rows = families.setdefault(opt.group, [])
+                if opt not in rows:
+                    rows.append(opt)
+        for family, opts in families.items():
+            users = [s.name for s in specs if any(o.group == family for o in s.options)]
+            click.echo(f"\n{family} options ({', '.join(users)}):")
+            flag_width = max(len(o.flag) for o in opts) + 2
+            for opt in opts:
+                click.echo(wrap(f"{opt.help} [default: {opt.default}]", width=100,
+                                initial_indent=f"  {opt.flag:<{flag_width}}", subsequent_indent=" " * (flag_width + 2)))
 
-    @cli.command()
-    @click.option("--table", "table", type=click.Path(path_type=Path), default=None, help="TSV/CSV/Parquet with one row per sample (or use --bfile/--npy with --pheno)")
-    @click.option("--env", "--env-col", "env_col", required=True, help="environment column (ancestry, cohort, site)")
-    @click.option("--exposure", required=True, help="exposure column")
-    @click.option("--outcome", required=True, help="outcome column")
-    @click.option("--instruments", default=None, help="--table: instrument columns, names or globs, comma-separated (e.g. 'z*')")
-    @click.option("--covariates", "--covar", "covariates", default=None, help="exogenous covariate columns, comma-separated names or globs (e.g. 'age,sex,PC*')")
-    @click.option("--id-column", default="iid", show_default=True, help="sample ID column, if present")
-    @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="output directory (must not exist)")
+    @cli.command(cls=SectionedCommand)
+    @_opt("--table", "table", section="Input", type=click.Path(path_type=Path), default=None, help="TSV/CSV/Parquet with one row per sample (or use --bfile/--npy with --pheno)")
+    @_opt("--env", "--env-col", "env_col", section="Input", required=True, help="environment column (ancestry, cohort, site)")
+    @_opt("--exposure", section="Input", required=True, help="exposure column")
+    @_opt("--outcome", section="Input", required=True, help="outcome column")
+    @_opt("--instruments", section="Input", default=None, help="--table: instrument columns, names or globs, comma-separated (e.g. 'z*')")
+    @_opt("--covariates", "--covar", "covariates", section="Input", default=None, help="exogenous covariate columns, comma-separated names or globs (e.g. 'age,sex,PC*')")
+    @_opt("--id-column", section="Input", default="iid", show_default=True, help="sample ID column, if present")
+    @_opt("--out", "out_dir", type=click.Path(path_type=Path), required=True, section="Output",
+          help="output directory (must not exist, or use --overwrite to replace a previous run's output)")
     @analysis_options
     @genetic_input_options
     def run(table, env_col, exposure, outcome, instruments, covariates, id_column, out_dir, methods, seed, alpha,
@@ -269,14 +337,17 @@ def build_cli() -> click.Group:
 
         Options can also come from --config FILE.toml; flags on the command line override it.
         """
+        from invariant_mr.io.phenotypes import parse_missing_codes
+        from invariant_mr.io.tables import read_table, table_data
         from invariant_mr.methods.summary_level import sumstats_env_adjusted
         from invariant_mr.pipeline import run_analysis
-        from invariant_mr.io.tables import mrdata_from_table, read_table
 
-        out = OutputDirectory(out_dir, overwrite)
-        out.check()
-        ctx = _context(seed, alpha, cov_type, per_env, quiet, option_values)
+        if exposure == outcome:
+            raise InputError(f"--exposure and --outcome both name {exposure!r}: give two different traits")
         genetic = {name: option_values.pop(name) for name in GENETIC_OPTION_NAMES}
+        ctx = _context(seed, alpha, cov_type, per_env, quiet, option_values)
+        out = OutputDirectory(out_dir, overwrite, inputs=_input_paths(table, genetic))
+        out.check()
         if table is None:
             _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariates, genetic)
             return
@@ -284,12 +355,17 @@ def build_cli() -> click.Group:
             raise InputError("--table cannot be combined with --bfile, --npy or --pheno: give one data source")
         if not instruments:
             raise InputError("--instruments is required with --table (e.g. --instruments 'z*')")
-        data = mrdata_from_table(
-            read_table(table), env=env_col, exposure=exposure, outcome=outcome,
+        codes = parse_missing_codes(genetic["missing_code"])
+        data, dropped = table_data(
+            read_table(table, missing_codes=codes), env=env_col, exposure=exposure, outcome=outcome,
             instruments=instruments, covariates=covariates, id_column=id_column, path=table,
         )
         params = {"table": str(table), "env": env_col, "exposure": exposure, "outcome": outcome,
-                  "instruments": instruments, "covariates": covariates}
+                  "instruments": instruments, "covariates": covariates, "missing_codes": list(codes),
+                  "rows_dropped": dropped}
+        if dropped and not quiet:
+            click.echo(f"dropped {sum(dropped.values())} row(s) with missing values (codes: {', '.join(codes) or 'none'}"
+                       "; empty and NA always): " + ", ".join(f"{why}: {n}" for why, n in dropped.items()))
         result = run_analysis(data, methods, ctx, command=_command_line(), parameters=params,
                               inputs=input_record([table]))
         with out:
@@ -302,26 +378,26 @@ def build_cli() -> click.Group:
             click.echo(result.summary())
             click.echo(f"\nwrote {out_dir}/" + ", ".join(written))
 
-    @cli.command()
-    @click.option("--model", type=click.Choice(["paper", "balding-nichols"]), default="paper", show_default=True,
+    @cli.command(cls=SectionedCommand)
+    @_simulation_opt("--model", type=click.Choice(["paper", "balding-nichols"]), default="paper", show_default=True,
                   help="paper: the paper's simulator (table data); balding-nichols: a simulated PLINK fileset "
                        "(F_ST 0.1, 500 variants) written to OUT/data and read back as `run --bfile` would")
-    @click.option("--setting", type=click.Choice(list(_paper_settings())), default="linear", show_default=True,
+    @_simulation_opt("--setting", type=click.Choice(list(_paper_settings())), default="linear", show_default=True,
                   help="paper simulation setting (mixing of the latent blocks)")
-    @click.option("--envs", "n_envs", type=click.IntRange(2, 3), default=None,
+    @_simulation_opt("--envs", "n_envs", type=click.IntRange(2, 3), default=None,
                   help="environments [default: 2 for paper, 3 for balding-nichols]")
-    @click.option("--n-per-env", type=click.IntRange(100), default=None,
+    @_simulation_opt("--n-per-env", type=click.IntRange(100), default=None,
                   help="samples per environment [default: 3000 for paper, 2000 for balding-nichols]")
-    @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("invariant-mr-demo"), show_default=True)
+    @_opt("--out", "out_dir", type=click.Path(path_type=Path), default=Path("invariant-mr-demo"), show_default=True, section="Output")
     @analysis_options
     def demo(model, setting, n_envs, n_per_env, out_dir, methods, seed, alpha, cov_type, per_env, overwrite, quiet,
              **option_values):
         """Simulate a built-in data set, run every default method and compare with the truth."""
         from invariant_mr.pipeline import run_analysis
 
-        out = OutputDirectory(out_dir, overwrite=True)
-        out.check()
         ctx = _context(seed, alpha, cov_type, per_env, quiet, option_values)
+        out = OutputDirectory(out_dir, overwrite)
+        out.check()
         if model == "balding-nichols":
             _demo_plink(out, ctx, methods, quiet, n_envs or 3, n_per_env or 2000, seed)
             return
@@ -408,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("invariant-mr: aborted", err=True)
         return _exit(130)
+    finally:
+        release_all_locks()
     return _exit(code if isinstance(code, int) else 0)
 
 

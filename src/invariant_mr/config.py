@@ -94,6 +94,8 @@ def load_run_config(path: str | os.PathLike, names: Mapping[str, str] | None = N
             if not all(isinstance(v, (str, int, float)) for v in value):
                 raise InputError(f"--config {path}: {key} must be a list of names or numbers")
             value = ",".join(str(v) for v in value)
+        if key in PATH_KEYS and not isinstance(value, str):
+            raise InputError(f"--config {path}: {key} must be a path in quotes, got {value!r}")
         if key in PATH_KEYS and isinstance(value, str):
             value = str(base / Path(value).expanduser()) if not Path(value).expanduser().is_absolute() else value
         values[key] = value
@@ -119,6 +121,18 @@ def config_option_callback(ctx, param, value):
         for flag in getattr(p, "opts", []):  # the first spelling of a --x/--no-x pair names the option
             if flag.startswith("--"):
                 names[_normalise_key(flag)] = p.name
+    import click
+
     values = load_run_config(value, names)
+
+    params = {p.name: p for p in ctx.command.params}
+    for key, raw in values.items():
+        param = params.get(key)
+        if param is None or raw is None or isinstance(param.type, click.types.FuncParamType):
+            continue
+        try:  # the option's own type, so a wrong value fails here with one line, not deep in the run
+            param.type.convert(raw, param, ctx)
+        except click.BadParameter as exc:
+            raise InputError(f"--config {value}: {key} = {raw!r}: {exc.message}") from None
     ctx.default_map = {**(ctx.default_map or {}), **values}
     return value

@@ -30,7 +30,47 @@ def _as_float_vector(values, name: str, n: int | None) -> np.ndarray:
     bad = ~np.isfinite(arr)
     if bad.any():
         raise InputError(f"{name} has {int(bad.sum())} NaN/inf value(s)")
+    _check_magnitude(arr[:, None], name, (name,))
     return arr
+
+
+#: Values beyond this overflow float64 once squared and summed over a biobank (1e154^2 ~ 1e308).
+MAX_ABS_VALUE = 1e100
+
+
+def _check_magnitude(mat: np.ndarray, what: str, names: Sequence[str]) -> None:
+    """Refuse values whose squares and cross-products would overflow, naming the columns."""
+    if mat.size == 0:
+        return
+    peak = np.max(np.abs(mat), axis=0)
+    big = np.flatnonzero(peak > MAX_ABS_VALUE)
+    if big.size:
+        cols = ", ".join(f"{names[j]} (|value| up to {peak[j]:.3g})" for j in big[:5])
+        raise InputError(
+            f"{what}: values too large for the cross-products to stay finite in column(s) {cols}; "
+            f"rescale them (e.g. to other units) below {MAX_ABS_VALUE:g}"
+        )
+
+
+def _check_varies(arr: np.ndarray, name: str) -> None:
+    if arr.size and np.all(arr == arr[0]):
+        raise InputError(f"{name} is constant (every value is {arr[0]:g}): there is nothing to estimate")
+
+
+def describe_levels(levels: Sequence, counts: Sequence[int], min_samples: int, column: str, stage: str = "") -> str:
+    """Why these environments are unusable, in one line however many levels there are."""
+    stage = f" {stage}" if stage else ""
+    small = [(lv, c) for lv, c in zip(levels, counts) if c < min_samples]
+    if len(levels) > 50:
+        examples = ", ".join(str(lv) for lv in list(levels)[:3])
+        return (
+            f"{column} has {len(levels)} distinct values{stage} (e.g. {examples}), {len(small)} of them with fewer "
+            f"than {min_samples} samples: environments must be a few labels (ancestry group, cohort, site), "
+            "not a continuous column"
+        )
+    listed = ", ".join(f"{str(lv)!r} (n={c})" for lv, c in small[:10])
+    more = f" and {len(small) - 10} more" if len(small) > 10 else ""
+    return f"{column}: environment(s) with fewer than {min_samples} samples{stage}: {listed}{more}"
 
 
 def _check_finite_matrix(mat: np.ndarray, what: str, names: Sequence[str]) -> None:
@@ -40,6 +80,7 @@ def _check_finite_matrix(mat: np.ndarray, what: str, names: Sequence[str]) -> No
         cols = [f"{names[j]} ({int(counts[j])})" for j in np.flatnonzero(counts)[:10]]
         more = "" if (counts > 0).sum() <= 10 else f" and {(counts > 0).sum() - 10} more"
         raise InputError(f"{what} contain NaN/inf values in column(s): {', '.join(cols)}{more}")
+    _check_magnitude(mat, what, names)
 
 
 def _readonly(arr: np.ndarray) -> np.ndarray:
@@ -97,6 +138,10 @@ class MRData:
         _check_finite_matrix(Z, "instruments", names)
         exposure = _as_float_vector(self.exposure, "exposure", n)
         outcome = _as_float_vector(self.outcome, "outcome", n)
+        _check_varies(exposure, "the exposure")
+        _check_varies(outcome, "the outcome")
+        if np.array_equal(exposure, outcome):
+            raise InputError("the exposure and the outcome are the same values: give two different traits")
 
         env = np.asarray(self.env, dtype=object)
         if env.ndim != 1 or env.shape[0] != n:
@@ -108,12 +153,8 @@ class MRData:
             raise InputError(
                 f"need at least 2 environments, found {len(levels)} ({', '.join(levels)})"
             )
-        small = [f"{lv} (n={c})" for lv, c in zip(levels, counts) if c < self.min_samples_per_env]
-        if small:
-            raise InputError(
-                f"environment(s) with fewer than {self.min_samples_per_env} samples: "
-                + ", ".join(small)
-            )
+        if len(levels) > 50 or (counts < self.min_samples_per_env).any():
+            raise InputError(describe_levels(levels, counts, self.min_samples_per_env, "environment labels"))
 
         cov = self.covariates
         cov_names = self.covariate_names

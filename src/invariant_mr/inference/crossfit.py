@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from invariant_mr.data import MRData
+from invariant_mr.errors import InputError
 from invariant_mr.inference.settings import InferenceSettings
 from invariant_mr.results import Estimate
 from invariant_mr.inference.estimates import iv_estimates
@@ -55,7 +56,7 @@ def crossfit_instruments(
     Folds may learn different numbers of instruments; missing columns are zero.
     """
     if n_folds < 2:
-        raise ValueError("cross-fitting needs at least 2 folds")
+        raise InputError(f"cross-fitting needs at least 2 folds, got {n_folds}")
     folds = stratified_folds(data.env_codes, n_folds, rng)
     blocks: list[np.ndarray | None] = [None] * n_folds
     learners = []

@@ -41,6 +41,7 @@ Steps of `LinearInvariantInstruments.fit`:
 
 from __future__ import annotations
 
+import math
 from typing import Hashable
 
 import numpy as np
@@ -300,6 +301,13 @@ class LinearInvariantInstruments:
             raise InputError("the invariant method needs at least 2 environments")
         if not 0 < self.alpha < 1:
             raise InputError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.n_components == "auto" and int(self.n_permutations) < math.ceil(1 / self.alpha) - 1:
+            # The smallest permutation p-value is 1 / (B + 1): with fewer draws the test can never
+            # reject, and every direction of the signal subspace would be kept as "invariant".
+            raise InputError(
+                f"n_permutations must be at least {math.ceil(1 / self.alpha) - 1} at alpha={self.alpha} "
+                f"for the permutation test to be able to reject, got {self.n_permutations}"
+            )
         lookup: dict[Hashable, int] = {lv: i for i, lv in enumerate(levels)}
         codes = np.fromiter((lookup[e] for e in env), dtype=np.int64, count=env.shape[0])
         rng = np.random.default_rng(self.random_state) if not isinstance(

@@ -34,6 +34,7 @@ from invariant_mr.io.phenotypes import (
     SampleAccounting,
     check_environment_sizes,
     match_phenotypes,
+    MISSING_CODES,
     read_phenotype_table,
 )
 from invariant_mr.provenance import input_record
@@ -101,6 +102,7 @@ def load_genetic_data(
     count_a1: bool = True,
     chunk_variants: int = DEFAULT_CHUNK_VARIANTS,
     hash_inputs: bool = True,
+    missing_codes: Sequence[str] = MISSING_CODES,
 ) -> GeneticAnalysisInput:
     """Load a PLINK 1 fileset (`bfile` prefix) or a .npy matrix with a phenotype table into `MRData`.
 
@@ -117,7 +119,7 @@ def load_genetic_data(
         bfile=bfile, npy=npy, npy_samples=npy_samples, npy_variants=npy_variants, count_a1=count_a1
     )
     pheno_path = Path(pheno)
-    table = read_phenotype_table(pheno_path)
+    table = read_phenotype_table(pheno_path, missing_codes)
     columns = PhenotypeColumns(
         env=env_col, exposure=exposure, outcome=outcome, covariates=tuple(covariates), iid=iid_col, fid=fid_col
     )
@@ -183,6 +185,7 @@ def load_genetic_data(
         "region": region,
         "min_samples_per_env": min_samples_per_env,
         "qc": thresholds.to_dict(),
+        "missing_codes": list(missing_codes),
     }
     return GeneticAnalysisInput(
         data=data,

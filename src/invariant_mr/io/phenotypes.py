@@ -20,11 +20,46 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from invariant_mr.data import MIN_SAMPLES_PER_ENV
+from invariant_mr.data import MIN_SAMPLES_PER_ENV, describe_levels
 from invariant_mr.errors import InputError
 
 #: Strings read as missing, besides the empty field (pandas' defaults plus PLINK's ".").
 NA_VALUES = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", ".", "#N/A")
+#: `--missing-code` default: PLINK's phenotype missing code and NA.
+MISSING_CODES = ("-9", "NA")
+
+
+def parse_missing_codes(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """`--missing-code "-9,NA"` -> ("-9", "NA"); an empty string means none beyond the empty field."""
+    if text is None:
+        return MISSING_CODES
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return tuple(dict.fromkeys(str(c).strip() for c in items if str(c).strip()))
+
+
+def header_names(path: Path, sep: str) -> list[str]:
+    """The header exactly as written (pandas renames duplicates to "x.1", which would hide them)."""
+    import csv
+    import gzip
+
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rt", newline="") as fh:
+        first = fh.readline().rstrip("\r\n")
+    if len(sep) == 1:
+        return [c.strip() for c in next(csv.reader([first], delimiter=sep))]
+    import re
+
+    return [c.strip() for c in re.split(sep, first.strip())]
+
+
+def refuse_duplicate_columns(names: Sequence[str], source: str) -> None:
+    seen, dup = set(), []
+    for name in names:
+        if name in seen and name not in dup:
+            dup.append(name)
+        seen.add(name)
+    if dup:
+        raise InputError(f"{source} has duplicate column name(s): {', '.join(map(repr, dup))}; rename them")
 
 #: ID column names recognised when none is given (PLINK 2 writes "#FID"/"#IID").
 IID_CANDIDATES = ("IID", "#IID", "iid", "sample_id", "sample", "ID", "id")
@@ -34,7 +69,7 @@ FID_CANDIDATES = ("FID", "#FID", "fid")
 MAX_COVARIATE_LEVELS = 50
 
 
-def read_phenotype_table(path: str | os.PathLike) -> pd.DataFrame:
+def read_phenotype_table(path: str | os.PathLike, missing_codes: Sequence[str] = MISSING_CODES) -> pd.DataFrame:
     """The whole table with every column as text (Parquet keeps its types).
 
     Reading as text keeps IDs such as "007" intact; the chosen numeric
@@ -42,6 +77,8 @@ def read_phenotype_table(path: str | os.PathLike) -> pd.DataFrame:
     The format follows the extension: .csv (comma), .tsv/.tab (tab),
     .parquet/.pq, anything else (e.g. .txt, PLINK .pheno) sniffed from the
     header line: tab, comma or runs of spaces. A trailing .gz is allowed.
+    `missing_codes` (PLINK's -9 and NA by default) are read as missing, as
+    are the empty field and the usual spellings of NA.
     """
     path = Path(path)
     if not path.is_file():
@@ -60,8 +97,9 @@ def read_phenotype_table(path: str | os.PathLike) -> pd.DataFrame:
                 ) from None
         else:
             sep = {".csv": ",", ".tsv": "\t", ".tab": "\t"}.get(ext) or _sniff_separator(path)
+            refuse_duplicate_columns(header_names(path, sep), f"phenotype file {path}")
             table = pd.read_csv(
-                path, sep=sep, dtype=str, keep_default_na=False, na_values=list(NA_VALUES),
+                path, sep=sep, dtype=str, keep_default_na=False, na_values=[*NA_VALUES, *missing_codes],
                 engine="c" if len(sep) == 1 else "python",
             )
     except pd.errors.EmptyDataError:
@@ -418,9 +456,7 @@ def check_environment_sizes(env: np.ndarray, min_samples: int, column: str, stag
             f"--env-col {column!r}: need at least 2 environments {stage}, found {len(levels)} "
             f"({', '.join(levels)})"
         )
-    small = [f"{str(lv)!r} (n={c})" for lv, c in zip(levels, counts) if c < min_samples]
-    if small:
-        raise InputError(
-            f"--env-col {column!r}: environment(s) with fewer than {min_samples} samples {stage}: "
-            f"{', '.join(small)}. Merge or drop them, or lower --min-env-samples"
-        )
+    if len(levels) > 50 or (counts < min_samples).any():
+        why = describe_levels(levels, counts, min_samples, f"--env-col {column!r}", stage)
+        hint = "" if len(levels) > 50 else ". Merge or drop them, or lower --min-env-samples"
+        raise InputError(why + hint)

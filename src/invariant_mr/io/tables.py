@@ -10,24 +10,40 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from invariant_mr.data import MRData
+from invariant_mr.data import MAX_ABS_VALUE, MRData
 from invariant_mr.errors import InputError
+from invariant_mr.io.phenotypes import MISSING_CODES, header_names, refuse_duplicate_columns
 
 
-def read_table(path: str | Path, option: str = "--table") -> pd.DataFrame:
-    """Read .tsv/.txt (tab), .csv (comma) or .parquet; anything else is sniffed."""
+def read_table(path: str | Path, option: str = "--table", missing_codes: Sequence[str] = MISSING_CODES) -> pd.DataFrame:
+    """Read .tsv/.txt (tab), .csv (comma) or .parquet; anything else is sniffed.
+
+    `missing_codes` (PLINK's -9 and NA by default) are read as missing, besides
+    pandas' usual NA spellings. Duplicate column names are refused by name
+    (pandas would silently rename the second "z2" to "z2.1").
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{option} {path}: file not found")
     suffix = "".join(path.suffixes[-2:]).lower()
+    na = list(missing_codes)
     try:
         if suffix.endswith(".parquet") or suffix.endswith(".pq"):
-            return pd.read_parquet(path)
+            table = pd.read_parquet(path)
+            refuse_duplicate_columns([str(c) for c in table.columns], f"{option} {path}")
+            return table.replace({code: np.nan for code in na})
         if suffix.endswith((".tsv", ".tsv.gz", ".txt", ".txt.gz", ".tab")):
-            return pd.read_csv(path, sep="\t")
-        if suffix.endswith((".csv", ".csv.gz")):
-            return pd.read_csv(path)
-        return pd.read_csv(path, sep=None, engine="python")
+            sep = "\t"
+        elif suffix.endswith((".csv", ".csv.gz")):
+            sep = ","
+        else:
+            sep = None
+        if sep is not None:
+            refuse_duplicate_columns(header_names(path, sep), f"{option} {path}")
+            return pd.read_csv(path, sep=sep, na_values=na)
+        table = pd.read_csv(path, sep=None, engine="python", na_values=na)
+        refuse_duplicate_columns([str(c) for c in table.columns], f"{option} {path}")
+        return table
     except ImportError as exc:
         raise InputError(f"{option} {path}: reading this format needs an extra package ({exc})") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
@@ -54,7 +70,14 @@ def numeric_column(df: pd.DataFrame, column: str, option: str, path) -> np.ndarr
         raise InputError(f"{option} {column!r} in {path}: all values are missing")
     if values.isna().any():
         raise InputError(f"{option} {column!r} in {path}: {int(values.isna().sum())} missing value(s)")
-    return values.to_numpy(dtype=float)
+    out = values.to_numpy(dtype=float)
+    peak = float(np.max(np.abs(out)))
+    if not np.isfinite(peak) or peak > MAX_ABS_VALUE:
+        raise InputError(
+            f"{option} {column!r} in {path}: values up to {peak:.3g} are too large for the cross-products to stay "
+            f"finite; rescale the column (e.g. to other units) below {MAX_ABS_VALUE:g}"
+        )
+    return out
 
 
 def select_columns(df: pd.DataFrame, patterns: str | Sequence[str], option: str, path, exclude=()) -> list[str]:
@@ -72,7 +95,12 @@ def select_columns(df: pd.DataFrame, patterns: str | Sequence[str], option: str,
     return chosen
 
 
-def mrdata_from_table(
+def mrdata_from_table(df: pd.DataFrame, **kwargs) -> MRData:
+    """`MRData` from a table (see `table_data`, which also reports the rows dropped for missing values)."""
+    return table_data(df, **kwargs)[0]
+
+
+def table_data(
     df: pd.DataFrame,
     *,
     env: str,
@@ -82,21 +110,38 @@ def mrdata_from_table(
     covariates: str | Sequence[str] | None = None,
     id_column: str | None = "iid",
     path: str | Path = "table",
-) -> MRData:
+) -> tuple[MRData, dict[str, int]]:
+    """(data, dropped): rows missing any used value are dropped, counted per reason, as PLINK does."""
     for col, opt in ((env, "--env"), (exposure, "--exposure"), (outcome, "--outcome")):
         if col not in df.columns:
             raise unknown_column(col, df.columns, opt, path)
-    if df[env].isna().any():
-        raise InputError(f"--env {env!r} in {path}: {int(df[env].isna().sum())} missing environment label(s)")
+    if exposure == outcome:
+        raise InputError(f"--exposure and --outcome both name column {exposure!r}: give two different traits")
+    if env in (exposure, outcome):
+        raise InputError(f"--env {env!r} is also the {'exposure' if env == exposure else 'outcome'}")
     roles = {env, exposure, outcome} | ({id_column} if id_column else set())
     cov_cols = select_columns(df, covariates, "--covariates", path) if covariates else []
+    _refuse_roles_as_instruments(instruments, {env: "--env", exposure: "--exposure", outcome: "--outcome"})
     inst_cols = select_columns(df, instruments, "--instruments", path, exclude=roles | set(cov_cols))
+    used = [(env, "environment"), (exposure, "exposure"), (outcome, "outcome")]
+    used += [(c, "covariate") for c in cov_cols] + [(c, "instrument") for c in inst_cols]
+    keep = np.ones(len(df), dtype=bool)
+    dropped: dict[str, int] = {}
+    for col, role in used:
+        missing = df[col].isna().to_numpy()
+        count = int((missing & keep).sum())
+        if count:
+            dropped[f"missing {role} ({col})"] = count
+        keep &= ~missing
+    if not keep.any():
+        raise InputError(f"{path}: every row misses a used value ({', '.join(dropped)})")
+    df = df.loc[keep]
     Z = np.column_stack([numeric_column(df, c, "--instruments", path) for c in inst_cols])
     cov = (
         np.column_stack([numeric_column(df, c, "--covariates", path) for c in cov_cols]) if cov_cols else None
     )
     ids = df[id_column].astype(str).to_numpy(dtype=object) if id_column and id_column in df.columns else None
-    return MRData(
+    data = MRData(
         Z=Z,
         exposure=numeric_column(df, exposure, "--exposure", path),
         outcome=numeric_column(df, outcome, "--outcome", path),
@@ -106,6 +151,15 @@ def mrdata_from_table(
         sample_ids=ids,
         instrument_names=inst_cols,
     )
+    return data, dropped
+
+
+def _refuse_roles_as_instruments(instruments: str | Sequence[str], roles: dict[str, str]) -> None:
+    """`--instruments "z*,exposure"`: say that a role column cannot be an instrument (not "no such column")."""
+    patterns = [p.strip() for p in instruments.split(",")] if isinstance(instruments, str) else list(instruments)
+    for pat in patterns:
+        if pat in roles:
+            raise InputError(f"--instruments {pat!r}: the {roles[pat].lstrip('-')} column cannot also be an instrument")
 
 
 def mrdata_to_table(data: MRData, env_name: str = "environment") -> pd.DataFrame:

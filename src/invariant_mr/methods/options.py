@@ -22,13 +22,13 @@ WARM_START_NAMES = ("none", "linear")
 AR_MAX_INSTRUMENTS = MethodOption(
     "ar_max_instruments", int, AR_MAX_INSTRUMENTS_DEFAULT,
     "most instruments for which the robust Anderson-Rubin set is computed (its inversion costs "
-    "O(k^3) per grid point; the classical set is always computed)",
+    "O(k^3) per grid point; the classical set is always computed)", "shared",
 )  # fmt: skip
 DIAGNOSTIC_PERMUTATIONS = MethodOption(
     "diagnostic_permutations", int, DIAGNOSTIC_PERMUTATIONS_DEFAULT,
-    "permutations of the MMD invariance and HSIC independence diagnostics (seeded by --seed)",
+    "permutations of the MMD invariance and HSIC independence diagnostics (seeded by --seed)", "shared",
 )  # fmt: skip
-N_FOLDS = MethodOption("n_folds", int, 2, "folds for the cross-fitted methods (at least 2)")
+N_FOLDS = MethodOption("n_folds", int, 2, "folds for the cross-fitted methods (at least 2)", "shared")
 
 # ------------------------------------------------------------------ closed-form invariant directions
 LINEAR = "invariant_linear"
@@ -95,3 +95,44 @@ SUMMARY_OPTIONS = (ENV_ADJUST, P_THRESHOLD)
 BASELINE = "IV baselines"
 N_PCS = MethodOption("n_pcs", int, 10, "genotype principal components adjusted for by tsls_pcs (at most #instruments - 1)", BASELINE)
 TSHT_THRESHOLD = MethodOption("tsht_threshold", float, None, "TSHT thresholding multiplier (default sqrt(log n))", BASELINE)
+
+
+#: Smallest accepted value of integer options, and why (checked before any work starts).
+_MINIMUM = {
+    "n_folds": (2, "cross-fitting needs at least 2 folds"),
+    "n_permutations": (19, "with fewer permutations the test cannot reject at level 0.05, so every direction would be kept"),
+    "diagnostic_permutations": (19, "with fewer permutations the tests cannot reject at level 0.05"),
+    "ar_max_instruments": (1, "it is a number of instruments"),
+    "n_bootstrap": (2, "a bootstrap SE needs at least 2 draws"),
+    "presso_n_distribution": (2, "the null distribution needs at least 2 draws"),
+    "n_pcs": (1, "it is a number of principal components"),
+    "latent_dim_v": (1, "a code needs at least one dimension"),
+    "latent_dim_w": (1, "a code needs at least one dimension"),
+    "epochs": (1, "training needs at least one epoch"),
+    "batch_size": (2, "a mini-batch needs at least 2 rows per environment"),
+    "invariance_permutations": (0, "0 skips the test"),
+}
+
+
+def check_option_values(values) -> None:
+    """Refuse option values that would make a method silently wrong (e.g. --n-permutations 0)."""
+    from invariant_mr.errors import InputError
+
+    for name, (minimum, why) in _MINIMUM.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        if int(value) < minimum:
+            flag = "--" + name.replace("_", "-")
+            raise InputError(f"{flag} must be at least {minimum}, got {value}: {why}")
+    for name in ("n_components", "signal_rank", "direction_bootstrap"):
+        value = values.get(name)
+        if value is None or value == "auto":
+            continue
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise InputError(f"--{name.replace('_', '-')} must be 'auto' or an integer, got {value!r}") from None
+        if number < 0 or (name != "direction_bootstrap" and number == 0) or (name == "direction_bootstrap" and number == 1):
+            allowed = "0, at least 2, or 'auto'" if name == "direction_bootstrap" else "a positive integer or 'auto'"
+            raise InputError(f"--{name.replace('_', '-')} must be {allowed}, got {value!r}")

@@ -39,7 +39,10 @@ class MethodContext:
 
     def __post_init__(self):
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
-        self.inference  # validates alpha, cov_type and the shared inference options
+        from invariant_mr.methods.options import check_option_values
+
+        check_option_values(self.options)
+        self.inference  # validates alpha and cov_type
 
     @property
     def inference(self):
