@@ -182,7 +182,7 @@ def test_presso_distortion_matches_refitting_each_draw():
     out[[2, 11]] = True
     coef, p = presso_distortion_test(ss, out, 200, np.random.default_rng(9))
     w = ss.se_outcome**-2
-    fit = lambda idx: sm.WLS(ss.beta_outcome[idx], ss.beta_exposure[idx], weights=w[idx]).fit().params[0]  # noqa: E731
+    fit = lambda idx: sm.WLS(ss.beta_outcome[idx], ss.beta_exposure[idx], weights=w[idx]).fit().params[0]
     all_, kept = fit(np.arange(30)), fit(np.flatnonzero(~out))
     assert coef == pytest.approx(100 * (all_ - kept) / abs(kept), rel=1e-10)
     rng = np.random.default_rng(9)

@@ -35,6 +35,7 @@ one-dimensional searches are solved to a tighter tolerance than R's
 from __future__ import annotations
 
 from functools import lru_cache
+from itertools import pairwise
 
 import numpy as np
 from scipy import integrate, optimize, stats
@@ -80,10 +81,13 @@ def loss_constants(loss: str, k: float | None = None) -> tuple[float, float, flo
         # The robust psi has kinks at +-k: split the integral there for accuracy.
         kk = k if k is not None else _DEFAULT_K.get(loss, 1.0)
         pts = [-np.inf, -kk, kk, np.inf]
-        return sum(integrate.quad(lambda x: f(x) * stats.norm.pdf(x), a, b, epsabs=1e-13, epsrel=1e-12)[0] for a, b in zip(pts[:-1], pts[1:]))
+        return sum(
+            integrate.quad(lambda x: f(x) * stats.norm.pdf(x), a, b, epsabs=1e-13, epsrel=1e-12)[0]
+            for a, b in pairwise(pts)
+        )
 
-    psi = lambda x: float(rho(x, loss, k, 1))  # noqa: E731
-    dpsi = lambda x: float(rho(x, loss, k, 2))  # noqa: E731
+    psi = lambda x: float(rho(x, loss, k, 1))
+    dpsi = lambda x: float(rho(x, loss, k, 2))
     delta = expect(lambda x: x * psi(x))
     c1 = expect(lambda x: psi(x) ** 2)
     c2 = expect(lambda x: x**2 * psi(x) ** 2) - delta**2

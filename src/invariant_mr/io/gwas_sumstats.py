@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -98,8 +98,7 @@ def _separator(path: Path, sep: str | None) -> str:
         return sep
     name = path.name.lower()
     for suffix in (".gz", ".bz2", ".xz", ".zst"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
+        name = name.removesuffix(suffix)
     return "," if name.endswith(".csv") else "\t"
 
 
@@ -246,7 +245,7 @@ class SumstatsTable:
             raise InputError(f"no exposure named {name!r}; the table has {', '.join(self.exposures)}")
         return self.exposures.index(name)
 
-    def subset(self, keep) -> "SumstatsTable":
+    def subset(self, keep) -> SumstatsTable:
         """The variants selected by a boolean mask or index array, in that order."""
         keep = np.asarray(keep)
         idx = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(int)
@@ -678,13 +677,13 @@ def _fmt(x: float) -> str:
 __all__ = [
     "DEFAULT_MAF_THRESHOLD",
     "DROP_REASONS",
-    "DroppedVariant",
-    "GWASTable",
     "GWAS_OPTIONAL",
     "GWAS_REQUIRED",
-    "HarmonisedSumstats",
     "MR_OPTIONAL",
     "MR_REQUIRED",
+    "DroppedVariant",
+    "GWASTable",
+    "HarmonisedSumstats",
     "SumstatsTable",
     "complement",
     "harmonise",
