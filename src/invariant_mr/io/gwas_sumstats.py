@@ -1,0 +1,693 @@
+"""GWAS summary statistics for two-sample MR: reading and allele harmonisation.
+
+Two inputs are supported.
+
+* One table that is already harmonised (what `run --sumstats-out` writes):
+  `variant, beta_exposure, se_exposure, beta_outcome, se_outcome`, with
+  optional `effect_allele, other_allele, eaf_exposure, eaf_outcome,
+  pval_exposure, n_exposure, n_outcome, chrom, pos`. Several exposures
+  (multivariable MR) come as one `beta_exposure_<name>` / `se_exposure_<name>`
+  pair per exposure (optionally `pval_exposure_<name>`).
+* Two GWAS tables, one for the exposure and one for the outcome, each with
+  `variant, effect_allele, other_allele, beta, se` and optional
+  `eaf, pval, n, chrom, pos`, aligned by `harmonise`.
+
+Every column can be renamed with a mapping from the canonical name to the
+name in the file. Missing values are the empty string and `NA`/`NaN`.
+
+`harmonise` follows TwoSampleMR's `harmonise_data` (Hemani et al. 2018,
+eLife 7:e34408; its `harmonise_22` for two-allele variants):
+
+1. keep exposure variants present in the outcome GWAS (matched on the id);
+2. outcome alleles in the opposite order: negate the outcome beta, EAF -> 1 - EAF;
+3. non-palindromic variants whose alleles still differ: complement the
+   outcome alleles (the other strand), then step 2 again;
+4. alleles that still differ: drop ("incompatible_alleles");
+5. palindromic variants (A/T, C/G), whose strand cannot be read off the
+   alleles: with `palindromes="infer"` (TwoSampleMR action 2) the variant is
+   ambiguous when either EAF lies strictly between `maf_threshold` and
+   `1 - maf_threshold` (or is missing) and is dropped; otherwise the
+   outcome beta is negated when the two EAFs lie on opposite sides of 0.5.
+   With `palindromes="drop"` (action 3) every palindromic variant is dropped.
+
+The default threshold 0.42 is TwoSampleMR's: `0.5 - tolerance` with its
+fixed `tolerance = 0.08`. Every exposure variant that does not reach the
+analysis is listed in `HarmonisedSumstats.dropped` with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from invariant_mr.errors import InputError
+
+#: Required columns of the one-table (already harmonised) form.
+MR_REQUIRED = ("variant", "beta_exposure", "se_exposure", "beta_outcome", "se_outcome")
+#: Optional columns of the one-table form.
+MR_OPTIONAL = (
+    "effect_allele",
+    "other_allele",
+    "eaf_exposure",
+    "eaf_outcome",
+    "pval_exposure",
+    "n_exposure",
+    "n_outcome",
+    "chrom",
+    "pos",
+)
+#: Required and optional columns of one GWAS table (two-file form).
+GWAS_REQUIRED = ("variant", "effect_allele", "other_allele", "beta", "se")
+GWAS_OPTIONAL = ("eaf", "pval", "n", "chrom", "pos")
+
+#: TwoSampleMR's palindrome ambiguity bound: 0.5 - tolerance (0.08).
+DEFAULT_MAF_THRESHOLD = 0.42
+
+_COMPLEMENT = str.maketrans("ACGTacgt", "TGCAtgca")
+_MISSING = {"", "NA", "NaN", "nan", "NAN", "na", "."}
+
+
+def _readonly(values, dtype=float) -> np.ndarray:
+    out = np.array(values, dtype=dtype, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+def _optional(values, dtype=float):
+    return None if values is None else _readonly(values, dtype)
+
+
+def complement(allele: str) -> str:
+    """The allele on the other strand, base by base (TwoSampleMR's `flip_alleles`)."""
+    return allele.translate(_COMPLEMENT)
+
+
+def is_palindromic(a1: str, a2: str) -> bool:
+    """A/T or C/G single-base variants: the two strands carry the same allele pair."""
+    return len(a1) == 1 and len(a2) == 1 and complement(a1) == a2
+
+
+# ----------------------------------------------------------------------------- reading
+def _separator(path: Path, sep: str | None) -> str:
+    if sep is not None:
+        return sep
+    name = path.name.lower()
+    for suffix in (".gz", ".bz2", ".xz", ".zst"):
+        name = name.removesuffix(suffix)
+    return "," if name.endswith(".csv") else "\t"
+
+
+def _read_frame(path, sep: str | None, what: str):
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path}: no such file")
+    try:
+        frame = pd.read_csv(path, sep=_separator(path, sep), dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"{what} {path}: cannot be parsed as a table ({exc})") from None
+    if frame.shape[0] == 0:
+        raise InputError(f"{what} {path}: no variants")
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _column_map(columns: Mapping[str, str] | None, known: Sequence[str], what: str) -> dict[str, str]:
+    """canonical name -> file column; unknown canonical names are an error (typo guard)."""
+    columns = dict(columns or {})
+    for canonical in columns:
+        if canonical not in known and not re.fullmatch(r"(beta|se|pval)_exposure_\w+", canonical):
+            raise InputError(
+                f"{what}: cannot rename unknown column {canonical!r}; known columns: {', '.join(known)}"
+            )
+    return columns
+
+
+def _numeric(frame, column: str, path, what: str, *, required: bool) -> np.ndarray:
+    raw = frame[column].str.strip()
+    missing = raw.isin(_MISSING).to_numpy()
+    values = np.full(len(raw), np.nan)
+    text = raw[~missing]
+    try:
+        values[~missing] = text.astype(float).to_numpy()
+    except ValueError:
+        bad = next(i for i, v in zip(text.index, text) if not _is_float(v))
+        raise InputError(
+            f"{what} {path}: column {column!r} has a non-numeric value {text[bad]!r} (data row {bad + 1})"
+        ) from None
+    if required and missing.any():
+        first = int(np.flatnonzero(missing)[0])
+        raise InputError(
+            f"{what} {path}: column {column!r} has {int(missing.sum())} missing value(s) (first at data row {first + 1})"
+        )
+    return values
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class SumstatsTable:
+    """Harmonised per-variant associations with one or more exposures and one outcome.
+
+    `beta_exposure`, `se_exposure` (and `pval_exposure` when given) are
+    (L, K) arrays, one column per name in `exposures`; everything else is
+    per variant. All arrays are read-only copies; absent optional columns
+    are None.
+    """
+
+    variant: tuple[str, ...]
+    exposures: tuple[str, ...]
+    beta_exposure: np.ndarray
+    se_exposure: np.ndarray
+    beta_outcome: np.ndarray
+    se_outcome: np.ndarray
+    effect_allele: tuple[str, ...] | None = None
+    other_allele: tuple[str, ...] | None = None
+    eaf_exposure: np.ndarray | None = None
+    eaf_outcome: np.ndarray | None = None
+    pval_exposure: np.ndarray | None = None
+    n_exposure: np.ndarray | None = None
+    n_outcome: np.ndarray | None = None
+    chrom: tuple[str, ...] | None = None
+    pos: np.ndarray | None = None
+    source: str = ""
+
+    def __post_init__(self):
+        L = len(self.variant)
+        object.__setattr__(self, "variant", tuple(str(v) for v in self.variant))
+        object.__setattr__(self, "exposures", tuple(str(e) for e in self.exposures))
+        K = len(self.exposures)
+        if K == 0:
+            raise InputError("at least one exposure is needed")
+        if len(set(self.variant)) != L:
+            dup = sorted({v for v in self.variant if self.variant.count(v) > 1})[:5]
+            raise InputError(f"duplicated variant id(s): {', '.join(dup)}")
+        for name in ("beta_exposure", "se_exposure", "pval_exposure"):
+            arr = getattr(self, name)
+            if arr is None:
+                continue
+            arr = np.asarray(arr, dtype=float).reshape(L, -1)
+            if arr.shape[1] != K:
+                raise InputError(f"{name} has {arr.shape[1]} column(s) for {K} exposure(s)")
+            object.__setattr__(self, name, _readonly(arr))
+        for name in ("beta_outcome", "se_outcome", "eaf_exposure", "eaf_outcome", "n_exposure", "n_outcome", "pos"):
+            arr = getattr(self, name)
+            if arr is None:
+                continue
+            arr = np.asarray(arr, dtype=float).ravel()
+            if arr.shape[0] != L:
+                raise InputError(f"{name} has {arr.shape[0]} values for {L} variants")
+            object.__setattr__(self, name, _readonly(arr))
+        for name in ("effect_allele", "other_allele", "chrom"):
+            vals = getattr(self, name)
+            if vals is not None:
+                vals = tuple(str(v) for v in vals)
+                if len(vals) != L:
+                    raise InputError(f"{name} has {len(vals)} values for {L} variants")
+                object.__setattr__(self, name, vals)
+        for name in ("beta_exposure", "se_exposure", "beta_outcome", "se_outcome"):
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise InputError(f"{name} has missing or infinite values")
+        for name in ("se_exposure", "se_outcome"):
+            if np.any(getattr(self, name) <= 0):
+                raise InputError(f"{name} must be positive")
+        for name in ("eaf_exposure", "eaf_outcome"):
+            arr = getattr(self, name)
+            if arr is not None and np.any((arr <= 0) | (arr >= 1)):
+                raise InputError(f"{name} must lie strictly between 0 and 1")
+        if self.pval_exposure is not None and np.any((self.pval_exposure < 0) | (self.pval_exposure > 1)):
+            raise InputError("pval_exposure must lie in [0, 1]")
+
+    @property
+    def n_variants(self) -> int:
+        return len(self.variant)
+
+    @property
+    def n_exposures(self) -> int:
+        return len(self.exposures)
+
+    def exposure_index(self, name: str | None) -> int:
+        if name is None:
+            return 0
+        if name not in self.exposures:
+            raise InputError(f"no exposure named {name!r}; the table has {', '.join(self.exposures)}")
+        return self.exposures.index(name)
+
+    def subset(self, keep) -> SumstatsTable:
+        """The variants selected by a boolean mask or index array, in that order."""
+        keep = np.asarray(keep)
+        idx = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(int)
+
+        def pick(x):
+            if x is None:
+                return None
+            if isinstance(x, tuple):
+                return tuple(x[i] for i in idx)
+            return x[idx]
+
+        return SumstatsTable(
+            variant=pick(self.variant),
+            exposures=self.exposures,
+            beta_exposure=pick(self.beta_exposure),
+            se_exposure=pick(self.se_exposure),
+            beta_outcome=pick(self.beta_outcome),
+            se_outcome=pick(self.se_outcome),
+            effect_allele=pick(self.effect_allele),
+            other_allele=pick(self.other_allele),
+            eaf_exposure=pick(self.eaf_exposure),
+            eaf_outcome=pick(self.eaf_outcome),
+            pval_exposure=pick(self.pval_exposure),
+            n_exposure=pick(self.n_exposure),
+            n_outcome=pick(self.n_outcome),
+            chrom=pick(self.chrom),
+            pos=pick(self.pos),
+            source=self.source,
+        )
+
+    def summary(self) -> str:
+        f = (self.beta_exposure / self.se_exposure) ** 2
+        per = ", ".join(f"{e}: median F {np.median(f[:, k]):.1f}" for k, e in enumerate(self.exposures))
+        return f"{self.n_variants} variants, {self.n_exposures} exposure(s) ({per})" + (
+            f" from {self.source}" if self.source else ""
+        )
+
+
+def read_mr_sumstats(
+    path: str | os.PathLike, columns: Mapping[str, str] | None = None, *, sep: str | None = None
+) -> SumstatsTable:
+    """Read the one-table form (already harmonised); `columns` maps canonical -> file names.
+
+    Exposures: a `beta_exposure`/`se_exposure` pair (exposure name
+    "exposure"), or one `beta_exposure_<name>`/`se_exposure_<name>` pair per
+    exposure (multivariable). A file with both forms is an error. The
+    separator is "," for *.csv and a tab otherwise unless `sep` is given.
+    """
+    what = "--sumstats"
+    cmap = _column_map(columns, MR_REQUIRED + MR_OPTIONAL, what)
+    frame = _read_frame(path, sep, what)
+    rename = {v: k for k, v in cmap.items()}
+    missing_renamed = [v for v in cmap.values() if v not in frame.columns]
+    if missing_renamed:
+        raise InputError(
+            f"{what} {path}: column(s) {', '.join(missing_renamed)} named in the column mapping are not in the file "
+            f"(it has {', '.join(frame.columns)})"
+        )
+    frame = frame.rename(columns=rename)
+    cols = list(frame.columns)
+    multi = sorted(
+        {m.group(1) for c in cols if (m := re.fullmatch(r"beta_exposure_(\w+)", c))}
+        | {m.group(1) for c in cols if (m := re.fullmatch(r"se_exposure_(\w+)", c))}
+    )
+    single = "beta_exposure" in cols or "se_exposure" in cols
+    if multi and single:
+        raise InputError(
+            f"{what} {path}: has both beta_exposure/se_exposure and per-exposure beta_exposure_<name> columns; use one form"
+        )
+    if multi:
+        # Keep the file's column order for the exposures (the user's order).
+        order = [m.group(1) for c in cols if (m := re.fullmatch(r"beta_exposure_(\w+)", c))]
+        names = tuple(dict.fromkeys(order + multi))
+        for name in names:
+            for stem in ("beta_exposure", "se_exposure"):
+                if f"{stem}_{name}" not in cols:
+                    raise InputError(f"{what} {path}: exposure {name!r} has no {stem}_{name} column")
+        beta_cols = [f"beta_exposure_{n}" for n in names]
+        se_cols = [f"se_exposure_{n}" for n in names]
+        p_cols = [f"pval_exposure_{n}" for n in names]
+    else:
+        names = ("exposure",)
+        beta_cols, se_cols, p_cols = ["beta_exposure"], ["se_exposure"], ["pval_exposure"]
+    required = ["variant", *beta_cols, *se_cols, "beta_outcome", "se_outcome"]
+    absent = [c for c in required if c not in cols]
+    if absent:
+        raise InputError(
+            f"{what} {path}: missing column(s) {', '.join(absent)} (the file has {', '.join(cols)}; "
+            "rename columns with the column mapping)"
+        )
+
+    def num(c, req=True):
+        return _numeric(frame, c, path, what, required=req)
+
+    def opt(c):
+        return num(c, False) if c in cols else None
+
+    variant = tuple(frame["variant"].str.strip())
+    pvals = None
+    if all(c in cols for c in p_cols):
+        pvals = np.column_stack([num(c, False) for c in p_cols])
+    elif multi and "pval_exposure" in cols:
+        raise InputError(f"{what} {path}: use pval_exposure_<name> columns with several exposures")
+    try:
+        return SumstatsTable(
+            variant=variant,
+            exposures=names,
+            beta_exposure=np.column_stack([num(c) for c in beta_cols]),
+            se_exposure=np.column_stack([num(c) for c in se_cols]),
+            beta_outcome=num("beta_outcome"),
+            se_outcome=num("se_outcome"),
+            effect_allele=tuple(frame["effect_allele"].str.strip().str.upper()) if "effect_allele" in cols else None,
+            other_allele=tuple(frame["other_allele"].str.strip().str.upper()) if "other_allele" in cols else None,
+            eaf_exposure=opt("eaf_exposure"),
+            eaf_outcome=opt("eaf_outcome"),
+            pval_exposure=pvals,
+            n_exposure=opt("n_exposure"),
+            n_outcome=opt("n_outcome"),
+            chrom=tuple(frame["chrom"].str.strip()) if "chrom" in cols else None,
+            pos=opt("pos"),
+            source=str(path),
+        )
+    except InputError as exc:
+        raise InputError(f"{what} {path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class GWASTable:
+    """One GWAS: per-variant effect of `effect_allele` (vs `other_allele`) on one trait."""
+
+    variant: tuple[str, ...]
+    effect_allele: tuple[str, ...]
+    other_allele: tuple[str, ...]
+    beta: np.ndarray
+    se: np.ndarray
+    eaf: np.ndarray | None = None
+    pval: np.ndarray | None = None
+    n: np.ndarray | None = None
+    chrom: tuple[str, ...] | None = None
+    pos: np.ndarray | None = None
+    source: str = ""
+
+    def __post_init__(self):
+        L = len(self.variant)
+        for name in ("variant", "effect_allele", "other_allele", "chrom"):
+            vals = getattr(self, name)
+            if vals is None:
+                continue
+            vals = tuple(str(v) for v in vals)
+            if name in ("effect_allele", "other_allele"):
+                vals = tuple(v.upper() for v in vals)
+            if len(vals) != L:
+                raise InputError(f"{name} has {len(vals)} values for {L} variants")
+            object.__setattr__(self, name, vals)
+        for name in ("beta", "se", "eaf", "pval", "n", "pos"):
+            arr = getattr(self, name)
+            if arr is None:
+                continue
+            arr = np.asarray(arr, dtype=float).ravel()
+            if arr.shape[0] != L:
+                raise InputError(f"{name} has {arr.shape[0]} values for {L} variants")
+            object.__setattr__(self, name, _readonly(arr))
+
+    @property
+    def n_variants(self) -> int:
+        return len(self.variant)
+
+
+def read_gwas(
+    path: str | os.PathLike,
+    columns: Mapping[str, str] | None = None,
+    *,
+    sep: str | None = None,
+    what: str = "GWAS",
+) -> GWASTable:
+    """Read one GWAS table for the two-file form; `columns` maps canonical -> file names.
+
+    Rows with a missing beta/SE are kept here (NaN) and reported as dropped
+    by `harmonise`, so that the dropped-variant table is complete.
+    """
+    cmap = _column_map(columns, GWAS_REQUIRED + GWAS_OPTIONAL, what)
+    frame = _read_frame(path, sep, what)
+    missing_renamed = [v for v in cmap.values() if v not in frame.columns]
+    if missing_renamed:
+        raise InputError(
+            f"{what} {path}: column(s) {', '.join(missing_renamed)} named in the column mapping are not in the file "
+            f"(it has {', '.join(frame.columns)})"
+        )
+    frame = frame.rename(columns={v: k for k, v in cmap.items()})
+    cols = list(frame.columns)
+    absent = [c for c in GWAS_REQUIRED if c not in cols]
+    if absent:
+        raise InputError(
+            f"{what} {path}: missing column(s) {', '.join(absent)} (the file has {', '.join(cols)}; "
+            "rename columns with the column mapping)"
+        )
+
+    def opt(c):
+        return _numeric(frame, c, path, what, required=False) if c in cols else None
+
+    return GWASTable(
+        variant=tuple(frame["variant"].str.strip()),
+        effect_allele=tuple(frame["effect_allele"].str.strip()),
+        other_allele=tuple(frame["other_allele"].str.strip()),
+        beta=_numeric(frame, "beta", path, what, required=False),
+        se=_numeric(frame, "se", path, what, required=False),
+        eaf=opt("eaf"),
+        pval=opt("pval"),
+        n=opt("n"),
+        chrom=tuple(frame["chrom"].str.strip()) if "chrom" in cols else None,
+        pos=opt("pos"),
+        source=str(path),
+    )
+
+
+# ----------------------------------------------------------------------------- harmonisation
+@dataclass(frozen=True)
+class DroppedVariant:
+    """An exposure variant left out of the analysis, with a machine-readable reason."""
+
+    variant: str
+    reason: str
+    detail: str = ""
+
+
+#: Reasons `harmonise` gives, in the order the checks run.
+DROP_REASONS = {
+    "missing_exposure_value": "beta or SE missing (or SE not positive) in the exposure GWAS",
+    "duplicate_in_exposure": "variant id appears more than once in the exposure GWAS",
+    "not_in_outcome": "variant id absent from the outcome GWAS",
+    "duplicate_in_outcome": "variant id appears more than once in the outcome GWAS",
+    "missing_outcome_value": "beta or SE missing (or SE not positive) in the outcome GWAS",
+    "incompatible_alleles": "alleles differ between the GWAS even after swapping and strand flipping",
+    "palindromic": "palindromic (A/T or C/G) variant, dropped by the palindromes='drop' policy",
+    "palindromic_ambiguous": "palindromic variant with an allele frequency too close to 0.5 (or missing) to infer the strand",
+}
+
+
+@dataclass(frozen=True)
+class HarmonisedSumstats:
+    """The harmonised table, every dropped exposure variant with its reason, and counts of each fix."""
+
+    table: SumstatsTable
+    dropped: tuple[DroppedVariant, ...]
+    n_swapped: int
+    n_strand_flipped: int
+    n_palindromic_flipped: int
+    palindromes: str
+    maf_threshold: float
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    def dropped_rows(self) -> list[dict[str, str]]:
+        return [{"variant": d.variant, "reason": d.reason, "detail": d.detail} for d in self.dropped]
+
+    def dropped_tsv(self) -> str:
+        lines = ["variant\treason\tdetail"]
+        lines += [f"{d.variant}\t{d.reason}\t{d.detail}" for d in self.dropped]
+        return "\n".join(lines) + "\n"
+
+    def summary(self) -> str:
+        by_reason: dict[str, int] = {}
+        for d in self.dropped:
+            by_reason[d.reason] = by_reason.get(d.reason, 0) + 1
+        dropped = ", ".join(f"{k} {v}" for k, v in by_reason.items()) or "none"
+        return (
+            f"harmonised {self.table.n_variants} variants (alleles swapped {self.n_swapped}, strand flipped "
+            f"{self.n_strand_flipped}, palindromic inferred flipped {self.n_palindromic_flipped}); "
+            f"dropped: {dropped}"
+        )
+
+
+def _valid(beta: np.ndarray, se: np.ndarray) -> np.ndarray:
+    return np.isfinite(beta) & np.isfinite(se) & (se > 0)
+
+
+def harmonise(
+    exposure: GWASTable,
+    outcome: GWASTable,
+    *,
+    palindromes: str = "infer",
+    maf_threshold: float = DEFAULT_MAF_THRESHOLD,
+    exposure_name: str = "exposure",
+) -> HarmonisedSumstats:
+    """Align the outcome GWAS to the exposure GWAS's effect alleles (TwoSampleMR `harmonise_data`).
+
+    See the module docstring for the rules. The result's variants keep the
+    exposure GWAS's order; its alleles and EAFs are the exposure GWAS's.
+    """
+    if palindromes not in ("infer", "drop"):
+        raise InputError(f"palindromes must be 'infer' or 'drop', got {palindromes!r}")
+    if not 0 < maf_threshold < 0.5:
+        raise InputError(f"the palindrome MAF threshold must be in (0, 0.5), got {maf_threshold}")
+    dropped: list[DroppedVariant] = []
+
+    exp_ids = exposure.variant
+    counts_e: dict[str, int] = {}
+    for v in exp_ids:
+        counts_e[v] = counts_e.get(v, 0) + 1
+    out_index: dict[str, int] = {}
+    counts_o: dict[str, int] = {}
+    for i, v in enumerate(outcome.variant):
+        counts_o[v] = counts_o.get(v, 0) + 1
+        out_index.setdefault(v, i)
+    ok_e = _valid(exposure.beta, exposure.se)
+    ok_o = _valid(outcome.beta, outcome.se)
+
+    rows_e, rows_o = [], []
+    reported_dup: set[str] = set()
+    for i, v in enumerate(exp_ids):
+        if not ok_e[i]:
+            dropped.append(DroppedVariant(v, "missing_exposure_value"))
+        elif counts_e[v] > 1:
+            if v not in reported_dup:
+                dropped.append(DroppedVariant(v, "duplicate_in_exposure", f"{counts_e[v]} rows"))
+                reported_dup.add(v)
+        elif v not in out_index:
+            dropped.append(DroppedVariant(v, "not_in_outcome"))
+        elif counts_o[v] > 1:
+            dropped.append(DroppedVariant(v, "duplicate_in_outcome", f"{counts_o[v]} rows"))
+        elif not ok_o[out_index[v]]:
+            dropped.append(DroppedVariant(v, "missing_outcome_value"))
+        else:
+            rows_e.append(i)
+            rows_o.append(out_index[v])
+    ie, io = np.array(rows_e, dtype=int), np.array(rows_o, dtype=int)
+
+    a1 = [exposure.effect_allele[i] for i in ie]
+    a2 = [exposure.other_allele[i] for i in ie]
+    b1 = [outcome.effect_allele[i] for i in io]
+    b2 = [outcome.other_allele[i] for i in io]
+    beta_o = outcome.beta[io].copy()
+    f_e = exposure.eaf[ie] if exposure.eaf is not None else np.full(len(ie), np.nan)
+    f_o = outcome.eaf[io].copy() if outcome.eaf is not None else np.full(len(io), np.nan)
+
+    keep = np.ones(len(ie), dtype=bool)
+    swapped = np.zeros(len(ie), dtype=bool)
+    strand = np.zeros(len(ie), dtype=bool)
+    pal_flip = np.zeros(len(ie), dtype=bool)
+    palin = np.array([is_palindromic(x, y) for x, y in zip(a1, a2)], dtype=bool)
+    lo, hi = maf_threshold, 1.0 - maf_threshold
+    for j in range(len(ie)):
+        x1, x2, y1, y2 = a1[j], a2[j], b1[j], b2[j]
+        if (x1, x2) == (y2, y1):
+            beta_o[j], f_o[j] = -beta_o[j], 1.0 - f_o[j]
+            swapped[j] = True
+            y1, y2 = y2, y1
+        if (x1, x2) != (y1, y2) and not palin[j]:
+            y1, y2 = complement(y1), complement(y2)
+            strand[j] = True
+            if (x1, x2) == (y2, y1):
+                beta_o[j], f_o[j] = -beta_o[j], 1.0 - f_o[j]
+                swapped[j] = True
+                y1, y2 = y2, y1
+        v = exposure.variant[ie[j]]
+        if (x1, x2) != (y1, y2):
+            keep[j] = False
+            dropped.append(
+                DroppedVariant(v, "incompatible_alleles", f"exposure {a1[j]}/{a2[j]}, outcome {b1[j]}/{b2[j]}")
+            )
+            continue
+        if not palin[j]:
+            continue
+        if palindromes == "drop":
+            keep[j] = False
+            dropped.append(DroppedVariant(v, "palindromic", f"{x1}/{x2}"))
+            continue
+        # TwoSampleMR treats a missing EAF as 0.5, i.e. ambiguous.
+        fe = 0.5 if np.isnan(f_e[j]) else f_e[j]
+        fo = 0.5 if np.isnan(f_o[j]) else f_o[j]
+        if lo < fe < hi or lo < fo < hi:
+            keep[j] = False
+            dropped.append(
+                DroppedVariant(
+                    v,
+                    "palindromic_ambiguous",
+                    f"{x1}/{x2}, EAF exposure {_fmt(f_e[j])}, outcome {_fmt(f_o[j])}; ambiguous in ({lo:g}, {hi:g})",
+                )
+            )
+            continue
+        if (fe - 0.5) * (fo - 0.5) < 0:
+            beta_o[j], f_o[j] = -beta_o[j], 1.0 - f_o[j]
+            pal_flip[j] = True
+
+    ke, ko = ie[keep], io[keep]
+
+    def pick_e(arr):
+        return None if arr is None else arr[ke]
+
+    def pick_o(arr):
+        return None if arr is None else arr[ko]
+
+    table = SumstatsTable(
+        variant=tuple(exposure.variant[i] for i in ke),
+        exposures=(exposure_name,),
+        beta_exposure=exposure.beta[ke][:, None],
+        se_exposure=exposure.se[ke][:, None],
+        beta_outcome=beta_o[keep],
+        se_outcome=outcome.se[ko],
+        effect_allele=tuple(a1[j] for j in np.flatnonzero(keep)),
+        other_allele=tuple(a2[j] for j in np.flatnonzero(keep)),
+        eaf_exposure=pick_e(exposure.eaf),
+        eaf_outcome=None if outcome.eaf is None else f_o[keep],
+        pval_exposure=None if exposure.pval is None else exposure.pval[ke][:, None],
+        n_exposure=pick_e(exposure.n),
+        n_outcome=pick_o(outcome.n),
+        chrom=None if exposure.chrom is None else tuple(exposure.chrom[i] for i in ke),
+        pos=pick_e(exposure.pos),
+        source=f"{exposure.source} + {outcome.source}",
+    )
+    reasons: dict[str, int] = {}
+    for d in dropped:
+        reasons[d.reason] = reasons.get(d.reason, 0) + 1
+    return HarmonisedSumstats(
+        table=table,
+        dropped=tuple(dropped),
+        n_swapped=int(swapped[keep].sum()),
+        n_strand_flipped=int(strand[keep].sum()),
+        n_palindromic_flipped=int(pal_flip[keep].sum()),
+        palindromes=palindromes,
+        maf_threshold=float(maf_threshold),
+        counts={"exposure_variants": exposure.n_variants, "kept": table.n_variants, **reasons},
+    )
+
+
+def _fmt(x: float) -> str:
+    return "NA" if np.isnan(x) else f"{x:.3f}"
+
+
+__all__ = [
+    "DEFAULT_MAF_THRESHOLD",
+    "DROP_REASONS",
+    "GWAS_OPTIONAL",
+    "GWAS_REQUIRED",
+    "MR_OPTIONAL",
+    "MR_REQUIRED",
+    "DroppedVariant",
+    "GWASTable",
+    "HarmonisedSumstats",
+    "SumstatsTable",
+    "complement",
+    "harmonise",
+    "is_palindromic",
+    "read_gwas",
+    "read_mr_sumstats",
+]
