@@ -113,21 +113,20 @@ def write_vcf(fs: Fileset, path: Path, *, dosages: np.ndarray | None = None, inf
     if dosages is not None:
         lines.append('##FORMAT=<ID=DS,Number=A,Type=Float,Description="ALT dosage">')
     lines.append("\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *fs.iid]))
-    gt_text = {0.0: "0/0", 1.0: "0/1", 2.0: "1/1"}
+    gt_text = np.array(["0/0", "0/1", "1/1", "./."], dtype=object)
     for j in range(p):
-        cells = []
-        for i in range(n):
-            parts = []
-            if gt:
-                g = fs.dosages[i, j]
-                parts.append("./." if np.isnan(g) else gt_text[float(g)])
-            if dosages is not None:
-                d = dosages[i, j]
-                parts.append("." if np.isnan(d) else repr(float(d)))
-            cells.append(":".join(parts))
+        g = fs.dosages[:, j]
+        parts = []
+        if gt:
+            parts.append(gt_text[np.where(np.isnan(g), 3, np.nan_to_num(g)).astype(int)])
+        if dosages is not None:
+            d = dosages[:, j]
+            parts.append(np.array(["." if np.isnan(x) else repr(float(x)) for x in d], dtype=object))
+        cells = parts[0] if len(parts) == 1 else np.char.add(np.char.add(parts[0].astype(str), ":"),
+                                                              parts[1].astype(str))
         info_text = "." if info is None or np.isnan(info[j]) else f"R2={info[j]:.6g}"
         lines.append("\t".join([str(v.chrom[j]), str(v.pos[j]), v.variant_id[j], v.ref[j], v.alt[j], ".", "PASS",
-                                info_text, fmt, *cells]))
+                                info_text, fmt, *map(str, cells)]))
     Path(path).write_text("\n".join(lines) + "\n")
     return Path(path)
 
@@ -140,6 +139,17 @@ def hardcall_probabilities(G: np.ndarray) -> np.ndarray:
         probs[..., k] = G == k
     probs[np.isnan(G)] = np.nan
     return probs
+
+
+def _quantise(probs: np.ndarray, units: int = 255) -> np.ndarray:
+    """Probabilities (rows of 3 summing to 1) as integers summing to `units`: floor, then the
+    remaining units to the largest remainders (the rounding the BGEN spec describes)."""
+    scaled = probs * units
+    k = np.floor(scaled + 1e-9)
+    rest = np.rint(units - k.sum(axis=1)).astype(int)
+    rank = np.argsort(np.argsort(-(scaled - k), axis=1, kind="stable"), axis=1, kind="stable")
+    k += rank < rest[:, None]
+    return k.astype(np.uint8)
 
 
 def _u16(s: bytes) -> bytes:
@@ -173,15 +183,8 @@ def write_bgen(fs: Fileset, path: Path, *, probabilities: np.ndarray | None = No
         pj = probs[:, j, :]
         missing = np.isnan(pj).any(axis=1)
         ploidy = np.where(missing, 0x80 | 2, 2).astype(np.uint8)
-        stored = np.zeros((n, 2), dtype=np.uint8)
-        for i in np.flatnonzero(~missing):
-            scaled = pj[i] * 255
-            k = np.floor(scaled + 1e-9)
-            # Give the remaining units to the largest remainders so the three values sum to 255.
-            rest = int(round(255 - k.sum()))
-            for idx in np.argsort(-(scaled - k), kind="stable")[:rest]:
-                k[idx] += 1
-            stored[i] = k[:2]
+        stored = _quantise(np.where(missing[:, None], 0.0, pj))[:, :2]
+        stored[missing] = 0
         data = struct.pack("<IHBB", n, 2, 2, 2) + ploidy.tobytes() + struct.pack("<BB", 0, 8) + stored.tobytes()
         comp = zlib.compress(data)
         out += struct.pack("<II", len(comp) + 4, len(data)) + comp
