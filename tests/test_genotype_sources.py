@@ -299,3 +299,30 @@ def test_tables_are_pandas_frames_with_the_documented_columns(files):
     assert list(src.variants.columns) == ["variant_id", "chrom", "pos", "counted_allele", "other_allele", "info"]
     assert isinstance(src.variants, pd.DataFrame)
     assert src.variants["pos"].dtype == np.int64
+
+
+def test_bcf_and_bgzipped_vcf_read_like_the_plain_vcf(files, fileset, tmp_path):
+    from cyvcf2 import VCF, Writer
+
+    for name, mode in (("g.bcf", "wb"), ("g.vcf.gz", "wz")):
+        template = VCF(str(files / "g.vcf"))
+        writer = Writer(str(tmp_path / name), template, mode=mode)
+        for rec in template:
+            writer.write_record(rec)
+        writer.close()
+        template.close()
+        src = open_genotypes(vcf=tmp_path / name)
+        np.testing.assert_array_equal(src.read(dtype="float32"), fileset.dosages.astype(np.float32))
+        assert list(src.variants["counted_allele"]) == list(fileset.variants["alt"])
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+def test_sources_pickle_for_worker_processes(files, kind):
+    import pickle
+
+    src = _open(files, kind, region="22")
+    copy = pickle.loads(pickle.dumps(src))
+    np.testing.assert_array_equal(copy.read(dtype="float32"), src.read(dtype="float32"))
+    assert copy.fingerprint() == src.fingerprint()
+    assert src.describe()["variant_selection"]["region"] == "22"
+    assert _open(files, kind).selection.to_dict()["n_selected"] == 9

@@ -168,7 +168,9 @@ class GenotypeSource(abc.ABC):
         # Positions (into the file's variants) this view exposes, in file order.
         self._variant_index = np.arange(len(self._file_variants), dtype=np.intp)
         self._variants_view: pd.DataFrame | None = None
-        self.selection: VariantSelection | None = None
+        # What select_variants kept; on an unfiltered source, every variant.
+        n_file = len(self._file_variants)
+        self.selection = VariantSelection(np.arange(n_file), n_file, None, 0, None)
         self.min_info: float | None = None
         self.n_removed_by_info = 0
 
@@ -373,8 +375,7 @@ class GenotypeSource(abc.ABC):
             "native_dtype": self.native_dtype,
             "counted_allele": self.counted_allele_rule,
         }
-        if self.selection is not None:
-            out["variant_selection"] = self.selection.to_dict()
+        out["variant_selection"] = self.selection.to_dict()
         if self.min_info is not None:
             out["min_info"] = self.min_info
             out["n_removed_by_info"] = self.n_removed_by_info
