@@ -93,15 +93,14 @@ def write_pgen(fs: Fileset, prefix: Path, *, dosages: np.ndarray | None = None, 
             fh.write(f"{v.chrom[j]}\t{v.pos[j]}\t{v.variant_id[j]}\t{v.ref[j]}\t{v.alt[j]}\t.\t.\t{info_col[j]}\n")
     with open(str(prefix) + ".psam", "w") as fh:
         fh.write("#FID\tIID\tSEX\n" if fid else "#IID\tSEX\n")
-        for f, i in zip(fs.fid, fs.iid):
-            fh.write(f"{f}\t{i}\tNA\n" if fid else f"{i}\tNA\n")
+        fh.writelines(f"{f}\t{i}\tNA\n" if fid else f"{i}\tNA\n" for f, i in zip(fs.fid, fs.iid))
     return prefix
 
 
 # --------------------------------------------------------------------- VCF
 def write_vcf(fs: Fileset, path: Path, *, dosages: np.ndarray | None = None, info=None, gt=True) -> Path:
     """Plain-text VCF 4.2 with GT (from the hard calls) and, with `dosages`, DS; INFO/R2 when `info` is given."""
-    n, p = fs.dosages.shape
+    p = fs.dosages.shape[1]
     v = fs.variants
     fmt = ":".join((["GT"] if gt else []) + (["DS"] if dosages is not None else []))
     lines = ["##fileformat=VCFv4.2"]

@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from genotype_writers import (
-    hardcall_probabilities,
     make_fileset,
     write_bed,
     write_bgen,
     write_pgen,
     write_vcf,
 )
+
 from invariant_mr.errors import InputError
 from invariant_mr.io.genotype_sources import (
     MISSING_INT8,

@@ -5,11 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from genotype_writers import (
+    Fileset,
+    make_fileset,
+    write_bed,
+    write_bgen,
+    write_pgen,
+    write_vcf,
+)
 
-from genotype_writers import Fileset, make_fileset, write_bed, write_bgen, write_pgen, write_vcf
 from invariant_mr.errors import InputError
+from invariant_mr.io import streamed_qc
 from invariant_mr.io.genotype_sources import MISSING_INT8, open_genotypes
-from invariant_mr.io.streamed_qc import BlockCounts, impute_block, streamed_genotype_qc
+from invariant_mr.io.streamed_qc import (
+    BlockCounts,
+    impute_block,
+    iter_qc_blocks,
+    read_qc_dosages,
+    streamed_genotype_qc,
+)
 from invariant_mr.qc import QCThresholds, run_genotype_qc
 
 THRESHOLDS = QCThresholds(max_variant_missing=0.3, max_sample_missing=0.3, min_maf=0.01, min_maf_per_env=0.05)
@@ -66,7 +80,7 @@ def _sources(d):
 @pytest.mark.parametrize("kind", ["bfile", "pfile", "pfile_hardcalls", "vcf", "bgen"])
 @pytest.mark.parametrize("block_rows", [7, 1000])
 def test_streamed_qc_equals_in_memory_qc(qc_files, kind, block_rows):
-    fs, env, d = qc_files
+    _, env, d = qc_files
     src = _sources(d)[kind]
     rows = np.arange(2, 60)  # a subset of the samples, as after matching phenotypes
     memory = run_genotype_qc(src.read(rows, dtype="float32"), env[rows], src.variants, THRESHOLDS)
@@ -80,15 +94,15 @@ def test_streamed_qc_equals_in_memory_qc(qc_files, kind, block_rows):
     np.testing.assert_array_equal(streamed.sample_mask, memory.sample_mask)
     np.testing.assert_array_equal(streamed.variant_mask, memory.variant_mask)
     # Imputation on the fly reproduces QC's dosages block by block, bit for bit.
-    kept_rows = rows[streamed.rows]
-    pieces = [streamed.impute(b, s) for s, b in
-              src.iter_blocks(kept_rows, streamed.variant_positions, block_rows=block_rows)]
-    np.testing.assert_array_equal(np.vstack(pieces), memory.dosages)
+    pieces = list(iter_qc_blocks(src, rows, streamed, block_rows=block_rows))
+    assert pieces[0][0].start == 0 and pieces[-1][0].stop == memory.dosages.shape[0]
+    np.testing.assert_array_equal(np.vstack([b for _, b in pieces]), memory.dosages)
+    np.testing.assert_array_equal(read_qc_dosages(src, rows, streamed, block_rows=block_rows), memory.dosages)
 
 
 @pytest.mark.parametrize("kind", ["bfile", "bgen"])
 def test_standardised_dosages_match(qc_files, kind):
-    fs, env, d = qc_files
+    _, env, d = qc_files
     src = _sources(d)[kind]
     t = QCThresholds(max_variant_missing=0.3, max_sample_missing=0.3, standardize=True)
     memory = run_genotype_qc(src.read(dtype="float32"), env, src.variants, t)
@@ -99,7 +113,7 @@ def test_standardised_dosages_match(qc_files, kind):
     np.testing.assert_allclose(X.mean(axis=0), 0, atol=1e-12)
 
 
-def test_fractional_dosages_match_to_rounding(tmp_path):
+def test_fractional_dosages_match_to_rounding(tmp_path, monkeypatch):
     fs = make_fileset(n=50, p=6, missing_rate=0.05, seed=8)
     rng = np.random.default_rng(2)
     dos = np.clip(fs.dosages + rng.uniform(-0.3, 0.3, fs.dosages.shape), 0, 2)
@@ -113,12 +127,17 @@ def test_fractional_dosages_match_to_rounding(tmp_path):
     a, b = streamed.report.variant_table(), memory.report.variant_table()
     num = [c for c in a.columns if c.startswith("maf") or c == "missing_rate"]
     np.testing.assert_allclose(a[num].to_numpy(float), b[num].to_numpy(float), rtol=1e-12)
-    X = np.vstack([streamed.impute(bl, s) for s, bl in src.iter_blocks(streamed.rows, streamed.variant_positions)])
-    np.testing.assert_allclose(X, memory.dosages, rtol=1e-12)
+    X = read_qc_dosages(src, None, streamed, dtype=np.float32)
+    assert X.dtype == np.float32
+    np.testing.assert_allclose(X, memory.dosages, rtol=1e-6)
+    # Summing in column chunks (the float64 temporaries' bound) changes nothing.
+    monkeypatch.setattr(streamed_qc, "_FLOAT64_CHUNK_BYTES", 8 * 6 * 2)
+    chunked = streamed_genotype_qc(src, None, env, t, block_rows=6)
+    pd.testing.assert_frame_equal(chunked.report.variant_table(), streamed.report.variant_table())
 
 
 def test_streamed_qc_errors_like_the_in_memory_qc(qc_files):
-    fs, env, d = qc_files
+    _, env, d = qc_files
     src = _sources(d)["bfile"]
     with pytest.raises(InputError, match="removed all .* variants"):
         streamed_genotype_qc(src, None, env, QCThresholds(min_maf=0.5))

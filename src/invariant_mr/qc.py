@@ -226,7 +226,7 @@ def run_genotype_qc(
         variant_table, t, reason, variant_missing_rate, levels, env_obs, env_sum, lo, hi,
         n_kept=int(sample_mask.sum()),
     )
-    variant_mask, env_mean, table = decision.variant_mask, decision.env_mean, decision.table
+    variant_mask, env_mean = decision.variant_mask, decision.env_mean
 
     X = np.array(Gk[:, variant_mask], dtype=np.float64)
     miss_x = miss_k[:, variant_mask]

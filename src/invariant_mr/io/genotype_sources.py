@@ -48,8 +48,8 @@ import hashlib
 import os
 import struct
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -62,6 +62,8 @@ from invariant_mr.genotypes import (
     read_fam,
     read_variant_id_file,
     resolve_bfile_prefix,
+)
+from invariant_mr.genotypes import (
     select_variants as _select_variant_positions,
 )
 
@@ -212,7 +214,7 @@ class GenotypeSource(abc.ABC):
         extract: str | os.PathLike | Sequence[str] | None = None,
         region: str | None = None,
         min_info: float | None = None,
-    ) -> "GenotypeSource":
+    ) -> GenotypeSource:
         """A view with the variants listed in `extract` (a file of IDs or a list), inside
         `region` (CHROM[:START-END], 1-based inclusive) and with INFO >= `min_info`.
 
@@ -511,7 +513,7 @@ def _read_psam(path: Path) -> tuple[pd.DataFrame, bool]:
         for first in fh:
             if not first.startswith("##"):
                 break
-    if first.startswith("#FID") or first.startswith("#IID"):
+    if first.startswith(("#FID", "#IID")):
         table = pd.read_csv(path, sep=r"\s+", dtype=str, comment=None, skiprows=0,
                             skip_blank_lines=True)
         table = table[~table.iloc[:, 0].astype(str).str.startswith("##")]
@@ -537,8 +539,7 @@ class Plink2Source(GenotypeSource):
     def __init__(self, prefix: str | os.PathLike, *, hardcalls: bool = False):
         text = str(prefix)
         for ext in (".pgen", ".pvar", ".psam"):
-            if text.endswith(ext):
-                text = text[: -len(ext)]
+            text = text.removesuffix(ext)
         self.prefix = Path(text)
         self.pgen_path = _require_file(Path(text + ".pgen"), "PLINK 2 .pgen file")
         self.pvar_path = _require_file(Path(text + ".pvar"), "PLINK 2 .pvar file")
@@ -628,7 +629,7 @@ def _bgen_header(path: Path) -> dict:
         head = fh.read(24)
     if len(head) < 24:
         raise InputError(f"{path} is too short to be a BGEN file")
-    offset, hlen, n_variants, n_samples, magic = struct.unpack("<IIII4s", head[:20])
+    _offset, hlen, n_variants, n_samples, magic = struct.unpack("<IIII4s", head[:20])
     if magic not in (b"bgen", b"\x00\x00\x00\x00"):
         raise InputError(f"{path} is not a BGEN file (magic {magic!r})")
     with open(path, "rb") as fh:
@@ -826,7 +827,7 @@ class VcfSource(GenotypeSource):
         self.dosage_field = dosage_field
         try:
             vcf = VCF(str(self.vcf_path), lazy=True)
-        except (OSError, IOError) as exc:
+        except OSError as exc:
             raise InputError(f"{self.vcf_path} is not a readable VCF/BCF file: {exc}") from None
         names = np.array(vcf.samples, dtype=object)
         if len(names) == 0:
@@ -1011,7 +1012,18 @@ def open_genotypes(
 
 
 __all__ = [
-    "MISSING_INT8", "DEFAULT_BLOCK_BYTES", "VARIANT_COLUMNS", "GenotypeSource", "Plink1Source",
-    "Plink2Source", "BgenSource", "VcfSource", "NpySource", "open_genotypes", "int8_to_float32",
-    "default_block_rows", "file_fingerprint", "read_oxford_sample",
+    "DEFAULT_BLOCK_BYTES",
+    "MISSING_INT8",
+    "VARIANT_COLUMNS",
+    "BgenSource",
+    "GenotypeSource",
+    "NpySource",
+    "Plink1Source",
+    "Plink2Source",
+    "VcfSource",
+    "default_block_rows",
+    "file_fingerprint",
+    "int8_to_float32",
+    "open_genotypes",
+    "read_oxford_sample",
 ]

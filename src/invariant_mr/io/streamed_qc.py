@@ -34,8 +34,15 @@ import numpy as np
 import pandas as pd
 
 from invariant_mr.errors import InputError
-from invariant_mr.io.genotype_sources import DEFAULT_BLOCK_BYTES, MISSING_INT8, GenotypeSource
+from invariant_mr.io.genotype_sources import (
+    DEFAULT_BLOCK_BYTES,
+    MISSING_INT8,
+    GenotypeSource,
+)
 from invariant_mr.qc import QCReport, QCThresholds, decide_variants
+
+#: Size of the float64 temporaries made while summing a float32 block.
+_FLOAT64_CHUNK_BYTES = 16 * 1024**2
 
 
 def _missing(block: np.ndarray) -> np.ndarray:
@@ -62,7 +69,7 @@ class BlockCounts:
     hi: np.ndarray | None = None
 
     @classmethod
-    def empty(cls, k: int, p: int, hardcalls: bool) -> "BlockCounts":
+    def empty(cls, k: int, p: int, hardcalls: bool) -> BlockCounts:
         if hardcalls:
             return cls(k, p, True, np.zeros(p, np.int64), genotype_counts=np.zeros((k, 3, p), np.int64))
         return cls(
@@ -71,7 +78,7 @@ class BlockCounts:
         )
 
     @classmethod
-    def from_block(cls, block: np.ndarray, codes: np.ndarray, k: int) -> "BlockCounts":
+    def from_block(cls, block: np.ndarray, codes: np.ndarray, k: int) -> BlockCounts:
         """Counts of one (rows, p) block; `codes` (rows,) are environment codes 0..k-1."""
         p = block.shape[1]
         miss = _missing(block)
@@ -87,10 +94,14 @@ class BlockCounts:
                     out.genotype_counts[e, g] = (sub == g).sum(axis=0, dtype=np.int64)
             else:
                 ok = ~miss[rows]
-                filled = np.where(ok, sub, 0.0).astype(np.float64)
                 out.obs[e] = ok.sum(axis=0, dtype=np.int64)
-                out.total[e] = filled.sum(axis=0)
-                out.total_sq[e] = (filled * filled).sum(axis=0)
+                # float64 sums, in column chunks so the float64 temporaries stay small beside the block.
+                step = max(1, _FLOAT64_CHUNK_BYTES // (8 * max(1, sub.shape[0])))
+                for c in range(0, p, step):
+                    filled = np.where(ok[:, c : c + step], sub[:, c : c + step], 0.0).astype(np.float64)
+                    out.total[e, c : c + step] = filled.sum(axis=0)
+                    filled *= filled
+                    out.total_sq[e, c : c + step] = filled.sum(axis=0)
         if not out.hardcalls and block.shape[0]:
             out.lo = np.fmin.reduce(block, axis=0).astype(np.float64)
             out.hi = np.fmax.reduce(block, axis=0).astype(np.float64)
@@ -100,7 +111,7 @@ class BlockCounts:
                 raise InputError(f"int8 genotype block holds values other than 0, 1, 2 and {MISSING_INT8}")
         return out
 
-    def __add__(self, other: "BlockCounts") -> "BlockCounts":
+    def __add__(self, other: BlockCounts) -> BlockCounts:
         if (self.k, self.p, self.hardcalls) != (other.k, other.p, other.hardcalls):
             raise ValueError("cannot add counts of different shapes")
         if self.hardcalls:
@@ -112,7 +123,7 @@ class BlockCounts:
             lo=np.fmin(self.lo, other.lo), hi=np.fmax(self.hi, other.hi),
         )
 
-    def __sub__(self, other: "BlockCounts") -> "BlockCounts":
+    def __sub__(self, other: BlockCounts) -> BlockCounts:
         if not (self.hardcalls and other.hardcalls):
             raise ValueError("only hard-call counts can be subtracted (a minimum cannot)")
         return BlockCounts(self.k, self.p, True, self.missing_per_variant - other.missing_per_variant,
@@ -327,4 +338,50 @@ def streamed_genotype_qc(
     )
 
 
-__all__ = ["BlockCounts", "StreamedQCResult", "impute_block", "streamed_genotype_qc"]
+def iter_qc_blocks(
+    source: GenotypeSource,
+    rows: np.ndarray | None,
+    qc: StreamedQCResult,
+    *,
+    dtype=np.float64,
+    block_rows: int | None = None,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+):
+    """Stream the analysed dosages (QC-kept samples x kept variants, imputed, standardised if asked).
+
+    `rows` are the sample positions given to `streamed_genotype_qc`. Yields
+    `(s, block)` with `s` a slice into the kept samples (`qc.rows`), so
+    `qc.env_codes[s]` and any per-sample vectors of the kept samples line up
+    with the block. The passes that accumulate sufficient statistics run on this.
+    """
+    row_pos = np.arange(source.n_samples) if rows is None else np.asarray(rows, dtype=np.intp)
+    kept = row_pos[qc.rows]
+    for s, block in source.iter_blocks(kept, qc.variant_positions, block_rows=block_rows, block_bytes=block_bytes):
+        yield s, qc.impute(block, s, dtype=dtype)
+
+
+def read_qc_dosages(
+    source: GenotypeSource,
+    rows: np.ndarray | None,
+    qc: StreamedQCResult,
+    *,
+    dtype=np.float64,
+    block_rows: int | None = None,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> np.ndarray:
+    """The whole analysed matrix, filled block by block into one preallocated array: what
+    `run_genotype_qc(...).dosages` holds, for estimators that still need Z in memory."""
+    out = np.empty((qc.rows.size, qc.variant_positions.size), dtype=dtype)
+    for s, block in iter_qc_blocks(source, rows, qc, dtype=dtype, block_rows=block_rows, block_bytes=block_bytes):
+        out[s] = block
+    return out
+
+
+__all__ = [
+    "BlockCounts",
+    "StreamedQCResult",
+    "impute_block",
+    "iter_qc_blocks",
+    "read_qc_dosages",
+    "streamed_genotype_qc",
+]
