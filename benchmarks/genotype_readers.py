@@ -159,7 +159,7 @@ def render(meta: dict, rows: list[dict]) -> list[str]:
     for r in rows:
         lines.append(f"| {r['reader']} | {r['pattern']} | {r['seconds']:.3f} | {r['genotypes_per_s'] / 1e6:.1f} | "
                      f"{r['ratio_vs_bed_reader']:.2f} |")
-    lines += ["", f"Command: `{meta['command']}`", ""]
+    lines += ["", f"Command: `{meta['command'].strip()}`", ""]
     lines += [
         "Notes:",
         "",
