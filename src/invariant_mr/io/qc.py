@@ -185,7 +185,6 @@ def run_genotype_qc(
         raise InputError(f"environment labels have shape {env.shape}, expected ({n},)")
     if len(variant_table) != p:
         raise InputError(f"variant table has {len(variant_table)} rows for {p} genotype columns")
-    labels = _reason_labels(t)
 
     missing = np.isnan(G)
     variant_missing_rate = missing.mean(axis=0) if n else np.zeros(p)
@@ -222,15 +221,88 @@ def run_genotype_qc(
         env_obs[e] = observed[rows].sum(axis=0)
         env_sum[e] = filled[rows].sum(axis=0, dtype=np.float64)
     del filled, observed  # as large as the genotype block: free them before the float64 copy below
+    lo = np.fmin.reduce(Gk, axis=0) if Gk.shape[0] else np.full(p, np.nan)
+    hi = np.fmax.reduce(Gk, axis=0) if Gk.shape[0] else np.full(p, np.nan)
+
+    decision = decide_variants(
+        variant_table, t, reason, variant_missing_rate, levels, env_obs, env_sum, lo, hi,
+        n_kept=int(sample_mask.sum()),
+    )
+    variant_mask, env_mean = decision.variant_mask, decision.env_mean
+
+    X = np.array(Gk[:, variant_mask], dtype=np.float64)
+    miss_x = miss_k[:, variant_mask]
+    n_imputed = int(miss_x.sum())
+    if n_imputed:
+        rows, cols = np.nonzero(miss_x)
+        X[rows, cols] = env_mean[:, variant_mask][codes_k[rows], cols]
+    if t.standardize:
+        mean = X.mean(axis=0)
+        sd = X.std(axis=0)
+        X -= mean
+        X /= sd
+
+    report = decision.report(n_samples_in=n, n_samples_removed=n_samples_removed)
+    if n_imputed != report.n_imputed_calls:
+        raise AssertionError("imputed-call count disagrees with the per-variant counts")
+    return QCResult(dosages=X, sample_mask=sample_mask, variant_mask=variant_mask, report=report)
+
+
+@dataclass(frozen=True)
+class VariantDecision:
+    """Steps 3-6 of QC decided from per-environment counts (shared by the in-memory and streamed QC)."""
+
+    variant_mask: np.ndarray
+    env_mean: np.ndarray  # (k, p) mean observed dosage per environment: the imputation values
+    table: pd.DataFrame
+    removed: Mapping[str, int]
+    levels: tuple[str, ...]
+    thresholds: QCThresholds
+    n_variants_in: int
+
+    def report(self, *, n_samples_in: int, n_samples_removed: int) -> QCReport:
+        return QCReport(
+            thresholds=self.thresholds,
+            n_samples_in=n_samples_in,
+            n_samples_out=n_samples_in - n_samples_removed,
+            n_variants_in=self.n_variants_in,
+            n_variants_out=int(self.variant_mask.sum()),
+            removed_variants=self.removed,
+            removed_samples={"sample_missingness": n_samples_removed},
+            n_imputed_calls=int(self.table["n_imputed"].sum()),
+            environments=self.levels,
+            _table=self.table,
+        )
+
+
+def decide_variants(
+    variant_table: pd.DataFrame,
+    t: QCThresholds,
+    reason: np.ndarray,
+    variant_missing_rate: np.ndarray,
+    levels: list[str],
+    env_obs: np.ndarray,
+    env_sum: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    *,
+    n_kept: int,
+) -> VariantDecision:
+    """Apply steps 3-6 to the variants `reason` leaves open ("" = not yet removed by step 1).
+
+    `env_obs`/`env_sum` (k, p): observed calls and their dosage sum per
+    environment over the kept samples; `lo`/`hi`: smallest and largest observed
+    dosage (NaN when none). `reason` is updated in place. Raises `InputError`
+    when no variant is left.
+    """
+    p = reason.size
+    labels = _reason_labels(t)
     with np.errstate(invalid="ignore", divide="ignore"):
         env_mean = env_sum / env_obs
         env_af = env_mean / 2.0
         pooled_af = env_sum.sum(axis=0) / env_obs.sum(axis=0) / 2.0
     env_maf = np.minimum(env_af, 1.0 - env_af)
     pooled_maf = np.minimum(pooled_af, 1.0 - pooled_af)
-    lo = np.fmin.reduce(Gk, axis=0) if Gk.shape[0] else np.full(p, np.nan)
-    hi = np.fmax.reduce(Gk, axis=0) if Gk.shape[0] else np.full(p, np.nan)
-
     open_ = reason == ""
     step = open_ & (env_obs == 0).any(axis=0)
     reason[step] = "all_missing_in_env"
@@ -253,7 +325,7 @@ def run_genotype_qc(
     table["maf"] = pooled_maf
     for e, lv in enumerate(levels):
         table[f"maf_env_{lv}"] = env_maf[e]
-    table["n_imputed"] = np.where(variant_mask, miss_k.sum(axis=0), 0)
+    table["n_imputed"] = np.where(variant_mask, n_kept - env_obs.sum(axis=0), 0).astype(np.int64)
     table["status"] = np.where(variant_mask, "kept", "removed")
     table["reason"] = [labels[r] if r else "" for r in reason]
     # Name the first environment where a per-environment check failed.
@@ -269,28 +341,7 @@ def run_genotype_qc(
             "(--geno, --maf, --maf-env) or check the variant selection"
         )
 
-    X = np.array(Gk[:, variant_mask], dtype=np.float64)
-    miss_x = miss_k[:, variant_mask]
-    n_imputed = int(miss_x.sum())
-    if n_imputed:
-        rows, cols = np.nonzero(miss_x)
-        X[rows, cols] = env_mean[:, variant_mask][codes_k[rows], cols]
-    if t.standardize:
-        mean = X.mean(axis=0)
-        sd = X.std(axis=0)
-        X -= mean
-        X /= sd
-
-    report = QCReport(
-        thresholds=t,
-        n_samples_in=n,
-        n_samples_out=int(sample_mask.sum()),
-        n_variants_in=p,
-        n_variants_out=int(variant_mask.sum()),
-        removed_variants=removed,
-        removed_samples={"sample_missingness": n_samples_removed},
-        n_imputed_calls=n_imputed,
-        environments=tuple(levels),
-        _table=table,
+    return VariantDecision(
+        variant_mask=variant_mask, env_mean=env_mean, table=table, removed=removed, levels=tuple(levels),
+        thresholds=t, n_variants_in=p,
     )
-    return QCResult(dosages=X, sample_mask=sample_mask, variant_mask=variant_mask, report=report)
