@@ -117,15 +117,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=20261201)
     ap.add_argument("--out", type=Path, default=RESULTS / "cluster_coverage.md")
     args = ap.parse_args()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip() or "unknown"
     t0 = time.process_time()
     cells = [run_cell(n_sibs, args.reps, args.seed + 100_000 * i) for i, n_sibs in enumerate((2, 4))]
     cpu = time.process_time() - t0
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except OSError:
-        commit = "unknown"
     lines = [
         "# Coverage with related samples: HC0 versus family-clustered inference",
         "",
