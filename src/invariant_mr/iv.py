@@ -147,10 +147,6 @@ class Clusters:
         S = sp.csr_matrix((np.ones(n), (self.codes, np.arange(n))), shape=(self.n_clusters, n))
         return np.asarray(S @ A)
 
-    def subset(self, rows) -> "Clusters":
-        """The clusters of a subset of the samples (boolean mask or indices), recoded."""
-        return cluster_codes(self.codes[rows], int(np.asarray(self.codes[rows]).shape[0]))
-
 
 def cluster_codes(clusters, n: int) -> Clusters:
     """Validate a cluster label per sample (any hashable labels) and code them 0..G-1.
