@@ -15,8 +15,8 @@ from invariant_mr.estimators.mr_conmix import mr_conmix
 from invariant_mr.estimators.mr_raps import loss_constants, mr_raps, rho
 from invariant_mr.estimators.two_sample import summary_statistics_from_table
 from invariant_mr.io.gwas_sumstats import GWASTable, read_mr_sumstats
-from invariant_mr.summary_mr import ivw, mr_presso, presso_distortion_test
-from invariant_mr.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary_mr import ivw, mr_presso, presso_distortion_test
+from invariant_mr.estimators.sumstats import SummaryStatistics
 
 LIPIDS = Path(__file__).parent / "data" / "lipids_chd_mendelianrandomization.tsv"
 

@@ -24,7 +24,7 @@ from invariant_mr.io.streamed_qc import (
     read_qc_dosages,
     streamed_genotype_qc,
 )
-from invariant_mr.qc import QCThresholds, run_genotype_qc
+from invariant_mr.io.qc import QCThresholds, run_genotype_qc
 
 THRESHOLDS = QCThresholds(max_variant_missing=0.3, max_sample_missing=0.3, min_maf=0.01, min_maf_per_env=0.05)
 

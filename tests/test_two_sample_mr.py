@@ -26,7 +26,7 @@ from invariant_mr.estimators.two_sample import (
     summary_statistics_from_table,
 )
 from invariant_mr.io.gwas_sumstats import SumstatsTable, read_mr_sumstats
-from invariant_mr.summary_mr import ivw, mr_egger, weighted_median, weighted_median_rows
+from invariant_mr.estimators.summary_mr import ivw, mr_egger, weighted_median, weighted_median_rows
 
 LIPIDS = Path(__file__).parent / "data" / "lipids_chd_mendelianrandomization.tsv"
 
@@ -149,7 +149,7 @@ def test_mv_ivw_and_egger_equal_weighted_least_squares(seed):
     np.testing.assert_allclose(eg.se, ref_e.bse[1:] / sig_e * max(1.0, sig_e), rtol=1e-10)
     assert eg.extra["intercept"] == pytest.approx(ref_e.params[0], rel=1e-10)
     # With one exposure, multivariable IVW is the univariable IVW.
-    from invariant_mr.sumstats import SummaryStatistics
+    from invariant_mr.estimators.sumstats import SummaryStatistics
 
     uni = ivw(SummaryStatistics(tuple(map(str, range(40))), bx[:, 0], sx[:, 0], by, sy, 1000))
     one = mv_ivw(bx[:, :1], sx[:, :1], by, sy, model="random")

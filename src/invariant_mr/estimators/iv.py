@@ -3,8 +3,9 @@
 One estimator, one knob (`kappa`), as in ivmodels. The exposure is the single
 endogenous regressor; exogenous controls (intercept, environment fixed
 effects, covariates) enter both stages. Covariances follow linearmodels'
-conventions (HC0 "robust" or homoskedastic "unadjusted", no small-sample
-correction) so that the two agree to rounding error.
+conventions (HC0 "robust", homoskedastic "unadjusted", or one-way
+cluster-robust "cluster" for related samples such as families; no small-sample
+correction unless `debiased`) so that the two agree to rounding error.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import scipy.linalg as sla
+import scipy.sparse as sp
 from scipy import stats
 
 from invariant_mr.errors import InputError
@@ -126,6 +129,76 @@ def residualize(M: np.ndarray, basis: np.ndarray) -> np.ndarray:
     return M - basis @ (basis.T @ M)
 
 
+# ----------------------------------------------------------------------------- covariance types
+#: The covariance types of every Wald, AR, J and first-stage statistic in the package.
+COV_TYPES = ("robust", "unadjusted", "cluster")
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """Integer cluster codes 0..n_clusters-1 of n samples (e.g. family IDs), validated once."""
+
+    codes: np.ndarray
+    n_clusters: int
+
+    def sums(self, A: np.ndarray) -> np.ndarray:
+        """(n_clusters, m) sums of the rows of A (n, m) within each cluster."""
+        n = self.codes.shape[0]
+        S = sp.csr_matrix((np.ones(n), (self.codes, np.arange(n))), shape=(self.n_clusters, n))
+        return np.asarray(S @ A)
+
+
+def cluster_codes(clusters, n: int) -> Clusters:
+    """Validate a cluster label per sample (any hashable labels) and code them 0..G-1.
+
+    A missing label cannot be assigned to a cluster, and one cluster gives no
+    between-cluster variation to estimate a covariance from: both are input errors.
+    """
+    if isinstance(clusters, Clusters):
+        if clusters.codes.shape[0] != n:
+            raise InputError(f"clusters has {clusters.codes.shape[0]} labels for {n} samples")
+        return clusters
+    labels = np.asarray(clusters)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise InputError(f"clusters must hold one label per sample ({n}), got shape {labels.shape}")
+    codes, uniques = pd.factorize(labels, use_na_sentinel=True)
+    if (codes < 0).any():
+        raise InputError(f"clusters has {int((codes < 0).sum())} missing labels; every sample needs a cluster")
+    if len(uniques) < 2:
+        raise InputError("a cluster-robust covariance needs at least two clusters")
+    return Clusters(codes=codes.astype(np.int64), n_clusters=len(uniques))
+
+
+def check_cov_type(cov_type: str, clusters, n: int) -> tuple[str, Clusters | None]:
+    """(cov_type, validated clusters) with "clustered" (linearmodels' name) read as "cluster".
+
+    Clusters without cov_type "cluster", or the reverse, is an input error rather
+    than silently ignored.
+    """
+    if cov_type == "clustered":
+        cov_type = "cluster"
+    if cov_type not in COV_TYPES:
+        raise InputError(f"cov_type must be one of {', '.join(COV_TYPES)}, got {cov_type!r}")
+    if cov_type == "cluster":
+        if clusters is None:
+            raise InputError("cov_type 'cluster' needs a cluster label per sample (clusters=...)")
+        return cov_type, cluster_codes(clusters, n)
+    if clusters is not None:
+        raise InputError(f"clusters were given but cov_type is {cov_type!r}; use cov_type='cluster'")
+    return cov_type, None
+
+
+def score_outer(A: np.ndarray, clusters: Clusters | None) -> np.ndarray:
+    """Sum over independent units of the outer product of the scores A (n, m).
+
+    Units are samples (A'A, the HC0 meat) or, with clusters, whole clusters
+    (C'C with C the within-cluster sums): scores of relatives may be
+    correlated, scores of different families are not.
+    """
+    C = A if clusters is None else clusters.sums(A)
+    return C.T @ C
+
+
 @dataclass(frozen=True)
 class KClassFit:
     """A fitted k-class IV regression; `estimate` is the exposure's coefficient."""
@@ -140,6 +213,7 @@ class KClassFit:
     first_stage_f: float | None
     cov_type: str
     residuals: np.ndarray
+    n_clusters: int | None = None
 
     def ci(self, alpha: float = 0.05) -> tuple[float, float]:
         z = stats.norm.ppf(1 - alpha / 2)
@@ -205,19 +279,30 @@ def fit_kclass(
     kappa="tsls",
     cov_type: str = "robust",
     add_intercept: bool = True,
+    clusters=None,
+    debiased: bool = False,
 ) -> KClassFit:
     """Fit y = theta * d + exog' gamma + e by k-class IV with `instruments` for d.
 
     kappa: "ols" (instruments ignored), "tsls", "liml", "fuller(a)" or a number.
+    cov_type: "robust" (HC0), "unadjusted", or "cluster" with `clusters`, one
+    label per sample (e.g. family ID): the one-way cluster-robust (CR0)
+    sandwich, equal to linearmodels' `fit(cov_type="clustered", clusters=...)`.
+    debiased: linearmodels' small-sample adjustment, which scales the
+    covariance by n / (n - k) ("unadjusted", "robust") or by
+    G / (G - 1) * (n - 1) / (n - k) ("cluster", G clusters), k the columns of
+    [controls, exposure]. Off by default, as in linearmodels; intervals and
+    p-values stay normal-based either way.
     First-stage F: the homoskedastic partial F (Cragg-Donald with one
     endogenous regressor) under `cov_type="unadjusted"`, the robust Wald F
-    (Kleibergen-Paap with one endogenous regressor) under "robust".
+    (Kleibergen-Paap with one endogenous regressor) under "robust", its
+    cluster-robust version under "cluster" (nan when there are no more
+    clusters than instruments, where the cluster covariance is singular).
     """
-    if cov_type not in ("robust", "unadjusted"):
-        raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
     y = np.asarray(outcome, dtype=float).ravel()
     d = np.asarray(exposure, dtype=float).ravel()
     n = y.shape[0]
+    cov_type, groups = check_cov_type(cov_type, clusters, n)
     kind, value = parse_kappa(kappa)
     cols = [np.ones((n, 1))] if add_intercept else []
     if exog is not None:
@@ -237,7 +322,11 @@ def fit_kclass(
         n_instr = proj.rank
         if n_instr == 0:
             raise InputError("the instruments are collinear with the exogenous controls")
-        f_stat = _first_stage_f(residualize(d[:, None], basis_x1)[:, 0], proj, n - X1.shape[1], cov_type)
+        f_stat = _first_stage_f(residualize(d[:, None], basis_x1)[:, 0], proj, n - X1.shape[1], cov_type, groups)
+        if debiased and cov_type != "unadjusted":
+            # The first-stage regression's own small-sample scale (its k: controls plus instruments),
+            # as linearmodels applies it; the unadjusted F already uses n - k degrees of freedom.
+            f_stat = f_stat / _debias_scale(n, X1.shape[1] + n_instr, groups)
         if kind == "tsls":
             k_val = 1.0
         elif kind == "fixed":
@@ -256,12 +345,14 @@ def fit_kclass(
     params = np.linalg.solve(A, b)
     eps = y - X @ params
     V_inv = np.linalg.inv(A / n)
-    if cov_type == "robust":
-        xe = PzX * eps[:, None]
-        S = xe.T @ xe / n
-        cov = V_inv @ S @ V_inv / n
-    else:
+    k_cols = X.shape[1]
+    if cov_type == "unadjusted":
         cov = (eps @ eps / n) * V_inv / n
+    else:
+        S = score_outer(PzX * eps[:, None], groups) / n
+        cov = V_inv @ S @ V_inv / n
+    if debiased:
+        cov = cov * _debias_scale(n, k_cols, groups)
     cov = (cov + cov.T) / 2
     return KClassFit(
         estimate=float(params[-1]),
@@ -274,7 +365,18 @@ def fit_kclass(
         first_stage_f=None if f_stat is None else float(f_stat),
         cov_type=cov_type,
         residuals=eps,
+        n_clusters=None if groups is None else groups.n_clusters,
     )
+
+
+def _debias_scale(n: int, k: int, clusters: Clusters | None) -> float:
+    """linearmodels' small-sample factor: n / (n - k), or G / (G - 1) * (n - 1) / (n - k) with G clusters."""
+    if n <= k:
+        raise InputError(f"the debiased covariance needs more samples ({n}) than regressors ({k})")
+    if clusters is None:
+        return n / (n - k)
+    G = clusters.n_clusters
+    return G / (G - 1) * (n - 1) / (n - k)
 
 
 def _liml_kappa(e: np.ndarray, basis_x1: np.ndarray, proj: InstrumentProjector) -> float:
@@ -284,14 +386,18 @@ def _liml_kappa(e: np.ndarray, basis_x1: np.ndarray, proj: InstrumentProjector) 
     return float(sla.eigh(ex1.T @ ex1, ez.T @ ez, eigvals_only=True).min())
 
 
-def _first_stage_f(d_tilde: np.ndarray, proj: InstrumentProjector, df_resid: int, cov_type: str) -> float:
+def _first_stage_f(
+    d_tilde: np.ndarray, proj: InstrumentProjector, df_resid: int, cov_type: str, clusters: Clusters | None = None
+) -> float:
     """Partial first-stage F of the residualised instruments (basis-invariant Wald form)."""
     m = proj.rank
     t = proj.basis.T @ d_tilde
     u = d_tilde - proj.basis @ proj.coefficients(d_tilde)
     explained = float(t @ proj.coefficients(d_tilde))  # d' P d
-    if cov_type == "robust":
-        bu = proj.basis * u[:, None]
-        return float(t @ np.linalg.solve(bu.T @ bu, t)) / m
+    if cov_type in ("robust", "cluster"):
+        if clusters is not None and clusters.n_clusters <= m:
+            return float("nan")  # the cluster meat has rank < m: no Wald statistic
+        meat = score_outer(proj.basis * u[:, None], clusters)
+        return float(t @ np.linalg.solve(meat, t)) / m
     rss = float(u @ u)
     return explained / m / (rss / max(df_resid - m, 1))

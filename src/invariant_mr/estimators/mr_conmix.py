@@ -29,8 +29,8 @@ import numpy as np
 from scipy import stats
 
 from invariant_mr.errors import InputError
-from invariant_mr.summary_mr import SummaryMRFit, _arrays, _require
-from invariant_mr.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary_mr import SummaryMRFit, _arrays, _require
+from invariant_mr.estimators.sumstats import SummaryStatistics
 
 
 def _profile(theta: np.ndarray, ratio: np.ndarray, ratio_se: np.ndarray, psi: float):

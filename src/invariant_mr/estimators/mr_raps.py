@@ -41,8 +41,8 @@ import numpy as np
 from scipy import integrate, optimize, stats
 
 from invariant_mr.errors import InputError
-from invariant_mr.summary_mr import SummaryMRFit, _arrays, _require, _wald
-from invariant_mr.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary_mr import SummaryMRFit, _arrays, _require, _wald
+from invariant_mr.estimators.sumstats import SummaryStatistics
 
 _LOSSES = ("l2", "huber", "tukey")
 _DEFAULT_K = {"huber": 1.345, "tukey": 4.685}

@@ -40,7 +40,7 @@ import numpy as np
 from scipy import stats
 
 from invariant_mr.errors import InputError
-from invariant_mr.summary_mr import SummaryMRFit
+from invariant_mr.estimators.summary_mr import SummaryMRFit
 
 
 def _as_arrays(bx, sx, by, sy, exposures):

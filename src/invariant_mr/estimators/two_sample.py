@@ -14,7 +14,7 @@ from invariant_mr.errors import InputError
 from invariant_mr.estimators.multivariable_mr import MultivariableMRFit, mv_egger, mv_ivw
 from invariant_mr.estimators.steiger import SteigerResult, steiger_test, variance_explained
 from invariant_mr.io.gwas_sumstats import SumstatsTable
-from invariant_mr.sumstats import SummaryStatistics
+from invariant_mr.estimators.sumstats import SummaryStatistics
 
 
 def summary_statistics_from_table(table: SumstatsTable, exposure: str | None = None) -> SummaryStatistics:

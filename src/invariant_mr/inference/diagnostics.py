@@ -29,6 +29,10 @@ Fourier features with the median-heuristic bandwidth. With features F, the
 (biased) MMD^2 between two environments is ||mean F_e - mean F_e'||^2 and
 HSIC is ||cov(F, G)||_F^2, so each permutation costs one pass over the data.
 All p-values are (1 + #{null >= observed}) / (1 + n_permutations).
+
+Related samples (`clusters`, e.g. family IDs): J and F use cluster-robust
+covariances (cov_type "cluster"), and the permutation tests permute whole
+clusters (see `_cluster_blocks`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from scipy import stats
 
 from invariant_mr.data import MRData, exogenous_controls
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.iv import independent_basis, orthonormal_basis, residualize
+from invariant_mr.estimators.iv import Clusters, check_cov_type, cluster_codes, independent_basis, orthonormal_basis, residualize, score_outer
 from invariant_mr.inference.settings import InferenceSettings
 from invariant_mr.results import Diagnostic
 
@@ -115,14 +119,80 @@ def _strata_groups(strata: np.ndarray | None) -> list[np.ndarray] | None:
     return [np.flatnonzero(codes == k) for k in range(codes.max() + 1)]
 
 
-def _permuted_rows(n: int, groups: list[np.ndarray] | None, rng: np.random.Generator) -> np.ndarray:
-    """A random permutation of range(n), within each group when `groups` is given."""
+def _permuted_rows(n: int, groups, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of range(n), within each group when `groups` is given.
+
+    `groups` is a list of index arrays (rows exchangeable within each), or the
+    `_ClusterBlocks` of related samples (whole clusters exchanged).
+    """
     if groups is None:
         return rng.permutation(n)
+    if isinstance(groups, _ClusterBlocks):
+        return groups.permuted_rows(rng)
     idx = np.arange(n)
     for g in groups:
         idx[g] = rng.permutation(g)
     return idx
+
+
+class _ClusterBlocks:
+    """Permutations that move whole clusters (families) onto other clusters of the same size.
+
+    Why whole clusters and not permutations within clusters: the unit that is
+    exchangeable under the null is the family, not the person. Relatives share
+    genotype and environment, so permuting individuals treats a sibling pair
+    as two independent draws and makes the null distribution too narrow
+    (anti-conservative). Permuting within clusters keeps the family structure
+    but has no power: environments are constant within a family (MMD), and
+    swapping siblings' rows leaves almost all of the dependence between X and
+    Y in place (HSIC). Exchanging whole clusters keeps each family's internal
+    dependence on both sides and breaks only what the null says is absent.
+    A cluster of size s can only go to another cluster of size s (rows map by
+    their order within the cluster); with `strata` (cross-fitting folds), only
+    within its stratum, so every cluster must lie inside one stratum.
+    """
+
+    def __init__(self, clusters: Clusters, strata: np.ndarray | None):
+        codes = clusters.codes
+        order = np.argsort(codes, kind="stable")
+        bounds = np.flatnonzero(np.r_[True, codes[order][1:] != codes[order][:-1], True])
+        members = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        if strata is not None:
+            _, scodes = np.unique(np.asarray(strata), return_inverse=True)
+            stratum = []
+            for m in members:
+                if np.any(scodes[m] != scodes[m[0]]):
+                    raise InputError(
+                        "a cluster spans two cross-fitting folds; assign folds by cluster so that whole "
+                        "clusters can be permuted"
+                    )
+                stratum.append(int(scodes[m[0]]))
+        else:
+            stratum = [0] * len(members)
+        # Exchangeable sets: clusters of equal size in the same stratum.
+        keyed: dict[tuple[int, int], list[np.ndarray]] = {}
+        for m, st in zip(members, stratum):
+            keyed.setdefault((st, m.size), []).append(m)
+        self._sets = [np.stack(ms) for ms in keyed.values()]  # each (clusters, size)
+        self.n = codes.shape[0]
+        self.n_exchangeable = int(sum(s.shape[0] for s in self._sets if s.shape[0] > 1))
+
+    def permuted_rows(self, rng: np.random.Generator) -> np.ndarray:
+        idx = np.arange(self.n)
+        for rows in self._sets:
+            if rows.shape[0] > 1:
+                idx[rows] = rows[rng.permutation(rows.shape[0])]
+        return idx
+
+
+def _permutation_groups(n: int, strata, clusters):
+    """What `_permuted_rows` permutes within: strata, whole clusters, or everything (None)."""
+    if clusters is None:
+        return _strata_groups(strata)
+    blocks = _ClusterBlocks(cluster_codes(clusters, n), strata)
+    if blocks.n_exchangeable < 2:
+        raise InputError("no two clusters of the same size to exchange: the cluster permutation test is undefined")
+    return blocks
 
 
 def _pairwise_mmd(means: np.ndarray) -> np.ndarray:
@@ -144,12 +214,14 @@ def mmd_permutation_test(
     n_permutations: int = 1000,
     rng: np.random.Generator | int = 0,
     strata: np.ndarray | None = None,
+    clusters: np.ndarray | None = None,
 ) -> tuple[float, float, str]:
     """(MMD^2 summed over environment pairs, permutation p-value, kernel used).
 
     Null: X has the same distribution in every environment. Environment
     labels are permuted (within `strata`, e.g. cross-fitting folds whose
-    instruments come from different maps, when given); all permutations are
+    instruments come from different maps, when given; by whole `clusters`,
+    e.g. families, when given, see `_ClusterBlocks`); all permutations are
     scored with one sparse (permutations x environments, samples) by
     (samples, features) product.
     """
@@ -167,7 +239,7 @@ def mmd_permutation_test(
     null = np.empty(n_permutations)
     n = codes.size
     chunk = max(1, int(2_000_000 // max(n, 1)))
-    groups = _strata_groups(strata)
+    groups = _permutation_groups(n, strata, clusters)
     for start in range(0, n_permutations, chunk):
         B = min(chunk, n_permutations - start)
         perm_codes = np.stack([codes[_permuted_rows(n, groups, rng)] for _ in range(B)])  # (B, n)
@@ -187,12 +259,14 @@ def hsic_permutation_test(
     n_permutations: int = 1000,
     rng: np.random.Generator | int = 0,
     strata: np.ndarray | None = None,
+    clusters: np.ndarray | None = None,
 ) -> tuple[float, float, str]:
     """(HSIC, permutation p-value, kernel used) for independence of X and Y.
 
     HSIC = ||(1/n) Fc' Gc||_F^2 with centred feature maps. Rows of Y are
     permuted (within `strata`, e.g. environments, when given: a test of
-    independence conditional on the stratum).
+    independence conditional on the stratum; as whole `clusters`, e.g.
+    families, when given, see `_ClusterBlocks`).
     """
     rng = np.random.default_rng(rng)
     n_permutations = _check_permutations(n_permutations)
@@ -202,7 +276,7 @@ def hsic_permutation_test(
     G = G - G.mean(axis=0)
     n = F.shape[0]
     observed = float(np.sum((F.T @ G / n) ** 2))
-    groups = _strata_groups(strata)
+    groups = _permutation_groups(n, strata, clusters)
 
     # F' G[perm] = F[perm^-1]' G: permute whichever side has fewer columns (the same null
     # statistics, less memory traffic), and score a batch of permutations with one matrix product.
@@ -222,18 +296,21 @@ def hsic_permutation_test(
 
 
 def sargan_hansen_j(
-    outcome, exposure, instruments, exog=None, *, cov_type: str = "robust"
+    outcome, exposure, instruments, exog=None, *, cov_type: str = "robust", clusters=None
 ) -> tuple[float, float, int]:
     """Overidentification test: (J statistic, p-value, degrees of freedom k - 1).
 
     "unadjusted": Sargan's statistic on the 2SLS residuals u,
     ||P u||^2 / (||M u||^2 / (n - k - c)), the form of `ivmodels.tests.j_test`
     with the 2SLS estimator. "robust": Hansen's J at the two-step efficient
-    GMM estimate, weight matrix from the 2SLS residuals (HC0).
+    GMM estimate, weight matrix from the 2SLS residuals (HC0). "cluster":
+    the same with the weight matrix summing the moments within `clusters`
+    (needs more clusters than instruments).
     """
     y = np.asarray(outcome, dtype=float).ravel()
     d = np.asarray(exposure, dtype=float).ravel()
     n = y.shape[0]
+    cov_type, groups = check_cov_type(cov_type, clusters, n)
     cols = [np.ones((n, 1))]
     if exog is not None:
         cols.append(np.asarray(exog, dtype=float).reshape(n, -1))
@@ -252,27 +329,31 @@ def sargan_hansen_j(
         g = Zt.T @ u
         explained = float(g @ g)
         stat = explained / ((float(u @ u) - explained) / (n - k - basis_c.shape[1]))
-    elif cov_type == "robust":
-        Zu = Zt * u[:, None]
-        S = Zu.T @ Zu
+    else:
+        if groups is not None and groups.n_clusters <= k:
+            raise InputError(f"the cluster-robust J test needs more clusters ({groups.n_clusters}) than instruments ({k})")
+        S = score_outer(Zt * u[:, None], groups)
         Sc, Sa = np.linalg.solve(S, c), np.linalg.solve(S, a)
         b_gmm = float(c @ Sa / (c @ Sc))
         g = a - b_gmm * c
         stat = float(g @ np.linalg.solve(S, g))
-    else:
-        raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
     return stat, float(stats.chi2.sf(stat, df)), df
 
 
-def first_stage_strength(exposure, instruments, exog=None, *, cov_type: str = "robust") -> tuple[float, float, int]:
+def first_stage_strength(
+    exposure, instruments, exog=None, *, cov_type: str = "robust", clusters=None
+) -> tuple[float, float, int]:
     """(first-stage F, p-value of a zero first stage, number of instruments k).
 
     "unadjusted": the partial F with an F(k, n - k - c) p-value; "robust": the
-    HC0 Wald statistic divided by k with a chi^2_k p-value. Both agree with
+    HC0 Wald statistic divided by k with a chi^2_k p-value; "cluster": the
+    same with scores summed within `clusters` (the cluster-robust
+    Kleibergen-Paap F with one endogenous regressor). All agree with
     `iv.fit_kclass(...).first_stage_f`.
     """
     d = np.asarray(exposure, dtype=float).ravel()
     n = d.shape[0]
+    cov_type, groups = check_cov_type(cov_type, clusters, n)
     cols = [np.ones((n, 1))]
     if exog is not None:
         cols.append(np.asarray(exog, dtype=float).reshape(n, -1))
@@ -288,8 +369,9 @@ def first_stage_strength(exposure, instruments, exog=None, *, cov_type: str = "r
         dfd = n - k - basis_c.shape[1]
         f = float(pi @ pi) / k / (float(u @ u) / dfd)
         return f, float(stats.f.sf(f, k, dfd)), k
-    Zu = Zt * u[:, None]
-    wald = float(pi @ np.linalg.solve(Zu.T @ Zu, pi))
+    if groups is not None and groups.n_clusters <= k:
+        raise InputError(f"the cluster-robust first-stage F needs more clusters ({groups.n_clusters}) than instruments ({k})")
+    wald = float(pi @ np.linalg.solve(score_outer(Zt * u[:, None], groups), pi))
     return wald / k, float(stats.chi2.sf(wald, k)), k
 
 
@@ -317,6 +399,7 @@ def instrument_diagnostics(
     kernel: str = "poly2",
     folds: np.ndarray | None = None,
     max_rows: int = DIAGNOSTIC_MAX_ROWS,
+    clusters: np.ndarray | None = None,
 ) -> list[Diagnostic]:
     """All four checks for `instruments` (n, k) of `data`.
 
@@ -335,6 +418,11 @@ def instrument_diagnostics(
     given the fold), the default complement is computed fold by fold, and J
     and F use the fold-interacted instruments with fold-by-environment
     effects, exactly as `crossfit.crossfit_estimates` estimates.
+
+    `clusters` (one label per sample, e.g. family ID; goes with
+    `settings.cov_type == "cluster"`): J and F are cluster-robust, and MMD and HSIC
+    permute whole clusters (a subsample keeps whatever members of each
+    cluster it draws).
     """
     from invariant_mr.inference.crossfit import fold_dummies, fold_interacted
 
@@ -359,11 +447,14 @@ def instrument_diagnostics(
     if data.n > max_rows:
         rows = np.sort(settings.rng(prefix + "diagnostic rows").choice(data.n, size=max_rows, replace=False))
     strata = None if folds is None else folds[rows]
+    clusters = None if clusters is None else np.asarray(clusters)
+    perm_clusters = None if clusters is None else clusters[rows]
 
     name = prefix + "invariance_mmd"
     try:
         stat, p, used = mmd_permutation_test(
-            X[rows], data.env_codes[rows], kernel=kernel, n_permutations=n_perm, rng=settings.rng(name), strata=strata
+            X[rows], data.env_codes[rows], kernel=kernel, n_permutations=n_perm, rng=settings.rng(name), strata=strata,
+            clusters=perm_clusters,
         )
         flag = (
             "instruments are distributed differently across environments: not invariant, possibly confounded"
@@ -371,7 +462,8 @@ def instrument_diagnostics(
             else "no evidence that the instruments' distribution differs across environments"
         )
         detail = {
-            "kernel": used, "n_permutations": n_perm, "permuted_within_folds": folds is not None, "rows": rows.size
+            "kernel": used, "n_permutations": n_perm, "permuted_within_folds": folds is not None, "rows": rows.size,
+            "permuted_whole_clusters": clusters is not None,
         }
         out.append(Diagnostic(name, "pooled", stat, p, flag, detail))
     except (InputError, np.linalg.LinAlgError) as exc:
@@ -401,7 +493,8 @@ def instrument_diagnostics(
     else:
         try:
             stat, p, used = hsic_permutation_test(
-                Xr, Y, kernel=kernel, n_permutations=n_perm, rng=settings.rng(name), strata=strata
+                Xr, Y, kernel=kernel, n_permutations=n_perm, rng=settings.rng(name), strata=strata,
+                clusters=perm_clusters,
             )
             flag = (
                 "instruments depend on the environment-varying component: likely confounded"
@@ -424,7 +517,9 @@ def instrument_diagnostics(
     controls = exogenous_controls(data, env_fixed_effects, extra_controls)
     name = prefix + "overidentification_j"
     try:
-        stat, p, df = sargan_hansen_j(data.outcome, data.exposure, X_iv, controls, cov_type=settings.cov_type)
+        stat, p, df = sargan_hansen_j(
+            data.outcome, data.exposure, X_iv, controls, cov_type=settings.cov_type, clusters=clusters
+        )
         flag = (
             "instruments disagree about the effect: at least one is invalid"
             if p < alpha
@@ -437,7 +532,7 @@ def instrument_diagnostics(
                 stat,
                 p,
                 flag,
-                {"df": df, "test": "hansen" if settings.cov_type == "robust" else "sargan"},
+                {"df": df, "test": "sargan" if settings.cov_type == "unadjusted" else "hansen", "cov_type": settings.cov_type},
             )
         )
     except (InputError, np.linalg.LinAlgError) as exc:
@@ -453,7 +548,10 @@ def instrument_diagnostics(
         scopes.append((f"env:{level}", mask, np.hstack(parts) if parts else None))
     for scope, mask, ctrl in scopes:
         try:
-            f, p, k = first_stage_strength(data.exposure[mask], X_iv[mask], ctrl, cov_type=settings.cov_type)
+            f, p, k = first_stage_strength(
+                data.exposure[mask], X_iv[mask], ctrl, cov_type=settings.cov_type,
+                clusters=None if clusters is None else clusters[mask],
+            )
         except (InputError, np.linalg.LinAlgError) as exc:
             out.append(_invalid(name, scope, str(exc)))
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -43,6 +44,7 @@ def iv_estimates(
     env_fixed_effects: bool = True,
     extra_controls: np.ndarray | None = None,
     extra: Mapping[str, Any] | None = None,
+    clusters: np.ndarray | None = None,
 ) -> list[Estimate]:
     """The pooled estimate, then one per environment when `settings.per_env`.
 
@@ -59,19 +61,29 @@ def iv_estimates(
     robust inference without per-method code. With more instruments than
     `settings.ar_max_instruments` the robust set is skipped (its cost
     grows as k^3 per grid point) and `extra` says so.
+
+    `clusters` (one label per sample, e.g. family ID) goes with
+    `settings.cov_type == "cluster"`: Wald SEs, first-stage F and AR sets are then
+    cluster-robust, per environment on that environment's clusters.
     """
 
-    def row(fit: KClassFit, scope: str, y, d, Z, ctrl) -> Estimate:
+    clusters = None if clusters is None else np.asarray(clusters)
+
+    def row(fit: KClassFit, scope: str, y, d, Z, ctrl, cl) -> Estimate:
         est = estimate_from_fit(fit, method, scope, settings.alpha, extra)
+        if fit.n_clusters is not None:
+            est = replace(est, extra={**est.extra, "n_clusters": fit.n_clusters})
         if Z is None or kappa == "ols":
             return est
         return with_anderson_rubin(
-            est, y, d, Z, ctrl, alpha=settings.alpha, cov_type=settings.cov_type, max_instruments=settings.ar_max_instruments
+            est, y, d, Z, ctrl, alpha=settings.alpha, cov_type=settings.cov_type, max_instruments=settings.ar_max_instruments, clusters=cl
         )
 
     controls = exogenous_controls(data, env_fixed_effects, extra_controls)
-    fit = fit_kclass(data.outcome, data.exposure, instruments, controls, kappa=kappa, cov_type=settings.cov_type)
-    rows = [row(fit, "pooled", data.outcome, data.exposure, instruments, controls)]
+    fit = fit_kclass(
+        data.outcome, data.exposure, instruments, controls, kappa=kappa, cov_type=settings.cov_type, clusters=clusters
+    )
+    rows = [row(fit, "pooled", data.outcome, data.exposure, instruments, controls, clusters)]
     if not settings.per_env:
         return rows
     codes = data.env_codes
@@ -82,11 +94,12 @@ def iv_estimates(
             ec = np.asarray(extra_controls, dtype=float).reshape(data.n, -1)[mask]
             ctrl = ec if ctrl is None else np.hstack([ctrl, ec])
         Zi = None if instruments is None else np.asarray(instruments).reshape(data.n, -1)[mask]
+        cl = None if clusters is None else clusters[mask]
         try:
             fit_e = fit_kclass(
-                data.outcome[mask], data.exposure[mask], Zi, ctrl, kappa=kappa, cov_type=settings.cov_type
+                data.outcome[mask], data.exposure[mask], Zi, ctrl, kappa=kappa, cov_type=settings.cov_type, clusters=cl
             )
         except (InputError, np.linalg.LinAlgError):
             continue
-        rows.append(row(fit_e, f"env:{level}", data.outcome[mask], data.exposure[mask], Zi, ctrl))
+        rows.append(row(fit_e, f"env:{level}", data.outcome[mask], data.exposure[mask], Zi, ctrl, cl))
     return rows

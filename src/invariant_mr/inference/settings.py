@@ -19,7 +19,7 @@ from invariant_mr.errors import InputError
 AR_MAX_INSTRUMENTS_DEFAULT = 200
 #: Default number of permutations of the MMD and HSIC diagnostics.
 DIAGNOSTIC_PERMUTATIONS_DEFAULT = 1000
-COV_TYPES = ("robust", "unadjusted")
+COV_TYPES = ("robust", "unadjusted", "cluster")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class InferenceSettings:
 
     seed: fixes every random step (`rng(salt)` gives one independent stream per step).
     alpha: 1 - confidence level of every interval and the level of every flag.
-    cov_type: "robust" (HC0) or "unadjusted" (classical).
+    cov_type: "robust" (HC0), "unadjusted" (classical) or "cluster" (cluster-robust; the
+        cluster labels are passed to each function with the data).
     per_env: also estimate within each environment.
     ar_max_instruments: most instruments for which the robust Anderson-Rubin set
         is computed (its inversion costs O(k^3) per grid point).
@@ -46,7 +47,7 @@ class InferenceSettings:
         if not 0 < self.alpha < 1:
             raise InputError(f"alpha must be in (0, 1), got {self.alpha}")
         if self.cov_type not in COV_TYPES:
-            raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {self.cov_type!r}")
+            raise InputError(f"cov_type must be one of {', '.join(COV_TYPES)}, got {self.cov_type!r}")
         if int(self.ar_max_instruments) < 1:
             raise InputError(f"--ar-max-instruments must be at least 1, got {self.ar_max_instruments}")
         if int(self.diagnostic_permutations) < 1:

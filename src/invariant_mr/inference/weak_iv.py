@@ -28,6 +28,10 @@ Two variants, chosen like the Wald SEs by `cov_type`:
   by evaluating AR on a fine grid of the compactified line b = b0 + s tan(t)
   (which covers both infinities) and refining every sign change with
   Brent's method.
+* "cluster" (one-way cluster-robust, e.g. families): as "robust", with
+  Omega(b) summing the instrument scores within each cluster before the outer
+  product (CR0, no small-sample factor, like `iv.fit_kclass`). It needs more
+  clusters than instruments.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from scipy import optimize, stats
 
 from invariant_mr.data import MRData, exogenous_controls
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.iv import independent_basis, orthonormal_basis, residualize
+from invariant_mr.estimators.iv import Clusters, check_cov_type, independent_basis, orthonormal_basis, residualize, score_outer
 from invariant_mr.inference.settings import InferenceSettings
 from invariant_mr.results import Estimate
 
@@ -150,9 +154,10 @@ class _ARProblem:
     ud: np.ndarray
     k: int
     dfd: int
+    clusters: Clusters | None = None
 
 
-def _prepare(outcome, exposure, instruments, exog, add_intercept: bool) -> _ARProblem:
+def _prepare(outcome, exposure, instruments, exog, add_intercept: bool, clusters=None) -> _ARProblem:
     y = np.asarray(outcome, dtype=float).ravel()
     d = np.asarray(exposure, dtype=float).ravel()
     n = y.shape[0]
@@ -173,6 +178,11 @@ def _prepare(outcome, exposure, instruments, exog, add_intercept: bool) -> _ARPr
     dfd = n - k - basis_c.shape[1]
     if dfd <= 0:
         raise InputError(f"too few samples ({n}) for {k} instruments and {basis_c.shape[1]} controls")
+    if clusters is not None and clusters.n_clusters <= k:
+        raise InputError(
+            f"the cluster-robust Anderson-Rubin test needs more clusters ({clusters.n_clusters}) than "
+            f"instruments ({k})"
+        )
     return _ARProblem(
         a=a,
         c=c,
@@ -184,12 +194,16 @@ def _prepare(outcome, exposure, instruments, exog, add_intercept: bool) -> _ARPr
         ud=dt - Zt @ c,
         k=k,
         dfd=dfd,
+        clusters=clusters,
     )
 
 
 def _robust_blocks(pr: _ARProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Omega(b) = Oyy - 2 b Oyd + b^2 Odd, scores summed within clusters when there are clusters."""
     Zy = pr.Zt * pr.uy[:, None]
     Zd = pr.Zt * pr.ud[:, None]
+    if pr.clusters is not None:
+        Zy, Zd = pr.clusters.sums(Zy), pr.clusters.sums(Zd)
     return Zy.T @ Zy, (Zy.T @ Zd + Zd.T @ Zy) / 2, Zd.T @ Zd
 
 
@@ -230,16 +244,19 @@ def anderson_rubin_test(
     beta0: float = 0.0,
     cov_type: str = "robust",
     add_intercept: bool = True,
+    clusters=None,
 ) -> tuple[float, float, int]:
-    """AR test of theta = beta0: (statistic on the chi^2 scale, p-value, degrees of freedom k)."""
-    pr = _prepare(outcome, exposure, instruments, exog, add_intercept)
+    """AR test of theta = beta0: (statistic on the chi^2 scale, p-value, degrees of freedom k).
+
+    cov_type "cluster" takes `clusters`, one label per sample.
+    """
+    cov_type, groups = check_cov_type(cov_type, clusters, np.asarray(outcome).shape[0])
+    pr = _prepare(outcome, exposure, instruments, exog, add_intercept, groups)
     b = np.array([float(beta0)])
     if cov_type == "unadjusted":
         stat = float(_classical_stat(pr, b)[0])
-    elif cov_type == "robust":
-        stat = float(_robust_stat(pr, b)[0])
     else:
-        raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
+        stat = float(_robust_stat(pr, b)[0])
     return stat, float(stats.chi2.sf(stat, pr.k)), pr.k
 
 
@@ -253,11 +270,13 @@ def anderson_rubin_confidence_set(
     cov_type: str = "robust",
     add_intercept: bool = True,
     n_grid: int = 4001,
+    clusters=None,
 ) -> ConfidenceSet:
     """All theta that the level-`alpha` AR test does not reject (see the module docstring)."""
     if not 0 < alpha < 1:
         raise InputError(f"alpha must be in (0, 1), got {alpha}")
-    pr = _prepare(outcome, exposure, instruments, exog, add_intercept)
+    cov_type, groups = check_cov_type(cov_type, clusters, np.asarray(outcome).shape[0])
+    pr = _prepare(outcome, exposure, instruments, exog, add_intercept, groups)
     crit = float(stats.chi2.ppf(1 - alpha, pr.k))
     if cov_type == "unadjusted":
         q = crit / pr.dfd
@@ -266,8 +285,6 @@ def anderson_rubin_confidence_set(
         B = -2 * ((1 + q) * ac - q * pr.yd)
         C = (1 + q) * aa - q * pr.yy
         return _quadratic_set(A, B, C, alpha)
-    if cov_type != "robust":
-        raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
     blocks = _robust_blocks(pr)
     if pr.k == 1:
         Oyy, Oyd, Odd = (float(m[0, 0]) for m in blocks)
@@ -358,6 +375,7 @@ def with_anderson_rubin(
     alpha: float = 0.05,
     cov_type: str = "robust",
     max_instruments: int | None = None,
+    clusters=None,
 ) -> Estimate:
     """A copy of `estimate` with its AR confidence set (hull in ar_ci_low/high, set in extra).
 
@@ -367,14 +385,16 @@ def with_anderson_rubin(
     so a missing set is never mistaken for an unbounded one.
     """
     k = estimate.n_instruments
-    if cov_type == "robust" and max_instruments is not None and k is not None and k > max_instruments:
+    if cov_type != "unadjusted" and max_instruments is not None and k is not None and k > max_instruments:
         reason = (
-            f"robust Anderson-Rubin set skipped: {k} instruments > --ar-max-instruments {max_instruments} "
+            f"{cov_type} Anderson-Rubin set skipped: {k} instruments > --ar-max-instruments {max_instruments} "
             "(raise it, or use --cov-type unadjusted for the closed-form classical set)"
         )
         return replace(estimate, extra={**estimate.extra, "ar_set_kind": "not computed", "ar_error": reason})
     try:
-        cs = anderson_rubin_confidence_set(outcome, exposure, instruments, exog, alpha=alpha, cov_type=cov_type)
+        cs = anderson_rubin_confidence_set(
+            outcome, exposure, instruments, exog, alpha=alpha, cov_type=cov_type, clusters=clusters
+        )
     except (InputError, np.linalg.LinAlgError) as exc:
         return replace(estimate, extra={**estimate.extra, "ar_set_kind": "not computed", "ar_error": str(exc)})
     fields_ = anderson_rubin_fields(cs)
@@ -394,6 +414,7 @@ def add_anderson_rubin(
     *,
     env_fixed_effects: bool = True,
     extra_controls: np.ndarray | None = None,
+    clusters=None,
 ) -> list[Estimate]:
     """AR sets for the rows that `estimation.iv_estimates` returned, scope by scope.
 
@@ -401,7 +422,8 @@ def add_anderson_rubin(
     with covariates, environment fixed effects (if `env_fixed_effects`) and
     `extra_controls`; "env:<label>" rows on that environment's samples with
     covariates and `extra_controls`. Rows without instruments (OLS) are
-    returned unchanged. Variant (robust/classical) and level follow `settings`.
+    returned unchanged. Variant (robust/classical/cluster) and level follow
+    `settings`; `clusters` (one label per sample) goes with `settings.cov_type == "cluster"`.
     """
     if instruments is None:
         return list(estimates)
@@ -431,6 +453,7 @@ def add_anderson_rubin(
                 alpha=settings.alpha,
                 cov_type=settings.cov_type,
                 max_instruments=settings.ar_max_instruments,
+                clusters=None if clusters is None else np.asarray(clusters)[rows],
             )
         )
     return out

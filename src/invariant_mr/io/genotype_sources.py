@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from invariant_mr.errors import InputError
-from invariant_mr.genotypes import (
+from invariant_mr.io.genotypes import (
     BED_MAGIC,
     VariantSelection,
     read_bim,
@@ -63,7 +63,7 @@ from invariant_mr.genotypes import (
     read_variant_id_file,
     resolve_bfile_prefix,
 )
-from invariant_mr.genotypes import (
+from invariant_mr.io.genotypes import (
     select_variants as _select_variant_positions,
 )
 
@@ -77,7 +77,7 @@ MISSING_INT8 = np.int8(-127)
 DEFAULT_BLOCK_BYTES = 256 * 1024**2
 
 #: Columns of every source's variant table, in order (the first five are those
-#: of `invariant_mr.genotypes`, so its selection and naming helpers apply).
+#: of `invariant_mr.io.genotypes`, so its selection and naming helpers apply).
 VARIANT_COLUMNS = ("variant_id", "chrom", "pos", "counted_allele", "other_allele", "info")
 
 #: INFO fields that carry an imputation quality score, in order of preference.
@@ -934,12 +934,12 @@ class VcfSource(GenotypeSource):
 # ---------------------------------------------------------------------- npy
 class NpySource(GenotypeSource):
     """A samples x variants dosage matrix in a .npy file (memory-mapped), for tests and
-    preprocessed data; see `invariant_mr.genotypes.NpyGenotypes` for the sidecar files."""
+    preprocessed data; see `invariant_mr.io.genotypes.NpyGenotypes` for the sidecar files."""
 
     format = "npy"
 
     def __init__(self, path, *, samples=None, variants=None):
-        from invariant_mr.genotypes import NpyGenotypes
+        from invariant_mr.io.genotypes import NpyGenotypes
 
         self._npy = NpyGenotypes(path, samples=samples, variants=variants)
         table = self._npy.variant_table.copy()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -142,11 +143,46 @@ def resolve_column(table: pd.DataFrame, name: str, option: str, source: str) -> 
     raise InputError(f"{option}: column {name!r} not found in {source}{hint} Columns: {shown}")
 
 
+_RANGE = re.compile(r"^(?P<prefix>.*?)(?P<start>\d+)-(?P<prefix2>.*?)(?P<stop>\d+)$")
+
+
+def expand_column_range(pattern: str, columns: Sequence[str], option: str = "--covar", source: str = "the table") -> list[str] | None:
+    """Column names of a numbered range such as "PC1-PC10" (or "PC1-10"), as PLINK's --covar-name reads it.
+
+    None when `pattern` is not a range, or is itself a column name (a column
+    literally called "PC1-PC10" wins). Every name in the range must be a
+    column: a range that runs past the PCs supplied is an InputError, not a
+    silent truncation. A zero-padded start ("PC01-PC20") keeps its width.
+    """
+    if pattern in columns:
+        return None
+    m = _RANGE.match(pattern)
+    if m is None or (m["prefix2"] and m["prefix2"] != m["prefix"]):
+        return None
+    start, stop = int(m["start"]), int(m["stop"])
+    if start > stop:
+        raise InputError(f"{option}: range {pattern!r} runs backwards ({start} > {stop})")
+    width = len(m["start"]) if m["start"].startswith("0") and len(m["start"]) > 1 else 0
+    names = [f"{m['prefix']}{i:0{width}d}" for i in range(start, stop + 1)]
+    absent = [c for c in names if c not in columns]
+    if absent:
+        raise InputError(
+            f"{option}: range {pattern!r} names {len(absent)} columns not in {source} "
+            f"(e.g. {', '.join(repr(c) for c in absent[:3])})"
+        )
+    return names
+
+
 def expand_columns(table: pd.DataFrame, patterns: Sequence[str], option: str, source: str) -> list[str]:
-    """Column names from names or shell globs (e.g. "PC*"), in the order given, without repeats."""
+    """Column names from names, shell globs (e.g. "PC*") or numbered ranges ("PC1-PC10"), in the
+    order given, without repeats."""
     chosen: list[str] = []
+    columns = [str(c) for c in table.columns]
     for pattern in patterns:
-        if any(ch in pattern for ch in "*?["):
+        ranged = expand_column_range(pattern, columns, option, source)
+        if ranged is not None:
+            hits = ranged
+        elif any(ch in pattern for ch in "*?["):
             hits = [str(c) for c in table.columns if fnmatch.fnmatchcase(str(c), pattern)]
             if not hits:
                 raise InputError(f"{option}: pattern {pattern!r} matches no column in {source}")

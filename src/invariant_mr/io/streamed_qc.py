@@ -1,6 +1,6 @@
 """Genotype QC in bounded memory: counts streamed over row blocks of a `GenotypeSource`.
 
-Applies exactly the rules of `invariant_mr.qc` (same steps, same order, same
+Applies exactly the rules of `invariant_mr.io.qc` (same steps, same order, same
 `QCThresholds` and `QCReport`) without an n x p float array: each row block is
 reduced to per-variant, per-environment counts and dropped. Memory: one block
 plus O(k p) counts plus two length-n vectors (environment codes, per-sample
@@ -39,7 +39,7 @@ from invariant_mr.io.genotype_sources import (
     MISSING_INT8,
     GenotypeSource,
 )
-from invariant_mr.qc import QCReport, QCThresholds, decide_variants
+from invariant_mr.io.qc import QCReport, QCThresholds, decide_variants
 
 #: Size of the float64 temporaries made while summing a float32 block.
 _FLOAT64_CHUNK_BYTES = 16 * 1024**2
