@@ -32,7 +32,7 @@ def test_valid_data_is_read_only_copy():
         (lambda a: a.update(exposure=a["exposure"][:-1]), "exposure has 99 rows"),
         (lambda a: a["outcome"].__setitem__(slice(0, 3), np.nan), "outcome has 3 NaN/inf"),
         (lambda a: a.update(env=np.array(["a"] * 100, dtype=object)), "at least 2 environments"),
-        (lambda a: a.update(env=np.array(["a"] * 95 + ["b"] * 5, dtype=object)), r"b \(n=5\)"),
+        (lambda a: a.update(env=np.array(["a"] * 95 + ["b"] * 5, dtype=object)), r"'b' \(n=5\)"),
     ],
 )
 def test_invalid_inputs_raise_specific_errors(change, message):
