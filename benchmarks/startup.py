@@ -32,7 +32,7 @@ COMMANDS = {
 HEAVY = ("torch", "dask", "matplotlib", "pandas", "scipy")
 PROBE = (
     "import sys, runpy; sys.argv = ['invariant-mr', *{args!r}]\n"
-    "try:\n    runpy.run_module('invariant_mr.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+    "try:\n    runpy.run_module('invariant_mr.cli', run_name='__main__', alter_sys=True)\nexcept SystemExit:\n    pass\n"
     "print('HEAVY=' + ','.join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)"
 )
 

@@ -1,0 +1,54 @@
+"""The `invariant-mr` command line: a thin layer over the Python API.
+
+`build_cli()` is a parser factory tests can call; each command lives in its
+own module and only parses options, calls the library and writes outputs.
+User errors (`InputError`, bad options) print one line and exit with status
+2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from invariant_mr import __version__
+from invariant_mr.errors import InputError
+from invariant_mr.io.output import release_all_locks
+
+EXIT_USER_ERROR = 2
+
+
+def build_cli() -> click.Group:
+    from invariant_mr.cli.demo import demo
+    from invariant_mr.cli.listing import methods
+    from invariant_mr.cli.run import run
+    from invariant_mr.cli.simulate import simulate
+
+    @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+    @click.version_option(__version__, prog_name="invariant-mr")
+    def cli():
+        """Mendelian randomization with instruments that are invariant across environments."""
+
+    for command in (methods, run, demo, simulate):
+        cli.add_command(command)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = build_cli()
+    try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        code = cli.main(args=argv, prog_name="invariant-mr", standalone_mode=False, obj={"argv": argv})
+    except InputError as exc:
+        click.echo(f"invariant-mr: error: {exc}", err=True)
+        return EXIT_USER_ERROR
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("invariant-mr: aborted", err=True)
+        return 130
+    finally:
+        release_all_locks()
+    return code if isinstance(code, int) else 0

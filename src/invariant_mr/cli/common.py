@@ -1,0 +1,200 @@
+"""What the commands share: sectioned help, the analysis and genotype-input options, and the result writers."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from invariant_mr.io.output import atomic_write_bytes, atomic_write_text
+from invariant_mr.methods.registry import MethodContext, all_method_options
+
+#: Help sections of `run` and `demo`, in order; method families follow, then anything else.
+SECTIONS = ("Input", "Simulation", "Output", "Quality control", "Analysis")
+
+
+class SectionOption(click.Option):
+    """An option that names the help section listing it."""
+
+    def __init__(self, *args, section: str = "Analysis", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.section = section
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists its options by section: input, output, analysis, then each method family."""
+
+    def format_options(self, ctx, formatter):
+        sections: dict[str, list] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "section", "Other"), []).append(record)
+        order = [s for s in SECTIONS if s in sections] + [s for s in sections if s not in SECTIONS]
+        for name in order:
+            with formatter.section(name if name in SECTIONS or name == "Other" else f"{name} options"):
+                formatter.write_dl(sections[name])
+
+
+def option(*decls, section: str, **kwargs):
+    return click.option(*decls, cls=SectionOption, section=section, **kwargs)
+
+
+def simulation_option(*decls, **kwargs):
+    return option(*decls, section="Simulation", **kwargs)
+
+
+# ------------------------------------------------------------------ helpers
+def command_line() -> str:
+    """The command as the user typed it (from `main`'s argv, recorded in the click context)."""
+    root = click.get_current_context().find_root()
+    argv = (root.obj or {}).get("argv", sys.argv[1:])
+    return shlex.join(["invariant-mr", *argv])
+
+
+def method_option_flags(func):
+    """Add one flag per registered method option (see `registry.MethodOption`)."""
+    for opt in sorted(all_method_options().values(), key=lambda o: o.name, reverse=True):
+        flag = opt.name.replace("_", "-")
+        text = f"{opt.help} [default: {opt.default}]"
+        if opt.type is bool:
+            func = option(f"--{flag}/--no-{flag}", opt.name, default=None, help=text, section=opt.group)(func)
+        else:
+            func = option(f"--{flag}", opt.name, type=opt.type, default=None, help=text, section=opt.group)(func)
+    return func
+
+
+def analysis_options(func):
+    """Options shared by `run` and `demo`."""
+    func = method_option_flags(func)
+    A = "Analysis"
+    decorators = [
+        option("--methods", default=None, section=A,
+             help="comma-separated methods (default: all default methods; see `invariant-mr methods`)"),
+        option("--seed", type=int, default=0, show_default=True, section=A, help="seed for every random step"),
+        option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
+             section=A, help="1 - confidence level"),
+        option("--cov-type", type=click.Choice(["robust", "unadjusted"]), default="robust", show_default=True, section=A,
+             help="robust (HC0) or classical standard errors"),
+        option("--per-env/--no-per-env", default=True, show_default=True, section=A,
+             help="also estimate within each environment"),
+        option("--overwrite", is_flag=True, section="Output",
+             help="replace an existing output directory written by a previous run (never one holding inputs)"),
+        option("--quiet", is_flag=True, section="Output", help="no progress bars or tables on the terminal"),
+    ]
+    for dec in reversed(decorators):
+        func = dec(func)
+    return func
+
+
+def method_context(seed, alpha, cov_type, per_env, quiet, option_values) -> MethodContext:
+    names = set(all_method_options())
+    options = {k: v for k, v in option_values.items() if k in names and v is not None}
+    return MethodContext(seed=seed, alpha=alpha, cov_type=cov_type, per_env=per_env, progress=not quiet, options=options)
+
+
+def write_result_files(result, directory: Path, plot: bool = True) -> list[str]:
+    """results.json, estimates.tsv and (optionally) forest.png into `directory`."""
+    atomic_write_text(directory / "results.json", result.to_json())
+    atomic_write_text(directory / "estimates.tsv", result.to_tsv())
+    written = ["results.json", "estimates.tsv"]
+    if plot:
+        from invariant_mr.report.plots import figure_png_bytes, forest_plot
+
+        atomic_write_bytes(directory / "forest.png", figure_png_bytes(forest_plot(result)))
+        written.append("forest.png")
+    return written
+
+
+GENETIC_OPTION_NAMES = (
+    "bfile", "npy", "npy_samples", "npy_variants", "pheno", "iid_col", "fid_col", "id_match", "extract", "region",
+    "max_variant_missing", "max_sample_missing", "min_maf", "min_maf_per_env", "standardize_dosages",
+    "min_env_samples", "dosage_of", "instruments_out", "report", "sumstats_out", "missing_code",
+)
+
+
+def input_paths(table, g) -> list[Path]:
+    """Every file this run reads: `--overwrite` never replaces a folder holding one of them."""
+    paths = [table, g["npy"], g["npy_samples"], g["npy_variants"], g["pheno"], g["extract"]]
+    if g["bfile"] is not None:
+        paths += [Path(f"{g['bfile']}{ext}") for ext in (".bed", ".bim", ".fam")]
+    return [Path(p) for p in paths if p is not None]
+
+
+def genetic_input_options(func):
+    """`run` options for genotype files (--bfile/--npy + --pheno), variant selection, QC, extra outputs, --config."""
+    from invariant_mr.config import config_option_callback
+    from invariant_mr.data import MIN_SAMPLES_PER_ENV
+    from invariant_mr.io.qc import QCThresholds
+
+    qc = QCThresholds()
+    path = click.Path(path_type=Path)
+    decorators = [
+        option("--missing-code", section="Input", default="-9,NA", show_default=True,
+             help="comma-separated values read as missing in phenotype and table columns (PLINK's -9 and NA); "
+                  "rows missing a used value are dropped and counted"),
+        option("--config", section="Input", type=path, is_eager=True, expose_value=False, callback=config_option_callback,
+                     help="TOML file of run options (keys = option names); command-line flags override it"),
+        option("--bfile", section="Input", type=path, default=None, help="PLINK 1 fileset prefix (PREFIX.bed/.bim/.fam)"),
+        option("--npy", section="Input", type=path, default=None, help="samples x variants dosage matrix (.npy, NaN = missing)"),
+        option("--npy-samples", section="Input", type=path, default=None, help="--npy row IDs: one IID (or 'FID IID') per line"),
+        option("--npy-variants", section="Input", type=path, default=None, help="--npy column IDs: one variant ID per line"),
+        option("--pheno", section="Input", type=path, default=None, help="phenotype table (CSV/TSV/Parquet) joined by sample ID"),
+        option("--iid-col", section="Input", default=None, help="IID column of --pheno [default: IID, #IID, iid, sample_id, ...]"),
+        option("--fid-col", section="Input", default=None, help="FID column of --pheno [default: FID or #FID if present]"),
+        option("--id-match", section="Input", type=click.Choice(["auto", "fid_iid", "iid", "row_order"]), default="auto",
+                     show_default=True, help="join key: FID+IID when --pheno has an FID column, else IID"),
+        option("--extract", section="Input", type=path, default=None, help="file of variant IDs to analyse (first field per line)"),
+        option("--region", section="Input", default=None, help="analyse variants in CHROM or CHROM:START-END (1-based, inclusive)"),
+        option("--geno", "max_variant_missing", section="Quality control", type=click.FloatRange(0, 1), default=qc.max_variant_missing,
+                     show_default=True, help="QC: remove variants with a missing-call rate above this"),
+        option("--mind", "max_sample_missing", section="Quality control", type=click.FloatRange(0, 1), default=qc.max_sample_missing,
+                     show_default=True, help="QC: remove samples with a missing-call rate above this"),
+        option("--maf", "min_maf", section="Quality control", type=click.FloatRange(0, 0.5), default=qc.min_maf, show_default=True,
+                     help="QC: remove variants with pooled minor-allele frequency below this"),
+        option("--maf-env", "min_maf_per_env", section="Quality control", type=click.FloatRange(0, 0.5), default=qc.min_maf_per_env,
+                     show_default=True, help="QC: remove variants with MAF below this in any environment"),
+        option("--standardize-dosages/--raw-dosages", section="Quality control", default=qc.standardize, show_default=True,
+                     help="QC: centre and scale every variant (pooled mean and SD)"),
+        option("--min-env-samples", section="Quality control", type=click.IntRange(2), default=MIN_SAMPLES_PER_ENV, show_default=True,
+                     help="fewest samples an environment may have"),
+        option("--dosage-of", section="Input", type=click.Choice(["A1", "A2"]), default="A1", show_default=True,
+                     help="PLINK allele counted by the dosage (.bim column 5 = A1)"),
+        option("--instruments-out/--no-instruments-out", section="Output", default=False, show_default=True,
+                     help="write instruments.tsv (learned instrument values per sample)"),
+        option("--report/--no-report", section="Output", default=True, show_default=True, help="write report.html"),
+        option("--sumstats-out", section="Output", type=path, default=None,
+                     help="also write per-variant summary statistics (TSV: variant, beta/se exposure and outcome, n)"),
+    ]
+    for dec in reversed(decorators):
+        func = dec(func)
+    return func
+
+
+def write_run_extras(result, directory: Path, data, *, qc_tsv: str | None = None, instruments_out: bool = False,
+                     report: bool = True, sumstats_out: Path | None = None,
+                     sumstats_env_adjust: bool = True) -> list[str]:
+    """qc.tsv, instruments.tsv and report.html (each optional) into `directory`."""
+    from invariant_mr.report.learned_instruments import instruments_tsv
+    from invariant_mr.report.html import write_report
+
+    written = []
+    if qc_tsv is not None:
+        atomic_write_text(directory / "qc.tsv", qc_tsv)
+        written.append("qc.tsv")
+    if instruments_out:
+        text = instruments_tsv(result, data.env, data.sample_ids)
+        if text is not None:
+            atomic_write_text(directory / "instruments.tsv", text)
+            written.append("instruments.tsv")
+    if report:
+        write_report(directory / "report.html", result, env=data.env)
+        written.append("report.html")
+    if sumstats_out is not None:
+        from invariant_mr.estimators.sumstats import summary_statistics
+
+        # The same associations the summary-statistic methods use (--sumstats-env-adjust).
+        summary_statistics(data, env_fixed_effects=sumstats_env_adjust).to_tsv(sumstats_out)
+    return written
