@@ -21,7 +21,9 @@ import numpy as np
 from invariant_mr.report.learned_instruments import learned_instruments
 from invariant_mr.io.output import atomic_write_text
 from invariant_mr.provenance import json_default
-from invariant_mr.results import ESTIMATE_COLUMNS, AnalysisResult
+from invariant_mr.results import ESTIMATE_COLUMNS, AnalysisResult, format_pvalue
+
+_TEXT_COLUMNS = ("method", "scope", "note")
 
 #: Points drawn per scatter plot: enough to see the shape, small enough to keep the file light.
 MAX_SCATTER_POINTS = 4000
@@ -32,7 +34,7 @@ color:#222;padding:0 1em}
 h1{font-size:1.6em;margin-bottom:0.2em}h2{border-bottom:1px solid #ccc;padding-bottom:0.2em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#f3f3f3}
-td.text,th.text{text-align:left}tr.pooled td{font-weight:600}
+td.text,th.text{text-align:left}td.note{color:#a33}tr.pooled td{font-weight:600}
 img{max-width:100%;border:1px solid #eee;margin:0.4em 0}
 pre{background:#f7f7f7;padding:0.8em;overflow-x:auto;font-size:0.8em}
 .muted{color:#777}.figs{display:flex;flex-wrap:wrap;gap:1em}
@@ -63,15 +65,17 @@ def _png_tag(fig, alt: str) -> str:
 def _estimates_table(result: AnalysisResult) -> str:
     theta = None if result.truth is None else result.truth.get("theta")
     cols = list(ESTIMATE_COLUMNS)
-    head = "".join(f'<th class="{"text" if c in ("method", "scope") else ""}">{_esc(c)}</th>' for c in cols)
+    head = "".join(f'<th class="{"text" if c in _TEXT_COLUMNS else ""}">{_esc(c)}</th>' for c in cols)
     if theta is not None:
         head += "<th>bias</th>"
     rows = []
     ordered = sorted(result.estimates, key=lambda e: (e.scope != "pooled", e.scope))
     for e in ordered:
         d = e.to_dict()
+        d["pvalue"] = format_pvalue(e.pvalue)
+        d["note"] = e.note
         cells = "".join(
-            f'<td class="{"text" if c in ("method", "scope") else ""}">{_esc(_fmt(d[c]))}</td>' for c in cols
+            f'<td class="{"text" if c in _TEXT_COLUMNS else ""}">{_esc(_fmt(d[c]))}</td>' for c in cols
         )
         if theta is not None:
             bias = None if e.estimate is None or not math.isfinite(e.estimate) else e.estimate - theta
