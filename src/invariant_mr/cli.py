@@ -56,6 +56,7 @@ def analysis_options(func):
         click.option("--per-env/--no-per-env", default=True, show_default=True, help="also estimate within each environment"),
         click.option("--overwrite", is_flag=True, help="replace an existing output directory"),
         click.option("--quiet", is_flag=True, help="no progress bars or tables on the terminal"),
+        click.option("--show-env", is_flag=True, help="terminal table: also per-environment rows (files always have them)"),
     ]
     for dec in reversed(decorators):
         func = dec(func)
@@ -66,6 +67,14 @@ def _context(seed, alpha, cov_type, per_env, quiet, option_values) -> MethodCont
     names = set(all_method_options())
     options = {k: v for k, v in option_values.items() if k in names and v is not None}
     return MethodContext(seed=seed, alpha=alpha, cov_type=cov_type, per_env=per_env, progress=not quiet, options=options)
+
+
+def _summary(result, data, instruments_out: bool) -> str:
+    """The terminal summary; --show-env (read from the running command) adds per-environment rows."""
+    from invariant_mr.report.terminal import terminal_summary
+
+    show_env = bool(click.get_current_context().params.get("show_env"))
+    return terminal_summary(result, show_env=show_env, n=data.n, instruments_out=instruments_out)
 
 
 def write_result_files(result, directory: Path, plot: bool = True) -> list[str]:
@@ -196,7 +205,7 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
                                     sumstats_env_adjust=sumstats_env_adjusted(ctx))
     if not quiet:
         click.echo(loaded.summary() + "\n")
-        click.echo(result.summary())
+        click.echo(_summary(result, loaded.data, g["instruments_out"]))
         click.echo(f"\nwrote {out.final}/" + ", ".join(written))
 
 
@@ -231,7 +240,7 @@ def _demo_plink(out, ctx, methods, quiet, n_envs: int, n_per_env: int, seed: int
     if not quiet:
         click.echo(f"{sim.summary()}\n")
         click.echo(loaded.summary() + "\n")
-        click.echo(result.summary())
+        click.echo(_summary(result, loaded.data, True))
         click.echo(f"\nwrote {out.final}/" + ", ".join(written))
 
 
@@ -299,7 +308,7 @@ def build_cli() -> click.Group:
                                         sumstats_env_adjust=sumstats_env_adjusted(ctx),
                                         report=genetic["report"])
         if not quiet:
-            click.echo(result.summary())
+            click.echo(_summary(result, data, genetic["instruments_out"]))
             click.echo(f"\nwrote {out_dir}/" + ", ".join(written))
 
     @cli.command()
@@ -338,7 +347,7 @@ def build_cli() -> click.Group:
             written += write_run_extras(result, out.path, sim.data, instruments_out=True)
         if not quiet:
             click.echo(f"Simulated paper setting '{setting}', K={n_envs}, n={n_per_env} per environment; true effect {sim.theta:g}\n")
-            click.echo(result.summary())
+            click.echo(_summary(result, sim.data, True))
             click.echo(f"\nwrote {', '.join(f'{out_dir}/{name}' for name in written)}")
 
     @cli.command()

@@ -171,7 +171,7 @@ class AnalysisResult:
         return buf.getvalue()
 
     def summary(self, scopes: Sequence[str] | None = ("pooled",)) -> str:
-        """A fixed-width table of estimates (pooled only by default; None = every scope), plus diagnostics.
+        """A fixed-width table of estimates and diagnostics (pooled only by default; None = every scope).
 
         A method that abstained shows "NA: <reason>" across its number columns.
         Column widths follow the widest cell, so a long AR set never runs into
@@ -227,11 +227,12 @@ class AnalysisResult:
                 lines.append(line(r))
         for error, mark in footnotes.items():
             lines.append(f"{mark} AR set left blank: {error}")
-        if self.diagnostics:
+        diagnostics = [d for d in self.diagnostics if scopes is None or d.scope in scopes]
+        if diagnostics:
             lines += ["", "Diagnostics:"]
-            width = max(len(d.name) for d in self.diagnostics) + 2
-            scope_width = max(len(d.scope) for d in self.diagnostics) + 2
-            for d in self.diagnostics:
+            width = max(len(d.name) for d in diagnostics) + 2
+            scope_width = max(len(d.scope) for d in diagnostics) + 2
+            for d in diagnostics:
                 lines.append(
                     f"  {d.name:<{width}}{d.scope:<{scope_width}}stat={_fmt(d.statistic, 0)}  "
                     f"p={format_pvalue(d.pvalue)}  {d.flag}"

@@ -16,9 +16,14 @@ simulations. In order:
    summary-level MR, Cochran's Q, the Egger intercept and MR-PRESSO's global
    test (IVW, MR-PRESSO) and I^2_GX below 0.9 (MR-Egger). A p-value below
    alpha fails a check.
-3. Tiers: (0) strong instruments, at least one validity check run, none
-   failed; (1) nothing failed but validity unchecked or strength unknown;
-   (2) at least one check failed, fewest failures first.
+3. Tiers, by the strength of the evidence that the instruments are valid:
+   (0) strong instruments, the environment-invariance test ran, nothing
+   failed; (1) strong instruments, only overidentification-type checks ran
+   (J, AR set, Q, Egger, MR-PRESSO), nothing failed. These detect
+   instruments that disagree with each other, not a bias that all of them
+   share, which is what confounding by ancestry produces; (2) nothing failed
+   but validity unchecked or strength unknown; (3) at least one check
+   failed, fewest failures first.
 4. In the best non-empty tier, pick the method whose interval overlaps the
    most intervals of the others in that tier (agreement), then the smallest
    standard error (precision), then the catalogue order.
@@ -52,9 +57,10 @@ METHOD_CHECKS: Mapping[str, str] = {
 }
 
 TIER_NAMES = {
-    0: "strong instruments and every check passes",
-    1: "no check fails, but instrument validity was not checked",
-    2: "at least one check fails",
+    0: "strong instruments; invariance across environments and every other check pass",
+    1: "strong instruments; overidentification-type checks pass, invariance not tested",
+    2: "no check fails, but instrument validity or strength was not checked",
+    3: "at least one check fails",
 }
 
 
@@ -71,13 +77,16 @@ class MethodAssessment:
     passed: tuple[str, ...]
     failed: tuple[str, ...]
     validity_checked: bool
+    invariance_checked: bool = False
 
     @property
     def tier(self) -> int:
         if self.failed:
-            return 2
+            return 3
         strong = self.first_stage_f is not None and self.first_stage_f >= WEAK_F
-        return 0 if (self.validity_checked and strong) else 1
+        if strong and self.invariance_checked:
+            return 0
+        return 1 if (strong and self.validity_checked) else 2
 
     def overlaps(self, other: "MethodAssessment") -> bool:
         return self.ci_low <= other.ci_high and other.ci_low <= self.ci_high
@@ -129,7 +138,7 @@ class Verdict:
                 lines += [f"    {a.method:<{width}}{'; '.join(a.failed)}" for a in failed]
             else:
                 lines.append("  failed checks: none")
-            unchecked = [a.method for a in self.assessments if a.tier == 1]
+            unchecked = [a.method for a in self.assessments if a.tier == 2]
             if unchecked:
                 lines.append(f"  validity not checked: {', '.join(unchecked)}")
         for method, why in self.abstained:
@@ -166,8 +175,8 @@ def _finite(x) -> bool:
     return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def _checks(e: Estimate, diags: list[Diagnostic], alpha: float) -> tuple[list[str], list[str], bool, float | None]:
-    """(passed, failed, validity_checked, F) for one pooled estimate."""
+def _checks(e: Estimate, diags: list[Diagnostic], alpha: float):
+    """(passed, failed, validity_checked, invariance_checked, F) for one pooled estimate."""
     passed, failed = [], []
     checked = False
     by_name = {d.name: d for d in diags if d.scope == "pooled"}
@@ -206,7 +215,8 @@ def _checks(e: Estimate, diags: list[Diagnostic], alpha: float) -> tuple[list[st
             failed.append(f"I^2_GX = {d.statistic:.2f} < {MIN_I_SQUARED_GX:g} (slope diluted)")
         else:
             passed.append(f"I^2_GX = {d.statistic:.2f}")
-    return passed, failed, checked, f
+    invariance = (d := by_name.get(f"{e.method}/invariance_mmd")) is not None and _finite(d.pvalue)
+    return passed, failed, checked, invariance, f
 
 
 def _max_overlap(items: list[MethodAssessment]) -> tuple[tuple[str, ...], tuple[float, float]]:
@@ -241,10 +251,10 @@ def verdict(result: AnalysisResult, *, alpha: float | None = None) -> Verdict:
         if not (_finite(e.ci_low) and _finite(e.ci_high)):
             set_aside.append((e.method, "no finite confidence interval"))
             continue
-        passed, failed, checked, f = _checks(e, diags, alpha)
+        passed, failed, checked, invariance, f = _checks(e, diags, alpha)
         assessments.append(
             MethodAssessment(e.method, float(e.estimate), e.se, float(e.ci_low), float(e.ci_high), f,
-                             tuple(passed), tuple(failed), checked)
+                             tuple(passed), tuple(failed), checked, invariance)
         )
     if not assessments:
         return Verdict((), (), None, None, "no method produced an estimate with a finite interval",
@@ -253,7 +263,7 @@ def verdict(result: AnalysisResult, *, alpha: float | None = None) -> Verdict:
 
     best_tier = min(a.tier for a in assessments)
     pool = [a for a in assessments if a.tier == best_tier]
-    if best_tier == 2:
+    if best_tier == 3:
         fewest = min(len(a.failed) for a in pool)
         pool = [a for a in pool if len(a.failed) == fewest]
     order = {a.method: i for i, a in enumerate(assessments)}
@@ -273,18 +283,23 @@ def _reason(pick: MethodAssessment, pool: list[MethodAssessment], tier: int) -> 
     checks = ", ".join(pick.passed) if pick.passed else "no check available"
     others = [a for a in pool if a is not pick]
     if tier == 0:
-        head = "its checks pass (" + checks + ")"
+        head = "its checks pass, invariance across environments included (" + checks + ")"
     elif tier == 1:
+        head = (
+            "its checks pass (" + checks + "), but no method with passing checks tested invariance across "
+            "environments, and these checks cannot see a bias shared by all instruments"
+        )
+    elif tier == 2:
         head = "no check fails, but its instrument validity was not checked (" + checks + "); no method passes every check"
     else:
         head = (
             f"CAUTION: every method fails a check; this one fails the fewest ({'; '.join(pick.failed)})"
         )
     if not others:
-        return head + ("" if tier == 2 else "; it is the only such method")
+        return head + ("" if tier == 3 else "; it is the only such method")
     agree = [b.method for b in others if pick.overlaps(b)]
     tail = (
-        f"; among {len(pool)} such methods its CI overlaps {len(agree)} other(s)"
+        f"; among {len(pool)} methods in this tier its CI overlaps {len(agree)} other(s)"
         + (f" ({', '.join(agree)})" if agree else "")
         + " and it is the most precise of those that agree most"
     )
