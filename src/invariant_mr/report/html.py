@@ -25,6 +25,10 @@ from invariant_mr.results import ESTIMATE_COLUMNS, AnalysisResult, format_pvalue
 
 _TEXT_COLUMNS = ("method", "scope", "note")
 
+
+def _cell_class(column: str) -> str:
+    return "text note" if column == "note" else ("text" if column in _TEXT_COLUMNS else "")
+
 #: Points drawn per scatter plot: enough to see the shape, small enough to keep the file light.
 MAX_SCATTER_POINTS = 4000
 
@@ -34,7 +38,8 @@ color:#222;padding:0 1em}
 h1{font-size:1.6em;margin-bottom:0.2em}h2{border-bottom:1px solid #ccc;padding-bottom:0.2em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#f3f3f3}
-td.text,th.text{text-align:left}td.note{color:#a33}tr.pooled td{font-weight:600}
+td.text,th.text{text-align:left}td{white-space:nowrap}td.note{color:#a33;white-space:normal;min-width:12em}
+.wide{overflow-x:auto}pre.verdict{white-space:pre-wrap}tr.pooled td{font-weight:600}
 img{max-width:100%;border:1px solid #eee;margin:0.4em 0}
 pre{background:#f7f7f7;padding:0.8em;overflow-x:auto;font-size:0.8em}
 .muted{color:#777}.figs{display:flex;flex-wrap:wrap;gap:1em}
@@ -74,15 +79,24 @@ def _estimates_table(result: AnalysisResult) -> str:
         d = e.to_dict()
         d["pvalue"] = format_pvalue(e.pvalue)
         d["note"] = e.note
+        if not e.available:
+            # Where the numbers would be, say why there are none (the first thing a reader looks at).
+            span = len(cols) - 2 + (theta is not None)
+            cells = (
+                f'<td class="text">{_esc(e.method)}</td><td class="text">{_esc(e.scope)}</td>'
+                f'<td class="text note" colspan="{span}">{_esc(e.note)}</td>'
+            )
+            rows.append(f'<tr class="{"pooled" if e.scope == "pooled" else ""} na">{cells}</tr>')
+            continue
         cells = "".join(
-            f'<td class="{"text" if c in _TEXT_COLUMNS else ""}">{_esc(_fmt(d[c]))}</td>' for c in cols
+            f'<td class="{_cell_class(c)}">{_esc(_fmt(d[c]))}</td>' for c in cols
         )
         if theta is not None:
-            bias = None if e.estimate is None or not math.isfinite(e.estimate) else e.estimate - theta
+            bias = e.estimate - theta
             cells += f"<td>{_esc(_fmt(bias))}</td>"
         rows.append(f'<tr class="{"pooled" if e.scope == "pooled" else ""}">{cells}</tr>')
     caption = f'<p class="muted">True effect: {theta:g}</p>' if theta is not None else ""
-    return f"{caption}<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f'{caption}<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def _forest(result: AnalysisResult) -> str:
@@ -106,7 +120,7 @@ def _verdict(result: AnalysisResult) -> str:
     return (
         "<p>A reading of the checks by the rule in <code>docs/verdict.md</code>; it never looks at the true "
         "effect and is not a guarantee.</p>"
-        f"<pre>{_esc(v.summary())}</pre>"
+        f'<pre class="verdict">{_esc(v.summary())}</pre>'
     )
 
 
