@@ -93,10 +93,18 @@ def summarise(records: list[dict]) -> list[dict]:
         picked = [abs(r["bias"][r["recommended"]]) for r in rs if r["recommended"] is not None]
         best = [abs(r["bias"][r["least_biased"]]) for r in rs]
         median_method = [float(np.median(np.abs(list(r["bias"].values())))) for r in rs]
+        # Per run, a noisy weak-instrument estimate can land near theta by chance; the method with the
+        # smallest |mean bias| over the scenario's runs is the steadier target.
+        methods = sorted({m for r in rs for m in r["bias"]})
+        mean_bias = {m: float(np.mean([r["bias"][m] for r in rs if m in r["bias"]])) for m in methods
+                     if all(m in r["bias"] for r in rs)}
+        steady = min(mean_bias, key=lambda m: abs(mean_bias[m]))
         rows.append({
             "scenario": scenario,
             "runs": len(rs),
             "hits": sum(r["recommended"] == r["least_biased"] for r in rs),
+            "least_biased_on_average": steady,
+            "hits_on_average": sum(r["recommended"] == steady for r in rs),
             "top3": sum(r["rank"] is not None and r["rank"] <= 3 for r in rs),
             "mean_rank": float(np.mean([r["rank"] for r in rs if r["rank"] is not None])) if picked else math.nan,
             "n_methods": max(r["n_methods"] for r in rs),
@@ -129,29 +137,36 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         f"Paper settings: K = 2, n = {meta['n_per_env']} per environment. {GENETIC}: 3 admixed",
         f"Balding-Nichols populations (F_ST 0.1, 10% admixture, 200 variants), n = {meta['n_per_env']} per environment.",
         "",
-        "| scenario | runs | hits | top 3 | mean rank (of methods) | mean abs bias: recommended | least-biased | median method | recommended (count) | least biased (count) | tier of pick |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "*Hit (avg)* = the recommended method is the one with the smallest |mean bias| over the scenario's",
+        "runs (named in the next column): a per-run hit can reward a noisy method that landed near theta by chance.",
+        "",
+        "| scenario | runs | hits | top 3 | hits (avg) | least biased on average | mean rank (of methods) | mean abs bias: recommended | least-biased | median method | recommended (count) | least biased (count) | tier of pick |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         fmt = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))  # noqa: E731
         lines.append(
-            f"| {r['scenario']} | {r['runs']} | {r['hits']} | {r['top3']} | {r['mean_rank']:.1f} (of {r['n_methods']}) "
+            f"| {r['scenario']} | {r['runs']} | {r['hits']} | {r['top3']} | {r['hits_on_average']} "
+            f"| {r['least_biased_on_average']} | {r['mean_rank']:.1f} (of {r['n_methods']}) "
             f"| {r['abs_bias_picked']:.3f} | {r['abs_bias_best']:.3f} | {r['abs_bias_median_method']:.3f} "
             f"| {fmt(r['picked'])} | {fmt(r['least_biased'])} | {fmt(r['tiers'])} |"
         )
     lines += [
         "",
-        f"Overall hit rate: {hits}/{total} = {hits / total:.2f}.",
+        f"Overall hit rate: {hits}/{total} = {hits / total:.2f} per run; "
+        f"{sum(r['hits_on_average'] for r in rows)}/{total} = {sum(r['hits_on_average'] for r in rows) / total:.2f} "
+        "against the least biased on average.",
         "",
         "Tier of the pick (docs/verdict.md): 0 = strong instruments, invariance across environments and every",
         "other check pass; 1 = strong, only overidentification-type checks ran and pass; 2 = nothing fails but",
         "validity or strength unchecked; 3 = every method fails a check (the pick fails the fewest).",
         "",
         "History, for honesty: a first version of the rule put every passing check on one level (no tier 1/0",
-        "split). Its partial run (linear and poly2, 5 seeds each) picked IVW or MR-PRESSO in 7 of 10 runs, whose",
-        "Cochran Q / Egger / PRESSO checks passed although they were among the most biased: those tests only",
+        "split). Its partial run (linear and poly2, 5 seeds each) picked IVW, MR-Egger or MR-PRESSO in 7 of 10",
+        "runs, whose heterogeneity checks passed although they were among the most biased: those tests only",
         "see instruments that disagree, not a bias shared by all of them. The rule was changed once, on that",
-        "principle (invariance evidence ranks above overidentification evidence), and not tuned further.",
+        "principle (invariance evidence ranks above overidentification evidence), and not tuned further. On",
+        "those 10 runs both versions hit 2 (the change moved linear seed 0 from MR-Egger to invariant_linear_crossfit).",
         "",
     ]
     return "\n".join(lines)
@@ -162,7 +177,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--n-per-env", type=int, default=2000)
     ap.add_argument("--scenarios", default=",".join((*PAPER_SETTINGS, GENETIC)))
+    ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the saved .json")
     args = ap.parse_args(argv)
+    if args.report_only:
+        saved = json.loads(OUT_JSON.read_text())
+        saved["summary"] = summarise(saved["runs"])
+        OUT_JSON.write_text(json.dumps(saved, indent=1) + "\n")
+        OUT_MD.write_text(markdown(saved["meta"], saved["summary"]))
+        print(OUT_MD.read_text())
+        return 0
     start = time.perf_counter()
     records = []
     for scenario in args.scenarios.split(","):
