@@ -148,7 +148,8 @@ def test_training_curves_one_panel_per_term_legend_outside():
     ]
     fig = training_curves_figure("invariant_autoencoder", history)
     panels = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in panels] == ["total", "recon", "inv", "ent", "w_inv"]
+    # w_inv never changes: no panel for it.
+    assert [ax.get_title() for ax in panels] == ["total", "recon", "inv", "ent"]
     by = {ax.get_title(): ax for ax in panels}
     assert len(by["total"].get_lines()) == 4  # train and validation, two folds
     assert by["recon"].get_yscale() == "log" and by["ent"].get_yscale() == "linear"

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from invariant_mr.results import AnalysisResult  # noqa: E402
 
@@ -142,6 +143,11 @@ def training_curves_figure(method: str, history: Sequence[Mapping]):
             terms.setdefault(term, []).append((split, k))
         else:
             terms.setdefault(k, []).append(("", k))
+    # A series that never changes (e.g. a fixed penalty weight) gets no panel: nothing to read in it.
+    terms = {
+        t: ks for t, ks in terms.items()
+        if np.nanmax([r.get(k, np.nan) for r in rows for _, k in ks]) > np.nanmin([r.get(k, np.nan) for r in rows for _, k in ks])
+    } or terms
     # "total" first: it is what model selection uses.
     names = sorted(terms, key=lambda t: (t != "total", list(terms).index(t)))
     folds = sorted({r.get("fold") for r in rows}, key=lambda f: (f is None, f))
@@ -161,6 +167,7 @@ def training_curves_figure(method: str, history: Sequence[Mapping]):
         v = np.concatenate(values) if values else np.array([])
         if v.size and v.min() > 0 and v.max() / v.min() > 20:
             ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(NullFormatter())  # minor labels would overprint each other
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
