@@ -21,25 +21,25 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from collections import Counter  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import datetime as dt
+import json
+import math
+import platform
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from invariant_mr.methods.registry import MethodContext  # noqa: E402
-from invariant_mr.pipeline import run_analysis  # noqa: E402
-from invariant_mr.provenance import cpu_model  # noqa: E402
-from invariant_mr.report.verdict import verdict  # noqa: E402
-from invariant_mr.simulation.genetic_dataset import simulate_genetic  # noqa: E402
-from invariant_mr.simulation.paper import simulate_paper  # noqa: E402
+from invariant_mr.methods.registry import MethodContext
+from invariant_mr.pipeline import run_analysis
+from invariant_mr.provenance import cpu_model
+from invariant_mr.report.verdict import verdict
+from invariant_mr.simulation.genetic_dataset import simulate_genetic
+from invariant_mr.simulation.paper import simulate_paper
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_JSON = ROOT / "benchmarks" / "results" / "verdict_rule.json"
@@ -125,8 +125,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "# Verdict rule: how often it picks the least-biased method",
         "",
         f"Regenerate: `{meta['command']}`",
-        f"Hardware: {meta['cpu']}, {meta['cores']} cores, CPU only (shared machine, niced). "
-        f"Date: {meta['date']}. Wall time {meta['wall_minutes']:.1f} min. Python {meta['python']}.",
+        (f"Hardware: {meta['cpu']}, {meta['cores']} cores, CPU only (shared machine, niced). "
+        f"Date: {meta['date']}. Wall time {meta['wall_minutes']:.1f} min. Python {meta['python']}."),
         "",
         "Each run simulates a fresh data set (seed = run number), runs the default methods with",
         "`run_analysis` (pooled only, `n_bootstrap = 200`) and applies `invariant_mr.report.verdict.verdict`,",
@@ -144,7 +144,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        fmt = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))  # noqa: E731
+        fmt = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))
         lines.append(
             f"| {r['scenario']} | {r['runs']} | {r['hits']} | {r['top3']} | {r['hits_on_average']} "
             f"| {r['least_biased_on_average']} | {r['mean_rank']:.1f} (of {r['n_methods']}) "
@@ -153,9 +153,9 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         )
     lines += [
         "",
-        f"Overall hit rate: {hits}/{total} = {hits / total:.2f} per run; "
+        (f"Overall hit rate: {hits}/{total} = {hits / total:.2f} per run; "
         f"{sum(r['hits_on_average'] for r in rows)}/{total} = {sum(r['hits_on_average'] for r in rows) / total:.2f} "
-        "against the least biased on average.",
+        "against the least biased on average."),
         "",
         "Tier of the pick (docs/verdict.md): 0 = strong instruments, invariance across environments and every",
         "other check pass; 1 = strong, only overidentification-type checks ran and pass; 2 = nothing fails but",

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from matplotlib.text import Annotation
 
+from invariant_mr.report.html import render_report
 from invariant_mr.report.learned_instruments import (
     instrument_count_label,
     instruments_note,
     missing_instruments,
 )
-from invariant_mr.report.html import render_report
 from invariant_mr.report.plots import forest_plot, robust_limits, training_curves_figure
 from invariant_mr.report.terminal import terminal_summary
 from invariant_mr.report.verdict import verdict

@@ -32,8 +32,9 @@ simulations. In order:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from invariant_mr.results import AnalysisResult, Diagnostic, Estimate, format_pvalue
 
@@ -88,7 +89,7 @@ class MethodAssessment:
             return 0
         return 1 if (strong and self.validity_checked) else 2
 
-    def overlaps(self, other: "MethodAssessment") -> bool:
+    def overlaps(self, other: MethodAssessment) -> bool:
         return self.ci_low <= other.ci_high and other.ci_low <= self.ci_high
 
 
@@ -306,4 +307,4 @@ def _reason(pick: MethodAssessment, pool: list[MethodAssessment], tier: int) -> 
     return head + tail
 
 
-__all__ = ["MethodAssessment", "Verdict", "verdict", "WEAK_F", "TIER_NAMES"]
+__all__ = ["TIER_NAMES", "WEAK_F", "MethodAssessment", "Verdict", "verdict"]
