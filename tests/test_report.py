@@ -132,3 +132,61 @@ def test_report_renders_in_headless_chromium(tmp_path):
     # The embedded figures decode: the forest plot's coloured markers show up (not greyscale only).
     colourful = (pixels.max(axis=2) - pixels.min(axis=2)) > 0.3
     assert colourful.mean() > 0.001
+
+
+#: The README's Balding-Nichols example, as a new user types it.
+README_SIMULATE = ["simulate", "--model", "balding-nichols", "--envs", "3", "--n-per-env", "200", "--n-variants", "60",
+                   "--seed", "1"]
+README_RUN = ["run", "--env", "environment", "--exposure", "exposure", "--outcome", "outcome", "--covariates",
+              "age,sex", "--quiet"]
+
+
+@pytest.mark.browser
+def test_readme_example_report_shows_abstention_and_a_readable_forest_plot(tmp_path):
+    """The README example: invariant_linear abstains; the report says why and the forest plot stays readable.
+
+    Set INVARIANT_MR_SCREENSHOT_DIR (e.g. docs/img) to keep the screenshot as report_readme_example.png.
+    """
+    import json
+    import os
+
+    from invariant_mr.cli import main
+    from invariant_mr.report.plots import forest_plot
+    from invariant_mr.results import AnalysisResult, Diagnostic, estimates_from_dicts
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no headless browser: install Debian's chromium (apt-get install -y chromium) to run this test")
+    bn, r1 = tmp_path / "bn", tmp_path / "r1"
+    assert main([*README_SIMULATE, "--out", str(bn)]) == 0
+    assert main([*README_RUN, "--bfile", str(bn / "genotypes"), "--pheno", str(bn / "phenotypes.tsv"),
+                 "--out", str(r1)]) == 0
+    page = (r1 / "report.html").read_text()
+    saved = json.loads((r1 / "results.json").read_text())
+    abstained = [e for e in saved["estimates"] if e["estimate"] is None and e["scope"] == "pooled"]
+    assert abstained, "the README example is meant to show an abstaining method"
+    for e in abstained:
+        assert f"NA: {e['extra']['reason']}" in page
+    assert '<h2 id="verdict">Verdict</h2>' in page and "recommended:" in page
+    # Readable: the axis spans the estimates, not the widest interval.
+    result = AnalysisResult(estimates_from_dicts(saved["estimates"]), saved["provenance"],
+                            tuple(Diagnostic(**d) for d in saved["diagnostics"]))
+    lo, hi = forest_plot(result).axes[0].get_xlim()
+    finite = [e["estimate"] for e in saved["estimates"] if e["estimate"] is not None]
+    assert lo <= min(finite) and max(finite) <= hi and hi - lo < 10 * (max(finite) - min(finite) + 0.1)
+
+    shot = tmp_path / "report_readme_example.png"
+    proc = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,3600",
+         f"--screenshot={shot}", (r1 / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (3600, 1200)
+    assert (pixels < 0.9).any(axis=2).mean() > 0.02
+    keep = os.environ.get("INVARIANT_MR_SCREENSHOT_DIR")
+    if keep:
+        shutil.copyfile(shot, os.path.join(keep, shot.name))

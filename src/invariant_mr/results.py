@@ -26,7 +26,11 @@ ESTIMATE_COLUMNS = (
     "ar_ci_low",
     "ar_ci_high",
     "pvalue",
+    "note",
 )
+
+#: p-values below this print as "<1e-16": double precision cannot resolve smaller tail areas.
+PVALUE_FLOOR = 1e-16
 
 
 def _clean(value):
@@ -66,6 +70,29 @@ class Estimate:
     def unavailable(cls, method: str, scope: str, n: int, n_instruments: int | None, reason: str) -> "Estimate":
         """A row saying why a method has no estimate here (estimate NaN, no SE or interval)."""
         return cls(method, scope, float("nan"), None, None, None, n, n_instruments, extra={"reason": reason})
+
+    @property
+    def available(self) -> bool:
+        """True when the method produced a finite point estimate."""
+        return self.estimate is not None and math.isfinite(self.estimate)
+
+    @property
+    def reason(self) -> str | None:
+        """Why there is no estimate (`Estimate.unavailable`), or None."""
+        reason = self.extra.get("reason")
+        if reason:
+            return str(reason)
+        return None if self.available else "no estimate (no reason recorded)"
+
+    @property
+    def note(self) -> str:
+        """What a reader of the numbers must know: why the estimate is NA, why the AR set is missing."""
+        parts = []
+        if self.reason is not None:
+            parts.append(f"NA: {self.reason}")
+        if self.extra.get("ar_set_kind") == "not computed" and self.extra.get("ar_error"):
+            parts.append(f"AR set not computed: {self.extra['ar_error']}")
+        return "; ".join(parts)
 
     def to_dict(self) -> dict:
         out = {f.name: _clean(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}
@@ -138,41 +165,88 @@ class AnalysisResult:
         writer.writerow(ESTIMATE_COLUMNS)
         for est in self.estimates:
             row = est.to_dict()
+            # Tabs and newlines in a note would break the one-line-per-row format.
+            row["note"] = " ".join(est.note.split())
             writer.writerow(["NA" if row[c] is None else row[c] for c in ESTIMATE_COLUMNS])
         return buf.getvalue()
 
     def summary(self, scopes: Sequence[str] | None = ("pooled",)) -> str:
-        """A fixed-width table of estimates (pooled only by default), plus diagnostics."""
+        """A fixed-width table of estimates and diagnostics (pooled only by default; None = every scope).
+
+        A method that abstained shows "NA: <reason>" across its number columns.
+        Column widths follow the widest cell, so a long AR set never runs into
+        its neighbour; AR sets that were not computed are left blank with a
+        footnote saying why.
+        """
         theta = None if self.truth is None else self.truth.get("theta")
         level = f"{100 * (1 - self.provenance.get('parameters', {}).get('alpha', 0.05)):g}%"
-        header = (
-            f"{'method':<32}{'scope':<12}{'estimate':>10}{'se':>9}{level + ' CI':>22}{'AR ' + level + ' set':>26}"
-            f"{'F':>9}{'#IV':>6}"
-        )
+        shown = [e for e in self.estimates if scopes is None or e.scope in scopes]
+        columns = ["method", "scope", "estimate", "se", f"{level} CI", f"AR {level} set", "p", "F", "#IV"]
         if theta is not None:
-            header += f"{'bias':>9}"
-        lines = [header, "-" * len(header)]
-        for e in self.estimates:
-            if scopes is not None and e.scope not in scopes:
+            columns.append("bias")
+        rows, na_rows, footnotes = [], [], {}
+        for e in shown:
+            if not e.available:
+                na_rows.append((len(rows), f"NA: {e.reason}"))
+                rows.append([e.method, e.scope] + [""] * (len(columns) - 2))
                 continue
-            ci = _fmt_interval(e.ci_low, e.ci_high)
-            line = (
-                f"{e.method:<32}{e.scope:<12}{_fmt(e.estimate, 10)}{_fmt(e.se, 9)}{ci:>22}{_fmt_ar(e):>26}"
-                f"{_fmt(e.first_stage_f, 9, '.1f')}{'' if e.n_instruments is None else e.n_instruments:>6}"
-            )
+            ar = _fmt_ar(e)
+            if e.extra.get("ar_set_kind") == "not computed":
+                error = str(e.extra.get("ar_error") or "not computed")
+                mark = footnotes.setdefault(error, f"[{len(footnotes) + 1}]")
+                ar = mark
+            row = [
+                e.method,
+                e.scope,
+                _fmt(e.estimate, 0),
+                _fmt(e.se, 0),
+                _fmt_interval(e.ci_low, e.ci_high),
+                ar,
+                format_pvalue(e.pvalue),
+                _fmt(e.first_stage_f, 0, ".1f"),
+                "" if e.n_instruments is None else str(e.n_instruments),
+            ]
             if theta is not None:
-                line += _fmt(e.estimate - theta, 9)
-            lines.append(line)
-        if self.diagnostics:
+                row.append(_fmt(e.estimate - theta, 0))
+            rows.append(row)
+        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+        gap = "  "
+
+        def line(cells):
+            out = [f"{cells[0]:<{widths[0]}}", f"{cells[1]:<{widths[1]}}"]
+            out += [f"{c:>{w}}" for c, w in zip(cells[2:], widths[2:])]
+            return gap.join(out).rstrip()
+
+        header = line(columns)
+        lines = [header, "-" * len(header)]
+        na = dict(na_rows)
+        for i, r in enumerate(rows):
+            if i in na:
+                lines.append(gap.join([f"{r[0]:<{widths[0]}}", f"{r[1]:<{widths[1]}}", na[i]]))
+            else:
+                lines.append(line(r))
+        for error, mark in footnotes.items():
+            lines.append(f"{mark} AR set left blank: {error}")
+        diagnostics = [d for d in self.diagnostics if scopes is None or d.scope in scopes]
+        if diagnostics:
             lines += ["", "Diagnostics:"]
-            width = max(len(d.name) for d in self.diagnostics) + 2
-            scope_width = max(len(d.scope) for d in self.diagnostics) + 2
-            for d in self.diagnostics:
+            width = max(len(d.name) for d in diagnostics) + 2
+            scope_width = max(len(d.scope) for d in diagnostics) + 2
+            for d in diagnostics:
                 lines.append(
                     f"  {d.name:<{width}}{d.scope:<{scope_width}}stat={_fmt(d.statistic, 0)}  "
-                    f"p={_fmt(d.pvalue, 0, '.3g')}  {d.flag}"
+                    f"p={format_pvalue(d.pvalue)}  {d.flag}"
                 )
         return "\n".join(lines)
+
+
+def format_pvalue(p) -> str:
+    """A p-value as people read it: 3 significant digits, "<1e-16" below double precision, NA when absent."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "NA"
+    if p < PVALUE_FLOOR:
+        return f"<{PVALUE_FLOOR:.0e}"
+    return f"{p:.3g}"
 
 
 def _fmt(value, width: int, spec: str = ".4f") -> str:
@@ -181,23 +255,36 @@ def _fmt(value, width: int, spec: str = ".4f") -> str:
     return f"{value:>{width}{spec}}"
 
 
-def _fmt_ar(e: "Estimate") -> str:
-    """The Anderson-Rubin set as printed: an interval, two rays, 'empty', or '' when not computed."""
+def _num(value: float) -> str:
+    """A confidence bound: 3 decimals, or 3 significant digits when huge (a weak-instrument interval)."""
+    return f"{value:.3f}" if abs(value) < 1e5 else f"{value:.3g}"
+
+
+def format_ar_set(e: "Estimate") -> str:
+    """The Anderson-Rubin set as printed: an interval, a union of rays, 'empty', or '' when not computed.
+
+    Unbounded sides use round brackets: `(-inf, 0.8] U [1.3, inf)`.
+    """
     kind = e.extra.get("ar_set_kind")
     if kind is None or kind == "not computed":
         return ""
     if kind == "empty":
         return "empty"
     intervals = e.extra.get("ar_set") or []
-    if kind == "two_rays" and len(intervals) == 2:
-        return f"[-inf, {intervals[0][1]:.3f}] U [{intervals[1][0]:.3f}, inf]"
+    if intervals:
+        return " U ".join(_fmt_interval(lo, hi) for lo, hi in intervals)
     return _fmt_interval(e.ar_ci_low, e.ar_ci_high) + (" (hull)" if kind == "union" else "")
 
 
+_fmt_ar = format_ar_set
+
+
 def _fmt_interval(low, high) -> str:
-    lo = "-inf" if low is None or (isinstance(low, float) and math.isinf(low)) else f"{low:.3f}"
-    hi = "inf" if high is None or (isinstance(high, float) and math.isinf(high)) else f"{high:.3f}"
-    return f"[{lo}, {hi}]"
+    lo_open = low is None or (isinstance(low, float) and math.isinf(low))
+    hi_open = high is None or (isinstance(high, float) and math.isinf(high))
+    lo = "(-inf" if lo_open else f"[{_num(low)}"
+    hi = "inf)" if hi_open else f"{_num(high)}]"
+    return f"{lo}, {hi}"
 
 
 def estimates_from_dicts(rows: Sequence[dict]) -> tuple[Estimate, ...]:
@@ -205,4 +292,4 @@ def estimates_from_dicts(rows: Sequence[dict]) -> tuple[Estimate, ...]:
     return tuple(Estimate(**{k: v for k, v in r.items() if k in names}) for r in rows)
 
 
-__all__ = ["Estimate", "Diagnostic", "AnalysisResult", "ESTIMATE_COLUMNS", "asdict"]
+__all__ = ["Estimate", "Diagnostic", "AnalysisResult", "ESTIMATE_COLUMNS", "format_ar_set", "format_pvalue", "asdict"]

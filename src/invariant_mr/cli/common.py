@@ -83,6 +83,8 @@ def analysis_options(func):
         option("--overwrite", is_flag=True, section="Output",
              help="replace an existing output directory written by a previous run (never one holding inputs)"),
         option("--quiet", is_flag=True, section="Output", help="no progress bars or tables on the terminal"),
+        option("--show-env", is_flag=True, section="Output",
+               help="terminal table: also per-environment rows (files always have them)"),
     ]
     for dec in reversed(decorators):
         func = dec(func)
@@ -93,6 +95,14 @@ def method_context(seed, alpha, cov_type, per_env, quiet, option_values) -> Meth
     names = set(all_method_options())
     options = {k: v for k, v in option_values.items() if k in names and v is not None}
     return MethodContext(seed=seed, alpha=alpha, cov_type=cov_type, per_env=per_env, progress=not quiet, options=options)
+
+
+def terminal_text(result, data, instruments_out: bool) -> str:
+    """The terminal summary; --show-env (read from the running command) adds per-environment rows."""
+    from invariant_mr.report.terminal import terminal_summary
+
+    show_env = bool(click.get_current_context().params.get("show_env"))
+    return terminal_summary(result, show_env=show_env, n=data.n, instruments_out=instruments_out)
 
 
 def write_result_files(result, directory: Path, plot: bool = True) -> list[str]:

@@ -14,6 +14,7 @@ from invariant_mr.cli.common import (
     method_context,
     option,
     simulation_option,
+    terminal_text,
     write_result_files,
     write_run_extras,
 )
@@ -58,7 +59,7 @@ def demo(model, setting, n_envs, n_per_env, out_dir, methods, seed, alpha, cov_t
         written += write_run_extras(result, out.path, sim.data, instruments_out=True)
     if not quiet:
         click.echo(f"Simulated paper setting '{setting}', K={n_envs}, n={n_per_env} per environment; true effect {sim.theta:g}\n")
-        click.echo(result.summary())
+        click.echo(terminal_text(result, sim.data, True))
         click.echo(f"\nwrote {', '.join(f'{out_dir}/{name}' for name in written)}")
 
 
@@ -93,7 +94,7 @@ def _demo_plink(out, ctx, methods, quiet, n_envs: int, n_per_env: int, seed: int
     if not quiet:
         click.echo(f"{sim.summary()}\n")
         click.echo(loaded.summary() + "\n")
-        click.echo(result.summary())
+        click.echo(terminal_text(result, loaded.data, True))
         click.echo(f"\nwrote {out.final}/" + ", ".join(written))
 
 

@@ -15,6 +15,7 @@ from invariant_mr.cli.common import (
     input_paths,
     method_context,
     option,
+    terminal_text,
     write_result_files,
     write_run_extras,
 )
@@ -80,7 +81,7 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, o
                                     sumstats_env_adjust=sumstats_env_adjusted(ctx),
                                     report=genetic["report"])
     if not quiet:
-        click.echo(result.summary())
+        click.echo(terminal_text(result, data, genetic["instruments_out"]))
         click.echo(f"\nwrote {out_dir}/" + ", ".join(written))
 
 
@@ -120,5 +121,5 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
                                     sumstats_env_adjust=sumstats_env_adjusted(ctx))
     if not quiet:
         click.echo(loaded.summary() + "\n")
-        click.echo(result.summary())
+        click.echo(terminal_text(result, loaded.data, g["instruments_out"]))
         click.echo(f"\nwrote {out.final}/" + ", ".join(written))

@@ -18,10 +18,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from invariant_mr.report.learned_instruments import learned_instruments
+from invariant_mr.report.learned_instruments import instrument_count_label, learned_instruments, missing_instruments
 from invariant_mr.io.output import atomic_write_text
 from invariant_mr.provenance import json_default
-from invariant_mr.results import ESTIMATE_COLUMNS, AnalysisResult
+from invariant_mr.results import ESTIMATE_COLUMNS, AnalysisResult, format_pvalue
+
+_TEXT_COLUMNS = ("method", "scope", "note")
+
+
+def _cell_class(column: str) -> str:
+    return "text note" if column == "note" else ("text" if column in _TEXT_COLUMNS else "")
 
 #: Points drawn per scatter plot: enough to see the shape, small enough to keep the file light.
 MAX_SCATTER_POINTS = 4000
@@ -32,7 +38,8 @@ color:#222;padding:0 1em}
 h1{font-size:1.6em;margin-bottom:0.2em}h2{border-bottom:1px solid #ccc;padding-bottom:0.2em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#f3f3f3}
-td.text,th.text{text-align:left}tr.pooled td{font-weight:600}
+td.text,th.text{text-align:left}td{white-space:nowrap}td.note{color:#a33;white-space:normal;min-width:12em}
+.wide{overflow-x:auto}pre.verdict{white-space:pre-wrap}tr.pooled td{font-weight:600}
 img{max-width:100%;border:1px solid #eee;margin:0.4em 0}
 pre{background:#f7f7f7;padding:0.8em;overflow-x:auto;font-size:0.8em}
 .muted{color:#777}.figs{display:flex;flex-wrap:wrap;gap:1em}
@@ -63,64 +70,58 @@ def _png_tag(fig, alt: str) -> str:
 def _estimates_table(result: AnalysisResult) -> str:
     theta = None if result.truth is None else result.truth.get("theta")
     cols = list(ESTIMATE_COLUMNS)
-    head = "".join(f'<th class="{"text" if c in ("method", "scope") else ""}">{_esc(c)}</th>' for c in cols)
+    head = "".join(f'<th class="{"text" if c in _TEXT_COLUMNS else ""}">{_esc(c)}</th>' for c in cols)
     if theta is not None:
         head += "<th>bias</th>"
     rows = []
     ordered = sorted(result.estimates, key=lambda e: (e.scope != "pooled", e.scope))
     for e in ordered:
         d = e.to_dict()
+        d["pvalue"] = format_pvalue(e.pvalue)
+        d["note"] = e.note
+        if not e.available:
+            # Where the numbers would be, say why there are none (the first thing a reader looks at).
+            span = len(cols) - 2 + (theta is not None)
+            cells = (
+                f'<td class="text">{_esc(e.method)}</td><td class="text">{_esc(e.scope)}</td>'
+                f'<td class="text note" colspan="{span}">{_esc(e.note)}</td>'
+            )
+            rows.append(f'<tr class="{"pooled" if e.scope == "pooled" else ""} na">{cells}</tr>')
+            continue
         cells = "".join(
-            f'<td class="{"text" if c in ("method", "scope") else ""}">{_esc(_fmt(d[c]))}</td>' for c in cols
+            f'<td class="{_cell_class(c)}">{_esc(_fmt(d[c]))}</td>' for c in cols
         )
         if theta is not None:
-            bias = None if e.estimate is None or not math.isfinite(e.estimate) else e.estimate - theta
+            bias = e.estimate - theta
             cells += f"<td>{_esc(_fmt(bias))}</td>"
         rows.append(f'<tr class="{"pooled" if e.scope == "pooled" else ""}">{cells}</tr>')
     caption = f'<p class="muted">True effect: {theta:g}</p>' if theta is not None else ""
-    return f"{caption}<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f'{caption}<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def _forest(result: AnalysisResult) -> str:
     from invariant_mr.report.plots import forest_plot
 
-    if not any(e.estimate is not None and math.isfinite(e.estimate) for e in result.estimates):
-        return '<p class="muted">No finite estimate to plot.</p>'
+    if not result.estimates:
+        return '<p class="muted">No estimate to plot.</p>'
     fig = forest_plot(result, title="Estimates by method: pooled and per environment")
-    note = ""
-    window = _forest_window(result)
-    if window is not None:
-        fig.axes[0].set_xlim(*window)
-        note = (
-            f'<p class="muted">The axis is limited to [{window[0]:.3g}, {window[1]:.3g}] so that the point '
-            "estimates stay readable; wider intervals run off the edge (their bounds are in the table).</p>"
-        )
+    note = (
+        '<p class="muted">The axis covers the point estimates and the bulk of the interval ends; an interval '
+        "that runs past it ends in an arrow at the edge (its bounds are in the table). Methods without an "
+        "estimate keep their row, with the reason.</p>"
+    )
     return _png_tag(fig, "forest plot") + note
 
 
-def _forest_window(result: AnalysisResult) -> tuple[float, float] | None:
-    """An x-range around the point estimates, or None when every interval already fits in it.
+def _verdict(result: AnalysisResult) -> str:
+    from invariant_mr.report.verdict import verdict
 
-    One very wide interval (a weak-instrument method) would otherwise squeeze
-    all the others into a single pixel column.
-    """
-    est = np.array([e.estimate for e in result.estimates if e.estimate is not None and math.isfinite(e.estimate)])
-    half = np.array([
-        (e.ci_high - e.ci_low) / 2 for e in result.estimates
-        if e.ci_low is not None and e.ci_high is not None and math.isfinite(e.ci_low) and math.isfinite(e.ci_high)
-    ])
-    lows = [e.ci_low for e in result.estimates if e.ci_low is not None and math.isfinite(e.ci_low)]
-    highs = [e.ci_high for e in result.estimates if e.ci_high is not None and math.isfinite(e.ci_high)]
-    if est.size == 0 or half.size == 0:
-        return None
-    pad = 3 * float(np.median(half)) + 1e-12
-    lo, hi = float(est.min()) - pad, float(est.max()) + pad
-    theta = None if result.truth is None else result.truth.get("theta")
-    if theta is not None:
-        lo, hi = min(lo, theta - pad), max(hi, theta + pad)
-    if min(lows, default=lo) >= lo and max(highs, default=hi) <= hi:
-        return None
-    return lo, hi
+    v = verdict(result)
+    return (
+        "<p>A reading of the checks by the rule in <code>docs/verdict.md</code>; it never looks at the true "
+        "effect and is not a guarantee.</p>"
+        f'<pre class="verdict">{_esc(v.summary())}</pre>'
+    )
 
 
 def _instrument_figures(result: AnalysisResult, env: np.ndarray | None) -> str:
@@ -130,8 +131,10 @@ def _instrument_figures(result: AnalysisResult, env: np.ndarray | None) -> str:
         return '<p class="muted">Environment labels not available.</p>'
     env = np.asarray(env).astype(str)
     found = learned_instruments(result, env.shape[0])
+    missing = missing_instruments(result, env.shape[0])
+    notes = "".join(f'<p class="muted">No instruments from {_esc(m)}: {_esc(why)}.</p>' for m, why in missing.items())
     if not found:
-        return '<p class="muted">No method learned instruments in this run.</p>'
+        return '<p class="muted">No method learned instruments in this run.</p>' + notes
     levels = sorted(set(env.tolist()))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     # A fixed seed: the same run gives the same report.
@@ -161,49 +164,21 @@ def _instrument_figures(result: AnalysisResult, env: np.ndarray | None) -> str:
             ax2.set_ylabel("instrument 2")
             ax2.set_title(f"Instruments 1 and 2 ({min(len(shown), env.shape[0])} samples)")
             ax2.legend(fontsize=8, markerscale=3)
-        fig.suptitle(f"{method}: {k} learned instrument(s)")
+        fig.suptitle(f"{method}: {instrument_count_label(result, method, k)}")
         fig.tight_layout()
         parts.append(_png_tag(fig, f"learned instruments of {method}"))
-    return '<div class="figs">' + "".join(parts) + "</div>"
+    return '<div class="figs">' + "".join(parts) + "</div>" + notes
 
 
 def _training_figures(result: AnalysisResult) -> str:
-    import matplotlib.pyplot as plt
+    from invariant_mr.report.plots import training_curves_figure
 
     parts = []
     for method, artifacts in result.artifacts.items():
         history = artifacts.get("history") if hasattr(artifacts, "get") else None
-        if not history:
-            continue
-        rows = [r for r in history if isinstance(r, Mapping)]
-        keys = [
-            k for k in dict.fromkeys(k for r in rows for k in r)
-            if k not in ("epoch", "fold", "lr") and all(isinstance(r.get(k, 0.0), (int, float)) for r in rows)
-        ]
-        if not keys:
-            continue
-        folds = sorted({r.get("fold") for r in rows}, key=lambda f: (f is None, f))
-        totals = [k for k in keys if k.endswith("total")] or keys[:2]
-        terms = [k for k in keys if k not in totals]
-        ncols = 2 if terms else 1
-        fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 3.8), squeeze=False)
-        for ax, group, title in ((axes[0, 0], totals, "total loss"), (axes[0, -1], terms, "loss terms")):
-            if not group or (title == "loss terms" and ncols == 1):
-                continue
-            for fold in folds:
-                fold_rows = [r for r in rows if r.get("fold") == fold]
-                epochs = [r.get("epoch", i) for i, r in enumerate(fold_rows)]
-                for key in group:
-                    ys = [r.get(key, np.nan) for r in fold_rows]
-                    label = key if fold is None else f"{key} (fold {fold})"
-                    ax.plot(epochs, ys, lw=1.2, label=label)
-            ax.set_yscale("symlog", linthresh=1e-3)
-            ax.set_xlabel("epoch")
-            ax.set_title(title)
-            ax.legend(fontsize=7, ncol=1 + len(group) // 6)
-        fig.suptitle(f"{method}: training curves")
-        fig.tight_layout()
-        parts.append(_png_tag(fig, f"training curves of {method}"))
+        fig = training_curves_figure(method, history) if history else None
+        if fig is not None:
+            parts.append(_png_tag(fig, f"training curves of {method}"))
     if not parts:
         return '<p class="muted">No neural method ran in this analysis.</p>'
     return '<div class="figs">' + "".join(parts) + "</div>"
@@ -280,6 +255,7 @@ def render_report(
     sections = [
         ("Estimates", _estimates_table(result)),
         ("Forest plot", _forest(result)),
+        ("Verdict", _verdict(result)),
         ("Learned instruments by environment", _instrument_figures(result, None if env is None else np.asarray(env))),
         ("Training curves", _training_figures(result)),
         ("Diagnostics", _diagnostics_table(result)),
