@@ -10,6 +10,28 @@ Latent blocks per environment e = 1..K (dim V = dim W = d, default 2):
 
 W is the exogenous block: same distribution in every environment and
 independent of H and V. The genotype is an injective mixture Z = g(V, W).
+
+Mixing recipes. The defaults are this project's: orthogonal or scaled
+Gaussian polynomial weights, a two-layer invertible MLP with leaky-ReLU after
+both layers, 30 discrete variants from linear logits, all drawn from the data
+seed. The authors' published code differs, and `mixing_recipe="paper-code"`
+reproduces it (issue 11, finding 1):
+
+* linear / poly: a Gaussian weight matrix whose singular values are clipped
+  below at s_max / 5 (`weights="clipped-normal"`, also selectable alone);
+* mlp: two square layers with U(-1, 1) weights whose columns are scaled to
+  unit l2 norm, leaky-ReLU(0.2) only *between* the layers (the output is
+  linear in the hidden layer);
+* discrete: an MLP (dim V + dim W) -> 2x -> 3x of the same kind (U(-1, 1),
+  l2-normalised columns, leaky-ReLU(0.2) between), read as 3 logits per
+  variable; each variable is the argmax, so Z has dim V + dim W columns with
+  values 0/1/2. (No biases: the published description names none.)
+
+`mix_seed` draws the mixing from its own seed (the authors use 100 for every
+data seed), so all data seeds share one mixing; by default the mixing comes
+from the data seed. `noise` adds Gaussian measurement error to Z with SD
+`noise` times each column's SD of the noise-free Z (real genotypes are never
+an exact polynomial of their latents).
 """
 
 from __future__ import annotations
@@ -83,6 +105,34 @@ def _eta(n_envs: int, d: int) -> list[np.ndarray]:
     return mats
 
 
+#: Recipes for the mixing g (see the module docstring).
+MIXING_RECIPES = ("default", "paper-code")
+#: Polynomial / linear weight kinds; "default" keeps the setting's own kind.
+WEIGHT_KINDS = ("default", "clipped-normal")
+
+
+def clipped_normal_matrix(m: int, rng: np.random.Generator, floor: float = 0.2) -> np.ndarray:
+    """Gaussian (m, m) matrix with singular values clipped below at `floor` x the largest (the authors' recipe)."""
+    U, s, Vt = np.linalg.svd(rng.standard_normal((m, m)))
+    return (U * np.maximum(s, floor * s[0])) @ Vt
+
+
+def _unit_columns_uniform(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    A = rng.uniform(-1.0, 1.0, size=(rows, cols))
+    return A / np.linalg.norm(A, axis=0, keepdims=True)
+
+
+def _leaky(x: np.ndarray, slope: float = 0.2) -> np.ndarray:
+    return np.where(x > 0, x, slope * x)
+
+
+def paper_code_mlp(X: np.ndarray, rng: np.random.Generator, widths: tuple[int, int]) -> np.ndarray:
+    """The authors' mixing MLP: U(-1,1) weights, l2-normalised columns, leaky-ReLU(0.2) between the two layers only."""
+    W1 = _unit_columns_uniform(X.shape[1], widths[0], rng)
+    W2 = _unit_columns_uniform(widths[0], widths[1], rng)
+    return _leaky(X @ W1) @ W2
+
+
 def _invertible_mlp(X: np.ndarray, rng: np.random.Generator, slope: float = 0.2) -> np.ndarray:
     """Two leaky-ReLU layers with well-conditioned square weights: injective by construction."""
     d = X.shape[1]
@@ -105,11 +155,18 @@ def simulate_paper(
     theta: float = 1.0,
     n_variants_discrete: int = 30,
     seed: int | np.random.Generator = 0,
+    noise: float = 0.0,
+    weights: str = "default",
+    mix_seed: int | None = None,
+    mixing_recipe: str = "default",
 ) -> SimulatedData:
     """Simulate one data set of the paper's protocol.
 
     `setting` is one of `PAPER_SETTINGS`. The mixing `g` is drawn from the same
-    seed as the samples, so a seed fixes everything.
+    seed as the samples, so a seed fixes everything, unless `mix_seed` is given
+    (then every data seed shares the mixing drawn from it). `weights`,
+    `mixing_recipe` and `noise` are described in the module docstring; their
+    defaults give this project's original protocol, draw for draw.
     """
     if setting not in PAPER_SETTINGS:
         raise InputError(f"unknown paper setting {setting!r}; choose from {', '.join(PAPER_SETTINGS)}")
@@ -119,8 +176,20 @@ def simulate_paper(
         raise InputError(f"--n-per-env must be at least 2, got {n_per_env}")
     if dim_v != dim_w and n_envs in _ETA:
         raise InputError("the paper's protocol uses dim V = dim W")
+    if mixing_recipe not in MIXING_RECIPES:
+        raise InputError(f"unknown mixing recipe {mixing_recipe!r}; choose from {', '.join(MIXING_RECIPES)}")
+    if weights not in WEIGHT_KINDS:
+        raise InputError(f"unknown weights {weights!r}; choose from {', '.join(WEIGHT_KINDS)}")
+    if not (np.isfinite(noise) and noise >= 0):
+        raise InputError(f"noise must be a non-negative number, got {noise}")
+    if mix_seed is not None and (isinstance(mix_seed, bool) or not isinstance(mix_seed, (int, np.integer))):
+        raise InputError(f"mix_seed must be an integer or None, got {mix_seed!r}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    family, weights = PAPER_SETTINGS[setting]
+    # The mixing's own generator: the data stream by default (the original protocol, draw for draw).
+    mix_rng = rng if mix_seed is None else np.random.default_rng(int(mix_seed))
+    family, weight_kind = PAPER_SETTINGS[setting]
+    if weights == "clipped-normal" or (mixing_recipe == "paper-code" and weights == "default"):
+        weight_kind = "clipped-normal"
     d = dim_v
     eta = _eta(n_envs, d)
     Sv, Sw = toeplitz_cov(dim_v), toeplitz_cov(dim_w)
@@ -138,23 +207,32 @@ def simulate_paper(
     D = latents @ beta + H.sum(axis=1) + rng.standard_normal(n)
     Y = theta * D + H.sum(axis=1) + rng.standard_normal(n)
 
+    m = latents.shape[1]
     if family == "linear":
-        Z = latents @ rng.standard_normal((latents.shape[1], latents.shape[1]))
+        A = clipped_normal_matrix(m, mix_rng) if weight_kind == "clipped-normal" else mix_rng.standard_normal((m, m))
+        Z = latents @ A
     elif family == "poly":
         degree = int(setting[4])
         M = monomials(latents, degree)
-        if weights == "orthogonal":
-            A, _ = np.linalg.qr(rng.standard_normal((M.shape[1], M.shape[1])))
+        if weight_kind == "clipped-normal":
+            A = clipped_normal_matrix(M.shape[1], mix_rng)
+        elif weight_kind == "orthogonal":
+            A, _ = np.linalg.qr(mix_rng.standard_normal((M.shape[1], M.shape[1])))
         else:
-            A = rng.standard_normal((M.shape[1], M.shape[1])) / np.sqrt(M.shape[1])
+            A = mix_rng.standard_normal((M.shape[1], M.shape[1])) / np.sqrt(M.shape[1])
         Z = M @ A
     elif family == "mlp":
-        Z = _invertible_mlp(latents, rng)
+        Z = paper_code_mlp(latents, mix_rng, (m, m)) if mixing_recipe == "paper-code" else _invertible_mlp(latents, mix_rng)
+    elif mixing_recipe == "paper-code":  # discrete: m variables, each the argmax of 3 MLP logits
+        logits = paper_code_mlp(latents, mix_rng, (2 * m, 3 * m)).reshape(n, m, 3)
+        Z = logits.argmax(axis=2).astype(float)
     else:  # discrete: each variant is the argmax of three linear logits, values 0/1/2
-        B = rng.standard_normal((latents.shape[1], n_variants_discrete, 3))
-        bias = rng.standard_normal((n_variants_discrete, 3))
+        B = mix_rng.standard_normal((m, n_variants_discrete, 3))
+        bias = mix_rng.standard_normal((n_variants_discrete, 3))
         logits = np.einsum("nk,kjc->njc", latents, B) + bias
         Z = logits.argmax(axis=2).astype(float)
+    if noise > 0:  # drawn last, so the noise-free part of Z is the same for every noise level
+        Z = Z + noise * Z.std(axis=0) * rng.standard_normal(Z.shape)
 
     ids = np.array([f"s{i:06d}" for i in range(n)], dtype=object)
     data = MRData(
@@ -172,5 +250,9 @@ def simulate_paper(
         "dim_v": dim_v,
         "dim_w": dim_w,
         "n_instruments": int(data.p),
+        "noise": float(noise),
+        "weights": (weight_kind or "normal") if family in ("linear", "poly") else None,
+        "mix_seed": None if mix_seed is None else int(mix_seed),
+        "mixing_recipe": mixing_recipe,
     }
     return SimulatedData(data=data, V=V, W=W, H=H, theta=float(theta), params=params)

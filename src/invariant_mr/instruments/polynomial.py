@@ -1,0 +1,519 @@
+"""Identify first, then select what is invariant (METHOD.md section 6).
+
+If Z = M · monomials_d(V, W) with M invertible, then (V, W) is a *linear*
+function of Z. So:
+
+Stage 1 (identify). A linear encoder h = L z and a polynomial decoder
+Z ≈ monomials_d(h) C. For a given L the best C is a ridge least-squares
+solution, solved inside the loss (variable projection), so only L is
+optimised (L-BFGS, several restarts: one PCA start, the rest random).
+Polynomial decoders identify latents up to an affine map (Ahuja, Mahajan,
+Wang & Bengio, ICML 2023), so the codes h are (V, W) up to an affine map
+when the decoder class contains the truth. The degree, the latent dimension
+and the restart are chosen by reconstruction error on a seeded held-out
+split; no ground truth is used.
+
+Stage 2 (select). `LinearInvariantInstruments` on the codes, with its signal
+rank fixed to the code dimension (the codes are whitened, so their spectrum
+is flat and carries no rank information). On affine latents this is the
+linear case, where the closed form finds exactly the W block.
+
+Measurement noise. Real measurements are never an exact polynomial, and
+whitening all of Z divides by the square root of eigenvalues as small as
+1e-7 of the largest (poly3), which turns 1% noise into codes that are all
+noise. So stage 1 reconstructs in the noise-aware metric of the linear method
+(columns divided by their noise SD from `noise_whitened_spectrum`: a Gaussian
+likelihood under heteroskedastic column noise, and invariant to rescaling a
+column), not in the whitened one: a near-null direction where noise
+dominates costs what its variance is, almost nothing. The directions are not
+cut by the rank rule: under polynomial mixing the smallest-variance
+directions are the degree-1 monomials, the very latents stage 1 must read,
+and without noise they can look like an isotropic bulk. (Only for more than
+`max_target_dim` columns, e.g. genotype panels, is Z cut to its signal
+subspace.) The encoder's input is whitened, which changes nothing but the
+conditioning, since L absorbs any invertible map of its input.
+
+Model choice. The most flexible degree is fitted at latent dimensions 1, 2,
+... (up to `max_latent_dim`; stopping early once reconstruction is exact);
+lower degrees are then fitted only at the dimensions that came close, warm
+started from the top degree's encoder. Held-out reconstruction error falls
+whenever a latent is added, even a pure-noise one (the encoder reads the
+held-out row's noise and the decoder echoes it back), so the rule is not
+"lowest held-out error": among the models within a tolerance of the best, the
+one with the fewest monomials wins (then the lower degree). The tolerance is
+`dim_threshold` times the best model's error per unexplained direction
+(err / (dim - k): about what reading one more noise direction gives), and at
+least `rtol`, the error counted as exact.
+
+Everything downstream is linear in Z: `transform(Z) = Z @ components_ + intercept_`.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations_with_replacement
+from typing import Hashable, Iterable
+
+import numpy as np
+import scipy.linalg
+from scipy import optimize
+
+from invariant_mr.errors import InputError
+from invariant_mr.invariant_linear import LinearInvariantInstruments, NoSignalError, noise_whitened_spectrum
+
+#: Directions of Z with a smaller share of the largest (noise-whitened) eigenvalue are numerically absent.
+_PRESENT_RTOL = 1e-12
+
+
+def monomial_index(k: int, degree: int) -> list[tuple[int, ...]]:
+    """Index tuples of all monomials of k variables up to `degree`, the constant (empty tuple) first."""
+    out: list[tuple[int, ...]] = [()]
+    for deg in range(1, degree + 1):
+        out.extend(combinations_with_replacement(range(k), deg))
+    return out
+
+
+def n_monomials(k: int, degree: int) -> int:
+    return len(monomial_index(k, degree))
+
+
+def _monomial_rows(h: np.ndarray, index: list[tuple[int, ...]]) -> np.ndarray:
+    """(len(index), n): the monomials of the columns of h as contiguous rows.
+
+    `index` lists every monomial after its lower-degree prefix (as `monomial_index` does), so each
+    is one product of an earlier row and one variable."""
+    ht = np.ascontiguousarray(h.T)
+    out = np.empty((len(index), h.shape[0]))
+    position = {combo: j for j, combo in enumerate(index)}
+    out[0] = 1.0
+    for j, combo in enumerate(index[1:], 1):
+        if len(combo) == 1:
+            out[j] = ht[combo[0]]
+        else:
+            np.multiply(out[position[combo[:-1]]], ht[combo[-1]], out=out[j])
+    return out
+
+
+def _monomials_np(h: np.ndarray, index: list[tuple[int, ...]]) -> np.ndarray:
+    return _monomial_rows(h, index).T
+
+
+def _derivative_terms(index: list[tuple[int, ...]]) -> list[tuple[int, int, float, int]]:
+    """(monomial j, variable i, multiplicity a, position of monomial j / h_i) for every h_i in monomial j:
+    d monomial_j / d h_i = a * monomial_(j / h_i)."""
+    position = {combo: j for j, combo in enumerate(index)}
+    terms = []
+    for j, combo in enumerate(index):
+        for i in sorted(set(combo)):
+            reduced = list(combo)
+            reduced.remove(i)
+            terms.append((j, i, float(combo.count(i)), position[tuple(reduced)]))
+    return terms
+
+
+class _Stage1Problem:
+    """The variable-projection loss of one (degree, latent dimension) on fixed rows, with its gradient.
+
+    X: encoder input (n, r), the signal coordinates scaled to unit variance
+    (conditioning only; the loss does not depend on it). T: reconstruction
+    target (n, r), the same coordinates in the noise-aware metric.
+
+    The codes are whitened inside the loss (centred, Cholesky-whitened): the
+    loss is invariant to affine maps of h, so this removes that gauge and keeps
+    the monomials well conditioned. The decoder C is the ridge solution for the
+    current codes; by the envelope theorem the gradient in L with C held fixed
+    is the gradient of the projected loss. The gradient is analytic (a small
+    autograd graph costs more in per-operation overhead than the arithmetic);
+    a test checks it against finite differences.
+
+    Whitening backward: with u = hc R^-T, R R' = hc'hc / n and du0 = dhc R^-T,
+    du = du0 - u Phi(E)' where E = (u'du0 + du0'u) / n and Phi keeps the lower
+    triangle with the diagonal halved; so the gradient in du0 is
+    G_u - u (Q + Q') / n with Q = Phi(G_u' u).
+    """
+
+    def __init__(self, X: np.ndarray, T: np.ndarray, k: int, degree: int, ridge: float):
+        self.X, self.T = X, T
+        self.k, self.degree, self.ridge = k, degree, ridge
+        self.index = monomial_index(k, degree)
+        self.terms = _derivative_terms(self.index)
+        self.n = X.shape[0]
+        self.tss = float((T * T).sum())
+        self.penalty = ridge * self.n * np.eye(len(self.index))
+
+    def value_and_grad(self, flat: np.ndarray) -> tuple[float, np.ndarray]:
+        n, k = self.n, self.k
+        L = flat.reshape(-1, k)
+        h = self.X @ L
+        hc = h - h.mean(0)
+        try:
+            R = np.linalg.cholesky(hc.T @ hc / n)
+            u = scipy.linalg.solve_triangular(R, hc.T, lower=True).T  # hc R^-T
+            Pt = _monomial_rows(u, self.index)  # (m, n): one contiguous row per monomial
+            C = np.linalg.solve(Pt @ Pt.T + self.penalty, Pt @ self.T)
+        except np.linalg.LinAlgError:  # codes numerically rank-deficient: steer the line search away
+            return 1e3, np.zeros_like(flat)
+        resid = self.T - Pt.T @ C
+        loss = ((resid * resid).sum() + self.ridge * n * (C * C).sum()) / self.tss
+        G_Pt = (-2.0 / self.tss) * (C @ resid.T)  # d loss / d P, transposed
+        G_ut = np.zeros((k, n))
+        for j, i, a, low in self.terms:
+            G_ut[i] += a * G_Pt[j] * Pt[low]
+        G_u = G_ut.T
+        Q = np.tril(G_u.T @ u)
+        Q[np.diag_indices(k)] /= 2
+        G_0 = G_u - u @ (Q + Q.T) / n
+        G_hc = scipy.linalg.solve_triangular(R, G_0.T, lower=True, trans=1).T  # G_0 R^-1
+        G_h = G_hc - G_hc.mean(0)
+        return float(loss), (self.X.T @ G_h).ravel()
+
+
+def _fit_decoder(X: np.ndarray, T: np.ndarray, L: np.ndarray, index, ridge: float):
+    """(code mean, code whitening R, decoder C) for encoder L on rows (X, T)."""
+    h = X @ L
+    mean = h.mean(0)
+    hc = h - mean
+    R = np.linalg.cholesky(hc.T @ hc / h.shape[0])
+    P = _monomials_np(np.linalg.solve(R, hc.T).T, index)
+    C = np.linalg.solve(P.T @ P + ridge * h.shape[0] * np.eye(P.shape[1]), P.T @ T)
+    return mean, R, C
+
+
+def _reconstruction_error(X, T, L, mean, R, C, index) -> float:
+    """Relative squared reconstruction error of rows (X, T) under a fitted encoder/decoder."""
+    h = np.linalg.solve(R, (X @ L - mean).T).T
+    resid = T - _monomials_np(h, index) @ C
+    return float((resid * resid).sum() / (T * T).sum())
+
+
+class PolynomialInvariantInstruments:
+    """Two-stage invariant instruments for polynomial mixing: `fit(Z, env)` then `transform(Z)`.
+
+    Parameters
+    ----------
+    degrees : iterable of int
+        Decoder degrees to try (1 = linear: a rank-k PCA, no optimisation).
+    latent_dims : "auto", int or iterable of int
+        Latent dimensions to try; "auto" tries 1, 2, ... up to `max_latent_dim`
+        (and the dimension of Z), stopping early only at an exact reconstruction.
+    max_latent_dim : int
+    n_restarts : int
+        Starts per (degree, dimension): one PCA start plus n_restarts - 1 random ones.
+    ridge : float
+        Ridge of the decoder solve, relative to n (the codes are whitened, so monomials are O(1)).
+    holdout : float
+        Share of rows held out for choosing degree, dimension and restart.
+    dim_threshold : float
+        A larger model must lower the relative held-out error by this many times the smaller
+        model's error per unexplained direction (what reading one more noise direction gives).
+    rtol : float
+        Held-out relative error counted as exact reconstruction, and the smallest tolerance.
+    max_iter : int
+        L-BFGS iterations per start.
+    scan_rows : int or None
+        Training rows used while searching degree, dimension and restart (None: all); the chosen
+        encoder is then refined on all rows.
+    max_target_dim : int
+        Directions of Z that stage 1 reads and reconstructs: all numerically present ones up to
+        this many; beyond it (genotype panels), the signal subspace of the rank rule.
+    n_components, alpha, n_permutations : passed to stage 2 (`LinearInvariantInstruments`).
+    random_state : int, Generator or None
+
+    Attributes (after fit)
+    ----------------------
+    degree_, latent_dim_, restart_ : the chosen stage-1 model
+    selection_ : list of dicts, one per (degree, latent_dim, restart) tried, with training and
+        held-out relative reconstruction errors and which one was chosen
+    heldout_error_ : held-out relative error of the chosen model
+    signal_rank_ : signal rank of Z by the noise-aware rule (sets the noise level of the tolerance)
+    target_dim_ : directions of Z that stage 1 reads and reconstructs
+    selection_tolerance_ : held-out error margin within which the simplest model wins
+    noise_variances_ : per-column noise variances of Z (stage-1 metric)
+    encoder_, encoder_offset_ : codes h = Z @ encoder_ + encoder_offset_ (whitened: mean 0, covariance I)
+    decoder_ : (monomials, target_dim_) coefficients reconstructing the signal coordinates
+    stage2_ : the fitted `LinearInvariantInstruments` on the codes
+    n_components_, invariance_eigenvalues_, pvalues_ : from stage 2
+    components_, intercept_ : instruments = Z @ components_ + intercept_
+    all_directions_ : (p, latent_dim_) every stage-2 direction in Z coordinates, most invariant first
+    levels_, n_features_in_
+    """
+
+    def __init__(
+        self,
+        degrees: Iterable[int] = (1, 2, 3),
+        latent_dims="auto",
+        max_latent_dim: int = 6,
+        n_restarts: int = 4,
+        ridge: float = 1e-8,
+        holdout: float = 0.2,
+        dim_threshold: float = 3.0,
+        rtol: float = 1e-6,
+        max_iter: int = 400,
+        scan_rows: int | None = 2000,
+        max_target_dim: int = 200,
+        n_components="auto",
+        alpha: float = 0.05,
+        n_permutations: int = 199,
+        random_state=None,
+    ):
+        self.degrees = degrees
+        self.latent_dims = latent_dims
+        self.max_latent_dim = max_latent_dim
+        self.n_restarts = n_restarts
+        self.ridge = ridge
+        self.holdout = holdout
+        self.dim_threshold = dim_threshold
+        self.rtol = rtol
+        self.max_iter = max_iter
+        self.scan_rows = scan_rows
+        self.max_target_dim = max_target_dim
+        self.n_components = n_components
+        self.alpha = alpha
+        self.n_permutations = n_permutations
+        self.random_state = random_state
+
+    # ------------------------------------------------------------ validation
+    def _check_params(self) -> tuple[list[int], list[int] | None]:
+        try:
+            degrees = sorted({int(d) for d in self.degrees})
+        except (TypeError, ValueError):
+            raise InputError(f"degrees must be integers, got {self.degrees!r}") from None
+        if not degrees or degrees[0] < 1:
+            raise InputError(f"degrees must be positive integers, got {self.degrees!r}")
+        if self.latent_dims == "auto":
+            dims = None
+        else:
+            raw = [self.latent_dims] if np.isscalar(self.latent_dims) else list(self.latent_dims)
+            try:
+                dims = sorted({int(k) for k in raw})
+            except (TypeError, ValueError):
+                raise InputError(f"latent_dims must be 'auto' or integers, got {self.latent_dims!r}") from None
+            if not dims or dims[0] < 1:
+                raise InputError(f"latent_dims must be positive, got {self.latent_dims!r}")
+        if int(self.max_latent_dim) < 1:
+            raise InputError(f"max_latent_dim must be at least 1, got {self.max_latent_dim}")
+        if int(self.n_restarts) < 1:
+            raise InputError(f"n_restarts must be at least 1, got {self.n_restarts}")
+        if not 0 < self.holdout < 1:
+            raise InputError(f"holdout must be in (0, 1), got {self.holdout}")
+        if not self.ridge >= 0:
+            raise InputError(f"ridge must be non-negative, got {self.ridge}")
+        if not 0 < self.alpha < 1:
+            raise InputError(f"alpha must be in (0, 1), got {self.alpha}")
+        return degrees, dims
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, Z, env, exposure=None) -> "PolynomialInvariantInstruments":
+        """Learn codes (stage 1) and their invariant directions (stage 2). `exposure` is ignored."""
+        degrees, dims = self._check_params()
+        try:
+            Z = np.asarray(Z, dtype=float)
+        except (TypeError, ValueError):
+            raise InputError("Z must be a numeric matrix") from None
+        if Z.ndim != 2:
+            raise InputError(f"Z must be a 2-D matrix, got shape {Z.shape}")
+        if not np.isfinite(Z).all():
+            raise InputError("Z has missing or infinite values")
+        env = np.asarray(env, dtype=object)
+        if env.ndim != 1 or env.shape[0] != Z.shape[0]:
+            raise InputError(f"env has {env.shape[0]} labels for {Z.shape[0]} rows of Z")
+        levels: tuple[Hashable, ...] = tuple(sorted(set(env.tolist()), key=str))
+        if len(levels) < 2:
+            raise InputError("the invariant method needs at least 2 environments")
+        n, p = Z.shape
+        if n < 20:
+            raise InputError(f"too few rows ({n}) for a held-out split")
+        rng = (
+            self.random_state
+            if isinstance(self.random_state, np.random.Generator)
+            else np.random.default_rng(self.random_state)
+        )
+
+        # Signal subspace in the noise-aware metric (module docstring).
+        mean = Z.mean(0)
+        Zc = Z - mean
+        cov = Zc.T @ Zc / n
+        if np.any(np.diag(cov) <= 0):
+            raise InputError("Z has a constant column; drop it first")
+        rank, evals, evecs, noise = noise_whitened_spectrum(cov, n)
+        if rank == 0:
+            raise NoSignalError("Z shows no signal above the noise bulk")
+        # Under polynomial mixing the smallest-variance directions are the degree-1 monomials,
+        # the very latents stage 1 must read, and without noise they can look like an isotropic
+        # bulk to the rank rule. So every numerically present direction stays in the encoder's
+        # input and the decoder's target (up to `max_target_dim`); the noise-aware metric, not a
+        # cut, keeps noise-dominated directions from dominating the loss.
+        present = int((evals > _PRESENT_RTOL * evals[0]).sum())
+        dim = present if present <= int(self.max_target_dim) else max(1, min(rank, int(self.max_target_dim)))
+        evals_r = evals[:dim]
+        to_target = evecs[:, :dim] / np.sqrt(noise)[:, None]  # (p, dim): T = Zc @ to_target
+        to_input = to_target / np.sqrt(evals_r)  # X = Zc @ to_input: unit variance (conditioning only)
+        X, T = Zc @ to_input, Zc @ to_target
+
+        def tolerance(err: float, k: int) -> float:
+            """Held-out improvement a model with more than k latents must beat (module docstring)."""
+            return max(self.rtol, self.dim_threshold * err / max(dim - k, 1))
+
+        order = rng.permutation(n)
+        n_val = max(2, int(round(self.holdout * n)))
+        val, train = order[:n_val], order[n_val:]
+        if self.scan_rows is not None and train.size > int(self.scan_rows):
+            scan = train[: int(self.scan_rows)]  # model search on a subsample; the chosen one is refined on all rows
+        else:
+            scan = train
+        max_dim = min(int(self.max_latent_dim), dim)
+        candidates = dims if dims is not None else list(range(1, max_dim + 1))
+        candidates = [k for k in candidates if k <= dim]
+        if not candidates:
+            raise InputError(f"every latent dimension asked for exceeds the dimension of Z's signal ({dim})")
+
+        # The most flexible decoder finds the latent dimension (adding latents until one does not
+        # help); lower degrees are then tried only at the dimensions that came close.
+        table: list[dict] = []
+        best_L: dict[tuple[int, int], np.ndarray] = {}
+        errors: dict[tuple[int, int], float] = {}
+
+        def run(degree, k, warm=None):
+            rows, L = self._fit_one(X, T, scan, val, k, degree, rng, warm)
+            table.extend(rows)
+            best_L[(degree, k)] = L
+            errors[(degree, k)] = min(r["heldout_error"] for r in rows)
+            return errors[(degree, k)]
+
+        top = degrees[-1]
+        for k in candidates:
+            if run(top, k) <= self.rtol and dims is None:
+                break  # exact reconstruction: more latents cannot help
+        floor_k = min(errors, key=errors.get)[1]
+        tol = tolerance(min(errors.values()), floor_k)
+        floor = min(errors.values())
+        near = [k for (d, k), e in errors.items() if e <= floor + tol]
+        for degree in degrees[:-1]:
+            for k in near:
+                # Warm start from the top degree's encoder: when the truth has the lower degree,
+                # that encoder is already exact for it, and degree-2 losses have local minima.
+                run(degree, k, warm=best_L[(top, k)])
+
+        # Simplest model within tolerance of the best held-out error.
+        best_of = {}
+        for r in table:
+            key = (r["degree"], r["latent_dim"])
+            if key not in best_of or r["heldout_error"] < best_of[key]["heldout_error"]:
+                best_of[key] = r
+        eligible = [r for r in best_of.values() if r["heldout_error"] <= floor + tol]
+        chosen = min(eligible, key=lambda r: (r["n_monomials"], r["degree"], r["latent_dim"]))
+        degree, k = chosen["degree"], chosen["latent_dim"]
+        for r in table:
+            r["chosen"] = r is chosen
+        L = best_L[(degree, k)]
+
+        # Refine the chosen encoder on all rows (warm start: a few iterations).
+        if degree > 1:
+            L = self._optimise(X, T, L, k, degree, max_iter=max(20, int(self.max_iter) // 4))
+        index = monomial_index(k, degree)
+        code_mean, R, C = _fit_decoder(X, T, L, index, self.ridge)
+        # h = (X L - code_mean) R^-T with X = (Z - mean) @ to_input: one affine map of Z.
+        encoder = to_input @ L @ np.linalg.inv(R).T
+        self.mean_ = mean
+        self.encoder_ = encoder
+        self.encoder_offset_ = -mean @ encoder - code_mean @ np.linalg.inv(R).T
+        self.decoder_ = C
+        self.degree_, self.latent_dim_, self.restart_ = degree, k, chosen["restart"]
+        self.selection_ = table
+        self.heldout_error_ = chosen["heldout_error"]
+        self.selection_tolerance_ = tol
+        self.signal_rank_ = rank
+        self.target_dim_ = dim
+        self.noise_variances_ = noise
+        self.signal_eigenvalues_ = evals
+        self._to_target = to_target
+        self.n_features_in_ = p
+        self.levels_ = levels
+
+        codes = Z @ encoder + self.encoder_offset_
+        stage2 = LinearInvariantInstruments(
+            n_components=self.n_components,
+            signal_rank=k,
+            standardize=True,
+            alpha=self.alpha,
+            n_permutations=self.n_permutations,
+            random_state=rng,
+        ).fit(codes, env)
+        self.stage2_ = stage2
+        self.n_components_ = stage2.n_components_
+        self.invariance_eigenvalues_ = stage2.invariance_eigenvalues_
+        self.pvalues_ = stage2.pvalues_
+        weights = stage2.all_directions_ / stage2.scale_[:, None]
+        self.all_directions_ = encoder @ weights
+        self.components_ = self.all_directions_[:, : self.n_components_]
+        # transform = (codes - stage2.mean_) @ weights, with codes = Z @ encoder + offset.
+        self.intercept_ = ((self.encoder_offset_ - stage2.mean_) @ weights)[: self.n_components_]
+        return self
+
+    def _fit_one(self, X, T, train, val, k, degree, rng, warm=None) -> tuple[list[dict], np.ndarray]:
+        """Every start of one (degree, k): rows of the selection table and the best encoder.
+
+        Starts: the PCA start (the k leading signal directions), n_restarts - 1 random ones, and
+        `warm` if given (listed last in the table)."""
+        index = monomial_index(k, degree)
+        r = X.shape[1]
+        starts = [np.eye(r, k)]
+        if degree > 1:
+            starts += [rng.standard_normal((r, k)) for _ in range(int(self.n_restarts) - 1)]
+            if warm is not None:
+                starts.append(warm)
+        rows, best, best_err = [], None, np.inf
+        for i, L0 in enumerate(starts):
+            L = L0 if degree == 1 else self._optimise(X[train], T[train], L0, k, degree, int(self.max_iter))
+            try:
+                mean, R, C = _fit_decoder(X[train], T[train], L, index, self.ridge)
+                train_err = _reconstruction_error(X[train], T[train], L, mean, R, C, index)
+                val_err = _reconstruction_error(X[val], T[val], L, mean, R, C, index)
+            except np.linalg.LinAlgError:  # a collapsed encoder: this start failed
+                train_err = val_err = np.inf
+            rows.append({
+                "degree": degree, "latent_dim": k, "restart": i, "n_monomials": len(index),
+                "train_error": train_err, "heldout_error": val_err,
+            })  # fmt: skip
+            if val_err < best_err or best is None:
+                best, best_err = L, val_err
+        return rows, best
+
+    def _optimise(self, X, T, L0, k, degree, max_iter) -> np.ndarray:
+        problem = _Stage1Problem(X, T, k, degree, self.ridge)
+        res = optimize.minimize(
+            problem.value_and_grad, L0.ravel(), jac=True, method="L-BFGS-B",
+            options={"maxiter": max_iter, "ftol": 1e-13, "gtol": 1e-9},
+        )  # fmt: skip
+        return res.x.reshape(-1, k)
+
+    # ------------------------------------------------------------ transform
+    def _check_fitted_input(self, Z) -> np.ndarray:
+        if not hasattr(self, "components_"):
+            raise RuntimeError("PolynomialInvariantInstruments is not fitted yet; call fit first")
+        Z = np.asarray(Z, dtype=float)
+        if Z.ndim != 2 or Z.shape[1] != self.n_features_in_:
+            raise InputError(f"Z must have {self.n_features_in_} columns, got shape {Z.shape}")
+        return Z
+
+    def encode(self, Z) -> np.ndarray:
+        """Stage-1 codes h (n, latent_dim_): the latents up to an affine map when the decoder class fits."""
+        Z = self._check_fitted_input(Z)
+        return Z @ self.encoder_ + self.encoder_offset_
+
+    def reconstruction_error(self, Z) -> float:
+        """Relative squared error of the decoder on Z's signal coordinates (a held-out check on new rows)."""
+        Z = self._check_fitted_input(Z)
+        T = (Z - self.mean_) @ self._to_target
+        resid = T - _monomials_np(self.encode(Z), monomial_index(self.latent_dim_, self.degree_)) @ self.decoder_
+        return float((resid * resid).sum() / (T * T).sum())
+
+    def transform(self, Z) -> np.ndarray:
+        """Invariant instruments (n, n_components_)."""
+        Z = self._check_fitted_input(Z)
+        return Z @ self.components_ + self.intercept_
+
+    def fit_transform(self, Z, env, exposure=None) -> np.ndarray:
+        return self.fit(Z, env, exposure).transform(Z)
+
+
+__all__ = ["PolynomialInvariantInstruments", "monomial_index", "n_monomials"]
