@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from scipy.optimize import approx_fprime
 
-from invariant_mr.crossfit import crossfit_estimates, crossfit_instruments
+from invariant_mr.inference.crossfit import crossfit_estimates, crossfit_instruments
 from invariant_mr.errors import InputError
 from invariant_mr.inference.polynomial_bootstrap import bootstrap_se, stage2_bootstrap
 from invariant_mr.instruments.polynomial import PolynomialInvariantInstruments, _Stage1Problem, monomial_index
-from invariant_mr.iv import fit_kclass
-from invariant_mr.recovery import r_squared
-from invariant_mr.registry import MethodContext
+from invariant_mr.estimators.iv import fit_kclass
+from invariant_mr.instruments.recovery import r_squared
+from invariant_mr.methods.registry import MethodContext
 from invariant_mr.simulation.paper import simulate_paper
 
 

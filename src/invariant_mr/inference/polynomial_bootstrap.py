@@ -43,10 +43,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from invariant_mr.crossfit import fold_dummies, fold_interacted
+from invariant_mr.inference.crossfit import fold_dummies, fold_interacted
 from invariant_mr.errors import InputError
-from invariant_mr.invariant_linear import LinearInvariantInstruments, one_blas_thread
-from invariant_mr.iv import fit_kclass
+from invariant_mr.instruments.linear import LinearInvariantInstruments, one_blas_thread
+from invariant_mr.estimators.iv import fit_kclass
 
 
 def _dummies(codes: np.ndarray) -> np.ndarray:

@@ -58,7 +58,7 @@ import scipy.linalg
 from scipy import optimize
 
 from invariant_mr.errors import InputError
-from invariant_mr.invariant_linear import LinearInvariantInstruments, NoSignalError, noise_whitened_spectrum
+from invariant_mr.instruments.linear import LinearInvariantInstruments, NoSignalError, noise_whitened_spectrum
 
 #: Directions of Z with a smaller share of the largest (noise-whitened) eigenvalue are numerically absent.
 _PRESENT_RTOL = 1e-12
