@@ -10,7 +10,7 @@ from invariant_mr.inference.polynomial_bootstrap import bootstrap_se, stage2_boo
 from invariant_mr.instruments.polynomial import PolynomialInvariantInstruments, _Stage1Problem, monomial_index
 from invariant_mr.estimators.iv import fit_kclass
 from invariant_mr.instruments.recovery import r_squared
-from invariant_mr.methods.registry import MethodContext
+from invariant_mr.inference.settings import InferenceSettings
 from invariant_mr.simulation.paper import simulate_paper
 
 
@@ -146,7 +146,7 @@ def test_bad_data_raise_input_error(poly2, poly2_fit):
 
 
 def test_crossfit_with_stage2_bootstrap(poly2):
-    ctx = MethodContext(seed=0, per_env=False)
+    ctx = InferenceSettings(seed=0, per_env=False)
     hw, folds, learners = crossfit_instruments(
         poly2.data, lambda f: PolynomialInvariantInstruments(random_state=f), n_folds=2, rng=np.random.default_rng(1)
     )
