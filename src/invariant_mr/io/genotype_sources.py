@@ -562,7 +562,10 @@ class Plink2Source(GenotypeSource):
         return bool(np.isfinite(self._file_variants["info"].to_numpy(dtype=float)).any())
 
     def _reader(self, subset: np.ndarray | None):
-        import pgenlib
+        try:  # LGPL-3: an optional extra, like the other GPL-family packages
+            import pgenlib
+        except ImportError:
+            raise InputError("reading --pfile needs pgenlib: pip install 'invariant-mr[plink2]'") from None
 
         kwargs = {"raw_sample_ct": self.n_samples, "variant_ct": len(self._file_variants)}
         if self._allele_idx_offsets is not None:
