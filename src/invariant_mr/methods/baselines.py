@@ -56,6 +56,8 @@ _PC_NAME = re.compile(r"^(pc|PC|Pc)_?\d+$")
 
 
 def tsls_pcs(data: MRData, ctx: MethodContext) -> MethodOutput:
+    """2SLS adjusting for ancestry PCs: the PC covariates supplied (names PC1, pc_2, ...), which should be
+    genome-wide PCs (PLINK 2 --pca, or the biobank's), else the top --n-pcs PCs of the instruments."""
     supplied = [j for j, name in enumerate(data.covariate_names or ()) if _PC_NAME.match(name)]
     if supplied:
         # PCs are among the covariates already, which every method adjusts for.

@@ -103,7 +103,12 @@ BINARY_OPTIONS = (BINARY_SE, BINARY_BOOTSTRAP)
 EXTERNAL = "external instruments"
 
 BASELINE = "IV baselines"
-N_PCS = MethodOption("n_pcs", int, 10, "genotype principal components adjusted for by tsls_pcs (at most #instruments - 1)", BASELINE)
+N_PCS = MethodOption(
+    "n_pcs", int, 10,
+    "PCs of the instrument matrix adjusted for by tsls_pcs (at most #instruments - 1) when no PC covariates "
+    "are given; genome-wide PCs given with --covar PC1-PC10 (PLINK 2 --pca, or the biobank's) are used instead "
+    "and are preferred", BASELINE,
+)  # fmt: skip
 TSHT_THRESHOLD = MethodOption("tsht_threshold", float, None, "TSHT thresholding multiplier (default sqrt(log n))", BASELINE)
 
 
