@@ -32,7 +32,10 @@ from invariant_mr.io.output import OutputDirectory, atomic_write_text
 from invariant_mr.methods.options import AUTOENCODER_OPTIONS, LINEAR_OPTIONS
 
 #: Method options of the two learners `fit` can save, each once.
-_FIT_OPTIONS = tuple({o.name: o for o in (*LINEAR_OPTIONS, *AUTOENCODER_OPTIONS)}.values())
+_FIT_OPTIONS = tuple(
+    {o.name: o for o in (*LINEAR_OPTIONS, *AUTOENCODER_OPTIONS)
+     if o.name not in ("n_folds", "diagnostic_permutations", "invariance_permutations", "direction_bootstrap")}.values()
+)  # fmt: skip
 _MAP_METHODS = ("invariant_linear", "invariant_autoencoder")
 _PATH = click.Path(path_type=Path)
 
