@@ -346,3 +346,22 @@ def test_apply_to_a_dosage_table_aligns_by_column_name(cohorts, tmp_path):
     np.testing.assert_allclose(from_table.iloc[:, 1:], from_plink.iloc[:, 1:], rtol=0, atol=1e-10)
     report = json.loads((tmp_path / "t" / "alignment.json").read_text())["alignment"]
     assert report["n_alleles_unchecked"] == 10
+
+
+def test_apply_to_a_vcf_with_other_ref_alt_orientation(cohorts, tmp_path):
+    from genotype_writers import Fileset, write_vcf
+
+    _, b, model = cohorts
+    # VCF dosages count ALT; make ALT the map's other allele at half the variants (dosage 2 - x there).
+    swap = np.arange(10) % 2 == 0
+    G = np.where(swap, 2 - b.genotypes, b.genotypes)
+    variants = pd.DataFrame({"variant_id": b.variant_ids, "chrom": ["1"] * 10,
+                             "pos": [10_000 * (j + 1) for j in range(10)],
+                             "ref": np.where(swap, "A", "G"), "alt": np.where(swap, "G", "A")})
+    vcf = write_vcf(Fileset(G, b.iid, b.iid, variants), tmp_path / "b.vcf")
+    assert main(["apply", "--model", str(model), "--vcf", str(vcf), "--out", str(tmp_path / "v"), "--quiet"]) == 0
+    assert main(["apply", "--model", str(model), "--bfile", str(b.prefix), "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    from_vcf = pd.read_csv(tmp_path / "v" / "instruments.tsv", sep="\t")
+    from_plink = pd.read_csv(tmp_path / "p" / "instruments.tsv", sep="\t")
+    np.testing.assert_allclose(from_vcf.iloc[:, 1:], from_plink.iloc[:, 1:], rtol=0, atol=1e-8)
+    assert json.loads((tmp_path / "v" / "alignment.json").read_text())["alignment"]["n_flipped"] == 5
