@@ -301,7 +301,7 @@ def test_fit_and_apply_bad_inputs(cohorts, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- covariate ranges on --table
 def test_table_covariates_accept_ranges_and_tsls_pcs_uses_them(families, tmp_path):
-    path, df = families
+    _, df = families
     rng = np.random.default_rng(2)
     df = df.dropna(subset=["fam"]).copy()
     for k in range(1, 4):

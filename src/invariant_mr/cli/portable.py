@@ -200,7 +200,10 @@ def apply(model_dir, bfile, pfile, vcf, vcf_dosage, bgen, sample, npy, npy_sampl
     """
     import numpy as np
 
-    from invariant_mr.instruments.portable import apply_instrument_map, load_instrument_map
+    from invariant_mr.instruments.portable import (
+        apply_instrument_map,
+        load_instrument_map,
+    )
     from invariant_mr.provenance import input_record, make_provenance
 
     sources = [p for p in (bfile, pfile, vcf, bgen, npy, table) if p is not None]

@@ -140,8 +140,15 @@ def check_outcome_type(data, outcome_type: str) -> None:
 def _run_external(out, ctx, methods, quiet, table, env_col, exposure, outcome, covariates, id_column, cluster,
                   outcome_type, instruments, instruments_from, g) -> None:
     """`run --instruments-from DIR` with --table or --pheno: instruments joined by sample ID."""
-    from invariant_mr.io.external_instruments import join_external_instruments, read_external_instruments
-    from invariant_mr.io.phenotypes import IID_CANDIDATES, parse_missing_codes, read_phenotype_table
+    from invariant_mr.io.external_instruments import (
+        join_external_instruments,
+        read_external_instruments,
+    )
+    from invariant_mr.io.phenotypes import (
+        IID_CANDIDATES,
+        parse_missing_codes,
+        read_phenotype_table,
+    )
     from invariant_mr.io.tables import read_table, table_data
     from invariant_mr.pipeline import run_analysis
 
