@@ -347,6 +347,9 @@ def markdown(meta: dict, coverage: list[dict], size: dict, power: dict) -> str:
     lines = [
         "# Coverage of Wald and Anderson-Rubin intervals; size and power of the diagnostics",
         "",
+        "Related samples (sibling pairs; HC0 versus family-clustered SEs, F, AR sets and J): "
+        "[cluster_coverage.md](cluster_coverage.md), from `benchmarks/cluster_coverage.py`.",
+        "",
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['date']}  ",
         f"Hardware: {meta['cpu']} (2 cores shared with other jobs; one process, one BLAS thread; "

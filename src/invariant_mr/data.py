@@ -100,6 +100,8 @@ class MRData:
     env : (n,) environment labels, any hashable values (strings, ints).
     covariates : optional (n, q) exogenous controls (age, sex, PCs, ...).
     sample_ids, instrument_names, covariate_names : optional labels.
+    clusters : optional (n,) cluster labels of related samples (e.g. family IDs), for
+        cluster-robust inference (`cov_type="cluster"`); at least two clusters, none missing.
 
     Constant and duplicate instrument columns are dropped with a warning that
     names them (`drop_degenerate=True`, the default) or raise `InputError`.
@@ -116,6 +118,7 @@ class MRData:
     min_samples_per_env: int = MIN_SAMPLES_PER_ENV
     drop_degenerate: bool = True
     dropped_instruments: tuple[str, ...] = field(default=(), compare=False)
+    clusters: np.ndarray | None = field(default=None, compare=False)
 
     def __post_init__(self):
         Z = np.asarray(self.Z, dtype=float)
@@ -179,6 +182,10 @@ class MRData:
             if ids.shape != (n,):
                 raise InputError(f"sample_ids have shape {ids.shape}, expected ({n},)")
 
+        clusters = self.clusters
+        if clusters is not None:
+            clusters = _cluster_labels(clusters, n)
+
         keep, dropped = _degenerate_columns(Z, names)
         if dropped:
             msg = "dropped constant or duplicate instrument column(s): " + ", ".join(dropped[:20])
@@ -199,6 +206,7 @@ class MRData:
         object.__setattr__(self, "covariates", None if cov is None else _readonly(cov))
         object.__setattr__(self, "covariate_names", cov_names)
         object.__setattr__(self, "sample_ids", None if ids is None else _readonly(ids))
+        object.__setattr__(self, "clusters", None if clusters is None else _readonly(clusters))
         object.__setattr__(self, "instrument_names", names)
         object.__setattr__(self, "dropped_instruments", tuple(self.dropped_instruments) + tuple(dropped))
 
@@ -239,6 +247,7 @@ class MRData:
             env=self.env[rows],
             covariates=None if self.covariates is None else self.covariates[rows],
             sample_ids=None if self.sample_ids is None else self.sample_ids[rows],
+            clusters=None if self.clusters is None else self.clusters[rows],
             dropped_instruments=(),
         )
 
@@ -259,7 +268,21 @@ class _SingleEnvView:
         self.exposure = data.exposure[mask]
         self.outcome = data.outcome[mask]
         self.covariates = None if data.covariates is None else data.covariates[mask]
+        self.clusters = None if data.clusters is None else data.clusters[mask]
         self.n = int(mask.sum())
+
+
+def _cluster_labels(values, n: int) -> np.ndarray:
+    """Cluster labels as an object array of n non-missing values with at least two distinct labels."""
+    labels = np.asarray(values, dtype=object)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise InputError(f"clusters have shape {labels.shape}, expected ({n},): one label per sample")
+    missing = sum(1 for v in labels if v is None or (isinstance(v, float) and np.isnan(v)))
+    if missing:
+        raise InputError(f"clusters: {missing} sample(s) have no cluster label")
+    if len(set(labels.tolist())) < 2:
+        raise InputError("clusters: every sample is in one cluster; cluster-robust SEs need at least two")
+    return labels
 
 
 def _degenerate_columns(Z: np.ndarray, names: Sequence[str]) -> tuple[list[int], list[str]]:

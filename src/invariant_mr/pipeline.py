@@ -26,6 +26,7 @@ def data_fingerprint(data: MRData) -> dict:
         "sha256_instruments": sha256_array(data.Z),
         "sha256_exposure": sha256_array(data.exposure),
         "sha256_outcome": sha256_array(data.outcome),
+        **({"n_clusters": len(set(data.clusters.tolist()))} if data.clusters is not None else {}),
     }
 
 
@@ -42,6 +43,10 @@ def run_analysis(
 ) -> AnalysisResult:
     """Run the selected methods (all default ones when None) and collect the results."""
     ctx = ctx or MethodContext()
+    if data.clusters is not None and ctx.cov_type != "cluster":
+        raise InputError(f"the data carry cluster labels but cov_type is {ctx.cov_type!r}: use cov_type 'cluster'")
+    if data.clusters is None and ctx.cov_type == "cluster":
+        raise InputError("cov_type 'cluster' needs cluster labels (MRData(clusters=...), or --cluster COLUMN)")
     specs: list[MethodSpec] = resolve_methods(methods if methods is None or isinstance(methods, str) else list(methods))
     estimates, diagnostics, artifacts, timings = [], [], {}, {}
     bar = tqdm(specs, desc="methods", disable=not ctx.progress, leave=False)

@@ -54,9 +54,10 @@ def command_line() -> str:
     return shlex.join(["invariant-mr", *argv])
 
 
-def method_option_flags(func):
-    """Add one flag per registered method option (see `registry.MethodOption`)."""
-    for opt in sorted(all_method_options().values(), key=lambda o: o.name, reverse=True):
+def method_option_flags(func, options=None):
+    """Add one flag per registered method option (see `registry.MethodOption`), or per option in `options`."""
+    chosen = all_method_options().values() if options is None else options
+    for opt in sorted(chosen, key=lambda o: o.name, reverse=True):
         flag = opt.name.replace("_", "-")
         text = f"{opt.help} [default: {opt.default}]"
         if opt.type is bool:
@@ -76,8 +77,9 @@ def analysis_options(func):
         option("--seed", type=int, default=0, show_default=True, section=A, help="seed for every random step"),
         option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
              section=A, help="1 - confidence level"),
-        option("--cov-type", type=click.Choice(["robust", "unadjusted"]), default="robust", show_default=True, section=A,
-             help="robust (HC0) or classical standard errors"),
+        option("--cov-type", type=click.Choice(["robust", "unadjusted", "cluster"]), default=None, section=A,
+             help="robust (HC0), classical, or cluster-robust standard errors (cluster: needs --cluster, "
+                  "which implies it) [default: robust]"),
         option("--per-env/--no-per-env", default=True, show_default=True, section=A,
              help="also estimate within each environment"),
         option("--overwrite", is_flag=True, section="Output",
@@ -91,7 +93,21 @@ def analysis_options(func):
     return func
 
 
+def resolve_cov_type(cov_type: str | None, cluster: str | None) -> str:
+    """The covariance type that --cov-type and --cluster ask for together."""
+    from invariant_mr.errors import InputError
+
+    if cluster is None:
+        if cov_type == "cluster":
+            raise InputError("--cov-type cluster needs --cluster COLUMN (the cluster label, e.g. family ID)")
+        return cov_type or "robust"
+    if cov_type in (None, "cluster"):
+        return "cluster"
+    raise InputError(f"--cluster gives cluster-robust standard errors; it cannot be combined with --cov-type {cov_type}")
+
+
 def method_context(seed, alpha, cov_type, per_env, quiet, option_values) -> MethodContext:
+    cov_type = cov_type or "robust"
     names = set(all_method_options())
     options = {k: v for k, v in option_values.items() if k in names and v is not None}
     return MethodContext(seed=seed, alpha=alpha, cov_type=cov_type, per_env=per_env, progress=not quiet, options=options)
@@ -133,8 +149,9 @@ def input_paths(table, g) -> list[Path]:
     return [Path(p) for p in paths if p is not None]
 
 
-def genetic_input_options(func):
-    """`run` options for genotype files (--bfile/--npy + --pheno), variant selection, QC, extra outputs, --config."""
+def genetic_input_options(func, outputs: bool = True):
+    """`run` options for genotype files (--bfile/--npy + --pheno), variant selection, QC, extra outputs
+    (without them when not `outputs`), --config."""
     from invariant_mr.config import config_option_callback
     from invariant_mr.data import MIN_SAMPLES_PER_ENV
     from invariant_mr.io.qc import QCThresholds
@@ -178,6 +195,8 @@ def genetic_input_options(func):
         option("--sumstats-out", section="Output", type=path, default=None,
                      help="also write per-variant summary statistics (TSV: variant, beta/se exposure and outcome, n)"),
     ]
+    if not outputs:
+        decorators = decorators[:-3]
     for dec in reversed(decorators):
         func = dec(func)
     return func

@@ -15,6 +15,7 @@ from invariant_mr.cli.common import (
     input_paths,
     method_context,
     option,
+    resolve_cov_type,
     terminal_text,
     write_result_files,
     write_run_extras,
@@ -32,12 +33,21 @@ from invariant_mr.provenance import input_record
 @option("--instruments", section="Input", default=None, help="--table: instrument columns, names or globs, comma-separated (e.g. 'z*')")
 @option("--covariates", "--covar", "covariates", section="Input", default=None, help="exogenous covariate columns, comma-separated names or globs (e.g. 'age,sex,PC*')")
 @option("--id-column", section="Input", default="iid", show_default=True, help="sample ID column, if present")
+@option("--cluster", section="Input", default=None,
+        help="column of cluster labels of related samples (e.g. family ID): cluster-robust SEs, F, AR sets and "
+             "diagnostics (implies --cov-type cluster); rows without a label are dropped and counted")
+@option("--outcome-type", section="Analysis", type=click.Choice(["continuous", "binary"]), default="continuous",
+        show_default=True,
+        help="binary: a 0/1 outcome; runs the logistic IV methods (tsri_*, tsps_*) and reports log odds ratios")
+@option("--instruments-from", section="Input", type=click.Path(path_type=Path), default=None,
+        help="directory written by `invariant-mr apply` (or its instruments.tsv): estimate with those instruments, "
+             "joined to --table or --pheno by sample ID (default method: tsls_external)")
 @option("--out", "out_dir", type=click.Path(path_type=Path), required=True, section="Output",
       help="output directory (must not exist, or use --overwrite to replace a previous run's output)")
 @analysis_options
 @genetic_input_options
-def run(table, env_col, exposure, outcome, instruments, covariates, id_column, out_dir, methods, seed, alpha,
-        cov_type, per_env, overwrite, quiet, **option_values):
+def run(table, env_col, exposure, outcome, instruments, covariates, id_column, cluster, outcome_type,
+        instruments_from, out_dir, methods, seed, alpha, cov_type, per_env, overwrite, quiet, **option_values):
     """Estimate the causal effect from a table of instruments, exposure, outcome and environment,
     or from genotypes (--bfile PLINK prefix or --npy matrix) joined to a --pheno table.
 
@@ -51,11 +61,18 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, o
     if exposure == outcome:
         raise InputError(f"--exposure and --outcome both name {exposure!r}: give two different traits")
     genetic = {name: option_values.pop(name) for name in GENETIC_OPTION_NAMES}
-    ctx = method_context(seed, alpha, cov_type, per_env, quiet, option_values)
-    out = OutputDirectory(out_dir, overwrite, inputs=input_paths(table, genetic))
+    ctx = method_context(seed, alpha, resolve_cov_type(cov_type, cluster), per_env, quiet, option_values)
+    methods = run_methods(methods, outcome_type, external=instruments_from is not None)
+    out = OutputDirectory(out_dir, overwrite, inputs=input_paths(table, genetic) + (
+        [Path(instruments_from)] if instruments_from is not None else []))
     out.check()
+    if instruments_from is not None:
+        _run_external(out, ctx, methods, quiet, table, env_col, exposure, outcome, covariates, id_column, cluster,
+                      outcome_type, instruments, instruments_from, genetic)
+        return
     if table is None:
-        _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariates, genetic)
+        _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariates, cluster, outcome_type,
+                     genetic)
         return
     if genetic["bfile"] is not None or genetic["npy"] is not None or genetic["pheno"] is not None:
         raise InputError("--table cannot be combined with --bfile, --npy or --pheno: give one data source")
@@ -64,11 +81,12 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, o
     codes = parse_missing_codes(genetic["missing_code"])
     data, dropped = table_data(
         read_table(table, missing_codes=codes), env=env_col, exposure=exposure, outcome=outcome,
-        instruments=instruments, covariates=covariates, id_column=id_column, path=table,
+        instruments=instruments, covariates=covariates, id_column=id_column, path=table, cluster=cluster,
     )
+    check_outcome_type(data, outcome_type)
     params = {"table": str(table), "env": env_col, "exposure": exposure, "outcome": outcome,
               "instruments": instruments, "covariates": covariates, "missing_codes": list(codes),
-              "rows_dropped": dropped}
+              "cluster": cluster, "outcome_type": outcome_type, "rows_dropped": dropped}
     if dropped and not quiet:
         click.echo(f"dropped {sum(dropped.values())} row(s) with missing values (codes: {', '.join(codes) or 'none'}"
                    "; empty and NA always): " + ", ".join(f"{why}: {n}" for why, n in dropped.items()))
@@ -85,7 +103,99 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, o
         click.echo(f"\nwrote {out_dir}/" + ", ".join(written))
 
 
-def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariates, g) -> None:
+def run_methods(methods: str | None, outcome_type: str, *, external: bool) -> str | None:
+    """The --methods to run: binary outcomes get the logistic IV methods (others are refused),
+    --instruments-from defaults to tsls_external."""
+    from invariant_mr.methods.options import BINARY
+    from invariant_mr.methods.registry import registered_methods
+
+    specs = registered_methods()
+    binary = [name for name, spec in specs.items() if spec.family == BINARY]
+    requested = None if methods in (None, "all") else [m.strip() for m in methods.split(",") if m.strip()]
+    if outcome_type == "binary":
+        if requested is None:
+            chosen = [m for m in binary if m.endswith("_all_env")] if external else binary
+            return ",".join(chosen)
+        linear = [m for m in requested if m in specs and m not in binary]
+        if linear:
+            raise InputError(
+                f"--outcome-type binary: {', '.join(linear)} fit a linear outcome model; "
+                f"use the logistic IV methods: {', '.join(binary)}"
+            )
+        return methods
+    if requested is not None:
+        wrong = [m for m in requested if m in binary]
+        if wrong:
+            raise InputError(f"{', '.join(wrong)} model a 0/1 outcome: add --outcome-type binary")
+        return methods
+    return "tsls_external" if external else methods
+
+
+def check_outcome_type(data, outcome_type: str) -> None:
+    if outcome_type == "binary":
+        from invariant_mr.methods.binary import check_binary_outcome
+
+        check_binary_outcome(data.outcome)
+
+
+def _run_external(out, ctx, methods, quiet, table, env_col, exposure, outcome, covariates, id_column, cluster,
+                  outcome_type, instruments, instruments_from, g) -> None:
+    """`run --instruments-from DIR` with --table or --pheno: instruments joined by sample ID."""
+    from invariant_mr.io.external_instruments import (
+        join_external_instruments,
+        read_external_instruments,
+    )
+    from invariant_mr.io.phenotypes import (
+        IID_CANDIDATES,
+        parse_missing_codes,
+        read_phenotype_table,
+    )
+    from invariant_mr.io.tables import read_table, table_data
+    from invariant_mr.pipeline import run_analysis
+
+    if g["bfile"] is not None or g["npy"] is not None:
+        raise InputError("--instruments-from replaces the genotypes: give --table or --pheno, not --bfile/--npy")
+    if instruments:
+        raise InputError("--instruments-from gives the instruments: drop --instruments")
+    if (table is None) == (g["pheno"] is None):
+        raise InputError("--instruments-from needs the phenotypes from exactly one of --table or --pheno")
+    codes = parse_missing_codes(g["missing_code"])
+    source = table if table is not None else g["pheno"]
+    if table is not None:
+        frame, id_col = read_table(table, missing_codes=codes), id_column
+    else:
+        frame = read_phenotype_table(Path(source), codes)
+        id_col = g["iid_col"] or next((c for c in IID_CANDIDATES if c in frame.columns), None)
+        if id_col is None:
+            raise InputError(f"{source} has no sample ID column (looked for {', '.join(IID_CANDIDATES)}); use --iid-col")
+    ext, names, alignment = read_external_instruments(instruments_from)
+    joined, n_without = join_external_instruments(frame, id_col, ext, names, str(source))
+    data, dropped = table_data(
+        joined, env=env_col, exposure=exposure, outcome=outcome, instruments=names, covariates=covariates,
+        id_column=id_col, path=source, cluster=cluster,
+    )
+    if n_without:
+        dropped = {"no external instruments for the sample ID": n_without, **dropped}
+    check_outcome_type(data, outcome_type)
+    params = {"table" if table is not None else "pheno": str(source), "instruments_from": str(instruments_from),
+              "env": env_col, "exposure": exposure, "outcome": outcome, "covariates": covariates,
+              "cluster": cluster, "outcome_type": outcome_type, "rows_dropped": dropped}
+    if dropped and not quiet:
+        click.echo("dropped " + ", ".join(f"{why}: {n}" for why, n in dropped.items()))
+    inst_file = Path(instruments_from) / "instruments.tsv" if Path(instruments_from).is_dir() else Path(instruments_from)
+    result = run_analysis(
+        data, methods, ctx, command=command_line(), parameters=params, inputs=input_record([Path(source), inst_file]),
+        extra_provenance={"external_instruments": {"alignment": alignment.get("alignment"), "map": alignment.get("map")}},
+    )
+    with out:
+        written = write_result_files(result, out.path)
+        written += write_run_extras(result, out.path, data, report=g["report"])
+    if not quiet:
+        click.echo(terminal_text(result, data, False))
+        click.echo(f"\nwrote {out.final}/" + ", ".join(written))
+
+
+def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariates, cluster, outcome_type, g) -> None:
     """`run --bfile/--npy --pheno`: load, QC, estimate, write. All logic lives in `genetic_input`."""
     from invariant_mr.io.genetic_input import load_genetic_data
     from invariant_mr.io.phenotypes import parse_missing_codes
@@ -107,10 +217,12 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         covariates=[c.strip() for c in covariates.split(",") if c.strip()] if covariates else (),
         iid_col=g["iid_col"], fid_col=g["fid_col"], id_match=g["id_match"], extract=g["extract"],
         region=g["region"], qc=qc, min_samples_per_env=g["min_env_samples"], count_a1=g["dosage_of"] == "A1",
-        missing_codes=parse_missing_codes(g["missing_code"]),
+        missing_codes=parse_missing_codes(g["missing_code"]), cluster=cluster,
     )
+    check_outcome_type(loaded.data, outcome_type)
     result = run_analysis(
-        loaded.data, methods, ctx, command=command_line(), parameters=dict(loaded.parameters),
+        loaded.data, methods, ctx, command=command_line(),
+        parameters={**loaded.parameters, "outcome_type": outcome_type},
         inputs=[dict(i) for i in loaded.inputs], extra_provenance=loaded.provenance(),
     )
     with out:

@@ -11,6 +11,8 @@ instruments (each fold's instruments in their own columns, zero elsewhere)
 and fold-by-environment fixed effects. That lets every fold have its own first
 stage (the maps differ between folds), gives a single pooled estimate, and its
 robust SE accounts for all folds at once. Folds are stratified by environment.
+With cluster labels (related samples) whole clusters go to one fold, so no
+family is split between the rows that learn a map and the rows it is applied to.
 """
 
 from __future__ import annotations
@@ -32,13 +34,38 @@ class InstrumentLearner(Protocol):
     def transform(self, Z: np.ndarray) -> np.ndarray: ...
 
 
-def stratified_folds(env_codes: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Fold index per sample, balanced within every environment."""
+def stratified_folds(
+    env_codes: np.ndarray, k: int, rng: np.random.Generator, clusters: np.ndarray | None = None
+) -> np.ndarray:
+    """Fold index per sample, balanced within every environment.
+
+    With `clusters` (one label per sample) every cluster lies in one fold: the
+    clusters of each environment (by the environment of their first member) are
+    shuffled and dealt to folds in turn, largest first, onto the fold with the
+    fewest samples of that environment so far.
+    """
     folds = np.empty(env_codes.shape[0], dtype=np.int64)
-    for code in np.unique(env_codes):
-        idx = np.flatnonzero(env_codes == code)
-        rng.shuffle(idx)
-        folds[idx] = np.arange(idx.size) % k
+    if clusters is None:
+        for code in np.unique(env_codes):
+            idx = np.flatnonzero(env_codes == code)
+            rng.shuffle(idx)
+            folds[idx] = np.arange(idx.size) % k
+        return folds
+    _, cluster_ids = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
+    n_clusters = int(cluster_ids.max()) + 1
+    members = [[] for _ in range(n_clusters)]
+    for i, c in enumerate(cluster_ids):
+        members[c].append(i)
+    home = np.array([env_codes[m[0]] for m in members])
+    for code in np.unique(home):
+        ids = np.flatnonzero(home == code)
+        rng.shuffle(ids)
+        ids = ids[np.argsort([-len(members[c]) for c in ids], kind="stable")]
+        filled = np.zeros(k)
+        for c in ids:
+            f = int(np.argmin(filled))
+            folds[members[c]] = f
+            filled[f] += len(members[c])
     return folds
 
 
@@ -57,7 +84,7 @@ def crossfit_instruments(
     """
     if n_folds < 2:
         raise InputError(f"cross-fitting needs at least 2 folds, got {n_folds}")
-    folds = stratified_folds(data.env_codes, n_folds, rng)
+    folds = stratified_folds(data.env_codes, n_folds, rng, clusters=getattr(data, "clusters", None))
     blocks: list[np.ndarray | None] = [None] * n_folds
     learners = []
     for f in range(n_folds):
@@ -107,8 +134,9 @@ def crossfit_estimates(
     method: str,
     kappa="tsls",
     extra: dict | None = None,
+    clusters: np.ndarray | None = None,
 ) -> list[Estimate]:
-    """Pooled and per-environment 2SLS on cross-fitted instruments."""
+    """Pooled and per-environment 2SLS on cross-fitted instruments (cluster-robust with `clusters`)."""
     return iv_estimates(
         data,
         fold_interacted(instruments, folds),
@@ -118,4 +146,5 @@ def crossfit_estimates(
         env_fixed_effects=True,
         extra_controls=fold_dummies(folds, data.env_codes),
         extra={"n_folds": int(folds.max()) + 1, **(extra or {})},
+        clusters=clusters,
     )

@@ -37,6 +37,7 @@ def direction_bootstrap(
     rng: np.random.Generator,
     *,
     cov_type: str = "robust",
+    clusters: np.ndarray | None = None,
 ) -> np.ndarray:
     """2SLS estimates on `n_draws` within-environment resamples, the instruments refitted on each.
 
@@ -45,16 +46,32 @@ def direction_bootstrap(
     choice the reported estimate did not make. `controls` (e.g. environment
     dummies) are resampled with the rows. A draw that cannot be computed
     (a resample with a collinear column) is NaN.
+
+    With `clusters` (related samples, cov_type "cluster") the units drawn are
+    whole clusters, within the environment of each cluster's first member, so
+    the draws keep the dependence within families.
     """
-    groups = [np.flatnonzero(env_codes == e) for e in np.unique(env_codes)]
+    if clusters is None:
+        groups = [np.flatnonzero(env_codes == e) for e in np.unique(env_codes)]
+    else:
+        _, cl = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
+        order = np.argsort(cl, kind="stable")
+        members = np.split(order, np.flatnonzero(np.diff(cl[order])) + 1)
+        home = np.array([env_codes[m[0]] for m in members])
+        units = [[members[c] for c in np.flatnonzero(home == e)] for e in np.unique(home)]
+        groups = None
     draws = np.empty(n_draws)
     with one_blas_thread():  # small products: threads cost more than they give
         for b in range(n_draws):
-            rows = np.concatenate([rng.choice(g, size=g.size, replace=True) for g in groups])
+            if groups is not None:
+                rows = np.concatenate([rng.choice(g, size=g.size, replace=True) for g in groups])
+            else:
+                rows = np.concatenate([u[c] for u in units for c in rng.integers(0, len(u), len(u))])
             try:
                 fit = fit_kclass(
                     outcome[rows], exposure[rows], refit(Z[rows], env_codes[rows]),
-                    None if controls is None else controls[rows], kappa="tsls", cov_type=cov_type,
+                    None if controls is None else controls[rows], kappa="tsls",
+                    cov_type="robust" if cov_type == "cluster" else cov_type,
                 )  # fmt: skip
                 draws[b] = fit.estimate
             except (InputError, np.linalg.LinAlgError):

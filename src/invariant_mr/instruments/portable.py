@@ -291,6 +291,11 @@ def save_linear_map(learner, variant_ids: Sequence, counted, other, path: str | 
     allele (e.g. `variant_table["counted_allele"]`, `["other_allele"]`), or
     None when unknown.
     """
+    return write_instrument_map(linear_map(learner, variant_ids, counted, other), path)
+
+
+def linear_map(learner, variant_ids: Sequence, counted, other) -> InstrumentMap:
+    """The `InstrumentMap` of a fitted `LinearInvariantInstruments` (arguments as `save_linear_map`)."""
     if not hasattr(learner, "components_"):
         raise InputError("the learner is not fitted yet; call fit first")
     p = int(learner.n_features_in_)
@@ -314,33 +319,48 @@ def save_linear_map(learner, variant_ids: Sequence, counted, other, path: str | 
     )
     if m.n_instruments == 0:
         raise InputError("the learner found no invariant direction: there is no map to save")
-    return write_instrument_map(m, path)
+    return m
 
 
 def write_instrument_map(m: InstrumentMap, path: str | os.PathLike) -> Path:
-    """Write a linear `InstrumentMap` (e.g. one read with `load_instrument_map`) to `path`."""
-    if m.kind != "linear":
-        raise InputError("write_instrument_map writes linear maps; use save_autoencoder_map for an autoencoder")
-    weights, offset = m.score_weights()
+    """Write an `InstrumentMap` (e.g. one read with `load_instrument_map`) to `path`, atomically."""
+    return _write_atomically(Path(path), lambda stage: write_map_files(m, stage))
 
-    def write(stage: Path) -> None:
-        table = _variant_frame(m)
-        for j, name in enumerate(m.instrument_names):
-            table[name] = [_fmt(v) for v in m.loadings[:, j]]
-        table.to_csv(stage / _LOADINGS, sep="\t", index=False)
-        score = pd.DataFrame({"variant_id": list(m.variant_ids), "counted_allele": table["counted_allele"]})
-        for j, name in enumerate(m.instrument_names):
-            score[name] = [_fmt(v) for v in weights[:, j]]
-        score.to_csv(stage / _SCORE, sep="\t", index=False)
+
+def write_map_files(m: InstrumentMap, directory: str | os.PathLike) -> list[str]:
+    """Write the map's files into an existing `directory` (not atomic: stage it, as the CLI's
+    `OutputDirectory` does); returns the names written."""
+    stage = Path(directory)
+    if m.kind == "autoencoder":
+        if m.model is None:
+            raise InputError("an autoencoder map needs its fitted model to be written")
+        _variant_frame(m).to_csv(stage / _VARIANTS, sep="\t", index=False)
+        m.model.save(stage / _MODEL)
         extra = {
-            "files": {"loadings": _LOADINGS, "score": _SCORE},
-            "score_offset": [float(v) for v in offset],
-            "plink2_score": f"--score {_SCORE} 1 2 header-read cols=scoresums "
-            f"--score-col-nums 3-{2 + m.n_instruments}",
+            "files": {"variants": _VARIANTS, "model": _MODEL + "/"},
+            "standardisation": "inside model/model.pt: z_mean (= center) and the whitening map z_map",
         }
         (stage / _MANIFEST).write_text(json.dumps(_manifest(m, extra), indent=2))
-
-    return _write_atomically(Path(path), write)
+        return [_MANIFEST, _VARIANTS, _MODEL + "/"]
+    if m.kind != "linear":
+        raise InputError(f"unknown map kind {m.kind!r}")
+    weights, offset = m.score_weights()
+    table = _variant_frame(m)
+    for j, name in enumerate(m.instrument_names):
+        table[name] = [_fmt(v) for v in m.loadings[:, j]]
+    table.to_csv(stage / _LOADINGS, sep="\t", index=False)
+    score = pd.DataFrame({"variant_id": list(m.variant_ids), "counted_allele": table["counted_allele"]})
+    for j, name in enumerate(m.instrument_names):
+        score[name] = [_fmt(v) for v in weights[:, j]]
+    score.to_csv(stage / _SCORE, sep="\t", index=False)
+    extra = {
+        "files": {"loadings": _LOADINGS, "score": _SCORE},
+        "score_offset": [float(v) for v in offset],
+        "plink2_score": f"--score {_SCORE} 1 2 header-read cols=scoresums "
+        f"--score-col-nums 3-{2 + m.n_instruments}",
+    }
+    (stage / _MANIFEST).write_text(json.dumps(_manifest(m, extra), indent=2))
+    return [_MANIFEST, _LOADINGS, _SCORE]
 
 
 def save_autoencoder_map(model, variant_ids: Sequence, counted, other, path: str | os.PathLike) -> Path:
@@ -349,6 +369,11 @@ def save_autoencoder_map(model, variant_ids: Sequence, counted, other, path: str
     The network goes through the model's own safe `save` (state dict and
     JSON config, no pickled code) into `path/model`.
     """
+    return write_instrument_map(autoencoder_map(model, variant_ids, counted, other), path)
+
+
+def autoencoder_map(model, variant_ids: Sequence, counted, other) -> InstrumentMap:
+    """The `InstrumentMap` of a fitted `InvariantAutoencoder` (the model travels in `model`)."""
     if not hasattr(model, "net_"):
         raise InputError("the autoencoder is not fitted yet; call fit first")
     p = int(model.n_features_in_)
@@ -363,18 +388,9 @@ def save_autoencoder_map(model, variant_ids: Sequence, counted, other, path: str
         learner=type(model).__name__,
         params=_jsonable(model.get_params()),
         fitted={"n_instruments": int(model.dim_w), "env_levels": [str(x) for x in model.env_levels_]},
+        model=model,
     )
-
-    def write(stage: Path) -> None:
-        _variant_frame(m).to_csv(stage / _VARIANTS, sep="\t", index=False)
-        model.save(stage / _MODEL)
-        extra = {
-            "files": {"variants": _VARIANTS, "model": _MODEL + "/"},
-            "standardisation": "inside model/model.pt: z_mean (= center) and the whitening map z_map",
-        }
-        (stage / _MANIFEST).write_text(json.dumps(_manifest(m, extra), indent=2))
-
-    return _write_atomically(Path(path), write)
+    return m
 
 
 # ----------------------------------------------------------------------------- load
@@ -524,8 +540,11 @@ __all__ = [
     "align_genotypes",
     "apply",
     "apply_instrument_map",
+    "autoencoder_map",
+    "linear_map",
     "load_instrument_map",
     "save_autoencoder_map",
     "save_linear_map",
     "write_instrument_map",
+    "write_map_files",
 ]

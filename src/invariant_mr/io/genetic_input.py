@@ -103,6 +103,7 @@ def load_genetic_data(
     chunk_variants: int = DEFAULT_CHUNK_VARIANTS,
     hash_inputs: bool = True,
     missing_codes: Sequence[str] = MISSING_CODES,
+    cluster: str | None = None,
 ) -> GeneticAnalysisInput:
     """Load a PLINK 1 fileset (`bfile` prefix) or a .npy matrix with a phenotype table into `MRData`.
 
@@ -110,7 +111,9 @@ def load_genetic_data(
     outcome, environment and covariates) and only the selected variants
     (`extract`: a file of variant IDs; `region`: CHROM[:START-END]) are read
     from disk. QC (`qc`, see `invariant_mr.io.qc`) runs on that block; the
-    environment sizes are checked again after sample QC.
+    environment sizes are checked again after sample QC. `cluster` names a
+    phenotype column of cluster labels (e.g. family ID; samples without one are
+    dropped and counted) carried into `MRData.clusters`.
     """
     if min_samples_per_env < 2:
         raise InputError(f"--min-env-samples must be at least 2, got {min_samples_per_env}")
@@ -121,7 +124,8 @@ def load_genetic_data(
     pheno_path = Path(pheno)
     table = read_phenotype_table(pheno_path, missing_codes)
     columns = PhenotypeColumns(
-        env=env_col, exposure=exposure, outcome=outcome, covariates=tuple(covariates), iid=iid_col, fid=fid_col
+        env=env_col, exposure=exposure, outcome=outcome, covariates=tuple(covariates), iid=iid_col, fid=fid_col,
+        cluster=cluster,
     )
     if source.source_kind == "npy" and not source.ids_from_file:
         if id_match not in ("auto", "row_order"):
@@ -159,6 +163,7 @@ def load_genetic_data(
         instrument_names=tuple(kept_variants["name"]),
         covariate_names=matched.covariate_names or None,
         min_samples_per_env=min_samples_per_env,
+        clusters=matched.clusters,
     )
     if data.dropped_instruments:
         kept_variants = kept_variants[kept_variants["name"].isin(data.instrument_names)].reset_index(drop=True)
@@ -180,6 +185,7 @@ def load_genetic_data(
         "outcome": outcome,
         "covariates": list(covariates),
         "covariate_columns": list(matched.covariate_names),
+        "cluster": cluster,
         "id_match": matched.accounting.match_key,
         "extract": None if extract is None else str(extract),
         "region": region,

@@ -74,8 +74,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def written_by_invariant_mr(directory: Path) -> bool:
-    """True for a directory a previous run wrote: its results.json or truth.json records provenance."""
-    for name in ("results.json", "truth.json"):
+    """True for a directory a previous run wrote: its results.json, truth.json or provenance.json
+    (`fit` and `apply`) records provenance."""
+    for name in ("results.json", "truth.json", "provenance.json"):
         try:
             record = json.loads((directory / name).read_text())
         except (OSError, ValueError):

@@ -225,10 +225,13 @@ class PhenotypeColumns:
     covariates: tuple[str, ...] = ()
     iid: str | None = None
     fid: str | None = None
+    cluster: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "covariates", tuple(self.covariates))
         roles = {"--env-col": self.env, "--exposure": self.exposure, "--outcome": self.outcome}
+        if self.cluster is not None:
+            roles["--cluster"] = self.cluster
         used: dict[str, str] = {}
         for option, col in list(roles.items()) + [("--covar", c) for c in self.covariates]:
             if col in used:
@@ -292,6 +295,7 @@ class MatchedPhenotypes:
     covariates: np.ndarray | None
     covariate_names: tuple[str, ...]
     accounting: SampleAccounting
+    clusters: np.ndarray | None = None
 
     def subset(self, keep: np.ndarray, reason: str) -> "MatchedPhenotypes":
         """Rows where `keep` is True; the others are counted as dropped for `reason`."""
@@ -305,6 +309,7 @@ class MatchedPhenotypes:
             None if self.covariates is None else self.covariates[keep],
             self.covariate_names,
             self.accounting.with_dropped(reason, int((~keep).sum()), int(keep.sum())),
+            None if self.clusters is None else self.clusters[keep],
         )
 
 
@@ -428,6 +433,16 @@ def match_phenotypes(
         dropped[reason] = int((missing & keep).sum())
         keep &= ~missing
 
+    clusters = None
+    if columns.cluster is not None:
+        cl_col = resolve_column(table, columns.cluster, "--cluster", source)
+        cl_text = table[cl_col].to_numpy(dtype=object)[pheno_pos]
+        cl_missing = pd.isna(cl_text)
+        clusters = np.array([str(v).strip() if not m else "" for v, m in zip(cl_text, cl_missing)], dtype=object)
+        cl_missing |= clusters == ""
+        dropped[f"missing cluster ({cl_col})"] = int((cl_missing & keep).sum())
+        keep &= ~cl_missing
+
     cov_blocks, cov_names = [], []
     for col in cov_cols:
         block, names, missing = _covariate_columns(table[col].iloc[pheno_pos], col, source, keep)
@@ -453,6 +468,7 @@ def match_phenotypes(
         covariates=covariates,
         covariate_names=tuple(cov_names),
         accounting=accounting,
+        clusters=None if clusters is None else clusters[keep],
     )
     check_environment_sizes(matched.env, min_samples_per_env, env_col, "after joining phenotypes")
     return matched

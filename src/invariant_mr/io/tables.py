@@ -12,7 +12,7 @@ import pandas as pd
 
 from invariant_mr.data import MAX_ABS_VALUE, MRData
 from invariant_mr.errors import InputError
-from invariant_mr.io.phenotypes import MISSING_CODES, header_names, refuse_duplicate_columns
+from invariant_mr.io.phenotypes import MISSING_CODES, expand_column_range, header_names, refuse_duplicate_columns
 
 
 def read_table(path: str | Path, option: str = "--table", missing_codes: Sequence[str] = MISSING_CODES) -> pd.DataFrame:
@@ -81,11 +81,17 @@ def numeric_column(df: pd.DataFrame, column: str, option: str, path) -> np.ndarr
 
 
 def select_columns(df: pd.DataFrame, patterns: str | Sequence[str], option: str, path, exclude=()) -> list[str]:
-    """Columns matching comma-separated names or shell globs, in table order."""
+    """Columns matching comma-separated names, shell globs ("PC*", in table order) or numbered
+    ranges ("PC1-PC10", in range order, as PLINK's --covar-name reads them)."""
     if isinstance(patterns, str):
         patterns = [p.strip() for p in patterns.split(",") if p.strip()]
     chosen: list[str] = []
+    columns = [str(c) for c in df.columns]
     for pat in patterns:
+        ranged = expand_column_range(pat, columns, option, str(path))
+        if ranged is not None:
+            chosen.extend(h for h in ranged if h not in chosen and h not in exclude)
+            continue
         hits = [c for c in df.columns if fnmatch.fnmatchcase(str(c), pat) and c not in exclude]
         if not hits:
             if any(ch in pat for ch in "*?["):
@@ -110,8 +116,13 @@ def table_data(
     covariates: str | Sequence[str] | None = None,
     id_column: str | None = "iid",
     path: str | Path = "table",
+    cluster: str | None = None,
 ) -> tuple[MRData, dict[str, int]]:
-    """(data, dropped): rows missing any used value are dropped, counted per reason, as PLINK does."""
+    """(data, dropped): rows missing any used value are dropped, counted per reason, as PLINK does.
+
+    `cluster` names a column of cluster labels (e.g. family ID) for cluster-robust
+    inference; rows without a label are dropped and counted like the others.
+    """
     for col, opt in ((env, "--env"), (exposure, "--exposure"), (outcome, "--outcome")):
         if col not in df.columns:
             raise unknown_column(col, df.columns, opt, path)
@@ -119,16 +130,25 @@ def table_data(
         raise InputError(f"--exposure and --outcome both name column {exposure!r}: give two different traits")
     if env in (exposure, outcome):
         raise InputError(f"--env {env!r} is also the {'exposure' if env == exposure else 'outcome'}")
-    roles = {env, exposure, outcome} | ({id_column} if id_column else set())
+    if cluster is not None:
+        if cluster not in df.columns:
+            raise unknown_column(cluster, df.columns, "--cluster", path)
+        if cluster in (env, exposure, outcome):
+            raise InputError(f"--cluster {cluster!r} is also the --env, --exposure or --outcome column")
+    roles = {env, exposure, outcome} | ({id_column} if id_column else set()) | ({cluster} if cluster else set())
     cov_cols = select_columns(df, covariates, "--covariates", path) if covariates else []
     _refuse_roles_as_instruments(instruments, {env: "--env", exposure: "--exposure", outcome: "--outcome"})
     inst_cols = select_columns(df, instruments, "--instruments", path, exclude=roles | set(cov_cols))
     used = [(env, "environment"), (exposure, "exposure"), (outcome, "outcome")]
     used += [(c, "covariate") for c in cov_cols] + [(c, "instrument") for c in inst_cols]
+    if cluster is not None:
+        used.append((cluster, "cluster"))
     keep = np.ones(len(df), dtype=bool)
     dropped: dict[str, int] = {}
     for col, role in used:
         missing = df[col].isna().to_numpy()
+        if role == "cluster":
+            missing = missing | (df[col].astype(str).str.strip() == "").to_numpy()
         count = int((missing & keep).sum())
         if count:
             dropped[f"missing {role} ({col})"] = count
@@ -150,6 +170,7 @@ def table_data(
         covariate_names=cov_cols or None,
         sample_ids=ids,
         instrument_names=inst_cols,
+        clusters=None if cluster is None else df[cluster].astype(str).str.strip().to_numpy(dtype=object),
     )
     return data, dropped
 

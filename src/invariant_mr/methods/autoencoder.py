@@ -56,14 +56,16 @@ def invariant_autoencoder(data: MRData, ctx: MethodContext) -> MethodOutput:
     summaries = [m.training_summary_ for m in learners]
     estimates = crossfit_estimates(
         data, instruments, folds, ctx.inference, method="invariant_autoencoder",
-        extra={"training": summaries},
+        extra={"training": summaries}, clusters=data.clusters,
     )  # fmt: skip
     # Out-of-fold hV of each fold's encoder: the environment-varying component the HSIC check tests against.
     hv = np.zeros((data.n, learners[0].dim_v))
     for f, model in enumerate(learners):
         hv[folds == f] = model.transform_all(data.Z[folds == f])[0]
     diagnostics = tuple(
-        instrument_diagnostics(data, instruments, ctx.inference, hv, method="invariant_autoencoder", folds=folds)
+        instrument_diagnostics(
+            data, instruments, ctx.inference, hv, method="invariant_autoencoder", folds=folds, clusters=data.clusters
+        )
     )
     n_perm = int(ctx.option("invariance_permutations", 99))
     if n_perm > 0:
@@ -79,7 +81,11 @@ def invariant_autoencoder(data: MRData, ctx: MethodContext) -> MethodOutput:
                 flag="instruments differ across environments on held-out folds"
                 if pvalue <= ctx.alpha
                 else "no evidence against invariance on held-out folds",
-                detail={"test": "RBF MMD^2 permutation (within folds)", "n_permutations": n_perm},
+                detail={
+                    "test": "RBF MMD^2 permutation (within folds)", "n_permutations": n_perm,
+                    **({"clusters": "ignored: samples, not whole clusters, are permuted, so with related "
+                                    "samples the p-value is too small"} if data.clusters is not None else {}),
+                },
             ),
         )
     return MethodOutput(
@@ -95,9 +101,11 @@ def invariant_autoencoder_insample(data: MRData, ctx: MethodContext) -> MethodOu
     hv, instruments = model.transform_all(data.Z)  # one encoder pass for the instruments and the HSIC check
     estimates = iv_estimates(
         data, instruments, ctx.inference, method="invariant_autoencoder_insample",
-        extra={"training": model.training_summary_, "in_sample": True},
+        extra={"training": model.training_summary_, "in_sample": True}, clusters=data.clusters,
     )  # fmt: skip
-    diagnostics = instrument_diagnostics(data, instruments, ctx.inference, hv, method="invariant_autoencoder_insample")
+    diagnostics = instrument_diagnostics(
+        data, instruments, ctx.inference, hv, method="invariant_autoencoder_insample", clusters=data.clusters
+    )
     return MethodOutput(
         tuple(estimates), tuple(diagnostics), artifacts={"instruments": instruments, "history": model.history_}
     )

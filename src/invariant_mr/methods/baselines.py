@@ -9,6 +9,7 @@ import numpy as np
 from invariant_mr.data import MRData, exogenous_controls
 from invariant_mr.errors import InputError
 from invariant_mr.estimators.genotype_pcs import genotype_pcs
+from invariant_mr.estimators.iv import fit_kclass
 from invariant_mr.estimators.tsht import TwoStageHardThresholding
 from invariant_mr.inference.estimates import estimate_from_fit, iv_estimates
 from invariant_mr.inference.weak_iv import with_anderson_rubin
@@ -17,27 +18,46 @@ from invariant_mr.results import Estimate
 
 
 def ols(data: MRData, ctx: MethodContext) -> MethodOutput:
-    return MethodOutput(tuple(iv_estimates(data, None, ctx.inference, method="ols", kappa="ols")))
+    return MethodOutput(tuple(iv_estimates(data, None, ctx.inference, method="ols", kappa="ols", clusters=data.clusters)))
 
 
 def tsls_all(data: MRData, ctx: MethodContext) -> MethodOutput:
     return MethodOutput(
-        tuple(iv_estimates(data, data.Z, ctx.inference, method="tsls_all", env_fixed_effects=False))
+        tuple(iv_estimates(data, data.Z, ctx.inference, method="tsls_all", env_fixed_effects=False,
+                           clusters=data.clusters))
     )
 
 
 def tsls_all_env(data: MRData, ctx: MethodContext) -> MethodOutput:
-    return MethodOutput(tuple(iv_estimates(data, data.Z, ctx.inference, method="tsls_all_env")))
+    return MethodOutput(tuple(iv_estimates(data, data.Z, ctx.inference, method="tsls_all_env", clusters=data.clusters)))
+
+
+def tsls_external(data: MRData, ctx: MethodContext) -> MethodOutput:
+    """2SLS on instruments computed elsewhere (`invariant-mr apply`), with AR sets and diagnostics.
+
+    The instruments are a fixed map fitted in another cohort, so the 2SLS SE
+    needs no correction for learning them here.
+    """
+    from invariant_mr.inference.diagnostics import instrument_diagnostics
+
+    rows = iv_estimates(data, data.Z, ctx.inference, method="tsls_external", clusters=data.clusters,
+                        extra={"instruments": "external (fixed map)"})
+    diagnostics = instrument_diagnostics(data, np.asarray(data.Z), ctx.inference, method="tsls_external",
+                                         clusters=data.clusters)
+    return MethodOutput(tuple(rows), tuple(diagnostics))
 
 
 def liml_all_env(data: MRData, ctx: MethodContext) -> MethodOutput:
-    return MethodOutput(tuple(iv_estimates(data, data.Z, ctx.inference, method="liml_all_env", kappa="liml")))
+    return MethodOutput(tuple(iv_estimates(data, data.Z, ctx.inference, method="liml_all_env", kappa="liml",
+                                           clusters=data.clusters)))
 
 
 _PC_NAME = re.compile(r"^(pc|PC|Pc)_?\d+$")
 
 
 def tsls_pcs(data: MRData, ctx: MethodContext) -> MethodOutput:
+    """2SLS adjusting for ancestry PCs: the PC covariates supplied (names PC1, pc_2, ...), which should be
+    genome-wide PCs (PLINK 2 --pca, or the biobank's), else the top --n-pcs PCs of the instruments."""
     supplied = [j for j, name in enumerate(data.covariate_names or ()) if _PC_NAME.match(name)]
     if supplied:
         # PCs are among the covariates already, which every method adjusts for.
@@ -54,7 +74,8 @@ def tsls_pcs(data: MRData, ctx: MethodContext) -> MethodOutput:
         pcs, source = genotype_pcs(data.Z, k), "instruments"
     # iv_estimates attaches the Anderson-Rubin sets (same instruments and PC controls).
     rows = iv_estimates(
-        data, data.Z, ctx.inference, method="tsls_pcs", extra_controls=pcs, extra={"n_pcs": k, "pcs_from": source}
+        data, data.Z, ctx.inference, method="tsls_pcs", extra_controls=pcs, extra={"n_pcs": k, "pcs_from": source},
+        clusters=data.clusters,
     )
     return MethodOutput(tuple(rows))
 
@@ -63,6 +84,10 @@ def tsls_pcs(data: MRData, ctx: MethodContext) -> MethodOutput:
 def tsht_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     threshold = ctx.option("tsht_threshold", None)
     threshold = None if threshold is None else float(threshold)
+    # TSHT's votes use HC0 (or classical) reduced-form covariances; with clusters the final 2SLS
+    # on the voted-valid instruments and its AR set are refitted cluster-robust.
+    clustered = ctx.cov_type == "cluster"
+    vote_cov = "robust" if clustered else ctx.cov_type
     scopes = [("pooled", np.ones(data.n, dtype=bool), exogenous_controls(data, True))]
     if ctx.per_env:
         codes = data.env_codes
@@ -73,7 +98,7 @@ def tsht_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     for scope, mask, controls in scopes:
         Z = data.Z[mask]
         try:
-            model = TwoStageHardThresholding(threshold=threshold, cov_type=ctx.cov_type).fit(
+            model = TwoStageHardThresholding(threshold=threshold, cov_type=vote_cov).fit(
                 data.outcome[mask], data.exposure[mask], Z, controls
             )
         except (InputError, np.linalg.LinAlgError) as exc:
@@ -81,13 +106,22 @@ def tsht_method(data: MRData, ctx: MethodContext) -> MethodOutput:
                 rows.append(Estimate.unavailable("tsht", scope, int(mask.sum()), data.p, str(exc)))
             continue
         names = np.array(data.instrument_names)
+        cl = data.clusters[mask] if clustered else None
+        final = model.fit_
+        if clustered:
+            final = fit_kclass(
+                data.outcome[mask], data.exposure[mask], Z[:, model.valid_], model.exogenous_controls(Z, controls),
+                kappa="tsls", cov_type="cluster", clusters=cl,
+            )
         est = estimate_from_fit(
-            model.fit_, "tsht", scope, ctx.alpha,
+            final, "tsht", scope, ctx.alpha,
             {
                 "valid_instruments": names[model.valid_].tolist(),
                 "relevant_instruments": names[model.relevant_].tolist(),
                 "threshold": model.threshold_,
                 "se_ignores_selection": True,
+                **({"n_clusters": final.n_clusters, "selection_cov_type": "robust (HC0): the votes ignore clustering"}
+                   if clustered else {}),
             },
         )  # fmt: skip
         rows.append(
@@ -100,6 +134,7 @@ def tsht_method(data: MRData, ctx: MethodContext) -> MethodOutput:
                 alpha=ctx.alpha,
                 cov_type=ctx.cov_type,
                 max_instruments=ctx.inference.ar_max_instruments,
+                clusters=cl,
             )
         )
     return MethodOutput(tuple(rows))

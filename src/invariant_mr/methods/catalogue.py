@@ -14,6 +14,7 @@ _B = "invariant_mr.methods.baselines"
 _L = "invariant_mr.methods.invariant_linear"
 _S = "invariant_mr.methods.summary_level"
 _A = "invariant_mr.methods.autoencoder"
+_Y = "invariant_mr.methods.binary"
 
 BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("ols", f"{_B}:ols", "OLS of outcome on exposure, environment fixed effects (confounded)", family=o.BASELINE),
@@ -51,4 +52,20 @@ BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("invariant_autoencoder_insample", f"{_A}:invariant_autoencoder_insample",
                "2SLS on invariant-autoencoder instruments learned on the same rows (the paper's variant)",
                default=False, options=o.AUTOENCODER_OPTIONS, family=o.AE),
+    MethodSpec("tsls_external", f"{_B}:tsls_external",
+               "2SLS on instruments from `run --instruments-from` (a map applied with `invariant-mr apply`), "
+               "environment fixed effects, AR sets and diagnostics",
+               default=False, options=(o.AR_MAX_INSTRUMENTS, o.DIAGNOSTIC_PERMUTATIONS), family=o.EXTERNAL),
+    MethodSpec("tsri_all_env", f"{_Y}:tsri_all_env",
+               "Binary outcome: two-stage residual inclusion (logistic), every instrument, environment fixed effects",
+               default=False, options=o.BINARY_OPTIONS, family=o.BINARY),
+    MethodSpec("tsps_all_env", f"{_Y}:tsps_all_env",
+               "Binary outcome: two-stage predictor substitution (logistic), every instrument, environment fixed effects",
+               default=False, options=o.BINARY_OPTIONS, family=o.BINARY),
+    MethodSpec("tsri_invariant_linear", f"{_Y}:tsri_invariant_linear",
+               "Binary outcome: two-stage residual inclusion on closed-form invariant instruments",
+               default=False, options=(*o.BINARY_OPTIONS, *o.LINEAR_OPTIONS), family=o.BINARY),
+    MethodSpec("tsps_invariant_linear", f"{_Y}:tsps_invariant_linear",
+               "Binary outcome: two-stage predictor substitution on closed-form invariant instruments",
+               default=False, options=(*o.BINARY_OPTIONS, *o.LINEAR_OPTIONS), family=o.BINARY),
 )  # fmt: skip

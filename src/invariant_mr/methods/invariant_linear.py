@@ -62,7 +62,8 @@ def with_direction_bootstrap(
 ) -> Estimate:
     """`estimate` with an SE and Wald CI that include the error of the estimated directions.
 
-    Each draw resamples rows within environments (keeping their sizes),
+    Each draw resamples rows within environments (keeping their sizes; with
+    cluster labels, whole clusters within environments),
     refits the directions with the signal rank and number of components
     chosen on the full data, and re-estimates; the SE is the SD of the draws
     (`inference.direction_bootstrap`).
@@ -72,6 +73,7 @@ def with_direction_bootstrap(
         np.asarray(data.Z), data.env_codes, data.outcome, data.exposure, exogenous_controls(data, True),
         lambda Z, env: learner.with_fixed_selection().fit_transform(Z, env),
         n_draws, ctx.rng("invariant_linear/direction bootstrap"), cov_type=ctx.cov_type,
+        clusters=data.clusters,
     )  # fmt: skip
     return with_bootstrap_se(estimate, draws, ctx.alpha)
 
@@ -100,12 +102,12 @@ def invariant_linear(data: MRData, ctx: MethodContext) -> MethodOutput:
     hw = learner.transform(data.Z)
     rows = iv_estimates(
         data, hw, ctx.inference, method="invariant_linear",
-        extra={"signal_rank": learner.signal_rank_},
+        extra={"signal_rank": learner.signal_rank_}, clusters=data.clusters,
     )
     n_draws = bootstrap_draws(ctx.option("direction_bootstrap", "auto"), data)
     if n_draws:  # pooled row only: per-environment rows keep the fixed-direction SE
         rows[0] = with_direction_bootstrap(rows[0], data, learner, ctx, n_draws)
-    diagnostics = instrument_diagnostics(data, hw, ctx.inference, method="invariant_linear")
+    diagnostics = instrument_diagnostics(data, hw, ctx.inference, method="invariant_linear", clusters=data.clusters)
     return MethodOutput(tuple(rows), tuple(diagnostics), artifacts={"instruments": hw, "spectrum": spectrum})
 
 
@@ -124,9 +126,11 @@ def invariant_linear_crossfit(data: MRData, ctx: MethodContext) -> MethodOutput:
         return MethodOutput(_no_instrument_rows(data, "invariant_linear_crossfit", "no invariant direction found"))
     rows = crossfit_estimates(
         data, hw, folds, ctx.inference, method="invariant_linear_crossfit",
-        extra={"components_per_fold": [lr.n_components_ for lr in learners]},
+        extra={"components_per_fold": [lr.n_components_ for lr in learners]}, clusters=data.clusters,
     )
-    diagnostics = instrument_diagnostics(data, hw, ctx.inference, method="invariant_linear_crossfit", folds=folds)
+    diagnostics = instrument_diagnostics(
+        data, hw, ctx.inference, method="invariant_linear_crossfit", folds=folds, clusters=data.clusters
+    )
     return MethodOutput(tuple(rows), tuple(diagnostics), artifacts={"instruments": hw, "folds": folds})
 
 

@@ -92,8 +92,23 @@ P_THRESHOLD = MethodOption(
 )  # fmt: skip
 SUMMARY_OPTIONS = (ENV_ADJUST, P_THRESHOLD)
 
+BINARY = "binary outcome"
+BINARY_SE = MethodOption(
+    "binary_se", click.Choice(("sandwich", "bootstrap")), "sandwich",
+    "SE of the log odds ratio: the two-stage sandwich, or a seeded bootstrap refitting both stages", BINARY,
+)  # fmt: skip
+BINARY_BOOTSTRAP = MethodOption("binary_bootstrap", int, 500, "bootstrap draws for --binary-se bootstrap", BINARY)
+BINARY_OPTIONS = (BINARY_SE, BINARY_BOOTSTRAP)
+
+EXTERNAL = "external instruments"
+
 BASELINE = "IV baselines"
-N_PCS = MethodOption("n_pcs", int, 10, "genotype principal components adjusted for by tsls_pcs (at most #instruments - 1)", BASELINE)
+N_PCS = MethodOption(
+    "n_pcs", int, 10,
+    "PCs of the instrument matrix adjusted for by tsls_pcs (at most #instruments - 1) when no PC covariates "
+    "are given; genome-wide PCs given with --covar PC1-PC10 (PLINK 2 --pca, or the biobank's) are used instead "
+    "and are preferred", BASELINE,
+)  # fmt: skip
 TSHT_THRESHOLD = MethodOption("tsht_threshold", float, None, "TSHT thresholding multiplier (default sqrt(log n))", BASELINE)
 
 
@@ -111,6 +126,7 @@ _MINIMUM = {
     "epochs": (1, "training needs at least one epoch"),
     "batch_size": (2, "a mini-batch needs at least 2 rows per environment"),
     "invariance_permutations": (0, "0 skips the test"),
+    "binary_bootstrap": (2, "a bootstrap SE needs at least 2 draws"),
 }
 
 
