@@ -26,6 +26,7 @@ ESTIMATE_COLUMNS = (
     "ar_ci_low",
     "ar_ci_high",
     "pvalue",
+    "exposure",
 )
 
 
@@ -43,6 +44,8 @@ class Estimate:
     `scope` is "pooled" or "env:<label>". `ar_ci_low`/`ar_ci_high` are the
     Anderson-Rubin set's bounds (None on an unbounded side). `extra` holds
     method-specific numbers (kappa, fold estimates, intercepts, ...).
+    `exposure` names the exposure the row is about: set by multivariable
+    methods (one row per exposure) and by two-sample runs; None otherwise.
     """
 
     method: str
@@ -58,14 +61,24 @@ class Estimate:
     ar_ci_high: float | None = None
     pvalue: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    exposure: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
 
+    @property
+    def label(self) -> str:
+        """The method, with the exposure when the row is one of several (multivariable MR)."""
+        return self.method if self.exposure is None else f"{self.method}[{self.exposure}]"
+
     @classmethod
-    def unavailable(cls, method: str, scope: str, n: int, n_instruments: int | None, reason: str) -> "Estimate":
+    def unavailable(
+        cls, method: str, scope: str, n: int, n_instruments: int | None, reason: str, exposure: str | None = None
+    ) -> "Estimate":
         """A row saying why a method has no estimate here (estimate NaN, no SE or interval)."""
-        return cls(method, scope, float("nan"), None, None, None, n, n_instruments, extra={"reason": reason})
+        return cls(
+            method, scope, float("nan"), None, None, None, n, n_instruments, extra={"reason": reason}, exposure=exposure
+        )
 
     def to_dict(self) -> dict:
         out = {f.name: _clean(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}
@@ -157,7 +170,7 @@ class AnalysisResult:
                 continue
             ci = _fmt_interval(e.ci_low, e.ci_high)
             line = (
-                f"{e.method:<32}{e.scope:<12}{_fmt(e.estimate, 10)}{_fmt(e.se, 9)}{ci:>22}{_fmt_ar(e):>26}"
+                f"{e.label:<32}{e.scope:<12}{_fmt(e.estimate, 10)}{_fmt(e.se, 9)}{ci:>22}{_fmt_ar(e):>26}"
                 f"{_fmt(e.first_stage_f, 9, '.1f')}{'' if e.n_instruments is None else e.n_instruments:>6}"
             )
             if theta is not None:

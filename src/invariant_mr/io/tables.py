@@ -111,19 +111,25 @@ def table_data(
     id_column: str | None = "iid",
     path: str | Path = "table",
 ) -> tuple[MRData, dict[str, int]]:
-    """(data, dropped): rows missing any used value are dropped, counted per reason, as PLINK does."""
-    for col, opt in ((env, "--env"), (exposure, "--exposure"), (outcome, "--outcome")):
+    """(data, dropped): rows missing any used value are dropped, counted per reason, as PLINK does.
+
+    `exposure` may be a comma-separated list (multivariable MR): the first is
+    `MRData.exposure`, the others `MRData.other_exposures`.
+    """
+    exposures = parse_exposures(exposure)
+    exposure = exposures[0]
+    for col, opt in ((env, "--env"), *((e, "--exposure") for e in exposures), (outcome, "--outcome")):
         if col not in df.columns:
             raise unknown_column(col, df.columns, opt, path)
-    if exposure == outcome:
-        raise InputError(f"--exposure and --outcome both name column {exposure!r}: give two different traits")
-    if env in (exposure, outcome):
-        raise InputError(f"--env {env!r} is also the {'exposure' if env == exposure else 'outcome'}")
-    roles = {env, exposure, outcome} | ({id_column} if id_column else set())
+    if outcome in exposures:
+        raise InputError(f"--exposure and --outcome both name column {outcome!r}: give two different traits")
+    if env in (*exposures, outcome):
+        raise InputError(f"--env {env!r} is also the {'outcome' if env == outcome else 'exposure'}")
+    roles = {env, *exposures, outcome} | ({id_column} if id_column else set())
     cov_cols = select_columns(df, covariates, "--covariates", path) if covariates else []
-    _refuse_roles_as_instruments(instruments, {env: "--env", exposure: "--exposure", outcome: "--outcome"})
+    _refuse_roles_as_instruments(instruments, {env: "--env", **{e: "--exposure" for e in exposures}, outcome: "--outcome"})
     inst_cols = select_columns(df, instruments, "--instruments", path, exclude=roles | set(cov_cols))
-    used = [(env, "environment"), (exposure, "exposure"), (outcome, "outcome")]
+    used = [(env, "environment"), *((e, "exposure") for e in exposures), (outcome, "outcome")]
     used += [(c, "covariate") for c in cov_cols] + [(c, "instrument") for c in inst_cols]
     keep = np.ones(len(df), dtype=bool)
     dropped: dict[str, int] = {}
@@ -144,6 +150,11 @@ def table_data(
     data = MRData(
         Z=Z,
         exposure=numeric_column(df, exposure, "--exposure", path),
+        other_exposures=(
+            np.column_stack([numeric_column(df, e, "--exposure", path) for e in exposures[1:]])
+            if len(exposures) > 1 else None
+        ),
+        exposure_names=tuple(exposures) if len(exposures) > 1 else None,
         outcome=numeric_column(df, outcome, "--outcome", path),
         env=df[env].astype(str).to_numpy(dtype=object),
         covariates=cov,
@@ -152,6 +163,17 @@ def table_data(
         instrument_names=inst_cols,
     )
     return data, dropped
+
+
+def parse_exposures(exposure: str | Sequence[str]) -> list[str]:
+    """`--exposure bmi,ldl` -> ["bmi", "ldl"]: one or more distinct exposure columns."""
+    names = [e.strip() for e in exposure.split(",")] if isinstance(exposure, str) else [str(e) for e in exposure]
+    names = [e for e in names if e]
+    if not names:
+        raise InputError("--exposure is empty")
+    if len(set(names)) != len(names):
+        raise InputError(f"--exposure names a column twice: {', '.join(names)}")
+    return names
 
 
 def _refuse_roles_as_instruments(instruments: str | Sequence[str], roles: dict[str, str]) -> None:

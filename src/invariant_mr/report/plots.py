@@ -20,7 +20,7 @@ def forest_plot(result: AnalysisResult, scopes: tuple[str, ...] | None = None, t
     """
     rows = [e for e in result.estimates if scopes is None or e.scope in scopes]
     rows = [e for e in rows if e.estimate is not None and math.isfinite(e.estimate)]
-    methods = list(dict.fromkeys(e.method for e in rows))
+    methods = list(dict.fromkeys(e.label for e in rows))
     scope_list = list(dict.fromkeys(e.scope for e in rows))
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * max(len(methods), 2) * max(1, len(scope_list) * 0.6) + 1.2))
     offsets = {s: (i - (len(scope_list) - 1) / 2) * 0.18 for i, s in enumerate(scope_list)}
@@ -29,14 +29,14 @@ def forest_plot(result: AnalysisResult, scopes: tuple[str, ...] | None = None, t
         for e in rows:
             if e.scope != scope:
                 continue
-            y = methods.index(e.method) + offsets[scope]
+            y = methods.index(e.label) + offsets[scope]
             lo = e.ci_low if e.ci_low is not None else e.estimate
             hi = e.ci_high if e.ci_high is not None else e.estimate
             ax.errorbar(
                 e.estimate, y, xerr=[[e.estimate - lo], [hi - e.estimate]],
                 fmt="o" if scope == "pooled" else "s", ms=5 if scope == "pooled" else 3.5,
                 color=colors[i % len(colors)], capsize=2,
-                label=scope if e.method == next(r.method for r in rows if r.scope == scope) else None,
+                label=scope if e.label == next(r.label for r in rows if r.scope == scope) else None,
             )
     theta = None if result.truth is None else result.truth.get("theta")
     if theta is not None:
