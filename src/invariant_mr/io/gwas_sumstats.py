@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +275,29 @@ class SumstatsTable:
             pos=pick(self.pos),
             source=self.source,
         )
+
+    def with_exposures(self, names) -> SumstatsTable:
+        """The table restricted to the named exposures (in that order), e.g. one of a multivariable table."""
+        names = [str(n) for n in names]
+        idx = [self.exposure_index(n) for n in names]
+        if len(set(idx)) != len(idx):
+            raise InputError(f"an exposure is named twice: {', '.join(names)}")
+        return replace(
+            self,
+            exposures=tuple(names),
+            beta_exposure=self.beta_exposure[:, idx],
+            se_exposure=self.se_exposure[:, idx],
+            pval_exposure=None if self.pval_exposure is None else self.pval_exposure[:, idx],
+        )
+
+    def exposure_pvalues(self) -> np.ndarray:
+        """(L, K) exposure p-values: the `pval_exposure` column where given, else two-sided normal from beta/SE."""
+        from scipy import stats
+
+        computed = 2 * stats.norm.sf(np.abs(self.beta_exposure / self.se_exposure))
+        if self.pval_exposure is None:
+            return computed
+        return np.where(np.isfinite(self.pval_exposure), self.pval_exposure, computed)
 
     def summary(self) -> str:
         f = (self.beta_exposure / self.se_exposure) ** 2
