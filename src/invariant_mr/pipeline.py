@@ -75,7 +75,8 @@ def methods_for(data: MRData | SumstatsTable, methods: str | Sequence[str] | Non
             if summary
             else "several exposures"
         )
-        raise InputError(f"--methods: {', '.join(refused)} cannot analyse {what}; methods that can: {possible}")
+        hint = "; or analyse one exposure at a time" if several else ""
+        raise InputError(f"--methods: {', '.join(refused)} cannot analyse {what}; methods that can: {possible}{hint}")
     return specs
 
 
