@@ -198,7 +198,8 @@ class SumstatsTable:
             arr = getattr(self, name)
             if arr is None:
                 continue
-            arr = np.asarray(arr, dtype=float).reshape(L, -1)
+            arr = np.asarray(arr, dtype=float)
+            arr = arr.reshape(L, -1) if L else arr.reshape(0, K)  # an empty selection keeps its K columns
             if arr.shape[1] != K:
                 raise InputError(f"{name} has {arr.shape[1]} column(s) for {K} exposure(s)")
             object.__setattr__(self, name, _readonly(arr))
