@@ -382,3 +382,31 @@ def test_summary_methods_take_a_table_through_the_python_api():
     raps = result.estimates[1]
     assert raps.extra["loss"] == "huber" and "standardised_residuals" not in raps.extra
     assert "mr_raps[ldlc]" in result.summary()
+
+
+@pytest.mark.browser
+def test_mr_plots_render_in_headless_chromium(ldlc_run, tmp_path):
+    import shutil
+    import subprocess
+
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no headless browser: install Debian's chromium to run this test")
+    from invariant_mr.report.mr_plots import mr_plots_html
+
+    pngs = {name: (ldlc_run / name).read_bytes() for name in ("scatter.png", "funnel.png")}
+    page = tmp_path / "plots.html"
+    page.write_text(f"<!DOCTYPE html><html><body style='margin:0'>{mr_plots_html(pngs)}</body></html>")
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--window-size=1600,700", f"--screenshot={shot}", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(shot)[..., :3]
+    # The method lines of the scatter and funnel plots are coloured: the embedded PNGs decoded.
+    assert ((pixels.max(axis=2) - pixels.min(axis=2)) > 0.3).mean() > 0.002
+    # The report of the run embeds the same figures.
+    report = (ldlc_run / "report.html").read_text()
+    assert all(name in report for name in ("scatter.png", "funnel.png", "leave_one_out.png", "single_variant_forest.png"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from invariant_mr.cli.common import SectionedCommand, command_line, method_context, method_option_flags, option
+from invariant_mr.cli.common import SectionedCommand, command_line, method_context, option
 from invariant_mr.errors import InputError
 from invariant_mr.io.output import OutputDirectory, atomic_write_bytes, atomic_write_text
 
@@ -31,6 +31,30 @@ def parse_column_renames(pairs: tuple[str, ...]) -> dict[str | None, dict[str, s
 
 def _renames(cols: dict, target: str) -> dict[str, str]:
     return {**cols.get(None, {}), **cols.get(target, {})}
+
+
+#: Options of individual-level per-variant association steps, which a summary-statistics table skips.
+_INDIVIDUAL_ONLY = ("sumstats_env_adjust", "sumstats_p_threshold")
+
+
+def summary_method_option_flags(func):
+    """One flag per option of the methods that take summary statistics (as `run` has for every method)."""
+    from invariant_mr.methods.registry import registered_methods
+
+    opts = {}
+    for spec in registered_methods().values():
+        if spec.summary_input:
+            for opt in spec.options:
+                if opt.name not in _INDIVIDUAL_ONLY:
+                    opts.setdefault(opt.name, opt)
+    for opt in sorted(opts.values(), key=lambda o: o.name, reverse=True):
+        flag = opt.name.replace("_", "-")
+        text = f"{opt.help} [default: {opt.default}]"
+        if opt.type is bool:
+            func = option(f"--{flag}/--no-{flag}", opt.name, default=None, help=text, section=opt.group)(func)
+        else:
+            func = option(f"--{flag}", opt.name, type=opt.type, default=None, help=text, section=opt.group)(func)
+    return func
 
 
 @click.command(cls=SectionedCommand)
@@ -71,7 +95,7 @@ def _renames(cols: dict, target: str) -> dict[str, str]:
 @option("--seed", type=int, default=0, show_default=True, section="Analysis", help="seed for every random step")
 @option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
         section="Analysis", help="1 - confidence level")
-@method_option_flags
+@summary_method_option_flags
 def mr(sumstats, exposure_gwas, outcome_gwas, columns, exposures, palindromes, palindrome_maf, select_from, select_p,
        clump_bfile, clump_r2, clump_kb, clump_p, out_dir, overwrite, quiet, methods, seed, alpha, **option_values):
     """Two-sample Mendelian randomization from GWAS summary statistics.
