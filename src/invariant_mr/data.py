@@ -102,6 +102,8 @@ class MRData:
     sample_ids, instrument_names, covariate_names : optional labels.
     clusters : optional (n,) cluster labels of related samples (e.g. family IDs), for
         cluster-robust inference (`cov_type="cluster"`); at least two clusters, none missing.
+    other_exposures : optional (n, K-1) further exposures for multivariable
+        MR; `exposure` is the first. `exposure_names` names all K.
 
     Constant and duplicate instrument columns are dropped with a warning that
     names them (`drop_degenerate=True`, the default) or raise `InputError`.
@@ -119,6 +121,8 @@ class MRData:
     drop_degenerate: bool = True
     dropped_instruments: tuple[str, ...] = field(default=(), compare=False)
     clusters: np.ndarray | None = field(default=None, compare=False)
+    other_exposures: np.ndarray | None = None
+    exposure_names: tuple[str, ...] | None = None
 
     def __post_init__(self):
         Z = np.asarray(self.Z, dtype=float)
@@ -176,6 +180,23 @@ class MRData:
                 raise InputError(f"{len(cov_names)} covariate names for {cov.shape[1]} columns")
             _check_finite_matrix(cov, "covariates", cov_names)
 
+        others = self.other_exposures
+        if others is not None:
+            others = np.asarray(others, dtype=float)
+            others = others[:, None] if others.ndim == 1 else others
+            if others.shape[0] != n or others.shape[1] == 0:
+                raise InputError(f"other_exposures have shape {others.shape}, expected ({n}, K-1)")
+        k_exposures = 1 + (0 if others is None else others.shape[1])
+        exposure_names = None if self.exposure_names is None else tuple(str(e) for e in self.exposure_names)
+        if exposure_names is not None and (len(exposure_names) != k_exposures or len(set(exposure_names)) != k_exposures):
+            raise InputError(f"exposure_names must be {k_exposures} distinct names, got {exposure_names}")
+        if others is not None:
+            names_k = exposure_names or tuple(f"exposure_{j + 1}" for j in range(k_exposures))
+            for j in range(others.shape[1]):
+                col = _as_float_vector(others[:, j], names_k[j + 1], n)
+                _check_varies(col, f"the exposure {names_k[j + 1]}")
+            exposure_names = names_k
+
         ids = self.sample_ids
         if ids is not None:
             ids = np.asarray(ids, dtype=object)
@@ -201,6 +222,8 @@ class MRData:
 
         object.__setattr__(self, "Z", _readonly(Z))
         object.__setattr__(self, "exposure", _readonly(exposure))
+        object.__setattr__(self, "other_exposures", None if others is None else _readonly(others))
+        object.__setattr__(self, "exposure_names", exposure_names)
         object.__setattr__(self, "outcome", _readonly(outcome))
         object.__setattr__(self, "env", _readonly(env))
         object.__setattr__(self, "covariates", None if cov is None else _readonly(cov))
@@ -218,6 +241,17 @@ class MRData:
     @property
     def p(self) -> int:
         return self.Z.shape[1]
+
+    @property
+    def n_exposures(self) -> int:
+        return 1 if self.other_exposures is None else 1 + self.other_exposures.shape[1]
+
+    @property
+    def exposures(self) -> np.ndarray:
+        """(n, K): every exposure, `exposure` first (multivariable MR)."""
+        if self.other_exposures is None:
+            return self.exposure[:, None]
+        return np.column_stack([self.exposure, self.other_exposures])
 
     @property
     def env_levels(self) -> tuple[Hashable, ...]:
@@ -248,6 +282,7 @@ class MRData:
             covariates=None if self.covariates is None else self.covariates[rows],
             sample_ids=None if self.sample_ids is None else self.sample_ids[rows],
             clusters=None if self.clusters is None else self.clusters[rows],
+            other_exposures=None if self.other_exposures is None else self.other_exposures[rows],
             dropped_instruments=(),
         )
 

@@ -9,17 +9,29 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from invariant_mr.data import MRData
+from invariant_mr.io.gwas_sumstats import SumstatsTable
 from invariant_mr.errors import InputError
 from invariant_mr.provenance import make_provenance, sha256_array
-from invariant_mr.methods.registry import MethodContext, MethodSpec, resolve_methods
+from invariant_mr.methods.registry import MethodContext, MethodSpec, registered_methods, resolve_methods
 from invariant_mr.results import AnalysisResult
 
-def data_fingerprint(data: MRData) -> dict:
+def data_fingerprint(data: MRData | SumstatsTable) -> dict:
     """Hashes of the analysed arrays, so a result can be matched to its data."""
-    return {
+    if isinstance(data, SumstatsTable):
+        return {
+            "n_variants": data.n_variants,
+            "exposures": list(data.exposures),
+            "sha256_variants": sha256_array(np.array(data.variant, dtype=str)),
+            "sha256_beta_exposure": sha256_array(data.beta_exposure),
+            "sha256_se_exposure": sha256_array(data.se_exposure),
+            "sha256_beta_outcome": sha256_array(data.beta_outcome),
+            "sha256_se_outcome": sha256_array(data.se_outcome),
+        }
+    out = {
         "n": data.n,
         "n_instruments": data.p,
         "environments": [str(e) for e in data.env_levels],
@@ -28,10 +40,49 @@ def data_fingerprint(data: MRData) -> dict:
         "sha256_outcome": sha256_array(data.outcome),
         **({"n_clusters": len(set(data.clusters.tolist()))} if data.clusters is not None else {}),
     }
+    if data.n_exposures > 1:
+        out["exposures"] = list(data.exposure_names)
+        out["sha256_exposure"] = sha256_array(data.exposures)
+    return out
+
+
+def methods_for(data: MRData | SumstatsTable, methods: str | Sequence[str] | None) -> list[MethodSpec]:
+    """The methods to run on `data`: the named ones, checked against the input, or the defaults for it.
+
+    Defaults: GWAS summary statistics with one exposure get every univariable
+    summary-statistic method, with several exposures every multivariable
+    summary-statistic method; individual-level data with several exposures
+    every multivariable method; otherwise the registry's default methods.
+    A named method that cannot take this input is refused, saying which can.
+    """
+    summary = isinstance(data, SumstatsTable)
+    several = data.n_exposures > 1
+
+    def accepts(spec: MethodSpec) -> bool:
+        return (spec.summary_input or not summary) and (spec.multivariable or not several)
+
+    if methods is None or methods == "all" or methods == ["all"]:
+        if summary:
+            return [s for s in registered_methods().values() if s.summary_input and s.multivariable == several]
+        if several:
+            return [s for s in registered_methods().values() if s.multivariable and not s.needs_truth]
+        return resolve_methods(None)
+    specs = resolve_methods(methods if isinstance(methods, str) else list(methods))
+    refused = [s.name for s in specs if not accepts(s)]
+    if refused:
+        possible = ", ".join(s.name for s in registered_methods().values() if accepts(s))
+        what = (
+            ("summary statistics with several exposures" if several else "summary statistics")
+            if summary
+            else "several exposures"
+        )
+        hint = "; or analyse one exposure at a time" if several else ""
+        raise InputError(f"--methods: {', '.join(refused)} cannot analyse {what}; methods that can: {possible}{hint}")
+    return specs
 
 
 def run_analysis(
-    data: MRData,
+    data: MRData | SumstatsTable,
     methods: str | Sequence[str] | None = None,
     ctx: MethodContext | None = None,
     *,
@@ -41,13 +92,17 @@ def run_analysis(
     truth: Mapping[str, Any] | None = None,
     extra_provenance: Mapping[str, Any] | None = None,
 ) -> AnalysisResult:
-    """Run the selected methods (all default ones when None) and collect the results."""
+    """Run the selected methods (the defaults for this input when None; see `methods_for`) and collect the results.
+
+    `data` is individual-level `MRData` or GWAS summary statistics (a `SumstatsTable`).
+    """
     ctx = ctx or MethodContext()
-    if data.clusters is not None and ctx.cov_type != "cluster":
+    clusters = getattr(data, "clusters", None)
+    if clusters is not None and ctx.cov_type != "cluster":
         raise InputError(f"the data carry cluster labels but cov_type is {ctx.cov_type!r}: use cov_type 'cluster'")
-    if data.clusters is None and ctx.cov_type == "cluster":
+    if clusters is None and ctx.cov_type == "cluster":
         raise InputError("cov_type 'cluster' needs cluster labels (MRData(clusters=...), or --cluster COLUMN)")
-    specs: list[MethodSpec] = resolve_methods(methods if methods is None or isinstance(methods, str) else list(methods))
+    specs: list[MethodSpec] = methods_for(data, methods)
     estimates, diagnostics, artifacts, timings = [], [], {}, {}
     bar = tqdm(specs, desc="methods", disable=not ctx.progress, leave=False)
     for spec in bar:

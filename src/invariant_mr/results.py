@@ -26,6 +26,7 @@ ESTIMATE_COLUMNS = (
     "ar_ci_low",
     "ar_ci_high",
     "pvalue",
+    "exposure",
     "note",
 )
 
@@ -47,6 +48,8 @@ class Estimate:
     `scope` is "pooled" or "env:<label>". `ar_ci_low`/`ar_ci_high` are the
     Anderson-Rubin set's bounds (None on an unbounded side). `extra` holds
     method-specific numbers (kappa, fold estimates, intercepts, ...).
+    `exposure` names the exposure the row is about: set by multivariable
+    methods (one row per exposure) and by two-sample runs; None otherwise.
     """
 
     method: str
@@ -62,14 +65,24 @@ class Estimate:
     ar_ci_high: float | None = None
     pvalue: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    exposure: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
 
+    @property
+    def label(self) -> str:
+        """The method, with the exposure when the row is one of several (multivariable MR)."""
+        return self.method if self.exposure is None else f"{self.method}[{self.exposure}]"
+
     @classmethod
-    def unavailable(cls, method: str, scope: str, n: int, n_instruments: int | None, reason: str) -> "Estimate":
+    def unavailable(
+        cls, method: str, scope: str, n: int, n_instruments: int | None, reason: str, exposure: str | None = None
+    ) -> "Estimate":
         """A row saying why a method has no estimate here (estimate NaN, no SE or interval)."""
-        return cls(method, scope, float("nan"), None, None, None, n, n_instruments, extra={"reason": reason})
+        return cls(
+            method, scope, float("nan"), None, None, None, n, n_instruments, extra={"reason": reason}, exposure=exposure
+        )
 
     @property
     def available(self) -> bool:
@@ -196,7 +209,7 @@ class AnalysisResult:
                 mark = footnotes.setdefault(error, f"[{len(footnotes) + 1}]")
                 ar = mark
             row = [
-                e.method,
+                e.label,
                 e.scope,
                 _fmt(e.estimate, 0),
                 _fmt(e.se, 0),

@@ -22,6 +22,7 @@ EXIT_USER_ERROR = 2
 def build_cli() -> click.Group:
     from invariant_mr.cli.demo import demo
     from invariant_mr.cli.listing import methods
+    from invariant_mr.cli.mr import mr
     from invariant_mr.cli.portable import apply, fit
     from invariant_mr.cli.run import run
     from invariant_mr.cli.simulate import simulate
@@ -31,7 +32,7 @@ def build_cli() -> click.Group:
     def cli():
         """Mendelian randomization with instruments that are invariant across environments."""
 
-    for command in (methods, run, demo, simulate, fit, apply):
+    for command in (methods, run, mr, demo, simulate, fit, apply):
         cli.add_command(command)
     return cli
 

@@ -28,7 +28,8 @@ from invariant_mr.provenance import input_record
 @click.command(cls=SectionedCommand)
 @option("--table", "table", section="Input", type=click.Path(path_type=Path), default=None, help="TSV/CSV/Parquet with one row per sample (or use --bfile/--npy with --pheno)")
 @option("--env", "--env-col", "env_col", section="Input", required=True, help="environment column (ancestry, cohort, site)")
-@option("--exposure", section="Input", required=True, help="exposure column")
+@option("--exposure", section="Input", required=True,
+        help="exposure column; several, comma-separated, for multivariable MR (--table input: tsls_all_env, mv_ivw, mv_egger)")
 @option("--outcome", section="Input", required=True, help="outcome column")
 @option("--instruments", section="Input", default=None, help="--table: instrument columns, names or globs, comma-separated (e.g. 'z*')")
 @option("--covariates", "--covar", "covariates", section="Input", default=None, help="exogenous covariate columns, comma-separated names or globs (e.g. 'age,sex,PC*')")
@@ -58,9 +59,11 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
     from invariant_mr.methods.summary_level import sumstats_env_adjusted
     from invariant_mr.pipeline import run_analysis
 
-    if exposure == outcome:
-        raise InputError(f"--exposure and --outcome both name {exposure!r}: give two different traits")
+    if outcome in [e.strip() for e in exposure.split(",")]:
+        raise InputError(f"--exposure and --outcome both name {outcome!r}: give two different traits")
     genetic = {name: option_values.pop(name) for name in GENETIC_OPTION_NAMES}
+    if "," in exposure and genetic["sumstats_out"] is not None:
+        raise InputError("--sumstats-out writes one exposure's associations; give one --exposure")
     ctx = method_context(seed, alpha, resolve_cov_type(cov_type, cluster), per_env, quiet, option_values)
     methods = run_methods(methods, outcome_type, external=instruments_from is not None)
     out = OutputDirectory(out_dir, overwrite, inputs=input_paths(table, genetic) + (
@@ -203,6 +206,8 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
     from invariant_mr.methods.summary_level import sumstats_env_adjusted
     from invariant_mr.pipeline import run_analysis
 
+    if "," in exposure:
+        raise InputError("several exposures (--exposure a,b) are supported with --table input; give one with --bfile/--npy")
     if g["bfile"] is None and g["npy"] is None:
         raise InputError("give the data: --table FILE, or --bfile PREFIX (or --npy FILE) with --pheno FILE")
     if g["pheno"] is None:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -198,7 +198,8 @@ class SumstatsTable:
             arr = getattr(self, name)
             if arr is None:
                 continue
-            arr = np.asarray(arr, dtype=float).reshape(L, -1)
+            arr = np.asarray(arr, dtype=float)
+            arr = arr.reshape(L, -1) if L else arr.reshape(0, K)  # an empty selection keeps its K columns
             if arr.shape[1] != K:
                 raise InputError(f"{name} has {arr.shape[1]} column(s) for {K} exposure(s)")
             object.__setattr__(self, name, _readonly(arr))
@@ -275,6 +276,29 @@ class SumstatsTable:
             pos=pick(self.pos),
             source=self.source,
         )
+
+    def with_exposures(self, names) -> SumstatsTable:
+        """The table restricted to the named exposures (in that order), e.g. one of a multivariable table."""
+        names = [str(n) for n in names]
+        idx = [self.exposure_index(n) for n in names]
+        if len(set(idx)) != len(idx):
+            raise InputError(f"an exposure is named twice: {', '.join(names)}")
+        return replace(
+            self,
+            exposures=tuple(names),
+            beta_exposure=self.beta_exposure[:, idx],
+            se_exposure=self.se_exposure[:, idx],
+            pval_exposure=None if self.pval_exposure is None else self.pval_exposure[:, idx],
+        )
+
+    def exposure_pvalues(self) -> np.ndarray:
+        """(L, K) exposure p-values: the `pval_exposure` column where given, else two-sided normal from beta/SE."""
+        from scipy import stats
+
+        computed = 2 * stats.norm.sf(np.abs(self.beta_exposure / self.se_exposure))
+        if self.pval_exposure is None:
+            return computed
+        return np.where(np.isfinite(self.pval_exposure), self.pval_exposure, computed)
 
     def summary(self) -> str:
         f = (self.beta_exposure / self.se_exposure) ** 2

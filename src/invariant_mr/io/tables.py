@@ -122,24 +122,28 @@ def table_data(
 
     `cluster` names a column of cluster labels (e.g. family ID) for cluster-robust
     inference; rows without a label are dropped and counted like the others.
+    `exposure` may be a comma-separated list (multivariable MR): the first is
+    `MRData.exposure`, the others `MRData.other_exposures`.
     """
-    for col, opt in ((env, "--env"), (exposure, "--exposure"), (outcome, "--outcome")):
+    exposures = parse_exposures(exposure)
+    exposure = exposures[0]
+    for col, opt in ((env, "--env"), *((e, "--exposure") for e in exposures), (outcome, "--outcome")):
         if col not in df.columns:
             raise unknown_column(col, df.columns, opt, path)
-    if exposure == outcome:
-        raise InputError(f"--exposure and --outcome both name column {exposure!r}: give two different traits")
-    if env in (exposure, outcome):
-        raise InputError(f"--env {env!r} is also the {'exposure' if env == exposure else 'outcome'}")
+    if outcome in exposures:
+        raise InputError(f"--exposure and --outcome both name column {outcome!r}: give two different traits")
+    if env in (*exposures, outcome):
+        raise InputError(f"--env {env!r} is also the {'outcome' if env == outcome else 'exposure'}")
     if cluster is not None:
         if cluster not in df.columns:
             raise unknown_column(cluster, df.columns, "--cluster", path)
-        if cluster in (env, exposure, outcome):
+        if cluster in (env, *exposures, outcome):
             raise InputError(f"--cluster {cluster!r} is also the --env, --exposure or --outcome column")
-    roles = {env, exposure, outcome} | ({id_column} if id_column else set()) | ({cluster} if cluster else set())
+    roles = {env, *exposures, outcome} | ({id_column} if id_column else set()) | ({cluster} if cluster else set())
     cov_cols = select_columns(df, covariates, "--covariates", path) if covariates else []
-    _refuse_roles_as_instruments(instruments, {env: "--env", exposure: "--exposure", outcome: "--outcome"})
+    _refuse_roles_as_instruments(instruments, {env: "--env", **{e: "--exposure" for e in exposures}, outcome: "--outcome"})
     inst_cols = select_columns(df, instruments, "--instruments", path, exclude=roles | set(cov_cols))
-    used = [(env, "environment"), (exposure, "exposure"), (outcome, "outcome")]
+    used = [(env, "environment"), *((e, "exposure") for e in exposures), (outcome, "outcome")]
     used += [(c, "covariate") for c in cov_cols] + [(c, "instrument") for c in inst_cols]
     if cluster is not None:
         used.append((cluster, "cluster"))
@@ -164,6 +168,11 @@ def table_data(
     data = MRData(
         Z=Z,
         exposure=numeric_column(df, exposure, "--exposure", path),
+        other_exposures=(
+            np.column_stack([numeric_column(df, e, "--exposure", path) for e in exposures[1:]])
+            if len(exposures) > 1 else None
+        ),
+        exposure_names=tuple(exposures) if len(exposures) > 1 else None,
         outcome=numeric_column(df, outcome, "--outcome", path),
         env=df[env].astype(str).to_numpy(dtype=object),
         covariates=cov,
@@ -173,6 +182,17 @@ def table_data(
         clusters=None if cluster is None else df[cluster].astype(str).str.strip().to_numpy(dtype=object),
     )
     return data, dropped
+
+
+def parse_exposures(exposure: str | Sequence[str]) -> list[str]:
+    """`--exposure bmi,ldl` -> ["bmi", "ldl"]: one or more distinct exposure columns."""
+    names = [e.strip() for e in exposure.split(",")] if isinstance(exposure, str) else [str(e) for e in exposure]
+    names = [e for e in names if e]
+    if not names:
+        raise InputError("--exposure is empty")
+    if len(set(names)) != len(names):
+        raise InputError(f"--exposure names a column twice: {', '.join(names)}")
+    return names
 
 
 def _refuse_roles_as_instruments(instruments: str | Sequence[str], roles: dict[str, str]) -> None:

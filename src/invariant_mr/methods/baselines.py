@@ -29,6 +29,10 @@ def tsls_all(data: MRData, ctx: MethodContext) -> MethodOutput:
 
 
 def tsls_all_env(data: MRData, ctx: MethodContext) -> MethodOutput:
+    if data.n_exposures > 1:
+        from invariant_mr.methods.two_sample import multivariable_tsls_estimates
+
+        return multivariable_tsls_estimates(data, ctx, "tsls_all_env")
     return MethodOutput(tuple(iv_estimates(data, data.Z, ctx.inference, method="tsls_all_env", clusters=data.clusters)))
 
 

@@ -91,6 +91,17 @@ P_THRESHOLD = MethodOption(
     "(e.g. 5e-8, the usual genome-wide selection; default: every variant)", SUMMARY,
 )  # fmt: skip
 SUMMARY_OPTIONS = (ENV_ADJUST, P_THRESHOLD)
+RAPS_LOSS = MethodOption("raps_loss", click.Choice(("huber", "tukey", "l2")), "huber",
+                         "MR-RAPS loss: huber (k = 1.345), tukey (k = 4.685) or l2 (not robust)", SUMMARY)
+RAPS_OVERDISPERSION = MethodOption("raps_overdispersion", bool, True,
+                                   "MR-RAPS: model balanced pleiotropy as overdispersion tau^2", SUMMARY)
+CONMIX_PSI = MethodOption("conmix_psi", float, 0.0,
+                          "contamination mixture: SD of the invalid variants' ratio estimates (0 = 1.5 x SD of the ratios)", SUMMARY)
+CONMIX_STEP = MethodOption("conmix_step", float, 0.01, "contamination mixture: grid step of the profile likelihood", SUMMARY)
+MV_MODEL = MethodOption("mv_model", click.Choice(("default", "random", "fixed")), "default",
+                        "mv_ivw SEs: multiplicative random or fixed effects (default: fixed with 3 variants or fewer)", SUMMARY)
+MV_EGGER_ORIENTATE = MethodOption("mv_egger_orientate", str, None,
+                                  "mv_egger: the exposure whose associations are made positive (default: the first)", SUMMARY)
 
 BINARY = "binary outcome"
 BINARY_SE = MethodOption(

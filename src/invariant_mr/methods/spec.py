@@ -49,7 +49,13 @@ class MethodOption:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A method's metadata and where its function lives ("module:function" or the function itself)."""
+    """A method's metadata and where its function lives ("module:function" or the function itself).
+
+    `summary_input`: the method also takes GWAS summary statistics (an
+    `io.gwas_sumstats.SumstatsTable`, what `invariant-mr mr` analyses), not
+    only individual-level `MRData`. `multivariable`: it estimates the direct
+    effects of several exposures at once (one `Estimate` per exposure).
+    """
 
     name: str
     target: str | MethodFunction
@@ -58,6 +64,8 @@ class MethodSpec:
     default: bool = True
     options: tuple[MethodOption, ...] = ()
     family: str = "other"
+    summary_input: bool = False
+    multivariable: bool = False
 
     @property
     def function(self) -> MethodFunction:

@@ -1,10 +1,12 @@
-"""`run` methods for summary-statistic MR on per-variant associations computed from individual data.
+"""Summary-statistic MR methods, on individual-level data (`run`) or GWAS summary statistics (`mr`).
 
-Summary-statistic methods compute per-variant associations from the
-individual-level data (`sumstats.summary_statistics`, adjusted for the
+A method's `data` is either an `MRData` or a `SumstatsTable`
+(`io.gwas_sumstats`, one exposure). From `MRData` the per-variant
+associations are computed (`sumstats.summary_statistics`, adjusted for the
 environment fixed effects and covariates unless `--sumstats-env-adjust` is
-off), then apply the estimator. Per-environment rows use that environment's
-samples (adjusted for covariates only).
+off), with per-environment rows on that environment's samples (adjusted for
+covariates only). A `SumstatsTable` is used as given: one "pooled" scope.
+`sumstats_by_scope` is the one place that tells the two apart.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from invariant_mr.data import MRData
 from invariant_mr.errors import InputError
 from invariant_mr.methods.registry import MethodContext, MethodOutput
 from invariant_mr.results import Diagnostic, Estimate
+from invariant_mr.estimators.steiger import r2_from_bsen, steiger_test
+from invariant_mr.estimators.two_sample import steiger_from_table, summary_statistics_from_table
+from invariant_mr.io.gwas_sumstats import SumstatsTable
 from invariant_mr.estimators.summary_mr import (
     SummaryMRFit,
     ivw,
@@ -74,8 +79,20 @@ def selected_variants(pooled: SummaryStatistics, threshold: float | None) -> np.
     return keep
 
 
-def sumstats_by_scope(data: MRData, ctx: MethodContext) -> list[tuple[str, SummaryStatistics]]:
-    """("pooled", stats) then ("env:<label>", stats) per environment when `ctx.per_env`."""
+def sumstats_by_scope(data: MRData | SumstatsTable, ctx: MethodContext) -> list[tuple[str, SummaryStatistics]]:
+    """("pooled", stats) then ("env:<label>", stats) per environment when `ctx.per_env`.
+
+    A `SumstatsTable` (two-sample MR) has one scope, "pooled", and is used as
+    given: its variants were selected before (`mr --select-p`, clumping).
+    """
+    if isinstance(data, SumstatsTable):
+        if data.n_exposures != 1:
+            raise InputError(
+                f"univariable summary-statistic methods take one exposure; the table has {', '.join(data.exposures)}"
+            )
+        return [("pooled", summary_statistics_from_table(data))]
+    if data.n_exposures > 1:
+        raise InputError("univariable summary-statistic methods take one exposure; use mv_ivw or mv_egger")
     pooled = summary_statistics(data, env_fixed_effects=sumstats_env_adjusted(ctx))
     keep = selected_variants(pooled, ctx.option("sumstats_p_threshold", None))
     out = [("pooled", pooled.subset(keep))]
@@ -94,7 +111,14 @@ def _mean_f(ss: SummaryStatistics) -> float:
     return float(np.mean((ss.beta_exposure / ss.se_exposure) ** 2))
 
 
-def _estimate(fit: SummaryMRFit, scope: str, ss: SummaryStatistics, method: str | None = None) -> Estimate:
+def exposure_label(data) -> str | None:
+    """The exposure an `Estimate` row is about: the table's exposure name (two-sample runs), else None."""
+    return data.exposures[0] if isinstance(data, SumstatsTable) else None
+
+
+def _estimate(
+    fit: SummaryMRFit, scope: str, ss: SummaryStatistics, method: str | None = None, exposure: str | None = None
+) -> Estimate:
     return Estimate(
         method=method or fit.method,
         scope=scope,
@@ -107,17 +131,16 @@ def _estimate(fit: SummaryMRFit, scope: str, ss: SummaryStatistics, method: str 
         first_stage_f=_mean_f(ss),
         pvalue=fit.pvalue,
         extra={**fit.extra, "first_stage_f_kind": "mean per-variant F", "adjusted_for": list(ss.adjusted_for)},
+        exposure=exposure,
     )
 
 
-def _failed(method: str, scope: str, ss: SummaryStatistics, reason: str) -> Estimate:
-    return Estimate.unavailable(method, scope, ss.n, ss.n_variants, reason)
-
-
-def _run_summary(
-    data: MRData, ctx: MethodContext, method: str, estimator: Callable[[SummaryStatistics, str], tuple]
+def run_summary_method(
+    data: MRData | SumstatsTable, ctx: MethodContext, method: str, estimator: Callable[[SummaryStatistics, str], tuple]
 ) -> MethodOutput:
+    """Apply `estimator(stats, scope) -> (Estimate, diagnostics)` to every scope; a failed scope gives an unavailable row."""
     rows, diags = [], []
+    exposure = exposure_label(data)
     try:
         scopes = sumstats_by_scope(data, ctx)
     except TooFewVariantsError as exc:  # this method has no estimate; the run's other methods stand
@@ -128,15 +151,16 @@ def _run_summary(
         except InputError as exc:
             if scope != "pooled":
                 continue
-            rows.append(_failed(method, scope, ss, str(exc)))
+            rows.append(Estimate.unavailable(method, scope, ss.n, ss.n_variants, str(exc), exposure=exposure))
             continue
-        rows.append(est)
+        rows.append(replace(est, exposure=exposure) if exposure is not None else est)
         diags.extend(dgs)
     if data.clusters is not None:  # per-variant associations use HC0 SEs; say so rather than imply otherwise
         note = ("the per-variant association SEs are HC0 and ignore the clusters (--cluster), so this SE "
                 "is too small when relatives share errors")
         rows = [replace(r, extra={**r.extra, "se_ignores_clustering": note}) for r in rows]
     return MethodOutput(tuple(rows), tuple(diags))
+
 
 
 def _p_flag(p: float, alpha: float, bad: str, good: str) -> str:
@@ -188,9 +212,38 @@ def ivw_method(data: MRData, ctx: MethodContext) -> MethodOutput:
                     },
                 )
             )
+        if scope == "pooled":
+            diags.append(steiger_diagnostic(data, ss, ctx.alpha))
         return _estimate(fit, scope, ss), diags
 
-    return _run_summary(data, ctx, "ivw", one)
+    return run_summary_method(data, ctx, "ivw", one)
+
+
+def steiger_diagnostic(data: MRData | SumstatsTable, ss: SummaryStatistics, alpha: float) -> Diagnostic:
+    """Steiger directionality: do the variants explain more of the exposure than of the outcome?
+
+    Two-sample: r^2 from each GWAS's beta, SE and n (TwoSampleMR `mr_steiger`),
+    which needs `n_exposure` and `n_outcome` columns; without them the
+    diagnostic says so. Individual-level data: both traits measured on the
+    same n samples.
+    """
+    try:
+        if isinstance(data, SumstatsTable):
+            res = steiger_from_table(data)
+        else:
+            n = np.full(ss.n_variants, float(ss.n))
+            res = steiger_test(
+                r2_from_bsen(ss.beta_exposure, ss.se_exposure, n), r2_from_bsen(ss.beta_outcome, ss.se_outcome, n), n, n
+            )
+    except InputError as exc:
+        return Diagnostic("steiger_direction", "pooled", None, None, f"not computed: {exc}", {})
+    if not res.correct_direction:
+        flag = "the variants explain more of the outcome than of the exposure: reverse causation or pleiotropy"
+    elif res.pvalue < alpha:
+        flag = "direction exposure -> outcome supported (Steiger)"
+    else:
+        flag = "direction exposure -> outcome not clearly supported (Steiger p above alpha)"
+    return Diagnostic("steiger_direction", "pooled", res.z, res.pvalue, flag, res.to_dict())
 
 
 def mr_egger_method(data: MRData, ctx: MethodContext) -> MethodOutput:
@@ -225,7 +278,7 @@ def mr_egger_method(data: MRData, ctx: MethodContext) -> MethodOutput:
         ]
         return _estimate(fit, scope, ss), diags
 
-    return _run_summary(data, ctx, "mr_egger", one)
+    return run_summary_method(data, ctx, "mr_egger", one)
 
 
 def weighted_median_method(data: MRData, ctx: MethodContext) -> MethodOutput:
@@ -235,7 +288,7 @@ def weighted_median_method(data: MRData, ctx: MethodContext) -> MethodOutput:
         fit = weighted_median(ss, ctx.alpha, n_bootstrap=n_boot, rng=ctx.rng(f"weighted_median/{scope}"))
         return _estimate(fit, scope, ss), []
 
-    return _run_summary(data, ctx, "weighted_median", one)
+    return run_summary_method(data, ctx, "weighted_median", one)
 
 
 def weighted_mode_method(data: MRData, ctx: MethodContext) -> MethodOutput:
@@ -246,7 +299,7 @@ def weighted_mode_method(data: MRData, ctx: MethodContext) -> MethodOutput:
         fit = weighted_mode(ss, ctx.alpha, phi=phi, n_bootstrap=n_boot, rng=ctx.rng(f"weighted_mode/{scope}"))
         return _estimate(fit, scope, ss), []
 
-    return _run_summary(data, ctx, "weighted_mode", one)
+    return run_summary_method(data, ctx, "weighted_mode", one)
 
 
 def mr_presso_method(data: MRData, ctx: MethodContext) -> MethodOutput:
@@ -266,6 +319,8 @@ def mr_presso_method(data: MRData, ctx: MethodContext) -> MethodOutput:
                 "outliers": list(res.outliers),
                 "outlier_corrected": res.corrected is not None,
                 "n_distribution": draws,
+                "distortion_coefficient_percent": res.distortion_coefficient,
+                "distortion_pvalue": res.distortion_pvalue,
             },
         )
         flag = (
@@ -287,16 +342,31 @@ def mr_presso_method(data: MRData, ctx: MethodContext) -> MethodOutput:
                 "outlier_pvalues": None if res.outlier_pvalues is None else res.outlier_pvalues.tolist(),
             },
         )
-        return est, [diag]
+        diags = [diag]
+        if res.distortion_pvalue is not None:
+            diags.append(
+                Diagnostic(
+                    "mr_presso_distortion",
+                    scope,
+                    res.distortion_coefficient,
+                    res.distortion_pvalue,
+                    f"removing the outliers changes the estimate by {res.distortion_coefficient:.1f}% "
+                    + ("(significant distortion)" if res.distortion_pvalue < level else "(no significant distortion)"),
+                    {"statistic": "distortion coefficient, % of the corrected estimate", "outliers": list(res.outliers)},
+                )
+            )
+        return est, diags
 
-    return _run_summary(data, ctx, "mr_presso", one)
+    return run_summary_method(data, ctx, "mr_presso", one)
 
 
-# ----------------------------------------------------------------------------- 2SLS with PCs
 __all__ = [
+    "exposure_label",
     "ivw_method",
     "mr_egger_method",
     "mr_presso_method",
+    "run_summary_method",
+    "steiger_diagnostic",
     "sumstats_by_scope",
     "weighted_median_method",
     "weighted_mode_method",

@@ -238,8 +238,12 @@ def render_report(
     *,
     env: Sequence | np.ndarray | None = None,
     title: str = "invariant-mr analysis report",
+    extra_sections: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The report as one HTML string.
+
+    `extra_sections` are (title, HTML) pairs placed after the forest plot
+    (e.g. the summary-statistic MR plots of `invariant-mr mr`).
 
     `env` (one label per analysed sample) colours the learned-instrument
     plots. QC and sample counts are read from `result.provenance["qc"]` and
@@ -256,6 +260,7 @@ def render_report(
         ("Estimates", _estimates_table(result)),
         ("Forest plot", _forest(result)),
         ("Verdict", _verdict(result)),
+        *extra_sections,
         ("Learned instruments by environment", _instrument_figures(result, None if env is None else np.asarray(env))),
         ("Training curves", _training_figures(result)),
         ("Diagnostics", _diagnostics_table(result)),
@@ -272,7 +277,10 @@ def render_report(
     )
 
 
-def write_report(path: str | os.PathLike, result: AnalysisResult, *, env=None, title: str | None = None) -> None:
+def write_report(
+    path: str | os.PathLike, result: AnalysisResult, *, env=None, title: str | None = None,
+    extra_sections: Sequence[tuple[str, str]] = (),
+) -> None:
     """Render and write the report atomically (temporary file, then rename)."""
-    text = render_report(result, env=env, title=title or "invariant-mr analysis report")
+    text = render_report(result, env=env, title=title or "invariant-mr analysis report", extra_sections=extra_sections)
     atomic_write_text(path, text)

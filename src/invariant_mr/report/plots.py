@@ -56,7 +56,7 @@ def forest_plot(result: AnalysisResult, scopes: tuple[str, ...] | None = None, t
     (simulations), is a dashed line.
     """
     all_rows = [e for e in result.estimates if scopes is None or e.scope in scopes]
-    methods = list(dict.fromkeys(e.method for e in all_rows))
+    methods = list(dict.fromkeys(e.label for e in all_rows))
     rows = [e for e in all_rows if e.available]
     scope_list = list(dict.fromkeys(e.scope for e in rows)) or ["pooled"]
     theta = None if result.truth is None else result.truth.get("theta")
@@ -76,7 +76,7 @@ def forest_plot(result: AnalysisResult, scopes: tuple[str, ...] | None = None, t
         for e in rows:
             if e.scope != scope:
                 continue
-            y = methods.index(e.method) + offsets[scope]
+            y = methods.index(e.label) + offsets[scope]
             x = min(max(e.estimate, lo_lim), hi_lim)
             lo = e.ci_low if e.ci_low is not None and math.isfinite(e.ci_low) else -math.inf
             hi = e.ci_high if e.ci_high is not None and math.isfinite(e.ci_high) else math.inf
@@ -101,8 +101,8 @@ def forest_plot(result: AnalysisResult, scopes: tuple[str, ...] | None = None, t
                 ax.annotate(f"{e.estimate:.3g}", xy=(x, y), xytext=(0, 5), textcoords="offset points",
                             ha="right" if x >= hi_lim else "left", fontsize=7, color=color)
     for e in all_rows:
-        if e.method not in {r.method for r in rows} and e.scope == "pooled":
-            ax.text(0.02, methods.index(e.method), f"no estimate: {e.reason}", transform=ax.get_yaxis_transform(),
+        if e.label not in {r.label for r in rows} and e.scope == "pooled":
+            ax.text(0.02, methods.index(e.label), f"no estimate: {e.reason}", transform=ax.get_yaxis_transform(),
                     va="center", ha="left", fontsize=8, color="#a33", style="italic")
     if theta is not None:
         ax.axvline(theta, ls="--", color="k", lw=1, label=f"true effect = {theta:g}")

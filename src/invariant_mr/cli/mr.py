@@ -1,0 +1,216 @@
+"""`invariant-mr mr`: two-sample MR from GWAS summary statistics; estimates, plots, report and provenance out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from invariant_mr.cli.common import SectionedCommand, command_line, method_context, option
+from invariant_mr.errors import InputError
+from invariant_mr.io.output import OutputDirectory, atomic_write_bytes, atomic_write_text
+
+_PATH = click.Path(path_type=Path)
+_FILES = ("--sumstats", "--exposure-gwas", "--outcome-gwas", "--select-from")
+
+
+def parse_column_renames(pairs: tuple[str, ...]) -> dict[str | None, dict[str, str]]:
+    """`--col NAME=FILECOL` (every input) or `--col FILE:NAME=FILECOL` with FILE one of
+    sumstats, exposure, outcome, select -> {None or file: {canonical: file column}}."""
+    out: dict[str | None, dict[str, str]] = {}
+    for pair in pairs:
+        name, sep, column = pair.partition("=")
+        if not sep or not name.strip() or not column.strip():
+            raise InputError(f"--col {pair!r}: expected NAME=FILECOL (e.g. --col beta_exposure=BETA)")
+        target, colon, canonical = name.strip().rpartition(":")
+        if colon and target not in ("sumstats", "exposure", "outcome", "select"):
+            raise InputError(f"--col {pair!r}: the file prefix must be sumstats, exposure, outcome or select")
+        out.setdefault(target or None, {})[canonical] = column.strip()
+    return out
+
+
+def _renames(cols: dict, target: str) -> dict[str, str]:
+    return {**cols.get(None, {}), **cols.get(target, {})}
+
+
+#: Options of individual-level per-variant association steps, which a summary-statistics table skips.
+_INDIVIDUAL_ONLY = ("sumstats_env_adjust", "sumstats_p_threshold")
+
+
+def summary_method_option_flags(func):
+    """One flag per option of the methods that take summary statistics (as `run` has for every method)."""
+    from invariant_mr.methods.registry import registered_methods
+
+    opts = {}
+    for spec in registered_methods().values():
+        if spec.summary_input:
+            for opt in spec.options:
+                if opt.name not in _INDIVIDUAL_ONLY:
+                    opts.setdefault(opt.name, opt)
+    for opt in sorted(opts.values(), key=lambda o: o.name, reverse=True):
+        flag = opt.name.replace("_", "-")
+        text = f"{opt.help} [default: {opt.default}]"
+        if opt.type is bool:
+            func = option(f"--{flag}/--no-{flag}", opt.name, default=None, help=text, section=opt.group)(func)
+        else:
+            func = option(f"--{flag}", opt.name, type=opt.type, default=None, help=text, section=opt.group)(func)
+    return func
+
+
+@click.command(cls=SectionedCommand)
+@option("--sumstats", type=_PATH, default=None, section="Input",
+        help="harmonised table (TSV/CSV): variant, beta_exposure, se_exposure, beta_outcome, se_outcome "
+             "(what `run --sumstats-out` writes), or beta_exposure_<name>/se_exposure_<name> per exposure")
+@option("--exposure-gwas", type=_PATH, default=None, section="Input",
+        help="exposure GWAS (variant, effect_allele, other_allele, beta, se; optional eaf, pval, n, chrom, pos)")
+@option("--outcome-gwas", type=_PATH, default=None, section="Input", help="outcome GWAS, same columns; harmonised to the exposure's alleles")
+@option("--col", "columns", multiple=True, section="Input",
+        help="rename a column: NAME=FILECOL, or FILE:NAME=FILECOL for one file (FILE: sumstats, exposure, outcome, select); repeatable")
+@option("--exposure", "exposures", default=None, section="Input",
+        help="--sumstats: the exposure(s) to analyse, comma-separated <name>s of beta_exposure_<name> "
+             "(default: all); two-file form: the exposure's name [default: exposure]")
+@option("--palindromes", type=click.Choice(["infer", "drop"]), default="infer", show_default=True, section="Input",
+        help="palindromic A/T, C/G variants: infer the strand from allele frequencies, or drop them")
+@option("--palindrome-maf", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=0.42, show_default=True,
+        section="Input", help="palindromic variants with an EAF in (x, 1 - x) are ambiguous and dropped (TwoSampleMR: 0.42)")
+@option("--select-from", type=_PATH, default=None, section="Instrument selection",
+        help="independent exposure GWAS to select variants in (avoids the winner's curse); same columns as --exposure-gwas")
+@option("--select-p", type=float, default=None, section="Instrument selection",
+        help="keep variants with exposure p below this: in --select-from [default 5e-8], else in the exposure GWAS itself")
+@option("--clump-bfile", type=_PATH, default=None, section="Instrument selection",
+        help="PLINK 1 reference panel PREFIX (.bed/.bim/.fam) for LD clumping; no clumping without it")
+@option("--clump-r2", type=click.FloatRange(0, 1, max_open=True), default=0.001, show_default=True,
+        section="Instrument selection", help="clumping: drop variants with r^2 above this with a stronger one")
+@option("--clump-kb", type=click.FloatRange(0, min_open=True), default=10_000, show_default=True,
+        section="Instrument selection", help="clumping window in kb")
+@option("--clump-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+        section="Instrument selection", help="clumping: index variants need exposure p at most this")
+@option("--out", "out_dir", type=_PATH, required=True, section="Output",
+        help="output directory (must not exist, or use --overwrite to replace a previous run's output)")
+@option("--overwrite", is_flag=True, section="Output",
+        help="replace an existing output directory written by a previous run (never one holding inputs)")
+@option("--quiet", is_flag=True, section="Output", help="no tables on the terminal")
+@option("--methods", default=None, section="Analysis",
+        help="comma-separated methods [default: every summary-statistic method; mv_ivw, mv_egger for several exposures]")
+@option("--seed", type=int, default=0, show_default=True, section="Analysis", help="seed for every random step")
+@option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
+        section="Analysis", help="1 - confidence level")
+@summary_method_option_flags
+def mr(sumstats, exposure_gwas, outcome_gwas, columns, exposures, palindromes, palindrome_maf, select_from, select_p,
+       clump_bfile, clump_r2, clump_kb, clump_p, out_dir, overwrite, quiet, methods, seed, alpha, **option_values):
+    """Two-sample Mendelian randomization from GWAS summary statistics.
+
+    Give one harmonised table (--sumstats) or an exposure and an outcome GWAS
+    (--exposure-gwas, --outcome-gwas), which are harmonised as TwoSampleMR
+    does. Writes results.json, estimates.tsv, report.html, the scatter, funnel,
+    leave-one-out and single-variant plots, and dropped_variants.tsv (every
+    variant left out, with the step and the reason).
+    """
+    from invariant_mr.io.gwas_sumstats import harmonise, read_gwas, read_mr_sumstats
+    from invariant_mr.estimators.two_sample import select_instruments
+    from invariant_mr.pipeline import run_analysis
+    from invariant_mr.provenance import input_record
+
+    two_file = exposure_gwas is not None or outcome_gwas is not None
+    if sumstats is not None and two_file:
+        raise InputError("give either --sumstats or --exposure-gwas with --outcome-gwas, not both")
+    if sumstats is None and not two_file:
+        raise InputError("give the data: --sumstats FILE, or --exposure-gwas FILE with --outcome-gwas FILE")
+    if two_file and (exposure_gwas is None or outcome_gwas is None):
+        raise InputError("the two-file form needs both --exposure-gwas and --outcome-gwas")
+    if clump_bfile is None and any(
+        click.get_current_context().get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE
+        for p in ("clump_r2", "clump_kb", "clump_p")
+    ):
+        raise InputError("--clump-r2/--clump-kb/--clump-p need a reference panel: --clump-bfile PREFIX")
+    cols = parse_column_renames(columns)
+    ctx = method_context(seed, alpha, "robust", False, True, option_values)
+    inputs = [p for p in (sumstats, exposure_gwas, outcome_gwas, select_from) if p is not None]
+    panel = [] if clump_bfile is None else [Path(f"{clump_bfile}{ext}") for ext in (".bed", ".bim", ".fam")]
+    out = OutputDirectory(out_dir, overwrite, inputs=inputs + panel)
+    out.check()
+
+    harmonised = None
+    if sumstats is not None:
+        table = read_mr_sumstats(sumstats, _renames(cols, "sumstats"))
+        if exposures:
+            table = table.with_exposures([e.strip() for e in exposures.split(",") if e.strip()])
+    else:
+        name = (exposures or "exposure").strip()
+        if "," in name:
+            raise InputError("--exposure: the two-file form has one exposure; give one name")
+        harmonised = harmonise(
+            read_gwas(exposure_gwas, _renames(cols, "exposure"), what="--exposure-gwas"),
+            read_gwas(outcome_gwas, _renames(cols, "outcome"), what="--outcome-gwas"),
+            palindromes=palindromes, maf_threshold=palindrome_maf, exposure_name=name,
+        )  # fmt: skip
+        table = harmonised.table
+    selection = read_gwas(select_from, _renames(cols, "select"), what="--select-from") if select_from else None
+    chosen = select_instruments(
+        table, select_p=select_p, selection_gwas=selection, clump_bfile=clump_bfile,
+        clump_r2=clump_r2, clump_kb=clump_kb, clump_p=clump_p,
+        earlier=[("harmonise", d) for d in (harmonised.dropped if harmonised else ())],
+    )  # fmt: skip
+    params = {
+        "sumstats": None if sumstats is None else str(sumstats),
+        "exposure_gwas": None if exposure_gwas is None else str(exposure_gwas),
+        "outcome_gwas": None if outcome_gwas is None else str(outcome_gwas),
+        "column_renames": {str(k): v for k, v in cols.items()},
+        "exposures": list(chosen.table.exposures),
+        "palindromes": palindromes if two_file else None,
+        "palindrome_maf": palindrome_maf if two_file else None,
+        "select_from": None if select_from is None else str(select_from),
+        "select_p": select_p,
+        "clump_bfile": None if clump_bfile is None else str(clump_bfile),
+        "clump_r2": clump_r2 if clump_bfile else None,
+        "clump_kb": clump_kb if clump_bfile else None,
+        "clump_p": clump_p if clump_bfile else None,
+    }
+    record = {
+        "two_sample": {
+            "n_variants_analysed": chosen.table.n_variants,
+            "harmonisation": None if harmonised is None else harmonised.summary(),
+            "selection": list(chosen.steps),
+            "dropped": chosen.counts(),
+        }
+    }
+    result = run_analysis(
+        chosen.table, methods, ctx, command=command_line(), parameters=params,
+        inputs=input_record(inputs + panel), extra_provenance=record,
+    )  # fmt: skip
+    pngs, plots_html = _plots(chosen.table, result, alpha)
+    with out:
+        from invariant_mr.report.html import write_report
+
+        atomic_write_text(out.path / "results.json", result.to_json())
+        atomic_write_text(out.path / "estimates.tsv", result.to_tsv())
+        atomic_write_text(out.path / "dropped_variants.tsv", chosen.dropped_tsv())
+        for name, data in pngs.items():
+            atomic_write_bytes(out.path / name, data)
+        write_report(
+            out.path / "report.html", result, title="invariant-mr two-sample MR report",
+            extra_sections=[("Summary-statistic MR plots", plots_html)],
+        )  # fmt: skip
+    if not quiet:
+        if harmonised is not None:
+            click.echo(harmonised.summary())
+        for step in chosen.steps:
+            click.echo(step)
+        click.echo(result.summary())
+        written = ["results.json", "estimates.tsv", "report.html", "dropped_variants.tsv", *pngs]
+        click.echo(f"\nwrote {out.final}/" + ", ".join(written))
+
+
+def _plots(table, result, alpha: float) -> tuple[dict[str, bytes], str]:
+    """PNG bytes per file and the report section: the four plots per exposure of a univariable analysis."""
+    from invariant_mr.estimators.two_sample import summary_statistics_from_table
+    from invariant_mr.report.mr_plots import mr_plot_pngs, mr_plots_html
+
+    if table.n_exposures > 1:
+        return {}, (
+            '<p class="muted">The scatter, funnel, leave-one-out and single-variant plots are drawn for '
+            "univariable analyses (run `mr --exposure NAME` for one exposure).</p>"
+        )
+    name = table.exposures[0]
+    pngs = mr_plot_pngs(summary_statistics_from_table(table), result, exposure=name, alpha=alpha)
+    return pngs, mr_plots_html(pngs)
