@@ -32,6 +32,8 @@ def tsls_all_env(data: MRData, ctx: MethodContext) -> MethodOutput:
     if data.n_exposures > 1:
         from invariant_mr.methods.two_sample import multivariable_tsls_estimates
 
+        if data.clusters is not None:
+            raise InputError("multivariable 2SLS has no cluster-robust SEs yet: drop --cluster or give one --exposure")
         return multivariable_tsls_estimates(data, ctx, "tsls_all_env")
     return MethodOutput(tuple(iv_estimates(data, data.Z, ctx.inference, method="tsls_all_env", clusters=data.clusters)))
 

@@ -155,7 +155,7 @@ def run_summary_method(
             continue
         rows.append(replace(est, exposure=exposure) if exposure is not None else est)
         diags.extend(dgs)
-    if data.clusters is not None:  # per-variant associations use HC0 SEs; say so rather than imply otherwise
+    if getattr(data, "clusters", None) is not None:  # per-variant associations use HC0 SEs; say so rather than imply otherwise
         note = ("the per-variant association SEs are HC0 and ignore the clusters (--cluster), so this SE "
                 "is too small when relatives share errors")
         rows = [replace(r, extra={**r.extra, "se_ignores_clustering": note}) for r in rows]
