@@ -1,0 +1,158 @@
+"""Estimation from per-environment sufficient statistics agrees with the in-memory estimators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from invariant_mr.data import MRData
+from invariant_mr.errors import InputError
+from invariant_mr.estimation import exogenous_controls
+from invariant_mr.estimators.sufficient_stats import (
+    EnvironmentCrossProducts,
+    LocalPasses,
+    RowVectors,
+    accumulate_meats,
+    iter_array_blocks,
+    kclass_from_stats,
+    kclass_requests,
+    partial_out,
+)
+from invariant_mr.iv import fit_kclass
+from invariant_mr.simulation.balding_nichols import simulate_balding_nichols
+
+RTOL = 1e-10
+
+
+def close(a, b, rtol=RTOL):
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * max(1.0, float(np.max(np.abs(b)))))
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate_balding_nichols(n_envs=3, n_per_env=400, n_variants=30, seed=3)
+
+
+@pytest.fixture(scope="module")
+def data(sim):
+    return sim.to_mrdata(include_covariates=True)
+
+
+@pytest.fixture(scope="module")
+def vectors(data):
+    return RowVectors.from_mrdata(data)
+
+
+@pytest.fixture(scope="module")
+def stats(sim, vectors):
+    # int8 blocks straight from the simulation, in uneven blocks
+    return EnvironmentCrossProducts.from_arrays(sim.genotypes, vectors, block_rows=177)
+
+
+@pytest.fixture(scope="module")
+def passes(sim, vectors):
+    return LocalPasses.from_array(sim.genotypes, vectors, block_rows=250)
+
+
+def test_cross_products_match_direct_sums(stats, data):
+    codes = data.env_codes
+    for e in range(3):
+        rows = codes == e
+        Z, C = data.Z[rows], data.covariates[rows]
+        close(stats.zz[e], Z.T @ Z)
+        close(stats.zd[e], Z.T @ data.exposure[rows])
+        close(stats.zc[e], Z.T @ C)
+        close(stats.cy[e], C.T @ data.outcome[rows])
+        close(stats.dy[e], data.exposure[rows] @ data.outcome[rows])
+        assert stats.counts[e] == rows.sum()
+    assert stats.n == data.n and stats.p == data.p and stats.q == 2
+
+
+def test_merge_of_chunks_equals_one_pass(sim, vectors, stats):
+    n = sim.genotypes.shape[0]
+    cut = 517
+    a = EnvironmentCrossProducts.accumulate(iter_array_blocks(sim.genotypes, 100, 0, cut), vectors)
+    b = EnvironmentCrossProducts.accumulate(iter_array_blocks(sim.genotypes, 64, cut, n), vectors)
+    merged = a.merge(b)
+    close(merged.cross, stats.cross)
+    np.testing.assert_array_equal(merged.counts, stats.counts)
+    with pytest.raises(InputError):
+        a.merge(a.select([0, 1]))
+
+
+@pytest.mark.parametrize("kappa", ["ols", "tsls", "liml", "fuller(1)"])
+@pytest.mark.parametrize("cov_type", ["unadjusted", "robust"])
+def test_pooled_kclass_matches_fit_kclass(data, stats, passes, kappa, cov_type):
+    controls = exogenous_controls(data, True)
+    ref = fit_kclass(data.outcome, data.exposure, data.Z, controls, kappa=kappa, cov_type=cov_type)
+    design = partial_out(stats, instruments=[] if kappa == "ols" else None)
+    fit = kclass_from_stats(design, kappa=kappa, cov_type=cov_type, passes=passes)
+    close(fit.estimate, ref.estimate)
+    close(fit.se, ref.se)
+    close(fit.kappa, ref.kappa)
+    assert fit.n_instruments == ref.n_instruments and fit.n == ref.n
+    if ref.first_stage_f is None:
+        assert fit.first_stage_f is None
+    else:
+        close(fit.first_stage_f, ref.first_stage_f)
+
+
+@pytest.mark.parametrize("cov_type", ["unadjusted", "robust"])
+def test_without_fixed_effects_and_per_environment(data, stats, passes, cov_type):
+    ref = fit_kclass(data.outcome, data.exposure, data.Z, data.covariates, kappa="liml", cov_type=cov_type)
+    fit = kclass_from_stats(partial_out(stats, env_fixed_effects=False), kappa="liml", cov_type=cov_type, passes=passes)
+    close([fit.estimate, fit.se, fit.first_stage_f], [ref.estimate, ref.se, ref.first_stage_f])
+    for level in data.env_levels:
+        rows = data.env == level
+        ref = fit_kclass(
+            data.outcome[rows], data.exposure[rows], data.Z[rows], data.covariates[rows], cov_type=cov_type
+        )
+        fit = kclass_from_stats(partial_out(stats, env=level), cov_type=cov_type, passes=passes)
+        assert fit.scope == f"env:{level}" and fit.n == rows.sum()
+        close([fit.estimate, fit.se, fit.first_stage_f], [ref.estimate, ref.se, ref.first_stage_f])
+
+
+def test_instruments_as_controls_and_projected_instruments(data, stats, passes):
+    # TSHT's final fit: some instrument columns become exogenous controls.
+    valid, invalid = np.arange(0, 30, 2), np.arange(1, 30, 2)
+    controls = np.hstack([exogenous_controls(data, True), data.Z[:, invalid]])
+    ref = fit_kclass(data.outcome, data.exposure, data.Z[:, valid], controls, cov_type="robust")
+    fit = kclass_from_stats(partial_out(stats, instruments=valid, z_controls=invalid), passes=passes)
+    close([fit.estimate, fit.se, fit.first_stage_f], [ref.estimate, ref.se, ref.first_stage_f])
+    # Learned linear directions: statistics of Z W without a new first pass.
+    W = np.random.default_rng(0).standard_normal((30, 4))
+    ref = fit_kclass(data.outcome, data.exposure, data.Z @ W, exogenous_controls(data, True), kappa="liml")
+    fit = kclass_from_stats(partial_out(stats.project(W)), kappa="liml", passes=passes)
+    close([fit.estimate, fit.se, fit.first_stage_f], [ref.estimate, ref.se, ref.first_stage_f])
+
+
+def test_one_second_pass_serves_several_fits(data, stats, passes):
+    designs = [partial_out(stats), partial_out(stats, env=data.env_levels[1])]
+    requests = [r for d in designs for r in kclass_requests(d, "tsls")]
+    meats = accumulate_meats(passes, requests)
+    for i, d in enumerate(designs):
+        shared = kclass_from_stats(d, cov_type="robust", meats=meats[2 * i : 2 * i + 2])
+        alone = kclass_from_stats(d, cov_type="robust", passes=passes)
+        assert shared == alone
+    with pytest.raises(InputError, match="second pass"):
+        kclass_from_stats(designs[0], cov_type="robust")
+
+
+def test_missing_genotypes_are_imputed_on_the_fly(sim, vectors):
+    G = sim.genotypes.copy()
+    rng = np.random.default_rng(1)
+    missing = rng.random(G.shape) < 0.02
+    G[missing] = -127  # PLINK missing code as int8
+    fill = np.array([G[~missing[:, j], j].mean() for j in range(G.shape[1])])
+    imputed = np.where(missing, fill[None, :], G.astype(float))
+    ref = fit_kclass(vectors.outcome, vectors.exposure, imputed, np.hstack([vectors.covariates, np.eye(3)[vectors.env_codes][:, 1:]]))
+    st = EnvironmentCrossProducts.from_arrays(G, vectors, block_rows=300, fill=fill)
+    fit = kclass_from_stats(partial_out(st, fill=fill), passes=LocalPasses.from_array(G, vectors, 300))
+    close([fit.estimate, fit.se, fit.first_stage_f], [ref.estimate, ref.se, ref.first_stage_f])
+    # float32 blocks with NaN for missing give the same statistics
+    G32 = np.where(missing, np.nan, G).astype(np.float32)
+    st32 = EnvironmentCrossProducts.from_arrays(G32, vectors, block_rows=500, fill=fill)
+    close(st32.cross, st.cross)
+    with pytest.raises(InputError, match="missing"):
+        EnvironmentCrossProducts.from_arrays(G, vectors)
