@@ -156,3 +156,68 @@ def test_missing_genotypes_are_imputed_on_the_fly(sim, vectors):
     close(st32.cross, st.cross)
     with pytest.raises(InputError, match="missing"):
         EnvironmentCrossProducts.from_arrays(G, vectors)
+
+
+# ----------------------------------------------------------------------------- AR, J, F, sumstats
+from invariant_mr.diagnostics import first_stage_strength, sargan_hansen_j  # noqa: E402
+from invariant_mr.estimators.sufficient_stats import (  # noqa: E402
+    anderson_rubin_from_stats,
+    anderson_rubin_test_from_stats,
+    first_stage_from_stats,
+    sargan_hansen_j_from_stats,
+    summary_statistics_from_stats,
+)
+from invariant_mr.sumstats import summary_statistics  # noqa: E402
+from invariant_mr.weak_iv import anderson_rubin_confidence_set, anderson_rubin_test  # noqa: E402
+
+
+def _same_set(a, b):
+    assert a.kind == b.kind
+    assert len(a.intervals) == len(b.intervals)
+    for (lo1, hi1), (lo2, hi2) in zip(a.intervals, b.intervals):
+        for x, y in ((lo1, lo2), (hi1, hi2)):
+            assert (np.isinf(x) and x == y) or abs(x - y) <= RTOL * max(1.0, abs(y))
+
+
+@pytest.mark.parametrize("cov_type", ["unadjusted", "robust"])
+@pytest.mark.parametrize("columns", [[4], [0, 3, 5, 7, 11], list(range(30))])
+def test_anderson_rubin_matches_weak_iv(data, stats, passes, cov_type, columns):
+    controls = exogenous_controls(data, True)
+    design = partial_out(stats, instruments=columns)
+    ref = anderson_rubin_confidence_set(data.outcome, data.exposure, data.Z[:, columns], controls, cov_type=cov_type)
+    got = anderson_rubin_from_stats(design, cov_type=cov_type, passes=passes)
+    _same_set(got, ref)
+    ref_t = anderson_rubin_test(data.outcome, data.exposure, data.Z[:, columns], controls, beta0=0.7, cov_type=cov_type)
+    got_t = anderson_rubin_test_from_stats(design, beta0=0.7, cov_type=cov_type, passes=passes)
+    close(got_t[:2], ref_t[:2])
+    assert got_t[2] == ref_t[2]
+
+
+@pytest.mark.parametrize("cov_type", ["unadjusted", "robust"])
+def test_j_and_first_stage_match_diagnostics(data, stats, passes, cov_type):
+    controls = exogenous_controls(data, True)
+    design = partial_out(stats)
+    close(sargan_hansen_j_from_stats(design, cov_type=cov_type, passes=passes),
+          sargan_hansen_j(data.outcome, data.exposure, data.Z, controls, cov_type=cov_type))
+    close(first_stage_from_stats(design, cov_type=cov_type, passes=passes),
+          first_stage_strength(data.exposure, data.Z, controls, cov_type=cov_type))
+    level = data.env_levels[2]
+    rows = data.env == level
+    close(first_stage_from_stats(partial_out(stats, env=level), cov_type=cov_type, passes=passes),
+          first_stage_strength(data.exposure[rows], data.Z[rows], data.covariates[rows], cov_type=cov_type))
+    with pytest.raises(InputError, match="overidentification"):
+        sargan_hansen_j_from_stats(partial_out(stats, instruments=[3]), cov_type=cov_type, passes=passes)
+
+
+@pytest.mark.parametrize("cov_type", ["unadjusted", "robust"])
+@pytest.mark.parametrize("fe,cov", [(True, True), (False, False)])
+def test_summary_statistics_match_sumstats(data, stats, passes, cov_type, fe, cov):
+    ref = summary_statistics(data, env_fixed_effects=fe, adjust_covariates=cov, cov_type=cov_type)
+    got = summary_statistics_from_stats(
+        stats, env_fixed_effects=fe, adjust_covariates=cov, cov_type=cov_type, passes=passes,
+        variant_names=data.instrument_names,
+    )
+    for name in ("beta_exposure", "se_exposure", "beta_outcome", "se_outcome"):
+        close(getattr(got, name), getattr(ref, name))
+    assert got.variant == ref.variant and got.n == ref.n and got.cov_type == ref.cov_type
+    assert got.adjusted_for == ref.adjusted_for

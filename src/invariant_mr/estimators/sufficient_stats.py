@@ -906,8 +906,253 @@ def kclass_from_stats(
     )
 
 
+
+# ----------------------------------------------------------------------------- AR, J, F
+def _orthonormal(pr: _Parts) -> tuple[np.ndarray, np.ndarray]:
+    """(Q' y~, Q' d~) for the orthonormal basis Q = Zt T of the instruments."""
+    return pr.inv.T.T @ pr.a, pr.inv.T.T @ pr.c
+
+
+def _instrument_directions(pr: _Parts) -> np.ndarray:
+    return np.vstack([pr.inv.T, np.zeros((2, pr.rank))])
+
+
+def anderson_rubin_requests(design: PartialledDesign) -> list[MeatRequest]:
+    """The robust AR blocks (Omega_yy, Omega_yd, Omega_dd of the reduced-form residuals)."""
+    pr = _Parts.of(design)
+    U = np.column_stack(
+        [np.concatenate([-pr.inv.solve(pr.a), [0.0, 1.0]]), np.concatenate([-pr.inv.solve(pr.c), [1.0, 0.0]])]
+    )
+    return [MeatRequest(design, _instrument_directions(pr), U)]
+
+
+def _ar_problem(design: PartialledDesign, meats):
+    from invariant_mr.weak_iv import _ARProblem
+
+    pr = _Parts.of(design)
+    if pr.rank == 0:
+        raise InputError("the instruments are collinear with the exogenous controls")
+    dfd = design.n - pr.rank - design.n_controls
+    if dfd <= 0:
+        raise InputError(f"too few samples ({design.n}) for {pr.rank} instruments and {design.n_controls} controls")
+    a, c = _orthonormal(pr)
+    problem = _ARProblem(a=a, c=c, yy=pr.yy, yd=pr.dy, dd=pr.dd, Zt=None, uy=None, ud=None, k=pr.rank, dfd=dfd)
+    blocks = None
+    if meats is not None:
+        M, k = meats[0], pr.rank
+        blocks = (M[:k, :k], (M[:k, k:] + M[k:, :k]) / 2, M[k:, k:])
+    return problem, blocks
+
+
+def _robust_meats(design, meats, passes, requests_of, what):
+    if meats is None:
+        meats = accumulate_meats(_need_rows(passes, what), requests_of(design))
+    return meats
+
+
+def anderson_rubin_from_stats(
+    design: PartialledDesign,
+    *,
+    alpha: float = 0.05,
+    cov_type: str = "robust",
+    passes: RowPasses | None = None,
+    meats: Sequence[np.ndarray] | None = None,
+    n_grid: int = 4001,
+):
+    """The AR confidence set (`weak_iv.ConfidenceSet`), as `weak_iv.anderson_rubin_confidence_set`.
+
+    "unadjusted" needs only the statistics; "robust" the meats of `anderson_rubin_requests`.
+    """
+    from invariant_mr.weak_iv import ConfidenceSet, _quadratic_set, _robust_set_numeric
+
+    if not 0 < alpha < 1:
+        raise InputError(f"alpha must be in (0, 1), got {alpha}")
+    if cov_type not in ("robust", "unadjusted"):
+        raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
+    if cov_type == "robust":
+        meats = _robust_meats(design, meats, passes, anderson_rubin_requests, "the robust AR set")
+    pr, blocks = _ar_problem(design, meats if cov_type == "robust" else None)
+    crit = float(sps.chi2.ppf(1 - alpha, pr.k))
+    if cov_type == "unadjusted":
+        q = crit / pr.dfd
+        cc, ac, aa = float(pr.c @ pr.c), float(pr.a @ pr.c), float(pr.a @ pr.a)
+        return _quadratic_set((1 + q) * cc - q * pr.dd, -2 * ((1 + q) * ac - q * pr.yd), (1 + q) * aa - q * pr.yy, alpha)
+    if pr.k == 1:
+        Oyy, Oyd, Odd = (float(m[0, 0]) for m in blocks)
+        a, c = float(pr.a[0]), float(pr.c[0])
+        return _quadratic_set(c * c - crit * Odd, -2 * (a * c - crit * Oyd), a * a - crit * Oyy, alpha)
+    if float(pr.c @ pr.c) <= 0:
+        return ConfidenceSet(((-math.inf, math.inf),), alpha)
+    return _robust_set_numeric(pr, blocks, crit, alpha, n_grid)
+
+
+def anderson_rubin_test_from_stats(
+    design: PartialledDesign,
+    *,
+    beta0: float = 0.0,
+    cov_type: str = "robust",
+    passes: RowPasses | None = None,
+    meats: Sequence[np.ndarray] | None = None,
+) -> tuple[float, float, int]:
+    """AR test of theta = beta0: (statistic on the chi^2 scale, p-value, k), as `weak_iv.anderson_rubin_test`."""
+    from invariant_mr.weak_iv import _classical_stat, _robust_stat
+
+    b = np.array([float(beta0)])
+    if cov_type == "unadjusted":
+        pr, _ = _ar_problem(design, None)
+        stat = float(_classical_stat(pr, b)[0])
+    elif cov_type == "robust":
+        meats = _robust_meats(design, meats, passes, anderson_rubin_requests, "the robust AR test")
+        pr, blocks = _ar_problem(design, meats)
+        stat = float(_robust_stat(pr, b, blocks)[0])
+    else:
+        raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
+    return stat, float(sps.chi2.sf(stat, pr.k)), pr.k
+
+
+def _tsls(pr: _Parts) -> float:
+    return pr.quad(pr.a, pr.c) / pr.quad(pr.c, pr.c)
+
+
+def j_requests(design: PartialledDesign) -> list[MeatRequest]:
+    """Hansen's J: the HC0 meat of the 2SLS residuals in orthonormal instrument coordinates."""
+    pr = _Parts.of(design)
+    b = _tsls(pr)
+    return [MeatRequest(design, _instrument_directions(pr), _pad(design.k, [-b, 1.0])[:, None])]
+
+
+def sargan_hansen_j_from_stats(
+    design: PartialledDesign,
+    *,
+    cov_type: str = "robust",
+    passes: RowPasses | None = None,
+    meats: Sequence[np.ndarray] | None = None,
+) -> tuple[float, float, int]:
+    """Overidentification test (J, p-value, k - 1), as `diagnostics.sargan_hansen_j`."""
+    pr = _Parts.of(design)
+    k = pr.rank
+    if k < 2:
+        raise InputError("the J test needs more instruments than endogenous regressors (overidentification)")
+    a, c = _orthonormal(pr)
+    b_tsls = float(a @ c / (c @ c))
+    if cov_type == "unadjusted":
+        g = a - b_tsls * c
+        explained = float(g @ g)
+        uu = pr.yy - 2 * b_tsls * pr.dy + b_tsls**2 * pr.dd
+        stat = explained / ((uu - explained) / (design.n - k - design.n_controls))
+    elif cov_type == "robust":
+        S = _robust_meats(design, meats, passes, j_requests, "Hansen's J")[0]
+        Sc, Sa = np.linalg.solve(S, c), np.linalg.solve(S, a)
+        b_gmm = float(c @ Sa / (c @ Sc))
+        g = a - b_gmm * c
+        stat = float(g @ np.linalg.solve(S, g))
+    else:
+        raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
+    return stat, float(sps.chi2.sf(stat, k - 1)), k - 1
+
+
+def first_stage_from_stats(
+    design: PartialledDesign,
+    *,
+    cov_type: str = "robust",
+    passes: RowPasses | None = None,
+    meats: Sequence[np.ndarray] | None = None,
+) -> tuple[float, float, int]:
+    """(first-stage F, p-value, k), as `diagnostics.first_stage_strength`: the partial F
+    (Cragg-Donald with one endogenous regressor) or the robust Wald F (Kleibergen-Paap)."""
+    pr = _Parts.of(design)
+    k = pr.rank
+    if k == 0:
+        raise InputError("the instruments are collinear with the controls")
+    c = pr.inv.T.T @ pr.c
+    if cov_type == "unadjusted":
+        dfd = design.n - k - design.n_controls
+        f = float(c @ c) / k / ((pr.dd - float(c @ c)) / dfd)
+        return f, float(sps.f.sf(f, k, dfd)), k
+    if cov_type != "robust":
+        raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
+    S = _robust_meats(design, meats, passes, lambda d: [first_stage_request(d)], "the robust first-stage F")[0]
+    wald = float(c @ np.linalg.solve(S, c))
+    return wald / k, float(sps.chi2.sf(wald, k)), k
+
+
+# ----------------------------------------------------------------------------- per-variant associations
+def summary_statistics_requests(design: PartialledDesign) -> list[MeatRequest]:
+    """Per-variant robust SEs: the per-column moments (O(p) memory)."""
+    return [MeatRequest(design, per_column=True)]
+
+
+def summary_statistics_from_stats(
+    stats: EnvironmentCrossProducts,
+    *,
+    env_fixed_effects: bool = True,
+    adjust_covariates: bool = True,
+    cov_type: str = "unadjusted",
+    variant_names: Sequence[str] | None = None,
+    passes: RowPasses | None = None,
+    meats: Sequence[np.ndarray] | None = None,
+    fill: np.ndarray | None = None,
+):
+    """Per-variant associations with exposure and outcome, as `sumstats.summary_statistics`.
+
+    Each variant's simple regression is adjusted for the intercept, the
+    environment fixed effects and the covariates; "robust" (HC0) needs the
+    meats of `summary_statistics_requests(design)` for the design
+    `partial_out(stats, env_fixed_effects=..., covariates=adjust_covariates, fill=fill)`.
+    """
+    from invariant_mr.sumstats import SummaryStatistics
+
+    design = partial_out(stats, env_fixed_effects=env_fixed_effects, covariates=adjust_covariates, fill=fill)
+    k = design.k
+    G = design.gram
+    sxx = np.diag(G)[:k].copy()
+    small = sxx <= 1e-12 * max(1.0, float(sxx.max()))
+    if small.any():
+        bad = np.flatnonzero(small)
+        raise InputError(
+            f"variant column(s) {', '.join(str(b) for b in bad[:10])} are constant after adjusting for the controls"
+        )
+    df = design.n - design.n_controls - 1
+    out = {}
+    if cov_type == "robust":
+        M = _robust_meats(design, meats, passes, summary_statistics_requests, "robust per-variant SEs")[0]
+    elif cov_type != "unadjusted":
+        raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
+    for name, col, (m2, m3) in (("exposure", k, (0, 1)), ("outcome", k + 1, (2, 3))):
+        sxy = G[:k, col]
+        beta = sxy / sxx
+        if cov_type == "unadjusted":
+            rss = G[col, col] - beta * sxy
+            se = np.sqrt(np.maximum(rss, 0.0) / df / sxx)
+        else:
+            meat = M[m2] - 2 * beta * M[m3] + beta**2 * M[4]
+            se = np.sqrt(np.maximum(meat, 0.0)) / sxx
+        out[name] = (beta, se)
+    names = variant_names if variant_names is not None else tuple(f"iv{j + 1}" for j in range(k))
+    adjusted = ["intercept"] + (["environment"] if env_fixed_effects else [])
+    if adjust_covariates:
+        adjusted.extend(stats.covariate_names)
+    return SummaryStatistics(
+        variant=tuple(names),
+        beta_exposure=out["exposure"][0],
+        se_exposure=out["exposure"][1],
+        beta_outcome=out["outcome"][0],
+        se_outcome=out["outcome"][1],
+        n=stats.n,
+        adjusted_for=tuple(adjusted),
+        cov_type=cov_type,
+    )
+
 __all__ = [
     "EnvironmentCrossProducts",
+    "anderson_rubin_from_stats",
+    "anderson_rubin_requests",
+    "anderson_rubin_test_from_stats",
+    "first_stage_from_stats",
+    "j_requests",
+    "sargan_hansen_j_from_stats",
+    "summary_statistics_from_stats",
+    "summary_statistics_requests",
     "LocalPasses",
     "MeatRequest",
     "PartialledDesign",
