@@ -221,3 +221,41 @@ def test_summary_statistics_match_sumstats(data, stats, passes, cov_type, fe, co
         close(getattr(got, name), getattr(ref, name))
     assert got.variant == ref.variant and got.n == ref.n and got.cov_type == ref.cov_type
     assert got.adjusted_for == ref.adjusted_for
+
+
+def test_peak_memory_follows_the_documented_formula():
+    """One block + O(m^2) + the row vectors: tracemalloc peak below the module docstring's bound."""
+    import tracemalloc
+
+    n, p, q, K, b = 40_000, 300, 2, 3, 2_000
+    rng = np.random.default_rng(0)
+    pool = rng.integers(0, 3, size=(b, p), dtype=np.int8)  # the reader's int8 block (B_in)
+    vec = RowVectors(
+        rng.integers(0, K, n), ("a", "b", "c"), rng.standard_normal(n), rng.standard_normal(n),
+        rng.standard_normal((n, q)),
+    )
+
+    def blocks():
+        for lo in range(0, n, b):
+            yield np.arange(lo, lo + b), pool
+
+    m = q + p + 2
+    tracemalloc.start()
+    try:
+        st = EnvironmentCrossProducts.accumulate(blocks(), vec)
+        peak1 = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    bound1 = b * p + 16 * b * m + 8 * (K + 2) * m * m
+    design = partial_out(st)
+    requests = kclass_requests(design, "tsls")  # s j = 1 (SE) and p (robust F)
+    tracemalloc.start()
+    try:
+        accumulate_meats(LocalPasses(blocks, vec), requests)
+        peak2 = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    bound2 = b * p + 8 * b * (4 * (p + 2) + 2 * p) + 8 * (1 + p * p)
+    dense = 8 * n * p
+    assert 0.3 * bound1 < peak1 < bound1 < dense / 5
+    assert 0.3 * bound2 < peak2 < bound2 < dense / 3

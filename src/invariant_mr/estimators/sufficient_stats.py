@@ -29,17 +29,21 @@ matrix. Many requests, for several designs and estimators, share one pass
 Peak memory (bytes), with n samples, p instrument columns, q covariates,
 m = q + p + 2, K environments and b rows per block:
 
-    first pass:   B_in + 16 b m + 8 (K + 2) m^2 + 8 n (q + 4)
-    second pass:  B_in + 32 b (k + 2) + 8 (k + 2)^2 + 8 sum_r (j_r s_r)^2 + 8 n (q + 4) + S
+    first pass:   B_in + 16 b m + 8 (K + 2) m^2                      + 8 n (q + 4)
+    second pass:  B_in + 8 b (4 (k + 2) + 2 max_r s_r j_r) + 8 sum_r (s_r j_r)^2 + 8 n (q + 4) + S
 
 B_in is the caller's block (b p bytes as int8, 4 b p as float32); 16 b m the
-float64 copy of the block with C, D, Y appended plus its per-environment subset;
-8 (K + 2) m^2 the K accumulators, one block product and the centred matrix;
+float64 copy of the block with C, D, Y appended plus its per-environment
+subset; 8 (K + 2) m^2 the K accumulators, one block product and its sum;
 8 n (q + 4) the row-aligned vectors (environment codes, exposure, outcome,
-covariates). In the second pass k is the design's instruments, a request with
-s directions and j residuals keeps a (j s)^2 accumulator, and S is the
-first-pass statistics the design keeps (8 K m^2). `tests/test_sufficient_stats.py`
-checks the first-pass formula with tracemalloc.
+covariates). In the second pass k is the design's instruments: 4 b (k + 2) for
+the block's float instrument columns and the residualised rows being formed,
+2 b s j for the projected rows of a request with s directions and j residuals,
+(s j)^2 for its accumulator (s = 1 for a robust 2SLS SE, s = k for the robust
+F, J and AR), and S the designs' own arrays (8 (k + 2) (k + 2 + c) for the
+Gram matrix and the coefficients on c controls, 8 K m for the means).
+No term is n x p. `tests/test_sufficient_stats.py` checks both bounds with
+tracemalloc.
 
 Conventions (degrees of freedom, HC0 without small-sample correction, which
 statistic the F and J are) follow `iv.fit_kclass`, `weak_iv`, `diagnostics`
