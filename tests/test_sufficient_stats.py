@@ -259,3 +259,30 @@ def test_peak_memory_follows_the_documented_formula():
     dense = 8 * n * p
     assert 0.3 * bound1 < peak1 < bound1 < dense / 5
     assert 0.3 * bound2 < peak2 < bound2 < dense / 3
+
+
+@pytest.mark.parametrize("cov_type", ["unadjusted", "robust"])
+def test_tsht_from_statistics_matches_rows(cov_type):
+    from invariant_mr.robust_iv import TwoStageHardThresholding
+
+    sim = simulate_balding_nichols(n_envs=3, n_per_env=700, n_variants=20, seed=11)
+    data = sim.to_mrdata(include_covariates=True)
+    # Direct effects of three variants on the outcome make them invalid.
+    y = data.outcome + data.Z[:, :3] @ np.array([0.6, -0.5, 0.4])
+    vec = RowVectors(data.env_codes, data.env_levels, data.exposure, y, data.covariates)
+    st = EnvironmentCrossProducts.from_arrays(sim.genotypes, vec, block_rows=400)
+    ps = LocalPasses.from_array(sim.genotypes, vec, 333)
+    ref = TwoStageHardThresholding(cov_type=cov_type).fit(y, data.exposure, data.Z, exogenous_controls(data, True))
+    got = TwoStageHardThresholding(cov_type=cov_type).fit_statistics(st, passes=ps)
+    np.testing.assert_array_equal(got.valid_, ref.valid_)
+    np.testing.assert_array_equal(got.relevant_, ref.relevant_)
+    np.testing.assert_array_equal(got.votes_, ref.votes_)
+    assert (~ref.valid_).sum() >= 1  # the vote did exclude something
+    close([got.estimate_, got.se_, got.fit_.first_stage_f], [ref.estimate_, ref.se_, ref.fit_.first_stage_f])
+    # per environment (intercept and covariates)
+    level = data.env_levels[0]
+    rows = data.env_codes == 0
+    ref = TwoStageHardThresholding(cov_type=cov_type).fit(y[rows], data.exposure[rows], data.Z[rows], data.covariates[rows])
+    got = TwoStageHardThresholding(cov_type=cov_type).fit_statistics(st, env=level, passes=ps)
+    np.testing.assert_array_equal(got.valid_, ref.valid_)
+    close([got.estimate_, got.se_], [ref.estimate_, ref.se_])
