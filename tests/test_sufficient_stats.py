@@ -286,3 +286,12 @@ def test_tsht_from_statistics_matches_rows(cov_type):
     got = TwoStageHardThresholding(cov_type=cov_type).fit_statistics(st, env=level, passes=ps)
     np.testing.assert_array_equal(got.valid_, ref.valid_)
     close([got.estimate_, got.se_], [ref.estimate_, ref.se_])
+
+
+def test_moments_for_the_closed_form_directions(stats, data):
+    from invariant_mr.moments import EnvironmentMoments
+
+    ref = EnvironmentMoments.from_arrays(data.Z, data.env_codes, 3)
+    got = stats.to_moments()
+    close(got.within_covariance, ref.within_covariance)
+    close(got.means, ref.means)

@@ -343,6 +343,13 @@ class EnvironmentCrossProducts:
             self.cross.sum(axis=0, keepdims=True), ("pooled",), self.q, self.z_map, self.covariate_names,
         )
 
+    def to_moments(self):
+        """The instruments' `moments.EnvironmentMoments` (counts, sums, Z'Z): the closed-form
+        invariant directions can learn from the same first pass."""
+        from invariant_mr.moments import EnvironmentMoments
+
+        return EnvironmentMoments(self.counts.copy(), self.z_sums.copy(), self.zz.copy())
+
     def env_index(self, level: Hashable) -> int:
         for i, lv in enumerate(self.env_levels):
             if lv == level or str(lv) == str(level):
