@@ -531,16 +531,17 @@ class PartialledDesign:
 
         def gather(cols: np.ndarray) -> np.ndarray:
             out = np.empty((rows.size, cols.size))
-            for j, col in enumerate(cols):
-                if col < q:
-                    out[:, j] = vectors.covariates[rows, col]
-                elif col < q + p:
-                    out[:, j] = zf[:, lookup[col - q]]
-                elif col == q + p:
-                    out[:, j] = vectors.exposure[rows]
-                else:
-                    out[:, j] = vectors.outcome[rows]
-            return out - self.means[:, cols][codes]
+            is_c, is_z = cols < q, (cols >= q) & (cols < q + p)
+            if is_c.any():
+                out[:, is_c] = vectors.covariates[np.ix_(rows, cols[is_c])]
+            if is_z.any():
+                out[:, is_z] = zf[:, lookup[cols[is_z] - q]]
+            for col, vec in ((q + p, vectors.exposure), (q + p + 1, vectors.outcome)):
+                at = cols == col
+                if at.any():
+                    out[:, at] = vec[rows][:, None]
+            out -= self.means[:, cols][codes]
+            return out
 
         R = gather(self.target_cols)
         if self.control_cols.size:
