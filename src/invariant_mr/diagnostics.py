@@ -436,21 +436,7 @@ def instrument_diagnostics(
     name = prefix + "overidentification_j"
     try:
         stat, p, df = sargan_hansen_j(data.outcome, data.exposure, X_iv, controls, cov_type=ctx.cov_type)
-        flag = (
-            "instruments disagree about the effect: at least one is invalid"
-            if p < alpha
-            else "no evidence against the overidentifying restrictions"
-        )
-        out.append(
-            Diagnostic(
-                name,
-                "pooled",
-                stat,
-                p,
-                flag,
-                {"df": df, "test": "hansen" if ctx.cov_type == "robust" else "sargan"},
-            )
-        )
+        out.append(j_diagnostic(name, stat, p, df, alpha=alpha, cov_type=ctx.cov_type))
     except (InputError, np.linalg.LinAlgError) as exc:
         out.append(_invalid(name, "pooled", str(exc)))
 
@@ -468,21 +454,38 @@ def instrument_diagnostics(
         except (InputError, np.linalg.LinAlgError) as exc:
             out.append(_invalid(name, scope, str(exc)))
             continue
-        flag = (
-            f"weak instruments (F = {f:.1f} < {WEAK_F:.0f}): Wald intervals unreliable, use the AR set"
-            if f < WEAK_F
-            else f"instruments strong enough (F = {f:.1f})"
-        )
-        out.append(Diagnostic(name, scope, f, p, flag, {"n_instruments": k, "cov_type": ctx.cov_type}))
+        out.append(first_stage_diagnostic(name, scope, f, p, k, cov_type=ctx.cov_type))
     return out
+
+
+def j_diagnostic(name: str, stat: float, p: float, df: int, *, alpha: float, cov_type: str) -> Diagnostic:
+    """The overidentification row of `instrument_diagnostics` (also built from sufficient statistics)."""
+    flag = (
+        "instruments disagree about the effect: at least one is invalid"
+        if p < alpha
+        else "no evidence against the overidentifying restrictions"
+    )
+    return Diagnostic(name, "pooled", stat, p, flag, {"df": df, "test": "hansen" if cov_type == "robust" else "sargan"})
+
+
+def first_stage_diagnostic(name: str, scope: str, f: float, p: float, k: int, *, cov_type: str) -> Diagnostic:
+    """A first-stage strength row of `instrument_diagnostics` (also built from sufficient statistics)."""
+    flag = (
+        f"weak instruments (F = {f:.1f} < {WEAK_F:.0f}): Wald intervals unreliable, use the AR set"
+        if f < WEAK_F
+        else f"instruments strong enough (F = {f:.1f})"
+    )
+    return Diagnostic(name, scope, f, p, flag, {"n_instruments": k, "cov_type": cov_type})
 
 
 __all__ = [
     "DIAGNOSTIC_PERMUTATIONS",
     "environment_varying_component",
+    "first_stage_diagnostic",
     "first_stage_strength",
     "hsic_permutation_test",
     "instrument_diagnostics",
+    "j_diagnostic",
     "kernel_features",
     "mmd_permutation_test",
     "poly2_features",

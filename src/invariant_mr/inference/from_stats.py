@@ -1,4 +1,7 @@
-"""`Estimate` rows of k-class methods from sufficient statistics, several methods in one pass.
+"""`Estimate` and `Diagnostic` rows from sufficient statistics, with at most one second pass.
+
+`iv_estimates_from_stats`: the k-class rows of several methods.
+`strength_diagnostics_from_stats`: the J and first-stage F rows of `diagnostics.instrument_diagnostics`.
 
 The statistics counterpart of `estimation.iv_estimates`: the pooled row (with
 environment fixed effects) and one row per environment (intercept and
@@ -32,6 +35,14 @@ from invariant_mr.estimators.sufficient_stats import (
 from invariant_mr.iv import parse_kappa
 from invariant_mr.results import Estimate
 from invariant_mr.weak_iv import anderson_rubin_fields
+from invariant_mr.diagnostics import first_stage_diagnostic, j_diagnostic
+from invariant_mr.estimators.sufficient_stats import (
+    first_stage_from_stats,
+    first_stage_request,
+    j_requests,
+    sargan_hansen_j_from_stats,
+)
+from invariant_mr.results import Diagnostic
 
 
 def iv_estimates_from_stats(
@@ -166,4 +177,69 @@ def iv_estimates_from_stats(
     return out
 
 
-__all__ = ["iv_estimates_from_stats"]
+def strength_diagnostics_from_stats(
+    stats: EnvironmentCrossProducts,
+    *,
+    alpha: float = 0.05,
+    cov_type: str = "robust",
+    env_fixed_effects: bool = True,
+    method: str | None = None,
+    passes: RowPasses | None = None,
+) -> list[Diagnostic]:
+    """The overidentification J (pooled) and first-stage F (pooled and per environment) rows.
+
+    Names, flags and details are those of `diagnostics.instrument_diagnostics`
+    (controls as in `estimation.iv_estimates`); robust statistics share one
+    second pass. A check that cannot be computed is reported with its reason.
+    """
+    from invariant_mr.diagnostics import _invalid
+
+    prefix = f"{method}/" if method else ""
+    designs = [("pooled", None)] + [(f"env:{lv}", lv) for lv in stats.env_levels]
+    built, requests, where = {}, [], {}
+    for scope, level in designs:
+        try:
+            d = partial_out(stats, env=level, env_fixed_effects=env_fixed_effects)
+            built[scope] = d
+            if cov_type == "robust":
+                reqs = ([("j", r) for r in j_requests(d)] if scope == "pooled" and d.k >= 2 else [])
+                reqs.append(("f", first_stage_request(d)))
+                for kind, r in reqs:
+                    where[(kind, scope)] = len(requests)
+                    requests.append(r)
+        except (InputError, np.linalg.LinAlgError) as exc:
+            built[scope] = exc
+    if requests and passes is None:
+        raise InputError("robust diagnostics from statistics need a second pass over the rows (passes=)")
+    meats = accumulate_meats(passes, requests) if requests else ()
+
+    def meat(kind, scope):
+        return None if cov_type != "robust" or (kind, scope) not in where else meats[where[(kind, scope)] : where[(kind, scope)] + 1]
+
+    out: list[Diagnostic] = []
+    name = prefix + "overidentification_j"
+    d = built["pooled"]
+    try:
+        if isinstance(d, Exception):
+            raise d
+        if cov_type == "robust" and ("j", "pooled") not in where:
+            sargan_hansen_j_from_stats(d, cov_type="unadjusted")  # raises the reason (too few instruments)
+        stat, p, df = sargan_hansen_j_from_stats(d, cov_type=cov_type, meats=meat("j", "pooled"))
+        out.append(j_diagnostic(name, stat, p, df, alpha=alpha, cov_type=cov_type))
+    except (InputError, np.linalg.LinAlgError) as exc:
+        out.append(_invalid(name, "pooled", str(exc)))
+    name = prefix + "first_stage_f"
+    for scope, _ in designs:
+        d = built[scope]
+        try:
+            if isinstance(d, Exception):
+                raise d
+            f, p, k = first_stage_from_stats(d, cov_type=cov_type, meats=meat("f", scope))
+        except (InputError, np.linalg.LinAlgError) as exc:
+            out.append(_invalid(name, scope, str(exc)))
+            continue
+        out.append(first_stage_diagnostic(name, scope, f, p, k, cov_type=cov_type))
+    return out
+
+
+__all__ = ["iv_estimates_from_stats", "strength_diagnostics_from_stats"]

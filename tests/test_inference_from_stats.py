@@ -9,7 +9,7 @@ import pytest
 
 from invariant_mr.estimation import iv_estimates
 from invariant_mr.estimators.sufficient_stats import EnvironmentCrossProducts, LocalPasses, RowVectors
-from invariant_mr.inference.estimates_from_stats import iv_estimates_from_stats
+from invariant_mr.inference.from_stats import iv_estimates_from_stats
 from invariant_mr.registry import MethodContext
 from invariant_mr.simulation.balding_nichols import simulate_balding_nichols
 
@@ -56,3 +56,23 @@ def test_rows_match_iv_estimates(cov_type, max_ar):
         assert [r.scope for r in got[method]] == [r.scope for r in ref]
         for a, b in zip(got[method], ref):
             _nested_equal(a.to_dict(), b.to_dict())
+
+
+@pytest.mark.parametrize("cov_type", ["robust", "unadjusted"])
+def test_strength_diagnostics_match_instrument_diagnostics(cov_type):
+    from invariant_mr.diagnostics import instrument_diagnostics
+    from invariant_mr.inference.from_stats import strength_diagnostics_from_stats
+
+    sim = simulate_balding_nichols(n_envs=3, n_per_env=300, n_variants=12, seed=9)
+    data = sim.to_mrdata(include_covariates=True)
+    vec = RowVectors.from_mrdata(data)
+    stats = EnvironmentCrossProducts.from_arrays(sim.genotypes, vec, block_rows=128)
+    ctx = MethodContext(cov_type=cov_type, options={"diagnostic_permutations": 1})
+    ref = [d for d in instrument_diagnostics(data, data.Z, ctx, method="m")
+           if d.name.endswith(("overidentification_j", "first_stage_f"))]
+    got = strength_diagnostics_from_stats(
+        stats, alpha=ctx.alpha, cov_type=cov_type, method="m", passes=LocalPasses.from_array(sim.genotypes, vec)
+    )
+    assert [(d.name, d.scope) for d in got] == [(d.name, d.scope) for d in ref]
+    for a, b in zip(got, ref):
+        _nested_equal(a.to_dict(), b.to_dict())
