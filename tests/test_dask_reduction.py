@@ -87,3 +87,27 @@ def test_local_cluster_two_worker_processes(tmp_path, sim, vectors, local):
     assert len(chunk_tasks) == 12  # 6 chunks x (first pass + second pass)
     ran_on = {t["worker"] for t in chunk_tasks}
     assert ran_on <= workers and len(ran_on) == 2  # both worker processes did chunk work
+
+
+def _local_slice_blocks(G, start, stop, block_rows):
+    """Like `GenotypeSource.iter_blocks(rows=positions[start:stop])`: slices relative to `start`."""
+    for lo in range(0, stop - start, block_rows):
+        hi = min(stop - start, lo + block_rows)
+        yield slice(lo, hi), G[start + lo : start + hi]
+
+
+def test_row_chunks_with_local_slices(sim, vectors, local):
+    from functools import partial
+
+    stats, _ = local
+    G = sim.genotypes
+    bounds = [0, 250, 600, G.shape[0]]
+    chunks = [
+        RowChunk(lo, hi, partial(_local_slice_blocks, G, lo, hi, 97), local_rows=True)
+        for lo, hi in zip(bounds[:-1], bounds[1:])
+    ]
+    got = accumulate_dask(chunks, vectors)
+    _assert_same((got.cross,), (stats.cross,))
+    # slices straight into the local accumulation too
+    direct = EnvironmentCrossProducts.accumulate(_local_slice_blocks(G, 0, G.shape[0], 128), vectors)
+    _assert_same((direct.cross,), (stats.cross,))

@@ -30,6 +30,7 @@ from invariant_mr.estimators.sufficient_stats import (
     EnvironmentCrossProducts,
     RowVectors,
     iter_array_blocks,
+    row_index,
 )
 
 #: Partials merged per reduction task (a binary tree keeps each merge to two K m^2 arrays).
@@ -41,7 +42,7 @@ class RowChunk:
     """Rows [start, stop) of a genotype source and how to read them on a worker.
 
     `read()` returns an iterable of (global row indices, block) pairs covering
-    exactly these rows; it is pickled to the worker, so it should be a
+    exactly these rows (global row positions unless `local_rows`); it is pickled to the worker, so it should be a
     top-level function or a `functools.partial` of a picklable source method
     (e.g. `partial(source.iter_blocks, start=..., stop=...)`), not a lambda.
     """
@@ -49,6 +50,9 @@ class RowChunk:
     start: int
     stop: int
     read: Callable[[], Iterable[Block]]
+    #: True when `read()` yields rows relative to `start` (e.g. `iter_blocks(rows=positions[start:stop])`
+    #: of a `GenotypeSource`, whose slices index the rows it was given).
+    local_rows: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ def npy_chunks(path: str, n_chunks: int, block_rows: int | None = None) -> list[
     return [RowChunk(int(lo), int(hi), NpyRows(str(path), int(lo), int(hi), block_rows)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
 
 
-def _run_chunk(kernel, source, start: int, stop: int, vectors: RowVectors, block_rows: int | None):
+def _run_chunk(kernel, source, start: int, stop: int, vectors: RowVectors, block_rows: int | None, local_rows: bool):
     """One task: the kernel over rows [start, stop), with row indices local to the chunk."""
     local = vectors.rows(start, stop)
     acc = kernel.start()
@@ -81,9 +85,9 @@ def _run_chunk(kernel, source, start: int, stop: int, vectors: RowVectors, block
         offset = 0
     else:
         blocks = source()
-        offset = start
+        offset = 0 if local_rows else start
     for rows, block in blocks:
-        kernel.add(acc, np.asarray(rows) - offset, block, local)
+        kernel.add(acc, row_index(rows) - offset, block, local)
     return kernel.finish(acc)
 
 
@@ -112,7 +116,8 @@ class DaskPasses:
             arr = chunks.rechunk({1: -1})
             bounds = np.cumsum((0,) + arr.chunks[0])
             self._parts = [
-                (blk, int(lo), int(hi)) for blk, lo, hi in zip(arr.to_delayed().ravel(), bounds[:-1], bounds[1:])
+                (blk, int(lo), int(hi), False)
+                for blk, lo, hi in zip(arr.to_delayed().ravel(), bounds[:-1], bounds[1:])
             ]
         else:
             chunks = sorted(chunks, key=lambda c: c.start)
@@ -123,7 +128,7 @@ class DaskPasses:
                 covered = c.stop
             if covered != vectors.n:
                 raise InputError(f"row chunks cover {covered} rows, the vectors {vectors.n}")
-            self._parts = [(c.read, c.start, c.stop) for c in chunks]
+            self._parts = [(c.read, c.start, c.stop, c.local_rows) for c in chunks]
         if not self._parts:
             raise InputError("no row chunks")
 
@@ -138,9 +143,10 @@ class DaskPasses:
         vectors_d = dask.delayed(self.vectors, name=f"suffstats-vectors-{token}")
         parts = [
             dask.delayed(_run_chunk, pure=True)(
-                kernel_d, src, lo, hi, vectors_d, self.block_rows, dask_key_name=f"suffstats-chunk-{token}-{i}"
+                kernel_d, src, lo, hi, vectors_d, self.block_rows, local,
+                dask_key_name=f"suffstats-chunk-{token}-{i}",
             )
-            for i, (src, lo, hi) in enumerate(self._parts)
+            for i, (src, lo, hi, local) in enumerate(self._parts)
         ]
         level = 0
         while len(parts) > 1:

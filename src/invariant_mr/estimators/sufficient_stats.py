@@ -170,6 +170,15 @@ class RowVectors:
         )
 
 
+def row_index(rows) -> np.ndarray:
+    """Row positions of a block: an index array, or a slice (what `GenotypeSource.iter_blocks` yields)."""
+    if isinstance(rows, slice):
+        if rows.step not in (None, 1) or rows.start is None or rows.stop is None:
+            raise InputError(f"a block's rows must be an index array or a slice start:stop, got {rows}")
+        return np.arange(rows.start, rows.stop)
+    return np.asarray(rows)
+
+
 def _fill_missing(target: np.ndarray, raw: np.ndarray, fill: np.ndarray | None) -> None:
     """Replace missing genotypes (negative int8 codes, NaN floats) in `target` by `fill`."""
     missing = raw < 0 if raw.dtype.kind in "iu" else np.isnan(target)
@@ -238,9 +247,9 @@ class EnvironmentCrossProducts:
     def accumulate(
         cls, blocks: Iterable[Block], vectors: RowVectors, *, fill: np.ndarray | None = None
     ) -> "EnvironmentCrossProducts":
-        """One pass over `blocks`, an iterable of (row indices, genotype block) pairs.
+        """One pass over `blocks`, an iterable of (rows, genotype block) pairs.
 
-        Row indices index `vectors`; blocks may be int8 (negative = missing),
+        Rows (an index array or a slice, as `GenotypeSource.iter_blocks` yields) index `vectors`; blocks may be int8 (negative = missing),
         float32 or float64 (NaN = missing), and every missing value is replaced
         by `fill[j]` (e.g. twice the allele frequency from the QC pass).
         """
@@ -411,7 +420,7 @@ class CrossProductKernel:
         block = np.asarray(block)
         if block.ndim != 2:
             raise InputError(f"a genotype block must be 2-D, got shape {block.shape}")
-        rows = np.asarray(rows)
+        rows = row_index(rows)
         b, p = block.shape
         if rows.shape[0] != b:
             raise InputError(f"a block has {b} rows but {rows.shape[0]} row indices")
@@ -515,7 +524,7 @@ class PartialledDesign:
 
     def residual_rows(self, rows, block, vectors: RowVectors, fill=None) -> np.ndarray:
         """[Zt, d~, y~] for the rows of one block that belong to this regression."""
-        rows = np.asarray(rows)
+        rows = row_index(rows)
         codes = vectors.env_codes[rows]
         keep = self.envs[codes]
         block = np.asarray(block)
