@@ -295,3 +295,16 @@ def test_moments_for_the_closed_form_directions(stats, data):
     got = stats.to_moments()
     close(got.within_covariance, ref.within_covariance)
     close(got.means, ref.means)
+
+
+def test_per_environment_summary_statistics_match_the_methods(data, stats):
+    from invariant_mr.mr_methods import _env_sumstats
+
+    for i, level in enumerate(data.env_levels):
+        ref = _env_sumstats(data, data.env_codes == i)
+        got = summary_statistics_from_stats(
+            stats.environment(level), env_fixed_effects=False, variant_names=data.instrument_names
+        )
+        for name in ("beta_exposure", "se_exposure", "beta_outcome", "se_outcome"):
+            close(getattr(got, name), getattr(ref, name))
+        assert got.adjusted_for == ref.adjusted_for and got.n == ref.n
