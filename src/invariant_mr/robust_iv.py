@@ -162,8 +162,8 @@ class TwoStageHardThresholding:
             if passes is None:
                 raise InputError("robust TSHT from statistics needs a second pass over the rows (passes=)")
             U = np.column_stack([np.concatenate([-Gamma, [0.0, 1.0]]), np.concatenate([-g, [1.0, 0.0]])])
-            V = np.vstack([np.eye(p), np.zeros((2, p))])
-            M = accumulate_meats(passes, [MeatRequest(design, V, U)])[0]
+            # directions=None: the instrument columns themselves (no n p^2 product with an identity).
+            M = accumulate_meats(passes, [MeatRequest(design, None, U)])[0]
             meat_YY, meat_YD, meat_DD = M[:p, :p], M[:p, p:], M[p:, p:]
             V_G, V_g, C_Gg = G_inv @ meat_YY @ G_inv, G_inv @ meat_DD @ G_inv, G_inv @ meat_YD @ G_inv
         else:

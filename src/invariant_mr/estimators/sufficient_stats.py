@@ -651,7 +651,9 @@ class MeatRequest:
     With R the residualised rows [Zt, d~, y~] (n, k + 2), directions V (k + 2, s)
     and residual coefficients U (k + 2, j), the result is the (j s, j s) Gram
     matrix of [R V * (R U)_1, ..., R V * (R U)_j]: block (a, b) is
-    sum_i u_ia u_ib v_i v_i'. With `per_column=True` (s = k, V the instrument
+    sum_i u_ia u_ib v_i v_i'. `directions=None` means the instrument columns
+    themselves (s = k, no n k^2 product to form R V; change coordinates after
+    the pass, which costs k^3 instead). With `per_column=True` (s = k, V the instrument
     columns, U = [d~, y~]) it is instead the (5, k) per-column moments
     sum z~^2 d~^2, sum z~^3 d~, sum z~^2 y~^2, sum z~^3 y~, sum z~^4 that
     robust per-variant SEs need, in O(k) memory.
@@ -665,7 +667,8 @@ class MeatRequest:
     def zeros(self) -> np.ndarray:
         if self.per_column:
             return np.zeros((5, self.design.k))
-        size = self.directions.shape[1] * self.residuals.shape[1]
+        s = self.design.k if self.directions is None else self.directions.shape[1]
+        size = s * self.residuals.shape[1]
         return np.zeros((size, size))
 
     def add(self, acc: np.ndarray, R: np.ndarray) -> None:
@@ -681,7 +684,7 @@ class MeatRequest:
             Z2 *= Z
             acc[4] += Z2.sum(axis=0)
             return
-        V = R @ self.directions
+        V = R[:, : self.design.k] if self.directions is None else R @ self.directions
         U = R @ self.residuals
         W = (V[:, None, :] * U[:, :, None]).reshape(R.shape[0], -1) if U.shape[1] > 1 else V * U
         acc += W.T @ W
@@ -865,11 +868,10 @@ def kclass_requests(design: PartialledDesign, kappa="tsls") -> list[MeatRequest]
 
 
 def first_stage_request(design: PartialledDesign, pr: _Parts | None = None) -> MeatRequest:
-    """The HC0 meat of the first stage in orthonormal instrument coordinates."""
+    """The HC0 meat of the first stage in instrument coordinates (`_whiten` turns it orthonormal)."""
     pr = pr or _Parts.of(design)
-    V = np.vstack([pr.inv.T, np.zeros((2, pr.rank))])
     U = np.concatenate([-pr.inv.solve(pr.c), [1.0, 0.0]])[:, None]
-    return MeatRequest(design, V, U)
+    return MeatRequest(design, None, U)
 
 
 def kclass_from_stats(
@@ -906,7 +908,7 @@ def kclass_from_stats(
             f_stat = cgc / n_instr / ((pr.dd - cgc) / df)
         else:
             t = pr.inv.T.T @ pr.c
-            f_stat = float(t @ np.linalg.solve(meats[1], t)) / n_instr
+            f_stat = float(t @ np.linalg.solve(_whiten(pr, meats[1]), t)) / n_instr
     gram = design.gram
     k = design.k
     if cov_type == "unadjusted":
@@ -934,8 +936,9 @@ def _orthonormal(pr: _Parts) -> tuple[np.ndarray, np.ndarray]:
     return pr.inv.T.T @ pr.a, pr.inv.T.T @ pr.c
 
 
-def _instrument_directions(pr: _Parts) -> np.ndarray:
-    return np.vstack([pr.inv.T, np.zeros((2, pr.rank))])
+def _whiten(pr: _Parts, M: np.ndarray) -> np.ndarray:
+    """A meat accumulated in instrument coordinates, in the orthonormal ones: T' M T."""
+    return pr.inv.T.T @ M @ pr.inv.T
 
 
 def anderson_rubin_requests(design: PartialledDesign) -> list[MeatRequest]:
@@ -944,7 +947,7 @@ def anderson_rubin_requests(design: PartialledDesign) -> list[MeatRequest]:
     U = np.column_stack(
         [np.concatenate([-pr.inv.solve(pr.a), [0.0, 1.0]]), np.concatenate([-pr.inv.solve(pr.c), [1.0, 0.0]])]
     )
-    return [MeatRequest(design, _instrument_directions(pr), U)]
+    return [MeatRequest(design, None, U)]
 
 
 def _ar_problem(design: PartialledDesign, meats):
@@ -960,8 +963,9 @@ def _ar_problem(design: PartialledDesign, meats):
     problem = _ARProblem(a=a, c=c, yy=pr.yy, yd=pr.dy, dd=pr.dd, Zt=None, uy=None, ud=None, k=pr.rank, dfd=dfd)
     blocks = None
     if meats is not None:
-        M, k = meats[0], pr.rank
+        M, k = meats[0], design.k
         blocks = (M[:k, :k], (M[:k, k:] + M[k:, :k]) / 2, M[k:, k:])
+        blocks = tuple(_whiten(pr, B) for B in blocks)
     return problem, blocks
 
 
@@ -1039,7 +1043,7 @@ def j_requests(design: PartialledDesign) -> list[MeatRequest]:
     """Hansen's J: the HC0 meat of the 2SLS residuals in orthonormal instrument coordinates."""
     pr = _Parts.of(design)
     b = _tsls(pr)
-    return [MeatRequest(design, _instrument_directions(pr), _pad(design.k, [-b, 1.0])[:, None])]
+    return [MeatRequest(design, None, _pad(design.k, [-b, 1.0])[:, None])]
 
 
 def sargan_hansen_j_from_stats(
@@ -1062,7 +1066,7 @@ def sargan_hansen_j_from_stats(
         uu = pr.yy - 2 * b_tsls * pr.dy + b_tsls**2 * pr.dd
         stat = explained / ((uu - explained) / (design.n - k - design.n_controls))
     elif cov_type == "robust":
-        S = _robust_meats(design, meats, passes, j_requests, "Hansen's J")[0]
+        S = _whiten(pr, _robust_meats(design, meats, passes, j_requests, "Hansen's J")[0])
         Sc, Sa = np.linalg.solve(S, c), np.linalg.solve(S, a)
         b_gmm = float(c @ Sa / (c @ Sc))
         g = a - b_gmm * c
@@ -1092,7 +1096,7 @@ def first_stage_from_stats(
         return f, float(sps.f.sf(f, k, dfd)), k
     if cov_type != "robust":
         raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
-    S = _robust_meats(design, meats, passes, lambda d: [first_stage_request(d)], "the robust first-stage F")[0]
+    S = _whiten(pr, _robust_meats(design, meats, passes, lambda d: [first_stage_request(d)], "the robust first-stage F")[0])
     wald = float(c @ np.linalg.solve(S, c))
     return wald / k, float(sps.chi2.sf(wald, k)), k
 
