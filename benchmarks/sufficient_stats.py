@@ -30,38 +30,38 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from invariant_mr import robust_iv, summary_mr  # noqa: E402
-from invariant_mr.diagnostics import first_stage_strength, sargan_hansen_j  # noqa: E402
-from invariant_mr.estimation import exogenous_controls  # noqa: E402
-from invariant_mr.estimators.sufficient_stats import (  # noqa: E402
+from invariant_mr import robust_iv, summary_mr
+from invariant_mr.diagnostics import first_stage_strength, sargan_hansen_j
+from invariant_mr.estimation import exogenous_controls
+from invariant_mr.estimators.sufficient_stats import (
     EnvironmentCrossProducts,
     LocalPasses,
     RowVectors,
     accumulate_meats,
     anderson_rubin_from_stats,
     first_stage_from_stats,
-    j_requests,
     first_stage_request,
+    j_requests,
     kclass_from_stats,
     kclass_requests,
     partial_out,
     sargan_hansen_j_from_stats,
     summary_statistics_from_stats,
 )
-from invariant_mr.iv import fit_kclass  # noqa: E402
-from invariant_mr.simulation.balding_nichols import simulate_balding_nichols  # noqa: E402
-from invariant_mr.sumstats import summary_statistics  # noqa: E402
-from invariant_mr.summary_mr import weighted_mode  # noqa: E402
-from invariant_mr.weak_iv import anderson_rubin_confidence_set  # noqa: E402
+from invariant_mr.iv import fit_kclass
+from invariant_mr.simulation.balding_nichols import simulate_balding_nichols
+from invariant_mr.summary_mr import weighted_mode
+from invariant_mr.sumstats import summary_statistics
+from invariant_mr.weak_iv import anderson_rubin_confidence_set
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -147,13 +147,13 @@ def main() -> None:
     scope_rows = [np.ones(data.n, bool)] + [data.env == lv for lv in levels]
 
     for kappa in ("tsls", "liml"):
-        def in_memory():
+        def in_memory(kappa=kappa):
             out = []
             for mask, ctrl in zip(scope_rows, [controls] + [data.covariates[m] for m in scope_rows[1:]]):
                 out.append(fit_kclass(data.outcome[mask], data.exposure[mask], data.Z[mask], ctrl, kappa=kappa))
             return out
 
-        def from_stats():
+        def from_stats(kappa=kappa):
             reqs = [kclass_requests(d, kappa) for d in designs]
             meats = accumulate_meats(passes, [r for rs in reqs for r in rs])
             return [

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from invariant_mr.estimators.dask_reduction import DaskPasses, RowChunk, accumulate_dask, npy_chunks
+from invariant_mr.errors import InputError
+from invariant_mr.estimators.dask_reduction import (
+    DaskPasses,
+    RowChunk,
+    accumulate_dask,
+    npy_chunks,
+)
 from invariant_mr.estimators.sufficient_stats import (
     EnvironmentCrossProducts,
     LocalPasses,
@@ -16,7 +22,6 @@ from invariant_mr.estimators.sufficient_stats import (
     kclass_requests,
     partial_out,
 )
-from invariant_mr.errors import InputError
 from invariant_mr.simulation.balding_nichols import simulate_balding_nichols
 
 da = pytest.importorskip("dask.array")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
 from invariant_mr.estimation import iv_estimates
-from invariant_mr.estimators.sufficient_stats import EnvironmentCrossProducts, LocalPasses, RowVectors
+from invariant_mr.estimators.sufficient_stats import (
+    EnvironmentCrossProducts,
+    LocalPasses,
+    RowVectors,
+)
 from invariant_mr.inference.from_stats import iv_estimates_from_stats
 from invariant_mr.registry import MethodContext
 from invariant_mr.simulation.balding_nichols import simulate_balding_nichols

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from invariant_mr.data import MRData
 from invariant_mr.errors import InputError
 from invariant_mr.estimation import exogenous_controls
 from invariant_mr.estimators.sufficient_stats import (
@@ -159,16 +158,16 @@ def test_missing_genotypes_are_imputed_on_the_fly(sim, vectors):
 
 
 # ----------------------------------------------------------------------------- AR, J, F, sumstats
-from invariant_mr.diagnostics import first_stage_strength, sargan_hansen_j  # noqa: E402
-from invariant_mr.estimators.sufficient_stats import (  # noqa: E402
+from invariant_mr.diagnostics import first_stage_strength, sargan_hansen_j
+from invariant_mr.estimators.sufficient_stats import (
     anderson_rubin_from_stats,
     anderson_rubin_test_from_stats,
     first_stage_from_stats,
     sargan_hansen_j_from_stats,
     summary_statistics_from_stats,
 )
-from invariant_mr.sumstats import summary_statistics  # noqa: E402
-from invariant_mr.weak_iv import anderson_rubin_confidence_set, anderson_rubin_test  # noqa: E402
+from invariant_mr.sumstats import summary_statistics
+from invariant_mr.weak_iv import anderson_rubin_confidence_set, anderson_rubin_test
 
 
 def _same_set(a, b):

@@ -31,7 +31,7 @@ def test_vectorised_vote_equals_loop():
     A = rng.standard_normal((p, p)) / p
     V_G, V_g = 1e-4 * (A @ A.T + np.eye(p)), 1e-4 * (A.T @ A + np.eye(p))
     C = 3e-5 * (A + A.T)
-    relevant, valid, votes, ratios = _vote(Gamma, g, V_G, V_g, C, 2.0)
+    _, valid, votes, _ = _vote(Gamma, g, V_G, V_g, C, 2.0)
     expected = _loop_votes(Gamma, g, V_G, V_g, C, 2.0)
     np.testing.assert_array_equal(votes, expected)
     assert 0 < (~valid).sum() and expected.sum() < expected.size  # a non-trivial vote

@@ -53,8 +53,9 @@ and `sumstats`, and the tests check agreement with them to 1e-10.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable, Hashable, Iterable, Iterator, Protocol, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import scipy.linalg as sla
@@ -140,7 +141,7 @@ class RowVectors:
         object.__setattr__(self, "covariate_names", names)
 
     @classmethod
-    def from_mrdata(cls, data, *, covariates: bool = True) -> "RowVectors":
+    def from_mrdata(cls, data, *, covariates: bool = True) -> RowVectors:
         return cls(
             env_codes=data.env_codes,
             env_levels=data.env_levels,
@@ -158,7 +159,7 @@ class RowVectors:
     def q(self) -> int:
         return 0 if self.covariates is None else self.covariates.shape[1]
 
-    def rows(self, start: int, stop: int) -> "RowVectors":
+    def rows(self, start: int, stop: int) -> RowVectors:
         """The vectors of rows [start, stop) (what one Dask chunk needs)."""
         return RowVectors(
             self.env_codes[start:stop],
@@ -246,10 +247,11 @@ class EnvironmentCrossProducts:
     @classmethod
     def accumulate(
         cls, blocks: Iterable[Block], vectors: RowVectors, *, fill: np.ndarray | None = None
-    ) -> "EnvironmentCrossProducts":
+    ) -> EnvironmentCrossProducts:
         """One pass over `blocks`, an iterable of (rows, genotype block) pairs.
 
-        Rows (an index array or a slice, as `GenotypeSource.iter_blocks` yields) index `vectors`; blocks may be int8 (negative = missing),
+        Rows (an index array, or a slice as `GenotypeSource.iter_blocks`
+        yields) index `vectors`; blocks may be int8 (negative = missing),
         float32 or float64 (NaN = missing), and every missing value is replaced
         by `fill[j]` (e.g. twice the allele frequency from the QC pass).
         """
@@ -262,13 +264,13 @@ class EnvironmentCrossProducts:
     @classmethod
     def from_arrays(
         cls, Z, vectors: RowVectors, *, block_rows: int | None = None, fill: np.ndarray | None = None
-    ) -> "EnvironmentCrossProducts":
+    ) -> EnvironmentCrossProducts:
         """`accumulate` over row blocks of an in-memory or memory-mapped (n, p) array."""
         if Z.shape[0] != vectors.n:
             raise InputError(f"the genotypes have {Z.shape[0]} rows and the vectors {vectors.n}")
         return cls.accumulate(iter_array_blocks(Z, block_rows), vectors, fill=fill)
 
-    def merge(self, other: "EnvironmentCrossProducts") -> "EnvironmentCrossProducts":
+    def merge(self, other: EnvironmentCrossProducts) -> EnvironmentCrossProducts:
         """Statistics of the union of two disjoint sets of rows (exact: sums add)."""
         if (
             self.env_levels != other.env_levels
@@ -337,7 +339,7 @@ class EnvironmentCrossProducts:
     dy = property(lambda s: s.cross[:, s._d, s._y], doc="D'Y (K,)")
     z_sums = property(lambda s: s.sums[:, s._z], doc="column sums of Z (K, p)")
 
-    def environment(self, level: Hashable) -> "EnvironmentCrossProducts":
+    def environment(self, level: Hashable) -> EnvironmentCrossProducts:
         """The statistics of one environment (a one-environment object)."""
         e = self.env_index(level)
         return EnvironmentCrossProducts(
@@ -345,7 +347,7 @@ class EnvironmentCrossProducts:
             self.q, self.z_map, self.covariate_names,
         )
 
-    def pooled(self) -> "EnvironmentCrossProducts":
+    def pooled(self) -> EnvironmentCrossProducts:
         """All rows as one environment (no environment fixed effects)."""
         return EnvironmentCrossProducts(
             self.counts.sum(keepdims=True), self.sums.sum(axis=0, keepdims=True),
@@ -365,7 +367,7 @@ class EnvironmentCrossProducts:
                 return i
         raise InputError(f"unknown environment {level!r}; levels are {', '.join(map(str, self.env_levels))}")
 
-    def project(self, W: np.ndarray) -> "EnvironmentCrossProducts":
+    def project(self, W: np.ndarray) -> EnvironmentCrossProducts:
         """Statistics of the instruments Z W (p, r), e.g. learned linear directions, with no new pass."""
         W = np.asarray(W, dtype=float)
         if W.ndim != 2 or W.shape[0] != self.p:
@@ -377,7 +379,7 @@ class EnvironmentCrossProducts:
             self.counts, self.sums @ T, cross, self.env_levels, self.q, z_map, self.covariate_names
         )
 
-    def select(self, columns) -> "EnvironmentCrossProducts":
+    def select(self, columns) -> EnvironmentCrossProducts:
         """Statistics of a subset of the instrument columns (indices or a boolean mask)."""
         idx = _indices(columns, self.p)
         keep = np.concatenate([np.arange(self.q), self.q + idx, [self._d, self._y]])
@@ -740,7 +742,7 @@ class LocalPasses:
         self.vectors = vectors
 
     @classmethod
-    def from_array(cls, Z, vectors: RowVectors, block_rows: int | None = None) -> "LocalPasses":
+    def from_array(cls, Z, vectors: RowVectors, block_rows: int | None = None) -> LocalPasses:
         return cls(lambda: iter_array_blocks(Z, block_rows), vectors)
 
     def run(self, kernel):
@@ -811,7 +813,7 @@ class _Parts:
     k: int
 
     @classmethod
-    def of(cls, design: PartialledDesign) -> "_Parts":
+    def of(cls, design: PartialledDesign) -> _Parts:
         k = design.k
         G = design.gram
         inv = _SymmetricInverse(G[:k, :k], _INSTRUMENT_RTOL)
@@ -1170,24 +1172,24 @@ def summary_statistics_from_stats(
 
 __all__ = [
     "EnvironmentCrossProducts",
-    "anderson_rubin_from_stats",
-    "anderson_rubin_requests",
-    "anderson_rubin_test_from_stats",
-    "first_stage_from_stats",
-    "j_requests",
-    "sargan_hansen_j_from_stats",
-    "summary_statistics_from_stats",
-    "summary_statistics_requests",
     "LocalPasses",
     "MeatRequest",
     "PartialledDesign",
     "RowVectors",
     "StatsKClassFit",
     "accumulate_meats",
+    "anderson_rubin_from_stats",
+    "anderson_rubin_requests",
+    "anderson_rubin_test_from_stats",
     "block_rows_for",
+    "first_stage_from_stats",
     "first_stage_request",
     "iter_array_blocks",
+    "j_requests",
     "kclass_from_stats",
     "kclass_requests",
     "partial_out",
+    "sargan_hansen_j_from_stats",
+    "summary_statistics_from_stats",
+    "summary_statistics_requests",
 ]

@@ -14,11 +14,13 @@ over the genotype blocks (`sufficient_stats.accumulate_meats`); with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
+from invariant_mr.diagnostics import first_stage_diagnostic, j_diagnostic
 from invariant_mr.errors import InputError
 from invariant_mr.estimation import estimate_from_fit
 from invariant_mr.estimators.sufficient_stats import (
@@ -28,21 +30,17 @@ from invariant_mr.estimators.sufficient_stats import (
     accumulate_meats,
     anderson_rubin_from_stats,
     anderson_rubin_requests,
-    kclass_from_stats,
-    kclass_requests,
-    partial_out,
-)
-from invariant_mr.iv import parse_kappa
-from invariant_mr.results import Estimate
-from invariant_mr.weak_iv import anderson_rubin_fields
-from invariant_mr.diagnostics import first_stage_diagnostic, j_diagnostic
-from invariant_mr.estimators.sufficient_stats import (
     first_stage_from_stats,
     first_stage_request,
     j_requests,
+    kclass_from_stats,
+    kclass_requests,
+    partial_out,
     sargan_hansen_j_from_stats,
 )
-from invariant_mr.results import Diagnostic
+from invariant_mr.iv import parse_kappa
+from invariant_mr.results import Diagnostic, Estimate
+from invariant_mr.weak_iv import anderson_rubin_fields
 
 
 def iv_estimates_from_stats(
