@@ -98,20 +98,29 @@ def iv_estimates_from_stats(
     requests, where = [], {}
     if cov_type == "robust":
         for scope in designs:
+            # The first-stage meat (robust F) does not depend on kappa: one per scope for all methods.
+            f_index = None
             for method, kappa in methods.items():
                 try:
                     reqs = kclass_requests(design_for(method, scope), kappa)
                 except (InputError, np.linalg.LinAlgError, ZeroDivisionError):
                     continue
-                where[(method, scope)] = slice(len(requests), len(requests) + len(reqs))
-                requests += reqs
+                if len(reqs) == 1:  # OLS: the SE only
+                    where[(method, scope)] = [len(requests)]
+                    requests += reqs
+                    continue
+                if f_index is None:
+                    f_index = len(requests)
+                    requests.append(reqs[1])
+                where[(method, scope)] = [len(requests), f_index]
+                requests.append(reqs[0])
             if want_ar[scope]:
                 try:
                     reqs = anderson_rubin_requests(designs[scope])
                 except (InputError, np.linalg.LinAlgError):
                     want_ar[scope] = False
                     continue
-                where[("ar", scope)] = slice(len(requests), len(requests) + len(reqs))
+                where[("ar", scope)] = list(range(len(requests), len(requests) + len(reqs)))
                 requests += reqs
         if requests and passes is None:
             raise InputError("robust estimates from statistics need a second pass over the rows (passes=)")
@@ -120,7 +129,7 @@ def iv_estimates_from_stats(
     def meats_of(key):
         if cov_type != "robust":
             return None
-        return None if key not in where else meats[where[key]]
+        return None if key not in where else tuple(meats[i] for i in where[key])
 
     ar_fields: dict[str, dict] = {}
     for scope, d in designs.items():
