@@ -814,6 +814,15 @@ class _Parts:
 
     @classmethod
     def of(cls, design: PartialledDesign) -> _Parts:
+        """The design's instrument algebra, computed once per design (a k^3 eigendecomposition)."""
+        cached = design.__dict__.get("_parts")
+        if cached is None:
+            cached = cls._compute(design)
+            object.__setattr__(design, "_parts", cached)
+        return cached
+
+    @classmethod
+    def _compute(cls, design: PartialledDesign) -> _Parts:
         k = design.k
         G = design.gram
         inv = _SymmetricInverse(G[:k, :k], _INSTRUMENT_RTOL)
@@ -909,8 +918,8 @@ def kclass_from_stats(
             df = max(n - design.n_controls - n_instr, 1)
             f_stat = cgc / n_instr / ((pr.dd - cgc) / df)
         else:
-            t = pr.inv.T.T @ pr.c
-            f_stat = float(t @ np.linalg.solve(_whiten(pr, meats[1]), t)) / n_instr
+            S, (t,) = _meat_coordinates(pr, meats[1], pr.c)
+            f_stat = float(t @ np.linalg.solve(S, t)) / n_instr
     gram = design.gram
     k = design.k
     if cov_type == "unadjusted":
@@ -941,6 +950,16 @@ def _orthonormal(pr: _Parts) -> tuple[np.ndarray, np.ndarray]:
 def _whiten(pr: _Parts, M: np.ndarray) -> np.ndarray:
     """A meat accumulated in instrument coordinates, in the orthonormal ones: T' M T."""
     return pr.inv.T.T @ M @ pr.inv.T
+
+
+def _meat_coordinates(pr: _Parts, M: np.ndarray, *vectors: np.ndarray):
+    """(meat, vectors) in coordinates where quadratic forms v' M^-1 v are those of the
+    orthonormal basis: the instrument coordinates themselves when the instruments have full
+    rank (the forms are invariant to an invertible change of basis; this skips two k^3
+    products), the orthonormal ones otherwise."""
+    if pr.rank == pr.k:
+        return M, vectors
+    return _whiten(pr, M), tuple(pr.inv.T.T @ v for v in vectors)
 
 
 def anderson_rubin_requests(design: PartialledDesign) -> list[MeatRequest]:
@@ -1068,7 +1087,8 @@ def sargan_hansen_j_from_stats(
         uu = pr.yy - 2 * b_tsls * pr.dy + b_tsls**2 * pr.dd
         stat = explained / ((uu - explained) / (design.n - k - design.n_controls))
     elif cov_type == "robust":
-        S = _whiten(pr, _robust_meats(design, meats, passes, j_requests, "Hansen's J")[0])
+        M = _robust_meats(design, meats, passes, j_requests, "Hansen's J")[0]
+        S, (c, a) = _meat_coordinates(pr, M, pr.c, pr.a)
         Sc, Sa = np.linalg.solve(S, c), np.linalg.solve(S, a)
         b_gmm = float(c @ Sa / (c @ Sc))
         g = a - b_gmm * c
@@ -1098,7 +1118,8 @@ def first_stage_from_stats(
         return f, float(sps.f.sf(f, k, dfd)), k
     if cov_type != "robust":
         raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
-    S = _whiten(pr, _robust_meats(design, meats, passes, lambda d: [first_stage_request(d)], "the robust first-stage F")[0])
+    M = _robust_meats(design, meats, passes, lambda d: [first_stage_request(d)], "the robust first-stage F")[0]
+    S, (c,) = _meat_coordinates(pr, M, pr.c)
     wald = float(c @ np.linalg.solve(S, c))
     return wald / k, float(sps.chi2.sf(wald, k)), k
 
