@@ -98,32 +98,8 @@ class TwoStageHardThresholding:
             V_G = G_inv * (eY @ eY) / df
             V_g = G_inv * (eD @ eD) / df
             C_Gg = G_inv * (eY @ eD) / df
-        C_sym = (C_Gg + C_Gg.T) / 2
         tn = float(np.sqrt(np.log(n))) if self.threshold is None else float(self.threshold)
-
-        relevant = np.abs(g) > tn * np.sqrt(np.diag(V_g))
-        if not relevant.any():
-            raise InputError(
-                "TSHT: no instrument is individually strong (first thresholding selected none); "
-                "use a weak-instrument-robust method"
-            )
-        S = np.flatnonzero(relevant)
-        ratios = Gamma / g
-        votes = np.zeros((S.size, S.size), dtype=bool)
-        for col, j in enumerate(S):
-            b = ratios[j]
-            pi = Gamma - b * g
-            T = V_G + b * b * V_g - 2 * b * C_sym  # Var(Gamma - b g)
-            r = g / g[j]
-            se2 = np.diag(T) + r * r * T[j, j] - 2 * r * T[:, j]
-            ok = np.abs(pi) <= np.sqrt(np.maximum(se2, 0)) * tn
-            votes[:, col] = ok[S]
-        votes = votes & votes.T
-        np.fill_diagonal(votes, True)
-        counts = votes.sum(axis=1)
-        winners = (counts > S.size / 2) | (counts == counts.max())
-        valid = np.zeros(p, dtype=bool)
-        valid[S[winners]] = True
+        relevant, valid, votes, ratios = _vote(Gamma, g, V_G, V_g, C_Gg, tn)
 
         controls = [np.asarray(exog, dtype=float).reshape(n, -1)] if exog is not None else []
         if (~valid).any():
@@ -141,6 +117,79 @@ class TwoStageHardThresholding:
         self.se_ = fit.se
         return self
 
+    def fit_statistics(
+        self,
+        stats,
+        *,
+        env=None,
+        env_fixed_effects: bool = True,
+        covariates: bool = True,
+        passes=None,
+    ) -> "TwoStageHardThresholding":
+        """TSHT from per-environment sufficient statistics, with no n x p array.
+
+        `stats` is a `sufficient_stats.EnvironmentCrossProducts`; the controls
+        are those of `sufficient_stats.partial_out(stats, env=env, ...)`. The
+        reduced forms, their classical covariances, the vote and the final
+        2SLS point estimate come from the statistics. `cov_type="robust"` needs
+        `passes` (a `sufficient_stats.RowPasses`) for two streamed passes: the
+        reduced-form HC0 meats (three p x p matrices in one accumulator) and
+        the final fit's SE and first-stage F. Same results as `fit` on the rows.
+        `fit_` is then a `sufficient_stats.StatsKClassFit`.
+        """
+        from invariant_mr.estimators.sufficient_stats import (
+            MeatRequest,
+            accumulate_meats,
+            kclass_from_stats,
+            partial_out,
+        )
+
+        if self.cov_type not in ("robust", "unadjusted"):
+            raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {self.cov_type!r}")
+        design = partial_out(stats, env=env, env_fixed_effects=env_fixed_effects, covariates=covariates)
+        p, n = design.k, design.n
+        if p < 2:
+            raise InputError("TSHT needs at least 2 instruments to vote on validity")
+        G = design.gram
+        gram = G[:p, :p]
+        if np.linalg.matrix_rank(gram) < p:
+            raise InputError("TSHT: the instruments are collinear (after the controls)")
+        G_inv = np.linalg.inv(gram)
+        G_inv = (G_inv + G_inv.T) / 2
+        a, c = G[:p, p + 1], G[:p, p]
+        Gamma, g = G_inv @ a, G_inv @ c
+        if self.cov_type == "robust":
+            if passes is None:
+                raise InputError("robust TSHT from statistics needs a second pass over the rows (passes=)")
+            U = np.column_stack([np.concatenate([-Gamma, [0.0, 1.0]]), np.concatenate([-g, [1.0, 0.0]])])
+            # directions=None: the instrument columns themselves (no n p^2 product with an identity).
+            M = accumulate_meats(passes, [MeatRequest(design, None, U)])[0]
+            meat_YY, meat_YD, meat_DD = M[:p, :p], M[:p, p:], M[p:, p:]
+            V_G, V_g, C_Gg = G_inv @ meat_YY @ G_inv, G_inv @ meat_DD @ G_inv, G_inv @ meat_YD @ G_inv
+        else:
+            df = n - p - design.n_controls
+            eYY = G[p + 1, p + 1] - Gamma @ a
+            eDD = G[p, p] - g @ c
+            eYD = G[p, p + 1] - Gamma @ c
+            V_G, V_g, C_Gg = G_inv * eYY / df, G_inv * eDD / df, G_inv * eYD / df
+        tn = float(np.sqrt(np.log(n))) if self.threshold is None else float(self.threshold)
+        relevant, valid, votes, ratios = _vote(Gamma, g, V_G, V_g, C_Gg, tn)
+        final = partial_out(
+            stats, env=env, env_fixed_effects=env_fixed_effects, covariates=covariates,
+            instruments=np.flatnonzero(valid), z_controls=np.flatnonzero(~valid),
+        )  # fmt: skip
+        fit = kclass_from_stats(final, kappa="tsls", cov_type=self.cov_type, passes=passes)
+        self.relevant_ = relevant
+        self.valid_ = valid
+        self.votes_ = votes
+        self.ratio_estimates_ = ratios
+        self.threshold_ = tn
+        self.fit_ = fit
+        self.design_ = final
+        self.estimate_ = fit.estimate
+        self.se_ = fit.se
+        return self
+
     def exogenous_controls(self, Z, exog=None) -> np.ndarray | None:
         """Controls of the final 2SLS (exog plus the instruments judged invalid), e.g. for AR sets."""
         Z = np.asarray(Z, dtype=float)
@@ -148,6 +197,43 @@ class TwoStageHardThresholding:
         if (~self.valid_).any():
             parts.append(Z[:, ~self.valid_])
         return np.hstack(parts) if parts else None
+
+
+def _vote(Gamma, g, V_G, V_g, C_Gg, tn: float):
+    """Steps 2-4: (relevant mask, valid mask, symmetric votes, ratio estimates)."""
+    p = g.shape[0]
+    C_sym = (C_Gg + C_Gg.T) / 2
+    relevant = np.abs(g) > tn * np.sqrt(np.diag(V_g))
+    if not relevant.any():
+        raise InputError(
+            "TSHT: no instrument is individually strong (first thresholding selected none); "
+            "use a weak-instrument-robust method"
+        )
+    S = np.flatnonzero(relevant)
+    ratios = Gamma / g
+    # Instrument j (column) votes for k (row) when k's implied pleiotropy Gamma_k - b_j g_k,
+    # b_j = Gamma_j / g_j, is within tn SEs of zero, with T = Var(Gamma - b_j g). All pairs of
+    # relevant instruments at once, over the |S| x |S| blocks only (a loop over j formed a
+    # p x p matrix per voter); the operations are those of the per-voter formula, in its order.
+    b = ratios[S][None, :]
+    bb, tb = b * b, 2 * b
+    VG, Vg, C = (M[np.ix_(S, S)] for M in (V_G, V_g, C_sym))
+    dVG, dVg, dC = (np.diag(M)[:, None] for M in (VG, Vg, C))
+    diag_T = dVG + bb * dVg - tb * dC  # T_kk for voter j
+    T_kj = VG + bb * Vg - tb * C
+    T_jj = np.diag(T_kj)[None, :]
+    gS = g[S]
+    r = gS[:, None] / gS[None, :]
+    se2 = diag_T + r * r * T_jj - 2 * r * T_kj
+    pi = Gamma[S][:, None] - b * gS[:, None]
+    votes = np.abs(pi) <= np.sqrt(np.maximum(se2, 0)) * tn
+    votes = votes & votes.T
+    np.fill_diagonal(votes, True)
+    counts = votes.sum(axis=1)
+    winners = (counts > S.size / 2) | (counts == counts.max())
+    valid = np.zeros(p, dtype=bool)
+    valid[S[winners]] = True
+    return relevant, valid, votes, ratios
 
 
 __all__ = ["TwoStageHardThresholding"]

@@ -520,21 +520,7 @@ def instrument_diagnostics(
         stat, p, df = sargan_hansen_j(
             data.outcome, data.exposure, X_iv, controls, cov_type=settings.cov_type, clusters=clusters
         )
-        flag = (
-            "instruments disagree about the effect: at least one is invalid"
-            if p < alpha
-            else "no evidence against the overidentifying restrictions"
-        )
-        out.append(
-            Diagnostic(
-                name,
-                "pooled",
-                stat,
-                p,
-                flag,
-                {"df": df, "test": "sargan" if settings.cov_type == "unadjusted" else "hansen", "cov_type": settings.cov_type},
-            )
-        )
+        out.append(j_diagnostic(name, stat, p, df, alpha=alpha, cov_type=settings.cov_type))
     except (InputError, np.linalg.LinAlgError) as exc:
         out.append(_invalid(name, "pooled", str(exc)))
 
@@ -555,20 +541,38 @@ def instrument_diagnostics(
         except (InputError, np.linalg.LinAlgError) as exc:
             out.append(_invalid(name, scope, str(exc)))
             continue
-        flag = (
-            f"weak instruments (F = {f:.1f} < {WEAK_F:.0f}): Wald intervals unreliable, use the AR set"
-            if f < WEAK_F
-            else f"instruments strong enough (F = {f:.1f})"
-        )
-        out.append(Diagnostic(name, scope, f, p, flag, {"n_instruments": k, "cov_type": settings.cov_type}))
+        out.append(first_stage_diagnostic(name, scope, f, p, k, cov_type=settings.cov_type))
     return out
+
+
+def j_diagnostic(name: str, stat: float, p: float, df: int, *, alpha: float, cov_type: str) -> Diagnostic:
+    """The overidentification row of `instrument_diagnostics` (also built from sufficient statistics)."""
+    flag = (
+        "instruments disagree about the effect: at least one is invalid"
+        if p < alpha
+        else "no evidence against the overidentifying restrictions"
+    )
+    test = "sargan" if cov_type == "unadjusted" else "hansen"
+    return Diagnostic(name, "pooled", stat, p, flag, {"df": df, "test": test, "cov_type": cov_type})
+
+
+def first_stage_diagnostic(name: str, scope: str, f: float, p: float, k: int, *, cov_type: str) -> Diagnostic:
+    """A first-stage strength row of `instrument_diagnostics` (also built from sufficient statistics)."""
+    flag = (
+        f"weak instruments (F = {f:.1f} < {WEAK_F:.0f}): Wald intervals unreliable, use the AR set"
+        if f < WEAK_F
+        else f"instruments strong enough (F = {f:.1f})"
+    )
+    return Diagnostic(name, scope, f, p, flag, {"n_instruments": k, "cov_type": cov_type})
 
 
 __all__ = [
     "environment_varying_component",
+    "first_stage_diagnostic",
     "first_stage_strength",
     "hsic_permutation_test",
     "instrument_diagnostics",
+    "j_diagnostic",
     "kernel_features",
     "mmd_permutation_test",
     "poly2_features",

@@ -149,9 +149,9 @@ class _ARProblem:
     yy: float
     yd: float
     dd: float
-    Zt: np.ndarray
-    uy: np.ndarray  # y residualised on controls and instruments
-    ud: np.ndarray
+    Zt: np.ndarray | None  # None when built from sufficient statistics
+    uy: np.ndarray | None  # y residualised on controls and instruments
+    ud: np.ndarray | None
     k: int
     dfd: int
     clusters: Clusters | None = None
@@ -298,8 +298,13 @@ def _robust_set_numeric(pr: _ARProblem, blocks, crit: float, alpha: float, n_gri
     if cc <= 0:
         return ConfidenceSet(((-math.inf, math.inf),), alpha)
     b0 = float(pr.a @ pr.c) / cc  # 2SLS
-    resid = (pr.uy - b0 * pr.ud)
-    scale = max(float(np.sqrt(resid @ resid / max(pr.dfd, 1) / cc)), 1e-8 * max(1.0, abs(b0)))
+    if pr.uy is not None:
+        resid = pr.uy - b0 * pr.ud
+        rss = float(resid @ resid)
+    else:
+        # From sufficient statistics (no rows): ||M (y - b0 d)||^2 in the orthonormal coordinates.
+        rss = (pr.yy - pr.a @ pr.a) - 2 * b0 * (pr.yd - pr.a @ pr.c) + b0 * b0 * (pr.dd - cc)
+    scale = max(float(np.sqrt(max(rss, 0.0) / max(pr.dfd, 1) / cc)), 1e-8 * max(1.0, abs(b0)))
 
     def f_t(t):
         t = np.atleast_1d(np.asarray(t, dtype=float))

@@ -1,0 +1,180 @@
+"""The block passes of `sufficient_stats` as Dask reductions over row chunks.
+
+Each row chunk becomes one task that reads its rows block by block (on the
+worker, from the genotype file or a Dask array chunk) and returns a partial
+result; the partials are merged by a tree of `merge` tasks. Only the partial
+statistics travel (K m^2 floats for the first pass, the meats for the second),
+never genotype rows, when the chunks read from storage the workers can see.
+
+Works with any Dask scheduler: the default one (threads) when no client is
+active, a `distributed.LocalCluster` (`--workers N`) or a running cluster
+(`distributed.Client("tcp://scheduler:8786")`, `--scheduler ADDRESS`): pass the
+client, or leave `client=None` to use whichever client is the default.
+Nothing here distributes work by itself; Dask does.
+
+Task keys start with `suffstats-chunk-` and `suffstats-merge-`, so a task
+stream shows which worker ran which chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from invariant_mr.errors import InputError
+from invariant_mr.estimators.sufficient_stats import (
+    Block,
+    CrossProductKernel,
+    EnvironmentCrossProducts,
+    RowVectors,
+    iter_array_blocks,
+    row_index,
+)
+
+#: Partials merged per reduction task (a binary tree keeps each merge to two K m^2 arrays).
+SPLIT_EVERY = 2
+
+
+@dataclass(frozen=True)
+class RowChunk:
+    """Rows [start, stop) of a genotype source and how to read them on a worker.
+
+    `read()` returns an iterable of (global row indices, block) pairs covering
+    exactly these rows (global row positions unless `local_rows`); it is pickled to the worker, so it should be a
+    top-level function or a `functools.partial` of a picklable source method
+    (e.g. `partial(source.iter_blocks, start=..., stop=...)`), not a lambda.
+    """
+
+    start: int
+    stop: int
+    read: Callable[[], Iterable[Block]]
+    #: True when `read()` yields rows relative to `start` (e.g. `iter_blocks(rows=positions[start:stop])`
+    #: of a `GenotypeSource`, whose slices index the rows it was given).
+    local_rows: bool = False
+
+
+@dataclass(frozen=True)
+class NpyRows:
+    """Reads rows [start, stop) of a `.npy` genotype matrix through a memory map (picklable)."""
+
+    path: str
+    start: int
+    stop: int
+    block_rows: int | None = None
+
+    def __call__(self) -> Iterable[Block]:
+        Z = np.load(self.path, mmap_mode="r")
+        return iter_array_blocks(Z, self.block_rows, self.start, self.stop)
+
+
+def npy_chunks(path: str, n_chunks: int, block_rows: int | None = None) -> list[RowChunk]:
+    """`n_chunks` row chunks of a `.npy` file for `DaskPasses`."""
+    n = np.load(path, mmap_mode="r").shape[0]
+    bounds = np.linspace(0, n, int(n_chunks) + 1).astype(int)
+    return [RowChunk(int(lo), int(hi), NpyRows(str(path), int(lo), int(hi), block_rows)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+
+
+def _run_chunk(kernel, source, start: int, stop: int, vectors: RowVectors, block_rows: int | None, local_rows: bool):
+    """One task: the kernel over rows [start, stop), with row indices local to the chunk."""
+    local = vectors.rows(start, stop)
+    acc = kernel.start()
+    if isinstance(source, np.ndarray):  # a materialised Dask array chunk
+        blocks = iter_array_blocks(source, block_rows)
+        offset = 0
+    else:
+        blocks = source()
+        offset = 0 if local_rows else start
+    for rows, block in blocks:
+        kernel.add(acc, row_index(rows) - offset, block, local)
+    return kernel.finish(acc)
+
+
+def _merge(kernel, *parts):
+    out = parts[0]
+    for part in parts[1:]:
+        out = kernel.merge(out, part)
+    return out
+
+
+class DaskPasses:
+    """Runs `sufficient_stats` kernels over row chunks with Dask (a `RowPasses`).
+
+    chunks: a Dask array (n, p) whose row chunks become tasks, or a sequence of
+    `RowChunk`s covering rows 0..n-1. `client`: a `distributed.Client`, or None
+    for the default scheduler.
+    """
+
+    def __init__(self, chunks, vectors: RowVectors, *, client=None, block_rows: int | None = None):
+        self.vectors = vectors
+        self.client = client
+        self.block_rows = block_rows
+        if hasattr(chunks, "to_delayed") and hasattr(chunks, "chunks"):
+            if chunks.ndim != 2 or chunks.shape[0] != vectors.n:
+                raise InputError(f"the Dask array must be (n={vectors.n}, p), got {chunks.shape}")
+            arr = chunks.rechunk({1: -1})
+            bounds = np.cumsum((0,) + arr.chunks[0])
+            self._parts = [
+                (blk, int(lo), int(hi), False)
+                for blk, lo, hi in zip(arr.to_delayed().ravel(), bounds[:-1], bounds[1:])
+            ]
+        else:
+            chunks = sorted(chunks, key=lambda c: c.start)
+            covered = 0
+            for c in chunks:
+                if c.start != covered or c.stop <= c.start:
+                    raise InputError("row chunks must be contiguous, non-empty and start at row 0")
+                covered = c.stop
+            if covered != vectors.n:
+                raise InputError(f"row chunks cover {covered} rows, the vectors {vectors.n}")
+            self._parts = [(c.read, c.start, c.stop, c.local_rows) for c in chunks]
+        if not self._parts:
+            raise InputError("no row chunks")
+
+    def graph(self, kernel):
+        """The Delayed result of the reduction (not computed)."""
+        import uuid
+
+        import dask
+
+        token = uuid.uuid4().hex[:12]
+        kernel_d = dask.delayed(kernel, name=f"suffstats-kernel-{token}")
+        vectors_d = dask.delayed(self.vectors, name=f"suffstats-vectors-{token}")
+        parts = [
+            dask.delayed(_run_chunk, pure=True)(
+                kernel_d, src, lo, hi, vectors_d, self.block_rows, local,
+                dask_key_name=f"suffstats-chunk-{token}-{i}",
+            )
+            for i, (src, lo, hi, local) in enumerate(self._parts)
+        ]
+        level = 0
+        while len(parts) > 1:
+            parts = [
+                dask.delayed(_merge, pure=True)(
+                    kernel_d, *parts[i : i + SPLIT_EVERY], dask_key_name=f"suffstats-merge-{token}-{level}-{i}"
+                )
+                if i + 1 < len(parts)
+                else parts[i]
+                for i in range(0, len(parts), SPLIT_EVERY)
+            ]
+            level += 1
+        return parts[0]
+
+    def run(self, kernel) -> Any:
+        result = self.graph(kernel)
+        if self.client is not None:
+            return self.client.compute(result).result()
+        return result.compute()
+
+
+def accumulate_dask(
+    chunks, vectors: RowVectors, *, client=None, fill: np.ndarray | None = None, block_rows: int | None = None
+) -> EnvironmentCrossProducts:
+    """`EnvironmentCrossProducts.accumulate` as a Dask reduction over row chunks (see `DaskPasses`)."""
+    kernel = CrossProductKernel(vectors.env_levels, vectors.q, vectors.covariate_names, fill)
+    return DaskPasses(chunks, vectors, client=client, block_rows=block_rows).run(kernel)
+
+
+__all__ = ["DaskPasses", "NpyRows", "RowChunk", "accumulate_dask", "npy_chunks"]
