@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from invariant_mr import robust_iv, summary_mr
+from invariant_mr.estimators import summary_mr, tsht as robust_iv
 from invariant_mr.inference.diagnostics import first_stage_strength, sargan_hansen_j
 from invariant_mr.inference.estimates import exogenous_controls, iv_estimates
 from invariant_mr.estimators.sufficient_stats import (
@@ -47,15 +47,17 @@ from invariant_mr.estimators.sufficient_stats import (
     LocalPasses,
     RowVectors,
     accumulate_meats,
-    anderson_rubin_from_stats,
-    first_stage_from_stats,
     first_stage_request,
-    j_requests,
     kclass_from_stats,
     kclass_requests,
     partial_out,
-    sargan_hansen_j_from_stats,
     summary_statistics_from_stats,
+)
+from invariant_mr.inference.tests_from_stats import (
+    anderson_rubin_from_stats,
+    first_stage_from_stats,
+    j_requests,
+    sargan_hansen_j_from_stats,
 )
 from invariant_mr.inference.from_stats import iv_estimates_from_stats
 from invariant_mr.estimators.iv import fit_kclass

@@ -17,10 +17,12 @@ from invariant_mr.estimators.sufficient_stats import (
     LocalPasses,
     RowVectors,
     accumulate_meats,
-    anderson_rubin_requests,
     kclass_from_stats,
     kclass_requests,
     partial_out,
+)
+from invariant_mr.inference.tests_from_stats import (
+    anderson_rubin_requests,
 )
 from invariant_mr.simulation.balding_nichols import simulate_balding_nichols
 

@@ -13,7 +13,7 @@ from invariant_mr.estimators.sufficient_stats import (
     RowVectors,
 )
 from invariant_mr.inference.from_stats import iv_estimates_from_stats
-from invariant_mr.methods.registry import MethodContext
+from invariant_mr.inference.settings import InferenceSettings
 from invariant_mr.simulation.balding_nichols import simulate_balding_nichols
 
 
@@ -49,7 +49,7 @@ def test_rows_match_iv_estimates(cov_type, max_ar):
     vec = RowVectors.from_mrdata(data)
     stats = EnvironmentCrossProducts.from_arrays(sim.genotypes, vec, block_rows=200)
     passes = LocalPasses.from_array(sim.genotypes, vec, 200)
-    ctx = MethodContext(cov_type=cov_type, options={"ar_max_instruments": max_ar})
+    ctx = InferenceSettings(cov_type=cov_type, ar_max_instruments=max_ar)
     methods = {"tsls_all_env": "tsls", "liml_all_env": "liml", "ols": "ols"}
     got = iv_estimates_from_stats(
         stats, methods, alpha=ctx.alpha, cov_type=cov_type, max_ar_instruments=max_ar, passes=passes
@@ -70,7 +70,7 @@ def test_strength_diagnostics_match_instrument_diagnostics(cov_type):
     data = sim.to_mrdata(include_covariates=True)
     vec = RowVectors.from_mrdata(data)
     stats = EnvironmentCrossProducts.from_arrays(sim.genotypes, vec, block_rows=128)
-    ctx = MethodContext(cov_type=cov_type, options={"diagnostic_permutations": 1})
+    ctx = InferenceSettings(cov_type=cov_type, diagnostic_permutations=1)
     ref = [d for d in instrument_diagnostics(data, data.Z, ctx, method="m")
            if d.name.endswith(("overidentification_j", "first_stage_f"))]
     got = strength_diagnostics_from_stats(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from invariant_mr import summary_mr
+from invariant_mr.estimators import summary_mr
 from invariant_mr.estimators.summary_mr import kde_mode_rows
 
 

@@ -160,11 +160,13 @@ def test_missing_genotypes_are_imputed_on_the_fly(sim, vectors):
 # ----------------------------------------------------------------------------- AR, J, F, sumstats
 from invariant_mr.inference.diagnostics import first_stage_strength, sargan_hansen_j
 from invariant_mr.estimators.sufficient_stats import (
+    summary_statistics_from_stats,
+)
+from invariant_mr.inference.tests_from_stats import (
     anderson_rubin_from_stats,
     anderson_rubin_test_from_stats,
     first_stage_from_stats,
     sargan_hansen_j_from_stats,
-    summary_statistics_from_stats,
 )
 from invariant_mr.estimators.sumstats import summary_statistics
 from invariant_mr.inference.weak_iv import anderson_rubin_confidence_set, anderson_rubin_test

@@ -28,14 +28,16 @@ from invariant_mr.estimators.sufficient_stats import (
     RowPasses,
     _Parts,
     accumulate_meats,
-    anderson_rubin_from_stats,
-    anderson_rubin_requests,
-    first_stage_from_stats,
     first_stage_request,
-    j_requests,
     kclass_from_stats,
     kclass_requests,
     partial_out,
+)
+from invariant_mr.inference.tests_from_stats import (
+    anderson_rubin_from_stats,
+    anderson_rubin_requests,
+    first_stage_from_stats,
+    j_requests,
     sargan_hansen_j_from_stats,
 )
 from invariant_mr.estimators.iv import parse_kappa
