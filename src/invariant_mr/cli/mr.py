@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from invariant_mr.cli.common import SectionedCommand, command_line, method_context, option
+from invariant_mr.cli.common import SectionedCommand, command_line, method_context, method_option_flags, option
 from invariant_mr.errors import InputError
 from invariant_mr.io.output import OutputDirectory, atomic_write_bytes, atomic_write_text
 
@@ -47,14 +47,7 @@ def summary_method_option_flags(func):
             for opt in spec.options:
                 if opt.name not in _INDIVIDUAL_ONLY:
                     opts.setdefault(opt.name, opt)
-    for opt in sorted(opts.values(), key=lambda o: o.name, reverse=True):
-        flag = opt.name.replace("_", "-")
-        text = f"{opt.help} [default: {opt.default}]"
-        if opt.type is bool:
-            func = option(f"--{flag}/--no-{flag}", opt.name, default=None, help=text, section=opt.group)(func)
-        else:
-            func = option(f"--{flag}", opt.name, type=opt.type, default=None, help=text, section=opt.group)(func)
-    return func
+    return method_option_flags(func, opts.values())
 
 
 @click.command(cls=SectionedCommand)
