@@ -533,6 +533,8 @@ class PartialledDesign:
             rows, codes, block = rows[keep], codes[keep], block[keep]
         fill = self.fill if fill is None else fill
         q, p = self.q, self.means.shape[1] - self.q - 2
+        if self._all_instruments_in_order(p):
+            return self._residual_rows_all(rows, codes, block, vectors, fill, p)
         z_cols = np.concatenate([self.target_cols, self.control_cols])
         z_cols = np.unique(z_cols[(z_cols >= q) & (z_cols < q + p)]) - q
         zf = _float_columns(block, z_cols, fill, self.z_map) if z_cols.size else np.empty((rows.size, 0))
@@ -556,6 +558,29 @@ class PartialledDesign:
         R = gather(self.target_cols)
         if self.control_cols.size:
             R -= gather(self.control_cols) @ self.coef
+        return R
+
+    def _all_instruments_in_order(self, p: int) -> bool:
+        """Every source column is an instrument, in order, and none is a control (the common case)."""
+        return (
+            self.z_map is None
+            and self.z_controls.size == 0
+            and self.instruments.size == p
+            and bool(np.array_equal(self.instruments, np.arange(p)))
+        )
+
+    def _residual_rows_all(self, rows, codes, block, vectors: RowVectors, fill, p: int) -> np.ndarray:
+        """`residual_rows` when the targets are [Z, D, Y] in order: the block is cast straight into
+        the output (no column gathers), which halves the memory traffic of the second pass."""
+        R = np.empty((rows.size, p + 2))
+        R[:, :p] = block
+        _fill_missing(R[:, :p], block, fill)
+        R[:, p] = vectors.exposure[rows]
+        R[:, p + 1] = vectors.outcome[rows]
+        R -= self.means[:, self.target_cols][codes]
+        if self.control_cols.size:  # covariates only (no instrument controls on this path)
+            C = vectors.covariates[np.ix_(rows, self.control_cols)] - self.means[:, self.control_cols][codes]
+            R -= C @ self.coef
         return R
 
 
