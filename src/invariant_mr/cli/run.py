@@ -289,7 +289,7 @@ class dask_client:
                 raise InputError(f"--scheduler {self.scheduler}: cannot connect ({exc})") from None
         else:
             self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=None)
+                                        dashboard_address=None, silence_logs=40)
             self.client = Client(self.cluster)
         return self.client
 
