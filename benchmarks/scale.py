@@ -7,7 +7,7 @@ int8, 1 byte per call, so 500,000 x 1,000 is 0.5 GB while writing).
 
 For each size, in the same run, each a fresh process, timed wall-clock with
 its peak RSS (sampled every 0.1 s with psutil, summed over the process and its
-children, i.e. the Dask workers too; and the kernel's ru_maxrss of the largest
+children, i.e. the Dask workers too, and the high-water mark VmHWM of the largest
 process):
 
 * bare: bed-reader int8 blocks -> float64 blocks of the same size the
@@ -72,13 +72,28 @@ def thread_env() -> dict:
     return env
 
 
+def _hwm_bytes(pid: int) -> int:
+    """The process's peak resident set since it exec'd (VmHWM), in bytes; 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def measured(cmd: list[str]) -> dict:
-    """Wall seconds, CPU seconds, peak summed RSS of the process tree (MiB) and the largest ru_maxrss."""
+    """Wall seconds, CPU seconds, and peak memory: the largest VmHWM (peak RSS since exec) of any
+    process of the tree, and the peak of the tree's summed RSS (Dask workers included), both
+    sampled every 0.1 s. (ru_maxrss from wait4 is not used: on Linux it includes the parent's RSS
+    copied at vfork, i.e. this harness's.)"""
     import psutil
 
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=thread_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = [0]
+    peak = [0, 0]
     done = threading.Event()
 
     def sample():
@@ -86,15 +101,16 @@ def measured(cmd: list[str]) -> dict:
         while not done.is_set():
             try:
                 tree = [parent, *parent.children(recursive=True)]
-                total = 0
-                for p in tree:
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                peak[0] = max(peak[0], total)
             except psutil.Error:
-                pass
+                tree = []
+            total = 0
+            for p in tree:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+                peak[1] = max(peak[1], _hwm_bytes(p.pid))
+            peak[0] = max(peak[0], total)
             done.wait(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -111,7 +127,7 @@ def measured(cmd: list[str]) -> dict:
         "wall_s": round(wall, 2),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "peak_rss_tree_mib": round(peak[0] / 2**20, 1),
-        "maxrss_largest_mib": round(usage.ru_maxrss / 1024, 1),
+        "peak_hwm_largest_mib": round(peak[1] / 2**20, 1),
     }
 
 
@@ -170,6 +186,12 @@ def measure_size(n: int, p: int, seed: int, dask_workers: int | None, scratch: P
     return rows
 
 
+def peak_mib(r: dict) -> float:
+    """The peak RSS of a row: the sampled sum over the process tree, or the kernel's high-water mark
+    of its largest process when sampling (every 0.1 s) missed a short peak."""
+    return max(r["peak_rss_tree_mib"], r["peak_hwm_largest_mib"])
+
+
 def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(str(out) + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
@@ -180,18 +202,21 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
         f"{meta['hardware']}; BLAS single-threaded in every process; {meta['date']}. "
         f"`benchmarks/scale.py` (Balding-Nichols, F_ST 0.1, 3 environments, 1% missing calls, covariates age "
         f"and sex), methods `{METHODS}` with `--streaming on` (robust SEs, per-environment rows, AR sets, "
-        "diagnostics, report). Peak RSS: summed over the process tree (Dask workers included), sampled every "
-        "0.1 s; ratios are to the bare read + Z'Z of the same file measured in the same run.",
+        "diagnostics, report). Peak RSS: the larger of the process tree's summed RSS (Dask workers included), "
+        "sampled every 0.1 s, and the largest process's high-water mark VmHWM; ratios are to the "
+        "bare read + Z'Z of the same file measured in the same run. CPU (s) is that of the main process (Dask "
+        "workers' CPU is not included).",
         "",
-        "| n | p | what | wall (s) | CPU (s) | peak RSS (MiB) | time / bare | RSS / bare |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| n | p | what | wall (s) | CPU (s) | peak RSS (MiB) | time / bare | CPU / bare | RSS / bare |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         b = bare.get((r["n"], r["p"]))
         rt = "" if b is None or r is b else f"{r['wall_s'] / b['wall_s']:.2f}"
-        rr = "" if b is None or r is b else f"{r['peak_rss_tree_mib'] / b['peak_rss_tree_mib']:.2f}"
+        rc = "" if b is None or r is b else f"{r['cpu_s'] / b['cpu_s']:.2f}"
+        rr = "" if b is None or r is b else f"{peak_mib(r) / peak_mib(b):.2f}"
         lines.append(f"| {r['n']:,} | {r['p']:,} | {r['what']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
-                     f"{r['peak_rss_tree_mib']:,.0f} | {rt} | {rr} |")
+                     f"{peak_mib(r):,.0f} | {rt} | {rc} | {rr} |")
     lines += ["", "Seconds per method inside `run` (from its provenance):", ""]
     for r in rows:
         if "method_seconds" in r:
@@ -222,7 +247,7 @@ def plot(rows: list[dict], path: Path) -> None:
         sel = sorted((r for r in rows if r["what"] == what and r["p"] == 1000), key=lambda r: r["n"])
         if sel:
             axes[0].plot([r["n"] for r in sel], [r["wall_s"] for r in sel], style, label=what)
-            axes[1].plot([r["n"] for r in sel], [r["peak_rss_tree_mib"] / 1024 for r in sel], style, label=what)
+            axes[1].plot([r["n"] for r in sel], [peak_mib(r) / 1024 for r in sel], style, label=what)
     axes[1].axhline(2.5, color="grey", lw=0.8, ls=":", label="bar: 2.5 GiB")
     axes[0].set_ylabel("wall time (s)")
     axes[1].set_ylabel("peak RSS (GiB)")
@@ -241,8 +266,16 @@ def main() -> None:
     ap.add_argument("--scratch", default=tempfile.gettempdir())
     ap.add_argument("--out", default=str(RESULTS / "scale"))
     ap.add_argument("--append", action="store_true", help="keep the rows already in OUT.json")
+    ap.add_argument("--render", action="store_true", help="only rewrite OUT.md and OUT.png from OUT.json")
+    ap.add_argument("--not-run", default="", help="sizes not measured, and why (written under the table)")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.render:
+        old = json.loads(Path(str(out) + ".json").read_text())
+        if args.not_run:
+            old["meta"]["not_run"] = args.not_run
+        write_outputs(old["rows"], old["meta"], out)
+        return
     rows, meta = [], {}
     if args.append and Path(str(out) + ".json").exists():
         old = json.loads(Path(str(out) + ".json").read_text())
