@@ -34,7 +34,7 @@ from invariant_mr.io.phenotypes import (
 )
 from invariant_mr.io.qc import QCReport, QCThresholds
 from invariant_mr.provenance import input_record
-from invariant_mr.io.streamed_genotypes import StreamedGenotypes
+from invariant_mr.io.streamed_genotypes import READ_BLOCK_BYTES, StreamedGenotypes
 from invariant_mr.io.streamed_qc import read_qc_dosages, streamed_genotype_qc
 
 #: --streaming auto streams when the float64 instrument matrix (8 n p bytes) exceeds this share
@@ -187,7 +187,9 @@ def load_genetic_data(
         variant_table["info"] = source.info_scores()
     variant_table.insert(0, "name", unique_variant_names(variant_table))
     genotype_rows = np.asarray(matched.genotype_rows, dtype=np.intp)
-    qc_result = streamed_genotype_qc(source, genotype_rows, matched.env, thresholds, variant_table=variant_table)
+    # 64 MB raw blocks: QC holds a block plus a few same-sized masks, so this sets its peak.
+    qc_result = streamed_genotype_qc(source, genotype_rows, matched.env, thresholds, variant_table=variant_table,
+                                     block_bytes=READ_BLOCK_BYTES)
     if not qc_result.sample_mask.all():
         matched = matched.subset(
             qc_result.sample_mask, f"genotype missing rate > {thresholds.max_sample_missing:g} (--mind)"
@@ -207,7 +209,7 @@ def load_genetic_data(
         )
     else:
         data = MRData(
-            Z=read_qc_dosages(source, genotype_rows, qc_result),
+            Z=read_qc_dosages(source, genotype_rows, qc_result, block_bytes=READ_BLOCK_BYTES),
             exposure=matched.exposure,
             outcome=matched.outcome,
             env=matched.env,
