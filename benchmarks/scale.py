@@ -194,6 +194,7 @@ def peak_mib(r: dict) -> float:
 
 def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
+    rows = sorted(rows, key=lambda r: (r["p"], r["n"]))  # stable: bare, run, Dask within a size
     Path(str(out) + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     bare = {(r["n"], r["p"]): r for r in rows if r["what"].startswith("bare")}
     lines = [
@@ -204,8 +205,12 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
         f"and sex), methods `{METHODS}` with `--streaming on` (robust SEs, per-environment rows, AR sets, "
         "diagnostics, report). Peak RSS: the larger of the process tree's summed RSS (Dask workers included), "
         "sampled every 0.1 s, and the largest process's high-water mark VmHWM; ratios are to the "
-        "bare read + Z'Z of the same file measured in the same run. CPU (s) is that of the main process (Dask "
-        "workers' CPU is not included).",
+        "bare read + Z'Z of the same file measured in the same run. CPU (s) is user + system time of the process "
+        "and of the children it reaped (wait4), so the Dask workers' CPU is included. The machine is shared: "
+        "wall time includes waiting for a core, so the CPU ratio is the steadier figure.",
+        "",
+        "    nice -n 10 python benchmarks/scale.py --sizes 50000x1000,150000x1000,500000x1000 "
+        "--dask-sizes 150000x1000",
         "",
         "| n | p | what | wall (s) | CPU (s) | peak RSS (MiB) | time / bare | CPU / bare | RSS / bare |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|",

@@ -142,3 +142,22 @@ def test_dask_workers_give_the_local_estimates_and_do_the_work(study, tmp_path):
     assert sum(record["chunk_tasks_per_worker"].values()) >= 4
     assert all(p["where"].startswith("dask") for p in res["provenance"]["streamed_passes"]["passes"]
                if p["kind"] != "projection")
+
+
+def test_bad_scale_options_are_one_line_errors(study, tmp_path, capsys):
+    base = ["run", "--bfile", str(study.prefix), "--pheno", str(study.pheno), "--env-col", "environment",
+            "--exposure", "exposure", "--outcome", "outcome", "--quiet", "--methods", "tsls_all_env"]
+    cases = [
+        (["--streaming", "off", "--workers", "2"], "drop --streaming off"),
+        (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "give one of them"),
+        (["--streaming", "on", "--methods", "invariant_linear", "--direction-bootstrap", "5"], "direction-bootstrap"),
+        (["--streaming", "on", "--cluster", "FID"], "cluster"),
+    ]
+    for i, (extra, message) in enumerate(cases):
+        assert main([*base, "--out", str(tmp_path / f"bad{i}"), *extra]) == 2
+        assert message in capsys.readouterr().err
+    table = tmp_path / "t.tsv"
+    study.pheno_table.assign(z1=0.0).to_csv(table, sep="\t", index=False)
+    code = main(["run", "--table", str(table), "--env", "environment", "--exposure", "exposure", "--outcome",
+                 "outcome", "--instruments", "z1", "--workers", "2", "--out", str(tmp_path / "t"), "--quiet"])
+    assert code == 2 and "streams genotype files" in capsys.readouterr().err

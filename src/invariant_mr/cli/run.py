@@ -72,6 +72,11 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
     out = OutputDirectory(out_dir, overwrite, inputs=input_paths(table, genetic) + (
         [Path(instruments_from)] if instruments_from is not None else []))
     out.check()
+    if table is not None or instruments_from is not None:
+        given = [f"--{k}" for k in ("scheduler", "workers") if genetic[k] is not None]
+        if given or genetic["streaming"] == "on":
+            raise InputError(f"{', '.join(given) or '--streaming on'} streams genotype files "
+                             "(--bfile, --pfile, --bgen, --vcf, --npy); this run reads a table")
     if instruments_from is not None:
         _run_external(out, ctx, methods, quiet, table, env_col, exposure, outcome, covariates, id_column, cluster,
                       outcome_type, instruments, instruments_from, genetic)
