@@ -161,3 +161,23 @@ def test_bad_scale_options_are_one_line_errors(study, tmp_path, capsys):
     code = main(["run", "--table", str(table), "--env", "environment", "--exposure", "exposure", "--outcome",
                  "outcome", "--instruments", "z1", "--workers", "2", "--out", str(tmp_path / "t"), "--quiet"])
     assert code == 2 and "streams genotype files" in capsys.readouterr().err
+
+
+def test_min_info_filters_imputed_variants_through_run(study, tmp_path, capsys):
+    p = study.genotypes.shape[1]
+    fs = Fileset(dosages=study.genotypes, fid=study.fid, iid=study.iid, variants=pd.DataFrame({
+        "variant_id": study.variant_ids, "chrom": ["1"] * p, "pos": [10_000 * (j + 1) for j in range(p)],
+        "ref": ["G"] * p, "alt": ["A"] * p}))
+    info = np.where(np.arange(p) < 7, 0.95, 0.3)
+    vcf = write_vcf(fs, tmp_path / "imputed.vcf", info=info)
+    got, res = _run(study, tmp_path / "info", "--methods", "tsls_all_env", "--min-info", "0.8",
+                    genotypes=["--vcf", str(vcf)])
+    genotypes = res["provenance"]["genotypes"]
+    assert genotypes["min_info"] == 0.8 and genotypes["n_removed_by_info"] == 3
+    assert res["provenance"]["qc"]["n_variants_in"] == 7
+    qc = pd.read_csv(tmp_path / "info" / "qc.tsv", sep="\t")
+    assert (qc["info"] >= 0.8).all()
+    assert main(["run", "--bfile", str(study.prefix), "--pheno", str(study.pheno), "--env-col", "environment",
+                 "--exposure", "exposure", "--outcome", "outcome", "--min-info", "0.8", "--quiet",
+                 "--out", str(tmp_path / "noinfo")]) == 2
+    assert "carries no imputation INFO" in capsys.readouterr().err
