@@ -286,6 +286,14 @@ class MRData:
             dropped_instruments=(),
         )
 
+    def instrument_rows(self, rows) -> np.ndarray:
+        """The instrument rows at positions `rows` (what streamed data reads from its file)."""
+        return self.Z[np.asarray(rows)]
+
+    def instrument_abs_max(self) -> float:
+        """Largest |instrument value|, the scale of tolerances on instruments."""
+        return float(np.abs(self.Z).max())
+
     def env_subset(self, level) -> "MRData":
         """Rows of one environment. Environment checks do not apply to the result."""
         mask = self.env == level
@@ -349,3 +357,131 @@ def exogenous_controls(data: MRData, env_fixed_effects: bool, extra: np.ndarray 
     if extra is not None:
         cols.append(np.asarray(extra, dtype=float).reshape(data.n, -1))
     return np.hstack(cols) if cols else None
+
+
+@dataclass(frozen=True, eq=False)
+class StreamedMRData:
+    """`MRData` whose instrument matrix stays on disk: Z comes in row blocks, never whole.
+
+    `genotypes` is the analysed matrix as a stream (`io.streamed_genotypes.StreamedGenotypes`:
+    `n`, `p`, `iter_blocks()`, `read_rows_at(positions)`, `chunk_bounds(k)`, `reader(start, stop)`);
+    the other fields are those of `MRData`, aligned with its rows. Methods that work from
+    sufficient statistics stream the blocks; the others get `subsample()`, an `MRData` of a
+    seeded random subset of `subsample_rows` rows. `client` is a `distributed.Client` that runs
+    the block passes as Dask reductions (None: in this process). Built by
+    `io.genetic_input.load_genetic_data(streaming=...)`.
+    """
+
+    genotypes: object
+    exposure: np.ndarray
+    outcome: np.ndarray
+    env: np.ndarray
+    covariates: np.ndarray | None = None
+    sample_ids: np.ndarray | None = None
+    instrument_names: tuple[str, ...] | None = None
+    covariate_names: tuple[str, ...] | None = None
+    min_samples_per_env: int = MIN_SAMPLES_PER_ENV
+    dropped_instruments: tuple[str, ...] = ()
+    clusters: np.ndarray | None = None
+    subsample_rows: int = 20_000
+    seed: int = 0
+    client: object = field(default=None, repr=False)
+    n_chunks: int | None = None
+    #: What the passes computed, shared by the methods of one analysis (first-pass statistics, ...).
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    other_exposures = None
+    exposure_names = None
+    n_exposures = 1
+
+    def __post_init__(self):
+        n, p = int(self.genotypes.n), int(self.genotypes.p)
+        if n == 0 or p == 0:
+            raise InputError(f"instrument matrix is empty (shape ({n}, {p}))")
+        names = tuple(str(s) for s in self.instrument_names) if self.instrument_names is not None else tuple(
+            f"z{j + 1}" for j in range(p)
+        )
+        if len(names) != p or len(set(names)) != p:
+            raise InputError(f"{len(names)} instrument names (unique: {len(set(names))}) for {p} instrument columns")
+        exposure = _as_float_vector(self.exposure, "exposure", n)
+        outcome = _as_float_vector(self.outcome, "outcome", n)
+        _check_varies(exposure, "the exposure")
+        _check_varies(outcome, "the outcome")
+        env = np.asarray(self.env, dtype=object)
+        if env.shape != (n,):
+            raise InputError(f"environment labels have shape {env.shape}, expected ({n},)")
+        levels, counts = np.unique(env.astype(str), return_counts=True)
+        if len(levels) < 2:
+            raise InputError(f"need at least 2 environments, found {len(levels)} ({', '.join(levels)})")
+        if len(levels) > 50 or (counts < self.min_samples_per_env).any():
+            raise InputError(describe_levels(levels, counts, self.min_samples_per_env, "environment labels"))
+        cov, cov_names = self.covariates, self.covariate_names
+        if cov is not None:
+            cov = np.asarray(cov, dtype=float).reshape(n, -1)
+            cov_names = tuple(cov_names) if cov_names is not None else tuple(f"c{j + 1}" for j in range(cov.shape[1]))
+            _check_finite_matrix(cov, "covariates", cov_names)
+        if int(self.subsample_rows) < 2:
+            raise InputError(f"--subsample-rows must be at least 2, got {self.subsample_rows}")
+        object.__setattr__(self, "exposure", _readonly(exposure))
+        object.__setattr__(self, "outcome", _readonly(outcome))
+        object.__setattr__(self, "env", _readonly(env))
+        object.__setattr__(self, "covariates", None if cov is None else _readonly(cov))
+        object.__setattr__(self, "covariate_names", cov_names)
+        object.__setattr__(self, "instrument_names", names)
+        object.__setattr__(self, "dropped_instruments", tuple(self.dropped_instruments))
+        if self.sample_ids is not None:
+            object.__setattr__(self, "sample_ids", _readonly(np.asarray(self.sample_ids, dtype=object)))
+        if self.clusters is not None:
+            object.__setattr__(self, "clusters", _readonly(_cluster_labels(self.clusters, n)))
+
+    n = property(lambda self: int(self.genotypes.n))
+    p = property(lambda self: int(self.genotypes.p))
+    env_levels = MRData.env_levels
+    env_codes = MRData.env_codes
+    env_dummies = MRData.env_dummies
+    exposures = property(lambda self: self.exposure[:, None])
+
+    @property
+    def Z(self):
+        raise InputError(
+            "the genotypes are streamed (--streaming on): this step needs the n x p matrix in memory; "
+            "use --streaming off, or a method that runs from sufficient statistics"
+        )
+
+    def with_client(self, client) -> "StreamedMRData":
+        """The same data with the block passes run as Dask reductions by `client` (a `distributed.Client`)."""
+        return replace(self, client=client, cache={})
+
+    def instrument_rows(self, rows) -> np.ndarray:
+        """The imputed instrument rows at positions `rows`, read from the genotype file."""
+        out = self.genotypes.read_rows_at(np.asarray(rows))
+        if out.size:
+            self.cache["abs_max"] = max(self.cache.get("abs_max", 0.0), float(np.abs(out).max()))
+        return out
+
+    def instrument_abs_max(self) -> float:
+        """Largest |instrument value| among the rows read so far (`instrument_rows`), the scale of
+        tolerances on instruments; 2 (the dosage ceiling) before any were read."""
+        return float(self.cache.get("abs_max", 2.0))
+
+    def subsample_positions(self) -> np.ndarray:
+        """The rows of `subsample()`: `subsample_rows` of them drawn without replacement (seeded), sorted."""
+        m = min(int(self.subsample_rows), self.n)
+        if m == self.n:
+            return np.arange(self.n)
+        rng = np.random.default_rng([int(self.seed), *b"streaming subsample"])
+        return np.sort(rng.choice(self.n, size=m, replace=False))
+
+    def subsample(self) -> MRData:
+        """An `MRData` of the seeded subsample (all rows when n <= `subsample_rows`), read from the file."""
+        key = "subsample"
+        if key not in self.cache:
+            rows = self.subsample_positions()
+            self.cache[key] = MRData(
+                Z=self.genotypes.read_rows_at(rows), exposure=self.exposure[rows], outcome=self.outcome[rows],
+                env=self.env[rows], covariates=None if self.covariates is None else self.covariates[rows],
+                sample_ids=None if self.sample_ids is None else self.sample_ids[rows],
+                instrument_names=self.instrument_names, covariate_names=self.covariate_names,
+                min_samples_per_env=2, clusters=None if self.clusters is None else self.clusters[rows],
+            )
+        return self.cache[key]

@@ -12,15 +12,26 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from invariant_mr.data import MRData
+from invariant_mr.data import MRData, StreamedMRData
 from invariant_mr.io.gwas_sumstats import SumstatsTable
 from invariant_mr.errors import InputError
 from invariant_mr.provenance import make_provenance, sha256_array
 from invariant_mr.methods.registry import MethodContext, MethodSpec, registered_methods, resolve_methods
 from invariant_mr.results import AnalysisResult
 
-def data_fingerprint(data: MRData | SumstatsTable) -> dict:
+def data_fingerprint(data: MRData | StreamedMRData | SumstatsTable) -> dict:
     """Hashes of the analysed arrays, so a result can be matched to its data."""
+    if isinstance(data, StreamedMRData):
+        return {
+            "n": data.n,
+            "n_instruments": data.p,
+            "environments": [str(e) for e in data.env_levels],
+            "genotype_source_fingerprint": data.genotypes.source.fingerprint(),
+            "sha256_analysed_rows": sha256_array(np.asarray(data.genotypes.rows)),
+            "sha256_exposure": sha256_array(data.exposure),
+            "sha256_outcome": sha256_array(data.outcome),
+            **({"n_clusters": len(set(data.clusters.tolist()))} if data.clusters is not None else {}),
+        }
     if isinstance(data, SumstatsTable):
         return {
             "n_variants": data.n_variants,
@@ -103,17 +114,23 @@ def run_analysis(
     if clusters is None and ctx.cov_type == "cluster":
         raise InputError("cov_type 'cluster' needs cluster labels (MRData(clusters=...), or --cluster COLUMN)")
     specs: list[MethodSpec] = methods_for(data, methods)
+    streamed = isinstance(data, StreamedMRData)
+    if streamed:
+        data.cache["planned"] = tuple(s.name for s in specs)
     estimates, diagnostics, artifacts, timings = [], [], {}, {}
     bar = tqdm(specs, desc="methods", disable=not ctx.progress, leave=False)
-    for spec in bar:
-        bar.set_postfix_str(spec.name)
-        start = time.perf_counter()
-        out = spec.function(data, ctx)
-        timings[spec.name] = round(time.perf_counter() - start, 4)
-        estimates.extend(out.estimates)
-        diagnostics.extend(out.diagnostics)
-        if out.artifacts:
-            artifacts[spec.name] = dict(out.artifacts)
+    with _task_stream(data) as tasks:
+        for spec in bar:
+            bar.set_postfix_str(spec.name)
+            start = time.perf_counter()
+            out = _run_method(spec, data, ctx) if streamed else spec.function(data, ctx)
+            timings[spec.name] = round(time.perf_counter() - start, 4)
+            estimates.extend(out.estimates)
+            diagnostics.extend(out.diagnostics)
+            if out.artifacts:
+                artifacts[spec.name] = dict(out.artifacts)
+    if streamed:
+        extra_provenance = {**(extra_provenance or {}), "streamed_passes": _streamed_record(data, specs, tasks)}
     params = {
         "methods": [s.name for s in specs],
         "alpha": ctx.alpha,
@@ -138,3 +155,63 @@ def run_analysis(
         truth=truth,
         artifacts=artifacts,
     )
+
+
+def _run_method(spec: MethodSpec, data: StreamedMRData, ctx: MethodContext):
+    """A method on streamed genotypes: from sufficient statistics, or on the seeded subsample."""
+    from dataclasses import replace
+
+    from invariant_mr.methods.spec import MethodOutput
+    from invariant_mr.methods.streamed import STREAMED_METHODS, run_streamed, subsample_extra
+
+    if spec.name in STREAMED_METHODS:
+        return run_streamed(data, ctx, spec.name)
+    out = spec.function(data.subsample(), ctx)
+    extra = subsample_extra(data)
+    return MethodOutput(tuple(replace(e, extra={**e.extra, **extra}) for e in out.estimates), out.diagnostics,
+                        out.artifacts)
+
+
+class _task_stream:
+    """Records the Dask tasks run while it is open (which worker ran which chunk), when the data have a client."""
+
+    def __init__(self, data):
+        self.client = getattr(data, "client", None)
+        self.data: list = []
+        self._inner = None
+
+    def __enter__(self):
+        if self.client is not None:
+            from distributed import get_task_stream
+
+            self._inner = get_task_stream(self.client)
+            self._inner.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._inner is not None:
+            self._inner.__exit__(*exc)
+            self.data = list(self._inner.data)
+        return False
+
+
+def _streamed_record(data: StreamedMRData, specs, tasks: _task_stream) -> dict:
+    from invariant_mr.methods.streamed import STREAMED_METHODS, subsample_extra
+
+    record = {
+        "routes": {s.name: STREAMED_METHODS.get(s.name) or subsample_extra(data)["route"] for s in specs},
+        "passes": list(data.cache.get("passes", [])),
+    }
+    if data.client is not None:
+        workers: dict[str, int] = {}
+        for task in tasks.data:
+            key = str(task.get("key", ""))
+            if "suffstats-chunk-" in key:
+                workers[task.get("worker", "?")] = workers.get(task.get("worker", "?"), 0) + 1
+        info = data.client.scheduler_info()
+        record["dask"] = {
+            "scheduler": info.get("address"),
+            "workers": sorted(info.get("workers", {})),
+            "chunk_tasks_per_worker": workers,
+        }
+    return record

@@ -135,7 +135,7 @@ def write_result_files(result, directory: Path, plot: bool = True) -> list[str]:
 
 
 GENETIC_OPTION_NAMES = (
-    "bfile", "npy", "npy_samples", "npy_variants", "pheno", "iid_col", "fid_col", "id_match", "extract", "region",
+    "bfile", "pfile", "bgen", "sample", "vcf", "vcf_dosage", "min_info", "npy", "npy_samples", "npy_variants", "pheno", "iid_col", "fid_col", "id_match", "extract", "region",
     "max_variant_missing", "max_sample_missing", "min_maf", "min_maf_per_env", "standardize_dosages",
     "min_env_samples", "dosage_of", "instruments_out", "report", "sumstats_out", "missing_code",
 )
@@ -143,9 +143,12 @@ GENETIC_OPTION_NAMES = (
 
 def input_paths(table, g) -> list[Path]:
     """Every file this run reads: `--overwrite` never replaces a folder holding one of them."""
-    paths = [table, g["npy"], g["npy_samples"], g["npy_variants"], g["pheno"], g["extract"]]
+    paths = [table, g["npy"], g["npy_samples"], g["npy_variants"], g["pheno"], g["extract"], g.get("bgen"),
+             g.get("sample"), g.get("vcf")]
     if g["bfile"] is not None:
         paths += [Path(f"{g['bfile']}{ext}") for ext in (".bed", ".bim", ".fam")]
+    if g.get("pfile") is not None:
+        paths += [Path(f"{g['pfile']}{ext}") for ext in (".pgen", ".pvar", ".psam")]
     return [Path(p) for p in paths if p is not None]
 
 
@@ -165,6 +168,18 @@ def genetic_input_options(func, outputs: bool = True):
         option("--config", section="Input", type=path, is_eager=True, expose_value=False, callback=config_option_callback,
                      help="TOML file of run options (keys = option names); command-line flags override it"),
         option("--bfile", section="Input", type=path, default=None, help="PLINK 1 fileset prefix (PREFIX.bed/.bim/.fam)"),
+        option("--pfile", section="Input", type=path, default=None,
+               help="PLINK 2 fileset prefix (PREFIX.pgen/.pvar/.psam); dosages count the first ALT allele"),
+        option("--bgen", section="Input", type=path, default=None,
+               help="BGEN v1.2 file of imputed dosages (counting the second allele); sample IDs from the file or --sample"),
+        option("--sample", section="Input", type=path, default=None, help="--bgen: Oxford .sample file naming its samples"),
+        option("--vcf", section="Input", type=path, default=None,
+               help="VCF/BCF file (GT hard calls, or --vcf-dosage DS); dosages count the first ALT allele"),
+        option("--vcf-dosage", section="Input", default=None,
+               help="--vcf: read this FORMAT field (e.g. DS) as the ALT dosage instead of GT"),
+        option("--min-info", section="Quality control", type=click.FloatRange(0, 1), default=None,
+               help="keep imputed variants with INFO (R2/DR2/INFO, or BGEN's computed IMPUTE info) at least this, "
+                    "as PLINK 2 --mach-r2-filter (--bgen, --vcf, --pfile)"),
         option("--npy", section="Input", type=path, default=None, help="samples x variants dosage matrix (.npy, NaN = missing)"),
         option("--npy-samples", section="Input", type=path, default=None, help="--npy row IDs: one IID (or 'FID IID') per line"),
         option("--npy-variants", section="Input", type=path, default=None, help="--npy column IDs: one variant ID per line"),
@@ -173,7 +188,8 @@ def genetic_input_options(func, outputs: bool = True):
         option("--fid-col", section="Input", default=None, help="FID column of --pheno [default: FID or #FID if present]"),
         option("--id-match", section="Input", type=click.Choice(["auto", "fid_iid", "iid", "row_order"]), default="auto",
                      show_default=True, help="join key: FID+IID when --pheno has an FID column, else IID"),
-        option("--extract", section="Input", type=path, default=None, help="file of variant IDs to analyse (first field per line)"),
+        option("--extract", section="Input", type=path, default=None,
+               help="file of variant IDs to analyse (first field per line); every genotype format"),
         option("--region", section="Input", default=None, help="analyse variants in CHROM or CHROM:START-END (1-based, inclusive)"),
         option("--geno", "max_variant_missing", section="Quality control", type=click.FloatRange(0, 1), default=qc.max_variant_missing,
                      show_default=True, help="QC: remove variants with a missing-call rate above this"),
@@ -202,10 +218,39 @@ def genetic_input_options(func, outputs: bool = True):
     return func
 
 
+SCALE_OPTION_NAMES = ("streaming", "memory_gb", "subsample_rows", "scheduler", "workers")
+
+
+def scale_options(func):
+    """`run` options for biobank-scale genotype input: streamed estimation and Dask."""
+    S = "Scale"
+    decorators = [
+        option("--streaming", section=S, type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+               help="on: keep the genotypes on disk and run the methods that can from sufficient statistics "
+                    "accumulated over row blocks (the others on a seeded --subsample-rows subsample); "
+                    "auto: on when the float64 genotypes (8 n p bytes) exceed a quarter of --memory-gb"),
+        option("--memory-gb", section=S, type=click.FloatRange(0, min_open=True), default=8.0, show_default=True,
+               help="memory budget that --streaming auto compares with"),
+        option("--subsample-rows", section=S, type=click.IntRange(2), default=20_000, show_default=True,
+               help="--streaming: rows (seeded by --seed) given to methods that need rows in memory"),
+        option("--scheduler", section=S, default=None,
+               help="address of a running Dask scheduler (tcp://host:8786): the streamed passes run on its workers"),
+        option("--workers", section=S, type=click.IntRange(1), default=None,
+               help="start a local Dask cluster of N worker processes for the streamed passes"),
+    ]
+    for dec in reversed(decorators):
+        func = dec(func)
+    return func
+
+
 def write_run_extras(result, directory: Path, data, *, qc_tsv: str | None = None, instruments_out: bool = False,
                      report: bool = True, sumstats_out: Path | None = None,
-                     sumstats_env_adjust: bool = True) -> list[str]:
-    """qc.tsv, instruments.tsv and report.html (each optional) into `directory`."""
+                     sumstats_env_adjust: bool = True, variants=None) -> list[str]:
+    """qc.tsv, instruments.tsv and report.html (each optional) into `directory`; --sumstats-out where asked.
+
+    `variants` (one row per instrument: name, counted_allele, other_allele) adds the counted and
+    other allele to the --sumstats-out table.
+    """
     from invariant_mr.report.learned_instruments import instruments_tsv
     from invariant_mr.report.html import write_report
 
@@ -222,8 +267,22 @@ def write_run_extras(result, directory: Path, data, *, qc_tsv: str | None = None
         write_report(directory / "report.html", result, env=data.env)
         written.append("report.html")
     if sumstats_out is not None:
-        from invariant_mr.estimators.sumstats import summary_statistics
-
         # The same associations the summary-statistic methods use (--sumstats-env-adjust).
-        summary_statistics(data, env_fixed_effects=sumstats_env_adjust).to_tsv(sumstats_out)
+        from invariant_mr.data import StreamedMRData
+
+        if isinstance(data, StreamedMRData):
+            from invariant_mr.estimators.sufficient_stats import summary_statistics_from_stats
+            from invariant_mr.methods.streamed_passes import first_pass
+
+            table = summary_statistics_from_stats(first_pass(data), env_fixed_effects=sumstats_env_adjust,
+                                                  variant_names=data.instrument_names)
+        else:
+            from invariant_mr.estimators.sumstats import summary_statistics
+
+            table = summary_statistics(data, env_fixed_effects=sumstats_env_adjust)
+        alleles = None
+        if variants is not None and {"name", "counted_allele", "other_allele"} <= set(variants.columns):
+            by_name = variants.set_index("name")
+            alleles = {col: [by_name[col].get(v) for v in table.variant] for col in ("counted_allele", "other_allele")}
+        table.to_tsv(sumstats_out, extra_columns=alleles)
     return written

@@ -146,14 +146,16 @@ def _load_fit_data(table, env_col, exposure, outcome, instruments, id_column, g)
     from invariant_mr.io.genetic_input import load_genetic_data
     from invariant_mr.io.qc import QCThresholds
 
-    if g["bfile"] is None and g["npy"] is None:
-        raise InputError("give the data: --table FILE, or --bfile PREFIX (or --npy FILE) with --pheno FILE")
+    if all(g[k] is None for k in ("bfile", "pfile", "bgen", "vcf", "npy")):
+        raise InputError("give the data: --table FILE, or genotypes (--bfile, --pfile, --bgen, --vcf or --npy) "
+                         "with --pheno FILE")
     if g["pheno"] is None:
-        raise InputError("--pheno FILE is required with --bfile/--npy (the environment, exposure and outcome)")
+        raise InputError("--pheno FILE is required with genotype files (the environment, exposure and outcome)")
     qc = QCThresholds(max_variant_missing=g["max_variant_missing"], max_sample_missing=g["max_sample_missing"],
                       min_maf=g["min_maf"], min_maf_per_env=g["min_maf_per_env"], standardize=False)
     loaded = load_genetic_data(
-        bfile=g["bfile"], npy=g["npy"], npy_samples=g["npy_samples"], npy_variants=g["npy_variants"],
+        bfile=g["bfile"], pfile=g["pfile"], bgen=g["bgen"], sample=g["sample"], vcf=g["vcf"],
+        vcf_dosage=g["vcf_dosage"], min_info=g["min_info"], npy=g["npy"], npy_samples=g["npy_samples"], npy_variants=g["npy_variants"],
         pheno=g["pheno"], env_col=env_col, exposure=exposure, outcome=outcome, iid_col=g["iid_col"],
         fid_col=g["fid_col"], id_match=g["id_match"], extract=g["extract"], region=g["region"], qc=qc,
         min_samples_per_env=g["min_env_samples"], count_a1=g["dosage_of"] == "A1", missing_codes=codes,

@@ -8,6 +8,7 @@ import click
 
 from invariant_mr.cli.common import (
     GENETIC_OPTION_NAMES,
+    SCALE_OPTION_NAMES,
     SectionedCommand,
     analysis_options,
     command_line,
@@ -16,6 +17,7 @@ from invariant_mr.cli.common import (
     method_context,
     option,
     resolve_cov_type,
+    scale_options,
     terminal_text,
     write_result_files,
     write_run_extras,
@@ -47,10 +49,11 @@ from invariant_mr.provenance import input_record
       help="output directory (must not exist, or use --overwrite to replace a previous run's output)")
 @analysis_options
 @genetic_input_options
+@scale_options
 def run(table, env_col, exposure, outcome, instruments, covariates, id_column, cluster, outcome_type,
         instruments_from, out_dir, methods, seed, alpha, cov_type, per_env, overwrite, quiet, **option_values):
     """Estimate the causal effect from a table of instruments, exposure, outcome and environment,
-    or from genotypes (--bfile PLINK prefix or --npy matrix) joined to a --pheno table.
+    or from genotypes (--bfile, --pfile, --bgen, --vcf or --npy) joined to a --pheno table.
 
     Options can also come from --config FILE.toml; flags on the command line override it.
     """
@@ -61,7 +64,7 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
 
     if outcome in [e.strip() for e in exposure.split(",")]:
         raise InputError(f"--exposure and --outcome both name {outcome!r}: give two different traits")
-    genetic = {name: option_values.pop(name) for name in GENETIC_OPTION_NAMES}
+    genetic = {name: option_values.pop(name) for name in GENETIC_OPTION_NAMES + SCALE_OPTION_NAMES}
     if "," in exposure and genetic["sumstats_out"] is not None:
         raise InputError("--sumstats-out writes one exposure's associations; give one --exposure")
     ctx = method_context(seed, alpha, resolve_cov_type(cov_type, cluster), per_env, quiet, option_values)
@@ -69,6 +72,11 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
     out = OutputDirectory(out_dir, overwrite, inputs=input_paths(table, genetic) + (
         [Path(instruments_from)] if instruments_from is not None else []))
     out.check()
+    if table is not None or instruments_from is not None:
+        given = [f"--{k}" for k in ("scheduler", "workers") if genetic[k] is not None]
+        if given or genetic["streaming"] == "on":
+            raise InputError(f"{', '.join(given) or '--streaming on'} streams genotype files "
+                             "(--bfile, --pfile, --bgen, --vcf, --npy); this run reads a table")
     if instruments_from is not None:
         _run_external(out, ctx, methods, quiet, table, env_col, exposure, outcome, covariates, id_column, cluster,
                       outcome_type, instruments, instruments_from, genetic)
@@ -77,8 +85,9 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
         _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariates, cluster, outcome_type,
                      genetic)
         return
-    if genetic["bfile"] is not None or genetic["npy"] is not None or genetic["pheno"] is not None:
-        raise InputError("--table cannot be combined with --bfile, --npy or --pheno: give one data source")
+    if any(genetic[k] is not None for k in GENOTYPE_FLAGS) or genetic["pheno"] is not None:
+        raise InputError("--table cannot be combined with genotype files (--bfile, --pfile, --bgen, --vcf, --npy) "
+                         "or --pheno: give one data source")
     if not instruments:
         raise InputError("--instruments is required with --table (e.g. --instruments 'z*')")
     codes = parse_missing_codes(genetic["missing_code"])
@@ -104,6 +113,10 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
     if not quiet:
         click.echo(terminal_text(result, data, genetic["instruments_out"]))
         click.echo(f"\nwrote {out_dir}/" + ", ".join(written))
+
+
+#: The genotype-file flags (exactly one with --pheno).
+GENOTYPE_FLAGS = ("bfile", "pfile", "bgen", "vcf", "npy")
 
 
 def run_methods(methods: str | None, outcome_type: str, *, external: bool) -> str | None:
@@ -156,8 +169,8 @@ def _run_external(out, ctx, methods, quiet, table, env_col, exposure, outcome, c
     from invariant_mr.io.tables import read_table, table_data
     from invariant_mr.pipeline import run_analysis
 
-    if g["bfile"] is not None or g["npy"] is not None:
-        raise InputError("--instruments-from replaces the genotypes: give --table or --pheno, not --bfile/--npy")
+    if any(g[k] is not None for k in GENOTYPE_FLAGS):
+        raise InputError("--instruments-from replaces the genotypes: give --table or --pheno, not genotype files")
     if instruments:
         raise InputError("--instruments-from gives the instruments: drop --instruments")
     if (table is None) == (g["pheno"] is None):
@@ -199,7 +212,8 @@ def _run_external(out, ctx, methods, quiet, table, env_col, exposure, outcome, c
 
 
 def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariates, cluster, outcome_type, g) -> None:
-    """`run --bfile/--npy --pheno`: load, QC, estimate, write. All logic lives in `genetic_input`."""
+    """`run --bfile/--pfile/--bgen/--vcf/--npy --pheno`: load, QC, estimate, write. All logic lives in
+    `genetic_input` (loading) and `pipeline` (the methods, streamed or in memory)."""
     from invariant_mr.io.genetic_input import load_genetic_data
     from invariant_mr.io.phenotypes import parse_missing_codes
     from invariant_mr.io.qc import QCThresholds
@@ -207,36 +221,86 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
     from invariant_mr.pipeline import run_analysis
 
     if "," in exposure:
-        raise InputError("several exposures (--exposure a,b) are supported with --table input; give one with --bfile/--npy")
-    if g["bfile"] is None and g["npy"] is None:
-        raise InputError("give the data: --table FILE, or --bfile PREFIX (or --npy FILE) with --pheno FILE")
+        raise InputError("several exposures (--exposure a,b) are supported with --table input; give one with genotype files")
+    if all(g[k] is None for k in GENOTYPE_FLAGS):
+        raise InputError("give the data: --table FILE, or genotypes (--bfile PREFIX, --pfile PREFIX, --bgen FILE, "
+                         "--vcf FILE or --npy FILE) with --pheno FILE")
     if g["pheno"] is None:
-        raise InputError("--pheno FILE is required with --bfile/--npy (the exposure, outcome and environment)")
+        raise InputError("--pheno FILE is required with genotype files (the exposure, outcome and environment)")
+    streaming = g["streaming"]
+    if g["scheduler"] is not None and g["workers"] is not None:
+        raise InputError("--scheduler uses a running Dask cluster and --workers starts one: give one of them")
+    dask_wanted = g["scheduler"] is not None or g["workers"] is not None
+    if dask_wanted:
+        if streaming == "off":
+            raise InputError("--scheduler/--workers run the streamed passes: drop --streaming off")
+        streaming = "on"
     qc = QCThresholds(
         max_variant_missing=g["max_variant_missing"], max_sample_missing=g["max_sample_missing"],
         min_maf=g["min_maf"], min_maf_per_env=g["min_maf_per_env"], standardize=g["standardize_dosages"],
     )
     loaded = load_genetic_data(
-        bfile=g["bfile"], npy=g["npy"], npy_samples=g["npy_samples"], npy_variants=g["npy_variants"],
+        bfile=g["bfile"], pfile=g["pfile"], bgen=g["bgen"], sample=g["sample"], vcf=g["vcf"],
+        vcf_dosage=g["vcf_dosage"], min_info=g["min_info"],
+        npy=g["npy"], npy_samples=g["npy_samples"], npy_variants=g["npy_variants"],
         pheno=g["pheno"], env_col=env_col, exposure=exposure, outcome=outcome,
         covariates=[c.strip() for c in covariates.split(",") if c.strip()] if covariates else (),
         iid_col=g["iid_col"], fid_col=g["fid_col"], id_match=g["id_match"], extract=g["extract"],
         region=g["region"], qc=qc, min_samples_per_env=g["min_env_samples"], count_a1=g["dosage_of"] == "A1",
         missing_codes=parse_missing_codes(g["missing_code"]), cluster=cluster,
+        streaming=streaming, memory_gb=g["memory_gb"], subsample_rows=g["subsample_rows"], seed=ctx.seed,
     )
     check_outcome_type(loaded.data, outcome_type)
-    result = run_analysis(
-        loaded.data, methods, ctx, command=command_line(),
-        parameters={**loaded.parameters, "outcome_type": outcome_type},
-        inputs=[dict(i) for i in loaded.inputs], extra_provenance=loaded.provenance(),
-    )
-    with out:
-        written = write_result_files(result, out.path)
-        written += write_run_extras(result, out.path, loaded.data, qc_tsv=loaded.qc.to_tsv(),
-                                    instruments_out=g["instruments_out"], report=g["report"],
-                                    sumstats_out=g["sumstats_out"],
-                                    sumstats_env_adjust=sumstats_env_adjusted(ctx))
+    with dask_client(g["scheduler"], g["workers"]) as client:
+        data = loaded.data if client is None else loaded.data.with_client(client)
+        result = run_analysis(
+            data, methods, ctx, command=command_line(),
+            parameters={**loaded.parameters, "outcome_type": outcome_type, "scheduler": g["scheduler"],
+                        "workers": g["workers"]},
+            inputs=[dict(i) for i in loaded.inputs], extra_provenance=loaded.provenance(),
+        )
+        with out:
+            written = write_result_files(result, out.path)
+            written += write_run_extras(result, out.path, data, qc_tsv=loaded.qc.to_tsv(),
+                                        instruments_out=g["instruments_out"], report=g["report"],
+                                        sumstats_out=g["sumstats_out"],
+                                        sumstats_env_adjust=sumstats_env_adjusted(ctx),
+                                        variants=loaded.variants)
     if not quiet:
         click.echo(loaded.summary() + "\n")
         click.echo(terminal_text(result, loaded.data, g["instruments_out"]))
         click.echo(f"\nwrote {out.final}/" + ", ".join(written))
+
+
+class dask_client:
+    """`--scheduler ADDRESS`: a client of that running cluster; `--workers N`: a local cluster of N
+    single-threaded worker processes, closed on exit; neither: None (the passes run here)."""
+
+    def __init__(self, scheduler: str | None, workers: int | None):
+        self.scheduler, self.workers = scheduler, workers
+        self.client = self.cluster = None
+
+    def __enter__(self):
+        if self.scheduler is None and self.workers is None:
+            return None
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:  # pragma: no cover - dask[distributed] is a dependency
+            raise InputError("--scheduler/--workers need dask.distributed (pip install 'dask[distributed]')") from None
+        if self.scheduler is not None:
+            try:
+                self.client = Client(self.scheduler, timeout="20s")
+            except (OSError, TimeoutError) as exc:
+                raise InputError(f"--scheduler {self.scheduler}: cannot connect ({exc})") from None
+        else:
+            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, silence_logs=40)
+            self.client = Client(self.cluster)
+        return self.client
+
+    def __exit__(self, *exc):
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        return False

@@ -197,10 +197,26 @@ def _float_columns(block: np.ndarray, cols, fill: np.ndarray | None, z_map: np.n
             full = full.copy()
         _fill_missing(full, np.asarray(block), fill)
         return full @ z_map[:, cols]
-    raw = np.asarray(block)[:, cols]
+    block = np.asarray(block)
+    if block.dtype == np.float64 and cols.size == block.shape[1] and np.array_equal(cols, np.arange(cols.size)):
+        # Every column of an already float64 block (e.g. imputed dosages): read it in place.
+        if not np.isnan(block).any():
+            return block
+    raw = block[:, cols]
     out = raw.astype(float)
     _fill_missing(out, raw, None if fill is None else fill[cols])
     return out
+
+
+def _copy_columns(out: np.ndarray, where: np.ndarray, source: np.ndarray, columns: np.ndarray) -> None:
+    """out[:, where] = source[:, columns], as one slice copy when both are contiguous runs."""
+    at = np.flatnonzero(where)
+    if at.size and at[-1] - at[0] + 1 == at.size and columns[-1] - columns[0] + 1 == columns.size and np.all(
+        np.diff(columns) == 1
+    ):
+        out[:, at[0] : at[-1] + 1] = source[:, columns[0] : columns[-1] + 1]
+    else:
+        out[:, where] = source[:, columns]
 
 
 # ----------------------------------------------------------------------------- first pass
@@ -547,12 +563,15 @@ class PartialledDesign:
             if is_c.any():
                 out[:, is_c] = vectors.covariates[np.ix_(rows, cols[is_c])]
             if is_z.any():
-                out[:, is_z] = zf[:, lookup[cols[is_z] - q]]
+                _copy_columns(out, is_z, zf, lookup[cols[is_z] - q])
             for col, vec in ((q + p, vectors.exposure), (q + p + 1, vectors.outcome)):
                 at = cols == col
                 if at.any():
                     out[:, at] = vec[rows][:, None]
-            out -= self.means[:, cols][codes]
+            if codes.size and np.all(codes == codes[0]):  # one environment: no per-row gather
+                out -= self.means[codes[0], cols]
+            else:
+                out -= self.means[:, cols][codes]
             return out
 
         R = gather(self.target_cols)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,15 +94,23 @@ class SummaryStatistics:
             cov_type=self.cov_type,
         )
 
-    def to_tsv_string(self) -> str:
+    def to_tsv_string(self, extra_columns: Mapping[str, Sequence] | None = None) -> str:
+        """The table as TSV; `extra_columns` (name -> one value per variant, e.g. the counted allele)
+        are written after the variant column (readers ignore them)."""
+        extra = dict(extra_columns or {})
+        for name, values in extra.items():
+            if len(values) != len(self.variant):
+                raise InputError(f"column {name} has {len(values)} values for {len(self.variant)} variants")
         buf = io.StringIO()
         writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
-        writer.writerow(SUMSTATS_COLUMNS)
+        writer.writerow([SUMSTATS_COLUMNS[0], *extra, *SUMSTATS_COLUMNS[1:]])
         for j, name in enumerate(self.variant):
             # repr keeps every digit, so a round trip through the file is exact.
             writer.writerow(
                 [
                     name,
+                    *("NA" if v[j] is None or (isinstance(v[j], float) and v[j] != v[j]) else v[j]
+                      for v in extra.values()),
                     repr(float(self.beta_exposure[j])),
                     repr(float(self.se_exposure[j])),
                     repr(float(self.beta_outcome[j])),
@@ -111,12 +120,12 @@ class SummaryStatistics:
             )
         return buf.getvalue()
 
-    def to_tsv(self, path: str | os.PathLike) -> None:
+    def to_tsv(self, path: str | os.PathLike, extra_columns: Mapping[str, Sequence] | None = None) -> None:
         """Write the table atomically (temporary file, then rename)."""
         parent = Path(path).resolve().parent
         if not parent.is_dir():
             raise InputError(f"--sumstats-out {path}: directory {parent} does not exist")
-        atomic_write_text(path, self.to_tsv_string())
+        atomic_write_text(path, self.to_tsv_string(extra_columns))
 
     def summary(self) -> str:
         f_stat = (self.beta_exposure / self.se_exposure) ** 2

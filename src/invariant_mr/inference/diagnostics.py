@@ -474,14 +474,17 @@ def instrument_diagnostics(
     Xr = X[rows]
     if complement is not None:
         Y = np.asarray(complement, dtype=float).reshape(data.n, -1)[rows]
-    elif folds is None:
-        Y = environment_varying_component(data.Z[rows], Xr)
     else:
-        Y = np.empty((rows.size, data.Z.shape[1]))
-        for f in np.unique(strata):
-            Y[strata == f] = environment_varying_component(data.Z[rows][strata == f], Xr[strata == f])
+        # Only the tested rows of Z (streamed data reads just these rows from the file).
+        Zr = data.instrument_rows(rows)
+        if folds is None:
+            Y = environment_varying_component(Zr, Xr)
+        else:
+            Y = np.empty((rows.size, Zr.shape[1]))
+            for f in np.unique(strata):
+                Y[strata == f] = environment_varying_component(Zr[strata == f], Xr[strata == f])
     source = "Z projected off the instruments" if complement is None else "supplied complement"
-    if np.all(Y.std(axis=0) <= 1e-8 * max(1.0, float(np.abs(data.Z).max()))):
+    if np.all(Y.std(axis=0) <= 1e-8 * max(1.0, data.instrument_abs_max())):
         out.append(
             _invalid(
                 name,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from invariant_mr.errors import InputError
+from invariant_mr.instruments.minibatches import AffineRows, input_moments, is_row_source
 from invariant_mr.instruments.networks import InvariantAutoencoderNet
 from invariant_mr.instruments.training import LossWeights, TrainingConfig, resolve_device, train, training_summary
 
@@ -41,7 +42,14 @@ def input_map(Zc: np.ndarray, whiten: bool, rtol: float = 1e-9) -> np.ndarray:
         scale = Zc.std(0)
         # Constant columns carry no information; a unit scale keeps them at zero instead of NaN.
         return np.diag(1.0 / np.where(scale > 1e-12, scale, 1.0))
-    cov = Zc.T @ Zc / Zc.shape[0]
+    return input_map_from_covariance(Zc.T @ Zc / Zc.shape[0], True, rtol)
+
+
+def input_map_from_covariance(cov: np.ndarray, whiten: bool, rtol: float = 1e-9) -> np.ndarray:
+    """`input_map` from the (maximum-likelihood) covariance of Z, e.g. accumulated over row blocks."""
+    if not whiten:
+        scale = np.sqrt(np.clip(np.diag(cov), 0, None))
+        return np.diag(1.0 / np.where(scale > 1e-12, scale, 1.0))
     vals, vecs = np.linalg.eigh(cov)
     keep = vals > rtol * max(vals.max(), 1e-300)
     if not keep.any():
@@ -166,6 +174,10 @@ class InvariantAutoencoder:
     # -------------------------------------------------------------- fit / transform
 
     def fit(self, Z, env, exposure=None) -> "InvariantAutoencoder":
+        """Train on Z (n, p): an array, or a `minibatches.RowSource` (e.g. an int8 memory-mapped
+        genotype cache) whose rows are gathered batch by batch and never held whole."""
+        if is_row_source(Z):
+            return self._fit_rows(Z, env, exposure)
         Z = np.asarray(Z, dtype=float)
         if Z.ndim != 2 or Z.shape[0] < 8:
             raise InputError(f"Z must be a 2-D array with at least 8 rows, got shape {Z.shape}")
@@ -174,6 +186,37 @@ class InvariantAutoencoder:
         env = np.asarray(env)
         if env.shape != (Z.shape[0],):
             raise InputError(f"env must have one label per row of Z ({Z.shape[0]}), got shape {env.shape}")
+        levels, codes, exposure = self._check_inputs(Z.shape[0], env, exposure)
+        weights, config = self._weights(), self._config()
+        device = resolve_device(self.device)
+
+        self.z_mean_ = Z.mean(0)
+        self.z_map_ = input_map(Z - self.z_mean_, bool(self.whiten))
+        Zs = (Z - self.z_mean_) @ self.z_map_
+        return self._train(Zs, Zs.shape[1], codes, levels, exposure, weights, config, device, Z.shape[1], env)
+
+    def _fit_rows(self, source, env, exposure) -> "InvariantAutoencoder":
+        """`fit` on a RowSource: the input map from one streamed moment pass, then streamed minibatches."""
+        n, p = int(source.n), int(source.p)
+        if n < 8:
+            raise InputError(f"Z must have at least 8 rows, got {n}")
+        levels, codes, exposure = self._check_inputs(n, env, exposure)
+        if self.warm_start == "linear":
+            raise InputError("--warm-start linear needs Z in memory; use --warm-start none with streamed rows")
+        weights, config = self._weights(), self._config()
+        device = resolve_device(self.device)
+        mean, cov = input_moments(source)
+        if not np.isfinite(mean).all() or not np.isfinite(cov).all():
+            raise InputError("Z (instruments) contains NaN or infinite values")
+        self.z_mean_ = mean
+        self.z_map_ = input_map_from_covariance(cov, bool(self.whiten))
+        rows = AffineRows(source, self.z_mean_, self.z_map_)
+        return self._train(rows, rows.p, codes, levels, exposure, weights, config, device, p, env)
+
+    def _check_inputs(self, n: int, env, exposure):
+        env = np.asarray(env)
+        if env.shape != (n,):
+            raise InputError(f"env must have one label per row of Z ({n}), got shape {env.shape}")
         levels, codes = np.unique(env, return_inverse=True)
         if levels.size < 2:
             raise InputError("the invariant autoencoder needs at least 2 environments")
@@ -184,16 +227,13 @@ class InvariantAutoencoder:
             raise InputError(f"--warm-start must be one of {', '.join(WARM_STARTS)}, got {self.warm_start!r}")
         if exposure is not None:
             exposure = np.asarray(exposure, dtype=float).reshape(-1)
-            if exposure.shape[0] != Z.shape[0] or not np.isfinite(exposure).all():
+            if exposure.shape[0] != n or not np.isfinite(exposure).all():
                 raise InputError("exposure must be finite with one value per row of Z")
-        weights, config = self._weights(), self._config()
-        weights.validate()
-        config.validate()
-        device = resolve_device(self.device)
+        self._weights().validate()
+        self._config().validate()
+        return levels, codes, exposure
 
-        self.z_mean_ = Z.mean(0)
-        self.z_map_ = input_map(Z - self.z_mean_, bool(self.whiten))
-        Zs = (Z - self.z_mean_) @ self.z_map_
+    def _train(self, Zs, d_in, codes, levels, exposure, weights, config, device, p, env) -> "InvariantAutoencoder":
         ds = None
         if exposure is not None and float(self.lam_rel) > 0:
             # Within-environment variation only: 2SLS uses environment fixed effects, and the
@@ -203,7 +243,7 @@ class InvariantAutoencoder:
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.seed))
-            net = self._build_net(Zs.shape[1])
+            net = self._build_net(d_in)
         if self.warm_start == "linear":
             self._load_linear_warm_start(net, Zs, env, exposure)
         net.to(device)
@@ -212,7 +252,7 @@ class InvariantAutoencoder:
         )
         self.net_ = net.cpu().eval()
         self.env_levels_ = levels
-        self.n_features_in_ = Z.shape[1]
+        self.n_features_in_ = p
         self.training_summary_ = training_summary(self.history_)
         return self
 

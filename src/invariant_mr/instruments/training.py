@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from invariant_mr.errors import InputError, TrainingDivergedError
+from invariant_mr.instruments.minibatches import PrefetchedBatches, is_row_source
 from invariant_mr.instruments.networks import InvariantAutoencoderNet
 from invariant_mr.instruments.penalties import (
     INDEPENDENCE_MEASURES,
@@ -73,8 +74,12 @@ class TrainingConfig:
     #: Epochs over which the penalty weights ramp up linearly from 0: the codes first learn
     #: to reconstruct Z, so the penalties then sort information instead of destroying it.
     warmup_epochs: int = 0
+    #: Batches gathered ahead of use when the rows come from a `RowSource` (pinned on a GPU).
+    prefetch: int = 2
 
     def validate(self) -> None:
+        if self.prefetch < 1:
+            raise InputError(f"prefetch must be at least 1, got {self.prefetch}")
         if self.epochs < 1:
             raise InputError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_per_env < 4:
@@ -182,6 +187,16 @@ def chunked_loss_terms(net, z, env, exposure, weights, chunks: list[np.ndarray])
     return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
 
 
+def streamed_loss_terms(net, source, val_rows, env, exposure, weights, chunks, device, prefetch):
+    """`chunked_loss_terms` with each chunk's rows gathered from a `RowSource` (never the whole set)."""
+    batches = PrefetchedBatches(source, [val_rows[c] for c in chunks], device, prefetch=prefetch)
+    parts = []
+    for c, z in zip(chunks, batches):
+        idx = torch.as_tensor(c, device=device)
+        parts.append(loss_terms(net, z, env[idx], None if exposure is None else exposure[idx], weights))
+    return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
+
+
 class AdaptiveBalancer:
     """Rescales lam_inv and lam_ind so each weighted term stays on the scale of the reconstruction.
 
@@ -228,7 +243,11 @@ def train(
     def to_t(a, dt=dtype):
         return None if a is None else torch.as_tensor(a, dtype=dt, device=device)
 
-    z_tr, z_va = to_t(z[~val_mask]), to_t(z[val_mask])
+    # A RowSource (e.g. an int8 memory-mapped cache) is never copied whole: batches and validation
+    # chunks are gathered on demand, ahead of use (`minibatches.PrefetchedBatches`).
+    streamed = is_row_source(z)
+    train_rows, val_rows = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+    z_tr, z_va = (None, None) if streamed else (to_t(z[~val_mask]), to_t(z[val_mask]))
     e_tr_np = env_codes[~val_mask]
     e_tr, e_va = to_t(e_tr_np, torch.int64), to_t(env_codes[val_mask], torch.int64)
     d_tr = None if exposure is None else to_t(exposure[~val_mask])
@@ -258,11 +277,15 @@ def train(
         net.train()
         perms = [r[rng.permutation(r.size)] for r in per_env_rows]
         sums = dict.fromkeys(TERMS, 0.0)
-        for s in range(steps):
-            # Equal numbers per environment; a smaller environment wraps around.
-            rows = np.concatenate([p[np.arange(s * batch, (s + 1) * batch) % p.size] for p in perms])
+        # Equal numbers per environment; a smaller environment wraps around.
+        epoch_rows = [np.concatenate([p[np.arange(s * batch, (s + 1) * batch) % p.size] for p in perms])
+                      for s in range(steps)]
+        feed = (PrefetchedBatches(z, [train_rows[r] for r in epoch_rows], device, prefetch=config.prefetch)
+                if streamed else (None for _ in epoch_rows))
+        for s, (rows, z_batch) in enumerate(zip(epoch_rows, feed)):
             idx = torch.as_tensor(rows, device=device)
-            terms = loss_terms(net, z_tr[idx], e_tr[idx], None if d_tr is None else d_tr[idx], weights)
+            terms = loss_terms(net, z_tr[idx] if z_batch is None else z_batch, e_tr[idx],
+                               None if d_tr is None else d_tr[idx], weights)
             check_finite(terms, f"epoch {epoch}, step {s}")
             if balancer is not None:
                 w = balancer.update(terms)
@@ -274,7 +297,10 @@ def train(
                 sums[k] += float(terms[k].detach())
         net.eval()
         with torch.no_grad():
-            vterms = chunked_loss_terms(net, z_va, e_va, d_va, weights, val_chunks)
+            if streamed:
+                vterms = streamed_loss_terms(net, z, val_rows, e_va, d_va, weights, val_chunks, device, config.prefetch)
+            else:
+                vterms = chunked_loss_terms(net, z_va, e_va, d_va, weights, val_chunks)
         check_finite(vterms, f"epoch {epoch}, validation")
         # The stopping criterion uses the user's weights, not the balancer's moving ones.
         vtotal = float(total_loss(vterms, base))

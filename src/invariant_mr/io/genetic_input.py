@@ -17,18 +17,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
-from invariant_mr.data import MIN_SAMPLES_PER_ENV, MRData
+from invariant_mr.data import MIN_SAMPLES_PER_ENV, MRData, StreamedMRData
 from invariant_mr.errors import InputError
-from invariant_mr.io.genotypes import (
-    DEFAULT_CHUNK_VARIANTS,
-    VariantSelection,
-    open_genotypes,
-    read_variant_id_file,
-    select_variants,
-    unique_variant_names,
-)
+from invariant_mr.io.genotype_sources import open_genotypes
+from invariant_mr.io.genotypes import VariantSelection, unique_variant_names
 from invariant_mr.io.phenotypes import (
     PhenotypeColumns,
     SampleAccounting,
@@ -37,8 +32,16 @@ from invariant_mr.io.phenotypes import (
     MISSING_CODES,
     read_phenotype_table,
 )
+from invariant_mr.io.qc import QCReport, QCThresholds
 from invariant_mr.provenance import input_record
-from invariant_mr.io.qc import QCReport, QCThresholds, run_genotype_qc
+from invariant_mr.io.streamed_genotypes import READ_BLOCK_BYTES, StreamedGenotypes
+from invariant_mr.io.streamed_qc import read_qc_dosages, streamed_genotype_qc
+
+#: --streaming auto streams when the float64 instrument matrix (8 n p bytes) exceeds this share
+#: of --memory-gb: the in-memory methods hold a few copies of it.
+STREAMING_AUTO_SHARE = 0.25
+#: Default --memory-gb.
+DEFAULT_MEMORY_GB = 8.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class GeneticAnalysisInput:
     `data.Z`, in order): name, ID, chromosome, position, counted and other allele.
     """
 
-    data: MRData
+    data: MRData | StreamedMRData
     qc: QCReport
     samples: SampleAccounting
     selection: VariantSelection
@@ -75,10 +78,28 @@ class GeneticAnalysisInput:
                 "n_variants_with_known_allele": int(counted.notna().sum()),
             },
             "dropped_instruments_in_mrdata": list(self.data.dropped_instruments),
+            "genotypes": dict(self.parameters.get("genotype_source", {})),
+            "streaming": dict(self.parameters.get("streaming", {})),
         }
 
     def summary(self) -> str:
         return "\n".join([self.samples.summary(), self.qc.summary()])
+
+
+def streaming_decision(mode: str, n: int, p: int, memory_gb: float) -> tuple[bool, str]:
+    """Whether to stream (`--streaming auto|on|off`) an n x p analysis within `memory_gb`, and why."""
+    if mode not in ("auto", "on", "off"):
+        raise InputError(f"--streaming must be auto, on or off, got {mode!r}")
+    if memory_gb <= 0:
+        raise InputError(f"--memory-gb must be positive, got {memory_gb}")
+    need = 8.0 * n * p
+    budget = STREAMING_AUTO_SHARE * memory_gb * 2**30
+    if mode != "auto":
+        return mode == "on", f"--streaming {mode}"
+    if need > budget:
+        return True, (f"auto: the float64 instruments ({need / 2**30:.2f} GiB) exceed {STREAMING_AUTO_SHARE:g} x "
+                      f"--memory-gb {memory_gb:g}")
+    return False, f"auto: the float64 instruments ({need / 2**30:.2f} GiB) fit in {STREAMING_AUTO_SHARE:g} x --memory-gb {memory_gb:g}"
 
 
 def load_genetic_data(
@@ -88,6 +109,12 @@ def load_genetic_data(
     exposure: str,
     outcome: str,
     bfile: str | os.PathLike | None = None,
+    pfile: str | os.PathLike | None = None,
+    bgen: str | os.PathLike | None = None,
+    sample: str | os.PathLike | None = None,
+    vcf: str | os.PathLike | None = None,
+    vcf_dosage: str | None = None,
+    pfile_hardcalls: bool = False,
     npy: str | os.PathLike | None = None,
     npy_samples: str | os.PathLike | None = None,
     npy_variants: str | os.PathLike | None = None,
@@ -97,29 +124,45 @@ def load_genetic_data(
     id_match: str = "auto",
     extract: str | os.PathLike | None = None,
     region: str | None = None,
+    min_info: float | None = None,
     qc: QCThresholds | None = None,
     min_samples_per_env: int = MIN_SAMPLES_PER_ENV,
     count_a1: bool = True,
-    chunk_variants: int = DEFAULT_CHUNK_VARIANTS,
     hash_inputs: bool = True,
     missing_codes: Sequence[str] = MISSING_CODES,
     cluster: str | None = None,
+    streaming: str = "off",
+    memory_gb: float = DEFAULT_MEMORY_GB,
+    subsample_rows: int = 20_000,
+    seed: int = 0,
+    block_rows: int | None = None,
 ) -> GeneticAnalysisInput:
-    """Load a PLINK 1 fileset (`bfile` prefix) or a .npy matrix with a phenotype table into `MRData`.
+    """Load genotypes (`bfile`, `pfile`, `bgen` + `sample`, `vcf` or `npy`) with a phenotype table.
 
     Only the samples present in both files (and with a non-missing exposure,
     outcome, environment and covariates) and only the selected variants
-    (`extract`: a file of variant IDs; `region`: CHROM[:START-END]) are read
-    from disk. QC (`qc`, see `invariant_mr.io.qc`) runs on that block; the
-    environment sizes are checked again after sample QC. `cluster` names a
-    phenotype column of cluster labels (e.g. family ID; samples without one are
-    dropped and counted) carried into `MRData.clusters`.
+    (`extract`: a file of variant IDs; `region`: CHROM[:START-END];
+    `min_info`: imputation INFO at least this, for formats that carry it)
+    are read. QC (`qc`, see `invariant_mr.io.qc`) is computed in streamed
+    passes over row blocks (`streamed_qc`), so it never holds an n x p float
+    copy; the environment sizes are checked again after sample QC.
+    `cluster` names a phenotype column of cluster labels (e.g. family ID;
+    samples without one are dropped and counted) carried into the data.
+
+    `streaming` ("off", "on" or "auto": on when 8 n p bytes exceed
+    `STREAMING_AUTO_SHARE` x `memory_gb` GiB) chooses the result: an `MRData`
+    holding the imputed float64 instruments, or a `StreamedMRData` that reads
+    them from the file in row blocks of `block_rows` rows whenever a method
+    needs them; `subsample_rows` and `seed` fix the rows that methods which need
+    rows in memory get.
     """
     if min_samples_per_env < 2:
         raise InputError(f"--min-env-samples must be at least 2, got {min_samples_per_env}")
     thresholds = qc or QCThresholds()
     source = open_genotypes(
-        bfile=bfile, npy=npy, npy_samples=npy_samples, npy_variants=npy_variants, count_a1=count_a1
+        bfile=bfile, pfile=pfile, bgen=bgen, sample=sample, vcf=vcf, npy=npy, npy_samples=npy_samples,
+        npy_variants=npy_variants, count_a1=count_a1, pfile_hardcalls=pfile_hardcalls, vcf_dosage=vcf_dosage,
+        extract=extract, region=region, min_info=min_info,
     )
     pheno_path = Path(pheno)
     table = read_phenotype_table(pheno_path, missing_codes)
@@ -127,58 +170,75 @@ def load_genetic_data(
         env=env_col, exposure=exposure, outcome=outcome, covariates=tuple(covariates), iid=iid_col, fid=fid_col,
         cluster=cluster,
     )
-    if source.source_kind == "npy" and not source.ids_from_file:
+    if source.format == "npy" and not source.ids_from_file:
         if id_match not in ("auto", "row_order"):
             raise InputError(f"--id-match {id_match}: the .npy genotypes have no sample IDs (give --npy-samples)")
         id_match = "row_order"
+    elif id_match == "auto" and not source.has_fid:
+        # VCF, BGEN without FIDs, a .psam without FID: the file's FID is the IID, so join on IID.
+        id_match = "iid"
     matched = match_phenotypes(
-        source.sample_table, table, columns, source=str(pheno_path), id_match=id_match,
+        source.samples, table, columns, source=str(pheno_path), id_match=id_match,
         min_samples_per_env=min_samples_per_env,
     )
-    source_name = str(getattr(source, "bim_path", None) or source.path)
-    selection = select_variants(
-        source.variant_table,
-        extract=None if extract is None else read_variant_id_file(extract),
-        region=region,
-        source=source_name,
-    )
-    genotypes = source.read(matched.genotype_rows, selection.indices, chunk_variants=chunk_variants)
-    variant_table = source.variant_table.iloc[selection.indices].reset_index(drop=True)
+    selection = source.selection
+    variant_table = source.variants.drop(columns=["info"]).copy()
+    if source.has_info:
+        variant_table["info"] = source.info_scores()
     variant_table.insert(0, "name", unique_variant_names(variant_table))
-    qc_result = run_genotype_qc(genotypes, matched.env, variant_table, thresholds)
-    del genotypes
+    genotype_rows = np.asarray(matched.genotype_rows, dtype=np.intp)
+    # 64 MB raw blocks: QC holds a block plus a few same-sized masks, so this sets its peak.
+    qc_result = streamed_genotype_qc(source, genotype_rows, matched.env, thresholds, variant_table=variant_table,
+                                     block_bytes=READ_BLOCK_BYTES)
     if not qc_result.sample_mask.all():
         matched = matched.subset(
             qc_result.sample_mask, f"genotype missing rate > {thresholds.max_sample_missing:g} (--mind)"
         )
         check_environment_sizes(matched.env, min_samples_per_env, env_col, "after sample QC (--mind)")
     kept_variants = variant_table[qc_result.variant_mask].reset_index(drop=True)
-    data = MRData(
-        Z=qc_result.dosages,
-        exposure=matched.exposure,
-        outcome=matched.outcome,
-        env=matched.env,
-        covariates=matched.covariates,
-        sample_ids=matched.sample_ids,
-        instrument_names=tuple(kept_variants["name"]),
-        covariate_names=matched.covariate_names or None,
-        min_samples_per_env=min_samples_per_env,
-        clusters=matched.clusters,
-    )
-    if data.dropped_instruments:
-        kept_variants = kept_variants[kept_variants["name"].isin(data.instrument_names)].reset_index(drop=True)
-    paths = source.input_paths() + [pheno_path] + ([Path(extract)] if extract is not None else [])
-    inputs = (
-        input_record(paths)
-        if hash_inputs
-        else [{"path": str(p), "bytes": p.stat().st_size} for p in paths]
-    )
+    n, p = int(qc_result.rows.size), int(qc_result.variant_positions.size)
+    stream, why = streaming_decision(streaming, n, p, memory_gb)
+    if stream:
+        genotypes = StreamedGenotypes.from_qc(source, genotype_rows, qc_result, block_rows=block_rows)
+        data = StreamedMRData(
+            genotypes=genotypes, exposure=matched.exposure, outcome=matched.outcome, env=matched.env,
+            covariates=matched.covariates, sample_ids=matched.sample_ids,
+            instrument_names=tuple(kept_variants["name"]), covariate_names=matched.covariate_names or None,
+            min_samples_per_env=min_samples_per_env, clusters=matched.clusters,
+            subsample_rows=subsample_rows, seed=seed,
+        )
+    else:
+        data = MRData(
+            Z=read_qc_dosages(source, genotype_rows, qc_result, block_bytes=READ_BLOCK_BYTES),
+            exposure=matched.exposure,
+            outcome=matched.outcome,
+            env=matched.env,
+            covariates=matched.covariates,
+            sample_ids=matched.sample_ids,
+            instrument_names=tuple(kept_variants["name"]),
+            covariate_names=matched.covariate_names or None,
+            min_samples_per_env=min_samples_per_env,
+            clusters=matched.clusters,
+        )
+        if data.dropped_instruments:
+            kept_variants = kept_variants[kept_variants["name"].isin(data.instrument_names)].reset_index(drop=True)
+    paths = [Path(p_) for p_ in source.input_paths()] + [pheno_path] + ([Path(extract)] if extract is not None else [])
+    inputs = input_record(paths) if hash_inputs else [{"path": str(p_), "bytes": p_.stat().st_size} for p_ in paths]
+    main_input = {"plink1": getattr(source, "prefix", None), "plink2": getattr(source, "prefix", None)}.get(
+        source.format
+    ) or source.path
     parameters = {
-        "genotypes": str(source.prefix) if source.source_kind == "plink1" else str(source.path),
-        "genotype_format": source.source_kind,
-        "dosage_of": ("A1 (.bim column 5)" if count_a1 else "A2 (.bim column 6)")
-        if source.source_kind == "plink1"
-        else "as stored in the .npy matrix",
+        "genotypes": str(main_input),
+        "genotype_format": source.format,
+        "dosage_of": source.counted_allele_rule,
+        "genotype_source": source.describe(),
+        "streaming": {
+            "streamed": stream,
+            "reason": why,
+            "memory_gb": memory_gb,
+            **({"subsample_rows": min(int(subsample_rows), n), "subsample_seed": seed,
+                **data.genotypes.describe()} if stream else {}),
+        },
         "pheno": str(pheno_path),
         "env_col": env_col,
         "exposure": exposure,
@@ -189,6 +249,7 @@ def load_genetic_data(
         "id_match": matched.accounting.match_key,
         "extract": None if extract is None else str(extract),
         "region": region,
+        "min_info": min_info,
         "min_samples_per_env": min_samples_per_env,
         "qc": thresholds.to_dict(),
         "missing_codes": list(missing_codes),

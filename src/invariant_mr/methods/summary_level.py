@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from scipy import stats
 
-from invariant_mr.data import MRData
+from invariant_mr.data import MRData, StreamedMRData
 from invariant_mr.errors import InputError
 from invariant_mr.methods.registry import MethodContext, MethodOutput
 from invariant_mr.results import Diagnostic, Estimate
@@ -91,6 +91,8 @@ def sumstats_by_scope(data: MRData | SumstatsTable, ctx: MethodContext) -> list[
                 f"univariable summary-statistic methods take one exposure; the table has {', '.join(data.exposures)}"
             )
         return [("pooled", summary_statistics_from_table(data))]
+    if isinstance(data, StreamedMRData):  # from sufficient statistics: the genotypes stay on disk
+        return _streamed_sumstats_by_scope(data, ctx)
     if data.n_exposures > 1:
         raise InputError("univariable summary-statistic methods take one exposure; use mv_ivw or mv_egger")
     pooled = summary_statistics(data, env_fixed_effects=sumstats_env_adjusted(ctx))
@@ -103,6 +105,27 @@ def sumstats_by_scope(data: MRData | SumstatsTable, ctx: MethodContext) -> list[
                 out.append((f"env:{level}", _env_sumstats(data, codes == i).subset(keep)))
             except InputError:
                 continue  # e.g. a variant constant within this environment
+    return out
+
+
+def _streamed_sumstats_by_scope(data: StreamedMRData, ctx: MethodContext) -> list[tuple[str, SummaryStatistics]]:
+    """The per-variant associations `summary_level.sumstats_by_scope` computes, from the statistics."""
+    from invariant_mr.estimators.sufficient_stats import summary_statistics_from_stats
+    from invariant_mr.methods.streamed_passes import first_pass
+
+    stats = first_pass(data)
+    names = data.instrument_names
+    pooled = summary_statistics_from_stats(stats, env_fixed_effects=sumstats_env_adjusted(ctx), variant_names=names)
+    keep = selected_variants(pooled, ctx.option("sumstats_p_threshold", None))
+    out = [("pooled", pooled.subset(keep))]
+    if ctx.per_env:
+        for level in data.env_levels:
+            try:
+                ss = summary_statistics_from_stats(stats.environment(level), env_fixed_effects=False,
+                                                   variant_names=names)
+            except InputError:
+                continue
+            out.append((f"env:{level}", ss.subset(keep)))
     return out
 
 

@@ -233,6 +233,24 @@ def _qc_section(qc: Mapping[str, Any] | None, samples: Mapping[str, Any] | None)
     return "".join(parts)
 
 
+def _genotype_note(prov: Mapping[str, Any]) -> str:
+    """Which file and which allele the dosages count, and how each method read the genotypes."""
+    geno = prov.get("genotypes") or {}
+    parts = []
+    if geno:
+        parts.append(
+            f"<p>Genotypes: {_esc(geno.get('format', ''))} file {_esc(geno.get('path', ''))}. "
+            f"Dosages count {_esc(geno.get('counted_allele', 'the allele stored in the file'))}; "
+            "the counted and other allele of every variant are in qc.tsv (and --sumstats-out).</p>"
+        )
+    routes = (prov.get("streamed_passes") or {}).get("routes")
+    if routes:
+        items = "".join(f"<li>{_esc(m)}: {_esc(r)}</li>" for m, r in routes.items())
+        parts.append(f"<p>The genotypes were streamed from the file (never held in memory). Route per method:</p>"
+                     f"<ul>{items}</ul>")
+    return "".join(parts)
+
+
 def render_report(
     result: AnalysisResult,
     *,
@@ -264,7 +282,7 @@ def render_report(
         ("Learned instruments by environment", _instrument_figures(result, None if env is None else np.asarray(env))),
         ("Training curves", _training_figures(result)),
         ("Diagnostics", _diagnostics_table(result)),
-        ("Samples and quality control", _qc_section(qc, samples)),
+        ("Samples and quality control", _genotype_note(prov) + _qc_section(qc, samples)),
         ("Provenance", f"<pre>{_esc(prov_json)}</pre>"),
     ]
     body = "".join(f'<h2 id="{_esc(t.lower().replace(" ", "-"))}">{_esc(t)}</h2>{c}' for t, c in sections)

@@ -1,0 +1,227 @@
+"""Methods on streamed genotypes (`StreamedMRData`): sufficient statistics, never the n x p matrix.
+
+`run --streaming on` (or auto, for large inputs) keeps the genotypes on disk.
+Every method listed in `STREAMED_METHODS` then runs from per-environment
+sufficient statistics accumulated over row blocks (`estimators.sufficient_stats`),
+with the robust (HC0) quantities from one more streamed pass; the passes run in
+this process or, with a Dask client on the data, as Dask reductions over row
+chunks that each worker reads from the genotype file itself.
+
+Route of each method (recorded in every `Estimate.extra["route"]`):
+
+* ols: no genotypes at all (exposure, outcome, controls are length-n vectors);
+* tsls_all, tsls_all_env, liml_all_env: k-class fits, first-stage F and AR sets
+  from the statistics, robust SEs from one shared second pass;
+* invariant_linear: the directions from the first pass's per-environment
+  moments, the permutation test and 2SLS on the k projected instruments
+  (an n x k array, k small), MMD/HSIC diagnostics on their seeded rows;
+  the direction bootstrap needs rows and is not available (auto: no draws);
+* ivw, mr_egger, weighted_median, weighted_mode, mr_presso: per-variant
+  associations from the statistics (no second pass: their SEs are classical);
+* tsht: the vote, final 2SLS, robust SE and AR set from the statistics.
+
+Every other method runs on `data.subsample()`, an `MRData` of a seeded random
+subset of `data.subsample_rows` rows (route "subsample").
+
+Everything computed is cached on the data object, so methods of one analysis
+share the first pass, and 2SLS and LIML share their second pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from invariant_mr.data import StreamedMRData
+from invariant_mr.errors import InputError
+from invariant_mr.methods.registry import MethodContext, MethodOutput
+from invariant_mr.methods.streamed_passes import first_pass, passes
+from invariant_mr.results import Estimate
+
+#: Methods that run on all rows of streamed data; the value describes the route.
+STREAMED_METHODS = {
+    "ols": "row vectors only (no genotypes)",
+    "tsls_all": "sufficient statistics",
+    "tsls_all_env": "sufficient statistics",
+    "liml_all_env": "sufficient statistics",
+    "invariant_linear": "sufficient statistics + streamed projection",
+    "ivw": "per-variant statistics from sufficient statistics",
+    "mr_egger": "per-variant statistics from sufficient statistics",
+    "weighted_median": "per-variant statistics from sufficient statistics",
+    "weighted_mode": "per-variant statistics from sufficient statistics",
+    "mr_presso": "per-variant statistics from sufficient statistics",
+    "tsht": "sufficient statistics",
+}
+#: The k-class methods that share one first pass and one second pass: name -> (kappa, env fixed effects).
+_KCLASS = {"ols": ("ols", True), "tsls_all_env": ("tsls", True), "liml_all_env": ("liml", True),
+           "tsls_all": ("tsls", False)}
+
+
+def _route_extra(data: StreamedMRData, method: str) -> dict:
+    return {"route": STREAMED_METHODS[method], "streamed_on": "dask" if data.client is not None else "local"}
+
+
+def _check_cov_type(ctx: MethodContext, method: str) -> None:
+    if ctx.cov_type == "cluster":
+        raise InputError(f"{method} from streamed genotypes has no cluster-robust SEs: use --streaming off, "
+                         "or drop --cluster")
+
+
+# ----------------------------------------------------------------------------- k-class
+def kclass_method(data: StreamedMRData, ctx: MethodContext, method: str) -> MethodOutput:
+    """ols, tsls_all, tsls_all_env, liml_all_env: every planned one shares the passes."""
+    if method == "ols":
+        from invariant_mr.inference.estimates import iv_estimates
+
+        rows = iv_estimates(data, None, ctx.inference, method="ols", kappa="ols", clusters=data.clusters)
+        return MethodOutput(tuple(replace(r, extra={**r.extra, **_route_extra(data, method)}) for r in rows))
+    _check_cov_type(ctx, method)
+    _, env_fe = _KCLASS[method]
+    key = ("kclass", env_fe, ctx.alpha, ctx.cov_type, ctx.per_env, ctx.inference.ar_max_instruments)
+    if key not in data.cache:
+        from invariant_mr.inference.from_stats import iv_estimates_from_stats
+
+        planned = set(data.cache.get("planned", ())) | {method}
+        methods = {m: kappa for m, (kappa, fe) in _KCLASS.items() if fe == env_fe and m in planned and m != "ols"}
+        data.cache[key] = iv_estimates_from_stats(
+            first_pass(data), methods, alpha=ctx.alpha, cov_type=ctx.cov_type, per_env=ctx.per_env,
+            env_fixed_effects=env_fe, max_ar_instruments=ctx.inference.ar_max_instruments, passes=passes(data),
+        )
+    rows = data.cache[key][method]
+    return MethodOutput(tuple(replace(r, extra={**r.extra, **_route_extra(data, method)}) for r in rows))
+
+
+# ----------------------------------------------------------------------------- invariant_linear
+def project(data: StreamedMRData, weights: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """Z @ weights - offset for every row (an n x k array), by one streamed pass."""
+    out = np.empty((data.n, weights.shape[1]))
+    start = time.perf_counter()
+    for rows, block in data.genotypes.iter_blocks():
+        out[rows] = block @ weights - offset
+    data.cache.setdefault("passes", []).append(
+        {"kind": "projection", "seconds": round(time.perf_counter() - start, 3), "where": "local"}
+    )
+    return out
+
+
+def invariant_linear(data: StreamedMRData, ctx: MethodContext) -> MethodOutput:
+    from invariant_mr.inference.diagnostics import instrument_diagnostics
+    from invariant_mr.inference.estimates import iv_estimates
+    from invariant_mr.instruments.linear import NoSignalError
+    from invariant_mr.methods.invariant_linear import _no_instrument_rows, learner_from_context
+
+    option = ctx.option("direction_bootstrap", "auto")
+    if option not in (None, "auto") and str(option) != "0":
+        raise InputError("--direction-bootstrap refits the directions on resampled rows, which streamed genotypes "
+                         "do not hold: use --direction-bootstrap 0 (or auto) or --streaming off")
+    stats = first_pass(data)
+    learner = learner_from_context(ctx, "invariant_linear")
+
+    def projection(directions):
+        w = directions / learner.scale_[:, None]
+        return project(data, w, learner.mean_ @ w)
+
+    try:
+        learner.fit_moments(stats.to_moments(), data.env_codes, data.env_levels, projection)
+    except NoSignalError as exc:
+        return MethodOutput(_no_instrument_rows(data, "invariant_linear", str(exc)))
+    spectrum = {
+        "signal_rank": learner.signal_rank_,
+        "n_components": learner.n_components_,
+        "invariance_eigenvalues": learner.invariance_eigenvalues_.tolist(),
+        "signal_eigenvalues": learner.signal_eigenvalues_[: min(50, learner.signal_eigenvalues_.size)].tolist(),
+        "pvalues": None if learner.pvalues_ is None else learner.pvalues_.tolist(),
+    }
+    if learner.n_components_ == 0:
+        return MethodOutput(_no_instrument_rows(data, "invariant_linear", "no invariant direction found"),
+                            artifacts={"spectrum": spectrum})
+    hw = projection(learner.components_)
+    extra = {"signal_rank": learner.signal_rank_, **_route_extra(data, "invariant_linear"),
+             "direction_bootstrap": "not available from streamed genotypes"}
+    rows = iv_estimates(data, hw, ctx.inference, method="invariant_linear", extra=extra, clusters=data.clusters)
+    diagnostics = instrument_diagnostics(data, hw, ctx.inference, method="invariant_linear", clusters=data.clusters)
+    return MethodOutput(tuple(rows), tuple(diagnostics), artifacts={"instruments": hw, "spectrum": spectrum})
+
+
+# ----------------------------------------------------------------------------- summary statistics
+def summary_method(data: StreamedMRData, ctx: MethodContext, method: str) -> MethodOutput:
+    from invariant_mr.methods import summary_level
+
+    function = {
+        "ivw": summary_level.ivw_method, "mr_egger": summary_level.mr_egger_method,
+        "weighted_median": summary_level.weighted_median_method,
+        "weighted_mode": summary_level.weighted_mode_method, "mr_presso": summary_level.mr_presso_method,
+    }[method]
+    out = function(data, ctx)
+    rows = tuple(replace(r, extra={**r.extra, **_route_extra(data, method)}) for r in out.estimates)
+    return MethodOutput(rows, out.diagnostics, out.artifacts)
+
+
+# ----------------------------------------------------------------------------- TSHT
+def tsht(data: StreamedMRData, ctx: MethodContext) -> MethodOutput:
+    from invariant_mr.estimators.tsht import TwoStageHardThresholding
+    from invariant_mr.inference.estimates import estimate_from_fit
+    from invariant_mr.inference.tests_from_stats import anderson_rubin_from_stats
+    from invariant_mr.inference.weak_iv import anderson_rubin_fields
+
+    _check_cov_type(ctx, "tsht")
+    threshold = ctx.option("tsht_threshold", None)
+    threshold = None if threshold is None else float(threshold)
+    stats = first_pass(data)
+    names = np.array(data.instrument_names)
+    scopes = [("pooled", None)] + ([(f"env:{lv}", lv) for lv in data.env_levels] if ctx.per_env else [])
+    rows = []
+    for scope, level in scopes:
+        try:
+            model = TwoStageHardThresholding(threshold=threshold, cov_type=ctx.cov_type).fit_statistics(
+                stats, env=level, passes=passes(data)
+            )
+        except (InputError, np.linalg.LinAlgError) as exc:
+            if scope == "pooled":
+                rows.append(Estimate.unavailable("tsht", scope, data.n, data.p, str(exc)))
+            continue
+        est = estimate_from_fit(model.fit_, "tsht", scope, ctx.alpha, {
+            "valid_instruments": names[model.valid_].tolist(),
+            "relevant_instruments": names[model.relevant_].tolist(),
+            "threshold": model.threshold_,
+            "se_ignores_selection": True,
+            **_route_extra(data, "tsht"),
+        })
+        k = est.n_instruments
+        if ctx.cov_type != "unadjusted" and k is not None and k > ctx.inference.ar_max_instruments:
+            est = replace(est, extra={**est.extra, "ar_set_kind": "not computed", "ar_error": (
+                f"{ctx.cov_type} Anderson-Rubin set skipped: {k} instruments > --ar-max-instruments "
+                f"{ctx.inference.ar_max_instruments} (raise it, or use --cov-type unadjusted for the closed-form "
+                "classical set)")})
+        else:
+            try:
+                cs = anderson_rubin_from_stats(model.design_, alpha=ctx.alpha, cov_type=ctx.cov_type,
+                                               passes=passes(data))
+                f = anderson_rubin_fields(cs)
+                est = replace(est, ar_ci_low=f["ar_ci_low"], ar_ci_high=f["ar_ci_high"],
+                              extra={**est.extra, **f["extra"], "ar_cov_type": ctx.cov_type})
+            except (InputError, np.linalg.LinAlgError) as exc:
+                est = replace(est, extra={**est.extra, "ar_set_kind": "not computed", "ar_error": str(exc)})
+        rows.append(est)
+    return MethodOutput(tuple(rows))
+
+
+def run_streamed(data: StreamedMRData, ctx: MethodContext, method: str) -> MethodOutput:
+    """The streamed implementation of `method` (one of `STREAMED_METHODS`)."""
+    if method in _KCLASS:
+        return kclass_method(data, ctx, method)
+    if method == "invariant_linear":
+        return invariant_linear(data, ctx)
+    if method == "tsht":
+        return tsht(data, ctx)
+    return summary_method(data, ctx, method)
+
+
+def subsample_extra(data: StreamedMRData) -> dict:
+    m = min(data.subsample_rows, data.n)
+    return {"route": f"subsample ({m:,} of {data.n:,} rows, seed {data.seed})", "streamed_on": "local"}
+
+
+__all__ = ["STREAMED_METHODS", "project", "run_streamed", "subsample_extra"]

@@ -1,0 +1,103 @@
+"""The streamed passes over `StreamedMRData`'s genotype blocks, shared by the methods of one analysis.
+
+`passes(data)` runs a `sufficient_stats` kernel over every row, in this process
+or (when the data carry a Dask client) as a Dask reduction over row chunks
+that each worker reads from the genotype file; every pass is recorded (kind,
+seconds, where) in `data.cache["passes"]` for the provenance. `first_pass(data)`
+is the per-environment cross-products, computed once per analysis.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from invariant_mr.data import StreamedMRData
+from invariant_mr.errors import InputError
+from invariant_mr.estimators.sufficient_stats import EnvironmentCrossProducts, LocalPasses, RowVectors
+
+
+class _RecordedPasses:
+    """Runs kernels locally or on Dask, and records each pass (kind, seconds, where) in the data's cache."""
+
+    def __init__(self, data: StreamedMRData, vectors: RowVectors):
+        self.data = data
+        if data.client is None:
+            self.inner = LocalPasses(data.genotypes.iter_blocks, vectors)
+            self.where = "local"
+        else:
+            from invariant_mr.estimators.dask_reduction import DaskPasses, RowChunk
+
+            n_chunks = data.n_chunks or max(2, 2 * _n_workers(data.client))
+            chunks = [RowChunk(lo, hi, data.genotypes.reader(lo, hi))
+                      for lo, hi in data.genotypes.chunk_bounds(n_chunks)]
+            self.inner = DaskPasses(chunks, vectors, client=data.client)
+            self.where = f"dask ({len(chunks)} row chunks)"
+
+    def run(self, kernel):
+        start = time.perf_counter()
+        out = self.inner.run(kernel)
+        self.data.cache.setdefault("passes", []).append(
+            {"kind": type(kernel).__name__, "seconds": round(time.perf_counter() - start, 3), "where": self.where}
+        )
+        return out
+
+
+def _n_workers(client) -> int:
+    try:
+        return max(1, len(client.scheduler_info().get("workers", {})))
+    except Exception:  # noqa: BLE001 - an unreachable scheduler fails later with its own message
+        return 1
+
+
+def row_vectors(data: StreamedMRData) -> RowVectors:
+    if "vectors" not in data.cache:
+        data.cache["vectors"] = RowVectors(
+            env_codes=data.env_codes, env_levels=data.env_levels, exposure=data.exposure, outcome=data.outcome,
+            covariates=data.covariates, covariate_names=data.covariate_names or (),
+        )
+    return data.cache["vectors"]
+
+
+def passes(data: StreamedMRData) -> _RecordedPasses:
+    if "passes_runner" not in data.cache:
+        data.cache["passes_runner"] = _RecordedPasses(data, row_vectors(data))
+    return data.cache["passes_runner"]
+
+
+def first_pass(data: StreamedMRData) -> EnvironmentCrossProducts:
+    """The per-environment cross-products of [C, Z, D, Y] (one streamed pass, cached)."""
+    if "stats" not in data.cache:
+        from invariant_mr.estimators.sufficient_stats import CrossProductKernel
+
+        vec = row_vectors(data)
+        data.cache["stats"] = passes(data).run(CrossProductKernel(vec.env_levels, vec.q, vec.covariate_names))
+        _check_degenerate(data, data.cache["stats"])
+    return data.cache["stats"]
+
+
+def _check_degenerate(data: StreamedMRData, stats: EnvironmentCrossProducts) -> None:
+    """Refuse constant and duplicate instrument columns, which `MRData` would drop (QC removes
+    monomorphic variants, so these are rare: duplicates are variants in perfect LD)."""
+    zz = stats.zz.sum(axis=0)
+    s = stats.z_sums.sum(axis=0)
+    n = stats.n
+    var = np.diag(zz) - s * s / n
+    tol = 1e-12 * np.maximum(np.diag(zz), 1.0)
+    names = data.instrument_names
+    constant = np.flatnonzero(var <= tol)
+    dist = np.diag(zz)[:, None] + np.diag(zz)[None, :] - 2 * zz
+    close = np.triu(np.abs(dist) <= tol[:, None], 1) & (np.abs(s[:, None] - s[None, :]) <= 1e-12 * n)
+    pairs = np.argwhere(close)
+    if constant.size or pairs.size:
+        what = [f"{names[j]} (constant)" for j in constant[:5]] + [
+            f"{names[b]} (duplicate of {names[a]})" for a, b in pairs[:5]
+        ]
+        raise InputError(
+            "streamed genotypes: constant or duplicate instrument column(s): " + ", ".join(what)
+            + "; remove them with --extract (or run with --streaming off, which drops them)"
+        )
+
+
+__all__ = ["first_pass", "passes", "row_vectors"]
