@@ -54,10 +54,20 @@ def monomial_exponents(dim: int, degree: int) -> list[tuple[int, ...]]:
 def monomial_features(h: torch.Tensor, degree: int) -> torch.Tensor:
     """All monomials of the columns of h of degrees 1..`degree`: C(k + degree, degree) - 1 columns.
 
-    The same order as `simulation.paper.monomials` without its constant column.
+    The same order as `simulation.paper.monomials` without its constant column
+    (lexicographic in the index tuples). Built degree by degree from blocks
+    B_d[i], the degree-d monomials whose smallest index is i:
+    B_d[i] = h_i * [B_{d-1}[i], ..., B_{d-1}[k-1]]; a few broadcast products
+    instead of one gather per monomial, whose backward passes dominated training.
     """
-    cols = [h[:, list(c)].prod(dim=1) for c in monomial_exponents(h.shape[1], degree)]
-    return torch.stack(cols, dim=1)
+    k = h.shape[1]
+    blocks = [h[:, i : i + 1] for i in range(k)]
+    out = list(blocks)
+    for _ in range(2, degree + 1):
+        tails = [torch.cat(blocks[i:], dim=1) for i in range(k)]
+        blocks = [h[:, i : i + 1] * tails[i] for i in range(k)]
+        out += blocks
+    return torch.cat(out, dim=1)
 
 
 class Encoder(nn.Module):
