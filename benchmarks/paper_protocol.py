@@ -152,7 +152,11 @@ def write_report(rows: list[dict], md_path: Path, json_path: Path, command: str)
     lines = [
         "# The paper's protocol, exactly (issue 11, Deliver 1)",
         "",
-        f"Generated {date.today().isoformat()} by `{command}` on {hardware}.",
+        f"Generated {date.today().isoformat()} on {hardware} (a shared 2-core machine: times are noisy).",
+        "",
+        "Regenerate each row of the summary with `OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/paper_protocol.py "
+        "--settings SETTING --seeds FIRST-LAST --epochs 400` (resumable: fits already in paper_protocol.jsonl are "
+        "skipped; `--report-only` rebuilds these tables from it). Last command: `" + command + "`.",
         "",
         "Data: `simulate_paper(setting, n_envs=2, n_per_env=3000, seed=s, weights='clipped-normal', mix_seed=100, "
         "mixing_recipe='paper-code')`; validation set from seed s + 10000, test set from seed s + 20000. "

@@ -168,3 +168,13 @@ def test_preset_paper_reaches_the_estimator_through_the_cli():
 def test_context_options_without_preset_give_the_default_estimator():
     model = estimator_from_context(MethodContext(options={}), seed=0)
     assert model.get_params() == InvariantAutoencoder(seed=0).get_params()
+
+
+def test_paper_recipe_save_load_round_trip(tiny_poly2, tmp_path):
+    train, val = tiny_poly2
+    model = InvariantAutoencoder.paper_recipe(2, epochs=2, hidden=8, device="cpu").fit(
+        train.Z, train.env, validation=(val.Z, val.env)
+    )
+    loaded = InvariantAutoencoder.load(model.save(tmp_path / "paper"))
+    assert loaded.get_params() == model.get_params()
+    np.testing.assert_array_equal(loaded.transform(val.Z), model.transform(val.Z))
