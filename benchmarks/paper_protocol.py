@@ -64,15 +64,21 @@ def tsls(y: np.ndarray, d: np.ndarray, instruments: np.ndarray, env: np.ndarray 
     return float(d_hat @ yc / (d_hat @ dc))
 
 
-def estimator_for(setting: str, seed: int, epochs: int):
+def estimator_for(setting: str, seed: int, epochs: int, batch_size: int | None = None):
     from invariant_mr.instruments.autoencoder import InvariantAutoencoder
 
+    extra = {} if batch_size is None else {"batch_size": batch_size}
     if setting.startswith("poly"):
-        return InvariantAutoencoder.paper_recipe(int(setting[4]), epochs=epochs, device="cpu", seed=seed)
-    return InvariantAutoencoder.paper_recipe(decoder="layernorm-mlp", epochs=epochs, device="cpu", seed=seed)
+        return InvariantAutoencoder.paper_recipe(int(setting[4]), epochs=epochs, device="cpu", seed=seed, **extra)
+    return InvariantAutoencoder.paper_recipe(decoder="layernorm-mlp", epochs=epochs, device="cpu", seed=seed, **extra)
 
 
-def one_fit(setting: str, seed: int, epochs: int) -> dict:
+def batch_of(row: dict) -> int:
+    """Rows per environment per mini-batch of a fit (the recipe's 256 unless --batch-size changed it)."""
+    return int(row["params"]["batch_size"])
+
+
+def one_fit(setting: str, seed: int, epochs: int, batch_size: int | None = None) -> dict:
     from invariant_mr.instruments.recovery import r_squared
     from invariant_mr.simulation.paper import simulate_paper
 
@@ -80,7 +86,7 @@ def one_fit(setting: str, seed: int, epochs: int) -> dict:
     val = simulate_paper(setting, seed=seed + 10000, **SIM)
     test = simulate_paper(setting, seed=seed + 20000, **SIM)
     d, t = train.data, test.data
-    model = estimator_for(setting, seed, epochs)
+    model = estimator_for(setting, seed, epochs, batch_size)
     start = time.perf_counter()
     model.fit(d.Z, d.env, validation=(val.data.Z, val.data.env))
     seconds = time.perf_counter() - start
@@ -123,20 +129,21 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 def summarise(rows: list[dict]) -> dict:
     out: dict = {}
     for setting in dict.fromkeys(r["setting"] for r in rows):
-        by_epochs: dict[int, list[dict]] = {}
+        by_run: dict[tuple[int, int], list[dict]] = {}
         for r in rows:
             if r["setting"] == setting:
-                by_epochs.setdefault(r["epochs"], []).append(r)
-        for epochs, rs in by_epochs.items():
+                by_run.setdefault((r["epochs"], batch_of(r)), []).append(r)
+        for (epochs, batch), rs in sorted(by_run.items(), key=lambda kv: (kv[0][1] != 256, kv[0])):
             rs = sorted(rs, key=lambda r: r["seed"])
-            entry = {"setting": setting, "epochs": epochs, "n_seeds": len(rs), "seeds": [r["seed"] for r in rs]}
+            entry = {"setting": setting, "epochs": epochs, "batch_per_env": batch, "n_seeds": len(rs),
+                     "seeds": [r["seed"] for r in rs]}  # fmt: skip
             for key, _ in METRICS + (("test_pooled", ""), ("r2_w", ""), ("r2_v", ""), ("seconds", "")):
                 mean, sd = _mean_sd([r[key] for r in rs])
                 entry[key] = {"mean": mean, "sd": sd}
             three = [r["paper"] for r in rs if r["seed"] in (42, 43, 44)]
             entry["paper_seeds_42_44"] = _mean_sd(three) if len(three) == 3 else None
             entry["paper_abs_mean"] = float(np.mean([abs(r["paper"]) for r in rs]))
-            out[f"{setting}/{epochs}"] = entry
+            out[f"{setting}/{epochs}/b{batch}"] = entry
     return out
 
 
@@ -167,8 +174,8 @@ def write_report(rows: list[dict], md_path: Path, json_path: Path, command: str)
         "",
         "## Summary (signed mean bias, SD over seeds)",
         "",
-        "| setting | epochs | seeds | paper reports | paper's metric | 3 seeds 42-44 | mean abs | in-sample + env FE | test set + env FE | oracle (paper's metric) | oracle + env FE | R2(W) | R2(V) | s/fit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | epochs | batch/env | seeds | paper reports | paper's metric | 3 seeds 42-44 | mean abs | in-sample + env FE | test set + env FE | oracle (paper's metric) | oracle + env FE | R2(W) | R2(V) | s/fit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for entry in summary.values():
         rep = PAPER_REPORTED.get(entry["setting"])
@@ -180,17 +187,17 @@ def write_report(rows: list[dict], md_path: Path, json_path: Path, command: str)
             return f"{_fmt(entry[key]['mean'])} (SD {entry[key]['sd']:.3f})"
 
         lines.append(
-            f"| {entry['setting']} | {entry['epochs']} | {entry['n_seeds']} ({min(entry['seeds'])}-{max(entry['seeds'])}) "
+            f"| {entry['setting']} | {entry['epochs']} | {entry['batch_per_env']} | {entry['n_seeds']} ({min(entry['seeds'])}-{max(entry['seeds'])}) "
             f"| {rep_s} | {ms('paper')} | {three_s} | {entry['paper_abs_mean']:.4f} | {ms('insample_env')} | "
             f"{ms('test_env')} | {ms('oracle_paper')} | {ms('oracle_env')} | {entry['r2_w']['mean']:.3f} | "
             f"{entry['r2_v']['mean']:.3f} | {entry['seconds']['mean']:.0f} |"
         )
     lines += ["", "## Every seed", "",
-              "| setting | epochs | seed | paper's metric | in-sample + env FE | test + env FE | test pooled | oracle (paper's) | oracle + env FE | R2(W) | R2(V) | best epoch | s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in sorted(rows, key=lambda r: (SETTINGS.index(r["setting"]) if r["setting"] in SETTINGS else 99, r["epochs"], r["seed"])):
+              "| setting | epochs | batch/env | seed | paper's metric | in-sample + env FE | test + env FE | test pooled | oracle (paper's) | oracle + env FE | R2(W) | R2(V) | best epoch | s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in sorted(rows, key=lambda r: (SETTINGS.index(r["setting"]) if r["setting"] in SETTINGS else 99, r["epochs"], batch_of(r) != 256, batch_of(r), r["seed"])):
         lines.append(
-            f"| {r['setting']} | {r['epochs']} | {r['seed']} | {_fmt(r['paper'])} | {_fmt(r['insample_env'])} | "
+            f"| {r['setting']} | {r['epochs']} | {batch_of(r)} | {r['seed']} | {_fmt(r['paper'])} | {_fmt(r['insample_env'])} | "
             f"{_fmt(r['test_env'])} | {_fmt(r['test_pooled'])} | {_fmt(r['oracle_paper'])} | {_fmt(r['oracle_env'])} | "
             f"{r['r2_w']:.3f} | {r['r2_v']:.3f} | {r['best_epoch']} | {r['seconds']:.0f} |"
         )
@@ -211,6 +218,8 @@ def main() -> None:
     parser.add_argument("--settings", default="poly3", help=f"comma-separated, from {', '.join(SETTINGS)}")
     parser.add_argument("--seeds", default="42-61", help="e.g. 42-61 or 42,43,44")
     parser.add_argument("--epochs", type=int, default=400, help="the authors train 400 epochs")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="rows per environment per mini-batch (default: the recipe's 256; the study does not fix it)")
     parser.add_argument("--out", type=Path, default=RESULTS / "paper_protocol.md")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from the JSONL")
     args = parser.parse_args()
@@ -220,18 +229,20 @@ def main() -> None:
     jsonl = args.out.with_suffix(".jsonl")
     command = "OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/paper_protocol.py " + (
         f"--settings {args.settings} --seeds {args.seeds} --epochs {args.epochs}"
+        + ("" if args.batch_size is None else f" --batch-size {args.batch_size}")
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = read_rows(jsonl)
     if not args.report_only:
-        done = {(r["setting"], r["seed"], r["epochs"]) for r in rows}
+        done = {(r["setting"], r["seed"], r["epochs"], batch_of(r)) for r in rows}
+        batch = 256 if args.batch_size is None else args.batch_size
         for setting in args.settings.split(","):
             if setting not in SETTINGS:
                 raise SystemExit(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
             for seed in parse_seeds(args.seeds):
-                if (setting, seed, args.epochs) in done:
+                if (setting, seed, args.epochs, batch) in done:
                     continue
-                row = one_fit(setting, seed, args.epochs)
+                row = one_fit(setting, seed, args.epochs, args.batch_size)
                 with jsonl.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 rows.append(row)
