@@ -232,6 +232,8 @@ def main() -> None:
         + ("" if args.batch_size is None else f" --batch-size {args.batch_size}")
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        command = "PYTHONPATH=src python benchmarks/paper_protocol.py --report-only"
     rows = read_rows(jsonl)
     if not args.report_only:
         done = {(r["setting"], r["seed"], r["epochs"], batch_of(r)) for r in rows}
