@@ -247,13 +247,17 @@ def pooled_and_within_independence(
     measure: str = "poly",
     within: bool = True,
     unbiased: bool = True,
+    pooled_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Dependence pooled plus the sum over environments of the within-environment dependence.
+    """`pooled_weight` x the pooled dependence plus the sum over environments of the within-environment dependence.
 
     The within-environment terms matter because pooled independence can hold
-    by cancellation while hW still tracks hV inside each environment.
+    by cancellation while hW still tracks hV inside each environment. The
+    authors' objective counts the pooled term twice (`pooled_weight=2`).
     """
     total = independence(x, y, measure, unbiased)
+    if pooled_weight != 1.0:
+        total = pooled_weight * total
     if within:
         for lv in torch.unique(env):
             m = env == lv
@@ -262,7 +266,12 @@ def pooled_and_within_independence(
 
 
 def rbf_invariance_and_independence(
-    w: torch.Tensor, v: torch.Tensor, env: torch.Tensor, within: bool = True, unbiased: bool = True
+    w: torch.Tensor,
+    v: torch.Tensor,
+    env: torch.Tensor,
+    within: bool = True,
+    unbiased: bool = True,
+    pooled_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(pairwise RBF MMD^2 of w across environments, pooled + within RBF HSIC of w and v), from two Gram matrices.
 
@@ -290,6 +299,8 @@ def rbf_invariance_and_independence(
     ]
     inv = torch.stack(pairs).mean() if pairs else w.new_zeros(())
     ind = hsic_from_kernels(kw, kv, unbiased)
+    if pooled_weight != 1.0:
+        ind = pooled_weight * ind
     if within:
         for b, g in zip(blocks, groups):
             ind = ind + hsic_from_kernels(b.index_select(1, g), kv.index_select(0, g).index_select(1, g), unbiased)

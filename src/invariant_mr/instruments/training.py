@@ -46,6 +46,11 @@ class LossWeights:
     adaptive_balancer: bool = False
     #: U-statistic MMD/HSIC; the V-statistics' bias rewards light-tailed codes (see penalties).
     unbiased: bool = True
+    #: Penalties on standardised codes (otherwise shrinking hW fakes invariance; the authors
+    #: instead rely on the entropy bonus to keep the codes' scale).
+    standardize_codes: bool = True
+    #: Weight of the pooled term of the independence penalty (the authors count it twice).
+    pooled_independence_weight: float = 1.0
 
     def validate(self) -> None:
         if self.mmd_kernel not in MMD_KERNELS:
@@ -54,7 +59,7 @@ class LossWeights:
             raise InputError(
                 f"--independence must be one of {', '.join(INDEPENDENCE_MEASURES)}, got {self.independence!r}"
             )
-        for name in ("lam_inv", "lam_ind", "lam_ent", "lam_rel"):
+        for name in ("lam_inv", "lam_ind", "lam_ent", "lam_rel", "pooled_independence_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise InputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
@@ -67,7 +72,9 @@ class TrainingConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
-    patience: int = 40
+    #: Epochs without a better validation loss before stopping; None trains all `epochs`
+    #: (the best-validation weights are still the ones kept).
+    patience: int | None = 40
     lr_patience: int = 20
     lr_factor: float = 0.5
     min_epochs: int = 20
@@ -90,6 +97,8 @@ class TrainingConfig:
             raise InputError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
         if not 0 < self.val_fraction < 0.9:
             raise InputError(f"val_fraction must be in (0, 0.9), got {self.val_fraction}")
+        if self.patience is not None and self.patience < 1:
+            raise InputError(f"patience must be at least 1 (or None: no early stopping), got {self.patience}")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -116,16 +125,18 @@ def loss_terms(
     hv, hw = net.encoder(z)
     recon = ((net.decoder(hv, hw) - z) ** 2).mean()
     # Penalties see standardised codes: otherwise shrinking hW would fake invariance.
-    sv, sw = standardize(hv), standardize(hw)
+    sv, sw = (standardize(hv), standardize(hw)) if weights.standardize_codes else (hv, hw)
+    pooled = weights.pooled_independence_weight
     if weights.mmd_kernel == "rbf" and weights.independence == "rbf":  # the default: shared Gram matrices
         inv, ind = rbf_invariance_and_independence(
-            sw, sv, env, within=weights.within_env_independence, unbiased=weights.unbiased
+            sw, sv, env, within=weights.within_env_independence, unbiased=weights.unbiased, pooled_weight=pooled
         )
     else:
         inv = pairwise_mmd(sw, env, weights.mmd_kernel, unbiased=weights.unbiased)
         ind = pooled_and_within_independence(
-            sw, sv, env, weights.independence, within=weights.within_env_independence, unbiased=weights.unbiased
-        )
+            sw, sv, env, weights.independence, within=weights.within_env_independence, unbiased=weights.unbiased,
+            pooled_weight=pooled,
+        )  # fmt: skip
     terms = {"recon": recon, "inv": inv, "ind": ind, "ent": gaussian_logdet(torch.cat([sv, sw], dim=1), env)}
     if net.relevance is not None and exposure is not None:
         terms["rel"] = ((net.relevance(hw) - exposure) ** 2).mean()
@@ -232,12 +243,18 @@ def train(
     seed: int,
     device: torch.device,
     progress: bool = False,
+    validation: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
 ) -> list[dict]:
-    """Train `net` in place; returns the per-epoch history. The best-validation weights are restored."""
+    """Train `net` in place; returns the per-epoch history. The best-validation weights are restored.
+
+    `validation` = (z, env_codes, exposure or None) is a separate validation
+    set (the authors generate one from its own seed); then every row of `z`
+    trains and `config.val_fraction` is unused. By default the validation rows
+    are split off `z`, the same fraction from every environment.
+    """
     weights.validate()
     config.validate()
     rng = np.random.default_rng([seed, 7])
-    val_mask = validation_split(env_codes, config.val_fraction, rng)
     dtype = torch.float32
 
     def to_t(a, dt=dtype):
@@ -246,13 +263,24 @@ def train(
     # A RowSource (e.g. an int8 memory-mapped cache) is never copied whole: batches and validation
     # chunks are gathered on demand, ahead of use (`minibatches.PrefetchedBatches`).
     streamed = is_row_source(z)
-    train_rows, val_rows = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
-    z_tr, z_va = (None, None) if streamed else (to_t(z[~val_mask]), to_t(z[val_mask]))
-    e_tr_np = env_codes[~val_mask]
-    e_tr, e_va = to_t(e_tr_np, torch.int64), to_t(env_codes[val_mask], torch.int64)
-    d_tr = None if exposure is None else to_t(exposure[~val_mask])
-    d_va = None if exposure is None else to_t(exposure[val_mask])
-    val_chunks = validation_chunks(env_codes[val_mask])
+    if validation is None:
+        val_mask = validation_split(env_codes, config.val_fraction, rng)
+        train_rows, val_rows = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+        z_tr, z_va = (None, None) if streamed else (to_t(z[~val_mask]), to_t(z[val_mask]))
+        e_tr_np, e_va_np = env_codes[~val_mask], env_codes[val_mask]
+        d_tr = None if exposure is None else to_t(exposure[~val_mask])
+        d_va = None if exposure is None else to_t(exposure[val_mask])
+    else:
+        if streamed:
+            raise InputError("an explicit validation set needs Z in memory")
+        z_val, e_va_np, d_val = validation
+        train_rows, val_rows = np.arange(len(env_codes)), None
+        z_tr, z_va = to_t(z), to_t(z_val)
+        e_tr_np = env_codes
+        d_tr = None if exposure is None else to_t(exposure)
+        d_va = None if exposure is None or d_val is None else to_t(d_val)
+    e_tr, e_va = to_t(e_tr_np, torch.int64), to_t(e_va_np, torch.int64)
+    val_chunks = validation_chunks(e_va_np)
     per_env_rows = [np.flatnonzero(e_tr_np == c) for c in np.unique(e_tr_np)]
     batch = min(config.batch_per_env, min(r.size for r in per_env_rows))
     steps = max(1, max(r.size for r in per_env_rows) // batch)
@@ -320,7 +348,11 @@ def train(
             recon=f"{row['val_recon']:.3g}", inv=f"{row['val_inv']:.2g}", ind=f"{row['val_ind']:.2g}",
             ent=f"{row['val_ent']:.2g}", total=f"{vtotal:.3g}",
         )
-        if since_best >= config.patience and epoch + 1 >= max(config.min_epochs, config.warmup_epochs):
+        if (
+            config.patience is not None
+            and since_best >= config.patience
+            and epoch + 1 >= max(config.min_epochs, config.warmup_epochs)
+        ):
             break
     net.load_state_dict(best_state)
     return history

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -19,20 +19,41 @@ from invariant_mr.inference.crossfit import crossfit_estimates, crossfit_instrum
 from invariant_mr.inference.diagnostics import instrument_diagnostics
 from invariant_mr.inference.estimates import iv_estimates
 from invariant_mr.inference.heldout_invariance import heldout_invariance_test
-from invariant_mr.instruments.autoencoder import InvariantAutoencoder
+from invariant_mr.instruments.autoencoder import PRESETS, InvariantAutoencoder, paper_recipe_params
 from invariant_mr.methods.options import AUTOENCODER_ARGUMENT, AUTOENCODER_METHOD_ONLY, AUTOENCODER_OPTIONS
 from invariant_mr.methods.registry import MethodContext, MethodOutput
 from invariant_mr.results import Diagnostic
 
 
-def estimator_from_context(ctx: MethodContext, seed: int) -> InvariantAutoencoder:
-    """An `InvariantAutoencoder` with the constructor arguments the options ask for."""
-    params: dict[str, Any] = {}
+def estimator_params(options: Mapping[str, Any]) -> dict[str, Any]:
+    """`InvariantAutoencoder` constructor arguments from method options (None = not given).
+
+    Without a preset, an option not given takes its declared default (the
+    constructor's). With `preset="paper"`, an option not given takes the
+    value of `paper_recipe_params(decoder_degree, decoder)`; options given
+    explicitly override the preset.
+    """
+    preset = options.get("preset") or "none"
+    if preset not in PRESETS:
+        raise InputError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    base: dict[str, Any] = {}
+    if preset == "paper":
+        base = paper_recipe_params(
+            decoder_degree=options.get("decoder_degree") or 3, decoder=options.get("decoder") or "poly"
+        )
+    params: dict[str, Any] = dict(base)
     for opt in AUTOENCODER_OPTIONS:
         if opt.name in AUTOENCODER_METHOD_ONLY:
             continue
-        params[AUTOENCODER_ARGUMENT.get(opt.name, opt.name)] = ctx.option(opt.name, opt.default)
-    return InvariantAutoencoder(**params, seed=seed, progress=ctx.progress)
+        arg = AUTOENCODER_ARGUMENT.get(opt.name, opt.name)
+        value = options.get(opt.name)
+        params[arg] = value if value is not None else base.get(arg, opt.default)
+    return params
+
+
+def estimator_from_context(ctx: MethodContext, seed: int) -> InvariantAutoencoder:
+    """An `InvariantAutoencoder` with the constructor arguments the options (and `--preset`) ask for."""
+    return InvariantAutoencoder(**estimator_params(ctx.options), seed=seed, progress=ctx.progress)
 
 
 def _history_rows(history: list[dict], **tags) -> list[dict]:
@@ -43,7 +64,7 @@ def invariant_autoencoder(data: MRData, ctx: MethodContext) -> MethodOutput:
     n_folds = int(ctx.option("n_folds", 2))
     if n_folds < 2:
         raise InputError(f"--n-folds must be at least 2 for cross-fitting, got {n_folds}")
-    use_exposure = float(ctx.option("lam_rel", 1.0)) > 0
+    use_exposure = float(estimator_params(ctx.options)["lam_rel"]) > 0
     base_seed = int(ctx.rng("invariant_autoencoder seed").integers(2**31 - 1))
     instruments, folds, learners = crossfit_instruments(
         data,
@@ -96,7 +117,7 @@ def invariant_autoencoder(data: MRData, ctx: MethodContext) -> MethodOutput:
 def invariant_autoencoder_insample(data: MRData, ctx: MethodContext) -> MethodOutput:
     seed = int(ctx.rng("invariant_autoencoder_insample seed").integers(2**31 - 1))
     model = estimator_from_context(ctx, seed)
-    use_exposure = float(ctx.option("lam_rel", 1.0)) > 0
+    use_exposure = float(estimator_params(ctx.options)["lam_rel"]) > 0
     model.fit(data.Z, data.env, exposure=data.exposure if use_exposure else None)
     hv, instruments = model.transform_all(data.Z)  # one encoder pass for the instruments and the HSIC check
     estimates = iv_estimates(
@@ -111,4 +132,4 @@ def invariant_autoencoder_insample(data: MRData, ctx: MethodContext) -> MethodOu
     )
 
 
-__all__ = ["estimator_from_context", "invariant_autoencoder", "invariant_autoencoder_insample"]
+__all__ = ["estimator_from_context", "estimator_params", "invariant_autoencoder", "invariant_autoencoder_insample"]

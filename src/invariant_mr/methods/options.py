@@ -17,6 +17,10 @@ from invariant_mr.methods.spec import MethodOption
 MMD_KERNEL_NAMES = ("poly", "rbf", "moments")
 INDEPENDENCE_NAMES = ("poly", "rbf", "crosscov", "dcor")
 WARM_START_NAMES = ("none", "linear")
+#: Autoencoder presets, encoder and decoder kinds (`instruments.autoencoder` / `networks`; a test checks they agree).
+PRESET_NAMES = ("none", "paper")
+ENCODER_NAMES = ("linear+mlp", "layernorm-mlp")
+DECODER_NAMES = ("mlp", "poly", "layernorm-mlp")
 
 # ------------------------------------------------------------------ shared by several families
 AR_MAX_INSTRUMENTS = MethodOption(
@@ -49,11 +53,20 @@ LINEAR_OPTIONS = (
 # ------------------------------------------------------------------ invariant autoencoder
 AE = "invariant_autoencoder"
 AUTOENCODER_OPTIONS = (
+    MethodOption(
+        "preset", click.Choice(PRESET_NAMES), "none",
+        "'paper': the authors' recipe (InvariantAutoencoder.paper_recipe: LayerNorm encoder, monomial decoder "
+        "of --decoder-degree, raw Z, V-statistic MMD/HSIC, no relevance head, 400 epochs); options given "
+        "explicitly override it", AE,
+    ),
     MethodOption("latent_dim_v", int, 2, "dimension of the confounded code hV", AE),
     MethodOption("latent_dim_w", int, 2, "dimension of the instrument code hW", AE),
     MethodOption("hidden", int, 64, "width of the hidden layers", AE),
     MethodOption("n_layers", int, 2, "hidden layers in encoder/decoder (0 = linear encoder)", AE),
     MethodOption("encoder_layers", int, None, "hidden layers of the encoder (default: --n-layers; 0 = linear encoder)", AE),
+    MethodOption("encoder", click.Choice(ENCODER_NAMES), "linear+mlp", "encoder network", AE),
+    MethodOption("decoder", click.Choice(DECODER_NAMES), "mlp", "decoder network ('poly': linear in the monomials of the codes)", AE),
+    MethodOption("decoder_degree", int, 3, "degree of the monomials of the 'poly' decoder", AE),
     MethodOption("whiten", bool, True, "whiten Z (pooled covariance) before the network", AE),
     MethodOption("linear_w", bool, False, "make hW an affine function of Z (MLP only for hV)", AE),
     MethodOption("lam_inv", float, 100.0, "weight of the MMD invariance penalty", AE),
@@ -74,7 +87,7 @@ AUTOENCODER_OPTIONS = (
     DIAGNOSTIC_PERMUTATIONS,
 )  # fmt: skip
 #: Autoencoder options that configure the method, not the `InvariantAutoencoder` estimator.
-AUTOENCODER_METHOD_ONLY = ("n_folds", "invariance_permutations", "diagnostic_permutations")
+AUTOENCODER_METHOD_ONLY = ("n_folds", "invariance_permutations", "diagnostic_permutations", "preset")
 #: Option name -> `InvariantAutoencoder` constructor argument, where they differ.
 AUTOENCODER_ARGUMENT = {"latent_dim_v": "dim_v", "latent_dim_w": "dim_w"}
 
@@ -136,6 +149,7 @@ _MINIMUM = {
     "latent_dim_w": (1, "a code needs at least one dimension"),
     "epochs": (1, "training needs at least one epoch"),
     "batch_size": (2, "a mini-batch needs at least 2 rows per environment"),
+    "decoder_degree": (1, "the monomial decoder needs degree at least 1"),
     "invariance_permutations": (0, "0 skips the test"),
     "binary_bootstrap": (2, "a bootstrap SE needs at least 2 draws"),
 }
