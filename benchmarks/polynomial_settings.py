@@ -289,10 +289,14 @@ def main(argv=None):
             seeds = args.genetic_seeds if g == "genetic" else args.seeds
             tasks += [dict(setting=s, K=K, noise=z, recipe=r, seed=seed, n_per_env=args.n_per_env, group=g)
                       for seed in range(seeds) for (s, K, z, r) in GROUPS[g]]  # fmt: skip
-        # Seed-major, in two phases (half the seeds of every group first), so an interrupted run
-        # leaves every cell with some seeds and the main cells with the most.
-        first = {"main": args.seeds // 2, "genetic": 2}
-        tasks.sort(key=lambda t: (t["seed"] >= first.get(t["group"], args.seeds // 4), t["seed"]))
+        # Seed-major, in phases (half the main seeds and 3 of the others; the other main seeds;
+        # the rest), so an interrupted run leaves every cell with some seeds and main with most.
+        def phase(t):
+            if t["group"] == "main":
+                return 0 if t["seed"] < args.seeds // 2 else 1
+            return 0 if t["seed"] < (1 if t["group"] == "genetic" else 3) else 2
+
+        tasks.sort(key=lambda t: (phase(t), t["seed"]))
         i, n = (int(x) for x in args.shard.split("/"))
         tasks = [t for j, t in enumerate(tasks) if j % n == i and _task_key(t) not in done]
         for j, task in enumerate(tasks, 1):
