@@ -66,12 +66,12 @@ def _simulate(setting, K, noise, recipe, seed, n_per_env):
 
 
 def one_task(task: dict) -> dict:
-    from invariant_mr.crossfit import crossfit_estimates, crossfit_instruments
-    from invariant_mr.estimation import iv_estimates
+    from invariant_mr.inference.crossfit import crossfit_estimates, crossfit_instruments
+    from invariant_mr.inference.estimates import iv_estimates
     from invariant_mr.inference.polynomial_bootstrap import bootstrap_se, stage2_bootstrap
     from invariant_mr.instruments.polynomial import PolynomialInvariantInstruments
-    from invariant_mr.recovery import r_squared
-    from invariant_mr.registry import MethodContext
+    from invariant_mr.instruments.recovery import r_squared
+    from invariant_mr.methods.registry import MethodContext
 
     setting, K, noise, recipe, seed = task["setting"], task["K"], task["noise"], task["recipe"], task["seed"]
     data, W, V, theta, oracle_z = _simulate(setting, K, noise, recipe, seed, task["n_per_env"])
