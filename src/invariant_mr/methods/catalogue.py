@@ -14,6 +14,7 @@ _B = "invariant_mr.methods.baselines"
 _L = "invariant_mr.methods.invariant_linear"
 _S = "invariant_mr.methods.summary_level"
 _A = "invariant_mr.methods.autoencoder"
+_P = "invariant_mr.methods.polynomial"
 _Y = "invariant_mr.methods.binary"
 _T = "invariant_mr.methods.two_sample"
 
@@ -65,6 +66,10 @@ BUILTIN_METHODS: tuple[MethodSpec, ...] = (
                options=(o.N_PCS, o.AR_MAX_INSTRUMENTS), family=o.BASELINE),
     MethodSpec("tsht", f"{_B}:tsht_method", "Two-stage hard thresholding (Guo et al. 2018): 2SLS on instruments voted valid",
                options=(o.TSHT_THRESHOLD, o.AR_MAX_INSTRUMENTS), family=o.BASELINE),
+    MethodSpec("invariant_polynomial", f"{_P}:invariant_polynomial",
+               "2SLS on invariant latents identified by a linear encoder with a polynomial decoder (cross-fitted, "
+               "stage-2 bootstrap SE); for polynomial mixing",
+               default=False, options=o.POLYNOMIAL_OPTIONS, family=o.POLY),
     MethodSpec("invariant_autoencoder", f"{_A}:invariant_autoencoder",
                "2SLS on instruments from the invariant autoencoder (cross-fitted), environment fixed effects",
                default=False, options=o.AUTOENCODER_OPTIONS, family=o.AE),

@@ -50,6 +50,18 @@ LINEAR_OPTIONS = (
     DIAGNOSTIC_PERMUTATIONS,
 )  # fmt: skip
 
+# ------------------------------------------------------------------ two-stage polynomial identification
+POLY = "invariant_polynomial"
+POLYNOMIAL_OPTIONS = (
+    MethodOption("poly_degrees", str, "1,2,3", "decoder degrees tried; the one with the best held-out reconstruction wins", POLY),
+    MethodOption("poly_restarts", int, 4, "restarts of the linear encoder per degree and latent dimension (one PCA start, the rest random)", POLY),
+    MethodOption("poly_max_latent_dim", int, 6, "largest latent dimension tried", POLY),
+    MethodOption("poly_bootstrap", int, 200, "stage-2 bootstrap draws for the pooled SE (0 = the 2SLS SE that treats the instruments as fixed)", POLY),
+    *(o for o in LINEAR_OPTIONS if o.name in ("n_components", "n_permutations")),
+    N_FOLDS,
+    DIAGNOSTIC_PERMUTATIONS,
+)  # fmt: skip
+
 # ------------------------------------------------------------------ invariant autoencoder
 AE = "invariant_autoencoder"
 AUTOENCODER_OPTIONS = (
@@ -151,6 +163,9 @@ _MINIMUM = {
     "batch_size": (2, "a mini-batch needs at least 2 rows per environment"),
     "decoder_degree": (1, "the monomial decoder needs degree at least 1"),
     "invariance_permutations": (0, "0 skips the test"),
+    "poly_restarts": (1, "stage 1 needs at least one start"),
+    "poly_max_latent_dim": (1, "a code needs at least one dimension"),
+    "poly_bootstrap": (0, "0 turns the bootstrap off"),
     "binary_bootstrap": (2, "a bootstrap SE needs at least 2 draws"),
 }
 
