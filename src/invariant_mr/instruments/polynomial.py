@@ -232,7 +232,7 @@ class PolynomialInvariantInstruments:
     selection_ : list of dicts, one per (degree, latent_dim, restart) tried, with training and
         held-out relative reconstruction errors and which one was chosen
     heldout_error_ : held-out relative error of the chosen model
-    signal_rank_ : signal rank of Z by the noise-aware rule (sets the noise level of the tolerance)
+    signal_rank_ : signal rank of Z by the noise-aware rule (used only when Z has more than max_target_dim columns)
     target_dim_ : directions of Z that stage 1 reads and reconstructs
     noise_variances_ : per-column noise variances of Z (stage-1 metric)
     encoder_, encoder_offset_ : codes h = Z @ encoder_ + encoder_offset_ (whitened: mean 0, covariance I)
