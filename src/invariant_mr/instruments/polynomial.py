@@ -31,7 +31,10 @@ directions are the degree-1 monomials, the very latents stage 1 must read,
 and without noise they can look like an isotropic bulk. (Only for more than
 `max_target_dim` columns, e.g. genotype panels, is Z cut to its signal
 subspace.) The encoder's input is whitened, which changes nothing but the
-conditioning, since L absorbs any invertible map of its input.
+conditioning, since L absorbs any invertible map of its input. Measured
+(docs/polynomial_method.md): poly2 with 1% noise stays at the oracle; at 5%
+(poly2) or 1% (poly3) the latents are no longer a linear function of noisy Z
+to any useful precision, and stage 2 then finds no invariant direction.
 
 Model choice. The most flexible degree is fitted at latent dimensions 1, 2,
 ... (up to `max_latent_dim`; stopping early once reconstruction is exact);
@@ -232,7 +235,7 @@ class PolynomialInvariantInstruments:
     selection_ : list of dicts, one per (degree, latent_dim, restart) tried, with training and
         held-out relative reconstruction errors and which one was chosen
     heldout_error_ : held-out relative error of the chosen model
-    signal_rank_ : signal rank of Z by the noise-aware rule (sets the noise level of the tolerance)
+    signal_rank_ : signal rank of Z by the noise-aware rule (used only when Z has more than max_target_dim columns)
     target_dim_ : directions of Z that stage 1 reads and reconstructs
     noise_variances_ : per-column noise variances of Z (stage-1 metric)
     encoder_, encoder_offset_ : codes h = Z @ encoder_ + encoder_offset_ (whitened: mean 0, covariance I)
