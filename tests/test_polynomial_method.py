@@ -51,3 +51,15 @@ def test_seeded(poly2, result):
 def test_bad_options(poly2, options):
     with pytest.raises(InputError):
         run_analysis(poly2.data, "invariant_polynomial", MethodContext(options={**OPTS, **options}))
+
+
+def test_simulate_cli_takes_the_authors_recipe_and_noise(tmp_path):
+    import json
+
+    from invariant_mr.cli import main
+
+    out = tmp_path / "sim"
+    assert main(["simulate", "--model", "paper", "--setting", "poly3", "--n-per-env", "200", "--noise", "0.05",
+                 "--weights", "clipped-normal", "--mix-seed", "100", "--out", str(out)]) == 0
+    truth = json.loads((out / "truth.json").read_text())
+    assert (truth["noise"], truth["weights"], truth["mix_seed"]) == (0.05, "clipped-normal", 100)

@@ -286,3 +286,23 @@ def write_run_extras(result, directory: Path, data, *, qc_tsv: str | None = None
             alleles = {col: [by_name[col].get(v) for v in table.variant] for col in ("counted_allele", "other_allele")}
         table.to_tsv(sumstats_out, extra_columns=alleles)
     return written
+
+
+def paper_recipe_options(func):
+    """`simulate`/`demo` flags of the paper simulator: measurement noise and the authors' mixing recipe."""
+    decorators = [
+        simulation_option("--noise", type=click.FloatRange(0, None), default=0.0, show_default=True,
+                          help="paper model: Gaussian measurement noise added to Z, as a fraction of each column's SD"),
+        simulation_option("--weights", type=click.Choice(["default", "clipped-normal"]), default="default",
+                          show_default=True,
+                          help="paper model: mixing weights; clipped-normal = the authors' (singular values >= s_max/5)"),
+        simulation_option("--mix-seed", type=int, default=None,
+                          help="paper model: draw the mixing once from this seed, shared by every data seed "
+                               "(the authors use 100) [default: the data seed]"),
+        simulation_option("--mixing-recipe", type=click.Choice(["default", "paper-code"]), default="default",
+                          show_default=True,
+                          help="paper model: paper-code = the authors' published mlp and discrete mixings"),
+    ]
+    for dec in reversed(decorators):
+        func = dec(func)
+    return func

@@ -13,6 +13,7 @@ from invariant_mr.cli.common import (
     command_line,
     method_context,
     option,
+    paper_recipe_options,
     simulation_option,
     terminal_text,
     write_result_files,
@@ -33,10 +34,11 @@ from invariant_mr.simulation.paper import PAPER_SETTINGS
               help="environments [default: 2 for paper, 3 for balding-nichols]")
 @simulation_option("--n-per-env", type=click.IntRange(100), default=None,
               help="samples per environment [default: 3000 for paper, 2000 for balding-nichols]")
+@paper_recipe_options
 @option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("invariant-mr-demo"), show_default=True, section="Output")
 @analysis_options
-def demo(model, setting, n_envs, n_per_env, out_dir, methods, seed, alpha, cov_type, per_env, overwrite, quiet,
-         **option_values):
+def demo(model, setting, n_envs, n_per_env, noise, weights, mix_seed, mixing_recipe, out_dir, methods, seed, alpha,
+         cov_type, per_env, overwrite, quiet, **option_values):
     """Simulate a built-in data set, run every default method and compare with the truth."""
     from invariant_mr.pipeline import run_analysis
 
@@ -49,7 +51,8 @@ def demo(model, setting, n_envs, n_per_env, out_dir, methods, seed, alpha, cov_t
     from invariant_mr.simulation import simulate_paper
 
     n_envs, n_per_env = n_envs or 2, n_per_env or 3000
-    sim = simulate_paper(setting, n_envs=n_envs, n_per_env=n_per_env, seed=seed)
+    sim = simulate_paper(setting, n_envs=n_envs, n_per_env=n_per_env, seed=seed, noise=noise, weights=weights,
+                         mix_seed=mix_seed, mixing_recipe=mixing_recipe)
     result = run_analysis(
         sim.data, methods, ctx, command=command_line(),
         parameters={"simulation": sim.params}, truth=sim.truth_dict(),

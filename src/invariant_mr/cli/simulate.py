@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from invariant_mr.cli.common import command_line
+from invariant_mr.cli.common import command_line, paper_recipe_options
 from invariant_mr.io.output import OutputDirectory, atomic_write_text
 from invariant_mr.provenance import json_default, make_provenance
 from invariant_mr.simulation.paper import PAPER_SETTINGS
@@ -27,11 +27,13 @@ from invariant_mr.simulation.paper import PAPER_SETTINGS
 @click.option("--admixture", type=click.FloatRange(0, 1, max_open=True), default=None, help="balding-nichols: mean share of ancestry from other populations [default: 0.1]")
 @click.option("--mating-correlation", type=click.FloatRange(0, 1, max_open=True), default=None, help="assortative: partner phenotype correlation in the last population (the first mates at random) [default: 0.5]")
 @click.option("--mating-traits", type=click.Choice(["cross", "exposure"]), default=None, help="assortative: pair one partner's exposure with the other's outcome (cross) or exposure with exposure [default: cross]")
+@paper_recipe_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--overwrite", is_flag=True, help="replace an existing output directory")
 def simulate(model, setting, n_envs, n_per_env, theta, n_variants, fst, demography, length_mb, generations,
-             admixture, mating_correlation, mating_traits, seed, out_dir, overwrite):
+             admixture, mating_correlation, mating_traits, noise, weights, mix_seed, mixing_recipe, seed, out_dir,
+             overwrite):
     """Write a simulated data set with its truth (table for `paper`, PLINK fileset otherwise)."""
     out = OutputDirectory(out_dir, overwrite)
     out.check()
@@ -39,7 +41,8 @@ def simulate(model, setting, n_envs, n_per_env, theta, n_variants, fst, demograp
         from invariant_mr.simulation import simulate_paper
         from invariant_mr.io.tables import mrdata_to_table
 
-        sim = simulate_paper(setting, n_envs=n_envs or 2, n_per_env=n_per_env, theta=theta, seed=seed)
+        sim = simulate_paper(setting, n_envs=n_envs or 2, n_per_env=n_per_env, theta=theta, seed=seed, noise=noise,
+                             weights=weights, mix_seed=mix_seed, mixing_recipe=mixing_recipe)
         truth = {**sim.truth_dict(), "provenance": make_provenance(
             command=command_line(), parameters={"model": model, **sim.params, "theta": theta}, seed=seed)}
         with out:
