@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from invariant_mr.errors import InputError
+from invariant_mr.io.output import publish_directory
 from invariant_mr.instruments.minibatches import AffineRows, input_moments, is_row_source
 from invariant_mr.instruments.networks import DECODER_KINDS, ENCODER_KINDS, InvariantAutoencoderNet
 from invariant_mr.instruments.training import LossWeights, TrainingConfig, resolve_device, train, training_summary
@@ -453,14 +454,7 @@ class InvariantAutoencoder:
                 "history": self.history_,
             }
             (stage / "config.json").write_text(json.dumps(config, indent=2))
-            if target.exists():
-                old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(target, old)
-                os.replace(stage, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(stage, target)
+            publish_directory(stage, target)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return target

@@ -61,6 +61,7 @@ import numpy as np
 import pandas as pd
 
 from invariant_mr.errors import InputError
+from invariant_mr.io.output import publish_directory
 
 #: Version of the on-disk map format written by this module.
 FORMAT_VERSION = 1
@@ -230,14 +231,7 @@ def _write_atomically(target: Path, write) -> Path:
     stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         write(stage)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(stage, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(stage, target)
+        publish_directory(stage, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return target

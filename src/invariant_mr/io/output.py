@@ -61,6 +61,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def publish_directory(stage: Path, target: Path) -> None:
+    """Move a fully written `stage` directory to `target`, replacing what was there in two renames."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(stage, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(stage, target)
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False

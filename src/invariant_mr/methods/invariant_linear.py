@@ -78,6 +78,17 @@ def with_direction_bootstrap(
     return with_bootstrap_se(estimate, draws, ctx.alpha)
 
 
+def spectrum_summary(learner: LinearInvariantInstruments) -> dict:
+    """The fitted spectra and choices, for the report (the signal spectrum cut at 50 values)."""
+    return {
+        "signal_rank": learner.signal_rank_,
+        "n_components": learner.n_components_,
+        "invariance_eigenvalues": learner.invariance_eigenvalues_.tolist(),
+        "signal_eigenvalues": learner.signal_eigenvalues_[: min(50, learner.signal_eigenvalues_.size)].tolist(),
+        "pvalues": None if learner.pvalues_ is None else learner.pvalues_.tolist(),
+    }
+
+
 def _no_instrument_rows(data: MRData, method: str, reason: str) -> tuple[Estimate, ...]:
     return (Estimate.unavailable(method, "pooled", data.n, 0, reason),)
 
@@ -87,13 +98,7 @@ def invariant_linear(data: MRData, ctx: MethodContext) -> MethodOutput:
         learner = learner_from_context(ctx, "invariant_linear").fit(data.Z, data.env)
     except NoSignalError as exc:  # the other methods' results stay valid
         return MethodOutput(_no_instrument_rows(data, "invariant_linear", str(exc)))
-    spectrum = {
-        "signal_rank": learner.signal_rank_,
-        "n_components": learner.n_components_,
-        "invariance_eigenvalues": learner.invariance_eigenvalues_.tolist(),
-        "signal_eigenvalues": learner.signal_eigenvalues_[: min(50, learner.signal_eigenvalues_.size)].tolist(),
-        "pvalues": None if learner.pvalues_ is None else learner.pvalues_.tolist(),
-    }
+    spectrum = spectrum_summary(learner)
     if learner.n_components_ == 0:
         return MethodOutput(
             _no_instrument_rows(data, "invariant_linear", "no invariant direction found"),

@@ -110,7 +110,7 @@ def invariant_linear(data: StreamedMRData, ctx: MethodContext) -> MethodOutput:
     from invariant_mr.inference.diagnostics import instrument_diagnostics
     from invariant_mr.inference.estimates import iv_estimates
     from invariant_mr.instruments.linear import NoSignalError
-    from invariant_mr.methods.invariant_linear import _no_instrument_rows, learner_from_context
+    from invariant_mr.methods.invariant_linear import _no_instrument_rows, learner_from_context, spectrum_summary
 
     option = ctx.option("direction_bootstrap", "auto")
     if option not in (None, "auto") and str(option) != "0":
@@ -127,13 +127,7 @@ def invariant_linear(data: StreamedMRData, ctx: MethodContext) -> MethodOutput:
         learner.fit_moments(stats.to_moments(), data.env_codes, data.env_levels, projection)
     except NoSignalError as exc:
         return MethodOutput(_no_instrument_rows(data, "invariant_linear", str(exc)))
-    spectrum = {
-        "signal_rank": learner.signal_rank_,
-        "n_components": learner.n_components_,
-        "invariance_eigenvalues": learner.invariance_eigenvalues_.tolist(),
-        "signal_eigenvalues": learner.signal_eigenvalues_[: min(50, learner.signal_eigenvalues_.size)].tolist(),
-        "pvalues": None if learner.pvalues_ is None else learner.pvalues_.tolist(),
-    }
+    spectrum = spectrum_summary(learner)
     if learner.n_components_ == 0:
         return MethodOutput(_no_instrument_rows(data, "invariant_linear", "no invariant direction found"),
                             artifacts={"spectrum": spectrum})
