@@ -37,10 +37,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.iv import Clusters, check_cov_type, independent_columns, score_outer
+from invariant_mr.estimators.iv import Clusters, WaldInference, check_cov_type, independent_columns, score_outer
 
 METHODS = ("2sri", "2sps")
 
@@ -93,7 +93,7 @@ def _loglik(X, y, beta) -> float:
 
 # ----------------------------------------------------------------------------- result
 @dataclass(frozen=True)
-class BinaryIVResult:
+class BinaryIVResult(WaldInference):
     """A fitted IV log odds ratio (immutable). `estimate` is the log OR per unit of exposure."""
 
     method: str
@@ -123,15 +123,6 @@ class BinaryIVResult:
     @property
     def odds_ratio(self) -> float:
         return float(np.exp(self.estimate))
-
-    def ci(self, alpha: float = 0.05) -> tuple[float, float]:
-        """Wald interval for the log odds ratio (exponentiate for the OR)."""
-        z = stats.norm.ppf(1 - alpha / 2)
-        return self.estimate - z * self.se, self.estimate + z * self.se
-
-    @property
-    def pvalue(self) -> float:
-        return float(2 * stats.norm.sf(abs(self.estimate / self.se))) if self.se > 0 else float("nan")
 
     @property
     def residual_coefficient(self) -> tuple[float, float] | None:
@@ -328,7 +319,6 @@ def fit_binary_iv(
 
 def _first_stage_f(d, des: _Design, gamma, groups: Clusters | None) -> float:
     """Robust (HC0 or clustered) Wald F of the instrument coefficients in the first stage."""
-    n = d.shape[0]
     W1 = des.W1
     u = d - W1 @ gamma
     bread = np.linalg.inv(W1.T @ W1)

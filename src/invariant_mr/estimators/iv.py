@@ -199,8 +199,24 @@ def score_outer(A: np.ndarray, clusters: Clusters | None) -> np.ndarray:
     return C.T @ C
 
 
+class WaldInference:
+    """Normal-theory interval and p-value from `estimate` and `se`, for every fitted-effect result."""
+
+    estimate: float
+    se: float
+
+    def ci(self, alpha: float = 0.05) -> tuple[float, float]:
+        z = stats.norm.ppf(1 - alpha / 2)
+        return self.estimate - z * self.se, self.estimate + z * self.se
+
+    @property
+    def pvalue(self) -> float:
+        """Two-sided Wald p-value for a zero effect."""
+        return float(2 * stats.norm.sf(abs(self.estimate / self.se))) if self.se > 0 else float("nan")
+
+
 @dataclass(frozen=True)
-class KClassFit:
+class KClassFit(WaldInference):
     """A fitted k-class IV regression; `estimate` is the exposure's coefficient."""
 
     estimate: float
@@ -214,15 +230,6 @@ class KClassFit:
     cov_type: str
     residuals: np.ndarray
     n_clusters: int | None = None
-
-    def ci(self, alpha: float = 0.05) -> tuple[float, float]:
-        z = stats.norm.ppf(1 - alpha / 2)
-        return self.estimate - z * self.se, self.estimate + z * self.se
-
-    @property
-    def pvalue(self) -> float:
-        """Two-sided Wald p-value for a zero effect."""
-        return float(2 * stats.norm.sf(abs(self.estimate / self.se))) if self.se > 0 else float("nan")
 
 
 def parse_kappa(kappa) -> tuple[str, float | None]:

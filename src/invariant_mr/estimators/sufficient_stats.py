@@ -58,10 +58,9 @@ from typing import Protocol
 
 import numpy as np
 import scipy.linalg as sla
-from scipy import stats as sps
 
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.iv import parse_kappa
+from invariant_mr.estimators.iv import WaldInference, parse_kappa
 
 #: Eigenvalues of the scaled Gram matrix of the controls below this share of the largest are
 #: exact collinearity (rounding leaves them near machine epsilon), so those directions are dropped.
@@ -810,7 +809,7 @@ def _need_rows(passes, what: str):
 
 # ----------------------------------------------------------------------------- k-class
 @dataclass(frozen=True)
-class StatsKClassFit:
+class StatsKClassFit(WaldInference):
     """A k-class fit from sufficient statistics: the exposure's coefficient and its inference.
 
     Field names follow `iv.KClassFit`, so `estimation.estimate_from_fit` accepts it.
@@ -825,14 +824,6 @@ class StatsKClassFit:
     cov_type: str
     scope: str = "pooled"
     n_controls: int = 0
-
-    def ci(self, alpha: float = 0.05) -> tuple[float, float]:
-        z = sps.norm.ppf(1 - alpha / 2)
-        return self.estimate - z * self.se, self.estimate + z * self.se
-
-    @property
-    def pvalue(self) -> float:
-        return float(2 * sps.norm.sf(abs(self.estimate / self.se))) if self.se > 0 else float("nan")
 
     def summary(self) -> str:
         lo, hi = self.ci()

@@ -107,15 +107,7 @@ class TwoStageHardThresholding:
         fit: KClassFit = fit_kclass(
             y, d, Z[:, valid], np.hstack(controls) if controls else None, kappa="tsls", cov_type=self.cov_type
         )
-        self.relevant_ = relevant
-        self.valid_ = valid
-        self.votes_ = votes
-        self.ratio_estimates_ = ratios
-        self.threshold_ = tn
-        self.fit_ = fit
-        self.estimate_ = fit.estimate
-        self.se_ = fit.se
-        return self
+        return self._store(relevant, valid, votes, ratios, tn, fit)
 
     def fit_statistics(
         self,
@@ -179,13 +171,17 @@ class TwoStageHardThresholding:
             instruments=np.flatnonzero(valid), z_controls=np.flatnonzero(~valid),
         )  # fmt: skip
         fit = kclass_from_stats(final, kappa="tsls", cov_type=self.cov_type, passes=passes)
+        self.design_ = final
+        return self._store(relevant, valid, votes, ratios, tn, fit)
+
+    def _store(self, relevant, valid, votes, ratios, threshold, fit) -> "TwoStageHardThresholding":
+        """The fitted state, the same from rows (`fit`) and from statistics (`fit_statistics`)."""
         self.relevant_ = relevant
         self.valid_ = valid
         self.votes_ = votes
         self.ratio_estimates_ = ratios
-        self.threshold_ = tn
+        self.threshold_ = threshold
         self.fit_ = fit
-        self.design_ = final
         self.estimate_ = fit.estimate
         self.se_ = fit.se
         return self

@@ -45,7 +45,7 @@ from scipy import optimize, stats
 
 from invariant_mr.data import MRData, exogenous_controls
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.iv import Clusters, check_cov_type, independent_basis, orthonormal_basis, residualize, score_outer
+from invariant_mr.estimators.iv import Clusters, check_cov_type, independent_basis, orthonormal_basis, residualize
 from invariant_mr.inference.settings import InferenceSettings
 from invariant_mr.results import Estimate
 

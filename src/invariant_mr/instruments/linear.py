@@ -300,17 +300,7 @@ class LinearInvariantInstruments:
         if env.shape[0] != Z.shape[0]:
             raise InputError(f"env has {env.shape[0]} labels for {Z.shape[0]} rows of Z")
         levels = tuple(sorted(set(env.tolist()), key=str))
-        if len(levels) < 2:
-            raise InputError("the invariant method needs at least 2 environments")
-        if not 0 < self.alpha < 1:
-            raise InputError(f"alpha must be in (0, 1), got {self.alpha}")
-        if self.n_components == "auto" and int(self.n_permutations) < math.ceil(1 / self.alpha) - 1:
-            # The smallest permutation p-value is 1 / (B + 1): with fewer draws the test can never
-            # reject, and every direction of the signal subspace would be kept as "invariant".
-            raise InputError(
-                f"n_permutations must be at least {math.ceil(1 / self.alpha) - 1} at alpha={self.alpha} "
-                f"for the permutation test to be able to reject, got {self.n_permutations}"
-            )
+        self._check_settings(levels)
         lookup: dict[Hashable, int] = {lv: i for i, lv in enumerate(levels)}
         codes = np.fromiter((lookup[e] for e in env), dtype=np.int64, count=env.shape[0])
 
@@ -322,6 +312,20 @@ class LinearInvariantInstruments:
             moments = EnvironmentMoments.from_arrays(Z, codes, len(levels), shift=shift)
         return self._fit_moments(moments, codes, levels, lambda directions: self._project(Z, directions), shift)
 
+    def _check_settings(self, levels) -> None:
+        """What `fit` and `fit_moments` both need before any work: environments, level, permutations."""
+        if len(levels) < 2:
+            raise InputError("the invariant method needs at least 2 environments")
+        if not 0 < self.alpha < 1:
+            raise InputError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.n_components == "auto" and int(self.n_permutations) < math.ceil(1 / self.alpha) - 1:
+            # The smallest permutation p-value is 1 / (B + 1): with fewer draws the test can never
+            # reject, and every direction of the signal subspace would be kept as "invariant".
+            raise InputError(
+                f"n_permutations must be at least {math.ceil(1 / self.alpha) - 1} at alpha={self.alpha} "
+                f"for the permutation test to be able to reject, got {self.n_permutations}"
+            )
+
     def fit_moments(self, moments: EnvironmentMoments, env_codes, levels, project) -> "LinearInvariantInstruments":
         """Learn the directions from per-environment moments already accumulated (one pass elsewhere).
 
@@ -332,15 +336,7 @@ class LinearInvariantInstruments:
         Gives the same fit as `fit(Z, env)` up to rounding.
         """
         levels = tuple(levels)
-        if len(levels) < 2:
-            raise InputError("the invariant method needs at least 2 environments")
-        if not 0 < self.alpha < 1:
-            raise InputError(f"alpha must be in (0, 1), got {self.alpha}")
-        if self.n_components == "auto" and int(self.n_permutations) < math.ceil(1 / self.alpha) - 1:
-            raise InputError(
-                f"n_permutations must be at least {math.ceil(1 / self.alpha) - 1} at alpha={self.alpha} "
-                f"for the permutation test to be able to reject, got {self.n_permutations}"
-            )
+        self._check_settings(levels)
         return self._fit_moments(moments, np.asarray(env_codes, dtype=np.int64), levels, project, None)
 
     def _fit_moments(self, moments, codes, levels, project, shift) -> "LinearInvariantInstruments":
