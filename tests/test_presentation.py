@@ -64,7 +64,8 @@ def test_estimates_tsv_has_a_note_column_with_the_reason():
 def test_report_shows_the_reason_and_the_verdict():
     page = render_report(_result())
     assert f"NA: {REASON}" in page
-    assert '<h2 id="verdict">Verdict</h2>' in page and "recommended:" in page
+    assert '<h2 id="verdict">Verdict</h2>' in page
+    assert "recommended:" in page or "no estimate can be trusted" in page
 
 
 # ----------------------------------------------------------------------------- item 20: terminal table
@@ -177,54 +178,4 @@ def test_crossfit_instrument_count_matches_the_table():
     assert instrument_count_label(result, "invariant_linear", 2) == "2 learned instruments"
 
 
-# ----------------------------------------------------------------------------- item 19: verdict
-def _diag(method, check, p, stat=1.0):
-    return Diagnostic(f"{method}/{check}", "pooled", stat, p, "x", {})
-
-
-def _verdict_result(inv_p=0.5, truth=None):
-    rows = [
-        _est("ols", "pooled", 1.25, k=0, f=None),
-        _est("tsls_all_env", "pooled", 1.22, extra={"ar_set": [], "ar_set_kind": "empty"}),
-        _est("ivw", "pooled", 1.20, f=30.0),
-        _est("weak_iv", "pooled", 1.0, half=0.5, f=3.0),
-        _est("invariant_linear", "pooled", 1.01, half=0.05),
-        _est("invariant_linear_crossfit", "pooled", 1.02, half=0.08),
-    ]
-    diags = [Diagnostic("cochran_q", "pooled", 10.0, 0.6, "x", {"method": "ivw"})]
-    for m in ("invariant_linear", "invariant_linear_crossfit"):
-        diags += [_diag(m, "invariance_mmd", inv_p), _diag(m, "independence_hsic", 0.4),
-                  _diag(m, "overidentification_j", 0.3), _diag(m, "first_stage_f", 1e-9, stat=80.0)]
-    return AnalysisResult(tuple(rows), {"parameters": {"alpha": 0.05}}, tuple(diags), truth)
-
-
-def test_verdict_prefers_passing_invariance_checks_then_precision():
-    v = verdict(_verdict_result())
-    assert v.recommended == "invariant_linear"  # both invariant methods pass; it agrees with both others and is more precise
-    assert v.assessment("invariant_linear").tier == 0
-    assert v.assessment("ivw").tier == 1  # only a heterogeneity test: cannot see a shared bias
-    assert v.assessment("weak_iv").failed == ("weak instruments (F = 3.0 < 10)",)
-    assert "AR set empty" in v.assessment("tsls_all_env").failed[0]
-    assert ("ols", "no instruments: confounded by design, a reference only") in v.set_aside
-    text = v.summary()
-    assert "recommended: invariant_linear" in text and "tsls_all_env" in text and "weak instruments" in text
-
-
-def test_verdict_never_reads_the_truth_and_warns_when_everything_fails():
-    assert verdict(_verdict_result(truth={"theta": 1.2})).recommended == verdict(_verdict_result()).recommended
-    v = verdict(_verdict_result(inv_p=0.001))
-    assert v.assessment("invariant_linear").tier == 3
-    assert v.recommended == "ivw"  # strong, and its checks pass, though weaker evidence
-    only_failing = AnalysisResult(
-        (_est("a", "pooled", 1.0, f=3.0), _est("b", "pooled", 2.0, f=2.0, extra={"ar_set": [], "ar_set_kind": "empty"})),
-        {}, (),
-    )
-    v = verdict(only_failing)
-    assert v.recommended == "a" and v.reason.startswith("CAUTION")
-
-
-def test_verdict_agreement_is_the_largest_group_sharing_a_point():
-    v = verdict(_verdict_result())
-    assert set(v.agreeing) == {"invariant_linear", "invariant_linear_crossfit", "weak_iv"}
-    lo, hi = v.consensus
-    assert lo == pytest.approx(0.96) and hi == pytest.approx(1.06)
+# item 19 (the verdict) is tested in tests/test_verdict.py.

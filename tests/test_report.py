@@ -167,7 +167,8 @@ def test_readme_example_report_shows_abstention_and_a_readable_forest_plot(tmp_p
     assert abstained, "the README example is meant to show an abstaining method"
     for e in abstained:
         assert f"NA: {e['extra']['reason']}" in page
-    assert '<h2 id="verdict">Verdict</h2>' in page and "recommended:" in page
+    assert '<h2 id="verdict">Verdict</h2>' in page
+    assert "recommended:" in page or "no estimate can be trusted" in page
     # Readable: the axis spans the estimates, not the widest interval.
     result = AnalysisResult(estimates_from_dicts(saved["estimates"]), saved["provenance"],
                             tuple(Diagnostic(**d) for d in saved["diagnostics"]))

@@ -7,6 +7,7 @@ Each step is usable on its own; this module only wires them together for
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -148,13 +149,17 @@ def run_analysis(
     )
     if not estimates:
         raise InputError("no method produced an estimate")
-    return AnalysisResult(
+    from invariant_mr.report.verdict import verdict_payload
+
+    result = AnalysisResult(
         estimates=tuple(estimates),
         diagnostics=tuple(diagnostics),
         provenance=prov,
         truth=truth,
         artifacts=artifacts,
     )
+    # The verdict reads only the result (never `truth`), and travels with it into results.json.
+    return replace(result, verdict=tuple(verdict_payload(result)))
 
 
 def _run_method(spec: MethodSpec, data: StreamedMRData, ctx: MethodContext):

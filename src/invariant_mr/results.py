@@ -145,6 +145,8 @@ class AnalysisResult:
     diagnostics: tuple[Diagnostic, ...] = ()
     truth: Mapping[str, Any] | None = None
     artifacts: Mapping[str, Any] = field(default_factory=dict)
+    #: The verdict (report/verdict.py) as JSON-ready dicts, one per exposure; set by `pipeline.run_analysis`.
+    verdict: tuple[Mapping[str, Any], ...] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "estimates", tuple(self.estimates))
@@ -165,12 +167,27 @@ class AnalysisResult:
             "diagnostics": [d.to_dict() for d in self.diagnostics],
             "provenance": dict(self.provenance),
         }
+        if self.verdict is not None:
+            out["verdict"] = [dict(v) for v in self.verdict]
         if self.truth is not None:
             out["truth"] = dict(self.truth)
         return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=json_default)
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> "AnalysisResult":
+        """Rebuild a result from `to_dict()` / results.json (artifacts are not stored there, so none come back).
+
+        JSON has no NaN: an unavailable estimate written as null reads back as NaN.
+        """
+        rows = [{**r, "estimate": math.nan if r.get("estimate") is None else r["estimate"]}
+                for r in payload.get("estimates", [])]
+        names = {f.name for f in fields(Diagnostic)}
+        diagnostics = tuple(Diagnostic(**{k: v for k, v in d.items() if k in names})
+                            for d in payload.get("diagnostics", []))
+        return cls(estimates_from_dicts(rows), payload.get("provenance", {}), diagnostics, payload.get("truth"))
 
     def to_tsv(self) -> str:
         buf = io.StringIO()

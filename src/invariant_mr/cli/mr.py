@@ -190,6 +190,9 @@ def mr(sumstats, exposure_gwas, outcome_gwas, columns, exposures, palindromes, p
         for step in chosen.steps:
             click.echo(step)
         click.echo(result.summary())
+        from invariant_mr.report.verdict import verdicts
+
+        click.echo("\n" + "\n\n".join(v.summary() for v in verdicts(result)))
         written = ["results.json", "estimates.tsv", "report.html", "dropped_variants.tsv", *pngs]
         click.echo(f"\nwrote {out.final}/" + ", ".join(written))
 

@@ -14,7 +14,26 @@ from invariant_mr.estimators.tsht import TwoStageHardThresholding
 from invariant_mr.inference.estimates import estimate_from_fit, iv_estimates
 from invariant_mr.inference.weak_iv import with_anderson_rubin
 from invariant_mr.methods.registry import MethodContext, MethodOutput
-from invariant_mr.results import Estimate
+from invariant_mr.results import Diagnostic, Estimate
+
+
+def _overidentification(name: str, data: MRData, ctx: MethodContext, Z, controls, mask=None) -> tuple[Diagnostic, ...]:
+    """The pooled Sargan-Hansen J row for a method that adjusts for confounding by design (PCs, TSHT).
+
+    The verdict (report/verdict.py) counts a design as checked only when a
+    validity test ran: J sees instruments that disagree, not a bias they share,
+    so it is the weaker of the checks, but a skipped check is not a passed one.
+    """
+    from invariant_mr.inference.diagnostics import j_diagnostic, sargan_hansen_j
+
+    rows = slice(None) if mask is None else mask
+    clusters = None if data.clusters is None else data.clusters[rows]
+    try:
+        stat, p, df = sargan_hansen_j(data.outcome[rows], data.exposure[rows], Z, controls,
+                                      cov_type=ctx.cov_type, clusters=clusters)
+    except (InputError, np.linalg.LinAlgError):
+        return ()
+    return (j_diagnostic(f"{name}/overidentification_j", stat, p, df, alpha=ctx.alpha, cov_type=ctx.cov_type),)
 
 
 def ols(data: MRData, ctx: MethodContext) -> MethodOutput:
@@ -83,7 +102,8 @@ def tsls_pcs(data: MRData, ctx: MethodContext) -> MethodOutput:
         data, data.Z, ctx.inference, method="tsls_pcs", extra_controls=pcs, extra={"n_pcs": k, "pcs_from": source},
         clusters=data.clusters,
     )
-    return MethodOutput(tuple(rows))
+    controls = exogenous_controls(data, True, pcs)
+    return MethodOutput(tuple(rows), _overidentification("tsls_pcs", data, ctx, data.Z, controls))
 
 
 # ----------------------------------------------------------------------------- TSHT
@@ -100,7 +120,7 @@ def tsht_method(data: MRData, ctx: MethodContext) -> MethodOutput:
         for i, level in enumerate(data.env_levels):
             mask = codes == i
             scopes.append((f"env:{level}", mask, None if data.covariates is None else data.covariates[mask]))
-    rows = []
+    rows, diagnostics = [], ()
     for scope, mask, controls in scopes:
         Z = data.Z[mask]
         try:
@@ -113,6 +133,9 @@ def tsht_method(data: MRData, ctx: MethodContext) -> MethodOutput:
             continue
         names = np.array(data.instrument_names)
         cl = data.clusters[mask] if clustered else None
+        if scope == "pooled":
+            diagnostics = _overidentification("tsht", data, ctx, Z[:, model.valid_],
+                                              model.exogenous_controls(Z, controls), mask)
         final = model.fit_
         if clustered:
             final = fit_kclass(
@@ -143,4 +166,4 @@ def tsht_method(data: MRData, ctx: MethodContext) -> MethodOutput:
                 clusters=cl,
             )
         )
-    return MethodOutput(tuple(rows))
+    return MethodOutput(tuple(rows), diagnostics)

@@ -69,7 +69,7 @@ BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("invariant_polynomial", f"{_P}:invariant_polynomial",
                "2SLS on invariant latents identified by a linear encoder with a polynomial decoder (cross-fitted, "
                "stage-2 bootstrap SE); for polynomial mixing",
-               default=False, options=o.POLYNOMIAL_OPTIONS, family=o.POLY),
+               options=o.POLYNOMIAL_OPTIONS, family=o.POLY),
     MethodSpec("invariant_autoencoder", f"{_A}:invariant_autoencoder",
                "2SLS on instruments from the invariant autoencoder (cross-fitted), environment fixed effects",
                default=False, options=o.AUTOENCODER_OPTIONS, family=o.AE),

@@ -114,14 +114,37 @@ def _forest(result: AnalysisResult) -> str:
 
 
 def _verdict(result: AnalysisResult) -> str:
-    from invariant_mr.report.verdict import verdict
+    from invariant_mr.report.verdict import STANDINGS, verdicts
 
-    v = verdict(result)
-    return (
-        "<p>A reading of the checks by the rule in <code>docs/verdict.md</code>; it never looks at the true "
-        "effect and is not a guarantee.</p>"
-        f'<pre class="verdict">{_esc(v.summary())}</pre>'
-    )
+    parts = [
+        "<p>The verdict answers one question: is there an estimate whose instruments we have evidence are not "
+        "confounded with the outcome? It reads only the checks below (never the true effect), by the rule in "
+        "<code>docs/verdict.md</code>. Methods that use the variants as they are cannot remove confounding that "
+        "every variant shares (population stratification, assortative mating), so they are shown as references, "
+        "never recommended on individual-level data. A passed invariance test across environments is the strongest "
+        "evidence; an overidentification test (J) only sees instruments that disagree; a skipped check is no "
+        "evidence. <b>&ldquo;No estimate can be trusted&rdquo;</b> means that no method that addresses the "
+        "confounding passed its checks, or that such methods disagree: the table still holds every estimate, but "
+        "none of them should be reported as the causal effect without more data.</p>"
+    ]
+    for v in verdicts(result):
+        head = "" if v.exposure is None else f"<h3>Exposure {_esc(v.exposure)}</h3>"
+        reasons = "".join(f"<li>{_esc(r)}</li>" for r in v.reasons)
+        rows = "".join(
+            f"<tr><td>{_esc(s.method)}</td><td>{_esc(s.design)}</td><td>{s.estimate:.4f}</td>"
+            f"<td>[{s.ci_low:.3f}, {s.ci_high:.3f}]</td><td title=\"{_esc(STANDINGS.get(s.standing, ''))}\">"
+            f"{_esc(s.standing)}</td><td>{_esc('; '.join(s.passed))}</td><td>{_esc('; '.join(s.failed))}</td></tr>"
+            for s in v.standings
+        )
+        rows += "".join(f"<tr><td>{_esc(m)}</td><td></td><td>NA</td><td></td><td>no estimate</td><td></td>"
+                        f"<td>{_esc(r)}</td></tr>" for m, r in v.abstained)
+        advice = "" if not v.advice else "<p>What would help: " + _esc("; ".join(v.advice)) + ".</p>"
+        parts.append(
+            f'{head}<p class="verdict"><b>{_esc(v.statement)}</b></p><ul>{reasons}</ul>{advice}'
+            '<div class="wide"><table><tr><th>method</th><th>design</th><th>estimate</th><th>CI</th>'
+            f"<th>standing</th><th>checks passed</th><th>checks failed</th></tr>{rows}</table></div>"
+        )
+    return "".join(parts)
 
 
 def _instrument_figures(result: AnalysisResult, env: np.ndarray | None) -> str:

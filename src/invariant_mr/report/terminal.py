@@ -13,9 +13,9 @@ def terminal_summary(result: AnalysisResult, *, show_env: bool = False, n: int |
     instruments.tsv and why (`n` = analysed samples). File outputs never
     depend on these switches: they always hold every scope.
     """
-    from invariant_mr.report.verdict import verdict
+    from invariant_mr.report.verdict import verdicts
 
-    parts = [result.summary(scopes=None if show_env else ("pooled",)), verdict(result).summary()]
+    parts = [result.summary(scopes=None if show_env else ("pooled",)), *(v.summary() for v in verdicts(result))]
     if not show_env and any(e.scope != "pooled" for e in result.estimates):
         parts[0] += "\n(per-environment rows: --show-env, estimates.tsv or report.html)"
     if instruments_out and n is not None:

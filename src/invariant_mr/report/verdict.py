@@ -1,32 +1,47 @@
-"""Which estimate to trust: a documented, truth-free rule applied to an `AnalysisResult`.
+"""Which estimate to trust, or that none can be: a truth-free rule applied to an `AnalysisResult`.
 
-The rule (docs/verdict.md) only reads what a run already reports: each
-method's pooled estimate and confidence interval, its first-stage F, its
-Anderson-Rubin set and the assumption checks (`Diagnostic` rows). It never
-looks at the true effect, so it behaves the same on real data as on
-simulations. In order:
+The rule (docs/verdict.md) reads only what a run reports: pooled estimates,
+intervals, first-stage F and the assumption checks (`Diagnostic` rows). It
+never looks at the true effect, so it behaves the same on real data as on
+simulations. It answers one question per exposure: is there an estimate
+whose instruments we have evidence are not confounded with the outcome?
 
-1. Candidates are the pooled rows with a finite estimate and interval.
-   Rows without instruments (OLS) are set aside: they are confounded by
-   design. Methods that abstained are listed with their reason.
-2. Each candidate's checks: weak instruments (first-stage F below 10);
-   invariance (MMD), independence (HSIC) and overidentification (J) when the
-   method ran them; an empty Anderson-Rubin set with two or more instruments
-   (no effect value fits every instrument: a J-type rejection); and, for
-   summary-level MR, Cochran's Q, the Egger intercept and MR-PRESSO's global
-   test (IVW, MR-PRESSO) and I^2_GX below 0.9 (MR-Egger). A p-value below
-   alpha fails a check.
-3. Tiers, by the strength of the evidence that the instruments are valid:
-   (0) strong instruments, the environment-invariance test ran, nothing
-   failed; (1) strong instruments, only overidentification-type checks ran
-   (J, AR set, Q, Egger, MR-PRESSO), nothing failed. These detect
-   instruments that disagree with each other, not a bias that all of them
-   share, which is what confounding by ancestry produces; (2) nothing failed
-   but validity unchecked or strength unknown; (3) at least one check
-   failed, fewest failures first.
-4. In the best non-empty tier, pick the method whose interval overlaps the
-   most intervals of the others in that tier (agreement), then the smallest
-   standard error (precision), then the catalogue order.
+Principles, from what each check can and cannot see:
+
+* **Design first.** The threat this tool is about (population
+  stratification, assortative mating) makes *every* variant track the
+  confounders, so every instrument shares one bias. Methods that use the
+  variants as they are (2SLS/LIML on all variants, IVW, MR-Egger, medians,
+  modes, MR-PRESSO) cannot remove it, and their checks (Cochran's Q, the
+  Egger intercept, MR-PRESSO) only see instruments that *disagree*. On
+  individual-level data they are references, never the answer. Candidates
+  are the methods whose design addresses the confounding: learned
+  invariant instruments (`invariant` design), and adjustment by ancestry
+  PCs, TSHT's selection of valid instruments, within-family contrasts
+  (`adjusted` design).
+* **Evidence, ranked.** A passed invariance test across environments is
+  direct evidence against the threat (the paper's identifying assumption:
+  valid instruments are distributed alike in every environment). An
+  overidentification test (J) is evidence only against disagreeing
+  instruments. A skipped check is no evidence at all.
+* **Calibrated for many checks.** A run reads a dozen p-values; at 5% each,
+  a false alarm somewhere is likely even when everything is valid. The
+  checks of all candidates form one family, tested by Holm's step-down
+  procedure at alpha, so one marginal p-value among many does not sink an
+  estimate; a permutation p-value at its floor (1/(B+1), the strongest
+  evidence the test can give) always counts.
+* **Agreement, then precision.** Invariant methods that pass their checks
+  must agree with each other (a z-test of the difference at alpha);
+  adjusted methods with only J-type support need a second adjusted design
+  that agrees, since each alone could share the bias. If they disagree, or
+  none qualifies, the verdict says that no estimate can be trusted, why,
+  and what data would help.
+
+Summary statistics (`invariant-mr mr`) carry no environments, so the
+confounding the GWAS should have removed cannot be checked; there the rule
+reads the pleiotropy checks: IVW when heterogeneity and the Egger intercept
+pass and the robust estimators agree with it, else the pleiotropy-robust
+estimators when they agree with each other, else none.
 """
 
 from __future__ import annotations
@@ -36,6 +51,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from scipy import stats
+
 from invariant_mr.results import AnalysisResult, Diagnostic, Estimate, format_pvalue
 
 #: First-stage F below which instruments are called weak (Staiger & Stock 1997).
@@ -43,268 +60,409 @@ WEAK_F = 10.0
 #: I^2_GX below which the MR-Egger slope is diluted (Bowden et al. 2016).
 MIN_I_SQUARED_GX = 0.9
 
-#: Unprefixed summary-level diagnostics -> the methods whose validity they test.
+#: Designs that address instrument-outcome confounding. Every other method is "unadjusted".
+INVARIANT = frozenset({
+    "invariant_linear", "invariant_linear_crossfit", "invariant_polynomial", "invariant_autoencoder",
+    "invariant_autoencoder_insample", "tsls_external", "tsri_invariant_linear", "tsps_invariant_linear",
+})
+ADJUSTED = frozenset({"tsls_pcs", "tsht", "within_family"})
+
+#: Prefixed per-method checks ("<method>/<check>"): label and kind.
+METHOD_CHECKS: Mapping[str, tuple[str, str]] = {
+    "invariance_mmd": ("invariance (MMD)", "invariance"),
+    "independence_hsic": ("independence (HSIC)", "independence"),
+    "overidentification_j": ("overidentification (J)", "overidentification"),
+}
+#: Unprefixed summary-level checks -> the methods whose validity they test.
 SUMMARY_CHECKS: Mapping[str, tuple[str, ...]] = {
     "cochran_q": ("ivw",),
     "egger_intercept": ("ivw",),
     "mr_presso_global": ("ivw", "mr_presso"),
 }
+#: Pleiotropy-robust summary estimators: consistent under other assumptions than IVW's.
+ROBUST_SUMMARY = ("weighted_median", "weighted_mode", "mr_egger", "mr_presso")
 
-#: Prefixed per-method checks ("<method>/<check>") and how a failure reads.
-METHOD_CHECKS: Mapping[str, str] = {
-    "invariance_mmd": "invariance (MMD)",
-    "independence_hsic": "independence (HSIC)",
-    "overidentification_j": "overidentification (J)",
+STANDINGS = {
+    "verified": "strong instruments; invariance across environments and every other check pass",
+    "supported": "addresses the confounding; strong; its overidentification check passes (cannot see a shared bias)",
+    "unchecked": "addresses the confounding, but no validity check ran",
+    "failed": "at least one check fails",
+    "weak": "weak or unknown instrument strength (F < 10)",
+    "unadjusted": "uses the variants as they are: cannot remove confounding shared by all variants (a reference)",
+    "consistent": "pleiotropy checks pass",
 }
 
-TIER_NAMES = {
-    0: "strong instruments; invariance across environments and every other check pass",
-    1: "strong instruments; overidentification-type checks pass, invariance not tested",
-    2: "no check fails, but instrument validity or strength was not checked",
-    3: "at least one check fails",
-}
+
+def design_of(method: str) -> str:
+    """'invariant', 'adjusted' or 'unadjusted' (how a method treats instrument-outcome confounding)."""
+    return "invariant" if method in INVARIANT else "adjusted" if method in ADJUSTED else "unadjusted"
 
 
 @dataclass(frozen=True)
-class MethodAssessment:
-    """One candidate method: its pooled estimate and what its checks say."""
+class Check:
+    """One assumption check as the verdict read it."""
+
+    label: str
+    kind: str
+    pvalue: float | None
+    passed: bool
+    text: str
+
+
+@dataclass(frozen=True)
+class MethodStanding:
+    """One method with an estimate: its design, its checks and where the rule puts it."""
 
     method: str
+    design: str
     estimate: float
     se: float | None
     ci_low: float
     ci_high: float
     first_stage_f: float | None
-    passed: tuple[str, ...]
-    failed: tuple[str, ...]
-    validity_checked: bool
-    invariance_checked: bool = False
+    checks: tuple[Check, ...]
+    standing: str
 
     @property
-    def tier(self) -> int:
-        if self.failed:
-            return 3
-        strong = self.first_stage_f is not None and self.first_stage_f >= WEAK_F
-        if strong and self.invariance_checked:
-            return 0
-        return 1 if (strong and self.validity_checked) else 2
+    def passed(self) -> tuple[str, ...]:
+        return tuple(c.text for c in self.checks if c.passed)
 
-    def overlaps(self, other: MethodAssessment) -> bool:
-        return self.ci_low <= other.ci_high and other.ci_low <= self.ci_high
+    @property
+    def failed(self) -> tuple[str, ...]:
+        return tuple(c.text for c in self.checks if not c.passed)
+
+    def agrees(self, other: "MethodStanding", alpha: float) -> bool:
+        """No evidence that the two estimate different things: |difference| <= z * sqrt(se1^2 + se2^2)."""
+        return abs(self.estimate - other.estimate) <= _z(alpha) * math.hypot(_se(self), _se(other))
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "design": self.design, "standing": self.standing,
+                "estimate": self.estimate, "se": self.se, "ci": [self.ci_low, self.ci_high],
+                "first_stage_f": self.first_stage_f, "passed": list(self.passed), "failed": list(self.failed)}
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The rule's reading of one analysis: agreement, failed checks, the recommended estimate and why."""
+    """The rule's answer for one exposure: a recommended estimate, or none and why."""
 
-    assessments: tuple[MethodAssessment, ...]
-    agreeing: tuple[str, ...]
-    consensus: tuple[float, float] | None
+    exposure: str | None
+    kind: str  # "individual" or "summary"
     recommended: str | None
-    reason: str
+    statement: str
+    reasons: tuple[str, ...]
+    advice: tuple[str, ...]
+    standings: tuple[MethodStanding, ...]
     abstained: tuple[tuple[str, str], ...]
     set_aside: tuple[tuple[str, str], ...]
     alpha: float
 
-    def assessment(self, method: str) -> MethodAssessment:
-        for a in self.assessments:
-            if a.method == method:
-                return a
+    def standing(self, method: str) -> MethodStanding:
+        for s in self.standings:
+            if s.method == method:
+                return s
         raise KeyError(method)
 
     @property
-    def disagreeing(self) -> tuple[str, ...]:
-        return tuple(a.method for a in self.assessments if a.method not in self.agreeing)
+    def estimate(self) -> float | None:
+        return None if self.recommended is None else self.standing(self.recommended).estimate
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        if self.recommended is None:
+            return None
+        s = self.standing(self.recommended)
+        return (s.ci_low, s.ci_high)
 
     def summary(self) -> str:
-        level = f"{100 * (1 - self.alpha):g}%"
-        lines = ["Verdict:"]
-        if not self.assessments:
-            lines.append("  no method produced an estimate with a confidence interval")
-        else:
-            lo, hi = self.consensus
-            lines.append(
-                f"  agree ({len(self.agreeing)} of {len(self.assessments)}; their {level} CIs share "
-                f"[{lo:.3f}, {hi:.3f}]): {', '.join(self.agreeing)}"
-            )
-            if self.disagreeing:
-                lines.append(
-                    "  outside that range: "
-                    + ", ".join(f"{m} ({self.assessment(m).estimate:.3f})" for m in self.disagreeing)
-                )
-            failed = [a for a in self.assessments if a.failed]
-            if failed:
-                lines.append("  failed checks:")
-                width = max(len(a.method) for a in failed) + 2
-                lines += [f"    {a.method:<{width}}{'; '.join(a.failed)}" for a in failed]
-            else:
-                lines.append("  failed checks: none")
-            unchecked = [a.method for a in self.assessments if a.tier == 2]
-            if unchecked:
-                lines.append(f"  validity not checked: {', '.join(unchecked)}")
+        head = "Verdict" + ("" if self.exposure is None else f" for exposure {self.exposure}") + ":"
+        lines = [head, f"  {self.statement}"]
+        lines += [f"  - {r}" for r in self.reasons]
+        if self.standings:
+            lines.append("  methods:")
+            width = max(len(s.method) for s in self.standings) + 2
+            for s in self.standings:
+                why = "; ".join(s.failed) if s.failed else ("; ".join(s.passed) or "no check available")
+                lines.append(f"    {s.method:<{width}}{s.estimate:>9.4f}  {s.standing:<10}  {why}")
         for method, why in self.abstained:
-            lines.append(f"  no estimate: {method}: {why}")
+            lines.append(f"    {method}: no estimate ({why})")
         for method, why in self.set_aside:
-            lines.append(f"  set aside: {method}: {why}")
-        if self.recommended is None:
-            lines.append(f"  recommended: none ({self.reason})")
-        else:
-            a = self.assessment(self.recommended)
-            lines.append(
-                f"  recommended: {a.method} = {a.estimate:.4f} [{a.ci_low:.3f}, {a.ci_high:.3f}]: {self.reason}"
-            )
-        lines.append("  (rule: docs/verdict.md; a reading of the checks, not a guarantee)")
+            lines.append(f"    {method}: set aside ({why})")
+        if self.advice:
+            lines.append("  what would help: " + "; ".join(self.advice))
+        lines.append("  (rule: docs/verdict.md; a reading of the checks, never of the truth)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
+        interval = self.interval
         return {
+            "exposure": self.exposure,
+            "kind": self.kind,
             "recommended": self.recommended,
-            "reason": self.reason,
-            "agreeing": list(self.agreeing),
-            "consensus": None if self.consensus is None else list(self.consensus),
-            "abstained": [list(x) for x in self.abstained],
-            "set_aside": [list(x) for x in self.set_aside],
-            "methods": [
-                {"method": a.method, "tier": a.tier, "passed": list(a.passed), "failed": list(a.failed),
-                 "first_stage_f": a.first_stage_f}
-                for a in self.assessments
-            ],
+            "estimate": self.estimate,
+            "ci": None if interval is None else list(interval),
+            "statement": self.statement,
+            "reasons": list(self.reasons),
+            "advice": list(self.advice),
+            "alpha": self.alpha,
+            "methods": [s.to_dict() for s in self.standings],
+            "abstained": [{"method": m, "reason": r} for m, r in self.abstained],
+            "set_aside": [{"method": m, "reason": r} for m, r in self.set_aside],
         }
+
+
+def _z(alpha: float) -> float:
+    return float(stats.norm.ppf(1 - alpha / 2))
+
+
+def _se(s: MethodStanding) -> float:
+    if s.se is not None and math.isfinite(s.se) and s.se > 0:
+        return float(s.se)
+    return (s.ci_high - s.ci_low) / 2  # a Wald-type half width stands in (summary methods without an SE)
 
 
 def _finite(x) -> bool:
     return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def _checks(e: Estimate, diags: list[Diagnostic], alpha: float):
-    """(passed, failed, validity_checked, invariance_checked, F) for one pooled estimate."""
-    passed, failed = [], []
-    checked = False
-    by_name = {d.name: d for d in diags if d.scope == "pooled"}
+def _floor_p(d: Diagnostic) -> bool:
+    """True for a permutation p-value at its smallest possible value 1/(B+1)."""
+    b = d.detail.get("n_permutations") if d.detail else None
+    return bool(b) and d.pvalue is not None and d.pvalue <= 1.0 / (float(b) + 1) + 1e-12
+
+
+def _holm(pvalues: Mapping[str, float], alpha: float) -> set[str]:
+    """The keys Holm's step-down procedure rejects at family-wise level alpha."""
+    rejected: set[str] = set()
+    ordered = sorted(pvalues.items(), key=lambda kv: kv[1])
+    m = len(ordered)
+    for i, (key, p) in enumerate(ordered):
+        if p > alpha / (m - i):
+            break
+        rejected.add(key)
+    return rejected
+
+
+def _strength(e: Estimate, by_name: Mapping[str, Diagnostic]) -> float | None:
     f = e.first_stage_f
-    own_f = by_name.get(f"{e.method}/first_stage_f")
-    if own_f is not None and _finite(own_f.statistic):
-        f = own_f.statistic
-    f = f if _finite(f) else None
+    own = by_name.get(f"{e.method}/first_stage_f")
+    if own is not None and _finite(own.statistic):
+        f = own.statistic
+    return float(f) if _finite(f) else None
+
+
+def _assess(e: Estimate, by_name: Mapping[str, Diagnostic], rejected: set[str], alpha: float,
+            summary_input: bool) -> MethodStanding:
+    design = "unadjusted" if summary_input else design_of(e.method)
+    checks: list[Check] = []
+    f = _strength(e, by_name)
     if f is not None:
-        (passed if f >= WEAK_F else failed).append(
-            f"strong instruments (F = {f:.1f})" if f >= WEAK_F else f"weak instruments (F = {f:.1f} < {WEAK_F:g})"
-        )
-    for check, label in METHOD_CHECKS.items():
-        d = by_name.get(f"{e.method}/{check}")
+        ok = f >= WEAK_F
+        checks.append(Check("strength", "strength", None, ok,
+                            f"strong instruments (F = {f:.1f})" if ok else f"weak instruments (F = {f:.1f} < {WEAK_F:g})"))
+    for suffix, (label, kind) in METHOD_CHECKS.items():
+        name = f"{e.method}/{suffix}"
+        d = by_name.get(name)
         if d is None or not _finite(d.pvalue):
             continue
-        checked = True
-        p = format_pvalue(d.pvalue)
-        (failed if d.pvalue < alpha else passed).append(f"{label} p = {p}")
+        family = design != "unadjusted"
+        failed = name in rejected if family else d.pvalue < alpha
+        note = " (Holm over the run's checks)" if family and d.pvalue < alpha and not failed else ""
+        checks.append(Check(label, kind, d.pvalue, not failed, f"{label} p = {format_pvalue(d.pvalue)}{note}"))
     kind = e.extra.get("ar_set_kind")
     if (e.n_instruments or 0) >= 2 and kind not in (None, "not computed"):
-        checked = True
-        if kind == "empty":
-            failed.append("AR set empty (no effect fits every instrument)")
-        else:
-            passed.append("AR set non-empty")
+        empty = kind == "empty"
+        checks.append(Check("AR set", "overidentification", None, not empty,
+                            "AR set empty (no effect fits every instrument)" if empty else "AR set non-empty"))
     for name, methods in SUMMARY_CHECKS.items():
         d = by_name.get(name)
         if e.method in methods and d is not None and _finite(d.pvalue):
-            checked = True
-            (failed if d.pvalue < alpha else passed).append(f"{name} p = {format_pvalue(d.pvalue)}")
+            kind_ = "heterogeneity" if name != "egger_intercept" else "pleiotropy"
+            checks.append(Check(name, kind_, d.pvalue, d.pvalue >= alpha, f"{name} p = {format_pvalue(d.pvalue)}"))
     d = by_name.get("i_squared_gx")
     if e.method == "mr_egger" and d is not None and _finite(d.statistic):
-        checked = True
-        if d.statistic < MIN_I_SQUARED_GX:
-            failed.append(f"I^2_GX = {d.statistic:.2f} < {MIN_I_SQUARED_GX:g} (slope diluted)")
-        else:
-            passed.append(f"I^2_GX = {d.statistic:.2f}")
-    invariance = (d := by_name.get(f"{e.method}/invariance_mmd")) is not None and _finite(d.pvalue)
-    return passed, failed, checked, invariance, f
+        ok = d.statistic >= MIN_I_SQUARED_GX
+        checks.append(Check("I^2_GX", "nome", None, ok, f"I^2_GX = {d.statistic:.2f}" + ("" if ok else
+                            f" < {MIN_I_SQUARED_GX:g} (slope diluted)")))
+
+    if design == "unadjusted" and not summary_input:
+        standing = "unadjusted"
+    elif any(not c.passed for c in checks if c.kind != "strength"):
+        standing = "failed"
+    elif f is None or f < WEAK_F:
+        standing = "weak"
+    elif summary_input:
+        standing = "consistent"
+    elif design == "invariant" and any(c.kind == "invariance" for c in checks):
+        standing = "verified"
+    elif any(c.kind in ("invariance", "independence", "overidentification") for c in checks):
+        standing = "supported"
+    else:
+        standing = "unchecked"
+    return MethodStanding(e.method, design, float(e.estimate), e.se, float(e.ci_low), float(e.ci_high), f,
+                          tuple(checks), standing)
 
 
-def _max_overlap(items: list[MethodAssessment]) -> tuple[tuple[str, ...], tuple[float, float]]:
-    """The methods whose intervals share the point covered by the most intervals, and that common range.
-
-    Intervals on a line that overlap pairwise share a common point (Helly), so
-    the largest group that mutually agrees is the set covering one point.
-    """
-    best: tuple[int, float] = (-1, 0.0)
-    for x in sorted({a.ci_low for a in items}):
-        count = sum(a.ci_low <= x <= a.ci_high for a in items)
-        if count > best[0]:
-            best = (count, x)
-    x = best[1]
-    group = [a for a in items if a.ci_low <= x <= a.ci_high]
-    return tuple(a.method for a in group), (max(a.ci_low for a in group), min(a.ci_high for a in group))
+def verdicts(result: AnalysisResult, *, alpha: float | None = None) -> tuple[Verdict, ...]:
+    """One verdict per exposure (rows of different exposures are never compared)."""
+    exposures = list(dict.fromkeys(e.exposure for e in result.select(scope="pooled")))
+    return tuple(verdict(result, alpha=alpha, exposure=x) for x in exposures) or (verdict(result, alpha=alpha),)
 
 
-def verdict(result: AnalysisResult, *, alpha: float | None = None) -> Verdict:
-    """Apply the rule of docs/verdict.md to the pooled estimates of `result` (never reads the truth)."""
+def verdict(result: AnalysisResult, *, alpha: float | None = None, exposure: str | None = None) -> Verdict:
+    """Apply the rule of docs/verdict.md to the pooled estimates of one exposure (never reads the truth)."""
     if alpha is None:
         alpha = float(result.provenance.get("parameters", {}).get("alpha", 0.05))
-    diags = list(result.diagnostics)
-    assessments, abstained, set_aside = [], [], []
-    for e in result.select(scope="pooled"):
+    summary_input = (result.provenance.get("data") or {}).get("n_variants") is not None
+    diags = [d for d in result.diagnostics if d.scope == "pooled"]
+    by_name = {d.name: d for d in diags}
+    pooled = result.select(scope="pooled")
+    if exposure is None and len({e.exposure for e in pooled}) == 1:
+        exposure = pooled[0].exposure if pooled else None  # a two-sample run labels its one exposure
+    rows = [e for e in pooled if e.exposure == exposure]
+    candidates, abstained, set_aside = [], [], []
+    for e in rows:
         if not e.available:
             abstained.append((e.method, e.reason or "no estimate"))
-            continue
-        if not e.n_instruments:
+        elif not e.n_instruments:
             set_aside.append((e.method, "no instruments: confounded by design, a reference only"))
-            continue
-        if not (_finite(e.ci_low) and _finite(e.ci_high)):
+        elif not (_finite(e.ci_low) and _finite(e.ci_high)):
             set_aside.append((e.method, "no finite confidence interval"))
+        else:
+            candidates.append(e)
+    # One family: every p-value check of every method that addresses the confounding.
+    family = {}
+    for e in candidates:
+        if summary_input or design_of(e.method) == "unadjusted":
             continue
-        passed, failed, checked, invariance, f = _checks(e, diags, alpha)
-        assessments.append(
-            MethodAssessment(e.method, float(e.estimate), e.se, float(e.ci_low), float(e.ci_high), f,
-                             tuple(passed), tuple(failed), checked, invariance)
-        )
-    if not assessments:
-        return Verdict((), (), None, None, "no method produced an estimate with a finite interval",
-                       tuple(abstained), tuple(set_aside), alpha)
-    agreeing, consensus = _max_overlap(assessments)
-
-    best_tier = min(a.tier for a in assessments)
-    pool = [a for a in assessments if a.tier == best_tier]
-    if best_tier == 3:
-        fewest = min(len(a.failed) for a in pool)
-        pool = [a for a in pool if len(a.failed) == fewest]
-    order = {a.method: i for i, a in enumerate(assessments)}
-
-    def key(a: MethodAssessment):
-        agree = sum(a.overlaps(b) for b in pool if b is not a)
-        se = a.se if _finite(a.se) else math.inf
-        return (-agree, se, order[a.method])
-
-    pick = min(pool, key=key)
-    reason = _reason(pick, pool, best_tier)
-    return Verdict(tuple(assessments), agreeing, consensus, pick.method, reason,
-                   tuple(abstained), tuple(set_aside), alpha)
+        for suffix in METHOD_CHECKS:
+            d = by_name.get(f"{e.method}/{suffix}")
+            if d is not None and _finite(d.pvalue):
+                family[d.name] = float(d.pvalue)
+    rejected = _holm(family, alpha) | {n for n in family if _floor_p(by_name[n])}
+    standings = tuple(_assess(e, by_name, rejected, alpha, summary_input) for e in candidates)
+    decide = _decide_summary if summary_input else _decide_individual
+    recommended, statement, reasons, advice = decide(standings, alpha, len(family))
+    return Verdict(exposure, "summary" if summary_input else "individual", recommended, statement,
+                   tuple(reasons), tuple(advice), standings, tuple(abstained), tuple(set_aside), alpha)
 
 
-def _reason(pick: MethodAssessment, pool: list[MethodAssessment], tier: int) -> str:
-    checks = ", ".join(pick.passed) if pick.passed else "no check available"
-    others = [a for a in pool if a is not pick]
-    if tier == 0:
-        head = "its checks pass, invariance across environments included (" + checks + ")"
-    elif tier == 1:
-        head = (
-            "its checks pass (" + checks + "), but no method with passing checks tested invariance across "
-            "environments, and these checks cannot see a bias shared by all instruments"
-        )
-    elif tier == 2:
-        head = "no check fails, but its instrument validity was not checked (" + checks + "); no method passes every check"
-    else:
-        head = (
-            f"CAUTION: every method fails a check; this one fails the fewest ({'; '.join(pick.failed)})"
-        )
-    if not others:
-        return head + ("" if tier == 3 else "; it is the only such method")
-    agree = [b.method for b in others if pick.overlaps(b)]
-    tail = (
-        f"; among {len(pool)} methods in this tier its CI overlaps {len(agree)} other(s)"
-        + (f" ({', '.join(agree)})" if agree else "")
-        + " and it is the most precise of those that agree most"
-    )
-    return head + tail
+def _fmt(s: MethodStanding) -> str:
+    return f"{s.method} = {s.estimate:.4f} [{s.ci_low:.3f}, {s.ci_high:.3f}]"
 
 
-__all__ = ["TIER_NAMES", "WEAK_F", "MethodAssessment", "Verdict", "verdict"]
+def _all_agree(group: list[MethodStanding], alpha: float) -> tuple[MethodStanding, MethodStanding] | None:
+    """The first disagreeing pair, or None when every pair agrees."""
+    for i, a in enumerate(group):
+        for b in group[i + 1:]:
+            if not a.agrees(b, alpha):
+                return a, b
+    return None
+
+
+def _most_precise(group: list[MethodStanding]) -> MethodStanding:
+    return min(group, key=_se)
+
+
+def _decide_individual(standings: tuple[MethodStanding, ...], alpha: float, n_checks: int):
+    verified = [s for s in standings if s.standing == "verified"]
+    supported = [s for s in standings if s.standing == "supported"]
+    addressing = [s for s in standings if s.design != "unadjusted"]
+    multiplicity = f"{n_checks} checks tested together (Holm, alpha = {alpha:g})" if n_checks > 1 else ""
+    reasons: list[str] = []
+    if verified:
+        clash = _all_agree(verified, alpha)
+        if clash is None:
+            pick = _most_precise(verified)
+            others = [s.method for s in verified if s is not pick]
+            reasons.append(f"{pick.method}: " + "; ".join(pick.passed))
+            if others:
+                reasons.append("agrees with " + ", ".join(others) + ", whose checks also pass; it is the most precise")
+            rest = [s for s in addressing if s.standing != "verified" and not s.agrees(pick, alpha)]
+            if rest:
+                reasons.append("disagreeing, without passing invariance checks: "
+                               + ", ".join(f"{s.method} ({s.estimate:.3f}, {s.standing})" for s in rest)
+                               + " - their adjustment may leave confounding")
+            if multiplicity:
+                reasons.append(multiplicity)
+            statement = (f"recommended: {_fmt(pick)}: its instruments pass the test of invariance across "
+                         "environments and every other check")
+            return pick.method, statement, reasons, []
+        a, b = clash
+        statement = ("no estimate can be trusted here: methods whose instruments pass the invariance checks "
+                     f"disagree ({_fmt(a)} vs {_fmt(b)})")
+        return None, statement, [multiplicity] if multiplicity else [], [
+            "more environments or more samples per environment sharpen the invariance tests",
+            "within-family data (--family-col) or genome-wide PCs (--pcs-from) give an independent design"]
+    if len(supported) >= 2 and _all_agree(supported, alpha) is None:
+        pick = _most_precise(supported)
+        reasons.append("no method passed an invariance test; " + ", ".join(s.method for s in supported)
+                       + " adjust for confounding by different designs, pass their overidentification checks and agree")
+        reasons.append("overidentification checks cannot see a bias shared by every instrument: read this as "
+                       "the best available, not as verified")
+        statement = f"recommended: {_fmt(pick)}: two designs that address confounding agree and pass their checks"
+        return pick.method, statement, reasons, []
+    # Nothing qualifies: say why, method by method.
+    if not addressing:
+        reasons.append("no method that addresses instrument-outcome confounding produced an estimate; the others "
+                       "use the variants as they are and share any confounding of the variants")
+    for s in addressing:
+        why = "; ".join(s.failed) if s.failed else STANDINGS[s.standing]
+        reasons.append(f"{s.method} ({s.estimate:.3f}): {s.standing}: {why}")
+    if len(supported) >= 2:
+        a, b = _all_agree(supported, alpha)
+        reasons.append(f"designs that adjust for confounding disagree: {_fmt(a)} vs {_fmt(b)}")
+    elif len(supported) == 1:
+        reasons.append(f"{supported[0].method} is the only design with passing checks, and its checks cannot "
+                       "see a bias shared by every instrument; nothing corroborates it")
+    if multiplicity:
+        reasons.append(multiplicity)
+    statement = "no estimate can be trusted here: " + (
+        "no method that addresses confounding passes its checks" if not (supported or verified)
+        else "the methods that address confounding are not corroborated")
+    advice = ["more environments (ancestry groups, cohorts) or more samples per environment",
+              "less measurement error in the genotypes (hard calls, higher imputation INFO)",
+              "within-family data (--family-col) or genome-wide PCs (--pcs-from)"]
+    return None, statement, reasons, advice
+
+
+def _decide_summary(standings: tuple[MethodStanding, ...], alpha: float, n_checks: int):
+    caveat = ("summary statistics carry no environments: whether the GWAS removed population stratification "
+              "cannot be checked here")
+    by = {s.method: s for s in standings}
+    ivw = by.get("ivw")
+
+    def usable(s: MethodStanding) -> bool:
+        # Robust estimators are built for heterogeneous instruments: only strength and (for MR-Egger)
+        # the NOME assumption disqualify them, not the heterogeneity tests IVW relies on.
+        return all(c.passed for c in s.checks if c.kind in ("strength", "nome"))
+
+    robust = [by[m] for m in ROBUST_SUMMARY if m in by and usable(by[m])]
+    if ivw is not None and ivw.standing == "consistent":
+        disagree = [s for s in robust if not s.agrees(ivw, alpha)]
+        if not disagree:
+            statement = f"recommended: {_fmt(ivw)}: no heterogeneity or directional pleiotropy detected"
+            reasons = ["; ".join(ivw.passed)]
+            if robust:
+                reasons.append("agrees with the pleiotropy-robust " + ", ".join(s.method for s in robust))
+            return ivw.method, statement, reasons + [caveat], []
+    if len(robust) >= 2 and _all_agree(robust, alpha) is None:
+        pick = _most_precise(robust)
+        why = "IVW's checks fail" if ivw is not None and ivw.standing != "consistent" else "IVW disagrees with them"
+        statement = (f"recommended: {_fmt(pick)}: {why}; the pleiotropy-robust estimators "
+                     f"({', '.join(s.method for s in robust)}) agree")
+        return pick.method, statement, [caveat], []
+    reasons = [f"{s.method} ({s.estimate:.3f}): {s.standing}" + (f": {'; '.join(s.failed)}" if s.failed else "")
+               for s in standings]
+    statement = ("no estimate can be trusted here: pleiotropy is evident and the robust estimators "
+                 "do not agree" if ivw is not None else "no estimate can be trusted here: too few methods to compare")
+    return None, statement, reasons + [caveat], [
+        "more instruments, or outcome data from a second sample, to tell pleiotropy from the effect"]
+
+
+def verdict_payload(result: AnalysisResult) -> list[dict]:
+    """The verdicts as JSON-ready dicts (results.json's `verdict`)."""
+    return [v.to_dict() for v in verdicts(result)]
+
+
+__all__ = ["ADJUSTED", "INVARIANT", "STANDINGS", "Check", "MethodStanding", "Verdict", "design_of", "verdict",
+           "verdict_payload", "verdicts"]

@@ -1,0 +1,178 @@
+"""The verdict (report/verdict.py, docs/verdict.md): each principle of the rule, and the verdict as data.
+
+Every test builds the reported numbers a run would produce and checks the one
+decision the principle dictates, so a rule that broke the principle fails here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from invariant_mr.cli import main
+from invariant_mr.methods.registry import MethodContext
+from invariant_mr.pipeline import run_analysis
+from invariant_mr.report.verdict import verdict, verdicts
+from invariant_mr.results import AnalysisResult, Diagnostic, Estimate
+from invariant_mr.simulation.paper import simulate_paper
+
+LIPIDS = Path(__file__).parent / "data" / "lipids_chd_mendelianrandomization.tsv"
+
+
+def _est(method, value, se=0.02, f=80.0, k=4, exposure=None, extra=None):
+    return Estimate(method, "pooled", value, se, value - 1.96 * se, value + 1.96 * se, 6000, k, f,
+                    extra=extra or {}, exposure=exposure)
+
+
+def _checks(method, mmd=0.5, hsic=0.5, j=0.5, n_perm=1000):
+    out = [Diagnostic(f"{method}/overidentification_j", "pooled", 1.0, j, "x", {"df": 3})]
+    if mmd is not None:
+        out.append(Diagnostic(f"{method}/invariance_mmd", "pooled", 1.0, mmd, "x", {"n_permutations": n_perm}))
+    if hsic is not None:
+        out.append(Diagnostic(f"{method}/independence_hsic", "pooled", 1.0, hsic, "x", {"n_permutations": n_perm}))
+    return out
+
+
+def _result(estimates, diagnostics=(), truth=None, data=None):
+    prov = {"parameters": {"alpha": 0.05}, "data": data or {"n": 6000}}
+    return AnalysisResult(tuple(estimates), prov, tuple(diagnostics), truth)
+
+
+NAIVE = [_est("tsls_all_env", 1.22, se=0.01), _est("ivw", 1.20, se=0.03), _est("mr_egger", 1.19, se=0.05)]
+NAIVE_DIAGS = [Diagnostic("cochran_q", "pooled", 10.0, 0.6, "x", {}), Diagnostic("egger_intercept", "pooled", 0.1, 0.7, "x", {}),
+               Diagnostic("i_squared_gx", "pooled", 0.99, None, "x", {})]
+
+
+def test_an_invariant_method_whose_checks_pass_beats_unadjusted_methods_whose_checks_pass():
+    r = _result([*NAIVE, _est("invariant_polynomial", 1.00, se=0.03)], [*NAIVE_DIAGS, *_checks("invariant_polynomial")])
+    v = verdict(r)
+    assert v.recommended == "invariant_polynomial"
+    assert v.estimate == pytest.approx(1.0) and v.interval == pytest.approx((1 - 1.96 * 0.03, 1 + 1.96 * 0.03))
+    assert v.standing("ivw").standing == "unadjusted" and v.standing("invariant_polynomial").standing == "verified"
+
+
+def test_unadjusted_methods_are_never_the_answer_on_individual_data():
+    v = verdict(_result(NAIVE, NAIVE_DIAGS))
+    assert v.recommended is None and v.statement.startswith("no estimate can be trusted")
+    assert v.advice  # says what data would help
+
+
+def test_one_marginal_pvalue_among_many_does_not_sink_an_estimate():
+    # Three invariant methods, nine checks: HSIC p = 0.008 is above Holm's first threshold 0.05/9 = 0.0056.
+    diags = [*_checks("invariant_polynomial", hsic=0.008), *_checks("invariant_linear"), *_checks("invariant_linear_crossfit")]
+    ests = [_est("invariant_polynomial", 1.0, se=0.02), _est("invariant_linear", 1.01, se=0.03),
+            _est("invariant_linear_crossfit", 0.99, se=0.04)]
+    v = verdict(_result([*NAIVE, *ests], diags))
+    assert v.standing("invariant_polynomial").standing == "verified"
+    assert v.recommended == "invariant_polynomial"
+    # Alone with its three checks the same p-value is below 0.05/3 = 0.0167 and fails.
+    alone = verdict(_result([*NAIVE, ests[0]], _checks("invariant_polynomial", hsic=0.008)))
+    assert alone.standing("invariant_polynomial").standing == "failed" and alone.recommended is None
+
+
+def test_a_permutation_pvalue_at_its_floor_always_fails():
+    # Thirteen checks: Holm's first threshold is 0.05/13 = 0.0038. With B = 99 permutations the smallest
+    # attainable p-value is 0.01, above it: the floor, not Holm, makes the check fail.
+    diags = [*_checks("invariant_polynomial", mmd=1 / 100, n_perm=99)]
+    ests = [_est("invariant_polynomial", 1.0)]
+    for name in ("invariant_linear", "invariant_linear_crossfit", "tsls_external"):
+        diags += _checks(name)
+        ests.append(_est(name, 1.0, se=0.05))
+    diags.append(Diagnostic("tsls_pcs/overidentification_j", "pooled", 1.0, 0.5, "x", {}))
+    ests.append(_est("tsls_pcs", 1.0, se=0.05))
+    v = verdict(_result(ests, diags))
+    assert v.standing("invariant_polynomial").standing == "failed"
+    assert v.recommended != "invariant_polynomial"
+
+
+def test_verified_methods_that_disagree_give_no_answer():
+    diags = [*_checks("invariant_polynomial"), *_checks("invariant_linear")]
+    v = verdict(_result([*NAIVE, _est("invariant_polynomial", 1.0), _est("invariant_linear", 1.2)], diags))
+    assert v.recommended is None and "disagree" in v.statement
+
+
+def test_a_skipped_check_is_not_a_passed_check():
+    # PCs without a J test: addresses confounding, but nothing checked it.
+    v = verdict(_result([*NAIVE, _est("tsls_pcs", 1.02)], NAIVE_DIAGS))
+    assert v.standing("tsls_pcs").standing == "unchecked" and v.recommended is None
+
+
+def test_adjusted_designs_need_a_second_design_that_agrees():
+    j = lambda m, p=0.4: Diagnostic(f"{m}/overidentification_j", "pooled", 1.0, p, "x", {})
+    one = verdict(_result([*NAIVE, _est("tsls_pcs", 1.02)], [j("tsls_pcs")]))
+    assert one.standing("tsls_pcs").standing == "supported" and one.recommended is None
+    two = verdict(_result([*NAIVE, _est("tsls_pcs", 1.02, se=0.02), _est("tsht", 1.03, se=0.01)],
+                          [j("tsls_pcs"), j("tsht")]))
+    assert two.recommended == "tsht"  # both agree; the more precise
+    apart = verdict(_result([*NAIVE, _est("tsls_pcs", 1.02, se=0.01), _est("tsht", 1.10, se=0.01)],
+                            [j("tsls_pcs"), j("tsht")]))
+    assert apart.recommended is None and any("disagree" in r for r in apart.reasons)
+    failing = verdict(_result([*NAIVE, _est("tsls_pcs", 1.02), _est("tsht", 1.03)], [j("tsls_pcs", 1e-6), j("tsht")]))
+    assert failing.standing("tsls_pcs").standing == "failed" and failing.recommended is None
+
+
+def test_weak_instruments_are_not_trusted_even_when_checks_pass():
+    v = verdict(_result([*NAIVE, _est("invariant_linear", 1.0, f=4.0)], _checks("invariant_linear")))
+    assert v.standing("invariant_linear").standing == "weak" and v.recommended is None
+
+
+def test_empty_anderson_rubin_set_fails_an_invariant_method():
+    e = _est("invariant_linear", 1.0, extra={"ar_set": [], "ar_set_kind": "empty"})
+    v = verdict(_result([e], _checks("invariant_linear")))
+    assert v.standing("invariant_linear").standing == "failed"
+
+
+def test_the_verdict_never_reads_the_truth():
+    ests = [*NAIVE, _est("invariant_polynomial", 1.0)]
+    diags = [*NAIVE_DIAGS, *_checks("invariant_polynomial")]
+    assert verdict(_result(ests, diags, truth={"theta": 1.2})).to_dict() == verdict(_result(ests, diags)).to_dict()
+
+
+def test_one_verdict_per_exposure_comparing_like_with_like():
+    ests = [_est("invariant_linear", 1.0, exposure="a"), _est("invariant_linear", 3.0, exposure="b"),
+            _est("tsls_all_env", 1.3, exposure="a"), _est("tsls_all_env", 3.2, exposure="b")]
+    vs = verdicts(_result(ests, _checks("invariant_linear")))
+    assert [v.exposure for v in vs] == ["a", "b"]
+    # The diagnostics name the method, not the exposure: both rows are verified, and never compared across exposures.
+    assert [v.recommended for v in vs] == ["invariant_linear", "invariant_linear"]
+    assert [v.estimate for v in vs] == [1.0, 3.0]
+
+
+def test_summary_statistics_rule_reads_pleiotropy_checks():
+    summary = {"n_variants": 80}
+    base = [_est("ivw", 0.50, se=0.05), _est("weighted_median", 0.48, se=0.07), _est("weighted_mode", 0.47, se=0.09),
+            _est("mr_egger", 0.45, se=0.12)]
+    ok = verdict(_result(base, NAIVE_DIAGS, data=summary))
+    assert ok.kind == "summary" and ok.recommended == "ivw" and "stratification" in " ".join(ok.reasons)
+    het = [Diagnostic("cochran_q", "pooled", 300.0, 1e-9, "x", {}), *NAIVE_DIAGS[1:]]
+    robust = verdict(_result(base, het, data=summary))
+    assert robust.recommended == "weighted_median"  # IVW's heterogeneity check fails; the robust ones agree
+    split = [_est("ivw", 0.50, se=0.05), _est("weighted_median", 0.10, se=0.03), _est("weighted_mode", 0.60, se=0.03)]
+    assert verdict(_result(split, het, data=summary)).recommended is None
+
+
+def test_results_json_and_the_result_carry_the_verdict():
+    sim = simulate_paper("linear", n_envs=2, n_per_env=800, seed=3)
+    result = run_analysis(sim.data, ["tsls_all_env", "invariant_linear"],
+                          MethodContext(seed=3, per_env=False, progress=False, options={"diagnostic_permutations": 99}))
+    payload = json.loads(result.to_json())["verdict"]
+    assert len(payload) == 1 and set(payload[0]) >= {"recommended", "estimate", "ci", "statement", "methods", "reasons"}
+    assert payload[0]["recommended"] in (None, "invariant_linear")
+    assert {m["method"]: m["standing"] for m in payload[0]["methods"]}["tsls_all_env"] == "unadjusted"
+    # The stored result reads back and gives the same verdict.
+    again = AnalysisResult.from_dict(json.loads(result.to_json()))
+    assert verdict(again).to_dict() == payload[0]
+
+
+def test_mr_prints_and_writes_the_verdict(tmp_path, capsys):
+    out = tmp_path / "mr"
+    assert main(["mr", "--sumstats", str(LIPIDS), "--exposure", "ldlc", "--methods", "ivw,weighted_median,mr_egger",
+                 "--out", str(out), "--n-bootstrap", "100"]) == 0
+    printed = capsys.readouterr().out
+    assert "Verdict for exposure ldlc:" in printed
+    saved = json.loads((out / "results.json").read_text())["verdict"]
+    assert saved[0]["exposure"] == "ldlc" and saved[0]["kind"] == "summary"
+    assert saved[0]["statement"].split(":")[0] in printed
