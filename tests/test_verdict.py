@@ -176,3 +176,22 @@ def test_mr_prints_and_writes_the_verdict(tmp_path, capsys):
     saved = json.loads((out / "results.json").read_text())["verdict"]
     assert saved[0]["exposure"] == "ldlc" and saved[0]["kind"] == "summary"
     assert saved[0]["statement"].split(":")[0] in printed
+
+
+def test_one_method_failing_never_takes_the_others_down(monkeypatch):
+    """An unexpected error in one method becomes its 'failed: ...' row; the rest of the run and the verdict go on."""
+    from invariant_mr.methods import registry
+    from invariant_mr.methods.spec import MethodSpec
+
+    def broken(data, ctx):
+        raise ValueError("attempt to get argmax of an empty sequence")
+
+    registry.registered_methods()  # load the built-ins first
+    monkeypatch.setitem(registry._REGISTRY, "broken_method", MethodSpec("broken_method", broken, "raises", default=False))
+    sim = simulate_paper("linear", n_envs=2, n_per_env=500, seed=1)
+    result = run_analysis(sim.data, ["tsls_all_env", "broken_method", "ols"],
+                          MethodContext(seed=1, per_env=False, progress=False))
+    broken_row = result.select(method="broken_method")[0]
+    assert not broken_row.available and broken_row.reason == "failed: ValueError: attempt to get argmax of an empty sequence"
+    assert result.select(method="tsls_all_env")[0].available and result.select(method="ols")[0].available
+    assert ("broken_method", broken_row.reason) in verdict(result).abstained

@@ -18,7 +18,7 @@ from invariant_mr.io.gwas_sumstats import SumstatsTable
 from invariant_mr.errors import InputError
 from invariant_mr.provenance import make_provenance, sha256_array
 from invariant_mr.methods.registry import MethodContext, MethodSpec, registered_methods, resolve_methods
-from invariant_mr.results import AnalysisResult
+from invariant_mr.results import AnalysisResult, Estimate
 
 def data_fingerprint(data: MRData | StreamedMRData | SumstatsTable) -> dict:
     """Hashes of the analysed arrays, so a result can be matched to its data."""
@@ -124,7 +124,7 @@ def run_analysis(
         for spec in bar:
             bar.set_postfix_str(spec.name)
             start = time.perf_counter()
-            out = _run_method(spec, data, ctx) if streamed else spec.function(data, ctx)
+            out = _isolated(spec, data, ctx, streamed)
             timings[spec.name] = round(time.perf_counter() - start, 4)
             estimates.extend(out.estimates)
             diagnostics.extend(out.diagnostics)
@@ -160,6 +160,23 @@ def run_analysis(
     )
     # The verdict reads only the result (never `truth`), and travels with it into results.json.
     return replace(result, verdict=tuple(verdict_payload(result)))
+
+
+def _isolated(spec: MethodSpec, data, ctx: MethodContext, streamed: bool):
+    """Run one method; an unexpected error becomes its "failed: ..." row instead of ending the whole analysis.
+
+    Input errors (`InputError`: the user's options or data) still stop the run with their message.
+    """
+    from invariant_mr.methods.spec import MethodOutput
+
+    try:
+        return _run_method(spec, data, ctx) if streamed else spec.function(data, ctx)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one method's bug must not take the others' results down
+        reason = f"failed: {type(exc).__name__}: {exc}".strip()
+        n = getattr(data, "n", None) or getattr(data, "n_variants", 0)
+        return MethodOutput((Estimate.unavailable(spec.name, "pooled", int(n), None, reason),))
 
 
 def _run_method(spec: MethodSpec, data: StreamedMRData, ctx: MethodContext):
