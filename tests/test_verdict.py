@@ -195,3 +195,61 @@ def test_one_method_failing_never_takes_the_others_down(monkeypatch):
     assert not broken_row.available and broken_row.reason == "failed: ValueError: attempt to get argmax of an empty sequence"
     assert result.select(method="tsls_all_env")[0].available and result.select(method="ols")[0].available
     assert ("broken_method", broken_row.reason) in verdict(result).abstained
+
+
+# ----------------------------------------------------------------------------- the leak-shift check
+def _leaky_data(leak_confounded: bool, n=6000, seed=0):
+    rng = np.random.default_rng(seed)
+    h = rng.standard_normal(n)                      # confounder
+    w = rng.standard_normal(n)                      # valid instrument
+    v = 0.8 * h + 0.6 * rng.standard_normal(n)       # environment-varying latent, confounded
+    other = rng.standard_normal(n)                   # varying but unconfounded
+    leak = v if leak_confounded else other
+    instrument = w + 0.3 * leak
+    d = w + v + h + rng.standard_normal(n)
+    y = 1.0 * d + h + rng.standard_normal(n)
+    return y, d, instrument[:, None], np.column_stack([v, other])
+
+
+def test_leak_shift_measures_the_bias_a_confounded_leak_causes():
+    from invariant_mr.inference.diagnostics import _purge, leak_shift_test
+
+    y, d, z, complement = _leaky_data(True)
+    purged = _purge(z, complement, None)
+    shift, se, p, f = leak_shift_test(y, d, z, purged)
+    # theta(z) - theta(purged): the leak through v biases 2SLS upwards; purged of v the estimate is valid.
+    assert shift > 6 * se and p < 1e-6 and f > 100
+    y, d, z, complement = _leaky_data(False)
+    shift, se, p, f = leak_shift_test(y, d, z, _purge(z, complement, None))
+    assert abs(shift) < 3 * se and p > 0.003
+
+
+def test_leak_shift_of_identical_instruments_is_zero():
+    from invariant_mr.inference.diagnostics import leak_shift_test
+
+    y, d, z, _ = _leaky_data(True)
+    shift, se, p, _ = leak_shift_test(y, d, z, z.copy())
+    assert shift == pytest.approx(0.0, abs=1e-12) and p == 1.0
+
+
+def _leak_diag(method, shift, se, p, f_purged=150.0):
+    return Diagnostic(f"{method}/leak_shift", "pooled", shift, p, "x",
+                      {"shift": shift, "se": se, "purged_first_stage_f": f_purged})
+
+
+def test_an_immaterial_leak_does_not_fail_an_invariant_method():
+    diags = [*_checks("invariant_polynomial", mmd=1 / 1001, hsic=1 / 1001), _leak_diag("invariant_polynomial", -0.0006, 0.002, 0.77)]
+    v = verdict(_result([*NAIVE, _est("invariant_polynomial", 0.99, se=0.018)], diags))
+    assert v.standing("invariant_polynomial").standing == "verified" and v.recommended == "invariant_polynomial"
+    assert "immaterial" in " ".join(v.standing("invariant_polynomial").passed)
+
+
+@pytest.mark.parametrize("shift, se, p, f_purged", [
+    (0.05, 0.005, 1e-20, 150.0),   # the leak moves the estimate: it biases it
+    (0.0, 0.02, 0.99, 150.0),       # too imprecise to see a shift of about one SE (0.018)
+    (0.0, 0.002, 0.99, 4.0),        # purged instruments weak: the check is powerless
+])
+def test_a_material_or_unmeasurable_leak_still_fails(shift, se, p, f_purged):
+    diags = [*_checks("invariant_polynomial", mmd=1 / 1001), _leak_diag("invariant_polynomial", shift, se, p, f_purged)]
+    v = verdict(_result([*NAIVE, _est("invariant_polynomial", 0.99, se=0.018)], diags))
+    assert v.standing("invariant_polynomial").standing == "failed" and v.recommended is None

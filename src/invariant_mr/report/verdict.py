@@ -72,6 +72,7 @@ METHOD_CHECKS: Mapping[str, tuple[str, str]] = {
     "invariance_mmd": ("invariance (MMD)", "invariance"),
     "independence_hsic": ("independence (HSIC)", "independence"),
     "overidentification_j": ("overidentification (J)", "overidentification"),
+    "leak_shift": ("leak shift", "leak"),
 }
 #: Unprefixed summary-level checks -> the methods whose validity they test.
 SUMMARY_CHECKS: Mapping[str, tuple[str, ...]] = {
@@ -80,7 +81,7 @@ SUMMARY_CHECKS: Mapping[str, tuple[str, ...]] = {
     "mr_presso_global": ("ivw", "mr_presso"),
 }
 #: Pleiotropy-robust summary estimators: consistent under other assumptions than IVW's.
-ROBUST_SUMMARY = ("weighted_median", "weighted_mode", "mr_egger", "mr_presso")
+ROBUST_SUMMARY = ("weighted_median", "weighted_mode", "mr_egger", "mr_presso", "mr_raps", "mr_conmix")
 
 STANDINGS = {
     "verified": "strong instruments; invariance across environments and every other check pass",
@@ -217,7 +218,8 @@ def _z(alpha: float) -> float:
 def _se(s: MethodStanding) -> float:
     if s.se is not None and math.isfinite(s.se) and s.se > 0:
         return float(s.se)
-    return (s.ci_high - s.ci_low) / 2  # a Wald-type half width stands in (summary methods without an SE)
+    # No SE (e.g. ConMix's likelihood-ratio set): the interval's half width over z(0.975) stands in.
+    return (s.ci_high - s.ci_low) / (2 * 1.959963984540054)
 
 
 def _finite(x) -> bool:
@@ -250,6 +252,40 @@ def _strength(e: Estimate, by_name: Mapping[str, Diagnostic]) -> float | None:
     return float(f) if _finite(f) else None
 
 
+#: A leak shift can be ignored only when the check could have seen a shift this small relative to the
+#: estimate's own SE: then an undetected leak moves the estimate by about one SE at most.
+LEAK_SE_RATIO = 0.5
+
+
+def _weigh_leak(e: Estimate, checks: list[Check], by_name: Mapping[str, Diagnostic]) -> list[Check]:
+    """A detected leak (MMD or HSIC failing) that does not matter for the estimate is not a failure.
+
+    With thousands of rows, MMD and HSIC detect leaks far too small to bias the estimate. What matters
+    is the bias: purge the instruments of everything the environment-varying component predicts
+    (degree-2 features, and their interaction with the environment) and see whether the estimate moves.
+    The leak is immaterial when the purged instruments stay strong (F >= 10), the leak-shift check
+    passes (within the family), and it was precise enough to see a shift of about one SE of the
+    estimate (its SE at most `LEAK_SE_RATIO` times the estimate's).
+    """
+    leak = next((c for c in checks if c.kind == "leak"), None)
+    d = by_name.get(f"{e.method}/leak_shift")
+    if leak is None or not leak.passed or d is None:
+        return checks
+    f_purged, shift, se = (d.detail.get(k) for k in ("purged_first_stage_f", "shift", "se"))
+    if not (_finite(f_purged) and f_purged >= WEAK_F and _finite(se) and _finite(e.se)
+            and se <= LEAK_SE_RATIO * float(e.se)):
+        return checks
+    out = []
+    for c in checks:
+        if c.kind in ("invariance", "independence") and not c.passed:
+            c = Check(c.label, c.kind, c.pvalue, True, f"{c.text} (a leak, immaterial: see the leak shift)")
+        elif c.kind == "leak":
+            c = Check(c.label, c.kind, c.pvalue, True, f"{c.text}: purged of the leak, the instruments keep "
+                      f"F = {f_purged:.0f} and the estimate moves by {shift:+.4f} (SE {se:.4f})")
+        out.append(c)
+    return out
+
+
 def _assess(e: Estimate, by_name: Mapping[str, Diagnostic], rejected: set[str], alpha: float,
             summary_input: bool) -> MethodStanding:
     design = "unadjusted" if summary_input else design_of(e.method)
@@ -268,6 +304,7 @@ def _assess(e: Estimate, by_name: Mapping[str, Diagnostic], rejected: set[str], 
         failed = name in rejected if family else d.pvalue < alpha
         note = " (Holm over the run's checks)" if family and d.pvalue < alpha and not failed else ""
         checks.append(Check(label, kind, d.pvalue, not failed, f"{label} p = {format_pvalue(d.pvalue)}{note}"))
+    checks = _weigh_leak(e, checks, by_name)
     kind = e.extra.get("ar_set_kind")
     if (e.n_instruments or 0) >= 2 and kind not in (None, "not computed"):
         empty = kind == "empty"
