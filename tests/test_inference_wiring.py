@@ -36,7 +36,7 @@ IV_METHODS = (
     "invariant_autoencoder_insample",
 )
 LEARNED = ("invariant_linear", "invariant_linear_crossfit", "invariant_autoencoder", "invariant_autoencoder_insample")
-CHECKS = ("invariance_mmd", "independence_hsic", "overidentification_j", "first_stage_f")
+CHECKS = ("invariance_mmd", "independence_hsic", "leak_shift", "overidentification_j", "first_stage_f")
 N_PERM = 49
 
 
@@ -110,7 +110,7 @@ def test_ar_sets_use_each_methods_own_instruments_and_controls(result, sim, ctx)
 
 
 @pytest.mark.parametrize("method", LEARNED)
-def test_learned_methods_report_the_four_diagnostics(result, sim, method):
+def test_learned_methods_report_the_five_diagnostics(result, sim, method):
     diags = [d for d in result.diagnostics if d.name.startswith(method + "/")]
     by_name = {}
     for d in diags:
