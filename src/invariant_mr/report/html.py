@@ -130,19 +130,23 @@ def _verdict(result: AnalysisResult) -> str:
     for v in verdicts(result):
         head = "" if v.exposure is None else f"<h3>Exposure {_esc(v.exposure)}</h3>"
         reasons = "".join(f"<li>{_esc(r)}</li>" for r in v.reasons)
+        left = ' style="text-align:left;white-space:normal;min-width:22em"'
         rows = "".join(
             f"<tr><td>{_esc(s.method)}</td><td>{_esc(s.design)}</td><td>{s.estimate:.4f}</td>"
             f"<td>[{s.ci_low:.3f}, {s.ci_high:.3f}]</td><td title=\"{_esc(STANDINGS.get(s.standing, ''))}\">"
-            f"{_esc(s.standing)}</td><td>{_esc('; '.join(s.passed))}</td><td>{_esc('; '.join(s.failed))}</td></tr>"
+            f"<b>{_esc(s.standing)}</b></td><td{left}>"
+            + "".join(f'<span style="color:#b00">&#10007; {_esc(c)}</span><br>' for c in s.failed)
+            + "".join(f"&#10003; {_esc(c)}<br>" for c in s.passed)
+            + "</td></tr>"
             for s in v.standings
         )
-        rows += "".join(f"<tr><td>{_esc(m)}</td><td></td><td>NA</td><td></td><td>no estimate</td><td></td>"
-                        f"<td>{_esc(r)}</td></tr>" for m, r in v.abstained)
+        rows += "".join(f"<tr><td>{_esc(m)}</td><td></td><td>NA</td><td></td><td>no estimate</td>"
+                        f"<td{left}>{_esc(r)}</td></tr>" for m, r in v.abstained)
         advice = "" if not v.advice else "<p>What would help: " + _esc("; ".join(v.advice)) + ".</p>"
         parts.append(
             f'{head}<p class="verdict"><b>{_esc(v.statement)}</b></p><ul>{reasons}</ul>{advice}'
             '<div class="wide"><table><tr><th>method</th><th>design</th><th>estimate</th><th>CI</th>'
-            f"<th>standing</th><th>checks passed</th><th>checks failed</th></tr>{rows}</table></div>"
+            f"<th>standing</th><th{left}>checks (&#10007; failed, &#10003; passed)</th></tr>{rows}</table></div>"
         )
     return "".join(parts)
 
