@@ -253,3 +253,19 @@ def test_a_material_or_unmeasurable_leak_still_fails(shift, se, p, f_purged):
     diags = [*_checks("invariant_polynomial", mmd=1 / 1001), _leak_diag("invariant_polynomial", shift, se, p, f_purged)]
     v = verdict(_result([*NAIVE, _est("invariant_polynomial", 0.99, se=0.018)], diags))
     assert v.standing("invariant_polynomial").standing == "failed" and v.recommended is None
+
+
+def test_multivariable_summary_verdict_reads_its_own_heterogeneity_checks():
+    summary = {"n_variants": 145}
+    ests = [_est(m, v, exposure=x) for x, (a, b) in {"ldl": (0.5, 0.6), "hdl": (-0.2, -0.25)}.items()
+            for m, v in (("mv_ivw", a), ("mv_egger", b))]
+    clean = [Diagnostic("mv_ivw_heterogeneity", "pooled", 30.0, 0.4, "x", {}),
+             Diagnostic("mv_egger_intercept", "pooled", 0.5, 0.6, "x", {}),
+             Diagnostic("mv_egger_heterogeneity", "pooled", 29.0, 0.45, "x", {})]
+    assert [v.recommended for v in verdicts(_result(ests, clean, data=summary))] == ["mv_ivw", "mv_ivw"]
+    pleiotropic = [Diagnostic("mv_ivw_heterogeneity", "pooled", 51.0, 0.0014, "x", {}), clean[1],
+                   Diagnostic("mv_egger_heterogeneity", "pooled", 39.0, 0.3, "x", {})]
+    vs = verdicts(_result(ests, pleiotropic, data=summary))
+    assert [v.recommended for v in vs] == ["mv_egger", "mv_egger"] and [v.estimate for v in vs] == [0.6, -0.25]
+    both = [pleiotropic[0], clean[1], Diagnostic("mv_egger_heterogeneity", "pooled", 39.0, 0.02, "x", {})]
+    assert [v.recommended for v in verdicts(_result(ests, both, data=summary))] == [None, None]

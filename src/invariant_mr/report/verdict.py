@@ -79,6 +79,9 @@ SUMMARY_CHECKS: Mapping[str, tuple[str, ...]] = {
     "cochran_q": ("ivw",),
     "egger_intercept": ("ivw",),
     "mr_presso_global": ("ivw", "mr_presso"),
+    "mv_ivw_heterogeneity": ("mv_ivw",),
+    "mv_egger_intercept": ("mv_ivw",),
+    "mv_egger_heterogeneity": ("mv_egger",),
 }
 #: Pleiotropy-robust summary estimators: consistent under other assumptions than IVW's.
 ROBUST_SUMMARY = ("weighted_median", "weighted_mode", "mr_egger", "mr_presso", "mr_raps", "mr_conmix")
@@ -313,7 +316,7 @@ def _assess(e: Estimate, by_name: Mapping[str, Diagnostic], rejected: set[str], 
     for name, methods in SUMMARY_CHECKS.items():
         d = by_name.get(name)
         if e.method in methods and d is not None and _finite(d.pvalue):
-            kind_ = "heterogeneity" if name != "egger_intercept" else "pleiotropy"
+            kind_ = "pleiotropy" if name.endswith("egger_intercept") else "heterogeneity"
             checks.append(Check(name, kind_, d.pvalue, d.pvalue >= alpha, f"{name} p = {format_pvalue(d.pvalue)}"))
     d = by_name.get("i_squared_gx")
     if e.method == "mr_egger" and d is not None and _finite(d.statistic):
@@ -466,6 +469,8 @@ def _decide_summary(standings: tuple[MethodStanding, ...], alpha: float, n_check
     caveat = ("summary statistics carry no environments: whether the GWAS removed population stratification "
               "cannot be checked here")
     by = {s.method: s for s in standings}
+    if "ivw" not in by and "mv_ivw" in by:
+        return _decide_multivariable_summary(by, caveat)
     ivw = by.get("ivw")
 
     def usable(s: MethodStanding) -> bool:
@@ -494,6 +499,23 @@ def _decide_summary(standings: tuple[MethodStanding, ...], alpha: float, n_check
                  "do not agree" if ivw is not None else "no estimate can be trusted here: too few methods to compare")
     return None, statement, reasons + [caveat], [
         "more instruments, or outcome data from a second sample, to tell pleiotropy from the effect"]
+
+
+def _decide_multivariable_summary(by: Mapping[str, MethodStanding], caveat: str):
+    """Direct effects: multivariable IVW when neither heterogeneity nor the MV-Egger intercept says
+    pleiotropy, else MV-Egger when its own heterogeneity check passes (directional pleiotropy under
+    InSIDE), else none. Each exposure is judged on its own conditional F."""
+    ivw, egger = by["mv_ivw"], by.get("mv_egger")
+    if ivw.standing == "consistent":
+        return ivw.method, f"recommended: {_fmt(ivw)}: no heterogeneity or directional pleiotropy detected", [
+            "; ".join(ivw.passed), caveat], []
+    if egger is not None and egger.standing == "consistent":
+        return egger.method, (f"recommended: {_fmt(egger)}: multivariable IVW fails its pleiotropy checks "
+                              f"({'; '.join(ivw.failed)}); MV-Egger models directional pleiotropy and fits"), [caveat], []
+    reasons = [f"{s.method} ({s.estimate:.3f}): {s.standing}" + (f": {'; '.join(s.failed)}" if s.failed else "")
+               for s in (ivw, egger) if s is not None]
+    return None, "no estimate can be trusted here: pleiotropy is evident in the multivariable model", \
+        reasons + [caveat], ["more instruments, or fewer exposures sharing them"]
 
 
 def verdict_payload(result: AnalysisResult) -> list[dict]:
