@@ -132,7 +132,8 @@ def score_one(record: dict) -> dict:
 def score(args) -> None:
     from invariant_mr.provenance import cpu_model
 
-    records = [json.loads(line) for p in sorted(RUNS.glob("*.jsonl")) for line in p.open()]
+    records = list({(r["scenario"], r["seed"]): r for r in reversed(
+        [json.loads(line) for p in sorted(RUNS.glob("*.jsonl")) for line in p.open()])}.values())  # first of duplicates
     scored = [score_one(r) for r in records]
     order = {s: i for i, s in enumerate(SCENARIOS)}
     scored.sort(key=lambda r: (order.get(r["scenario"], 99), r["seed"]))

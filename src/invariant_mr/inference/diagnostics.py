@@ -402,48 +402,78 @@ def _leak_features(complement: np.ndarray, env_codes: np.ndarray) -> np.ndarray:
 
 def _purge(X: np.ndarray, features: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
     """X minus its least-squares fit on [1, features], within each group (cross-fitting fold)."""
-    out = np.empty_like(X)
-    labels = np.zeros(X.shape[0], dtype=int) if groups is None else groups
+    return X - _purge_fit(X, features, groups)[0]
+
+
+def _purge_fit(X, features, groups):
+    """(fitted part of X, purge design [1, features], group labels) of the within-group purge regression."""
+    design = np.hstack([np.ones((X.shape[0], 1)), features])
+    labels = np.zeros(X.shape[0], dtype=int) if groups is None else np.asarray(groups)
+    fitted = np.empty_like(X)
     for g in np.unique(labels):
         m = labels == g
-        design = np.hstack([np.ones((int(m.sum()), 1)), features[m]])
-        coef, *_ = np.linalg.lstsq(design, X[m], rcond=None)
-        out[m] = X[m] - design @ coef
-    return out
+        coef, *_ = np.linalg.lstsq(design[m], X[m], rcond=None)
+        fitted[m] = design[m] @ coef
+    return fitted, design, labels
 
 
-def leak_shift_test(outcome, exposure, instruments, purged, controls=None, clusters=None
+def leak_shift_test(outcome, exposure, instruments, features, controls=None, *, groups=None, clusters=None
                     ) -> tuple[float, float, float, float]:
     """How much the 2SLS estimate moves when the instruments are purged of their leak.
 
+    `instruments` (n, m) are purged of their least-squares fit on [1,
+    `features`] (within each of `groups`, the cross-fitting folds; then both
+    instrument sets enter fold-interacted, as the cross-fitted estimate does).
     Returns (shift, se, p, first-stage F of the purged instruments). shift =
-    theta(instruments) - theta(purged), both 2SLS with the same controls; its
+    theta(instruments) - theta(purged), both 2SLS with the same controls. Its
     SE comes from the difference of the two estimators' influence functions
-    (HC0, or summed within clusters), so it accounts for their correlation.
+    (HC0, or summed within clusters), so it accounts for their correlation;
+    the purged estimator's influence function includes the estimation of the
+    purge, which is first order when the features are correlated with the
+    outcome's error (they describe the confounded, environment-varying part).
     A leak that shifts the estimate by less than this SE cannot be told from
     sampling noise, and one that shifts it by several SEs biases it.
     """
+    from invariant_mr.inference.crossfit import fold_interacted
+
     y = np.asarray(outcome, dtype=float).ravel()
     d = np.asarray(exposure, dtype=float).ravel()
     n = y.shape[0]
-    _, groups = check_cov_type("cluster" if clusters is not None else "robust", clusters, n)
+    X = np.asarray(instruments, dtype=float).reshape(n, -1)
+    fitted, design, labels = _purge_fit(X, np.asarray(features, dtype=float).reshape(n, -1), groups)
+    purged = X - fitted
+    sets = (X, purged) if groups is None else (fold_interacted(X, labels), fold_interacted(purged, labels))
+    _, cl = check_cov_type("cluster" if clusters is not None else "robust", clusters, n)
     cols = [np.ones((n, 1))] + ([] if controls is None else [np.asarray(controls, dtype=float).reshape(n, -1)])
     _, basis = independent_basis(np.hstack(cols))
     yt, dt = residualize(y[:, None], basis)[:, 0], residualize(d[:, None], basis)[:, 0]
     influence, thetas = [], []
-    for Z in (instruments, purged):
-        Q = orthonormal_basis(residualize(np.asarray(Z, dtype=float).reshape(n, -1), basis))
-        if Q.shape[1] == 0:
+    for which, Z in enumerate(sets):
+        Zt = residualize(Z, basis)
+        pi, *_ = np.linalg.lstsq(Zt, dt, rcond=None)
+        dhat = Zt @ pi
+        if not np.any(dhat):
             raise InputError("the purged instruments are empty: the leak features span them")
-        dhat = Q @ (Q.T @ dt)
         theta = float(dhat @ yt / (dhat @ dt))
+        u = yt - theta * dt
+        score = dhat * u
+        if which == 1:
+            # The purge's coefficients were estimated: their error moves the numerator by
+            # -g' M^-1 mean(D s) within each group, g = mean(D u), M = mean(D D'), s = purged @ pi.
+            s_raw = Z @ pi
+            for g_label in np.unique(labels):
+                m = labels == g_label
+                D = design[m]
+                g = D.T @ u[m] / n
+                M = D.T @ D / n
+                score[m] = score[m] - (D @ np.linalg.lstsq(M, g, rcond=None)[0]) * s_raw[m]
         thetas.append(theta)
-        influence.append(dhat * (yt - theta * dt) / (dhat @ dt / n))
+        influence.append(score / (dhat @ dt / n))
     diff = (influence[0] - influence[1])[:, None]
-    se = float(np.sqrt(score_outer(diff, groups)[0, 0])) / n
+    se = float(np.sqrt(score_outer(diff, cl)[0, 0])) / n
     shift = thetas[0] - thetas[1]
     p = float(2 * stats.norm.sf(abs(shift) / se)) if se > 0 else (1.0 if shift == 0 else 0.0)
-    f_purged, _, _ = first_stage_strength(d, purged, controls, cov_type="robust" if clusters is None else "cluster",
+    f_purged, _, _ = first_stage_strength(d, sets[1], controls, cov_type="robust" if clusters is None else "cluster",
                                           clusters=clusters)
     return shift, se, p, float(f_purged)
 
@@ -584,8 +614,7 @@ def instrument_diagnostics(
 
     controls = exogenous_controls(data, env_fixed_effects, extra_controls)
     if not np.all(Y.std(axis=0) <= 1e-8 * max(1.0, data.instrument_abs_max())):
-        out.append(_leak_diagnostic(prefix + "leak_shift", data, X_iv, X, Y, rows, strata, folds, controls,
-                                    clusters, alpha))
+        out.append(_leak_diagnostic(prefix + "leak_shift", data, X, Y, rows, strata, controls, clusters, alpha))
     name = prefix + "overidentification_j"
     try:
         stat, p, df = sargan_hansen_j(
@@ -616,21 +645,19 @@ def instrument_diagnostics(
     return out
 
 
-def _leak_diagnostic(name, data, X_iv, X, Y, rows, strata, folds, controls, clusters, alpha) -> Diagnostic:
+def _leak_diagnostic(name, data, X, Y, rows, strata, controls, clusters, alpha) -> Diagnostic:
     """The leak check on the tested rows: the estimate's shift when the instruments lose what the
     environment-varying component (Y) predicts of them. MMD and HSIC say whether a leak exists; this
     says whether it matters for the estimate (docs/verdict.md). The purged instruments' strength is
     recorded too: a purge that leaves weak instruments makes the check powerless."""
-    from invariant_mr.inference.crossfit import fold_interacted
-
     try:
         feats = _leak_features(Y, data.env_codes[rows])
-        purged = _purge(X[rows], feats, strata)
-        purged_iv = purged if folds is None else fold_interacted(purged, strata)
         ctrl = None if controls is None else controls[rows]
+        # Cross-fitted: X is standardised within folds and enters fold-interacted, which spans what
+        # the estimate's fold-interacted instruments span (fold effects are among the controls).
         shift, se, p, f_purged = leak_shift_test(
-            data.outcome[rows], data.exposure[rows], X_iv[rows], purged_iv, ctrl,
-            None if clusters is None else clusters[rows],
+            data.outcome[rows], data.exposure[rows], X[rows], feats, ctrl, groups=strata,
+            clusters=None if clusters is None else clusters[rows],
         )
     except (InputError, np.linalg.LinAlgError) as exc:
         return _invalid(name, "pooled", str(exc))

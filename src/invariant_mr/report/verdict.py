@@ -255,9 +255,11 @@ def _strength(e: Estimate, by_name: Mapping[str, Diagnostic]) -> float | None:
     return float(f) if _finite(f) else None
 
 
-#: A leak shift can be ignored only when the check could have seen a shift this small relative to the
-#: estimate's own SE: then an undetected leak moves the estimate by about one SE at most.
-LEAK_SE_RATIO = 0.5
+#: A leak can be called immaterial only when the leak check is at least as precise as the estimate
+#: itself (SE of the shift <= this times the estimate's SE): an undetected leak then moves the
+#: estimate by about two of its SEs at most. The shift's SE includes the estimation of the purge,
+#: which alone is of the order of the estimate's SE, so a stricter ratio would make the check unusable.
+LEAK_SE_RATIO = 1.0
 
 
 def _weigh_leak(e: Estimate, checks: list[Check], by_name: Mapping[str, Diagnostic]) -> list[Check]:
@@ -267,8 +269,8 @@ def _weigh_leak(e: Estimate, checks: list[Check], by_name: Mapping[str, Diagnost
     is the bias: purge the instruments of everything the environment-varying component predicts
     (degree-2 features, and their interaction with the environment) and see whether the estimate moves.
     The leak is immaterial when the purged instruments stay strong (F >= 10), the leak-shift check
-    passes (within the family), and it was precise enough to see a shift of about one SE of the
-    estimate (its SE at most `LEAK_SE_RATIO` times the estimate's).
+    passes (within the family), and it is at least as precise as the estimate (its SE at most
+    `LEAK_SE_RATIO` times the estimate's).
     """
     leak = next((c for c in checks if c.kind == "leak"), None)
     d = by_name.get(f"{e.method}/leak_shift")
