@@ -45,8 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         click.echo(f"invariant-mr: error: {exc}", err=True)
         return EXIT_USER_ERROR
+    except click.UsageError as exc:
+        # One line, like every other user error: the problem, then where the help is.
+        command = exc.ctx.command_path if exc.ctx is not None else "invariant-mr"
+        click.echo(f"invariant-mr: error: {exc.format_message()} (see '{command} --help')", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"invariant-mr: error: {exc.format_message()}", err=True)
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("invariant-mr: aborted", err=True)

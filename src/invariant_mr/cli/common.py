@@ -11,6 +11,10 @@ import click
 from invariant_mr.io.output import atomic_write_bytes, atomic_write_text
 from invariant_mr.methods.registry import MethodContext, all_method_options
 
+#: Seeds every random step draws from: NumPy and PyTorch both accept 0 .. 2**32 - 1 as a plain seed, so one
+#: range holds for every command (and for --config, which converts with the option's own type).
+SEED = click.IntRange(0, 2**32 - 1)
+
 #: Help sections of `run` and `demo`, in order; method families follow, then anything else.
 SECTIONS = ("Input", "Simulation", "Output", "Quality control", "Analysis")
 
@@ -74,7 +78,7 @@ def analysis_options(func):
     decorators = [
         option("--methods", default=None, section=A,
              help="comma-separated methods (default: all default methods; see `invariant-mr methods`)"),
-        option("--seed", type=int, default=0, show_default=True, section=A, help="seed for every random step"),
+        option("--seed", type=SEED, default=0, show_default=True, section=A, help="seed for every random step"),
         option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
              section=A, help="1 - confidence level"),
         option("--cov-type", type=click.Choice(["robust", "unadjusted", "cluster"]), default=None, section=A,
@@ -296,7 +300,7 @@ def paper_recipe_options(func):
         simulation_option("--weights", type=click.Choice(["default", "clipped-normal"]), default="default",
                           show_default=True,
                           help="paper model: mixing weights; clipped-normal = the authors' (singular values >= s_max/5)"),
-        simulation_option("--mix-seed", type=int, default=None,
+        simulation_option("--mix-seed", type=SEED, default=None,
                           help="paper model: draw the mixing once from this seed, shared by every data seed "
                                "(the authors use 100) [default: the data seed]"),
         simulation_option("--mixing-recipe", type=click.Choice(["default", "paper-code"]), default="default",

@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from invariant_mr.cli.common import (
+    SEED,
     GENETIC_OPTION_NAMES,
     SectionedCommand,
     command_line,
@@ -63,7 +64,7 @@ def _provenance_file(directory: Path, provenance: dict) -> None:
 @option("--id-column", section="Input", default="iid", show_default=True, help="--table: sample ID column, if present")
 @option("--method", "map_method", section="Analysis", type=click.Choice(_MAP_METHODS), required=True,
         help="the learner whose map is saved")
-@option("--seed", type=int, default=0, show_default=True, section="Analysis", help="seed for every random step")
+@option("--seed", type=SEED, default=0, show_default=True, section="Analysis", help="seed for every random step")
 @option("--model-out", type=_PATH, required=True, section="Output", help="directory for the map (must not exist)")
 @option("--overwrite", is_flag=True, section="Output", help="replace a map directory a previous `fit` wrote")
 @option("--quiet", is_flag=True, section="Output", help="no summary on the terminal")

@@ -162,7 +162,10 @@ class OutputDirectory:
                 )
         parent = final.parent
         if not parent.is_dir():
-            raise self._fail(f"parent directory {parent} does not exist")
+            blocker = next((a for a in (parent, *parent.parents) if a.exists() and not a.is_dir()), None)
+            if blocker is not None:
+                raise self._fail(f"{blocker} is a file, not a folder; choose an {self.option} path inside a folder")
+            raise self._fail(f"parent folder {parent} does not exist; create it first (mkdir -p {parent})")
         self._remove_stale_staging(parent, final.name)
         self._probe_writable(parent)
         self._take_lock(parent, final.name)
