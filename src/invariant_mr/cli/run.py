@@ -23,7 +23,7 @@ from invariant_mr.cli.common import (
     write_run_extras,
 )
 from invariant_mr.errors import InputError
-from invariant_mr.io.output import OutputDirectory
+from invariant_mr.io.output import OutputDirectory, check_output_file
 from invariant_mr.provenance import input_record
 
 
@@ -72,6 +72,9 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
     out = OutputDirectory(out_dir, overwrite, inputs=input_paths(table, genetic) + (
         [Path(instruments_from)] if instruments_from is not None else []))
     out.check()
+    if genetic["sumstats_out"] is not None:
+        check_output_file(genetic["sumstats_out"], overwrite=overwrite, option="--sumstats-out", out_dir=out_dir,
+                          inputs=input_paths(table, genetic) + [instruments_from])
     if table is not None or instruments_from is not None:
         given = [f"--{k}" for k in ("scheduler", "workers") if genetic[k] is not None]
         if given or genetic["streaming"] == "on":
