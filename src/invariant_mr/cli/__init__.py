@@ -48,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.UsageError as exc:
         # One line, like every other user error: the problem, then where the help is.
         command = exc.ctx.command_path if exc.ctx is not None else "invariant-mr"
-        click.echo(f"invariant-mr: error: {exc.format_message()} (see '{command} --help')", err=True)
+        message = " ".join(exc.format_message().split())  # click lists choices on several lines
+        click.echo(f"invariant-mr: error: {message} (see '{command} --help')", err=True)
         return exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"invariant-mr: error: {exc.format_message()}", err=True)
+        click.echo(f"invariant-mr: error: {' '.join(exc.format_message().split())}", err=True)
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("invariant-mr: aborted", err=True)

@@ -142,13 +142,14 @@ GENETIC_OPTION_NAMES = (
     "bfile", "pfile", "bgen", "sample", "vcf", "vcf_dosage", "min_info", "npy", "npy_samples", "npy_variants", "pheno", "iid_col", "fid_col", "id_match", "extract", "region",
     "max_variant_missing", "max_sample_missing", "min_maf", "min_maf_per_env", "standardize_dosages",
     "min_env_samples", "dosage_of", "instruments_out", "report", "sumstats_out", "missing_code",
+    "exclude", "chromosomes", "keep", "remove",
 )
 
 
 def input_paths(table, g) -> list[Path]:
     """Every file this run reads: `--overwrite` never replaces a folder holding one of them."""
     paths = [table, g["npy"], g["npy_samples"], g["npy_variants"], g["pheno"], g["extract"], g.get("bgen"),
-             g.get("sample"), g.get("vcf")]
+             g.get("sample"), g.get("vcf"), g.get("exclude"), g.get("keep"), g.get("remove")]
     if g["bfile"] is not None:
         paths += [Path(f"{g['bfile']}{ext}") for ext in (".bed", ".bim", ".fam")]
     if g.get("pfile") is not None:
@@ -195,6 +196,14 @@ def genetic_input_options(func, outputs: bool = True):
         option("--extract", section="Input", type=path, default=None,
                help="file of variant IDs to analyse (first field per line); every genotype format"),
         option("--region", section="Input", default=None, help="analyse variants in CHROM or CHROM:START-END (1-based, inclusive)"),
+        option("--exclude", section="Input", type=path, default=None,
+               help="file of variant IDs to leave out (first field per line), as PLINK's --exclude"),
+        option("--chr", "chromosomes", section="Input", default=None,
+               help="analyse these chromosomes only, as PLINK's --chr: e.g. 1-22, or 1-4,22,X"),
+        option("--keep", section="Input", type=path, default=None,
+               help="file of samples to analyse ('FID IID' or 'IID' per line), as PLINK's --keep"),
+        option("--remove", section="Input", type=path, default=None,
+               help="file of samples to leave out ('FID IID' or 'IID' per line), as PLINK's --remove"),
         option("--geno", "max_variant_missing", section="Quality control", type=click.FloatRange(0, 1), default=qc.max_variant_missing,
                      show_default=True, help="QC: remove variants with a missing-call rate above this"),
         option("--mind", "max_sample_missing", section="Quality control", type=click.FloatRange(0, 1), default=qc.max_sample_missing,

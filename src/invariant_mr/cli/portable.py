@@ -159,6 +159,7 @@ def _load_fit_data(table, env_col, exposure, outcome, instruments, id_column, g)
         vcf_dosage=g["vcf_dosage"], min_info=g["min_info"], npy=g["npy"], npy_samples=g["npy_samples"], npy_variants=g["npy_variants"],
         pheno=g["pheno"], env_col=env_col, exposure=exposure, outcome=outcome, iid_col=g["iid_col"],
         fid_col=g["fid_col"], id_match=g["id_match"], extract=g["extract"], region=g["region"], qc=qc,
+        exclude=g["exclude"], chromosomes=g["chromosomes"], keep=g["keep"], remove=g["remove"],
         min_samples_per_env=g["min_env_samples"], count_a1=g["dosage_of"] == "A1", missing_codes=codes,
     )
     variants = loaded.variants[["variant_id", "counted_allele", "other_allele"]].reset_index(drop=True)

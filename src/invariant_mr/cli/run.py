@@ -93,12 +93,13 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
                          "or --pheno: give one data source")
     if not instruments:
         raise InputError("--instruments is required with --table (e.g. --instruments 'z*')")
+    refuse_genotype_filters(genetic, "--table")
     codes = parse_missing_codes(genetic["missing_code"])
     data, dropped = table_data(
         read_table(table, missing_codes=codes), env=env_col, exposure=exposure, outcome=outcome,
         instruments=instruments, covariates=covariates, id_column=id_column, path=table, cluster=cluster,
     )
-    check_outcome_type(data, outcome_type)
+    data = check_outcome_type(data, outcome_type)
     params = {"table": str(table), "env": env_col, "exposure": exposure, "outcome": outcome,
               "instruments": instruments, "covariates": covariates, "missing_codes": list(codes),
               "cluster": cluster, "outcome_type": outcome_type, "rows_dropped": dropped}
@@ -120,6 +121,17 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
 
 #: The genotype-file flags (exactly one with --pheno).
 GENOTYPE_FLAGS = ("bfile", "pfile", "bgen", "vcf", "npy")
+#: Variant and sample filters that only genotype files take (PLINK's habits).
+GENOTYPE_FILTERS = {"extract": "--extract", "exclude": "--exclude", "chromosomes": "--chr", "region": "--region",
+                    "keep": "--keep", "remove": "--remove", "min_info": "--min-info"}
+
+
+def refuse_genotype_filters(g, source: str) -> None:
+    """A filter given with table input would be silently ignored: say so instead."""
+    given = [flag for key, flag in GENOTYPE_FILTERS.items() if g.get(key) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} filter genotype files (--bfile, --pfile, --bgen, --vcf, --npy); "
+                         f"with {source} choose the columns and rows in the table itself")
 
 
 def run_methods(methods: str | None, outcome_type: str, *, external: bool) -> str | None:
@@ -150,11 +162,30 @@ def run_methods(methods: str | None, outcome_type: str, *, external: bool) -> st
     return "tsls_external" if external else methods
 
 
-def check_outcome_type(data, outcome_type: str) -> None:
+def check_outcome_type(data, outcome_type: str):
+    """The data with a binary outcome coded 0/1: PLINK's case/control coding 1/2 (2 = case) is recoded, and
+    said so; a continuous run on a two-valued outcome gets a warning (it is probably case/control)."""
+    import numpy as np
+
+    values = np.unique(np.asarray(data.outcome, dtype=float))
     if outcome_type == "binary":
+        from dataclasses import replace
+
         from invariant_mr.methods.binary import check_binary_outcome
 
+        if values.size == 2 and set(values.tolist()) == {1.0, 2.0}:
+            click.echo("note: the outcome is coded 1/2 as PLINK codes case/control; read 2 as case (1) and "
+                       "1 as control (0)", err=True)
+            data = replace(data, outcome=np.asarray(data.outcome, dtype=float) - 1.0)
+        elif set(values.tolist()) >= {1.0, 2.0} and 0.0 in values:
+            raise InputError("--outcome-type binary: the outcome holds 0, 1 and 2; in PLINK's 1/2 coding 0 means "
+                             "missing: recode it to 0/1, or give 0 as --missing-code")
         check_binary_outcome(data.outcome)
+    elif values.size == 2:
+        click.echo(f"warning: the outcome takes only two values ({values[0]:g}, {values[1]:g}): if it is "
+                   "case/control, add --outcome-type binary (a linear fit on it estimates a risk difference)",
+                   err=True)
+    return data
 
 
 def _run_external(out, ctx, methods, quiet, table, env_col, exposure, outcome, covariates, id_column, cluster,
@@ -174,6 +205,7 @@ def _run_external(out, ctx, methods, quiet, table, env_col, exposure, outcome, c
 
     if any(g[k] is not None for k in GENOTYPE_FLAGS):
         raise InputError("--instruments-from replaces the genotypes: give --table or --pheno, not genotype files")
+    refuse_genotype_filters(g, "--instruments-from")
     if instruments:
         raise InputError("--instruments-from gives the instruments: drop --instruments")
     if (table is None) == (g["pheno"] is None):
@@ -195,7 +227,7 @@ def _run_external(out, ctx, methods, quiet, table, env_col, exposure, outcome, c
     )
     if n_without:
         dropped = {"no external instruments for the sample ID": n_without, **dropped}
-    check_outcome_type(data, outcome_type)
+    data = check_outcome_type(data, outcome_type)
     params = {"table" if table is not None else "pheno": str(source), "instruments_from": str(instruments_from),
               "env": env_col, "exposure": exposure, "outcome": outcome, "covariates": covariates,
               "cluster": cluster, "outcome_type": outcome_type, "rows_dropped": dropped}
@@ -249,11 +281,16 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         pheno=g["pheno"], env_col=env_col, exposure=exposure, outcome=outcome,
         covariates=[c.strip() for c in covariates.split(",") if c.strip()] if covariates else (),
         iid_col=g["iid_col"], fid_col=g["fid_col"], id_match=g["id_match"], extract=g["extract"],
-        region=g["region"], qc=qc, min_samples_per_env=g["min_env_samples"], count_a1=g["dosage_of"] == "A1",
+        region=g["region"], exclude=g["exclude"], chromosomes=g["chromosomes"], keep=g["keep"], remove=g["remove"],
+        qc=qc, min_samples_per_env=g["min_env_samples"], count_a1=g["dosage_of"] == "A1",
         missing_codes=parse_missing_codes(g["missing_code"]), cluster=cluster,
         streaming=streaming, memory_gb=g["memory_gb"], subsample_rows=g["subsample_rows"], seed=ctx.seed,
     )
-    check_outcome_type(loaded.data, outcome_type)
+    coded = check_outcome_type(loaded.data, outcome_type)
+    if coded is not loaded.data:
+        from dataclasses import replace
+
+        loaded = replace(loaded, data=coded)
     with dask_client(g["scheduler"], g["workers"]) as client:
         data = loaded.data if client is None else loaded.data.with_client(client)
         result = run_analysis(

@@ -214,6 +214,8 @@ class GenotypeSource(abc.ABC):
         extract: str | os.PathLike | Sequence[str] | None = None,
         region: str | None = None,
         min_info: float | None = None,
+        exclude: str | os.PathLike | Sequence[str] | None = None,
+        chromosomes: str | Sequence[str] | None = None,
     ) -> GenotypeSource:
         """A view with the variants listed in `extract` (a file of IDs or a list), inside
         `region` (CHROM[:START-END], 1-based inclusive) and with INFO >= `min_info`.
@@ -225,9 +227,14 @@ class GenotypeSource(abc.ABC):
         ids = None
         if extract is not None:
             ids = read_variant_id_file(extract) if isinstance(extract, (str, os.PathLike)) else list(extract)
+        dropped = None
+        if exclude is not None:
+            dropped = (read_variant_id_file(exclude, "--exclude") if isinstance(exclude, (str, os.PathLike))
+                       else list(exclude))
         table = self.variants
-        if ids is not None or region is not None:
-            sel = _select_variant_positions(table, extract=ids, region=region, source=str(self.path))
+        if ids is not None or region is not None or dropped is not None or chromosomes is not None:
+            sel = _select_variant_positions(table, extract=ids, region=region, source=str(self.path),
+                                            exclude=dropped, chromosomes=chromosomes)
             keep = sel.indices
         else:
             sel = VariantSelection(np.arange(self.n_variants), self.n_variants, None, 0, None)
@@ -249,7 +256,8 @@ class GenotypeSource(abc.ABC):
         view._variants_view = None
         view.selection = VariantSelection(
             indices=keep, n_available=self.n_variants, n_requested_ids=sel.n_requested_ids,
-            n_ids_not_found=sel.n_ids_not_found, region=sel.region,
+            n_ids_not_found=sel.n_ids_not_found, region=sel.region, n_excluded=sel.n_excluded,
+            chromosomes=sel.chromosomes,
         )
         view.min_info = None if min_info is None else float(min_info)
         view.n_removed_by_info = int(sel.indices.size - keep.size)
@@ -1110,6 +1118,8 @@ def open_genotypes(
     extract: str | os.PathLike | Sequence[str] | None = None,
     region: str | None = None,
     min_info: float | None = None,
+    exclude: str | os.PathLike | Sequence[str] | None = None,
+    chromosomes: str | Sequence[str] | None = None,
 ) -> GenotypeSource:
     """Open exactly one genotype source and apply the variant filters.
 
@@ -1141,8 +1151,9 @@ def open_genotypes(
         source = VcfSource(vcf, dosage_field=vcf_dosage)
     else:
         source = NpySource(npy, samples=npy_samples, variants=npy_variants)
-    if extract is not None or region is not None or min_info is not None:
-        source = source.select_variants(extract=extract, region=region, min_info=min_info)
+    if any(v is not None for v in (extract, region, min_info, exclude, chromosomes)):
+        source = source.select_variants(extract=extract, region=region, min_info=min_info, exclude=exclude,
+                                        chromosomes=chromosomes)
     return source
 
 
