@@ -37,7 +37,16 @@ def build_cli() -> click.Group:
     return cli
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    # A warning is for the user: one line, without the source line that raised it.
+    click.echo(f"invariant-mr: warning: {' '.join(str(message).split())}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the installed command (tests call main(argv) and keep Python's warning machinery)
+        import warnings
+
+        warnings.showwarning = _one_line_warning
     cli = build_cli()
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
@@ -49,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         # One line, like every other user error: the problem, then where the help is.
         command = exc.ctx.command_path if exc.ctx is not None else "invariant-mr"
         message = " ".join(exc.format_message().split())  # click lists choices on several lines
+        if message.startswith("Got unexpected extra argument"):
+            message += "; an unquoted pattern such as z* is expanded by the shell: quote it ('z*')"
         click.echo(f"invariant-mr: error: {message} (see '{command} --help')", err=True)
         return exc.exit_code
     except click.ClickException as exc:

@@ -177,6 +177,14 @@ def table_data(
         np.column_stack([numeric_column(df, c, "--covariates", path) for c in cov_cols]) if cov_cols else None
     )
     ids = df[id_column].astype(str).to_numpy(dtype=object) if id_column and id_column in df.columns else None
+    if ids is not None:
+        repeated = pd.Series(ids).value_counts()
+        repeated = repeated[repeated > 1]
+        if len(repeated):
+            raise InputError(
+                f"{path}: sample ID {repeated.index[0]!r} occurs {int(repeated.iloc[0])} times in column {id_column!r} "
+                f"({len(repeated)} repeated ID(s)); one row per sample: remove the duplicated rows"
+            )
     data = MRData(
         Z=Z,
         exposure=numeric_column(df, exposure, "--exposure", path),
