@@ -37,6 +37,32 @@ def build_cli() -> click.Group:
     return cli
 
 
+EXIT_INTERNAL_ERROR = 1
+
+
+def _internal_error(exc: Exception) -> int:
+    """Report a bug in one line; the traceback goes to a file the user can attach to a report.
+
+    Nothing is half-written either way (outputs are staged), so the line only has to say what happened.
+    """
+    import os
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    try:
+        fd, path = tempfile.mkstemp(prefix="invariant-mr-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        where = f"the traceback is in {path}"
+    except OSError:
+        where = "set INVARIANT_MR_TRACEBACK=1 to see the traceback"
+    first = " ".join(str(exc).split())[:200]
+    click.echo(f"invariant-mr: internal error ({type(exc).__name__}: {first}); this is a bug, not a problem with "
+               f"your input: {where}; please report it", err=True)
+    return EXIT_INTERNAL_ERROR
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     # A warning is for the user: one line, without the source line that raised it.
     click.echo(f"invariant-mr: warning: {' '.join(str(message).split())}", err=True)
@@ -68,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("invariant-mr: aborted", err=True)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback kept in a file
+        import os
+
+        if os.environ.get("INVARIANT_MR_TRACEBACK"):
+            raise
+        return _internal_error(exc)
     finally:
         release_all_locks()
     return code if isinstance(code, int) else 0
