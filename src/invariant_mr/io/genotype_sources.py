@@ -885,7 +885,21 @@ class _HtslibMessages:
     def __init__(self):
         self.text = ""
 
+    def open(self, path: Path, **kwargs):
+        """cyvcf2.VCF(path), with htslib's complaint about a damaged header caught into the InputError."""
+        from cyvcf2 import VCF
+
+        try:
+            return next(self._caught(lambda: iter([VCF(str(path), **kwargs)])))
+        except Exception as exc:  # noqa: BLE001 - cyvcf2 raises OSError or a bare Exception
+            why = (self.text.strip().splitlines() or [str(exc)])[-1]
+            raise InputError(f"{path} is not a readable VCF/BCF file ({why}); if it is compressed, it may be "
+                             "truncated: re-create or re-download it") from None
+
     def records(self, vcf):
+        yield from self._caught(lambda: vcf)
+
+    def _caught(self, make):
         import sys
 
         sys.stderr.flush()
@@ -894,7 +908,7 @@ class _HtslibMessages:
             os.dup2(sink.fileno(), 2)
             failed = False
             try:
-                yield from vcf
+                yield from make()
             except BaseException:
                 failed = True
                 raise
@@ -920,14 +934,9 @@ class VcfSource(GenotypeSource):
     format = "vcf"
 
     def __init__(self, path: str | os.PathLike, *, dosage_field: str | None = None):
-        from cyvcf2 import VCF
-
         self.vcf_path = _require_file(Path(path), "VCF/BCF file")
         self.dosage_field = dosage_field
-        try:
-            vcf = VCF(str(self.vcf_path), lazy=True)
-        except OSError as exc:
-            raise InputError(f"{self.vcf_path} is not a readable VCF/BCF file: {exc}") from None
+        vcf = _HtslibMessages().open(self.vcf_path, lazy=True)
         names = np.array(vcf.samples, dtype=object)
         if len(names) == 0:
             vcf.close()
