@@ -543,3 +543,16 @@ def test_22_genotype_filters_with_a_table_are_refused(small, tmp_path, capsys):
     keep.write_text("s000001\n")
     refused(table_run(small / "data.tsv", tmp_path / "o", "--keep", str(keep)), capsys, tmp_path / "o",
             "filter genotype files")
+
+
+def test_22_fit_warns_when_the_map_is_not_invariant(small, tmp_path, capsys):
+    base = ["fit", "--table", str(small / "data.tsv"), *T, "--instruments", "z*", "--method", "invariant_linear",
+            "--quiet"]
+    capsys.readouterr()
+    assert main([*base, "--model-out", str(tmp_path / "auto")]) == 0
+    assert "not invariant" not in capsys.readouterr().err
+    # Forcing every direction keeps the environment-varying ones: saved, with a warning and the test recorded.
+    assert main([*base, "--n-components", "4", "--model-out", str(tmp_path / "forced")]) == 0
+    assert "not invariant across environments" in capsys.readouterr().err
+    check = json.loads((tmp_path / "forced" / "provenance.json").read_text())["provenance"]["invariance_check"]
+    assert check["pvalue"] < 0.05

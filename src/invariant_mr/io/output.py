@@ -109,7 +109,7 @@ KNOWN_OUTPUT_NAMES = frozenset({
     "alignment.json", "provenance.json", "manifest.json", "loadings.tsv", "score.tsv", "variants.tsv",
     "model.pt", "config.json",
 })
-KNOWN_OUTPUT_FOLDERS = frozenset({"data"})
+KNOWN_OUTPUT_FOLDERS = frozenset({"data", "model"})
 #: Files an operating system drops into any folder it shows; removing them loses nothing.
 _SYSTEM_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 
