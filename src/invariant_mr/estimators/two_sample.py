@@ -204,11 +204,13 @@ def select_instruments(
         for step, d in dropped:
             counts[f"{step}: {d.reason}"] = counts.get(f"{step}: {d.reason}", 0) + 1
         why = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        harmonised_away = any(step == "harmonise" for step, _ in dropped) and not steps
         raise InputError(
-            f"{table.n_variants} variant(s) left, at least {min_variants} are needed"
+            f"{table.n_variants} variant(s) left after {'harmonisation' if harmonised_away else 'instrument selection'}"
+            f"; at least {min_variants} are needed"
             + (f"; dropped: {why}" if why else "")
             + (f" ({'; '.join(steps)})" if steps else "")
-            + (HARMONISE_HINT if any(step == "harmonise" for step, _ in dropped) and not steps else "")
+            + (HARMONISE_HINT if harmonised_away else "")
         )
     return SelectedInstruments(table, tuple(dropped), tuple(steps))
 
