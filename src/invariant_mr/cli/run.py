@@ -99,10 +99,12 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
         read_table(table, missing_codes=codes), env=env_col, exposure=exposure, outcome=outcome,
         instruments=instruments, covariates=covariates, id_column=id_column, path=table, cluster=cluster,
     )
+    read = data
     data = check_outcome_type(data, outcome_type)
     params = {"table": str(table), "env": env_col, "exposure": exposure, "outcome": outcome,
               "instruments": instruments, "covariates": covariates, "missing_codes": list(codes),
-              "cluster": cluster, "outcome_type": outcome_type, "rows_dropped": dropped}
+              "cluster": cluster, "outcome_type": outcome_type, "outcome_coding": outcome_coding(read, data),
+              "rows_dropped": dropped}
     if dropped and not quiet:
         click.echo(f"dropped {sum(dropped.values())} row(s) with missing values (codes: {', '.join(codes) or 'none'}"
                    "; empty and NA always): " + ", ".join(f"{why}: {n}" for why, n in dropped.items()))
@@ -160,6 +162,11 @@ def run_methods(methods: str | None, outcome_type: str, *, external: bool) -> st
             raise InputError(f"{', '.join(wrong)} model a 0/1 outcome: add --outcome-type binary")
         return methods
     return "tsls_external" if external else methods
+
+
+def outcome_coding(read, used) -> str | None:
+    """The provenance note for a recoded outcome (`check_outcome_type` returns new data only when it recodes)."""
+    return "1/2 (PLINK: 2 = case)" if used is not read else None
 
 
 def check_outcome_type(data, outcome_type: str):
@@ -287,7 +294,8 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         streaming=streaming, memory_gb=g["memory_gb"], subsample_rows=g["subsample_rows"], seed=ctx.seed,
     )
     coded = check_outcome_type(loaded.data, outcome_type)
-    if coded is not loaded.data:
+    coded_12 = coded is not loaded.data
+    if coded_12:
         from dataclasses import replace
 
         loaded = replace(loaded, data=coded)
@@ -295,8 +303,9 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         data = loaded.data if client is None else loaded.data.with_client(client)
         result = run_analysis(
             data, methods, ctx, command=command_line(),
-            parameters={**loaded.parameters, "outcome_type": outcome_type, "scheduler": g["scheduler"],
-                        "workers": g["workers"]},
+            parameters={**loaded.parameters, "outcome_type": outcome_type,
+                        "outcome_coding": "1/2 (PLINK: 2 = case)" if coded_12 else None,
+                        "scheduler": g["scheduler"], "workers": g["workers"]},
             inputs=[dict(i) for i in loaded.inputs], extra_provenance=loaded.provenance(),
         )
         with out:

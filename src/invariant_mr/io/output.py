@@ -213,7 +213,8 @@ class OutputDirectory:
         cwd = Path.cwd().resolve()
         if final.exists():
             if not final.is_dir():
-                raise self._fail("exists and is not a directory")
+                raise self._fail(f"is an existing file, not a folder; {self.option} names a new folder for the "
+                                 "outputs (nothing was written)")
             if not self.overwrite:
                 raise self._fail("already exists (use --overwrite to replace a previous run's output)")
             if final == cwd or _within(cwd, final):
