@@ -556,3 +556,21 @@ def test_22_fit_warns_when_the_map_is_not_invariant(small, tmp_path, capsys):
     assert "not invariant across environments" in capsys.readouterr().err
     check = json.loads((tmp_path / "forced" / "provenance.json").read_text())["provenance"]["invariance_check"]
     assert check["pvalue"] < 0.05
+
+
+def test_22_every_path_in_a_config_is_read_from_the_config_folder(bn, tmp_path, monkeypatch):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    fam = pd.read_csv(bn / "genotypes.fam", sep=r"\s+", header=None)
+    (folder / "keep.txt").write_text("".join(f"{i}\n" for i in fam[1][:300]))
+    (folder / "run.toml").write_text(
+        f'bfile = "{bn / "genotypes"}"\npheno = "{bn / "phenotypes.tsv"}"\nkeep = "keep.txt"\n'
+        'env = "environment"\nexposure = "exposure"\noutcome = "outcome"\nmethods = ["ols"]\nreport = false\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["run", "--config", str(folder / "run.toml"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["estimates"][0]["n"] == 300
+    assert res["provenance"]["parameters"]["keep"] == str(folder / "keep.txt")
