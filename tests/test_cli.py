@@ -39,7 +39,7 @@ def test_run_writes_results_with_provenance(paper_table, tmp_path, capsys):
         assert all(key in e for e in pooled)
     assert {e["scope"] for e in res["estimates"]} == {"pooled", "env:env1", "env:env2"}
     prov = res["provenance"]
-    assert prov["seed"] == 7 and prov["version"] and "invariant-mr run" in prov["command"]
+    assert prov["seed"] == 7 and prov["version"] and "invariant-mr run" in res["volatile"]["command"]
     assert len(prov["inputs"][0]["sha256"]) == 64
     tsv = (out / "estimates.tsv").read_text().splitlines()
     assert tsv[0].startswith("method\tscope\testimate\tse")

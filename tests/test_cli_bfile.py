@@ -100,7 +100,7 @@ def test_extract_and_region_restrict_the_variants(study, tmp_path):
     assert list(qc["variant_id"]) == ["rs1001", "rs1003", "rs1004"]
     sel = json.loads((tmp_path / "e" / "results.json").read_text())["provenance"]["variant_selection"]
     assert sel == {"n_available": 10, "n_selected": 3, "n_requested_ids": 5, "n_ids_not_found": 1,
-                   "region": "1:20000-90000"}
+                   "region": "1:20000-90000", "n_excluded": 0, "chromosomes": None}
 
 
 def test_config_file_and_command_line_override(study, tmp_path):

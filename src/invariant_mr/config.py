@@ -56,7 +56,8 @@ def _flatten(table: Mapping[str, Any], path: str, out: dict[str, Any], origin: d
         origin[name] = where
 
 
-def load_run_config(path: str | os.PathLike, names: Mapping[str, str] | None = None) -> dict[str, Any]:
+def load_run_config(path: str | os.PathLike, names: Mapping[str, str] | None = None,
+                    path_keys: frozenset[str] = PATH_KEYS) -> dict[str, Any]:
     """Parameter name -> value from a TOML file; lists of strings become comma-separated strings.
 
     `names` maps each accepted key (flag spelling with underscores, e.g.
@@ -94,9 +95,9 @@ def load_run_config(path: str | os.PathLike, names: Mapping[str, str] | None = N
             if not all(isinstance(v, (str, int, float)) for v in value):
                 raise InputError(f"--config {path}: {key} must be a list of names or numbers")
             value = ",".join(str(v) for v in value)
-        if key in PATH_KEYS and not isinstance(value, str):
+        if key in path_keys and not isinstance(value, str):
             raise InputError(f"--config {path}: {key} must be a path in quotes, got {value!r}")
-        if key in PATH_KEYS and isinstance(value, str):
+        if key in path_keys and isinstance(value, str):
             value = str(base / Path(value).expanduser()) if not Path(value).expanduser().is_absolute() else value
         values[key] = value
     if "config" in values:
@@ -123,16 +124,36 @@ def config_option_callback(ctx, param, value):
                 names[_normalise_key(flag)] = p.name
     import click
 
-    values = load_run_config(value, names)
-
     params = {p.name: p for p in ctx.command.params}
-    for key, raw in values.items():
-        param = params.get(key)
-        if param is None or raw is None or isinstance(param.type, click.types.FuncParamType):
-            continue
-        try:  # the option's own type, so a wrong value fails here with one line, not deep in the run
-            param.type.convert(raw, param, ctx)
-        except click.BadParameter as exc:
-            raise InputError(f"--config {value}: {key} = {raw!r}: {exc.message}") from None
+    path_keys = frozenset(name for name, p in params.items() if isinstance(p.type, click.Path))
+    values = load_run_config(value, names, path_keys)
+    for key, raw in list(values.items()):
+        if params.get(key) is not None and raw is not None:
+            values[key] = _as_typed(params[key], key, raw, value, ctx)
     ctx.default_map = {**(ctx.default_map or {}), **values}
     return value
+
+
+def _as_typed(param, key: str, raw: Any, path, ctx) -> Any:
+    """A config value checked exactly as the command line checks the same option.
+
+    TOML gives typed values, the command line gives text: `seed = 1.5` or
+    `n_folds = true` would pass int() where `--seed 1.5` is refused. So a
+    value becomes the text the user would have typed and goes through the
+    option's own type; an on/off flag takes only true or false.
+    """
+    import click
+
+    where = f"--config {path}: {key} = {raw!r}"
+    if getattr(param, "is_flag", False) or getattr(param, "is_bool_flag", False):
+        if not isinstance(raw, bool):
+            raise InputError(f"{where}: give true or false")
+        return raw
+    if isinstance(raw, bool):
+        raise InputError(f"{where}: true/false is for on/off options; this one takes a value")
+    text = raw if isinstance(raw, str) else repr(raw) if isinstance(raw, float) else str(raw)
+    try:
+        param.type.convert(text, param, ctx)
+    except click.BadParameter as exc:
+        raise InputError(f"{where}: {' '.join(exc.message.split())}") from None
+    return text

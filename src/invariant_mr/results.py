@@ -34,6 +34,36 @@ ESTIMATE_COLUMNS = (
 PVALUE_FLOOR = 1e-16
 
 
+#: Provenance entries that differ between two identical analyses: when it ran, how long each step took, and the
+#: command line as typed (it names the --out folder and --overwrite). results.json keeps them apart, in a last
+#: "volatile" block, so that a rerun can be diffed byte for byte above it; every option's value stays in
+#: "parameters" and `from_dict` puts them back into the provenance.
+VOLATILE_KEYS = frozenset({"created_utc", "method_seconds", "seconds", "command"})
+VOLATILE_ABOUT = ("the command line as typed (with its --out), when the run happened and how long its steps took: "
+                  "the only part of this file that two runs of the same analysis do not share")
+
+
+def split_volatile(provenance: Mapping[str, Any]) -> tuple[dict, dict]:
+    """(stable provenance, volatile entries by dotted path, e.g. "streamed_passes.passes[0].seconds")."""
+    volatile: dict[str, Any] = {}
+
+    def walk(value, path):
+        if isinstance(value, Mapping):
+            kept = {}
+            for key, item in value.items():
+                where = f"{path}.{key}" if path else str(key)
+                if key in VOLATILE_KEYS:
+                    volatile[where] = item
+                else:
+                    kept[key] = walk(item, where)
+            return kept
+        if isinstance(value, (list, tuple)):
+            return [walk(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return value
+
+    return walk(dict(provenance), ""), volatile
+
+
 def _clean(value):
     """NaN/inf become None so the JSON is valid and 'not available' is explicit."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -162,15 +192,17 @@ class AnalysisResult:
         )
 
     def to_dict(self) -> dict:
+        stable, volatile = split_volatile(self.provenance)
         out = {
             "estimates": [e.to_dict() for e in self.estimates],
             "diagnostics": [d.to_dict() for d in self.diagnostics],
-            "provenance": dict(self.provenance),
+            "provenance": stable,
         }
         if self.verdict is not None:
             out["verdict"] = [dict(v) for v in self.verdict]
         if self.truth is not None:
             out["truth"] = dict(self.truth)
+        out["volatile"] = {"about": VOLATILE_ABOUT, **volatile}
         return out
 
     def to_json(self) -> str:
@@ -187,7 +219,11 @@ class AnalysisResult:
         names = {f.name for f in fields(Diagnostic)}
         diagnostics = tuple(Diagnostic(**{k: v for k, v in d.items() if k in names})
                             for d in payload.get("diagnostics", []))
-        return cls(estimates_from_dicts(rows), payload.get("provenance", {}), diagnostics, payload.get("truth"))
+        provenance = dict(payload.get("provenance", {}))
+        # Top-level time stamps and durations go back where they came from; nested ones stay in "volatile".
+        provenance.update({k: v for k, v in payload.get("volatile", {}).items()
+                           if k != "about" and "." not in k and "[" not in k})
+        return cls(estimates_from_dicts(rows), provenance, diagnostics, payload.get("truth"))
 
     def to_tsv(self) -> str:
         buf = io.StringIO()

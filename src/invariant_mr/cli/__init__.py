@@ -37,7 +37,42 @@ def build_cli() -> click.Group:
     return cli
 
 
+EXIT_INTERNAL_ERROR = 1
+
+
+def _internal_error(exc: Exception) -> int:
+    """Report a bug in one line; the traceback goes to a file the user can attach to a report.
+
+    Nothing is half-written either way (outputs are staged), so the line only has to say what happened.
+    """
+    import os
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    try:
+        fd, path = tempfile.mkstemp(prefix="invariant-mr-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        where = f"the traceback is in {path}"
+    except OSError:
+        where = "set INVARIANT_MR_TRACEBACK=1 to see the traceback"
+    first = " ".join(str(exc).split())[:200]
+    click.echo(f"invariant-mr: internal error ({type(exc).__name__}: {first}); this is a bug, not a problem with "
+               f"your input: {where}; please report it", err=True)
+    return EXIT_INTERNAL_ERROR
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    # A warning is for the user: one line, without the source line that raised it.
+    click.echo(f"invariant-mr: warning: {' '.join(str(message).split())}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the installed command (tests call main(argv) and keep Python's warning machinery)
+        import warnings
+
+        warnings.showwarning = _one_line_warning
     cli = build_cli()
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
@@ -45,12 +80,26 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         click.echo(f"invariant-mr: error: {exc}", err=True)
         return EXIT_USER_ERROR
+    except click.UsageError as exc:
+        # One line, like every other user error: the problem, then where the help is.
+        command = exc.ctx.command_path if exc.ctx is not None else "invariant-mr"
+        message = " ".join(exc.format_message().split())  # click lists choices on several lines
+        if message.startswith("Got unexpected extra argument"):
+            message += "; an unquoted pattern such as z* is expanded by the shell: quote it ('z*')"
+        click.echo(f"invariant-mr: error: {message} (see '{command} --help')", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"invariant-mr: error: {' '.join(exc.format_message().split())}", err=True)
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("invariant-mr: aborted", err=True)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback kept in a file
+        import os
+
+        if os.environ.get("INVARIANT_MR_TRACEBACK"):
+            raise
+        return _internal_error(exc)
     finally:
         release_all_locks()
     return code if isinstance(code, int) else 0

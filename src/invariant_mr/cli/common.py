@@ -11,6 +11,10 @@ import click
 from invariant_mr.io.output import atomic_write_bytes, atomic_write_text
 from invariant_mr.methods.registry import MethodContext, all_method_options
 
+#: Seeds every random step draws from: NumPy and PyTorch both accept 0 .. 2**32 - 1 as a plain seed, so one
+#: range holds for every command (and for --config, which converts with the option's own type).
+SEED = click.IntRange(0, 2**32 - 1)
+
 #: Help sections of `run` and `demo`, in order; method families follow, then anything else.
 SECTIONS = ("Input", "Simulation", "Output", "Quality control", "Analysis")
 
@@ -74,7 +78,7 @@ def analysis_options(func):
     decorators = [
         option("--methods", default=None, section=A,
              help="comma-separated methods (default: all default methods; see `invariant-mr methods`)"),
-        option("--seed", type=int, default=0, show_default=True, section=A, help="seed for every random step"),
+        option("--seed", type=SEED, default=0, show_default=True, section=A, help="seed for every random step"),
         option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
              section=A, help="1 - confidence level"),
         option("--cov-type", type=click.Choice(["robust", "unadjusted", "cluster"]), default=None, section=A,
@@ -138,13 +142,14 @@ GENETIC_OPTION_NAMES = (
     "bfile", "pfile", "bgen", "sample", "vcf", "vcf_dosage", "min_info", "npy", "npy_samples", "npy_variants", "pheno", "iid_col", "fid_col", "id_match", "extract", "region",
     "max_variant_missing", "max_sample_missing", "min_maf", "min_maf_per_env", "standardize_dosages",
     "min_env_samples", "dosage_of", "instruments_out", "report", "sumstats_out", "missing_code",
+    "exclude", "chromosomes", "keep", "remove",
 )
 
 
 def input_paths(table, g) -> list[Path]:
     """Every file this run reads: `--overwrite` never replaces a folder holding one of them."""
     paths = [table, g["npy"], g["npy_samples"], g["npy_variants"], g["pheno"], g["extract"], g.get("bgen"),
-             g.get("sample"), g.get("vcf")]
+             g.get("sample"), g.get("vcf"), g.get("exclude"), g.get("keep"), g.get("remove")]
     if g["bfile"] is not None:
         paths += [Path(f"{g['bfile']}{ext}") for ext in (".bed", ".bim", ".fam")]
     if g.get("pfile") is not None:
@@ -191,6 +196,14 @@ def genetic_input_options(func, outputs: bool = True):
         option("--extract", section="Input", type=path, default=None,
                help="file of variant IDs to analyse (first field per line); every genotype format"),
         option("--region", section="Input", default=None, help="analyse variants in CHROM or CHROM:START-END (1-based, inclusive)"),
+        option("--exclude", section="Input", type=path, default=None,
+               help="file of variant IDs to leave out (first field per line), as PLINK's --exclude"),
+        option("--chr", "chromosomes", section="Input", default=None,
+               help="analyse these chromosomes only, as PLINK's --chr: e.g. 1-22, or 1-4,22,X"),
+        option("--keep", section="Input", type=path, default=None,
+               help="file of samples to analyse ('FID IID' or 'IID' per line), as PLINK's --keep"),
+        option("--remove", section="Input", type=path, default=None,
+               help="file of samples to leave out ('FID IID' or 'IID' per line), as PLINK's --remove"),
         option("--geno", "max_variant_missing", section="Quality control", type=click.FloatRange(0, 1), default=qc.max_variant_missing,
                      show_default=True, help="QC: remove variants with a missing-call rate above this"),
         option("--mind", "max_sample_missing", section="Quality control", type=click.FloatRange(0, 1), default=qc.max_sample_missing,
@@ -296,7 +309,7 @@ def paper_recipe_options(func):
         simulation_option("--weights", type=click.Choice(["default", "clipped-normal"]), default="default",
                           show_default=True,
                           help="paper model: mixing weights; clipped-normal = the authors' (singular values >= s_max/5)"),
-        simulation_option("--mix-seed", type=int, default=None,
+        simulation_option("--mix-seed", type=SEED, default=None,
                           help="paper model: draw the mixing once from this seed, shared by every data seed "
                                "(the authors use 100) [default: the data seed]"),
         simulation_option("--mixing-recipe", type=click.Choice(["default", "paper-code"]), default="default",

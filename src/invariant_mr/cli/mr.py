@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from invariant_mr.cli.common import SectionedCommand, command_line, method_context, method_option_flags, option
+from invariant_mr.cli.common import SEED, SectionedCommand, command_line, method_context, method_option_flags, option
 from invariant_mr.errors import InputError
 from invariant_mr.io.output import OutputDirectory, atomic_write_bytes, atomic_write_text
 
@@ -85,7 +85,7 @@ def summary_method_option_flags(func):
 @option("--quiet", is_flag=True, section="Output", help="no tables on the terminal")
 @option("--methods", default=None, section="Analysis",
         help="comma-separated methods [default: every summary-statistic method; mv_ivw, mv_egger for several exposures]")
-@option("--seed", type=int, default=0, show_default=True, section="Analysis", help="seed for every random step")
+@option("--seed", type=SEED, default=0, show_default=True, section="Analysis", help="seed for every random step")
 @option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
         section="Analysis", help="1 - confidence level")
 @summary_method_option_flags

@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from invariant_mr.cli.common import (
+    SEED,
     GENETIC_OPTION_NAMES,
     SectionedCommand,
     command_line,
@@ -63,7 +64,7 @@ def _provenance_file(directory: Path, provenance: dict) -> None:
 @option("--id-column", section="Input", default="iid", show_default=True, help="--table: sample ID column, if present")
 @option("--method", "map_method", section="Analysis", type=click.Choice(_MAP_METHODS), required=True,
         help="the learner whose map is saved")
-@option("--seed", type=int, default=0, show_default=True, section="Analysis", help="seed for every random step")
+@option("--seed", type=SEED, default=0, show_default=True, section="Analysis", help="seed for every random step")
 @option("--model-out", type=_PATH, required=True, section="Output", help="directory for the map (must not exist)")
 @option("--overwrite", is_flag=True, section="Output", help="replace a map directory a previous `fit` wrote")
 @option("--quiet", is_flag=True, section="Output", help="no summary on the terminal")
@@ -96,6 +97,7 @@ def fit(table, env_col, exposure, outcome, instruments, id_column, map_method, s
         learner = learner_from_context(ctx, "invariant_linear").fit(data.Z, data.env)
         if learner.n_components_ == 0:
             raise InputError("invariant_linear found no invariant direction in these data: there is no map to save")
+        check = _invariance_check(learner.transform(data.Z), data.env, seed)
         m = linear_map(learner, variants["variant_id"], variants["counted_allele"], variants["other_allele"])
     else:
         from invariant_mr.instruments.portable import autoencoder_map
@@ -105,20 +107,44 @@ def fit(table, env_col, exposure, outcome, instruments, id_column, map_method, s
         model = estimator_from_context(ctx, seed_ae)
         use_exposure = float(ctx.option("lam_rel", 1.0)) > 0
         model.fit(data.Z, data.env, exposure=data.exposure if use_exposure else None)
+        check = _invariance_check(model.transform(data.Z), data.env, seed)
         m = autoencoder_map(model, variants["variant_id"], variants["counted_allele"], variants["other_allele"])
     from invariant_mr.instruments.portable import write_map_files
 
     provenance = make_provenance(
         command=command_line(), parameters={**params, "method": map_method, "options": options}, seed=seed,
         inputs=inputs, extra={"data": data_fingerprint(data), "map": {"kind": m.kind, "n_variants": m.n_variants,
-                                                                     "n_instruments": m.n_instruments}},
+                                                                     "n_instruments": m.n_instruments},
+                              "invariance_check": check},
     )
+    if check["pvalue"] < INVARIANCE_WARNING_LEVEL:
+        # The map is still saved (a later cohort may be analysed with it), but not silently.
+        click.echo(f"warning: {map_method}'s {m.n_instruments} instrument(s) are not invariant across environments "
+                   f"(MMD permutation test p = {check['pvalue']:.3g} on the fitting data): no invariant direction "
+                   "was found, so they may carry the confounding. The map is saved; check `run`'s invariance "
+                   "diagnostic before relying on it", err=True)
     with out:
         written = write_map_files(m, out.path)
         _provenance_file(out.path, provenance)
     if not quiet:
         click.echo(m.summary())
         click.echo(f"wrote {out.final}/" + ", ".join([*written, "provenance.json"]))
+
+
+#: Below this p-value of the in-sample MMD test, `fit` warns that the learned instruments are not invariant.
+INVARIANCE_WARNING_LEVEL = 0.05
+
+
+def _invariance_check(instruments, env, seed: int) -> dict:
+    """In-sample MMD test of the learned instruments across environments (an optimistic test: a rejection
+    on the data the map was fitted to is strong evidence that no invariant direction was found)."""
+    import numpy as np
+
+    from invariant_mr.inference.diagnostics import mmd_permutation_test
+
+    X = np.asarray(instruments, dtype=float).reshape(len(env), -1)
+    stat, pvalue, kernel = mmd_permutation_test(X, np.asarray(env), n_permutations=199, rng=seed)
+    return {"test": "mmd_permutation", "kernel": kernel, "permutations": 199, "statistic": stat, "pvalue": pvalue}
 
 
 def _load_fit_data(table, env_col, exposure, outcome, instruments, id_column, g):
@@ -158,6 +184,7 @@ def _load_fit_data(table, env_col, exposure, outcome, instruments, id_column, g)
         vcf_dosage=g["vcf_dosage"], min_info=g["min_info"], npy=g["npy"], npy_samples=g["npy_samples"], npy_variants=g["npy_variants"],
         pheno=g["pheno"], env_col=env_col, exposure=exposure, outcome=outcome, iid_col=g["iid_col"],
         fid_col=g["fid_col"], id_match=g["id_match"], extract=g["extract"], region=g["region"], qc=qc,
+        exclude=g["exclude"], chromosomes=g["chromosomes"], keep=g["keep"], remove=g["remove"],
         min_samples_per_env=g["min_env_samples"], count_a1=g["dosage_of"] == "A1", missing_codes=codes,
     )
     variants = loaded.variants[["variant_id", "counted_allele", "other_allele"]].reset_index(drop=True)

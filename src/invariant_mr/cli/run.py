@@ -23,7 +23,7 @@ from invariant_mr.cli.common import (
     write_run_extras,
 )
 from invariant_mr.errors import InputError
-from invariant_mr.io.output import OutputDirectory
+from invariant_mr.io.output import OutputDirectory, check_output_file
 from invariant_mr.provenance import input_record
 
 
@@ -72,6 +72,9 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
     out = OutputDirectory(out_dir, overwrite, inputs=input_paths(table, genetic) + (
         [Path(instruments_from)] if instruments_from is not None else []))
     out.check()
+    if genetic["sumstats_out"] is not None:
+        check_output_file(genetic["sumstats_out"], overwrite=overwrite, option="--sumstats-out", out_dir=out_dir,
+                          inputs=input_paths(table, genetic) + [instruments_from])
     if table is not None or instruments_from is not None:
         given = [f"--{k}" for k in ("scheduler", "workers") if genetic[k] is not None]
         if given or genetic["streaming"] == "on":
@@ -90,15 +93,18 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
                          "or --pheno: give one data source")
     if not instruments:
         raise InputError("--instruments is required with --table (e.g. --instruments 'z*')")
+    refuse_genotype_filters(genetic, "--table")
     codes = parse_missing_codes(genetic["missing_code"])
     data, dropped = table_data(
         read_table(table, missing_codes=codes), env=env_col, exposure=exposure, outcome=outcome,
         instruments=instruments, covariates=covariates, id_column=id_column, path=table, cluster=cluster,
     )
-    check_outcome_type(data, outcome_type)
+    read = data
+    data = check_outcome_type(data, outcome_type)
     params = {"table": str(table), "env": env_col, "exposure": exposure, "outcome": outcome,
               "instruments": instruments, "covariates": covariates, "missing_codes": list(codes),
-              "cluster": cluster, "outcome_type": outcome_type, "rows_dropped": dropped}
+              "cluster": cluster, "outcome_type": outcome_type, "outcome_coding": outcome_coding(read, data),
+              "rows_dropped": dropped}
     if dropped and not quiet:
         click.echo(f"dropped {sum(dropped.values())} row(s) with missing values (codes: {', '.join(codes) or 'none'}"
                    "; empty and NA always): " + ", ".join(f"{why}: {n}" for why, n in dropped.items()))
@@ -117,6 +123,17 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
 
 #: The genotype-file flags (exactly one with --pheno).
 GENOTYPE_FLAGS = ("bfile", "pfile", "bgen", "vcf", "npy")
+#: Variant and sample filters that only genotype files take (PLINK's habits).
+GENOTYPE_FILTERS = {"extract": "--extract", "exclude": "--exclude", "chromosomes": "--chr", "region": "--region",
+                    "keep": "--keep", "remove": "--remove", "min_info": "--min-info"}
+
+
+def refuse_genotype_filters(g, source: str) -> None:
+    """A filter given with table input would be silently ignored: say so instead."""
+    given = [flag for key, flag in GENOTYPE_FILTERS.items() if g.get(key) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} filter genotype files (--bfile, --pfile, --bgen, --vcf, --npy); "
+                         f"with {source} choose the columns and rows in the table itself")
 
 
 def run_methods(methods: str | None, outcome_type: str, *, external: bool) -> str | None:
@@ -147,11 +164,35 @@ def run_methods(methods: str | None, outcome_type: str, *, external: bool) -> st
     return "tsls_external" if external else methods
 
 
-def check_outcome_type(data, outcome_type: str) -> None:
+def outcome_coding(read, used) -> str | None:
+    """The provenance note for a recoded outcome (`check_outcome_type` returns new data only when it recodes)."""
+    return "1/2 (PLINK: 2 = case)" if used is not read else None
+
+
+def check_outcome_type(data, outcome_type: str):
+    """The data with a binary outcome coded 0/1: PLINK's case/control coding 1/2 (2 = case) is recoded, and
+    said so; a continuous run on a two-valued outcome gets a warning (it is probably case/control)."""
+    import numpy as np
+
+    values = np.unique(np.asarray(data.outcome, dtype=float))
     if outcome_type == "binary":
+        from dataclasses import replace
+
         from invariant_mr.methods.binary import check_binary_outcome
 
+        if values.size == 2 and set(values.tolist()) == {1.0, 2.0}:
+            click.echo("note: the outcome is coded 1/2 as PLINK codes case/control; read 2 as case (1) and "
+                       "1 as control (0)", err=True)
+            data = replace(data, outcome=np.asarray(data.outcome, dtype=float) - 1.0)
+        elif set(values.tolist()) >= {1.0, 2.0} and 0.0 in values:
+            raise InputError("--outcome-type binary: the outcome holds 0, 1 and 2; in PLINK's 1/2 coding 0 means "
+                             "missing: recode it to 0/1, or give 0 as --missing-code")
         check_binary_outcome(data.outcome)
+    elif values.size == 2:
+        click.echo(f"warning: the outcome takes only two values ({values[0]:g}, {values[1]:g}): if it is "
+                   "case/control, add --outcome-type binary (a linear fit on it estimates a risk difference)",
+                   err=True)
+    return data
 
 
 def _run_external(out, ctx, methods, quiet, table, env_col, exposure, outcome, covariates, id_column, cluster,
@@ -171,6 +212,7 @@ def _run_external(out, ctx, methods, quiet, table, env_col, exposure, outcome, c
 
     if any(g[k] is not None for k in GENOTYPE_FLAGS):
         raise InputError("--instruments-from replaces the genotypes: give --table or --pheno, not genotype files")
+    refuse_genotype_filters(g, "--instruments-from")
     if instruments:
         raise InputError("--instruments-from gives the instruments: drop --instruments")
     if (table is None) == (g["pheno"] is None):
@@ -192,7 +234,7 @@ def _run_external(out, ctx, methods, quiet, table, env_col, exposure, outcome, c
     )
     if n_without:
         dropped = {"no external instruments for the sample ID": n_without, **dropped}
-    check_outcome_type(data, outcome_type)
+    data = check_outcome_type(data, outcome_type)
     params = {"table" if table is not None else "pheno": str(source), "instruments_from": str(instruments_from),
               "env": env_col, "exposure": exposure, "outcome": outcome, "covariates": covariates,
               "cluster": cluster, "outcome_type": outcome_type, "rows_dropped": dropped}
@@ -246,17 +288,24 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         pheno=g["pheno"], env_col=env_col, exposure=exposure, outcome=outcome,
         covariates=[c.strip() for c in covariates.split(",") if c.strip()] if covariates else (),
         iid_col=g["iid_col"], fid_col=g["fid_col"], id_match=g["id_match"], extract=g["extract"],
-        region=g["region"], qc=qc, min_samples_per_env=g["min_env_samples"], count_a1=g["dosage_of"] == "A1",
+        region=g["region"], exclude=g["exclude"], chromosomes=g["chromosomes"], keep=g["keep"], remove=g["remove"],
+        qc=qc, min_samples_per_env=g["min_env_samples"], count_a1=g["dosage_of"] == "A1",
         missing_codes=parse_missing_codes(g["missing_code"]), cluster=cluster,
         streaming=streaming, memory_gb=g["memory_gb"], subsample_rows=g["subsample_rows"], seed=ctx.seed,
     )
-    check_outcome_type(loaded.data, outcome_type)
+    coded = check_outcome_type(loaded.data, outcome_type)
+    coded_12 = coded is not loaded.data
+    if coded_12:
+        from dataclasses import replace
+
+        loaded = replace(loaded, data=coded)
     with dask_client(g["scheduler"], g["workers"]) as client:
         data = loaded.data if client is None else loaded.data.with_client(client)
         result = run_analysis(
             data, methods, ctx, command=command_line(),
-            parameters={**loaded.parameters, "outcome_type": outcome_type, "scheduler": g["scheduler"],
-                        "workers": g["workers"]},
+            parameters={**loaded.parameters, "outcome_type": outcome_type,
+                        "outcome_coding": "1/2 (PLINK: 2 = case)" if coded_12 else None,
+                        "scheduler": g["scheduler"], "workers": g["workers"]},
             inputs=[dict(i) for i in loaded.inputs], extra_provenance=loaded.provenance(),
         )
         with out:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from invariant_mr.cli.common import command_line, paper_recipe_options
+from invariant_mr.cli.common import SEED, command_line, paper_recipe_options
 from invariant_mr.io.output import OutputDirectory, atomic_write_text
 from invariant_mr.provenance import json_default, make_provenance
 from invariant_mr.simulation.paper import PAPER_SETTINGS
@@ -28,7 +28,7 @@ from invariant_mr.simulation.paper import PAPER_SETTINGS
 @click.option("--mating-correlation", type=click.FloatRange(0, 1, max_open=True), default=None, help="assortative: partner phenotype correlation in the last population (the first mates at random) [default: 0.5]")
 @click.option("--mating-traits", type=click.Choice(["cross", "exposure"]), default=None, help="assortative: pair one partner's exposure with the other's outcome (cross) or exposure with exposure [default: cross]")
 @paper_recipe_options
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="seed for every random step")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--overwrite", is_flag=True, help="replace an existing output directory")
 def simulate(model, setting, n_envs, n_per_env, theta, n_variants, fst, demography, length_mb, generations,

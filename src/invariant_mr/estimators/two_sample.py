@@ -134,6 +134,10 @@ def ld_reference(bfile: str | os.PathLike, variants) -> tuple[np.ndarray, np.nda
     return G, chrom, pos
 
 
+HARMONISE_HINT = (": check that both GWAS name variants the same way (rsID vs CHR:POS; rename a column with --col) "
+                  "and report alleles on the same strand")
+
+
 def select_instruments(
     table: SumstatsTable,
     *,
@@ -159,6 +163,14 @@ def select_instruments(
     """
     dropped: list[tuple[str, DroppedVariant]] = list(earlier)
     steps: list[str] = []
+    # An exposure beta of exactly 0 (common in GWAS files rounded to a few decimals) has no Wald ratio and no
+    # weight: it would only give infinite ratios to the median, mode and plots, so it is left out by name.
+    zero = np.all(np.asarray(table.beta_exposure, dtype=float).reshape(table.n_variants, len(table.exposures)) == 0, axis=1)
+    if zero.any():
+        dropped += [("select", DroppedVariant(v, "zero_exposure_beta", "exposure beta is 0 (rounded?): no ratio "
+                                              "estimate and no weight")) for v, z in zip(table.variant, zero) if z]
+        steps.append(f"left out {int(zero.sum())} variant(s) whose exposure beta is 0 (no ratio estimate)")
+        table = table.subset(~zero)
     order_p = table.exposure_pvalues().min(axis=1)
     if selection_gwas is not None:
         sel = select_by_independent_gwas(table.variant, selection_gwas, 5e-8 if select_p is None else select_p)
@@ -186,9 +198,19 @@ def select_instruments(
         # Keep the table's order (the index variants come in p-value order).
         table = table.subset(res.keep)
     if table.n_variants < min_variants:
+        # Name the step that emptied the table: a harmonisation failure (no shared IDs, other alleles) is not a
+        # selection threshold, and the fix differs.
+        counts: dict[str, int] = {}
+        for step, d in dropped:
+            counts[f"{step}: {d.reason}"] = counts.get(f"{step}: {d.reason}", 0) + 1
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        harmonised_away = any(step == "harmonise" for step, _ in dropped) and not steps
         raise InputError(
-            f"{table.n_variants} variant(s) left after instrument selection; at least {min_variants} are needed"
+            f"{table.n_variants} variant(s) left after {'harmonisation' if harmonised_away else 'instrument selection'}"
+            f"; at least {min_variants} are needed"
+            + (f"; dropped: {why}" if why else "")
             + (f" ({'; '.join(steps)})" if steps else "")
+            + (HARMONISE_HINT if harmonised_away else "")
         )
     return SelectedInstruments(table, tuple(dropped), tuple(steps))
 

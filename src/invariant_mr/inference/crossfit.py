@@ -45,6 +45,13 @@ def stratified_folds(
     fewest samples of that environment so far.
     """
     folds = np.empty(env_codes.shape[0], dtype=np.int64)
+    # Every fold must hold out samples of every environment, or a fold's instruments are empty.
+    units = env_codes if clusters is None else np.unique(np.column_stack([env_codes.astype(str), np.asarray(clusters).astype(str)]), axis=0)[:, 0]
+    smallest = int(np.unique(units, return_counts=True)[1].min())
+    if k > smallest:
+        what = "samples" if clusters is None else "clusters"
+        raise InputError(f"--n-folds {k}: the smallest environment has only {smallest} {what}, fewer than one per fold; "
+                         f"use --n-folds at most {smallest} (2 to 5 is usual)")
     if clusters is None:
         for code in np.unique(env_codes):
             idx = np.flatnonzero(env_codes == code)

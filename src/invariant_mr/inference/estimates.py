@@ -15,6 +15,22 @@ from invariant_mr.results import Estimate
 from invariant_mr.inference.weak_iv import with_anderson_rubin
 
 
+#: Fewest samples per first-stage parameter (instruments, controls, intercept) for an IV row to be reported.
+#: With fewer, the first stage nearly interpolates the exposure: 2SLS collapses onto OLS and the first-stage
+#: F explodes (30 samples and 100 variants gave F = 7e30), so the row is withheld with this reason instead.
+MIN_SAMPLES_PER_INSTRUMENT = 3
+
+
+def too_few_samples(n: int, n_instruments: int, n_controls: int) -> str | None:
+    """Why an IV fit on `n` samples with these instruments and controls means nothing, or None when it can."""
+    parameters = n_instruments + n_controls + 1
+    if n >= MIN_SAMPLES_PER_INSTRUMENT * parameters:
+        return None
+    return (f"withheld: {n} samples for {n_instruments} instrument(s) and {n_controls + 1} control(s), fewer than "
+            f"{MIN_SAMPLES_PER_INSTRUMENT} per parameter; the first stage would fit the exposure (almost) exactly, "
+            "so the IV estimate would only repeat OLS")
+
+
 def estimate_from_fit(
     fit: KClassFit, method: str, scope: str, alpha: float, extra: Mapping[str, Any] | None = None
 ) -> Estimate:
@@ -79,11 +95,24 @@ def iv_estimates(
             est, y, d, Z, ctrl, alpha=settings.alpha, cov_type=settings.cov_type, max_instruments=settings.ar_max_instruments, clusters=cl
         )
 
+    def withheld(n, Z, ctrl, scope) -> Estimate | None:
+        if Z is None or kappa == "ols":
+            return None
+        k = int(np.asarray(Z).reshape(n, -1).shape[1])
+        c = 0 if ctrl is None else int(np.asarray(ctrl).reshape(n, -1).shape[1])
+        why = too_few_samples(n, k, c)
+        return None if why is None else Estimate.unavailable(method, scope, n, k, why)
+
     controls = exogenous_controls(data, env_fixed_effects, extra_controls)
-    fit = fit_kclass(
-        data.outcome, data.exposure, instruments, controls, kappa=kappa, cov_type=settings.cov_type, clusters=clusters
-    )
-    rows = [row(fit, "pooled", data.outcome, data.exposure, instruments, controls, clusters)]
+    pooled = withheld(data.n, instruments, controls, "pooled")
+    if pooled is not None:
+        rows = [pooled]
+    else:
+        fit = fit_kclass(
+            data.outcome, data.exposure, instruments, controls, kappa=kappa, cov_type=settings.cov_type,
+            clusters=clusters,
+        )
+        rows = [row(fit, "pooled", data.outcome, data.exposure, instruments, controls, clusters)]
     if not settings.per_env:
         return rows
     codes = data.env_codes
@@ -95,6 +124,10 @@ def iv_estimates(
             ctrl = ec if ctrl is None else np.hstack([ctrl, ec])
         Zi = None if instruments is None else np.asarray(instruments).reshape(data.n, -1)[mask]
         cl = None if clusters is None else clusters[mask]
+        skipped = withheld(int(mask.sum()), Zi, ctrl, f"env:{level}")
+        if skipped is not None:
+            rows.append(skipped)
+            continue
         try:
             fit_e = fit_kclass(
                 data.outcome[mask], data.exposure[mask], Zi, ctrl, kappa=kappa, cov_type=settings.cov_type, clusters=cl

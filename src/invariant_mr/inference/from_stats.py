@@ -22,7 +22,7 @@ import numpy as np
 
 from invariant_mr.inference.diagnostics import first_stage_diagnostic, j_diagnostic
 from invariant_mr.errors import InputError
-from invariant_mr.inference.estimates import estimate_from_fit
+from invariant_mr.inference.estimates import estimate_from_fit, too_few_samples
 from invariant_mr.estimators.sufficient_stats import (
     EnvironmentCrossProducts,
     RowPasses,
@@ -162,6 +162,12 @@ def iv_estimates_from_stats(
     for method, kappa in methods.items():
         rows = []
         for scope in designs:
+            if kinds[method] != "ols":  # the rule of `estimates.iv_estimates`, on the same counts
+                d = designs[scope]
+                why = too_few_samples(int(d.n), int(np.size(d.instruments)), max(int(d.n_controls) - 1, 0))
+                if why is not None:
+                    rows.append(Estimate.unavailable(method, scope, int(d.n), int(np.size(d.instruments)), why))
+                    continue
             try:
                 if cov_type == "robust" and (method, scope) not in where:
                     raise InputError("the fit cannot be computed")

@@ -102,6 +102,43 @@ def streaming_decision(mode: str, n: int, p: int, memory_gb: float) -> tuple[boo
     return False, f"auto: the float64 instruments ({need / 2**30:.2f} GiB) fit in {STREAMING_AUTO_SHARE:g} x --memory-gb {memory_gb:g}"
 
 
+def samples_in_file(path: str | os.PathLike, samples, option: str) -> np.ndarray:
+    """Which of `samples` (FID, IID columns) a PLINK --keep/--remove file lists.
+
+    Lines are "FID IID" (PLINK 1) or "IID" (PLINK 2 allows one column); a
+    header starting with # and empty lines are skipped. With two columns both
+    IDs must match; a file with no sample of the data is refused, since a
+    --keep that matches nothing is almost surely the wrong file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{option} {path}: file not found")
+    pairs, iids = set(), set()
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            if len(fields) == 1:
+                iids.add(fields[0])
+            else:
+                pairs.add((fields[0], fields[1]))
+    if not pairs and not iids:
+        raise InputError(f"{option} {path}: lists no samples (one 'FID IID' or 'IID' per line)")
+    fid = samples["FID"].astype(str).to_numpy()
+    iid = samples["IID"].astype(str).to_numpy()
+    hit = np.isin(iid, list(iids)) if iids else np.zeros(iid.size, dtype=bool)
+    if pairs:
+        hit |= np.array([(f, i) in pairs for f, i in zip(fid, iid)], dtype=bool)
+    if not hit.any():
+        example = next(iter(pairs)) if pairs else next(iter(iids))
+        raise InputError(
+            f"{option} {path}: none of its samples (e.g. {' '.join(example) if pairs else example}) is among the "
+            f"genotyped samples with phenotypes (e.g. {fid[0]} {iid[0]}); check the FID/IID columns"
+        )
+    return hit
+
+
 def load_genetic_data(
     *,
     pheno: str | os.PathLike,
@@ -125,6 +162,10 @@ def load_genetic_data(
     extract: str | os.PathLike | None = None,
     region: str | None = None,
     min_info: float | None = None,
+    exclude: str | os.PathLike | None = None,
+    chromosomes: str | None = None,
+    keep: str | os.PathLike | None = None,
+    remove: str | os.PathLike | None = None,
     qc: QCThresholds | None = None,
     min_samples_per_env: int = MIN_SAMPLES_PER_ENV,
     count_a1: bool = True,
@@ -142,8 +183,11 @@ def load_genetic_data(
     Only the samples present in both files (and with a non-missing exposure,
     outcome, environment and covariates) and only the selected variants
     (`extract`: a file of variant IDs; `region`: CHROM[:START-END];
-    `min_info`: imputation INFO at least this, for formats that carry it)
-    are read. QC (`qc`, see `invariant_mr.io.qc`) is computed in streamed
+    `min_info`: imputation INFO at least this, for formats that carry it;
+    `chromosomes`: PLINK's --chr, e.g. "1-22"; less the IDs in the file
+    `exclude`) are read; `keep`/`remove` are PLINK sample files (FID IID, or
+    IID, per line) of the samples to analyse or leave out, counted in the
+    sample accounting. QC (`qc`, see `invariant_mr.io.qc`) is computed in streamed
     passes over row blocks (`streamed_qc`), so it never holds an n x p float
     copy; the environment sizes are checked again after sample QC.
     `cluster` names a phenotype column of cluster labels (e.g. family ID;
@@ -162,7 +206,7 @@ def load_genetic_data(
     source = open_genotypes(
         bfile=bfile, pfile=pfile, bgen=bgen, sample=sample, vcf=vcf, npy=npy, npy_samples=npy_samples,
         npy_variants=npy_variants, count_a1=count_a1, pfile_hardcalls=pfile_hardcalls, vcf_dosage=vcf_dosage,
-        extract=extract, region=region, min_info=min_info,
+        extract=extract, region=region, min_info=min_info, exclude=exclude, chromosomes=chromosomes,
     )
     pheno_path = Path(pheno)
     table = read_phenotype_table(pheno_path, missing_codes)
@@ -181,6 +225,12 @@ def load_genetic_data(
         source.samples, table, columns, source=str(pheno_path), id_match=id_match,
         min_samples_per_env=min_samples_per_env,
     )
+    for path, listed, why in ((keep, True, "not in --keep"), (remove, False, "in --remove")):
+        if path is not None:
+            hit = samples_in_file(path, source.samples.iloc[matched.genotype_rows], "--keep" if listed else "--remove")
+            matched = matched.subset(hit if listed else ~hit, f"{why} {Path(path).name}")
+            check_environment_sizes(matched.env, min_samples_per_env, env_col,
+                                    f"after {'--keep' if listed else '--remove'}")
     selection = source.selection
     variant_table = source.variants.drop(columns=["info"]).copy()
     if source.has_info:
@@ -222,7 +272,8 @@ def load_genetic_data(
         )
         if data.dropped_instruments:
             kept_variants = kept_variants[kept_variants["name"].isin(data.instrument_names)].reset_index(drop=True)
-    paths = [Path(p_) for p_ in source.input_paths()] + [pheno_path] + ([Path(extract)] if extract is not None else [])
+    paths = [Path(p_) for p_ in source.input_paths()] + [pheno_path] + [
+        Path(f) for f in (extract, exclude, keep, remove) if f is not None]
     inputs = input_record(paths) if hash_inputs else [{"path": str(p_), "bytes": p_.stat().st_size} for p_ in paths]
     main_input = {"plink1": getattr(source, "prefix", None), "plink2": getattr(source, "prefix", None)}.get(
         source.format
@@ -249,6 +300,10 @@ def load_genetic_data(
         "id_match": matched.accounting.match_key,
         "extract": None if extract is None else str(extract),
         "region": region,
+        "exclude": None if exclude is None else str(exclude),
+        "chromosomes": chromosomes,
+        "keep": None if keep is None else str(keep),
+        "remove": None if remove is None else str(remove),
         "min_info": min_info,
         "min_samples_per_env": min_samples_per_env,
         "qc": thresholds.to_dict(),

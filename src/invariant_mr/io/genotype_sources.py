@@ -214,6 +214,8 @@ class GenotypeSource(abc.ABC):
         extract: str | os.PathLike | Sequence[str] | None = None,
         region: str | None = None,
         min_info: float | None = None,
+        exclude: str | os.PathLike | Sequence[str] | None = None,
+        chromosomes: str | Sequence[str] | None = None,
     ) -> GenotypeSource:
         """A view with the variants listed in `extract` (a file of IDs or a list), inside
         `region` (CHROM[:START-END], 1-based inclusive) and with INFO >= `min_info`.
@@ -225,9 +227,14 @@ class GenotypeSource(abc.ABC):
         ids = None
         if extract is not None:
             ids = read_variant_id_file(extract) if isinstance(extract, (str, os.PathLike)) else list(extract)
+        dropped = None
+        if exclude is not None:
+            dropped = (read_variant_id_file(exclude, "--exclude") if isinstance(exclude, (str, os.PathLike))
+                       else list(exclude))
         table = self.variants
-        if ids is not None or region is not None:
-            sel = _select_variant_positions(table, extract=ids, region=region, source=str(self.path))
+        if ids is not None or region is not None or dropped is not None or chromosomes is not None:
+            sel = _select_variant_positions(table, extract=ids, region=region, source=str(self.path),
+                                            exclude=dropped, chromosomes=chromosomes)
             keep = sel.indices
         else:
             sel = VariantSelection(np.arange(self.n_variants), self.n_variants, None, 0, None)
@@ -249,7 +256,8 @@ class GenotypeSource(abc.ABC):
         view._variants_view = None
         view.selection = VariantSelection(
             indices=keep, n_available=self.n_variants, n_requested_ids=sel.n_requested_ids,
-            n_ids_not_found=sel.n_ids_not_found, region=sel.region,
+            n_ids_not_found=sel.n_ids_not_found, region=sel.region, n_excluded=sel.n_excluded,
+            chromosomes=sel.chromosomes,
         )
         view.min_info = None if min_info is None else float(min_info)
         view.n_removed_by_info = int(sel.indices.size - keep.size)
@@ -575,7 +583,9 @@ class Plink2Source(GenotypeSource):
         try:
             return pgenlib.PgenReader(bytes(self.pgen_path), **kwargs)
         except RuntimeError as exc:
-            raise InputError(f"{self.pgen_path}: {exc} (do the .pvar/.psam belong to this .pgen?)") from None
+            why = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+            raise InputError(f"{self.pgen_path}: {why.strip()} (truncated or damaged, or do the .pvar/.psam not "
+                             "belong to this .pgen?)") from None
 
     def _check_pgen(self) -> None:
         reader = self._reader(None)
@@ -604,6 +614,11 @@ class Plink2Source(GenotypeSource):
                 reader.read_dosages_list(idx, tmp, allele_idx=1)
                 tmp[tmp == -9] = np.nan
                 out = np.ascontiguousarray(tmp.T)
+        except RuntimeError as exc:  # pgenlib's only report of a file cut short or damaged
+            raise InputError(
+                f"{self.pgen_path}: cannot read its genotype records ({str(exc).strip()}); the file is truncated or "
+                "damaged: re-create it (plink2 --make-pgen) or re-download it"
+            ) from None
         finally:
             reader.close()
         return out if inverse is None else out[inverse]
@@ -644,6 +659,52 @@ def _bgen_header(path: Path) -> dict:
     }
 
 
+def check_bgen_complete(path: Path, header: dict) -> None:
+    """Walk the variant blocks of a layout-2 BGEN (lengths only) and refuse a truncated file by name.
+
+    cbgen trusts the lengths it reads and crashes the process (segmentation
+    fault) on a file cut short, so the walk runs before cbgen sees the file:
+    a few small reads per variant, done once per file when its metafile is built.
+    """
+    size = path.stat().st_size
+
+    def cut(where: str) -> InputError:
+        return InputError(
+            f"{path}: the file ends inside {where} ({size} bytes; the header promises {header['n_variants']} variants "
+            f"of {header['n_samples']} samples): it is truncated; re-create or re-download it"
+        )
+
+    with open(path, "rb", buffering=1 << 16) as fh:
+        first = struct.unpack("<I", fh.read(4))[0] + 4
+        hlen = struct.unpack("<I", fh.read(4))[0]
+        if header["has_sample_ids"]:
+            fh.seek(4 + hlen)
+            raw = fh.read(4)
+            if len(raw) < 4 or 4 + hlen + struct.unpack("<I", raw)[0] > size:
+                raise cut("the sample identifier block")
+        if first > size:
+            raise cut("the header")
+        fh.seek(first)
+
+        def take(n: int, what: str) -> bytes:
+            raw = fh.read(n)
+            if len(raw) < n:
+                raise cut(what)
+            return raw
+
+        for j in range(header["n_variants"]):
+            where = f"variant {j + 1}"
+            for _ in range(3):  # variant ID, rsID, chromosome: 2-byte length, then the text
+                fh.seek(struct.unpack("<H", take(2, where))[0], 1)
+            take(4, where)  # position
+            for _ in range(struct.unpack("<H", take(2, where))[0]):  # alleles: 4-byte length, then the text
+                fh.seek(struct.unpack("<I", take(4, where))[0], 1)
+            block = struct.unpack("<I", take(4, where))[0]
+            fh.seek(block, 1)
+            if fh.tell() > size:
+                raise cut(where)
+
+
 def _bgen_metafile_path(bgen: Path) -> Path:
     beside = Path(str(bgen) + ".metafile")
     if beside.is_file() and beside.stat().st_mtime >= bgen.stat().st_mtime:
@@ -676,6 +737,9 @@ class BgenSource(GenotypeSource):
         header = _bgen_header(self.bgen_path)
         if header["layout"] != 2:
             raise InputError(f"{self.bgen_path} uses BGEN layout {header['layout']}; only layout 2 (v1.2+) is read")
+        self.metafile_path = Path(metafile) if metafile is not None else _bgen_metafile_path(self.bgen_path)
+        if not self.metafile_path.is_file():  # a new or changed file: check it is whole before cbgen reads it
+            check_bgen_complete(self.bgen_path, header)
         import cbgen
 
         with cbgen.bgen_file(self.bgen_path) as bgen:
@@ -692,7 +756,6 @@ class BgenSource(GenotypeSource):
                 has_fid = False
             else:
                 raise InputError(f"{self.bgen_path} stores no sample IDs: give the .sample file (--sample)")
-            self.metafile_path = Path(metafile) if metafile is not None else _bgen_metafile_path(self.bgen_path)
             if not self.metafile_path.is_file():
                 self.metafile_path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = self.metafile_path.with_name(self.metafile_path.name + f".{os.getpid()}.tmp")
@@ -811,6 +874,53 @@ class BgenSource(GenotypeSource):
 
 
 # ---------------------------------------------------------------------- VCF
+class _HtslibMessages:
+    """Iterate VCF records while htslib's own stderr lines are caught, so a damaged file gives one message.
+
+    htslib writes its diagnosis ("[E::vcf_parse_format] Number of columns ... does not match") straight to
+    file descriptor 2 before cyvcf2 raises a bare Exception; the caught text goes into the InputError, and
+    warnings of a file that reads to the end are passed on to stderr unchanged.
+    """
+
+    def __init__(self):
+        self.text = ""
+
+    def open(self, path: Path, **kwargs):
+        """cyvcf2.VCF(path), with htslib's complaint about a damaged header caught into the InputError."""
+        from cyvcf2 import VCF
+
+        try:
+            return next(self._caught(lambda: iter([VCF(str(path), **kwargs)])))
+        except Exception as exc:  # noqa: BLE001 - cyvcf2 raises OSError or a bare Exception
+            why = (self.text.strip().splitlines() or [str(exc)])[-1]
+            raise InputError(f"{path} is not a readable VCF/BCF file ({why}); if it is compressed, it may be "
+                             "truncated: re-create or re-download it") from None
+
+    def records(self, vcf):
+        yield from self._caught(lambda: vcf)
+
+    def _caught(self, make):
+        import sys
+
+        sys.stderr.flush()
+        with tempfile.TemporaryFile(mode="w+b") as sink:
+            saved = os.dup(2)
+            os.dup2(sink.fileno(), 2)
+            failed = False
+            try:
+                yield from make()
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                self.text = sink.read().decode("utf-8", "replace")
+                if self.text and not failed:
+                    sys.stderr.write(self.text)
+
+
 class VcfSource(GenotypeSource):
     """A VCF or BCF file (plain, bgzipped or BCF) read through cyvcf2.
 
@@ -824,14 +934,9 @@ class VcfSource(GenotypeSource):
     format = "vcf"
 
     def __init__(self, path: str | os.PathLike, *, dosage_field: str | None = None):
-        from cyvcf2 import VCF
-
         self.vcf_path = _require_file(Path(path), "VCF/BCF file")
         self.dosage_field = dosage_field
-        try:
-            vcf = VCF(str(self.vcf_path), lazy=True)
-        except OSError as exc:
-            raise InputError(f"{self.vcf_path} is not a readable VCF/BCF file: {exc}") from None
+        vcf = _HtslibMessages().open(self.vcf_path, lazy=True)
         names = np.array(vcf.samples, dtype=object)
         if len(names) == 0:
             vcf.close()
@@ -844,19 +949,26 @@ class VcfSource(GenotypeSource):
             vcf.close()
             raise InputError(f"{self.vcf_path} declares no FORMAT/{dosage_field} field in its header")
         info_key = next((k for k in INFO_FIELDS if self._has_info(vcf, k)), None)
-        chrom, pos, ids, ref, alt, info = [], [], [], [], [], []
-        for rec in vcf:
-            chrom.append(rec.CHROM)
-            pos.append(rec.POS)
-            ids.append(rec.ID if rec.ID is not None else ".")
-            ref.append(rec.REF)
-            alt.append(rec.ALT[0] if rec.ALT else ".")
-            if info_key is not None:
-                value = rec.INFO.get(info_key)
-                if isinstance(value, tuple):
-                    value = value[0] if value else None
-                info.append(np.nan if value is None else float(value))
-        vcf.close()
+        chrom, pos, ids, ref, alt, info, n_alt = [], [], [], [], [], [], []
+        htslib = _HtslibMessages()
+        try:
+            for rec in htslib.records(vcf):
+                chrom.append(rec.CHROM)
+                pos.append(rec.POS)
+                ids.append(rec.ID if rec.ID is not None else ".")
+                ref.append(rec.REF)
+                alt.append(rec.ALT[0] if rec.ALT else ".")
+                n_alt.append(len(rec.ALT))
+                if info_key is not None:
+                    value = rec.INFO.get(info_key)
+                    if isinstance(value, tuple):
+                        value = value[0] if value else None
+                    info.append(np.nan if value is None else float(value))
+        except Exception as exc:  # noqa: BLE001 - htslib reports a damaged record as a bare Exception
+            raise self._damaged(len(chrom), htslib.text or str(exc)) from None
+        finally:
+            vcf.close()
+        self._n_alt = np.array(n_alt, dtype=np.int64)
         self.info_field = info_key
         variants = pd.DataFrame({
             "variant_id": np.array(ids, dtype=object),
@@ -872,6 +984,24 @@ class VcfSource(GenotypeSource):
             counted_allele_rule="ALT (first ALT allele)" + ("" if dosage_field is None else f", FORMAT/{dosage_field}"),
             has_fid=False,
         )
+
+    def _damaged(self, n_read: int, why: str) -> InputError:
+        why = why.strip().splitlines()[-1] if why.strip() else "unreadable record"
+        return InputError(
+            f"{self.vcf_path}: cannot read record {n_read + 1} ({why}); the file is truncated or damaged: "
+            "re-create or re-download it (check with `bcftools view`)"
+        )
+
+    def _refuse_multiallelic(self, cols: np.ndarray) -> None:
+        """Dosages count the first ALT allele, which is meaningless for a record with several: refuse by name."""
+        multi = cols[self._n_alt[cols] > 1]
+        if multi.size:
+            v = self._file_variants.iloc[int(multi[0])]
+            raise InputError(
+                f"{self.vcf_path}: {multi.size} multiallelic record(s) among the variants read, e.g. {v['variant_id']} "
+                f"({v['chrom']}:{v['pos']}, {self._n_alt[multi[0]]} ALT alleles); split them into biallelic records "
+                "(bcftools norm -m -any) or leave them out (--extract, --exclude, --region)"
+            )
 
     @staticmethod
     def _has_format(vcf, key: str) -> bool:
@@ -893,6 +1023,7 @@ class VcfSource(GenotypeSource):
     def _read_file(self, rows, cols, dtype):
         from cyvcf2 import VCF
 
+        self._refuse_multiallelic(cols)
         uniq, inverse = _sorted_unique(rows)
         all_rows = uniq.size == self.n_samples
         names = None if all_rows else [str(s) for s in self._samples["IID"].to_numpy()[uniq]]
@@ -903,12 +1034,18 @@ class VcfSource(GenotypeSource):
         try:
             k = 0
             last = int(wanted[-1])
-            for i, rec in enumerate(vcf):
+            i = -1
+            htslib = _HtslibMessages()
+            for i, rec in enumerate(htslib.records(vcf)):
                 if i > last:
                     break
                 while k < wanted.size and wanted[k] == i:
                     out[:, order[k]] = self._record_values(rec, dtype)
                     k += 1
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - htslib reports a damaged record as a bare Exception
+            raise self._damaged(i + 1, htslib.text or str(exc)) from None
         finally:
             vcf.close()
         if k != wanted.size:
@@ -916,8 +1053,20 @@ class VcfSource(GenotypeSource):
         return out if inverse is None else out[inverse]
 
     def _record_values(self, rec, dtype):
+        gt = rec.genotype.array()[:, :-1] if rec.genotype is not None else None  # drop the phasing column
+        if gt is not None:
+            # A haploid call (chrX in males, chrY, MT) ends its allele list early (-2), or the whole record has
+            # one allele per call: counted on a 0..1 scale it would mix with the diploid 0..2 dosages, so it is
+            # refused rather than silently rescaled.
+            haploid = (gt[:, 0] >= 0) & ((gt.shape[1] == 1) | (gt[:, 1:] == -2).all(axis=1))
+            if haploid.any():
+                who = self._samples["IID"].to_numpy()[np.flatnonzero(haploid)[0]] if len(self._samples) == gt.shape[0] else "a sample"
+                raise InputError(
+                    f"{self.vcf_path}: record {rec.ID or '.'} ({rec.CHROM}:{rec.POS}) has {int(haploid.sum())} haploid "
+                    f"call(s) (e.g. {who}); dosages here are diploid: leave out chrX/Y/MT (--chr, --region) or make "
+                    "the calls diploid first (bcftools +fixploidy)"
+                )
         if dtype == "int8":
-            gt = rec.genotype.array()[:, :-1]  # drop the phasing column
             missing = (gt == -1).any(axis=1)
             values = (gt == 1).sum(axis=1).astype(np.int8)
             values[missing] = MISSING_INT8
@@ -978,6 +1127,8 @@ def open_genotypes(
     extract: str | os.PathLike | Sequence[str] | None = None,
     region: str | None = None,
     min_info: float | None = None,
+    exclude: str | os.PathLike | Sequence[str] | None = None,
+    chromosomes: str | Sequence[str] | None = None,
 ) -> GenotypeSource:
     """Open exactly one genotype source and apply the variant filters.
 
@@ -1009,8 +1160,9 @@ def open_genotypes(
         source = VcfSource(vcf, dosage_field=vcf_dosage)
     else:
         source = NpySource(npy, samples=npy_samples, variants=npy_variants)
-    if extract is not None or region is not None or min_info is not None:
-        source = source.select_variants(extract=extract, region=region, min_info=min_info)
+    if any(v is not None for v in (extract, region, min_info, exclude, chromosomes)):
+        source = source.select_variants(extract=extract, region=region, min_info=min_info, exclude=exclude,
+                                        chromosomes=chromosomes)
     return source
 
 

@@ -327,13 +327,37 @@ def parse_region(text: str) -> Region:
     return Region(chrom, start_i, end_i)
 
 
+#: PLINK's numeric codes of the non-autosomes, so that --chr X matches a .bim that writes 23.
+_CHROM_ALIASES = {"23": "x", "24": "y", "25": "xy", "26": "mt", "m": "mt"}
+
+
 def _normalise_chrom(values) -> np.ndarray:
-    return np.array([str(v).lower().removeprefix("chr") for v in values], dtype=object)
+    out = [str(v).strip().lower().removeprefix("chr") for v in values]
+    return np.array([_CHROM_ALIASES.get(c, c) for c in out], dtype=object)
 
 
-def read_variant_id_file(path: str | os.PathLike) -> list[str]:
-    """IDs from an --extract file: the first whitespace-separated field of each non-empty line."""
-    path = _require_file(Path(path), "--extract file")
+def parse_chromosomes(text: str) -> tuple[str, ...]:
+    """PLINK's --chr: '22', '1-22', '1-4,22,X', 'chrX' -> normalised chromosome names."""
+    names: list[str] = []
+    for token in re.split(r"[,\s]+", text.strip()):
+        if not token:
+            continue
+        low, dash, high = token.partition("-")
+        if dash:
+            a, b = _normalise_chrom([low])[0], _normalise_chrom([high])[0]
+            if not (a.isdigit() and b.isdigit()) or int(a) > int(b):
+                raise InputError(f"--chr {text!r}: {token!r} is not a range of chromosome numbers (e.g. 1-22)")
+            names.extend(_normalise_chrom(range(int(a), int(b) + 1)))
+        else:
+            names.append(_normalise_chrom([token])[0])
+    if not names:
+        raise InputError(f"--chr {text!r}: name at least one chromosome (e.g. 1-22 or 22 or X)")
+    return tuple(dict.fromkeys(names))
+
+
+def read_variant_id_file(path: str | os.PathLike, option: str = "--extract") -> list[str]:
+    """IDs from an --extract (or --exclude) file: the first whitespace-separated field of each non-empty line."""
+    path = _require_file(Path(path), f"{option} file")
     ids = []
     with open(path, encoding="utf-8") as fh:
         for line in fh:
@@ -341,7 +365,7 @@ def read_variant_id_file(path: str | os.PathLike) -> list[str]:
             if fields and not fields[0].startswith("#"):
                 ids.append(fields[0])
     if not ids:
-        raise InputError(f"--extract file {path} lists no variant IDs")
+        raise InputError(f"{option} file {path} lists no variant IDs")
     return ids
 
 
@@ -354,6 +378,8 @@ class VariantSelection:
     n_requested_ids: int | None
     n_ids_not_found: int
     region: str | None
+    n_excluded: int = 0
+    chromosomes: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -362,6 +388,8 @@ class VariantSelection:
             "n_requested_ids": self.n_requested_ids,
             "n_ids_not_found": self.n_ids_not_found,
             "region": self.region,
+            "n_excluded": self.n_excluded,
+            "chromosomes": None if self.chromosomes is None else list(self.chromosomes),
         }
 
 
@@ -371,8 +399,11 @@ def select_variants(
     extract: Sequence[str] | None = None,
     region: str | Region | None = None,
     source: str = "genotypes",
+    exclude: Sequence[str] | None = None,
+    chromosomes: str | Sequence[str] | None = None,
 ) -> VariantSelection:
-    """Positions of the variants to read, in file order: IDs in `extract` and/or inside `region`.
+    """Positions of the variants to read, in file order: IDs in `extract` and/or inside `region`, on
+    `chromosomes` (PLINK's --chr), less the IDs in `exclude` (PLINK's --exclude).
 
     Duplicate variant IDs are an error when selecting by ID, since the choice
     between them would be arbitrary.
@@ -419,7 +450,23 @@ def select_variants(
                 f"--region {region_text}: no {'listed ' if extract is not None else ''}variants of {source} "
                 f"fall in it (chromosomes present: {chroms})"
             )
-    return VariantSelection(np.flatnonzero(mask), n, n_requested, n_missing, region_text)
+    chrom_names = None
+    if chromosomes is not None:
+        chrom_names = parse_chromosomes(chromosomes) if isinstance(chromosomes, str) else tuple(_normalise_chrom(chromosomes))
+        present = _normalise_chrom(variant_table["chrom"].to_numpy())
+        mask &= np.isin(present, chrom_names)
+        if not mask.any():
+            chroms = ", ".join(sorted(set(variant_table["chrom"].astype(str)))[:10])
+            raise InputError(f"--chr {','.join(chrom_names)}: no selected variants of {source} lie on it "
+                             f"(chromosomes present: {chroms})")
+    n_excluded = 0
+    if exclude is not None:
+        dropped = mask & np.isin(variant_table["variant_id"].astype(str).to_numpy(), [str(v) for v in exclude])
+        n_excluded = int(dropped.sum())
+        mask &= ~dropped
+        if not mask.any():
+            raise InputError(f"--exclude removes every selected variant of {source}: nothing is left to analyse")
+    return VariantSelection(np.flatnonzero(mask), n, n_requested, n_missing, region_text, n_excluded, chrom_names)
 
 
 def unique_variant_names(variant_table: pd.DataFrame) -> list[str]:

@@ -108,10 +108,16 @@ def _read_frame(path, sep: str | None, what: str):
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} {path}: no such file")
+    separator = _separator(path, sep)
     try:
-        frame = pd.read_csv(path, sep=_separator(path, sep), dtype=str, keep_default_na=False)
+        frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{what} {path}: the file is empty (no header line)") from None
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"{what} {path}: cannot be parsed as a table ({exc})") from None
+    from invariant_mr.io.phenotypes import check_delimiter
+
+    check_delimiter(path, separator, [str(c) for c in frame.columns], f"{what} {path}")
     if frame.shape[0] == 0:
         raise InputError(f"{what} {path}: no variants")
     frame.columns = [str(c).strip() for c in frame.columns]

@@ -4,8 +4,9 @@ Rules (each a test in tests/test_output_safety.py):
 
 * An existing `--out` is refused unless `--overwrite`, and `--overwrite`
   replaces only a directory a previous invariant-mr run wrote (its
-  results.json or truth.json carries provenance), never one holding an
-  input of this run, the current directory or one of its parents.
+  results.json or truth.json carries provenance) and nothing else (no
+  file a user added beside the outputs), never one holding an input of
+  this run, the current directory or one of its parents.
 * One run at a time per output: a lock file beside the destination is taken
   before any work starts; a second run exits with status 2 and says which
   process holds it. A lock left by a killed process is taken over.
@@ -98,12 +99,79 @@ def written_by_invariant_mr(directory: Path) -> bool:
     return False
 
 
+#: Every file name an invariant-mr command writes into its output folder (run, mr, demo and its data/ folder,
+#: simulate, fit, apply). `--overwrite` replaces a previous run's folder as a whole, so it first checks that
+#: nothing else is in it: a notes.txt the user added would otherwise disappear with the old outputs.
+KNOWN_OUTPUT_NAMES = frozenset({
+    "results.json", "estimates.tsv", "forest.png", "qc.tsv", "instruments.tsv", "report.html",
+    "dropped_variants.tsv", "scatter.png", "funnel.png", "leave_one_out.png", "single_variant_forest.png",
+    "data.tsv", "truth.json", "genotypes.bed", "genotypes.bim", "genotypes.fam", "phenotypes.tsv",
+    "alignment.json", "provenance.json", "manifest.json", "loadings.tsv", "score.tsv", "variants.tsv",
+    "model.pt", "config.json",
+})
+KNOWN_OUTPUT_FOLDERS = frozenset({"data", "model"})
+#: Files an operating system drops into any folder it shows; removing them loses nothing.
+_SYSTEM_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+def foreign_entries(directory: Path) -> list[str]:
+    """Paths (relative) in a previous run's output folder that no invariant-mr command writes."""
+    foreign = []
+    for entry in sorted(directory.rglob("*")):
+        rel = entry.relative_to(directory)
+        if entry.name in _SYSTEM_LITTER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            if len(rel.parts) > 1 or rel.name not in KNOWN_OUTPUT_FOLDERS:
+                foreign.append(f"{rel}/")
+            continue
+        if entry.name not in KNOWN_OUTPUT_NAMES or len(rel.parts) > 2 or (
+                len(rel.parts) == 2 and rel.parts[0] not in KNOWN_OUTPUT_FOLDERS):
+            foreign.append(str(rel))
+    # A foreign folder's contents are covered by naming the folder.
+    folders = [f for f in foreign if f.endswith("/")]
+    return [f for f in foreign if f.endswith("/") or not any(f.startswith(d) for d in folders)]
+
+
 def _within(path: Path, directory: Path) -> bool:
     try:
         path.relative_to(directory)
     except ValueError:
         return False
     return True
+
+
+def check_output_file(path: str | os.PathLike, *, overwrite: bool, option: str,
+                      inputs: Iterable[str | os.PathLike | None] = (), out_dir: str | os.PathLike | None = None) -> None:
+    """Refuse, before any work, a single output file (e.g. --sumstats-out) that would destroy something.
+
+    The same rules as an output directory: an existing file only with --overwrite, never an input of the run
+    (not even with --overwrite), never inside the --out folder (which is replaced as a whole), and a parent
+    folder that exists.
+    """
+    target = Path(path)
+    final = target.resolve()
+    for given in inputs:
+        if given is not None and Path(given).resolve() == final:
+            raise InputError(f"{option} {target}: is an input of this run ({given}); choose another file name")
+    if out_dir is not None:
+        out = Path(out_dir).resolve()
+        if final == out or _within(final, out):
+            raise InputError(f"{option} {target}: lies inside --out {out_dir}, which is written as a whole; "
+                             "choose a path outside it")
+    if final.exists():
+        if final.is_dir():
+            raise InputError(f"{option} {target}: is a folder; give a file name")
+        if not overwrite:
+            raise InputError(f"{option} {target}: already exists (use --overwrite to replace it)")
+    parent = final.parent
+    if not parent.is_dir():
+        blocker = next((a for a in (parent, *parent.parents) if a.exists() and not a.is_dir()), None)
+        if blocker is not None:
+            raise InputError(f"{option} {target}: {blocker} is a file, not a folder")
+        raise InputError(f"{option} {target}: parent folder {parent} does not exist; create it first (mkdir -p {parent})")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{option} {target}: cannot write in {parent}")
 
 
 class OutputDirectory:
@@ -145,7 +213,8 @@ class OutputDirectory:
         cwd = Path.cwd().resolve()
         if final.exists():
             if not final.is_dir():
-                raise self._fail("exists and is not a directory")
+                raise self._fail(f"is an existing file, not a folder; {self.option} names a new folder for the "
+                                 "outputs (nothing was written)")
             if not self.overwrite:
                 raise self._fail("already exists (use --overwrite to replace a previous run's output)")
             if final == cwd or _within(cwd, final):
@@ -160,9 +229,19 @@ class OutputDirectory:
                     "was not written by invariant-mr (no results.json or truth.json with provenance); "
                     "--overwrite replaces only a previous run's output folder"
                 )
+            foreign = foreign_entries(final)
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise self._fail(
+                    f"holds {len(foreign)} file(s) invariant-mr did not write ({shown}); --overwrite would delete "
+                    "them with the old outputs: move them out, or choose another --out"
+                )
         parent = final.parent
         if not parent.is_dir():
-            raise self._fail(f"parent directory {parent} does not exist")
+            blocker = next((a for a in (parent, *parent.parents) if a.exists() and not a.is_dir()), None)
+            if blocker is not None:
+                raise self._fail(f"{blocker} is a file, not a folder; choose an {self.option} path inside a folder")
+            raise self._fail(f"parent folder {parent} does not exist; create it first (mkdir -p {parent})")
         self._remove_stale_staging(parent, final.name)
         self._probe_writable(parent)
         self._take_lock(parent, final.name)

@@ -53,6 +53,29 @@ def header_names(path: Path, sep: str) -> list[str]:
     return [c.strip() for c in re.split(sep, first.strip())]
 
 
+_DELIMITERS = {"\t": "tab", ",": "comma", ";": "semicolon"}
+
+
+def check_delimiter(path: Path, sep: str, names: Sequence[str], source: str) -> None:
+    """Refuse a file whose name promises one delimiter while its header uses another.
+
+    A CSV saved as .tsv reads as a single column named "IID,environment,...",
+    and every later message ("column 'environment' not found") would blame the
+    column instead of the file's format.
+    """
+    if len(names) != 1 or sep not in _DELIMITERS:
+        return
+    header = names[0]
+    for other, word in _DELIMITERS.items():
+        if other != sep and other in header:
+            suffix = {"\t": ".tsv", ",": ".csv"}.get(other)
+            rename = f"rename it to {path.stem}{suffix} or " if suffix else ""
+            raise InputError(
+                f"{source}: the name says {_DELIMITERS[sep]}-separated but the header is {word}-separated "
+                f"({header[:60]!r}); {rename}save it {_DELIMITERS[sep]}-separated"
+            )
+
+
 def refuse_duplicate_columns(names: Sequence[str], source: str) -> None:
     seen, dup = set(), []
     for name in names:
@@ -98,7 +121,9 @@ def read_phenotype_table(path: str | os.PathLike, missing_codes: Sequence[str] =
                 ) from None
         else:
             sep = {".csv": ",", ".tsv": "\t", ".tab": "\t"}.get(ext) or _sniff_separator(path)
-            refuse_duplicate_columns(header_names(path, sep), f"phenotype file {path}")
+            names = header_names(path, sep)
+            check_delimiter(path, sep, names, f"phenotype file {path}")
+            refuse_duplicate_columns(names, f"phenotype file {path}")
             table = pd.read_csv(
                 path, sep=sep, dtype=str, keep_default_na=False, na_values=[*NA_VALUES, *missing_codes],
                 engine="c" if len(sep) == 1 else "python",

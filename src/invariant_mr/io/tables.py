@@ -12,7 +12,7 @@ import pandas as pd
 
 from invariant_mr.data import MAX_ABS_VALUE, MRData
 from invariant_mr.errors import InputError
-from invariant_mr.io.phenotypes import MISSING_CODES, expand_column_range, header_names, refuse_duplicate_columns
+from invariant_mr.io.phenotypes import MISSING_CODES, check_delimiter, expand_column_range, header_names, refuse_duplicate_columns
 
 
 def read_table(path: str | Path, option: str = "--table", missing_codes: Sequence[str] = MISSING_CODES) -> pd.DataFrame:
@@ -31,7 +31,7 @@ def read_table(path: str | Path, option: str = "--table", missing_codes: Sequenc
         if suffix.endswith(".parquet") or suffix.endswith(".pq"):
             table = pd.read_parquet(path)
             refuse_duplicate_columns([str(c) for c in table.columns], f"{option} {path}")
-            return table.replace({code: np.nan for code in na})
+            return _with_rows(table.replace({code: np.nan for code in na}), option, path)
         if suffix.endswith((".tsv", ".tsv.gz", ".txt", ".txt.gz", ".tab")):
             sep = "\t"
         elif suffix.endswith((".csv", ".csv.gz")):
@@ -39,15 +39,27 @@ def read_table(path: str | Path, option: str = "--table", missing_codes: Sequenc
         else:
             sep = None
         if sep is not None:
-            refuse_duplicate_columns(header_names(path, sep), f"{option} {path}")
-            return pd.read_csv(path, sep=sep, na_values=na)
+            names = header_names(path, sep)
+            check_delimiter(path, sep, names, f"{option} {path}")
+            refuse_duplicate_columns(names, f"{option} {path}")
+            return _with_rows(pd.read_csv(path, sep=sep, na_values=na), option, path)
         table = pd.read_csv(path, sep=None, engine="python", na_values=na)
         refuse_duplicate_columns([str(c) for c in table.columns], f"{option} {path}")
-        return table
+        return _with_rows(table, option, path)
+    except InputError:
+        raise
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{option} {path}: the file is empty (no header line); give the table with a header row") from None
     except ImportError as exc:
         raise InputError(f"{option} {path}: reading this format needs an extra package ({exc})") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{option} {path}: cannot parse table ({str(exc).splitlines()[0]})") from None
+
+
+def _with_rows(table: pd.DataFrame, option: str, path: Path) -> pd.DataFrame:
+    if len(table) == 0:
+        raise InputError(f"{option} {path}: the table has a header but no rows")
+    return table
 
 
 def unknown_column(column: str, available: Sequence[str], option: str, path: str | Path) -> InputError:
@@ -165,6 +177,14 @@ def table_data(
         np.column_stack([numeric_column(df, c, "--covariates", path) for c in cov_cols]) if cov_cols else None
     )
     ids = df[id_column].astype(str).to_numpy(dtype=object) if id_column and id_column in df.columns else None
+    if ids is not None:
+        repeated = pd.Series(ids).value_counts()
+        repeated = repeated[repeated > 1]
+        if len(repeated):
+            raise InputError(
+                f"{path}: sample ID {repeated.index[0]!r} occurs {int(repeated.iloc[0])} times in column {id_column!r} "
+                f"({len(repeated)} repeated ID(s)); one row per sample: remove the duplicated rows"
+            )
     data = MRData(
         Z=Z,
         exposure=numeric_column(df, exposure, "--exposure", path),
