@@ -12,8 +12,10 @@ Two inputs are supported.
   `variant, effect_allele, other_allele, beta, se` and optional
   `eaf, pval, n, chrom, pos`, aligned by `harmonise`.
 
-Every column can be renamed with a mapping from the canonical name to the
-name in the file. Missing values are the empty string and `NA`/`NaN`.
+The column names of TwoSampleMR, PLINK 2 `--glm` output and the GWAS-SSF
+standard are recognised as they are (`GWAS_ALIASES`, `MR_ALIASES`); any
+column can also be named with a mapping from the canonical name to the name
+in the file (`--col`). Missing values are the empty string and `NA`/`NaN`.
 
 `harmonise` follows TwoSampleMR's `harmonise_data` (Hemani et al. 2018,
 eLife 7:e34408; its `harmonise_22` for two-allele variants):
@@ -64,6 +66,74 @@ MR_OPTIONAL = (
 #: Required and optional columns of one GWAS table (two-file form).
 GWAS_REQUIRED = ("variant", "effect_allele", "other_allele", "beta", "se")
 GWAS_OPTIONAL = ("eaf", "pval", "n", "chrom", "pos")
+
+#: Column names that users' files already carry, recognised without a rename, in order of preference:
+#: TwoSampleMR (`SNP`, `beta.exposure`, ...; `format_data` defaults), PLINK 2 `--glm` output (`ID`, `A1`,
+#: `BETA`, `SE`, `P`, `A1_FREQ`, `OBS_CT`, `#CHROM`, `POS`) and the GWAS-SSF standard of the GWAS Catalog
+#: (`variant_id`, `effect_allele`, `other_allele`, `beta`, `standard_error`, `effect_allele_frequency`,
+#: `p_value`, `n`, `chromosome`, `base_pair_location`). Matching ignores case.
+GWAS_ALIASES: dict[str, tuple[str, ...]] = {
+    "variant": ("variant", "SNP", "ID", "variant_id", "rsid", "rs_id", "MarkerName"),
+    "effect_allele": ("effect_allele", "A1", "EA"),
+    "other_allele": ("other_allele", "OMITTED", "AX", "NEA", "A2"),
+    "beta": ("beta", "b"),
+    "se": ("se", "standard_error", "LOG(OR)_SE", "sebeta"),
+    "eaf": ("eaf", "A1_FREQ", "effect_allele_frequency", "FRQ", "freq"),
+    "pval": ("pval", "P", "p_value", "pvalue"),
+    "n": ("n", "OBS_CT", "samplesize", "sample_size", "N"),
+    "chrom": ("chrom", "#CHROM", "CHROM", "chr", "chromosome"),
+    "pos": ("pos", "POS", "base_pair_location", "BP"),
+}
+#: The one-table form: our names, TwoSampleMR's harmonised `dat` names, and `n` (what `run --sumstats-out`
+#: writes: one sample for both traits).
+MR_ALIASES: dict[str, tuple[str, ...]] = {
+    "variant": ("variant", "SNP", "ID", "variant_id", "rsid"),
+    "beta_exposure": ("beta_exposure", "beta.exposure"),
+    "se_exposure": ("se_exposure", "se.exposure"),
+    "beta_outcome": ("beta_outcome", "beta.outcome"),
+    "se_outcome": ("se_outcome", "se.outcome"),
+    "effect_allele": ("effect_allele", "effect_allele.exposure"),
+    "other_allele": ("other_allele", "other_allele.exposure"),
+    "eaf_exposure": ("eaf_exposure", "eaf.exposure"),
+    "eaf_outcome": ("eaf_outcome", "eaf.outcome"),
+    "pval_exposure": ("pval_exposure", "pval.exposure"),
+    "n_exposure": ("n_exposure", "samplesize.exposure"),
+    "n_outcome": ("n_outcome", "samplesize.outcome"),
+    "chrom": ("chrom", "chr.exposure", "chr"),
+    "pos": ("pos", "pos.exposure"),
+}
+
+
+def recognise_columns(
+    columns: Sequence[str], aliases: Mapping[str, Sequence[str]], explicit: Mapping[str, str] | None = None,
+    *, suffix: str | None = None,
+) -> dict[str, str]:
+    """canonical name -> file column: the explicit renames first, then the first alias the file has.
+
+    With `suffix` (".exposure" or ".outcome") TwoSampleMR's per-trait names (`beta.outcome`, ...)
+    are recognised too. A file column is used for one canonical name only.
+    """
+    explicit = dict(explicit or {})
+    used = set(explicit.values())
+    lower = {}
+    for c in columns:
+        lower.setdefault(c.lower(), c)
+    out = dict(explicit)
+    for canonical, names in aliases.items():
+        if canonical in out:
+            continue
+        candidates = list(names)
+        if suffix:
+            stem = {"variant": "SNP", "n": "samplesize", "chrom": "chr"}.get(canonical, canonical)
+            candidates = [f"{stem}{suffix}", *candidates]
+        for name in candidates:
+            col = lower.get(name.lower())
+            if col is not None and col not in used:
+                out[canonical] = col
+                used.add(col)
+                break
+    return out
+
 
 #: TwoSampleMR's palindrome ambiguity bound: 0.5 - tolerance (0.08).
 DEFAULT_MAF_THRESHOLD = 0.42
@@ -319,16 +389,19 @@ def read_mr_sumstats(
     separator is "," for *.csv and a tab otherwise unless `sep` is given.
     """
     what = "--sumstats"
-    cmap = _column_map(columns, MR_REQUIRED + MR_OPTIONAL, what)
+    cmap = _column_map(columns, MR_REQUIRED + MR_OPTIONAL + ("n",), what)
     frame = _read_frame(path, sep, what)
-    rename = {v: k for k, v in cmap.items()}
     missing_renamed = [v for v in cmap.values() if v not in frame.columns]
     if missing_renamed:
         raise InputError(
             f"{what} {path}: column(s) {', '.join(missing_renamed)} named in the column mapping are not in the file "
             f"(it has {', '.join(frame.columns)})"
         )
-    frame = frame.rename(columns=rename)
+    multi_cols = [c for c in frame.columns if re.fullmatch(r"(beta|se|pval)_exposure_\w+", c)]
+    cmap = recognise_columns([c for c in frame.columns if c not in multi_cols], {**MR_ALIASES, "n": ("n",)}, cmap)
+    # Only the recognised columns go on, under their canonical names (no second column of one name).
+    frame = frame[[c for c in frame.columns if c in cmap.values() or c in multi_cols]]
+    frame = frame.rename(columns={v: k for k, v in cmap.items()})
     cols = list(frame.columns)
     multi = sorted(
         {m.group(1) for c in cols if (m := re.fullmatch(r"beta_exposure_(\w+)", c))}
@@ -358,7 +431,7 @@ def read_mr_sumstats(
     if absent:
         raise InputError(
             f"{what} {path}: missing column(s) {', '.join(absent)} (the file has {', '.join(cols)}; "
-            "rename columns with the column mapping)"
+            "name the file's columns with --col NAME=FILECOL)"
         )
 
     def num(c, req=True):
@@ -386,8 +459,9 @@ def read_mr_sumstats(
             eaf_exposure=opt("eaf_exposure"),
             eaf_outcome=opt("eaf_outcome"),
             pval_exposure=pvals,
-            n_exposure=opt("n_exposure"),
-            n_outcome=opt("n_outcome"),
+            # `n` (what `run --sumstats-out` writes): both traits measured on the same samples.
+            n_exposure=opt("n_exposure") if "n_exposure" in cols else opt("n"),
+            n_outcome=opt("n_outcome") if "n_outcome" in cols else opt("n"),
             chrom=tuple(frame["chrom"].str.strip()) if "chrom" in cols else None,
             pos=opt("pos"),
             source=str(path),
@@ -458,13 +532,23 @@ def read_gwas(
             f"{what} {path}: column(s) {', '.join(missing_renamed)} named in the column mapping are not in the file "
             f"(it has {', '.join(frame.columns)})"
         )
-    frame = frame.rename(columns={v: k for k, v in cmap.items()})
+    file_cols = list(frame.columns)
+    suffix = next((sfx for sfx in (".exposure", ".outcome") if any(c.endswith(sfx) for c in file_cols)), None)
+    cmap = recognise_columns(file_cols, GWAS_ALIASES, cmap, suffix=suffix)
+    frame = _plink2_alleles(frame, cmap, file_cols)
+    if "beta" not in cmap and "se" in cmap and any(c.upper() == "OR" for c in file_cols):
+        # PLINK 2 --glm logistic output: the effect is the odds ratio, its SE is on the log scale.
+        or_col = next(c for c in file_cols if c.upper() == "OR")
+        values = _numeric(frame, or_col, path, what, required=False)
+        frame = frame.assign(**{"__log_or": [("" if not np.isfinite(v) or v <= 0 else repr(float(np.log(v)))) for v in values]})
+        cmap["beta"] = "__log_or"
+    frame = frame[[c for c in frame.columns if c in cmap.values()]].rename(columns={v: k for k, v in cmap.items()})
     cols = list(frame.columns)
     absent = [c for c in GWAS_REQUIRED if c not in cols]
     if absent:
         raise InputError(
-            f"{what} {path}: missing column(s) {', '.join(absent)} (the file has {', '.join(cols)}; "
-            "rename columns with the column mapping)"
+            f"{what} {path}: missing column(s) {', '.join(absent)} (the file has {', '.join(file_cols)}; "
+            "name the file's columns with --col NAME=FILECOL)"
         )
 
     def opt(c):
@@ -483,6 +567,17 @@ def read_gwas(
         pos=opt("pos"),
         source=str(path),
     )
+
+
+def _plink2_alleles(frame, cmap: dict[str, str], file_cols: list[str]):
+    """PLINK 2 `--glm` files before `OMITTED` existed: the other allele is whichever of REF/ALT is not A1."""
+    upper = {c.upper(): c for c in file_cols}
+    if "other_allele" in cmap or "effect_allele" not in cmap or not {"REF", "ALT"} <= upper.keys():
+        return frame
+    a1 = frame[cmap["effect_allele"]].str.strip()
+    ref, alt = frame[upper["REF"]].str.strip(), frame[upper["ALT"]].str.strip()
+    cmap["other_allele"] = "__other_allele"
+    return frame.assign(__other_allele=np.where(a1 == alt, ref, alt))
 
 
 # ----------------------------------------------------------------------------- harmonisation
@@ -701,8 +796,10 @@ def _fmt(x: float) -> str:
 __all__ = [
     "DEFAULT_MAF_THRESHOLD",
     "DROP_REASONS",
+    "GWAS_ALIASES",
     "GWAS_OPTIONAL",
     "GWAS_REQUIRED",
+    "MR_ALIASES",
     "MR_OPTIONAL",
     "MR_REQUIRED",
     "DroppedVariant",
@@ -714,4 +811,5 @@ __all__ = [
     "is_palindromic",
     "read_gwas",
     "read_mr_sumstats",
+    "recognise_columns",
 ]
