@@ -276,3 +276,26 @@ def test_steiger_from_table_detects_reverse_causation():
     no_n = SumstatsTable(fwd.variant, ("x",), fwd.beta_exposure, se, fwd.beta_outcome, se)
     with pytest.raises(InputError, match="n_exposure and n_outcome"):
         steiger_from_table(no_n)
+
+
+def test_mv_ivw_lm_model_q_a_and_t_pvalues(lipids):
+    """TwoSampleMR mv_multiple / MVMR ivw_mvmr: the weighted lm's own SEs; MVMR's Q_A on L - K - 1 df."""
+    bx, sx, by, sy = lipids.beta_exposure, lipids.se_exposure, lipids.beta_outcome, lipids.se_outcome
+    L, K = bx.shape
+    fit = mv_ivw(bx, sx, by, sy)
+    ref = sm.WLS(by, bx, weights=sy**-2).fit()
+    np.testing.assert_allclose(fit.estimate, ref.params, rtol=1e-10)
+    np.testing.assert_allclose(fit.se, ref.bse, rtol=1e-10)  # "lm": scaled by the residual SE, whatever its size
+    assert fit.model == "lm" and fit.residual_se == pytest.approx(np.sqrt(ref.scale), rel=1e-10)
+    np.testing.assert_allclose(fit.pvalue, 2 * stats.norm.sf(np.abs(ref.params / ref.bse)), rtol=1e-10)
+    t = mv_ivw(bx, sx, by, sy, pvalues="t")  # MVMR prints lm's t p-values on L - K df
+    np.testing.assert_allclose(t.pvalue, ref.pvalues, rtol=1e-8)
+    sigma2 = sy**2 + (sx**2) @ (fit.estimate**2)
+    q_a = np.sum((by - bx @ fit.estimate) ** 2 / sigma2)
+    assert fit.extra["q_a"] == pytest.approx(q_a, rel=1e-12) and fit.extra["q_a_df"] == L - K - 1
+    assert fit.extra["q_a_pvalue"] == pytest.approx(stats.chi2.sf(q_a, L - K - 1), rel=1e-10)
+    assert fit.extra["q_a"] < fit.cochran_q  # the second-order weights only add variance
+    # Under-dispersion: lm shrinks the SE below the fixed-effect one, MendelianRandomization's random does not.
+    small = mv_ivw(bx, sx, bx @ fit.estimate + 0.01 * (by - bx @ fit.estimate), sy)
+    rand = mv_ivw(bx, sx, bx @ fit.estimate + 0.01 * (by - bx @ fit.estimate), sy, model="random")
+    assert small.residual_se < 1 and np.all(small.se < rand.se)
