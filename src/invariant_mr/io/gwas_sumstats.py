@@ -789,6 +789,96 @@ def harmonise(
     )
 
 
+def harmonise_exposures(
+    exposures: Sequence[GWASTable],
+    outcome: GWASTable,
+    *,
+    names: Sequence[str] | None = None,
+    palindromes: str = "infer",
+    maf_threshold: float = DEFAULT_MAF_THRESHOLD,
+) -> HarmonisedSumstats:
+    """Multivariable input from one GWAS file per exposure (TwoSampleMR `mv_harmonise_data` in spirit).
+
+    The first exposure's effect alleles are the reference: the outcome is aligned to them by
+    `harmonise`, and so is every other exposure (`harmonise(first, other)` treats the other
+    exposure as the table to align, with the same swap, strand and palindrome rules). A variant
+    is analysed when it survives every alignment; each variant that does not is listed once,
+    with the first alignment that dropped it (its detail names the exposure). The instruments
+    are the first exposure GWAS's rows: give each file the same variant list, e.g. the union of
+    every exposure's instruments looked up in each GWAS.
+    """
+    if len(exposures) < 2:
+        raise InputError("multivariable input needs at least two exposure GWAS files")
+    names = tuple(str(n) for n in (names or [f"exposure_{k + 1}" for k in range(len(exposures))]))
+    if len(names) != len(exposures):
+        raise InputError(f"{len(names)} exposure names for {len(exposures)} exposure GWAS files")
+    if len(set(names)) != len(names):
+        raise InputError(f"exposure names must differ: {', '.join(names)}")
+    first = harmonise(exposures[0], outcome, palindromes=palindromes, maf_threshold=maf_threshold,
+                      exposure_name=names[0])  # fmt: skip
+    dropped: dict[str, DroppedVariant] = {d.variant: d for d in first.dropped}
+    aligned = []
+    for name, other in zip(names[1:], exposures[1:]):
+        h = harmonise(exposures[0], other, palindromes=palindromes, maf_threshold=maf_threshold)
+        for d in h.dropped:
+            reason = "not_in_exposure" if d.reason == "not_in_outcome" else d.reason
+            dropped.setdefault(d.variant, DroppedVariant(d.variant, reason, f"exposure {name}: {d.detail}".rstrip(": ")))
+        index = {v: i for i, v in enumerate(h.table.variant)}
+        aligned.append((h.table, index))
+    t = first.table
+    # A variant the first alignment kept but another did not has that alignment's reason in `dropped`.
+    keep = [i for i, v in enumerate(t.variant) if all(v in idx for _, idx in aligned)]
+    rows = [[idx[t.variant[i]] for i in keep] for _, idx in aligned]
+    beta = np.column_stack([t.beta_exposure[keep, 0]] + [tab.beta_outcome[r] for (tab, _), r in zip(aligned, rows)])
+    se = np.column_stack([t.se_exposure[keep, 0]] + [tab.se_outcome[r] for (tab, _), r in zip(aligned, rows)])
+    pvals = None
+    if all(e.pval is not None for e in exposures):
+        p_other = []
+        for (tab, _), r, e in zip(aligned, rows, exposures[1:]):
+            pos = {v: i for i, v in enumerate(e.variant)}
+            p_other.append(np.array([e.pval[pos[tab.variant[j]]] for j in r]))
+        pvals = np.column_stack([t.pval_exposure[keep, 0], *p_other])
+    table = SumstatsTable(
+        variant=tuple(t.variant[i] for i in keep), exposures=names, beta_exposure=beta, se_exposure=se,
+        beta_outcome=t.beta_outcome[keep], se_outcome=t.se_outcome[keep],
+        effect_allele=None if t.effect_allele is None else tuple(t.effect_allele[i] for i in keep),
+        other_allele=None if t.other_allele is None else tuple(t.other_allele[i] for i in keep),
+        pval_exposure=pvals, n_exposure=None if t.n_exposure is None else t.n_exposure[keep],
+        n_outcome=None if t.n_outcome is None else t.n_outcome[keep],
+        chrom=None if t.chrom is None else tuple(t.chrom[i] for i in keep),
+        pos=None if t.pos is None else t.pos[keep],
+        source=" + ".join(e.source for e in (*exposures, outcome)),
+    )  # fmt: skip
+    order = {v: i for i, v in enumerate(exposures[0].variant)}
+    all_dropped = tuple(sorted(dropped.values(), key=lambda d: order.get(d.variant, len(order))))
+    reasons: dict[str, int] = {}
+    for d in all_dropped:
+        reasons[d.reason] = reasons.get(d.reason, 0) + 1
+    return HarmonisedSumstats(
+        table=table, dropped=all_dropped, n_swapped=first.n_swapped, n_strand_flipped=first.n_strand_flipped,
+        n_palindromic_flipped=first.n_palindromic_flipped, palindromes=palindromes, maf_threshold=float(maf_threshold),
+        counts={"exposure_variants": exposures[0].n_variants, "kept": table.n_variants, **reasons},
+    )  # fmt: skip
+
+
+def explain_empty(harmonised: HarmonisedSumstats, exposure: GWASTable, outcome: GWASTable) -> str:
+    """Why harmonisation kept no variant, in one line: the count of each reason, and for no overlap
+    at all, an example id from each file (the usual cause: rs ids against chr:pos ids)."""
+    counts: dict[str, int] = {}
+    for d in harmonised.dropped:
+        counts[d.reason] = counts.get(d.reason, 0) + 1
+    parts = [f"{reason.replace('_', ' ')} {n}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+    line = (f"harmonisation left no variant of {exposure.n_variants} in the exposure GWAS: " + ", ".join(parts))
+    if counts.get("not_in_outcome", 0) == len(harmonised.dropped) and exposure.n_variants and outcome.n_variants:
+        line += (f"; no variant id is shared by the two files (e.g. {exposure.variant[0]!r} in the exposure GWAS, "
+                 f"{outcome.variant[0]!r} in the outcome GWAS)")
+    elif counts.get("incompatible_alleles"):
+        line += "; allele mismatches usually mean the files use different builds or allele codings"
+    elif counts.get("palindromic_ambiguous") or counts.get("palindromic"):
+        line += "; palindromic variants need allele frequencies outside (0.42, 0.58) (or --palindromes infer)"
+    return line
+
+
 def _fmt(x: float) -> str:
     return "NA" if np.isnan(x) else f"{x:.3f}"
 
@@ -807,7 +897,9 @@ __all__ = [
     "HarmonisedSumstats",
     "SumstatsTable",
     "complement",
+    "explain_empty",
     "harmonise",
+    "harmonise_exposures",
     "is_palindromic",
     "read_gwas",
     "read_mr_sumstats",
