@@ -101,7 +101,8 @@ def test_mr_reproduces_the_published_multivariable_ivw(tmp_path):
 def test_mr_outputs_provenance_plots_and_report(ldlc_run):
     names = sorted(p.name for p in ldlc_run.iterdir())
     assert names == sorted(["results.json", "estimates.tsv", "report.html", "dropped_variants.tsv", "scatter.png",
-                            "funnel.png", "leave_one_out.png", "single_variant_forest.png"])
+                            "funnel.png", "leave_one_out.png", "single_variant_forest.png", "mr_results.tsv",
+                            "single_variant.tsv", "leave_one_out.tsv"])
     for png in ("scatter.png", "funnel.png", "leave_one_out.png", "single_variant_forest.png"):
         data = (ldlc_run / png).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5000
