@@ -125,6 +125,10 @@ MEDIAN_WEIGHTS = MethodOption(
     "median_weights", click.Choice(("second_order", "first_order")), "second_order",
     "weighted medians: second-order weights (TwoSampleMR) or first-order (MendelianRandomization)", SUMMARY,
 )  # fmt: skip
+RADIAL_WEIGHTS = MethodOption(
+    "radial_weights", click.Choice(("modified_second_order", "second_order", "first_order")), "modified_second_order",
+    "ivw_radial: weights of the radial regression (RadialMR weights = 3, 2, 1)", SUMMARY,
+)  # fmt: skip
 PENALTY_K = MethodOption("penalty_k", float, 20.0, "penalised weighted median: weight multiplier min(1, k p)", SUMMARY)
 RAPS_LOSS = MethodOption("raps_loss", click.Choice(("huber", "tukey", "l2")), "huber",
                          "MR-RAPS loss: huber (k = 1.345), tukey (k = 4.685) or l2 (not robust)", SUMMARY)
