@@ -71,3 +71,26 @@ def test_radial_is_seeded_and_validates(ss):
     assert a == ivw_radial(ss, n_bootstrap=20, rng=1).exact_re.se != ivw_radial(ss, n_bootstrap=20, rng=2).exact_re.se
     with pytest.raises(InputError, match="radial-weights"):
         ivw_radial(ss, weights="third")
+
+
+def test_vectorised_random_effects_bootstrap_matches_nested_searches(ss):
+    """Each bootstrap draw's exact RE estimate equals RadialMR's two nested optimize() searches (to their tolerance)."""
+    from invariant_mr.estimators.radial_mr import _exact_random_bootstrap, _minimise, _radial_lm
+
+    bx, sx, by, sy = ss.beta_exposure, ss.se_exposure, ss.beta_outcome, ss.se_outcome
+    idx = np.random.default_rng(0).integers(0, ss.n_variants, size=(6, ss.n_variants))
+    got = _exact_random_bootstrap(bx, sx, by, sy, idx)
+    df = ss.n_variants - 1
+    for row, j in zip(got, idx):
+        x, s_x, y, s_y = bx[j], sx[j], by[j], sy[j]
+        r = y / x
+        slope, se, sigma1 = _radial_lm(r, x**2 / s_y**2)
+        sigma2 = _radial_lm(r, 1 / (s_y**2 / x**2 + y**2 * s_x**2 / x**4))[2]
+
+        def q(beta, phi):
+            return float(np.sum((r - beta) ** 2 / (phi * s_y**2 / x**2 + beta**2 * s_x**2 / x**2)))
+
+        lb, ub = slope - 10 * se, slope + 10 * se
+        phi = _minimise(lambda p: (q(_minimise(lambda b: q(b, p), lb, ub), p) - df) ** 2,
+                        max(1.0, sigma2**2), max(1.0, sigma1**2) + 0.001)
+        assert row == pytest.approx(_minimise(lambda b: q(b, phi), lb, ub), abs=2e-4)
