@@ -9,8 +9,10 @@ biweight) on the standardised residuals
 `t = (by - beta bx) / sqrt(tau2 + sy^2 + beta^2 sx^2)` bounds the influence of
 outlying (pleiotropic) variants.
 
-This follows the reference implementation, the R package mr.raps
-(github.com/qingyuanzhao/mr.raps, R/core.R), function by function:
+The default (`version="profile"`) is current `mr.raps::mr.raps`, which TwoSampleMR
+calls: the estimating equations with profile-likelihood weights and an
+observed-information sandwich SE (see `mr_raps`). The first generation
+(`version="mle"`, the R package's R/core.R) follows mr.raps function by function:
 
 * no overdispersion, l2 loss (`mr.raps.simple`): beta maximises
   `-1/2 sum (by - beta bx)^2 / (sy^2 + beta^2 sx^2)`;
@@ -20,8 +22,9 @@ This follows the reference implementation, the R package mr.raps
   and beta = argmax of `-1/2 sum (by - beta bx)^2 / v`, until the relative
   change is below `tol`;
 * no overdispersion, robust (`mr.raps.simple.robust`): beta maximises `-sum rho(t)`;
-* overdispersion, robust (`mr.raps.overdispersed.robust`, the TwoSampleMR
-  default): from the overdispersed l2 fit, alternate tau2 = root of
+* overdispersion, robust (`mr.raps.overdispersed.robust`, TwoSampleMR's
+  default before mr.raps 0.4; `version="mle"` here): from the overdispersed
+  l2 fit, alternate tau2 = root of
   `sum sx^2 (t psi(t) - delta) / v` and beta = local maximiser of
   `-1/2 sum rho(t)` from the previous beta.
 SEs are the package's sandwich formulas, with the constants

@@ -41,6 +41,17 @@ def mr_raps_method(data: MRData | SumstatsTable, ctx: MethodContext) -> MethodOu
     return run_summary_method(data, ctx, "mr_raps", one)
 
 
+def mr_lasso_method(data: MRData | SumstatsTable, ctx: MethodContext) -> MethodOutput:
+    from invariant_mr.estimators.mr_lasso import mr_lasso
+
+    pvalues = pvalue_convention(ctx)
+
+    def one(ss, scope):
+        return _estimate(mr_lasso(ss, ctx.alpha, pvalues=pvalues).fit, scope, ss), []
+
+    return run_summary_method(data, ctx, "mr_lasso", one)
+
+
 def mr_conmix_method(data: MRData | SumstatsTable, ctx: MethodContext) -> MethodOutput:
     psi = float(ctx.option("conmix_psi", 0.0))
     step = float(ctx.option("conmix_step", 0.01))
@@ -228,6 +239,7 @@ def multivariable_tsls_estimates(data: MRData, ctx: MethodContext, method: str) 
 
 __all__ = [
     "mr_conmix_method",
+    "mr_lasso_method",
     "mr_raps_method",
     "multivariable_scopes",
     "multivariable_tsls_estimates",
