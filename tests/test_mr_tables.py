@@ -141,3 +141,14 @@ def test_steiger_runs_on_the_sumstats_out_round_trip(tmp_path):
     assert main(["mr", "--sumstats", str(path), "--methods", "ivw", "--out", str(out), "--quiet"]) == 0
     diag = next(d for d in json.loads((out / "results.json").read_text())["diagnostics"] if d["name"] == "steiger_direction")
     assert diag["statistic"] is not None and diag["pvalue"] < 0.05 and "not computed" not in diag["flag"]
+
+
+def test_the_run_states_its_conventions(bmi_run, tmp_path, capsys):
+    prov = json.loads((bmi_run / "results.json").read_text())["provenance"]
+    conv = prov["two_sample"]["conventions"]
+    assert "TwoSampleMR" in conv["p-values"] and "second order" in conv["weighted median weights"]
+    assert "mr.raps::mr.raps" in conv["MR-RAPS"]
+    out = tmp_path / "o"
+    assert main(["mr", "--sumstats", str(LIPIDS), "--exposure", "ldlc", "--methods", "mr_egger", "--summary-pvalues",
+                 "normal", "--out", str(out)]) == 0
+    assert "Conventions: p-values: normal (MendelianRandomization)" in capsys.readouterr().out

@@ -184,12 +184,14 @@ def mr(sumstats, exposure_gwas, outcome_gwas, columns, exposures, palindromes, p
         "clump_kb": clump_kb if clump_bfile else None,
         "clump_p": clump_p if clump_bfile else None,
     }
+    conventions = _conventions(ctx)
     record = {
         "two_sample": {
             "n_variants_analysed": chosen.table.n_variants,
             "harmonisation": None if harmonised is None else harmonised.summary(),
             "selection": list(chosen.steps),
             "dropped": chosen.counts(),
+            "conventions": conventions,
         }
     }
     result = run_analysis(
@@ -218,11 +220,30 @@ def mr(sumstats, exposure_gwas, outcome_gwas, columns, exposures, palindromes, p
         for step in chosen.steps:
             click.echo(step)
         click.echo(result.summary())
+        click.echo("\nConventions: " + "; ".join(f"{k}: {v}" for k, v in conventions.items()))
         from invariant_mr.report.verdict import verdicts
 
         click.echo("\n" + "\n\n".join(v.summary() for v in verdicts(result)))
         written = ["results.json", "estimates.tsv", *tables, "report.html", "dropped_variants.tsv", *pngs]
         click.echo(f"\nwrote {out.final}/" + ", ".join(written))
+
+
+def _conventions(ctx) -> dict[str, str]:
+    """Which published convention each switchable quantity follows in this run (defaults: current TwoSampleMR)."""
+    pvalues = str(ctx.option("summary_pvalues", "twosamplemr"))
+    raps = str(ctx.option("raps_version", "profile"))
+    weights = str(ctx.option("median_weights", "second_order"))
+    model = str(ctx.option("mv_model", "lm"))
+    return {
+        "p-values": {"twosamplemr": "TwoSampleMR (t for MR-Egger on L-2 df and the modes on L-1 df, normal elsewhere)",
+                     "normal": "normal (MendelianRandomization)", "t": "t, intervals too"}[pvalues],
+        "weighted median weights": {"second_order": "second order (TwoSampleMR)",
+                                    "first_order": "first order (MendelianRandomization)"}[weights],
+        "MR-RAPS": {"profile": "mr.raps::mr.raps, shrinkage off (current TwoSampleMR)",
+                    "mle": "mr.raps.mle (first generation)"}[raps],
+        "multivariable IVW SE": {"lm": "regression SE (TwoSampleMR mv_multiple, MVMR)"}.get(
+            model, f"MendelianRandomization mr_mvivw model={model}"),
+    }
 
 
 def _dropped_tsv(dropped) -> str:
