@@ -73,7 +73,8 @@ def test_mr_reproduces_the_published_univariable_estimates(ldlc_run):
     assert conmix.estimate == pytest.approx(2.730, abs=PRINTED) and np.isnan(conmix.se)
     assert (conmix.ci_low, conmix.ci_high) == (pytest.approx(2.000, abs=PRINTED), pytest.approx(3.430, abs=PRINTED))
     assert set(df["method"]) == {"ivw", "ivw_fixed", "mr_egger", "weighted_median", "simple_median", "penalised_weighted_median",
-                                 "simple_mode", "weighted_mode", "mr_presso", "mr_raps", "mr_conmix"}
+                                 "simple_mode", "weighted_mode", "mr_presso", "mr_raps", "mr_conmix", "mr_lasso",
+                                 "ivw_radial", "ivw_radial_iterative", "ivw_radial_exact_fe", "ivw_radial_exact_re"}
 
 
 def test_mr_reproduces_the_published_multivariable_ivw(tmp_path):
