@@ -504,6 +504,71 @@ def kde_mode_rows(
     return out
 
 
+#: How the mode of the ratio density is located: "r_density" reproduces R's `density()` (linear binning
+#: on 512 points, FFT convolution, the maximum of its 512-point output grid), as TwoSampleMR's `mr_mode`
+#: and MendelianRandomization's `mr_mbe` read it; "exact" evaluates the kernel sum itself and refines the
+#: maximum between grid points (`kde_mode_rows`).
+MODE_DENSITIES = ("r_density", "exact")
+
+
+def _bandwidths(values: np.ndarray, phi: float) -> np.ndarray:
+    L = values.shape[1]
+    s = 0.9 * np.minimum(np.std(values, axis=1, ddof=1), _mad_rows(values)) / L**0.2
+    return np.maximum(s * phi, 1e-8)
+
+
+def r_density_mode_rows(values: np.ndarray, weights: np.ndarray, phi: float = 1.0, n: int = 512) -> np.ndarray:
+    """The mode of each row's weighted Gaussian density exactly as R's `density(x, weights, bw)` gives it.
+
+    R bins the values linearly onto 2n points over [min - 7 bw, max + 7 bw] (`BinDist`), convolves with
+    the Gaussian kernel by FFT, keeps the first n points, interpolates them linearly onto the n output
+    points from min - 3 bw to max + 3 bw, and `mr_mode` returns the output point with the largest density.
+    Every row at once; bandwidth `phi * 0.9 * min(sd, mad) / L^(1/5)` as `kde_mode_rows`.
+    """
+    values = np.atleast_2d(np.asarray(values, dtype=float))
+    B, L = values.shape
+    w = np.broadcast_to(np.asarray(weights, dtype=float), (B, L))
+    w = w / w.sum(axis=1, keepdims=True)
+    bw = _bandwidths(values, phi)
+    lo_out = values.min(axis=1) - 3 * bw
+    hi_out = values.max(axis=1) + 3 * bw
+    lo, up = lo_out - 4 * bw, hi_out + 4 * bw
+    delta = (up - lo) / (n - 1)
+    pos = (values - lo[:, None]) / delta[:, None]
+    ix = np.floor(pos).astype(np.int64)
+    fx = pos - ix
+    grid = np.zeros((B, 2 * n))
+    rows = np.repeat(np.arange(B), L).reshape(B, L)
+    inside = (ix >= 0) & (ix <= n - 2)
+    np.add.at(grid, (rows[inside], ix[inside]), (w * (1 - fx))[inside])
+    np.add.at(grid, (rows[inside], ix[inside] + 1), (w * fx)[inside])
+    below = ix == -1
+    np.add.at(grid, (rows[below], np.zeros(int(below.sum()), dtype=np.int64)), (w * fx)[below])
+    above = ix == n - 1
+    np.add.at(grid, (rows[above], ix[above]), (w * (1 - fx))[above])
+    kords = np.linspace(0, 1, 2 * n)[None, :] * (2 * (up - lo))[:, None]
+    kords[:, n + 1:] = -kords[:, n - 1:0:-1]
+    kern = np.exp(-0.5 * (kords / bw[:, None]) ** 2) / (np.sqrt(2 * np.pi) * bw[:, None])
+    conv = np.fft.ifft(np.fft.fft(grid, axis=1) * np.conj(np.fft.fft(kern, axis=1)), axis=1)
+    dens = np.maximum(0.0, conv.real[:, :n])  # numpy's ifft already divides by 2n, as R does after fft(inverse = TRUE)
+    xords = lo[:, None] + delta[:, None] * np.arange(n)[None, :]
+    xout = lo_out[:, None] + ((hi_out - lo_out) / (n - 1))[:, None] * np.arange(n)[None, :]
+    # approx(xords, dens, xout): xout lies inside [lo, up], 4 bandwidths from either end.
+    j = np.clip(np.floor((xout - lo[:, None]) / delta[:, None]).astype(np.int64), 0, n - 2)
+    x0 = np.take_along_axis(xords, j, axis=1)
+    y0, y1 = np.take_along_axis(dens, j, axis=1), np.take_along_axis(dens, j + 1, axis=1)
+    yout = y0 + (y1 - y0) * (xout - x0) / delta[:, None]
+    return xout[np.arange(B), np.argmax(yout, axis=1)]
+
+
+def _mode_rows(values, weights, phi, density: str) -> np.ndarray:
+    if density == "r_density":
+        return r_density_mode_rows(values, weights, phi)
+    if density == "exact":
+        return kde_mode_rows(values, weights, phi)
+    raise InputError(f"--mode-density must be one of {', '.join(MODE_DENSITIES)}, got {density!r}")
+
+
 def weighted_mode(
     ss: SummaryStatistics,
     alpha: float = 0.05,
@@ -512,8 +577,12 @@ def weighted_mode(
     n_bootstrap: int = 1000,
     rng: np.random.Generator | int = 0,
     pvalues: str = "twosamplemr",
+    density: str = "r_density",
 ) -> SummaryMRFit:
     """Weighted mode-based estimate (Hartwig et al. 2017), bootstrap SE.
+
+    The mode is read off R's `density()` grid as TwoSampleMR does (`density="r_density"`), or
+    from the exact kernel sum (`"exact"`, `kde_mode_rows`).
 
     Weights are the inverse squared second-order (delta-method) SEs of the
     ratio estimates, without the NOME assumption (TwoSampleMR's default
@@ -527,11 +596,11 @@ def weighted_mode(
     ratio = by / bx
     se_ratio = np.sqrt(sy**2 / bx**2 + by**2 * sx**2 / bx**4)
     weights = se_ratio**-2
-    est = float(kde_mode_rows(ratio, weights, phi)[0])
+    est = float(_mode_rows(ratio, weights, phi, density)[0])
     boot_values = rng.normal(ratio, se_ratio, size=(n_bootstrap, ss.n_variants))
-    boot = kde_mode_rows(boot_values, weights, phi)
+    boot = _mode_rows(boot_values, weights, phi, density)
     se = float(_MAD_SCALE * np.median(np.abs(boot - np.median(boot))))
-    return _wald("weighted_mode", est, se, ss.n_variants, alpha, {"n_bootstrap": n_bootstrap, "phi": phi},
+    return _wald("weighted_mode", est, se, ss.n_variants, alpha, {"n_bootstrap": n_bootstrap, "phi": phi, "density": density},
                  pvalues=pvalues, df=ss.n_variants - 1, t_by_default=True)  # fmt: skip
 
 
@@ -543,6 +612,7 @@ def simple_mode(
     n_bootstrap: int = 1000,
     rng: np.random.Generator | int = 0,
     pvalues: str = "twosamplemr",
+    density: str = "r_density",
 ) -> SummaryMRFit:
     """Simple mode-based estimate (Hartwig et al. 2017; TwoSampleMR `mr_simple_mode`): the mode of an
     unweighted kernel density of the ratio estimates; SE = 1.4826 MAD of a parametric bootstrap of
@@ -555,10 +625,10 @@ def simple_mode(
     ratio = by / bx
     se_ratio = np.sqrt(sy**2 / bx**2 + by**2 * sx**2 / bx**4)
     ones = np.ones(ss.n_variants)
-    est = float(kde_mode_rows(ratio, ones, phi)[0])
-    boot = kde_mode_rows(rng.normal(ratio, se_ratio, size=(n_bootstrap, ss.n_variants)), ones, phi)
+    est = float(_mode_rows(ratio, ones, phi, density)[0])
+    boot = _mode_rows(rng.normal(ratio, se_ratio, size=(n_bootstrap, ss.n_variants)), ones, phi, density)
     se = float(_MAD_SCALE * np.median(np.abs(boot - np.median(boot))))
-    return _wald("simple_mode", est, se, ss.n_variants, alpha, {"n_bootstrap": n_bootstrap, "phi": phi},
+    return _wald("simple_mode", est, se, ss.n_variants, alpha, {"n_bootstrap": n_bootstrap, "phi": phi, "density": density},
                  pvalues=pvalues, df=ss.n_variants - 1, t_by_default=True)  # fmt: skip
 
 
@@ -703,6 +773,7 @@ def mr_presso(
 
 __all__ = [
     "MEDIAN_WEIGHTS",
+    "MODE_DENSITIES",
     "PVALUE_CONVENTIONS",
     "PressoResult",
     "SummaryMRFit",
@@ -716,6 +787,7 @@ __all__ = [
     "mr_presso",
     "penalised_weighted_median",
     "presso_distortion_test",
+    "r_density_mode_rows",
     "simple_median",
     "simple_mode",
     "weighted_median",

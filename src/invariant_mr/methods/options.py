@@ -129,6 +129,10 @@ RADIAL_WEIGHTS = MethodOption(
     "radial_weights", click.Choice(("modified_second_order", "second_order", "first_order")), "modified_second_order",
     "ivw_radial: weights of the radial regression (RadialMR weights = 3, 2, 1)", SUMMARY,
 )  # fmt: skip
+MODE_DENSITY = MethodOption(
+    "mode_density", click.Choice(("r_density", "exact")), "r_density",
+    "mode estimators: the maximum of R's binned density() grid (TwoSampleMR) or of the exact kernel sum", SUMMARY,
+)  # fmt: skip
 PENALTY_K = MethodOption("penalty_k", float, 20.0, "penalised weighted median: weight multiplier min(1, k p)", SUMMARY)
 RAPS_LOSS = MethodOption("raps_loss", click.Choice(("huber", "tukey", "l2")), "huber",
                          "MR-RAPS loss: huber (k = 1.345), tukey (k = 4.685) or l2 (not robust)", SUMMARY)

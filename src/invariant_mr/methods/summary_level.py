@@ -370,7 +370,7 @@ def weighted_mode_method(data: MRData, ctx: MethodContext) -> MethodOutput:
 
     def one(ss: SummaryStatistics, scope: str):
         fit = weighted_mode(ss, ctx.alpha, phi=phi, n_bootstrap=n_boot, rng=ctx.rng(f"weighted_mode/{scope}"),
-                            pvalues=pvalues)  # fmt: skip
+                            pvalues=pvalues, density=str(ctx.option("mode_density", "r_density")))  # fmt: skip
         return _estimate(fit, scope, ss), []
 
     return run_summary_method(data, ctx, "weighted_mode", one)
@@ -382,7 +382,8 @@ def simple_mode_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     pvalues = pvalue_convention(ctx)
 
     def one(ss: SummaryStatistics, scope: str):
-        fit = simple_mode(ss, ctx.alpha, phi=phi, n_bootstrap=n_boot, rng=ctx.rng(f"simple_mode/{scope}"), pvalues=pvalues)
+        fit = simple_mode(ss, ctx.alpha, phi=phi, n_bootstrap=n_boot, rng=ctx.rng(f"simple_mode/{scope}"), pvalues=pvalues,
+                          density=str(ctx.option("mode_density", "r_density")))
         return _estimate(fit, scope, ss), []
 
     return run_summary_method(data, ctx, "simple_mode", one)
