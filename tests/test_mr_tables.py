@@ -152,3 +152,22 @@ def test_the_run_states_its_conventions(bmi_run, tmp_path, capsys):
     assert main(["mr", "--sumstats", str(LIPIDS), "--exposure", "ldlc", "--methods", "mr_egger", "--summary-pvalues",
                  "normal", "--out", str(out)]) == 0
     assert "Conventions: p-values: normal (MendelianRandomization)" in capsys.readouterr().out
+
+
+def test_twosamplemr_dat_rows_with_mr_keep_false_are_left_out(tmp_path):
+    h = harmonise(read_gwas(EXPOSURE), read_gwas(OUTCOME))
+    t = h.table
+    frame = pd.DataFrame({"SNP": t.variant, "beta.exposure": t.beta_exposure[:, 0], "se.exposure": t.se_exposure[:, 0],
+                          "beta.outcome": t.beta_outcome, "se.outcome": t.se_outcome,
+                          "mr_keep": ["FALSE" if i in (0, 5) else "TRUE" for i in range(t.n_variants)]})
+    path = tmp_path / "dat.tsv"
+    frame.to_csv(path, sep="\t", index=False)
+    out = tmp_path / "o"
+    assert main(["mr", "--sumstats", str(path), "--methods", "ivw", "--out", str(out), "--quiet"]) == 0
+    row = _tsv(out / "estimates.tsv").iloc[0]
+    keep = np.ones(t.n_variants, bool)
+    keep[[0, 5]] = False
+    assert row["n_instruments"] == 77
+    assert row["estimate"] == pytest.approx(ivw(summary_statistics_from_table(t.subset(keep))).estimate, rel=1e-9)
+    dropped = _tsv(out / "dropped_variants.tsv")
+    assert list(dropped["variant"]) == [t.variant[0], t.variant[5]] and set(dropped["reason"]) == {"mr_keep_false"}

@@ -133,8 +133,9 @@ def mr(sumstats, exposure_gwas, outcome_gwas, columns, exposures, palindromes, p
     out.check()
 
     harmonised = None
+    not_kept: list = []  # rows a TwoSampleMR table marks mr_keep FALSE
     if sumstats is not None:
-        table = read_mr_sumstats(sumstats, _renames(cols, "sumstats"))
+        table = read_mr_sumstats(sumstats, _renames(cols, "sumstats"), dropped=not_kept)
         if exposures:
             table = table.with_exposures([e.strip() for e in exposures.split(",") if e.strip()])
     else:
@@ -166,7 +167,7 @@ def mr(sumstats, exposure_gwas, outcome_gwas, columns, exposures, palindromes, p
     chosen = select_instruments(
         table, select_p=select_p, selection_gwas=selection, clump_bfile=clump_bfile,
         clump_r2=clump_r2, clump_kb=clump_kb, clump_p=clump_p,
-        earlier=[("harmonise", d) for d in (harmonised.dropped if harmonised else ())],
+        earlier=[("harmonise", d) for d in (harmonised.dropped if harmonised else not_kept)],
     )  # fmt: skip
     params = {
         "sumstats": None if sumstats is None else str(sumstats),

@@ -379,9 +379,13 @@ class SumstatsTable:
 
 
 def read_mr_sumstats(
-    path: str | os.PathLike, columns: Mapping[str, str] | None = None, *, sep: str | None = None
+    path: str | os.PathLike, columns: Mapping[str, str] | None = None, *, sep: str | None = None,
+    dropped: list | None = None,
 ) -> SumstatsTable:
     """Read the one-table form (already harmonised); `columns` maps canonical -> file names.
+
+    A TwoSampleMR `dat` carries `mr_keep`: rows with FALSE (e.g. ambiguous palindromes) are left
+    out as `mr()` leaves them out, each appended to `dropped` (when given) as a `DroppedVariant`.
 
     Exposures: a `beta_exposure`/`se_exposure` pair (exposure name
     "exposure"), or one `beta_exposure_<name>`/`se_exposure_<name>` pair per
@@ -397,6 +401,16 @@ def read_mr_sumstats(
             f"{what} {path}: column(s) {', '.join(missing_renamed)} named in the column mapping are not in the file "
             f"(it has {', '.join(frame.columns)})"
         )
+    if "mr_keep" in frame.columns:
+        keep = ~frame["mr_keep"].str.strip().str.upper().isin(("FALSE", "F", "0"))
+        if not keep.all():
+            id_col = cmap.get("variant") or next((c for c in frame.columns if c.lower() in ("snp", "variant")), None)
+            if dropped is not None and id_col is not None:
+                dropped.extend(DroppedVariant(str(v).strip(), "mr_keep_false", "mr_keep FALSE in the TwoSampleMR table")
+                               for v in frame.loc[~keep, id_col])
+            frame = frame.loc[keep].reset_index(drop=True)
+            if frame.shape[0] == 0:
+                raise InputError(f"{what} {path}: every row has mr_keep FALSE")
     multi_cols = [c for c in frame.columns if re.fullmatch(r"(beta|se|pval)_exposure_\w+", c)]
     cmap = recognise_columns([c for c in frame.columns if c not in multi_cols], {**MR_ALIASES, "n": ("n",)}, cmap)
     # Only the recognised columns go on, under their canonical names (no second column of one name).
@@ -600,6 +614,7 @@ DROP_REASONS = {
     "incompatible_alleles": "alleles differ between the GWAS even after swapping and strand flipping",
     "palindromic": "palindromic (A/T or C/G) variant, dropped by the palindromes='drop' policy",
     "palindromic_ambiguous": "palindromic variant with an allele frequency too close to 0.5 (or missing) to infer the strand",
+    "mr_keep_false": "marked mr_keep FALSE in a TwoSampleMR harmonised table",
 }
 
 
