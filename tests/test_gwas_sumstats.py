@@ -160,8 +160,11 @@ def test_read_gwas_column_mapping_and_errors(tmp_path):
     path.write_text("SNP\tA1\tA2\tBETA\tSE\nrs1\tA\tG\t0.1\t0.01\nrs2\tC\tT\t-0.2\t0.02\n")
     g = read_gwas(path, {"variant": "SNP", "effect_allele": "A1", "other_allele": "A2", "beta": "BETA", "se": "SE"})
     assert g.variant == ("rs1", "rs2") and g.beta[1] == -0.2 and g.eaf is None
-    with pytest.raises(InputError, match="missing column.*effect_allele"):
-        read_gwas(path, {"variant": "SNP", "beta": "BETA", "se": "SE"})
+    assert read_gwas(path).beta[1] == -0.2  # SNP, A1, A2, BETA, SE are recognised without renames
+    odd = tmp_path / "odd.tsv"
+    odd.write_text("SNP\tallele_x\tA2\tBETA\tSE\nrs1\tA\tG\t0.1\t0.01\n")
+    with pytest.raises(InputError, match="missing column.*effect_allele.*--col NAME=FILECOL"):
+        read_gwas(odd, {"variant": "SNP", "beta": "BETA", "se": "SE"})
     with pytest.raises(InputError, match="BETA_X.*not in the file"):
         read_gwas(path, {"variant": "SNP", "beta": "BETA_X"})
     with pytest.raises(InputError, match="unknown column 'bta'"):
@@ -185,8 +188,8 @@ def test_read_mr_sumstats_univariable_with_optional_columns(tmp_path):
     assert t.exposures == ("exposure",) and t.beta_exposure.shape == (2, 1)
     assert t.pval_exposure[1, 0] == 1e-22 and t.n_outcome[0] == 2000 and t.eaf_outcome is None
     assert t.subset([1]).variant == ("rs2",)
-    with pytest.raises(InputError, match=r"missing column\(s\) variant, beta_exposure"):
-        read_mr_sumstats(path)
+    with pytest.raises(InputError, match=r"missing column\(s\) beta_exposure, se_exposure, .*--col"):
+        read_mr_sumstats(path)  # rsid is recognised as the variant id; bx, sx, by, sy are not
 
 
 def test_read_mr_sumstats_multivariable_and_errors(tmp_path):
@@ -213,3 +216,49 @@ def test_read_mr_sumstats_multivariable_and_errors(tmp_path):
     dup.write_text("variant\tbeta_exposure\tse_exposure\tbeta_outcome\tse_outcome\nv\t1\t1\t1\t1\nv\t1\t1\t1\t1\n")
     with pytest.raises(InputError, match="duplicated variant"):
         read_mr_sumstats(dup)
+
+
+def test_plink2_glm_gwas_ssf_and_twosamplemr_columns_are_recognised(tmp_path):
+    # PLINK 2 --glm (linear): A1 is the allele BETA refers to; OMITTED the other (older files: REF/ALT).
+    glm = tmp_path / "x.glm.linear"
+    glm.write_text(
+        "#CHROM\tPOS\tID\tREF\tALT\tA1\tA1_FREQ\tOBS_CT\tBETA\tSE\tT_STAT\tP\n"
+        "1\t100\trs1\tA\tG\tG\t0.3\t5000\t0.1\t0.01\t10\t1e-20\n"
+        "2\t200\trs2\tC\tT\tC\t0.6\t5000\t-0.2\t0.02\t-10\t1e-22\n"
+    )
+    g = read_gwas(glm)
+    assert g.variant == ("rs1", "rs2") and g.effect_allele == ("G", "C") and g.other_allele == ("A", "T")
+    assert g.eaf[1] == 0.6 and g.n[0] == 5000 and g.pval[1] == 1e-22 and g.chrom == ("1", "2") and g.pos[1] == 200
+    # PLINK 2 logistic: OR with LOG(OR)_SE gives beta = log(OR).
+    lg = tmp_path / "x.glm.logistic"
+    lg.write_text("#CHROM\tPOS\tID\tREF\tALT\tA1\tOMITTED\tOR\tLOG(OR)_SE\tP\n1\t1\trs1\tA\tG\tG\tA\t2.0\t0.1\t0.01\n")
+    assert read_gwas(lg).beta[0] == pytest.approx(np.log(2.0)) and read_gwas(lg).other_allele == ("A",)
+    # GWAS-SSF (GWAS Catalog summary statistics standard).
+    ssf = tmp_path / "ssf.tsv"
+    ssf.write_text(
+        "chromosome\tbase_pair_location\teffect_allele\tother_allele\tbeta\tstandard_error\t"
+        "effect_allele_frequency\tp_value\tvariant_id\tn\n"
+        "1\t100\tG\tA\t0.1\t0.01\t0.3\t1e-20\trs1\t4000\n"
+    )
+    s = read_gwas(ssf)
+    assert s.variant == ("rs1",) and s.se[0] == 0.01 and s.eaf[0] == 0.3 and s.n[0] == 4000 and s.pos[0] == 100
+    # TwoSampleMR's harmonised `dat` as one table.
+    dat = tmp_path / "dat.tsv"
+    dat.write_text(
+        "SNP\tbeta.exposure\tse.exposure\tbeta.outcome\tse.outcome\teffect_allele.exposure\tother_allele.exposure\t"
+        "samplesize.exposure\tsamplesize.outcome\n"
+        "rs1\t0.1\t0.01\t0.05\t0.02\tG\tA\t1000\t2000\nrs2\t0.2\t0.01\t0.1\t0.02\tC\tT\t1000\t2000\n"
+    )
+    t = read_mr_sumstats(dat)
+    assert t.variant == ("rs1", "rs2") and t.beta_outcome[1] == 0.1 and t.n_outcome[0] == 2000
+    assert t.effect_allele == ("G", "C")
+    # An explicit rename wins over recognition.
+    assert read_gwas(glm, {"n": "T_STAT"}).n[0] == 10.0  # not OBS_CT
+
+
+def test_sumstats_out_n_column_gives_both_sample_sizes(tmp_path):
+    """`run --sumstats-out` writes one `n` (one sample for both traits): Steiger needs both sizes."""
+    path = tmp_path / "ss.tsv"
+    path.write_text("variant\tbeta_exposure\tse_exposure\tbeta_outcome\tse_outcome\tn\nrs1\t0.1\t0.01\t0.05\t0.02\t900\n")
+    t = read_mr_sumstats(path)
+    assert t.n_exposure[0] == 900 and t.n_outcome[0] == 900

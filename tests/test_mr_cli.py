@@ -48,7 +48,9 @@ def _row(df: pd.DataFrame, method: str, exposure: str | None = None) -> pd.Serie
 def ldlc_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("mr") / "ldlc"
     code = main(["mr", "--sumstats", str(LIPIDS), "--exposure", "ldlc", "--out", str(out), "--quiet", "--seed", "1",
-                 "--presso-n-distribution", "300", "--n-bootstrap", "300"])
+                 "--presso-n-distribution", "300", "--n-bootstrap", "300",
+                 # the vignette's package conventions: first-order median weights, normal p-values
+                 "--median-weights", "first_order", "--summary-pvalues", "normal"])
     assert code == 0
     return out
 
@@ -70,7 +72,9 @@ def test_mr_reproduces_the_published_univariable_estimates(ldlc_run):
     conmix = _row(df, "mr_conmix", "ldlc")
     assert conmix.estimate == pytest.approx(2.730, abs=PRINTED) and np.isnan(conmix.se)
     assert (conmix.ci_low, conmix.ci_high) == (pytest.approx(2.000, abs=PRINTED), pytest.approx(3.430, abs=PRINTED))
-    assert set(df["method"]) == {"ivw", "mr_egger", "weighted_median", "weighted_mode", "mr_presso", "mr_raps", "mr_conmix"}
+    assert set(df["method"]) == {"ivw", "ivw_fixed", "mr_egger", "weighted_median", "simple_median", "penalised_weighted_median",
+                                 "simple_mode", "weighted_mode", "mr_presso", "mr_raps", "mr_conmix", "mr_lasso",
+                                 "ivw_radial", "ivw_radial_iterative", "ivw_radial_exact_fe", "ivw_radial_exact_re"}
 
 
 def test_mr_reproduces_the_published_multivariable_ivw(tmp_path):
@@ -98,7 +102,8 @@ def test_mr_reproduces_the_published_multivariable_ivw(tmp_path):
 def test_mr_outputs_provenance_plots_and_report(ldlc_run):
     names = sorted(p.name for p in ldlc_run.iterdir())
     assert names == sorted(["results.json", "estimates.tsv", "report.html", "dropped_variants.tsv", "scatter.png",
-                            "funnel.png", "leave_one_out.png", "single_variant_forest.png"])
+                            "funnel.png", "leave_one_out.png", "single_variant_forest.png", "mr_results.tsv",
+                            "single_variant.tsv", "leave_one_out.tsv"])
     for png in ("scatter.png", "funnel.png", "leave_one_out.png", "single_variant_forest.png"):
         data = (ldlc_run / png).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5000
@@ -275,9 +280,14 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys, monkey
 
 def test_bad_gwas_columns_exit_2(tmp_path, capsys):
     exp_path, out_path, *_ = _two_gwas(tmp_path)
+    # "SNP" is TwoSampleMR's name and is recognised; "marker" is nobody's.
+    frame = pd.read_csv(exp_path, sep="\t", dtype=str, keep_default_na=False).rename(columns={"SNP": "marker"})
+    frame.to_csv(exp_path, sep="\t", index=False)
     assert main(["mr", "--exposure-gwas", str(exp_path), "--outcome-gwas", str(out_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "missing column(s) variant" in err and "\n" not in err
+    assert "missing column(s) variant" in err and "--col NAME=FILECOL" in err and "\n" not in err
+    assert main(["mr", "--exposure-gwas", str(exp_path), "--outcome-gwas", str(out_path), "--col", "exposure:variant=marker",
+                 "--out", str(tmp_path / "o2"), "--quiet", "--methods", "ivw"]) == 0
 
 
 # ----------------------------------------------------------------------------- methods on individual-level data

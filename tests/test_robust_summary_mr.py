@@ -55,7 +55,9 @@ def test_huber_constants_have_closed_forms():
 def test_raps_l2_without_overdispersion_maximises_the_profile_likelihood():
     """mr.raps.simple: beta maximises -1/2 sum (by - b bx)^2 / (sy^2 + b^2 sx^2); SE = sqrt(V / I^2)."""
     ss = _two_sample(0)
-    fit = mr_raps(ss, over_dispersion=False, loss="l2")
+    fit = mr_raps(ss, over_dispersion=False, loss="l2", version="mle")
+    # The profile-weight equations of current mr.raps are the same score here (l2, no overdispersion).
+    assert mr_raps(ss, over_dispersion=False, loss="l2").estimate == pytest.approx(fit.estimate, abs=1e-8)
     bx, sx, by, sy = ss.beta_exposure, ss.se_exposure, ss.beta_outcome, ss.se_outcome
     grid = np.linspace(fit.estimate - 0.05, fit.estimate + 0.05, 200_001)
     prof = -0.5 * (((by[None] - grid[:, None] * bx[None]) ** 2) / (sy**2 + grid[:, None] ** 2 * sx**2)).sum(1)
@@ -71,7 +73,7 @@ def test_raps_l2_without_overdispersion_maximises_the_profile_likelihood():
 def test_raps_overdispersed_solves_its_estimating_equations(loss):
     """At the solution: d/dbeta sum rho(t) = 0 and sum sx^2 (t psi(t) - delta) / v = 0 (Zhao et al. 2020, eq. 4.3)."""
     ss = _two_sample(1, tau=0.01)
-    fit = mr_raps(ss, over_dispersion=True, loss=loss)
+    fit = mr_raps(ss, over_dispersion=True, loss=loss, version="mle")
     b, t2 = fit.estimate, fit.extra["tau2"]
     assert fit.extra["converged"] and t2 > 0
     bx, sx, by, sy = ss.beta_exposure, ss.se_exposure, ss.beta_outcome, ss.se_outcome
@@ -105,11 +107,14 @@ def test_raps_corrects_weak_instrument_bias_of_ivw():
 
 def test_robust_raps_resists_outliers():
     ss = _two_sample(7, L=60, theta=0.4, n_outliers=4)
-    l2 = mr_raps(ss, over_dispersion=True, loss="l2")
+    l2 = mr_raps(ss, over_dispersion=True, loss="l2", version="mle")
     for loss in ("huber", "tukey"):
-        fit = mr_raps(ss, over_dispersion=True, loss=loss)
+        fit = mr_raps(ss, over_dispersion=True, loss=loss, version="mle")
         assert abs(fit.estimate - 0.4) < abs(l2.estimate - 0.4)
         assert np.isfinite(fit.se) and fit.se > 0 and fit.extra["tau2_se"] > 0
+        profile = mr_raps(ss, over_dispersion=True, loss=loss)
+        assert abs(profile.estimate - 0.4) < abs(l2.estimate - 0.4)
+        assert np.isfinite(profile.se) and profile.se > 0
     with pytest.raises(InputError, match="raps-loss"):
         mr_raps(ss, loss="cauchy")
     with pytest.raises(InputError, match="tuning constant"):
@@ -305,3 +310,49 @@ def test_select_by_independent_gwas():
         "d": "missing_selection_value",
         "e": "not_in_selection_gwas",
     }
+
+
+# ----------------------------------------------------------------------------- RAPS, current mr.raps
+BMI_CHD = Path(__file__).parent / "data"
+
+
+def bmi_chd_sumstats():
+    """TwoSampleMR's vignette data, BMI (ieu-a-2) -> CHD (ieu-a-7), 79 variants (tests/data/README.md)."""
+    from invariant_mr.estimators.two_sample import summary_statistics_from_table
+    from invariant_mr.io.gwas_sumstats import harmonise, read_gwas
+
+    exposure = read_gwas(BMI_CHD / "bmi_chd_twosamplemr_exposure.tsv")
+    outcome = read_gwas(BMI_CHD / "bmi_chd_twosamplemr_outcome.tsv")
+    return summary_statistics_from_table(harmonise(exposure, outcome).table)
+
+
+def test_raps_default_reproduces_current_twosamplemr_on_bmi_chd():
+    # TwoSampleMR `mr(dat, method_list = "mr_raps")` (mr.raps 0.4.x, shrinkage = FALSE), printed
+    # b = 0.4646893, se = 0.0542478 (issue #21); the first generation (mr.raps.mle) gave 0.4621984 / 0.0594301.
+    ss = bmi_chd_sumstats()
+    fit = mr_raps(ss)
+    assert fit.extra["version"] == "profile" and "TwoSampleMR" in fit.extra["convention"]
+    assert fit.estimate == pytest.approx(0.4646893, abs=5e-7)
+    assert fit.se == pytest.approx(0.0542478, abs=5e-7)
+    old = mr_raps(ss, version="mle")
+    assert old.estimate == pytest.approx(0.4621984, abs=5e-7)
+    assert old.se == pytest.approx(0.0594301, abs=5e-7)
+
+
+@pytest.mark.parametrize("loss", ["l2", "huber", "tukey"])
+def test_raps_profile_solves_its_estimating_equations(loss):
+    """sum gamma_i psi(t_i) / sqrt(v_i) = 0 and sum (t_i psi(t_i) - delta) / v_i = 0, gamma the profile MLE."""
+    ss = _two_sample(1, tau=0.01)
+    fit = mr_raps(ss, loss=loss)
+    b, t2 = fit.estimate, fit.extra["tau2"]
+    assert t2 > 0 and fit.extra["over_dispersion_used"]
+    bx, sx, by, sy = ss.beta_exposure, ss.se_exposure, ss.beta_outcome, ss.se_outcome
+    delta = 1.0 if loss == "l2" else loss_constants(loss, fit.extra["k"])[0]
+    v = t2 + sy**2 + b**2 * sx**2
+    t = (by - b * bx) / np.sqrt(v)
+    psi = rho(t, loss, fit.extra["k"], 1)
+    gamma = (bx / sx**2 + b * by / (sy**2 + t2)) / (1 / sx**2 + b**2 / (sy**2 + t2))
+    assert abs(np.sum(gamma * psi / np.sqrt(v))) < 1e-8 * np.sum(np.abs(gamma * psi / np.sqrt(v)))
+    assert abs(np.sum((t * psi - delta) / v)) < 1e-8 * np.sum(np.abs((t * psi - delta) / v))
+    with pytest.raises(InputError, match="raps-version"):
+        mr_raps(ss, version="shrinkage")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import statsmodels.api as sm
+from scipy import stats
 
 from invariant_mr.data import MRData
 from invariant_mr.errors import InputError
@@ -14,10 +15,15 @@ from invariant_mr.simulation.paper import simulate_paper
 from invariant_mr.estimators.summary_mr import (
     cochran_q,
     ivw,
+    ivw_fixed,
     kde_mode_rows,
     leave_one_out,
     mr_egger,
     mr_presso,
+    penalised_weighted_median,
+    r_density_mode_rows,
+    simple_median,
+    simple_mode,
     weighted_median,
     weighted_median_rows,
     weighted_mode,
@@ -126,7 +132,7 @@ def test_ivw_matches_weighted_least_squares_from_the_published_formula(discrete_
 def test_mr_egger_matches_pytwosamplemr(seed):
     ss = synthetic_sumstats(seed, pleiotropy=0.03)
     pt, obj = _reference_input(ss)
-    ours, ref = mr_egger(ss), pt.mr_egger(obj)
+    ours, ref = mr_egger(ss, pvalues="normal"), pt.mr_egger(obj)
     assert ours.estimate == pytest.approx(ref.estimate, rel=REL)
     assert ours.se == pytest.approx(ref.se, rel=REL)
     assert ours.extra["intercept"] == pytest.approx(ref.intercept, rel=REL)
@@ -137,7 +143,7 @@ def test_mr_egger_matches_pytwosamplemr(seed):
 
 def test_mr_egger_on_paper_data_matches_pytwosamplemr(discrete_sumstats):
     pt, obj = _reference_input(discrete_sumstats)
-    ours, ref = mr_egger(discrete_sumstats), pt.mr_egger(obj)
+    ours, ref = mr_egger(discrete_sumstats, pvalues="normal"), pt.mr_egger(obj)
     assert ours.estimate == pytest.approx(ref.estimate, rel=REL)
     assert ours.se == pytest.approx(ref.se, rel=REL)
 
@@ -147,7 +153,7 @@ def test_weighted_median_matches_pytwosamplemr(seed):
     ss = synthetic_sumstats(seed, pleiotropy=0.02)
     pt, obj = _reference_input(ss)
     ref = pt.mr_median(obj, iterations=2000)
-    ours = weighted_median(ss, n_bootstrap=2000, rng=5)
+    ours = weighted_median(ss, n_bootstrap=2000, rng=5, weights="first_order")
     assert ours.estimate == pytest.approx(ref.estimate, rel=REL)
     # Bootstrap SEs use different random draws: agree within Monte Carlo error.
     assert ours.se == pytest.approx(ref.se, rel=0.1)
@@ -286,3 +292,117 @@ def test_sumstats_p_threshold_selects_variants_for_every_scope():
     assert np.isfinite(none.select("ols")[0].estimate)
     with pytest.raises(InputError, match="sumstats-p-threshold"):
         run_analysis(data, "ivw", MethodContext(seed=0, options={"sumstats_p_threshold": 2.0}))
+
+
+# ----------------------------------------------------------------------------- conventions and new estimators
+def _bmi_chd():
+    from test_robust_summary_mr import bmi_chd_sumstats
+
+    return bmi_chd_sumstats()
+
+
+def test_weighted_median_defaults_to_twosamplemr_second_order_weights():
+    # TwoSampleMR mr_weighted_median on BMI -> CHD (79 variants): b = 0.3870 (issue #21);
+    # MendelianRandomization's first-order weights give 0.3962.
+    ss = _bmi_chd()
+    second = weighted_median(ss, n_bootstrap=50)
+    first = weighted_median(ss, n_bootstrap=50, weights="first_order")
+    assert second.estimate == pytest.approx(0.3870, abs=5e-5) and second.extra["weights"] == "second_order"
+    assert first.estimate == pytest.approx(0.3962, abs=5e-5)
+    with pytest.raises(InputError, match="median-weights"):
+        weighted_median(ss, weights="third_order")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_simple_and_penalised_medians_match_pytwosamplemr(seed):
+    ss = synthetic_sumstats(seed, pleiotropy=0.03)
+    pt, obj = _reference_input(ss)
+    simple = simple_median(ss, n_bootstrap=1000, rng=3)
+    ref = pt.mr_median(obj, weighting="simple", iterations=1000)
+    assert simple.estimate == pytest.approx(ref.estimate, rel=REL)
+    assert simple.se == pytest.approx(ref.se, rel=0.15)
+    pen = penalised_weighted_median(ss, n_bootstrap=1000, rng=3, weights="first_order")
+    ref = pt.mr_median(obj, weighting="penalized", iterations=1000)
+    assert pen.estimate == pytest.approx(ref.estimate, rel=REL)
+    assert pen.se == pytest.approx(ref.se, rel=0.15)
+
+
+def test_penalised_median_down_weights_outlying_ratios():
+    ss = synthetic_sumstats(3, pleiotropy=0.0)
+    bx, sx, by, sy = ss.beta_exposure, ss.se_exposure, ss.beta_outcome.copy(), ss.se_outcome
+    by[:3] += 40 * sy[:3]  # three grossly pleiotropic variants
+    bad = SummaryStatistics(ss.variant, bx, sx, by, sy, ss.n)
+    fit = penalised_weighted_median(bad, n_bootstrap=100, rng=0)
+    assert fit.extra["n_downweighted"] >= 3
+    w = 1 / (sy**2 / bx**2 + by**2 * sx**2 / bx**4)
+    pen = w * np.minimum(1, 20 * stats.chi2.sf(w * (by / bx - fit.extra["weighted_median"]) ** 2, 1))
+    assert fit.estimate == pytest.approx(weighted_median_rows(by / bx, pen)[0], rel=1e-12)
+
+
+def test_ivw_fixed_effect_row_i_squared_and_residual_se():
+    ss = _bmi_chd()
+    re, fe = ivw(ss), ivw_fixed(ss)
+    assert fe.estimate == re.estimate and fe.extra["model"] == "fixed_effect"
+    bx, by, sy = ss.beta_exposure, ss.beta_outcome, ss.se_outcome
+    assert fe.se == pytest.approx(1 / np.sqrt(np.sum(bx**2 / sy**2)), rel=1e-12)
+    q, df = re.extra["cochran_q"], re.extra["cochran_q_df"]
+    assert re.extra["i_squared"] == pytest.approx((q - df) / q, rel=1e-12)
+    assert re.extra["residual_se"] == pytest.approx(np.sqrt(re.extra["phi"]), rel=1e-12)
+    assert re.se == pytest.approx(fe.se * re.extra["residual_se"], rel=1e-12)  # over-dispersed here
+
+
+def test_pvalue_conventions():
+    ss = _bmi_chd()
+    L = ss.n_variants
+    tsmr, normal, t = (mr_egger(ss, pvalues=p) for p in ("twosamplemr", "normal", "t"))
+    z = tsmr.estimate / tsmr.se
+    # TwoSampleMR mr_egger_regression: p = 2 pt(|b / se|, L - 2), intercept likewise; intervals normal
+    assert tsmr.pvalue == pytest.approx(2 * stats.t.sf(abs(z), L - 2), rel=1e-12)
+    assert normal.pvalue == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-12)
+    assert tsmr.ci_low == normal.ci_low and t.ci_low < normal.ci_low
+    assert tsmr.extra["pvalue_distribution"] == f"t({L - 2})" and normal.extra["pvalue_distribution"] == "normal"
+    iz = tsmr.extra["intercept"] / tsmr.extra["intercept_se"]
+    assert tsmr.extra["intercept_pvalue"] == pytest.approx(2 * stats.t.sf(abs(iz), L - 2), rel=1e-12)
+    # IVW is normal under TwoSampleMR's convention, t(L-1) only when asked
+    i = ivw(ss)
+    assert i.pvalue == pytest.approx(2 * stats.norm.sf(abs(i.estimate / i.se)), rel=1e-12)
+    assert ivw(ss, pvalues="t").pvalue == pytest.approx(2 * stats.t.sf(abs(i.estimate / i.se), L - 1), rel=1e-12)
+    with pytest.raises(InputError, match="summary-pvalues"):
+        ivw(ss, pvalues="z")
+
+
+def test_simple_mode_is_the_unweighted_density_mode():
+    ss = _bmi_chd()
+    fit = simple_mode(ss, n_bootstrap=100, rng=0)
+    ratio = ss.beta_outcome / ss.beta_exposure
+    assert fit.estimate == pytest.approx(r_density_mode_rows(ratio, np.ones_like(ratio))[0], rel=1e-12)
+    assert fit.extra["pvalue_distribution"] == f"t({ss.n_variants - 1})" and fit.se > 0
+    exact = simple_mode(ss, n_bootstrap=100, rng=0, density="exact")
+    assert exact.estimate == pytest.approx(kde_mode_rows(ratio, np.ones_like(ratio))[0], rel=1e-12)
+
+
+def test_r_density_mode_is_the_maximum_of_rs_binned_density():
+    """R's density(): linear binning on 2n points over [min - 7bw, max + 7bw], kernel convolution (FFT), the
+    first n points interpolated onto n points over [min - 3bw, max + 3bw]. Rebuilt here by direct sums."""
+    rng = np.random.default_rng(5)
+    vals = np.concatenate([rng.normal(0.4, 0.1, 25), rng.normal(1.2, 0.3, 10)])
+    w = rng.uniform(0.2, 2.0, vals.size)
+    w = w / w.sum()
+    n = 512
+    mad = 1.4826 * np.median(np.abs(vals - np.median(vals)))
+    bw = 0.9 * min(np.std(vals, ddof=1), mad) / vals.size**0.2
+    lo, up = vals.min() - 7 * bw, vals.max() + 7 * bw
+    delta = (up - lo) / (n - 1)
+    bins = np.zeros(n)
+    for v, wi in zip(vals, w):
+        k = int(np.floor((v - lo) / delta))
+        f = (v - lo) / delta - k
+        bins[k] += wi * (1 - f)
+        bins[k + 1] += wi * f
+    xords = lo + delta * np.arange(n)
+    dens = np.array([np.sum(bins * stats.norm.pdf(x - xords, scale=bw)) for x in xords])
+    xout = np.linspace(vals.min() - 3 * bw, vals.max() + 3 * bw, n)
+    yout = np.interp(xout, xords, dens)
+    assert r_density_mode_rows(vals, w)[0] == pytest.approx(xout[np.argmax(yout)], abs=1e-12)
+    # and it lies within one output step of the exact kernel-sum mode
+    assert abs(r_density_mode_rows(vals, w)[0] - kde_mode_rows(vals, w)[0]) < 1.5 * (xout[1] - xout[0])

@@ -57,7 +57,7 @@ def test_univariable_ivw_reproduces_the_printed_vignette_output(lipids):
 def test_univariable_egger_reproduces_the_printed_vignette_output(lipids):
     # Vignette "MR-Egger method": Estimate 3.253, SE 0.770, CI 1.743, 4.762; intercept -0.011,
     # SE 0.015, CI -0.041, 0.018, p 0.451; RSE 1.935; Q = 97.3975 on 26 df; I^2_GX 91.9%.
-    fit = mr_egger(summary_statistics_from_table(lipids, "ldlc"))
+    fit = mr_egger(summary_statistics_from_table(lipids, "ldlc"), pvalues="normal")  # the package default
     assert fit.estimate == pytest.approx(3.253, abs=PRINTED)
     assert fit.se == pytest.approx(0.770, abs=PRINTED)
     assert (fit.ci_low, fit.ci_high) == (pytest.approx(1.743, abs=PRINTED), pytest.approx(4.762, abs=PRINTED))
@@ -75,7 +75,7 @@ def test_weighted_and_simple_median_reproduce_the_printed_vignette_estimates(lip
     # Vignette "Median-based method": weighted median 2.683 (SE 0.419 by bootstrap),
     # simple median 1.755 (SE 0.740).
     ss = summary_statistics_from_table(lipids, "ldlc")
-    fit = weighted_median(ss, n_bootstrap=2000, rng=0)
+    fit = weighted_median(ss, n_bootstrap=2000, rng=0, weights="first_order")  # mr_median
     assert fit.estimate == pytest.approx(2.683, abs=PRINTED)
     assert fit.se == pytest.approx(0.419, rel=0.1)  # a bootstrap SE: Monte Carlo error only
     ratio = ss.beta_outcome / ss.beta_exposure
@@ -276,3 +276,26 @@ def test_steiger_from_table_detects_reverse_causation():
     no_n = SumstatsTable(fwd.variant, ("x",), fwd.beta_exposure, se, fwd.beta_outcome, se)
     with pytest.raises(InputError, match="n_exposure and n_outcome"):
         steiger_from_table(no_n)
+
+
+def test_mv_ivw_lm_model_q_a_and_t_pvalues(lipids):
+    """TwoSampleMR mv_multiple / MVMR ivw_mvmr: the weighted lm's own SEs; MVMR's Q_A on L - K - 1 df."""
+    bx, sx, by, sy = lipids.beta_exposure, lipids.se_exposure, lipids.beta_outcome, lipids.se_outcome
+    L, K = bx.shape
+    fit = mv_ivw(bx, sx, by, sy)
+    ref = sm.WLS(by, bx, weights=sy**-2).fit()
+    np.testing.assert_allclose(fit.estimate, ref.params, rtol=1e-10)
+    np.testing.assert_allclose(fit.se, ref.bse, rtol=1e-10)  # "lm": scaled by the residual SE, whatever its size
+    assert fit.model == "lm" and fit.residual_se == pytest.approx(np.sqrt(ref.scale), rel=1e-10)
+    np.testing.assert_allclose(fit.pvalue, 2 * stats.norm.sf(np.abs(ref.params / ref.bse)), rtol=1e-10)
+    t = mv_ivw(bx, sx, by, sy, pvalues="t")  # MVMR prints lm's t p-values on L - K df
+    np.testing.assert_allclose(t.pvalue, ref.pvalues, rtol=1e-8)
+    sigma2 = sy**2 + (sx**2) @ (fit.estimate**2)
+    q_a = np.sum((by - bx @ fit.estimate) ** 2 / sigma2)
+    assert fit.extra["q_a"] == pytest.approx(q_a, rel=1e-12) and fit.extra["q_a_df"] == L - K - 1
+    assert fit.extra["q_a_pvalue"] == pytest.approx(stats.chi2.sf(q_a, L - K - 1), rel=1e-10)
+    assert fit.extra["q_a"] < fit.cochran_q  # the second-order weights only add variance
+    # Under-dispersion: lm shrinks the SE below the fixed-effect one, MendelianRandomization's random does not.
+    small = mv_ivw(bx, sx, bx @ fit.estimate + 0.01 * (by - bx @ fit.estimate), sy)
+    rand = mv_ivw(bx, sx, bx @ fit.estimate + 0.01 * (by - bx @ fit.estimate), sy, model="random")
+    assert small.residual_se < 1 and np.all(small.se < rand.se)

@@ -9,8 +9,10 @@ biweight) on the standardised residuals
 `t = (by - beta bx) / sqrt(tau2 + sy^2 + beta^2 sx^2)` bounds the influence of
 outlying (pleiotropic) variants.
 
-This follows the reference implementation, the R package mr.raps
-(github.com/qingyuanzhao/mr.raps, R/core.R), function by function:
+The default (`version="profile"`) is current `mr.raps::mr.raps`, which TwoSampleMR
+calls: the estimating equations with profile-likelihood weights and an
+observed-information sandwich SE (see `mr_raps`). The first generation
+(`version="mle"`, the R package's R/core.R) follows mr.raps function by function:
 
 * no overdispersion, l2 loss (`mr.raps.simple`): beta maximises
   `-1/2 sum (by - beta bx)^2 / (sy^2 + beta^2 sx^2)`;
@@ -20,8 +22,9 @@ This follows the reference implementation, the R package mr.raps
   and beta = argmax of `-1/2 sum (by - beta bx)^2 / v`, until the relative
   change is below `tol`;
 * no overdispersion, robust (`mr.raps.simple.robust`): beta maximises `-sum rho(t)`;
-* overdispersion, robust (`mr.raps.overdispersed.robust`, the TwoSampleMR
-  default): from the overdispersed l2 fit, alternate tau2 = root of
+* overdispersion, robust (`mr.raps.overdispersed.robust`, TwoSampleMR's
+  default before mr.raps 0.4; `version="mle"` here): from the overdispersed
+  l2 fit, alternate tau2 = root of
   `sum sx^2 (t psi(t) - delta) / v` and beta = local maximiser of
   `-1/2 sum rho(t)` from the previous beta.
 SEs are the package's sandwich formulas, with the constants
@@ -219,6 +222,109 @@ def _sandwich_overdispersed(bx, sx, by, sy, beta, tau2, delta, c1, c2, c3):
     return float(np.sqrt(cov[0, 0])), float(np.sqrt(cov[1, 1]))
 
 
+def _profile_gamma(bx, sx, by, sy, beta, tau2, deriv: str = "0"):
+    """The profile MLE of each variant's true exposure association given (beta, tau2), or its derivative.
+
+    `gamma = (bx / sx^2 + beta by / s2) / (1 / sx^2 + beta^2 / s2)` with `s2 = sy^2 + tau2`. The
+    derivatives are those the published sandwich formula uses (Zhao et al. 2019, arXiv:1804.07371,
+    mr.raps `mr.raps.shrinkage`): the numerator's, over the same denominator.
+    """
+    s2 = sy**2 + tau2
+    denom = 1.0 / sx**2 + beta**2 / s2
+    if deriv == "0":
+        return (bx / sx**2 + beta * by / s2) / denom
+    if deriv == "beta":
+        return (by / s2) / denom
+    return -beta * by / s2**2 / denom  # d/d tau2
+
+
+def _shrinkage_psi(bx, sx, by, sy, loss, k, delta, over_dispersion):
+    """The estimating equations of RAPS with profile weights (`mr.raps.shrinkage`, shrinkage off)."""
+
+    def terms(param):
+        beta = float(param[0])
+        tau2 = float(param[1]) if over_dispersion else 0.0
+        v = beta**2 * sx**2 + sy**2 + tau2
+        if np.any(v <= 0):
+            return None
+        t = (by - bx * beta) / np.sqrt(v)
+        dpsi = rho(t, loss, k, 1)
+        first = _profile_gamma(bx, sx, by, sy, beta, tau2) * dpsi / np.sqrt(v)
+        return [first] if not over_dispersion else [first, (t * dpsi - delta) / v]
+
+    def psi(param):
+        parts = terms(param)
+        if parts is None:
+            return np.full(2 if over_dispersion else 1, 1e30)
+        return np.array([np.sum(p) for p in parts])
+
+    def solved(param) -> bool:
+        """Each equation zero to rounding: below 1e-9 of the sum of its terms' magnitudes."""
+        parts = terms(param)
+        return parts is not None and all(abs(np.sum(p)) <= 1e-9 * np.sum(np.abs(p)) for p in parts)
+
+    return psi, solved
+
+
+def _sandwich_profile(bx, sx, by, sy, beta, tau2, loss, k, delta, c1, c2, c3, over_dispersion):
+    """(SE of beta, SE of tau2): the empirical-score sandwich of `mr.raps.shrinkage`."""
+    v = beta**2 * sx**2 + sy**2 + tau2
+    t = (by - bx * beta) / np.sqrt(v)
+    dpsi = rho(t, loss, k, 1)
+    gamma = _profile_gamma(bx, sx, by, sy, beta, tau2)
+    a = np.sum((_profile_gamma(bx, sx, by, sy, beta, tau2, "beta") * dpsi + gamma * delta * (-bx) / np.sqrt(v)) / np.sqrt(v))
+    v1 = c1 * np.sum(gamma**2 / v)
+    if not over_dispersion:
+        return float(np.sqrt(v1 / a**2)), 0.0
+    b = np.sum(_profile_gamma(bx, sx, by, sy, beta, tau2, "tau2") * dpsi / np.sqrt(v))
+    d = (delta + c3) / 2 * np.sum(1 / v**2)
+    info = np.array([[a, b], [0.0, d]])
+    inv = np.linalg.inv(info)
+    cov = inv @ np.diag([v1, c2 * np.sum(1 / v**2)]) @ inv.T
+    return float(np.sqrt(cov[0, 0])), float(np.sqrt(cov[1, 1]))
+
+
+def _profile_fit(bx, sx, by, sy, loss, k, over_dispersion, niter, tol):
+    """Root of the profile-weight estimating equations closest to the `mle` estimate (see `mr_raps`).
+
+    Returns (beta, tau2, over_dispersion actually used, the starting mle beta).
+    """
+    delta = 1.0 if loss == "l2" else loss_constants(loss, k)[0]
+    if over_dispersion:
+        l2_beta, l2_tau2, _, _ = _overdispersed_l2(bx, sx, by, sy, niter, tol)
+        if loss == "l2":
+            mle_beta, mle_tau2 = l2_beta, l2_tau2
+        else:
+            mle_beta, mle_tau2, _ = _overdispersed_robust(bx, sx, by, sy, loss, k, niter, tol)
+        starts = [(l2_beta, l2_tau2), (mle_beta, mle_tau2)]
+    else:
+        starts = [(_simple(bx, sx, by, sy, "l2", None),), (_simple(bx, sx, by, sy, "huber", None),)]
+        mle_beta = _simple(bx, sx, by, sy, loss, k)
+    psi, solved = _shrinkage_psi(bx, sx, by, sy, loss, k, delta, over_dispersion)
+    roots = []
+    for start in starts:
+        sol = optimize.root(psi, np.array(start, dtype=float), method="hybr", options={"xtol": 1e-13})
+        # hybr may stop for lack of progress at a root already found to rounding: judge the equations.
+        if not np.all(np.isfinite(sol.x)) or not (sol.success or solved(sol.x)):
+            continue
+        if over_dispersion and sol.x[1] > 10 * np.median(sy):  # as the package: a runaway overdispersion is no root
+            continue
+        roots.append(sol.x)
+    if not roots:
+        if over_dispersion:
+            return _profile_fit(bx, sx, by, sy, loss, k, False, niter, tol)
+        raise InputError("MR-RAPS: the estimating equations have no finite root")
+    root = min(roots, key=lambda r: abs(r[0] - mle_beta))
+    if over_dispersion and root[1] < 0:  # negative overdispersion: refit with tau2 = 0, as the package does
+        return _profile_fit(bx, sx, by, sy, loss, k, False, niter, tol)
+    return float(root[0]), float(root[1]) if over_dispersion else 0.0, over_dispersion, float(mle_beta)
+
+
+#: The two RAPS generations: "profile" is current mr.raps::mr.raps (mr.raps.shrinkage, shrinkage off),
+#: which TwoSampleMR calls; "mle" is the first generation (mr.raps.mle / mr.raps.overdispersed.robust).
+RAPS_VERSIONS = ("profile", "mle")
+
+
 def mr_raps(
     ss: SummaryStatistics,
     alpha: float = 0.05,
@@ -228,15 +334,27 @@ def mr_raps(
     k: float | None = None,
     niter: int = 20,
     tol: float = _TOL,
+    version: str = "profile",
 ) -> SummaryMRFit:
     """Robust adjusted profile score estimate (mr.raps), sandwich SE, normal CI.
 
-    Defaults are TwoSampleMR's `mr_raps` (overdispersion, Huber loss);
-    `over_dispersion=False, loss="l2"` is mr.raps's own default.
+    Defaults are current TwoSampleMR's `mr_raps`: `mr.raps::mr.raps(data, over.dispersion = TRUE,
+    loss.function = "huber", shrinkage = FALSE)`, i.e. `version="profile"`: the estimating
+    equations weighted by the profile MLE of each variant's exposure association,
+    `sum gamma_i psi(t_i) / sqrt(v_i) = 0` and `sum (t_i psi(t_i) - delta) / v_i = 0`
+    (Zhao, Chen, Wang & Small 2019), solved from the `mle` fits and the root nearest the
+    `mle` estimate kept; SE from the observed-information sandwich. A negative or runaway
+    overdispersion falls back to tau2 = 0, as the package does. The package's extra random
+    restarts, which only serve to warn about a second root, are not run, so the fit is
+    deterministic. `version="mle"` is the first-generation `mr.raps.mle` (TwoSampleMR before
+    0.5.7 and `mr.raps.overdispersed.robust`): overdispersion from the `sx^2`-weighted
+    equation and the plug-in Fisher-information SE.
     """
     _require(ss, 3, "MR-RAPS")
     if loss not in _LOSSES:
         raise InputError(f"--raps-loss must be one of {', '.join(_LOSSES)}, got {loss!r}")
+    if version not in RAPS_VERSIONS:
+        raise InputError(f"--raps-version must be one of {', '.join(RAPS_VERSIONS)}, got {version!r}")
     if k is not None and (loss == "l2" or k <= 0):
         raise InputError("the RAPS tuning constant k applies to the huber and tukey losses and must be positive")
     bx, sx, by, sy = _arrays(ss)
@@ -244,8 +362,16 @@ def mr_raps(
         raise InputError("MR-RAPS needs non-zero exposure associations")
     k_used = None if loss == "l2" else (_DEFAULT_K[loss] if k is None else float(k))
     delta, c1, c2, c3 = (1.0, 1.0, 2.0, 1.0) if loss == "l2" else loss_constants(loss, k_used)
-    extra = {"loss": loss, "k": k_used, "over_dispersion": over_dispersion}
-    if not over_dispersion:
+    convention = (
+        "mr.raps::mr.raps (profile weights, shrinkage off), as current TwoSampleMR"
+        if version == "profile" else "mr.raps.mle (first generation)"
+    )  # fmt: skip
+    extra = {"loss": loss, "k": k_used, "over_dispersion": over_dispersion, "version": version, "convention": convention}
+    if version == "profile":
+        beta, tau2, used, start = _profile_fit(bx, sx, by, sy, loss, k_used, over_dispersion, niter, tol)
+        se, tau2_se = _sandwich_profile(bx, sx, by, sy, beta, tau2, loss, k_used, delta, c1, c2, c3, used)
+        extra.update(tau2=tau2, tau2_se=tau2_se, converged=True, over_dispersion_used=used, mle_estimate=start)
+    elif not over_dispersion:
         beta = _simple(bx, sx, by, sy, loss, k_used)
         se = _sandwich_simple(bx, sx, by, sy, beta, c1, delta)
         extra.update(tau2=0.0, converged=True)
@@ -261,4 +387,4 @@ def mr_raps(
     return _wald("mr_raps", beta, se, ss.n_variants, alpha, extra)
 
 
-__all__ = ["loss_constants", "mr_raps", "rho"]
+__all__ = ["RAPS_VERSIONS", "loss_constants", "mr_raps", "rho"]

@@ -25,8 +25,12 @@ exposure holding the others fixed.
   (exposure associations from non-overlapping samples). Rule of thumb:
   F_j > 10 for each exposure.
 
-Confidence intervals and p-values use the normal distribution (the
-MendelianRandomization default).
+* `q_a_statistic`: MVMR's Q_A, the heterogeneity test with second-order
+  weights that `pleiotropy_mvmr` prints; `mv_ivw` reports it with the
+  first-order Q.
+
+Intervals and p-values are normal (TwoSampleMR, MendelianRandomization) or,
+with `pvalues="t"`, t on L - K (L - K - 1 for Egger) df, as MVMR prints.
 """
 
 from __future__ import annotations
@@ -174,17 +178,44 @@ def _wls(X: np.ndarray, y: np.ndarray, w: np.ndarray):
     return coef, cov_unscaled, rse, df
 
 
-def _normal_ci(est, se, alpha):
+def _ci(est, se, alpha, pvalues: str = "twosamplemr", df: int | None = None):
+    """Interval and p-values: normal (TwoSampleMR `mv_multiple`, MendelianRandomization) or t on the
+    regression's df (MVMR `ivw_mvmr`, `pvalues="t"`)."""
+    if pvalues not in ("twosamplemr", "normal", "t"):
+        raise InputError(f"--summary-pvalues must be one of twosamplemr, normal, t, got {pvalues!r}")
+    if pvalues == "t":
+        q = stats.t.ppf(1 - alpha / 2, df)
+        return est - q * se, est + q * se, 2 * stats.t.sf(np.abs(est / se), df)
     z = stats.norm.ppf(1 - alpha / 2)
     return est - z * se, est + z * se, 2 * stats.norm.sf(np.abs(est / se))
 
 
+#: SE models of `mv_ivw`: "lm" scales the regression SE by the residual SE whatever its size (TwoSampleMR
+#: `mv_multiple` and MVMR `ivw_mvmr`, the default); "random" by max(1, residual SE) and "fixed" not at
+#: all (MendelianRandomization `mr_mvivw`), whose "default" is fixed with 3 variants or fewer, else random.
+MV_MODELS = ("lm", "default", "random", "fixed")
+
+
 def _model(model: str, L: int) -> str:
-    if model not in ("default", "random", "fixed"):
-        raise InputError(f"model must be 'default', 'random' or 'fixed', got {model!r}")
+    if model not in MV_MODELS:
+        raise InputError(f"model must be one of {', '.join(MV_MODELS)}, got {model!r}")
     if model == "default":
         return "fixed" if L < 4 else "random"
     return model
+
+
+def q_a_statistic(bx, sx, by, sy, theta) -> tuple[float, int, float]:
+    """MVMR's Q_A (Sanderson, Spiller & Bowden 2021; `pleiotropy_mvmr`, gencov = 0): heterogeneity of
+    the outcome associations around the multivariable IVW fit, each weighted by its full variance
+    `sy^2 + sum_k theta_k^2 sx_k^2` (second order, not just `sy^2`), on L - K - 1 df.
+    Returns (Q_A, df, p-value)."""
+    bx = np.asarray(bx, dtype=float)
+    sx = np.asarray(sx, dtype=float)
+    theta = np.asarray(theta, dtype=float)
+    sigma2 = np.asarray(sy, dtype=float) ** 2 + (sx**2) @ (theta**2)
+    q = float(np.sum((np.asarray(by, dtype=float) - bx @ theta) ** 2 / sigma2))
+    df = bx.shape[0] - bx.shape[1] - 1
+    return q, df, float(stats.chi2.sf(q, df)) if df > 0 else float("nan")
 
 
 def mv_ivw(
@@ -195,11 +226,13 @@ def mv_ivw(
     *,
     exposures: Sequence[str] | None = None,
     alpha: float = 0.05,
-    model: str = "default",
+    model: str = "lm",
+    pvalues: str = "twosamplemr",
 ) -> MultivariableMRFit:
-    """Multivariable IVW (MendelianRandomization `mr_mvivw` conventions).
+    """Multivariable IVW; `model` picks the SE convention (`MV_MODELS`), `pvalues` normal or t.
 
-    `bx`, `sx`: (L, K) exposure associations and SEs; `by`, `sy`: (L,).
+    `bx`, `sx`: (L, K) exposure associations and SEs; `by`, `sy`: (L,). `extra` holds MVMR's
+    Q_A (`q_a`, `q_a_df`, `q_a_pvalue`) beside the first-order Cochran's Q of the fit.
     """
     bx, sx, by, sy, exposures = _as_arrays(bx, sx, by, sy, exposures)
     L, K = bx.shape
@@ -207,13 +240,16 @@ def mv_ivw(
         raise InputError(f"multivariable IVW needs more variants than exposures ({L} variants, {K} exposures)")
     model = _model(model, L)
     coef, cov_u, rse, df = _wls(bx, by, sy**-2)
-    scale = max(1.0, rse) if model == "random" else 1.0
+    scale = {"random": max(1.0, rse), "lm": rse}.get(model, 1.0)
     se = np.sqrt(np.diag(cov_u)) * scale
-    lo, hi, p = _normal_ci(coef, se, alpha)
+    lo, hi, p = _ci(coef, se, alpha, pvalues, df)
     q = df * rse**2
+    q_a, q_a_df, q_a_p = q_a_statistic(bx, sx, by, sy, coef)
     return MultivariableMRFit(
         "mv_ivw", exposures, coef, se, lo, hi, p, L, model, rse, float(q), df,
         float(stats.chi2.sf(q, df)), conditional_f_statistics(bx, sx),
+        {"q_a": q_a, "q_a_df": q_a_df, "q_a_pvalue": q_a_p, "pvalue_convention": pvalues,
+         "pvalue_distribution": f"t({df})" if pvalues == "t" else "normal"},
     )  # fmt: skip
 
 
@@ -226,6 +262,7 @@ def mv_egger(
     exposures: Sequence[str] | None = None,
     alpha: float = 0.05,
     orientate: int = 0,
+    pvalues: str = "twosamplemr",
 ) -> MultivariableMRFit:
     """Multivariable MR-Egger (MendelianRandomization `mr_mvegger` conventions), intercept in `extra`."""
     bx, sx, by, sy, exposures = _as_arrays(bx, sx, by, sy, exposures)
@@ -240,7 +277,7 @@ def mv_egger(
     X = np.column_stack([np.ones(L), bx * sign[:, None]])
     coef, cov_u, rse, df = _wls(X, by * sign, sy**-2)
     se_all = np.sqrt(np.diag(cov_u)) * max(1.0, rse)
-    lo, hi, p = _normal_ci(coef, se_all, alpha)
+    lo, hi, p = _ci(coef, se_all, alpha, pvalues, df)
     q = df * rse**2
     return MultivariableMRFit(
         "mv_egger", exposures, coef[1:], se_all[1:], lo[1:], hi[1:], p[1:], L, "random", rse, float(q), df,
@@ -252,8 +289,10 @@ def mv_egger(
             "intercept_ci_high": float(hi[0]),
             "intercept_pvalue": float(p[0]),
             "orientated_to": exposures[orientate],
+            "pvalue_convention": pvalues,
+            "pvalue_distribution": f"t({df})" if pvalues == "t" else "normal",
         },
     )  # fmt: skip
 
 
-__all__ = ["MultivariableMRFit", "conditional_f_statistics", "mv_egger", "mv_ivw"]
+__all__ = ["MV_MODELS", "MultivariableMRFit", "conditional_f_statistics", "mv_egger", "mv_ivw", "q_a_statistic"]

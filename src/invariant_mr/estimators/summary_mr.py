@@ -14,8 +14,10 @@ exposure, `bx`/`sx`, and with the outcome, `by`/`sy`) and return an immutable
   `bx > 0`; SEs scaled by `max(1, residual SE)`; the intercept is the
   directional-pleiotropy test; I^2_GX (Bowden et al. 2016, IJE 45:1961)
   measures the NOME violation that dilutes the Egger slope.
-* Weighted median (Bowden et al. 2016, Genet Epidemiol 40:304) with weights
-  `bx^2 / sy^2` and a parametric bootstrap SE.
+* Weighted median (Bowden et al. 2016, Genet Epidemiol 40:304) with
+  second-order weights (TwoSampleMR; `weights="first_order"`, `bx^2 / sy^2`,
+  is MendelianRandomization's), a parametric bootstrap SE; the simple and
+  penalised weighted medians; the fixed-effect IVW as a row of its own.
 * Weighted mode (Hartwig, Davey Smith & Bowden 2017, IJE 46:1985): the mode
   of a weighted Gaussian kernel density of the ratio estimates with the
   modified Silverman bandwidth and second-order weights; SE = 1.4826 * MAD of
@@ -27,14 +29,16 @@ exposure, `bx`/`sx`, and with the outcome, `by`/`sy`) and return an immutable
   removing them changed the estimate more than removing as many random
   variants would.
 
-Confidence intervals and p-values use the normal distribution, the
-MendelianRandomization default. Every bootstrap or simulation takes a
-`numpy.random.Generator`.
+Where the two R packages differ the default follows current TwoSampleMR, and
+every fit says which convention it used (`extra`). p-values follow
+`pvalues` (`PVALUE_CONVENTIONS`): by default TwoSampleMR's, t for MR-Egger
+and the mode estimators, normal elsewhere; intervals are normal unless
+`pvalues="t"`. Every bootstrap or simulation takes a `numpy.random.Generator`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -71,10 +75,39 @@ class SummaryMRFit:
         )
 
 
-def _wald(method: str, est: float, se: float, n_variants: int, alpha: float, extra: dict) -> SummaryMRFit:
-    z = stats.norm.ppf(1 - alpha / 2)
-    p = float(2 * stats.norm.sf(abs(est / se))) if se > 0 and np.isfinite(se) else float("nan")
-    return SummaryMRFit(method, float(est), float(se), float(est - z * se), float(est + z * se), p, n_variants, extra)
+#: How p-values (and intervals) are computed: "twosamplemr" follows current TwoSampleMR per method
+#: (t for MR-Egger on L-2 df and the mode estimators on L-1 df, with normal intervals; normal
+#: elsewhere), "normal" is MendelianRandomization's default everywhere, "t" uses the t distribution
+#: for both p-values and intervals (MendelianRandomization `distribution = "t-dist"`).
+PVALUE_CONVENTIONS = ("twosamplemr", "normal", "t")
+
+
+def _check_pvalues(pvalues: str) -> None:
+    if pvalues not in PVALUE_CONVENTIONS:
+        raise InputError(f"--summary-pvalues must be one of {', '.join(PVALUE_CONVENTIONS)}, got {pvalues!r}")
+
+
+def _wald(
+    method: str, est: float, se: float, n_variants: int, alpha: float, extra: dict,
+    *, pvalues: str = "normal", df: int | None = None, t_by_default: bool = False,
+) -> SummaryMRFit:
+    """The fit with its interval and p-value under the `pvalues` convention (`PVALUE_CONVENTIONS`).
+
+    `df` is the method's residual degrees of freedom for the t distribution; `t_by_default` says
+    whether current TwoSampleMR reports a t p-value for this method.
+    """
+    _check_pvalues(pvalues)
+    use_t_p = df is not None and df > 0 and (pvalues == "t" or (pvalues == "twosamplemr" and t_by_default))
+    use_t_ci = df is not None and df > 0 and pvalues == "t"
+    q = stats.t.ppf(1 - alpha / 2, df) if use_t_ci else stats.norm.ppf(1 - alpha / 2)
+    if se > 0 and np.isfinite(se):
+        z = abs(est / se)
+        p = float(2 * (stats.t.sf(z, df) if use_t_p else stats.norm.sf(z)))
+    else:
+        p = float("nan")
+    extra = {**extra, "pvalue_distribution": f"t({df})" if use_t_p else "normal",
+             "ci_distribution": f"t({df})" if use_t_ci else "normal", "pvalue_convention": pvalues}
+    return SummaryMRFit(method, float(est), float(se), float(est - q * se), float(est + q * se), p, n_variants, extra)
 
 
 def _arrays(ss: SummaryStatistics):
@@ -103,10 +136,13 @@ def cochran_q(ss: SummaryStatistics) -> tuple[float, int, float]:
     return q, df, float(stats.chi2.sf(q, df))
 
 
-def ivw(ss: SummaryStatistics, alpha: float = 0.05) -> SummaryMRFit:
+def ivw(ss: SummaryStatistics, alpha: float = 0.05, *, pvalues: str = "twosamplemr") -> SummaryMRFit:
     """Inverse-variance weighted estimate, multiplicative random effects.
 
-    With one variant this is the Wald ratio with its first-order SE.
+    With one variant this is the Wald ratio with its first-order SE. `extra` holds Cochran's Q,
+    `residual_se` (what MendelianRandomization prints as the residual standard error), its
+    square `phi`, and I^2 = (Q - df) / Q (truncated at 0), the share of the ratio estimates'
+    variation beyond chance.
     """
     _require(ss, 1, "IVW")
     bx, _, by, sy = _arrays(ss)
@@ -116,7 +152,7 @@ def ivw(ss: SummaryStatistics, alpha: float = 0.05) -> SummaryMRFit:
     se_fixed = 1.0 / np.sqrt(sxx)
     L = ss.n_variants
     if L == 1:
-        return _wald("ivw", theta, se_fixed, L, alpha, {"model": "wald_ratio"})
+        return _wald("ivw", theta, se_fixed, L, alpha, {"model": "wald_ratio"}, pvalues=pvalues)
     q, df, q_p = cochran_q(ss)
     phi = q / df
     se = se_fixed * max(1.0, np.sqrt(phi))
@@ -129,12 +165,27 @@ def ivw(ss: SummaryStatistics, alpha: float = 0.05) -> SummaryMRFit:
         {
             "model": "multiplicative_random_effects",
             "se_fixed_effect": float(se_fixed),
+            "residual_se": float(np.sqrt(phi)),
             "phi": float(phi),
             "cochran_q": q,
             "cochran_q_df": df,
             "cochran_q_pvalue": q_p,
+            "i_squared": float(max(0.0, (q - df) / q)) if q > 0 else 0.0,
         },
+        pvalues=pvalues,
+        df=L - 1,
     )
+
+
+def ivw_fixed(ss: SummaryStatistics, alpha: float = 0.05, *, pvalues: str = "twosamplemr") -> SummaryMRFit:
+    """IVW with fixed-effect SE `1 / sqrt(sum bx^2 / sy^2)` (TwoSampleMR `mr_ivw_fe`), a row of its own."""
+    fit = ivw(ss, alpha, pvalues=pvalues)
+    if ss.n_variants == 1:
+        return replace(fit, method="ivw_fixed")
+    extra = {k: v for k, v in fit.extra.items() if not k.endswith("distribution") and k != "pvalue_convention"}
+    extra["model"] = "fixed_effect"
+    return _wald("ivw_fixed", fit.estimate, fit.extra["se_fixed_effect"], ss.n_variants, alpha, extra,
+                 pvalues=pvalues, df=ss.n_variants - 1)  # fmt: skip
 
 
 def leave_one_out(ss: SummaryStatistics, alpha: float = 0.05) -> dict[str, np.ndarray]:
@@ -178,9 +229,13 @@ def i_squared_gx(ss: SummaryStatistics) -> float:
     return float(max(0.0, (q - (ss.n_variants - 1)) / q)) if q > 0 else 0.0
 
 
-def mr_egger(ss: SummaryStatistics, alpha: float = 0.05) -> SummaryMRFit:
-    """MR-Egger regression: slope (causal estimate) and intercept (pleiotropy test)."""
+def mr_egger(ss: SummaryStatistics, alpha: float = 0.05, *, pvalues: str = "twosamplemr") -> SummaryMRFit:
+    """MR-Egger regression: slope (causal estimate) and intercept (pleiotropy test).
+
+    p-values of slope and intercept follow `pvalues`: TwoSampleMR uses t on L-2 df for both.
+    """
     _require(ss, 3, "MR-Egger")
+    _check_pvalues(pvalues)
     bx, _, by, sy = _arrays(ss)
     # Orientation: each variant coded so its exposure association is positive.
     sign = np.where(bx < 0, -1.0, 1.0)
@@ -196,8 +251,9 @@ def mr_egger(ss: SummaryStatistics, alpha: float = 0.05) -> SummaryMRFit:
     rse = float(np.sqrt(np.sum(w * resid**2) / df))
     scale = max(1.0, rse)
     se_int, se_slope = np.sqrt(np.diag(xtwx_inv)) * scale
-    intercept_p = float(2 * stats.norm.sf(abs(coef[0] / se_int)))
-    z = stats.norm.ppf(1 - alpha / 2)
+    t_p = pvalues in ("t", "twosamplemr")
+    intercept_p = float(2 * (stats.t.sf(abs(coef[0] / se_int), df) if t_p else stats.norm.sf(abs(coef[0] / se_int))))
+    z = stats.t.ppf(1 - alpha / 2, df) if pvalues == "t" else stats.norm.ppf(1 - alpha / 2)
     rucker_q = rse**2 * df
     return _wald(
         "mr_egger",
@@ -217,6 +273,9 @@ def mr_egger(ss: SummaryStatistics, alpha: float = 0.05) -> SummaryMRFit:
             "rucker_q_pvalue": float(stats.chi2.sf(rucker_q, df)),
             "i_squared_gx": i_squared_gx(ss),
         },
+        pvalues=pvalues,
+        df=df,
+        t_by_default=True,
     )
 
 
@@ -243,27 +302,103 @@ def weighted_median_rows(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return lo_v + (hi_v - lo_v) * (0.5 - lo_c) / (hi_c - lo_c)
 
 
+#: Weights of the median estimators: the inverse variance of each ratio estimate, from the delta
+#: method's second-order term (TwoSampleMR's `mr_weighted_median`) or first-order only `sy / |bx|`
+#: (MendelianRandomization's `mr_median`), or equal weights (the simple median).
+MEDIAN_WEIGHTS = ("second_order", "first_order")
+
+
+def _ratio_variances(ss: SummaryStatistics, order: str) -> np.ndarray:
+    bx, sx, by, sy = _arrays(ss)
+    if order == "second_order":
+        return sy**2 / bx**2 + by**2 * sx**2 / bx**4
+    if order == "first_order":
+        return sy**2 / bx**2
+    raise InputError(f"--median-weights must be one of {', '.join(MEDIAN_WEIGHTS)}, got {order!r}")
+
+
+def _median_bootstrap_se(ss: SummaryStatistics, weights: np.ndarray, n_bootstrap: int, rng) -> float:
+    """SD of the weighted median over a parametric bootstrap of both associations (Bowden et al. 2016),
+    the weights held fixed as TwoSampleMR and MendelianRandomization hold them; all draws at once."""
+    bx, sx, by, sy = _arrays(ss)
+    bx_b = rng.normal(bx, sx, size=(n_bootstrap, ss.n_variants))
+    by_b = rng.normal(by, sy, size=(n_bootstrap, ss.n_variants))
+    return float(np.std(weighted_median_rows(by_b / bx_b, weights), ddof=1))
+
+
 def weighted_median(
     ss: SummaryStatistics,
     alpha: float = 0.05,
     *,
     n_bootstrap: int = 1000,
     rng: np.random.Generator | int = 0,
+    weights: str = "second_order",
+    pvalues: str = "twosamplemr",
 ) -> SummaryMRFit:
-    """Weighted median of the ratio estimates, bootstrap SE (all draws at once)."""
+    """Weighted median of the ratio estimates, bootstrap SE (all draws at once).
+
+    `weights="second_order"` (default, current TwoSampleMR) or `"first_order"` (MendelianRandomization).
+    """
     _require(ss, 3, "weighted median")
     if n_bootstrap < 2:
         raise InputError(f"--n-bootstrap must be at least 2, got {n_bootstrap}")
     rng = np.random.default_rng(rng)
-    bx, sx, by, sy = _arrays(ss)
-    weights = (bx / sy) ** 2
-    est = float(weighted_median_rows(by / bx, weights)[0])
-    # Parametric bootstrap of both associations, as in Bowden et al. (2016).
-    bx_b = rng.normal(bx, sx, size=(n_bootstrap, ss.n_variants))
-    by_b = rng.normal(by, sy, size=(n_bootstrap, ss.n_variants))
-    boot = weighted_median_rows(by_b / bx_b, weights)
-    se = float(np.std(boot, ddof=1))
-    return _wald("weighted_median", est, se, ss.n_variants, alpha, {"n_bootstrap": n_bootstrap})
+    bx, _, by, _ = _arrays(ss)
+    w = 1.0 / _ratio_variances(ss, weights)
+    est = float(weighted_median_rows(by / bx, w)[0])
+    se = _median_bootstrap_se(ss, w, n_bootstrap, rng)
+    return _wald("weighted_median", est, se, ss.n_variants, alpha, {"n_bootstrap": n_bootstrap, "weights": weights},
+                 pvalues=pvalues, df=ss.n_variants - 1)  # fmt: skip
+
+
+def simple_median(
+    ss: SummaryStatistics, alpha: float = 0.05, *, n_bootstrap: int = 1000, rng: np.random.Generator | int = 0,
+    pvalues: str = "twosamplemr",
+) -> SummaryMRFit:
+    """Median of the ratio estimates, every variant weighted equally (TwoSampleMR `mr_simple_median`)."""
+    _require(ss, 3, "simple median")
+    if n_bootstrap < 2:
+        raise InputError(f"--n-bootstrap must be at least 2, got {n_bootstrap}")
+    rng = np.random.default_rng(rng)
+    bx, _, by, _ = _arrays(ss)
+    w = np.full(ss.n_variants, 1.0 / ss.n_variants)
+    est = float(weighted_median_rows(by / bx, w)[0])
+    se = _median_bootstrap_se(ss, w, n_bootstrap, rng)
+    return _wald("simple_median", est, se, ss.n_variants, alpha, {"n_bootstrap": n_bootstrap, "weights": "equal"},
+                 pvalues=pvalues, df=ss.n_variants - 1)  # fmt: skip
+
+
+def penalised_weighted_median(
+    ss: SummaryStatistics, alpha: float = 0.05, *, n_bootstrap: int = 1000, rng: np.random.Generator | int = 0,
+    penk: float = 20.0, weights: str = "second_order", pvalues: str = "twosamplemr",
+) -> SummaryMRFit:
+    """Penalised weighted median (Burgess et al. 2016, Epidemiology 27:e40; TwoSampleMR `mr_penalised_weighted_median`).
+
+    Each variant's weight is multiplied by `min(1, penk * p_j)`, p_j the chi^2(1) p-value of
+    `w_j (ratio_j - weighted median)^2`: variants whose ratio estimate is far from the weighted
+    median in units of its own SE lose weight. The point estimate's weighted median, the
+    penalised weighted median and its bootstrap use one generator in that order.
+    """
+    _require(ss, 3, "penalised weighted median")
+    if n_bootstrap < 2:
+        raise InputError(f"--n-bootstrap must be at least 2, got {n_bootstrap}")
+    if penk <= 0:
+        raise InputError(f"the penalisation constant must be positive, got {penk}")
+    rng = np.random.default_rng(rng)
+    bx, _, by, _ = _arrays(ss)
+    ratio = by / bx
+    w = 1.0 / _ratio_variances(ss, weights)
+    wm = float(weighted_median_rows(ratio, w)[0])
+    penalty = stats.chi2.sf(w * (ratio - wm) ** 2, df=1)
+    pen_w = w * np.minimum(1.0, penalty * penk)
+    est = float(weighted_median_rows(ratio, pen_w)[0])
+    se = _median_bootstrap_se(ss, pen_w, n_bootstrap, rng)
+    return _wald(
+        "penalised_weighted_median", est, se, ss.n_variants, alpha,
+        {"n_bootstrap": n_bootstrap, "weights": weights, "penk": penk, "weighted_median": wm,
+         "n_downweighted": int(np.sum(penalty * penk < 1))},
+        pvalues=pvalues, df=ss.n_variants - 1,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- mode
@@ -369,6 +504,71 @@ def kde_mode_rows(
     return out
 
 
+#: How the mode of the ratio density is located: "r_density" reproduces R's `density()` (linear binning
+#: on 512 points, FFT convolution, the maximum of its 512-point output grid), as TwoSampleMR's `mr_mode`
+#: and MendelianRandomization's `mr_mbe` read it; "exact" evaluates the kernel sum itself and refines the
+#: maximum between grid points (`kde_mode_rows`).
+MODE_DENSITIES = ("r_density", "exact")
+
+
+def _bandwidths(values: np.ndarray, phi: float) -> np.ndarray:
+    L = values.shape[1]
+    s = 0.9 * np.minimum(np.std(values, axis=1, ddof=1), _mad_rows(values)) / L**0.2
+    return np.maximum(s * phi, 1e-8)
+
+
+def r_density_mode_rows(values: np.ndarray, weights: np.ndarray, phi: float = 1.0, n: int = 512) -> np.ndarray:
+    """The mode of each row's weighted Gaussian density exactly as R's `density(x, weights, bw)` gives it.
+
+    R bins the values linearly onto 2n points over [min - 7 bw, max + 7 bw] (`BinDist`), convolves with
+    the Gaussian kernel by FFT, keeps the first n points, interpolates them linearly onto the n output
+    points from min - 3 bw to max + 3 bw, and `mr_mode` returns the output point with the largest density.
+    Every row at once; bandwidth `phi * 0.9 * min(sd, mad) / L^(1/5)` as `kde_mode_rows`.
+    """
+    values = np.atleast_2d(np.asarray(values, dtype=float))
+    B, L = values.shape
+    w = np.broadcast_to(np.asarray(weights, dtype=float), (B, L))
+    w = w / w.sum(axis=1, keepdims=True)
+    bw = _bandwidths(values, phi)
+    lo_out = values.min(axis=1) - 3 * bw
+    hi_out = values.max(axis=1) + 3 * bw
+    lo, up = lo_out - 4 * bw, hi_out + 4 * bw
+    delta = (up - lo) / (n - 1)
+    pos = (values - lo[:, None]) / delta[:, None]
+    ix = np.floor(pos).astype(np.int64)
+    fx = pos - ix
+    grid = np.zeros((B, 2 * n))
+    rows = np.repeat(np.arange(B), L).reshape(B, L)
+    inside = (ix >= 0) & (ix <= n - 2)
+    np.add.at(grid, (rows[inside], ix[inside]), (w * (1 - fx))[inside])
+    np.add.at(grid, (rows[inside], ix[inside] + 1), (w * fx)[inside])
+    below = ix == -1
+    np.add.at(grid, (rows[below], np.zeros(int(below.sum()), dtype=np.int64)), (w * fx)[below])
+    above = ix == n - 1
+    np.add.at(grid, (rows[above], ix[above]), (w * (1 - fx))[above])
+    kords = np.linspace(0, 1, 2 * n)[None, :] * (2 * (up - lo))[:, None]
+    kords[:, n + 1:] = -kords[:, n - 1:0:-1]
+    kern = np.exp(-0.5 * (kords / bw[:, None]) ** 2) / (np.sqrt(2 * np.pi) * bw[:, None])
+    conv = np.fft.ifft(np.fft.fft(grid, axis=1) * np.conj(np.fft.fft(kern, axis=1)), axis=1)
+    dens = np.maximum(0.0, conv.real[:, :n])  # numpy's ifft already divides by 2n, as R does after fft(inverse = TRUE)
+    xords = lo[:, None] + delta[:, None] * np.arange(n)[None, :]
+    xout = lo_out[:, None] + ((hi_out - lo_out) / (n - 1))[:, None] * np.arange(n)[None, :]
+    # approx(xords, dens, xout): xout lies inside [lo, up], 4 bandwidths from either end.
+    j = np.clip(np.floor((xout - lo[:, None]) / delta[:, None]).astype(np.int64), 0, n - 2)
+    x0 = np.take_along_axis(xords, j, axis=1)
+    y0, y1 = np.take_along_axis(dens, j, axis=1), np.take_along_axis(dens, j + 1, axis=1)
+    yout = y0 + (y1 - y0) * (xout - x0) / delta[:, None]
+    return xout[np.arange(B), np.argmax(yout, axis=1)]
+
+
+def _mode_rows(values, weights, phi, density: str) -> np.ndarray:
+    if density == "r_density":
+        return r_density_mode_rows(values, weights, phi)
+    if density == "exact":
+        return kde_mode_rows(values, weights, phi)
+    raise InputError(f"--mode-density must be one of {', '.join(MODE_DENSITIES)}, got {density!r}")
+
+
 def weighted_mode(
     ss: SummaryStatistics,
     alpha: float = 0.05,
@@ -376,8 +576,13 @@ def weighted_mode(
     phi: float = 1.0,
     n_bootstrap: int = 1000,
     rng: np.random.Generator | int = 0,
+    pvalues: str = "twosamplemr",
+    density: str = "r_density",
 ) -> SummaryMRFit:
     """Weighted mode-based estimate (Hartwig et al. 2017), bootstrap SE.
+
+    The mode is read off R's `density()` grid as TwoSampleMR does (`density="r_density"`), or
+    from the exact kernel sum (`"exact"`, `kde_mode_rows`).
 
     Weights are the inverse squared second-order (delta-method) SEs of the
     ratio estimates, without the NOME assumption (TwoSampleMR's default
@@ -391,11 +596,40 @@ def weighted_mode(
     ratio = by / bx
     se_ratio = np.sqrt(sy**2 / bx**2 + by**2 * sx**2 / bx**4)
     weights = se_ratio**-2
-    est = float(kde_mode_rows(ratio, weights, phi)[0])
+    est = float(_mode_rows(ratio, weights, phi, density)[0])
     boot_values = rng.normal(ratio, se_ratio, size=(n_bootstrap, ss.n_variants))
-    boot = kde_mode_rows(boot_values, weights, phi)
+    boot = _mode_rows(boot_values, weights, phi, density)
     se = float(_MAD_SCALE * np.median(np.abs(boot - np.median(boot))))
-    return _wald("weighted_mode", est, se, ss.n_variants, alpha, {"n_bootstrap": n_bootstrap, "phi": phi})
+    return _wald("weighted_mode", est, se, ss.n_variants, alpha, {"n_bootstrap": n_bootstrap, "phi": phi, "density": density},
+                 pvalues=pvalues, df=ss.n_variants - 1, t_by_default=True)  # fmt: skip
+
+
+def simple_mode(
+    ss: SummaryStatistics,
+    alpha: float = 0.05,
+    *,
+    phi: float = 1.0,
+    n_bootstrap: int = 1000,
+    rng: np.random.Generator | int = 0,
+    pvalues: str = "twosamplemr",
+    density: str = "r_density",
+) -> SummaryMRFit:
+    """Simple mode-based estimate (Hartwig et al. 2017; TwoSampleMR `mr_simple_mode`): the mode of an
+    unweighted kernel density of the ratio estimates; SE = 1.4826 MAD of a parametric bootstrap of
+    the ratios with their second-order SEs; p-value on t(L-1) as TwoSampleMR."""
+    _require(ss, 3, "simple mode")
+    if n_bootstrap < 2:
+        raise InputError(f"--n-bootstrap must be at least 2, got {n_bootstrap}")
+    rng = np.random.default_rng(rng)
+    bx, sx, by, sy = _arrays(ss)
+    ratio = by / bx
+    se_ratio = np.sqrt(sy**2 / bx**2 + by**2 * sx**2 / bx**4)
+    ones = np.ones(ss.n_variants)
+    est = float(_mode_rows(ratio, ones, phi, density)[0])
+    boot = _mode_rows(rng.normal(ratio, se_ratio, size=(n_bootstrap, ss.n_variants)), ones, phi, density)
+    se = float(_MAD_SCALE * np.median(np.abs(boot - np.median(boot))))
+    return _wald("simple_mode", est, se, ss.n_variants, alpha, {"n_bootstrap": n_bootstrap, "phi": phi, "density": density},
+                 pvalues=pvalues, df=ss.n_variants - 1, t_by_default=True)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- MR-PRESSO
@@ -538,16 +772,24 @@ def mr_presso(
 
 
 __all__ = [
+    "MEDIAN_WEIGHTS",
+    "MODE_DENSITIES",
+    "PVALUE_CONVENTIONS",
     "PressoResult",
     "SummaryMRFit",
     "cochran_q",
     "i_squared_gx",
     "ivw",
+    "ivw_fixed",
     "kde_mode_rows",
     "leave_one_out",
     "mr_egger",
     "mr_presso",
+    "penalised_weighted_median",
     "presso_distortion_test",
+    "r_density_mode_rows",
+    "simple_median",
+    "simple_mode",
     "weighted_median",
     "weighted_median_rows",
     "weighted_mode",

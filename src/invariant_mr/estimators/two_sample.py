@@ -48,7 +48,7 @@ def summary_statistics_from_table(table: SumstatsTable, exposure: str | None = N
     )
 
 
-def mv_ivw_table(table: SumstatsTable, alpha: float = 0.05, model: str = "default") -> MultivariableMRFit:
+def mv_ivw_table(table: SumstatsTable, alpha: float = 0.05, model: str = "lm") -> MultivariableMRFit:
     """Multivariable IVW on every exposure of the table."""
     return mv_ivw(
         table.beta_exposure, table.se_exposure, table.beta_outcome, table.se_outcome,

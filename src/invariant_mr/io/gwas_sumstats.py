@@ -12,8 +12,10 @@ Two inputs are supported.
   `variant, effect_allele, other_allele, beta, se` and optional
   `eaf, pval, n, chrom, pos`, aligned by `harmonise`.
 
-Every column can be renamed with a mapping from the canonical name to the
-name in the file. Missing values are the empty string and `NA`/`NaN`.
+The column names of TwoSampleMR, PLINK 2 `--glm` output and the GWAS-SSF
+standard are recognised as they are (`GWAS_ALIASES`, `MR_ALIASES`); any
+column can also be named with a mapping from the canonical name to the name
+in the file (`--col`). Missing values are the empty string and `NA`/`NaN`.
 
 `harmonise` follows TwoSampleMR's `harmonise_data` (Hemani et al. 2018,
 eLife 7:e34408; its `harmonise_22` for two-allele variants):
@@ -64,6 +66,74 @@ MR_OPTIONAL = (
 #: Required and optional columns of one GWAS table (two-file form).
 GWAS_REQUIRED = ("variant", "effect_allele", "other_allele", "beta", "se")
 GWAS_OPTIONAL = ("eaf", "pval", "n", "chrom", "pos")
+
+#: Column names that users' files already carry, recognised without a rename, in order of preference:
+#: TwoSampleMR (`SNP`, `beta.exposure`, ...; `format_data` defaults), PLINK 2 `--glm` output (`ID`, `A1`,
+#: `BETA`, `SE`, `P`, `A1_FREQ`, `OBS_CT`, `#CHROM`, `POS`) and the GWAS-SSF standard of the GWAS Catalog
+#: (`variant_id`, `effect_allele`, `other_allele`, `beta`, `standard_error`, `effect_allele_frequency`,
+#: `p_value`, `n`, `chromosome`, `base_pair_location`). Matching ignores case.
+GWAS_ALIASES: dict[str, tuple[str, ...]] = {
+    "variant": ("variant", "SNP", "ID", "variant_id", "rsid", "rs_id", "MarkerName"),
+    "effect_allele": ("effect_allele", "A1", "EA"),
+    "other_allele": ("other_allele", "OMITTED", "AX", "NEA", "A2"),
+    "beta": ("beta", "b"),
+    "se": ("se", "standard_error", "LOG(OR)_SE", "sebeta"),
+    "eaf": ("eaf", "A1_FREQ", "effect_allele_frequency", "FRQ", "freq"),
+    "pval": ("pval", "P", "p_value", "pvalue"),
+    "n": ("n", "OBS_CT", "samplesize", "sample_size", "N"),
+    "chrom": ("chrom", "#CHROM", "CHROM", "chr", "chromosome"),
+    "pos": ("pos", "POS", "base_pair_location", "BP"),
+}
+#: The one-table form: our names, TwoSampleMR's harmonised `dat` names, and `n` (what `run --sumstats-out`
+#: writes: one sample for both traits).
+MR_ALIASES: dict[str, tuple[str, ...]] = {
+    "variant": ("variant", "SNP", "ID", "variant_id", "rsid"),
+    "beta_exposure": ("beta_exposure", "beta.exposure"),
+    "se_exposure": ("se_exposure", "se.exposure"),
+    "beta_outcome": ("beta_outcome", "beta.outcome"),
+    "se_outcome": ("se_outcome", "se.outcome"),
+    "effect_allele": ("effect_allele", "effect_allele.exposure"),
+    "other_allele": ("other_allele", "other_allele.exposure"),
+    "eaf_exposure": ("eaf_exposure", "eaf.exposure"),
+    "eaf_outcome": ("eaf_outcome", "eaf.outcome"),
+    "pval_exposure": ("pval_exposure", "pval.exposure"),
+    "n_exposure": ("n_exposure", "samplesize.exposure"),
+    "n_outcome": ("n_outcome", "samplesize.outcome"),
+    "chrom": ("chrom", "chr.exposure", "chr"),
+    "pos": ("pos", "pos.exposure"),
+}
+
+
+def recognise_columns(
+    columns: Sequence[str], aliases: Mapping[str, Sequence[str]], explicit: Mapping[str, str] | None = None,
+    *, suffix: str | None = None,
+) -> dict[str, str]:
+    """canonical name -> file column: the explicit renames first, then the first alias the file has.
+
+    With `suffix` (".exposure" or ".outcome") TwoSampleMR's per-trait names (`beta.outcome`, ...)
+    are recognised too. A file column is used for one canonical name only.
+    """
+    explicit = dict(explicit or {})
+    used = set(explicit.values())
+    lower = {}
+    for c in columns:
+        lower.setdefault(c.lower(), c)
+    out = dict(explicit)
+    for canonical, names in aliases.items():
+        if canonical in out:
+            continue
+        candidates = list(names)
+        if suffix:
+            stem = {"variant": "SNP", "n": "samplesize", "chrom": "chr"}.get(canonical, canonical)
+            candidates = [f"{stem}{suffix}", *candidates]
+        for name in candidates:
+            col = lower.get(name.lower())
+            if col is not None and col not in used:
+                out[canonical] = col
+                used.add(col)
+                break
+    return out
+
 
 #: TwoSampleMR's palindrome ambiguity bound: 0.5 - tolerance (0.08).
 DEFAULT_MAF_THRESHOLD = 0.42
@@ -315,9 +385,13 @@ class SumstatsTable:
 
 
 def read_mr_sumstats(
-    path: str | os.PathLike, columns: Mapping[str, str] | None = None, *, sep: str | None = None
+    path: str | os.PathLike, columns: Mapping[str, str] | None = None, *, sep: str | None = None,
+    dropped: list | None = None,
 ) -> SumstatsTable:
     """Read the one-table form (already harmonised); `columns` maps canonical -> file names.
+
+    A TwoSampleMR `dat` carries `mr_keep`: rows with FALSE (e.g. ambiguous palindromes) are left
+    out as `mr()` leaves them out, each appended to `dropped` (when given) as a `DroppedVariant`.
 
     Exposures: a `beta_exposure`/`se_exposure` pair (exposure name
     "exposure"), or one `beta_exposure_<name>`/`se_exposure_<name>` pair per
@@ -325,16 +399,29 @@ def read_mr_sumstats(
     separator is "," for *.csv and a tab otherwise unless `sep` is given.
     """
     what = "--sumstats"
-    cmap = _column_map(columns, MR_REQUIRED + MR_OPTIONAL, what)
+    cmap = _column_map(columns, MR_REQUIRED + MR_OPTIONAL + ("n",), what)
     frame = _read_frame(path, sep, what)
-    rename = {v: k for k, v in cmap.items()}
     missing_renamed = [v for v in cmap.values() if v not in frame.columns]
     if missing_renamed:
         raise InputError(
             f"{what} {path}: column(s) {', '.join(missing_renamed)} named in the column mapping are not in the file "
             f"(it has {', '.join(frame.columns)})"
         )
-    frame = frame.rename(columns=rename)
+    if "mr_keep" in frame.columns:
+        keep = ~frame["mr_keep"].str.strip().str.upper().isin(("FALSE", "F", "0"))
+        if not keep.all():
+            id_col = cmap.get("variant") or next((c for c in frame.columns if c.lower() in ("snp", "variant")), None)
+            if dropped is not None and id_col is not None:
+                dropped.extend(DroppedVariant(str(v).strip(), "mr_keep_false", "mr_keep FALSE in the TwoSampleMR table")
+                               for v in frame.loc[~keep, id_col])
+            frame = frame.loc[keep].reset_index(drop=True)
+            if frame.shape[0] == 0:
+                raise InputError(f"{what} {path}: every row has mr_keep FALSE")
+    multi_cols = [c for c in frame.columns if re.fullmatch(r"(beta|se|pval)_exposure_\w+", c)]
+    cmap = recognise_columns([c for c in frame.columns if c not in multi_cols], {**MR_ALIASES, "n": ("n",)}, cmap)
+    # Only the recognised columns go on, under their canonical names (no second column of one name).
+    frame = frame[[c for c in frame.columns if c in cmap.values() or c in multi_cols]]
+    frame = frame.rename(columns={v: k for k, v in cmap.items()})
     cols = list(frame.columns)
     multi = sorted(
         {m.group(1) for c in cols if (m := re.fullmatch(r"beta_exposure_(\w+)", c))}
@@ -364,7 +451,7 @@ def read_mr_sumstats(
     if absent:
         raise InputError(
             f"{what} {path}: missing column(s) {', '.join(absent)} (the file has {', '.join(cols)}; "
-            "rename columns with the column mapping)"
+            "name the file's columns with --col NAME=FILECOL)"
         )
 
     def num(c, req=True):
@@ -392,8 +479,9 @@ def read_mr_sumstats(
             eaf_exposure=opt("eaf_exposure"),
             eaf_outcome=opt("eaf_outcome"),
             pval_exposure=pvals,
-            n_exposure=opt("n_exposure"),
-            n_outcome=opt("n_outcome"),
+            # `n` (what `run --sumstats-out` writes): both traits measured on the same samples.
+            n_exposure=opt("n_exposure") if "n_exposure" in cols else opt("n"),
+            n_outcome=opt("n_outcome") if "n_outcome" in cols else opt("n"),
             chrom=tuple(frame["chrom"].str.strip()) if "chrom" in cols else None,
             pos=opt("pos"),
             source=str(path),
@@ -464,13 +552,23 @@ def read_gwas(
             f"{what} {path}: column(s) {', '.join(missing_renamed)} named in the column mapping are not in the file "
             f"(it has {', '.join(frame.columns)})"
         )
-    frame = frame.rename(columns={v: k for k, v in cmap.items()})
+    file_cols = list(frame.columns)
+    suffix = next((sfx for sfx in (".exposure", ".outcome") if any(c.endswith(sfx) for c in file_cols)), None)
+    cmap = recognise_columns(file_cols, GWAS_ALIASES, cmap, suffix=suffix)
+    frame = _plink2_alleles(frame, cmap, file_cols)
+    if "beta" not in cmap and "se" in cmap and any(c.upper() == "OR" for c in file_cols):
+        # PLINK 2 --glm logistic output: the effect is the odds ratio, its SE is on the log scale.
+        or_col = next(c for c in file_cols if c.upper() == "OR")
+        values = _numeric(frame, or_col, path, what, required=False)
+        frame = frame.assign(**{"__log_or": [("" if not np.isfinite(v) or v <= 0 else repr(float(np.log(v)))) for v in values]})
+        cmap["beta"] = "__log_or"
+    frame = frame[[c for c in frame.columns if c in cmap.values()]].rename(columns={v: k for k, v in cmap.items()})
     cols = list(frame.columns)
     absent = [c for c in GWAS_REQUIRED if c not in cols]
     if absent:
         raise InputError(
-            f"{what} {path}: missing column(s) {', '.join(absent)} (the file has {', '.join(cols)}; "
-            "rename columns with the column mapping)"
+            f"{what} {path}: missing column(s) {', '.join(absent)} (the file has {', '.join(file_cols)}; "
+            "name the file's columns with --col NAME=FILECOL)"
         )
 
     def opt(c):
@@ -489,6 +587,17 @@ def read_gwas(
         pos=opt("pos"),
         source=str(path),
     )
+
+
+def _plink2_alleles(frame, cmap: dict[str, str], file_cols: list[str]):
+    """PLINK 2 `--glm` files before `OMITTED` existed: the other allele is whichever of REF/ALT is not A1."""
+    upper = {c.upper(): c for c in file_cols}
+    if "other_allele" in cmap or "effect_allele" not in cmap or not {"REF", "ALT"} <= upper.keys():
+        return frame
+    a1 = frame[cmap["effect_allele"]].str.strip()
+    ref, alt = frame[upper["REF"]].str.strip(), frame[upper["ALT"]].str.strip()
+    cmap["other_allele"] = "__other_allele"
+    return frame.assign(__other_allele=np.where(a1 == alt, ref, alt))
 
 
 # ----------------------------------------------------------------------------- harmonisation
@@ -511,6 +620,7 @@ DROP_REASONS = {
     "incompatible_alleles": "alleles differ between the GWAS even after swapping and strand flipping",
     "palindromic": "palindromic (A/T or C/G) variant, dropped by the palindromes='drop' policy",
     "palindromic_ambiguous": "palindromic variant with an allele frequency too close to 0.5 (or missing) to infer the strand",
+    "mr_keep_false": "marked mr_keep FALSE in a TwoSampleMR harmonised table",
 }
 
 
@@ -700,6 +810,96 @@ def harmonise(
     )
 
 
+def harmonise_exposures(
+    exposures: Sequence[GWASTable],
+    outcome: GWASTable,
+    *,
+    names: Sequence[str] | None = None,
+    palindromes: str = "infer",
+    maf_threshold: float = DEFAULT_MAF_THRESHOLD,
+) -> HarmonisedSumstats:
+    """Multivariable input from one GWAS file per exposure (TwoSampleMR `mv_harmonise_data` in spirit).
+
+    The first exposure's effect alleles are the reference: the outcome is aligned to them by
+    `harmonise`, and so is every other exposure (`harmonise(first, other)` treats the other
+    exposure as the table to align, with the same swap, strand and palindrome rules). A variant
+    is analysed when it survives every alignment; each variant that does not is listed once,
+    with the first alignment that dropped it (its detail names the exposure). The instruments
+    are the first exposure GWAS's rows: give each file the same variant list, e.g. the union of
+    every exposure's instruments looked up in each GWAS.
+    """
+    if len(exposures) < 2:
+        raise InputError("multivariable input needs at least two exposure GWAS files")
+    names = tuple(str(n) for n in (names or [f"exposure_{k + 1}" for k in range(len(exposures))]))
+    if len(names) != len(exposures):
+        raise InputError(f"{len(names)} exposure names for {len(exposures)} exposure GWAS files")
+    if len(set(names)) != len(names):
+        raise InputError(f"exposure names must differ: {', '.join(names)}")
+    first = harmonise(exposures[0], outcome, palindromes=palindromes, maf_threshold=maf_threshold,
+                      exposure_name=names[0])  # fmt: skip
+    dropped: dict[str, DroppedVariant] = {d.variant: d for d in first.dropped}
+    aligned = []
+    for name, other in zip(names[1:], exposures[1:]):
+        h = harmonise(exposures[0], other, palindromes=palindromes, maf_threshold=maf_threshold)
+        for d in h.dropped:
+            reason = "not_in_exposure" if d.reason == "not_in_outcome" else d.reason
+            dropped.setdefault(d.variant, DroppedVariant(d.variant, reason, f"exposure {name}: {d.detail}".rstrip(": ")))
+        index = {v: i for i, v in enumerate(h.table.variant)}
+        aligned.append((h.table, index))
+    t = first.table
+    # A variant the first alignment kept but another did not has that alignment's reason in `dropped`.
+    keep = [i for i, v in enumerate(t.variant) if all(v in idx for _, idx in aligned)]
+    rows = [[idx[t.variant[i]] for i in keep] for _, idx in aligned]
+    beta = np.column_stack([t.beta_exposure[keep, 0]] + [tab.beta_outcome[r] for (tab, _), r in zip(aligned, rows)])
+    se = np.column_stack([t.se_exposure[keep, 0]] + [tab.se_outcome[r] for (tab, _), r in zip(aligned, rows)])
+    pvals = None
+    if all(e.pval is not None for e in exposures):
+        p_other = []
+        for (tab, _), r, e in zip(aligned, rows, exposures[1:]):
+            pos = {v: i for i, v in enumerate(e.variant)}
+            p_other.append(np.array([e.pval[pos[tab.variant[j]]] for j in r]))
+        pvals = np.column_stack([t.pval_exposure[keep, 0], *p_other])
+    table = SumstatsTable(
+        variant=tuple(t.variant[i] for i in keep), exposures=names, beta_exposure=beta, se_exposure=se,
+        beta_outcome=t.beta_outcome[keep], se_outcome=t.se_outcome[keep],
+        effect_allele=None if t.effect_allele is None else tuple(t.effect_allele[i] for i in keep),
+        other_allele=None if t.other_allele is None else tuple(t.other_allele[i] for i in keep),
+        pval_exposure=pvals, n_exposure=None if t.n_exposure is None else t.n_exposure[keep],
+        n_outcome=None if t.n_outcome is None else t.n_outcome[keep],
+        chrom=None if t.chrom is None else tuple(t.chrom[i] for i in keep),
+        pos=None if t.pos is None else t.pos[keep],
+        source=" + ".join(e.source for e in (*exposures, outcome)),
+    )  # fmt: skip
+    order = {v: i for i, v in enumerate(exposures[0].variant)}
+    all_dropped = tuple(sorted(dropped.values(), key=lambda d: order.get(d.variant, len(order))))
+    reasons: dict[str, int] = {}
+    for d in all_dropped:
+        reasons[d.reason] = reasons.get(d.reason, 0) + 1
+    return HarmonisedSumstats(
+        table=table, dropped=all_dropped, n_swapped=first.n_swapped, n_strand_flipped=first.n_strand_flipped,
+        n_palindromic_flipped=first.n_palindromic_flipped, palindromes=palindromes, maf_threshold=float(maf_threshold),
+        counts={"exposure_variants": exposures[0].n_variants, "kept": table.n_variants, **reasons},
+    )  # fmt: skip
+
+
+def explain_empty(harmonised: HarmonisedSumstats, exposure: GWASTable, outcome: GWASTable) -> str:
+    """Why harmonisation kept no variant, in one line: the count of each reason, and for no overlap
+    at all, an example id from each file (the usual cause: rs ids against chr:pos ids)."""
+    counts: dict[str, int] = {}
+    for d in harmonised.dropped:
+        counts[d.reason] = counts.get(d.reason, 0) + 1
+    parts = [f"{reason.replace('_', ' ')} {n}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+    line = (f"harmonisation left no variant of {exposure.n_variants} in the exposure GWAS: " + ", ".join(parts))
+    if counts.get("not_in_outcome", 0) == len(harmonised.dropped) and exposure.n_variants and outcome.n_variants:
+        line += (f"; no variant id is shared by the two files (e.g. {exposure.variant[0]!r} in the exposure GWAS, "
+                 f"{outcome.variant[0]!r} in the outcome GWAS)")
+    elif counts.get("incompatible_alleles"):
+        line += "; allele mismatches usually mean the files use different builds or allele codings"
+    elif counts.get("palindromic_ambiguous") or counts.get("palindromic"):
+        line += "; palindromic variants need allele frequencies outside (0.42, 0.58) (or --palindromes infer)"
+    return line
+
+
 def _fmt(x: float) -> str:
     return "NA" if np.isnan(x) else f"{x:.3f}"
 
@@ -707,8 +907,10 @@ def _fmt(x: float) -> str:
 __all__ = [
     "DEFAULT_MAF_THRESHOLD",
     "DROP_REASONS",
+    "GWAS_ALIASES",
     "GWAS_OPTIONAL",
     "GWAS_REQUIRED",
+    "MR_ALIASES",
     "MR_OPTIONAL",
     "MR_REQUIRED",
     "DroppedVariant",
@@ -716,8 +918,11 @@ __all__ = [
     "HarmonisedSumstats",
     "SumstatsTable",
     "complement",
+    "explain_empty",
     "harmonise",
+    "harmonise_exposures",
     "is_palindromic",
     "read_gwas",
     "read_mr_sumstats",
+    "recognise_columns",
 ]

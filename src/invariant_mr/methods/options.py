@@ -115,16 +115,37 @@ P_THRESHOLD = MethodOption(
     "keep only variants whose pooled exposure association has p below this "
     "(e.g. 5e-8, the usual genome-wide selection; default: every variant)", SUMMARY,
 )  # fmt: skip
-SUMMARY_OPTIONS = (ENV_ADJUST, P_THRESHOLD)
+SUMMARY_PVALUES = MethodOption(
+    "summary_pvalues", click.Choice(("twosamplemr", "normal", "t")), "twosamplemr",
+    "p-values of summary-statistic MR: twosamplemr (t for MR-Egger and the modes, normal elsewhere), "
+    "normal (MendelianRandomization) or t (p-values and intervals)", SUMMARY,
+)  # fmt: skip
+SUMMARY_OPTIONS = (ENV_ADJUST, P_THRESHOLD, SUMMARY_PVALUES)
+MEDIAN_WEIGHTS = MethodOption(
+    "median_weights", click.Choice(("second_order", "first_order")), "second_order",
+    "weighted medians: second-order weights (TwoSampleMR) or first-order (MendelianRandomization)", SUMMARY,
+)  # fmt: skip
+RADIAL_WEIGHTS = MethodOption(
+    "radial_weights", click.Choice(("modified_second_order", "second_order", "first_order")), "modified_second_order",
+    "ivw_radial: weights of the radial regression (RadialMR weights = 3, 2, 1)", SUMMARY,
+)  # fmt: skip
+MODE_DENSITY = MethodOption(
+    "mode_density", click.Choice(("r_density", "exact")), "r_density",
+    "mode estimators: the maximum of R's binned density() grid (TwoSampleMR) or of the exact kernel sum", SUMMARY,
+)  # fmt: skip
+PENALTY_K = MethodOption("penalty_k", float, 20.0, "penalised weighted median: weight multiplier min(1, k p)", SUMMARY)
 RAPS_LOSS = MethodOption("raps_loss", click.Choice(("huber", "tukey", "l2")), "huber",
                          "MR-RAPS loss: huber (k = 1.345), tukey (k = 4.685) or l2 (not robust)", SUMMARY)
 RAPS_OVERDISPERSION = MethodOption("raps_overdispersion", bool, True,
                                    "MR-RAPS: model balanced pleiotropy as overdispersion tau^2", SUMMARY)
+RAPS_VERSION = MethodOption("raps_version", click.Choice(("profile", "mle")), "profile",
+                            "MR-RAPS: profile (current mr.raps::mr.raps, as TwoSampleMR) or mle (first generation)", SUMMARY)
 CONMIX_PSI = MethodOption("conmix_psi", float, 0.0,
                           "contamination mixture: SD of the invalid variants' ratio estimates (0 = 1.5 x SD of the ratios)", SUMMARY)
 CONMIX_STEP = MethodOption("conmix_step", float, 0.01, "contamination mixture: grid step of the profile likelihood", SUMMARY)
-MV_MODEL = MethodOption("mv_model", click.Choice(("default", "random", "fixed")), "default",
-                        "mv_ivw SEs: multiplicative random or fixed effects (default: fixed with 3 variants or fewer)", SUMMARY)
+MV_MODEL = MethodOption("mv_model", click.Choice(("lm", "default", "random", "fixed")), "lm",
+                        "mv_ivw SEs: lm (residual-SE scaled, TwoSampleMR and MVMR), or MendelianRandomization's "
+                        "random/fixed/default (fixed with 3 variants or fewer)", SUMMARY)
 MV_EGGER_ORIENTATE = MethodOption("mv_egger_orientate", str, None,
                                   "mv_egger: the exposure whose associations are made positive (default: the first)", SUMMARY)
 

@@ -27,9 +27,13 @@ from invariant_mr.io.gwas_sumstats import SumstatsTable
 from invariant_mr.estimators.summary_mr import (
     SummaryMRFit,
     ivw,
+    ivw_fixed,
     leave_one_out,
     mr_egger,
     mr_presso,
+    penalised_weighted_median,
+    simple_median,
+    simple_mode,
     weighted_median,
     weighted_mode,
 )
@@ -186,14 +190,21 @@ def run_summary_method(
 
 
 
+def pvalue_convention(ctx: MethodContext) -> str:
+    """The `--summary-pvalues` setting (see `estimators.summary_mr.PVALUE_CONVENTIONS`)."""
+    return str(ctx.option("summary_pvalues", "twosamplemr"))
+
+
 def _p_flag(p: float, alpha: float, bad: str, good: str) -> str:
     return bad if p < alpha else good
 
 
 # ----------------------------------------------------------------------------- summary MR
 def ivw_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    pvalues = pvalue_convention(ctx)
+
     def one(ss: SummaryStatistics, scope: str):
-        fit = ivw(ss, ctx.alpha)
+        fit = ivw(ss, ctx.alpha, pvalues=pvalues)
         diags = []
         if ss.n_variants >= 2:
             q, df, p = fit.extra["cochran_q"], fit.extra["cochran_q_df"], fit.extra["cochran_q_pvalue"]
@@ -209,7 +220,8 @@ def ivw_method(data: MRData, ctx: MethodContext) -> MethodOutput:
                         "heterogeneous ratio estimates: some variants may be invalid (pleiotropy)",
                         "no evidence of heterogeneity between variants",
                     ),
-                    {"df": df, "method": "ivw"},
+                    {"df": df, "method": "ivw", "i_squared": fit.extra["i_squared"],
+                     "residual_se": fit.extra["residual_se"]},
                 )
             )
         if scope == "pooled" and ss.n_variants >= 3:
@@ -269,9 +281,16 @@ def steiger_diagnostic(data: MRData | SumstatsTable, ss: SummaryStatistics, alph
     return Diagnostic("steiger_direction", "pooled", res.z, res.pvalue, flag, res.to_dict())
 
 
+def ivw_fixed_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    pvalues = pvalue_convention(ctx)
+    return run_summary_method(data, ctx, "ivw_fixed", lambda ss, scope: (_estimate(ivw_fixed(ss, ctx.alpha, pvalues=pvalues), scope, ss), []))
+
+
 def mr_egger_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    pvalues = pvalue_convention(ctx)
+
     def one(ss: SummaryStatistics, scope: str):
-        fit = mr_egger(ss, ctx.alpha)
+        fit = mr_egger(ss, ctx.alpha, pvalues=pvalues)
         p = fit.extra["intercept_pvalue"]
         i2 = fit.extra["i_squared_gx"]
         diags = [
@@ -306,23 +325,68 @@ def mr_egger_method(data: MRData, ctx: MethodContext) -> MethodOutput:
 
 def weighted_median_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     n_boot = int(ctx.option("n_bootstrap", 1000))
+    weights = str(ctx.option("median_weights", "second_order"))
+    pvalues = pvalue_convention(ctx)
 
     def one(ss: SummaryStatistics, scope: str):
-        fit = weighted_median(ss, ctx.alpha, n_bootstrap=n_boot, rng=ctx.rng(f"weighted_median/{scope}"))
+        fit = weighted_median(ss, ctx.alpha, n_bootstrap=n_boot, rng=ctx.rng(f"weighted_median/{scope}"),
+                              weights=weights, pvalues=pvalues)  # fmt: skip
         return _estimate(fit, scope, ss), []
 
     return run_summary_method(data, ctx, "weighted_median", one)
 
 
+def simple_median_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    n_boot = int(ctx.option("n_bootstrap", 1000))
+    pvalues = pvalue_convention(ctx)
+
+    def one(ss: SummaryStatistics, scope: str):
+        fit = simple_median(ss, ctx.alpha, n_bootstrap=n_boot, rng=ctx.rng(f"simple_median/{scope}"), pvalues=pvalues)
+        return _estimate(fit, scope, ss), []
+
+    return run_summary_method(data, ctx, "simple_median", one)
+
+
+def penalised_weighted_median_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    n_boot = int(ctx.option("n_bootstrap", 1000))
+    weights = str(ctx.option("median_weights", "second_order"))
+    penk = float(ctx.option("penalty_k", 20.0))
+    pvalues = pvalue_convention(ctx)
+
+    def one(ss: SummaryStatistics, scope: str):
+        fit = penalised_weighted_median(
+            ss, ctx.alpha, n_bootstrap=n_boot, rng=ctx.rng(f"penalised_weighted_median/{scope}"),
+            penk=penk, weights=weights, pvalues=pvalues,
+        )  # fmt: skip
+        return _estimate(fit, scope, ss), []
+
+    return run_summary_method(data, ctx, "penalised_weighted_median", one)
+
+
 def weighted_mode_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     n_boot = int(ctx.option("n_bootstrap", 1000))
     phi = float(ctx.option("mode_phi", 1.0))
+    pvalues = pvalue_convention(ctx)
 
     def one(ss: SummaryStatistics, scope: str):
-        fit = weighted_mode(ss, ctx.alpha, phi=phi, n_bootstrap=n_boot, rng=ctx.rng(f"weighted_mode/{scope}"))
+        fit = weighted_mode(ss, ctx.alpha, phi=phi, n_bootstrap=n_boot, rng=ctx.rng(f"weighted_mode/{scope}"),
+                            pvalues=pvalues, density=str(ctx.option("mode_density", "r_density")))  # fmt: skip
         return _estimate(fit, scope, ss), []
 
     return run_summary_method(data, ctx, "weighted_mode", one)
+
+
+def simple_mode_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    n_boot = int(ctx.option("n_bootstrap", 1000))
+    phi = float(ctx.option("mode_phi", 1.0))
+    pvalues = pvalue_convention(ctx)
+
+    def one(ss: SummaryStatistics, scope: str):
+        fit = simple_mode(ss, ctx.alpha, phi=phi, n_bootstrap=n_boot, rng=ctx.rng(f"simple_mode/{scope}"), pvalues=pvalues,
+                          density=str(ctx.option("mode_density", "r_density")))
+        return _estimate(fit, scope, ss), []
+
+    return run_summary_method(data, ctx, "simple_mode", one)
 
 
 def mr_presso_method(data: MRData, ctx: MethodContext) -> MethodOutput:
@@ -383,12 +447,48 @@ def mr_presso_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     return run_summary_method(data, ctx, "mr_presso", one)
 
 
+def ivw_radial_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    """Radial IVW (RadialMR `ivw_radial`): four rows per scope, "ivw_radial", "_iterative", "_exact_fe", "_exact_re"."""
+    from invariant_mr.estimators.radial_mr import ivw_radial
+
+    n_boot = int(ctx.option("n_bootstrap", 1000))
+    weights = str(ctx.option("radial_weights", "modified_second_order"))
+    exposure = exposure_label(data)
+    rows, diags = [], []
+    try:
+        scopes = sumstats_by_scope(data, ctx)
+    except TooFewVariantsError as exc:
+        return MethodOutput((Estimate.unavailable("ivw_radial", "pooled", data.n, 0, str(exc)),))
+    for scope, ss in scopes:
+        try:
+            res = ivw_radial(ss, ctx.alpha, weights=weights, n_bootstrap=n_boot, rng=ctx.rng(f"ivw_radial/{scope}"))
+        except InputError as exc:
+            if scope == "pooled":
+                rows.append(Estimate.unavailable("ivw_radial", scope, ss.n, ss.n_variants, str(exc), exposure=exposure))
+            continue
+        rows.extend(_estimate(f, scope, ss, exposure=exposure) for f in res.fits())
+        diags.append(
+            Diagnostic(
+                "radial_q", scope, res.q, res.q_pvalue,
+                f"{len(res.outliers)} variant(s) with a significant Q contribution (radial outliers)" if res.outliers
+                else "no radial outlier", {"df": res.q_df, "outliers": list(res.outliers)},
+            )
+        )  # fmt: skip
+    return MethodOutput(tuple(rows), tuple(diags))
+
+
 __all__ = [
     "exposure_label",
+    "ivw_radial_method",
+    "ivw_fixed_method",
     "ivw_method",
     "mr_egger_method",
     "mr_presso_method",
+    "penalised_weighted_median_method",
+    "pvalue_convention",
     "run_summary_method",
+    "simple_median_method",
+    "simple_mode_method",
     "steiger_diagnostic",
     "sumstats_by_scope",
     "weighted_median_method",

@@ -23,7 +23,7 @@ from invariant_mr.estimators.multivariable_mr import MultivariableMRFit, mv_egge
 from invariant_mr.estimators.sumstats import per_column_regression
 from invariant_mr.io.gwas_sumstats import SumstatsTable
 from invariant_mr.methods.registry import MethodContext, MethodOutput
-from invariant_mr.methods.summary_level import _estimate, run_summary_method, sumstats_env_adjusted
+from invariant_mr.methods.summary_level import _estimate, pvalue_convention, run_summary_method, sumstats_env_adjusted
 from invariant_mr.results import Diagnostic, Estimate
 
 
@@ -31,13 +31,25 @@ from invariant_mr.results import Diagnostic, Estimate
 def mr_raps_method(data: MRData | SumstatsTable, ctx: MethodContext) -> MethodOutput:
     loss = str(ctx.option("raps_loss", "huber"))
     over = bool(ctx.option("raps_overdispersion", True))
+    version = str(ctx.option("raps_version", "profile"))
 
     def one(ss, scope):
-        est = _estimate(mr_raps(ss, ctx.alpha, over_dispersion=over, loss=loss), scope, ss)
+        est = _estimate(mr_raps(ss, ctx.alpha, over_dispersion=over, loss=loss, version=version), scope, ss)
         # One residual per variant is too long for a results row.
         return replace(est, extra={k: v for k, v in est.extra.items() if k != "standardised_residuals"}), []
 
     return run_summary_method(data, ctx, "mr_raps", one)
+
+
+def mr_lasso_method(data: MRData | SumstatsTable, ctx: MethodContext) -> MethodOutput:
+    from invariant_mr.estimators.mr_lasso import mr_lasso
+
+    pvalues = pvalue_convention(ctx)
+
+    def one(ss, scope):
+        return _estimate(mr_lasso(ss, ctx.alpha, pvalues=pvalues).fit, scope, ss), []
+
+    return run_summary_method(data, ctx, "mr_lasso", one)
 
 
 def mr_conmix_method(data: MRData | SumstatsTable, ctx: MethodContext) -> MethodOutput:
@@ -136,12 +148,18 @@ def _run_multivariable(data, ctx: MethodContext, method: str, fit_one) -> Method
                     {"exposures": list(names), "conditional_f": fit.conditional_f.tolist()},
                 )
             )  # fmt: skip
+            # MVMR's Q_A (second-order weights) where the fit has it, else the first-order Q.
+            q_a = "q_a" in fit.extra and np.isfinite(fit.extra["q_a_pvalue"])
+            q, q_p, q_df = ((fit.extra["q_a"], fit.extra["q_a_pvalue"], fit.extra["q_a_df"]) if q_a
+                            else (fit.cochran_q, fit.cochran_q_pvalue, fit.cochran_q_df))  # fmt: skip
             diags.append(
                 Diagnostic(
-                    f"{method}_heterogeneity", scope, fit.cochran_q, fit.cochran_q_pvalue,
+                    f"{method}_heterogeneity", scope, q, q_p,
                     "heterogeneity beyond the modelled direct effects: some variants may be invalid"
-                    if fit.cochran_q_pvalue < ctx.alpha else "no evidence of heterogeneity",
-                    {"df": fit.cochran_q_df},
+                    if q_p < ctx.alpha else "no evidence of heterogeneity",
+                    {"df": q_df, "statistic": "Q_A (MVMR pleiotropy_mvmr, gencov = 0)" if q_a else "Cochran's Q",
+                     "cochran_q": fit.cochran_q, "cochran_q_df": fit.cochran_q_df, "cochran_q_pvalue": fit.cochran_q_pvalue,
+                     "residual_se": fit.residual_se},
                 )
             )  # fmt: skip
             if "intercept" in fit.extra:
@@ -159,10 +177,12 @@ def _run_multivariable(data, ctx: MethodContext, method: str, fit_one) -> Method
 
 
 def mv_ivw_method(data: MRData | SumstatsTable, ctx: MethodContext) -> MethodOutput:
-    model = str(ctx.option("mv_model", "default"))
+    model = str(ctx.option("mv_model", "lm"))
+    pvalues = pvalue_convention(ctx)
     return _run_multivariable(
         data, ctx, "mv_ivw",
-        lambda bx, sx, by, sy, names: mv_ivw(bx, sx, by, sy, exposures=names, alpha=ctx.alpha, model=model),
+        lambda bx, sx, by, sy, names: mv_ivw(bx, sx, by, sy, exposures=names, alpha=ctx.alpha, model=model,
+                                             pvalues=pvalues),
     )  # fmt: skip
 
 
@@ -173,7 +193,7 @@ def mv_egger_method(data: MRData | SumstatsTable, ctx: MethodContext) -> MethodO
         if orientate is not None and orientate not in names:
             raise InputError(f"--mv-egger-orientate {orientate!r} is not an exposure ({', '.join(names)})")
         k = 0 if orientate is None else list(names).index(orientate)
-        return mv_egger(bx, sx, by, sy, exposures=names, alpha=ctx.alpha, orientate=k)
+        return mv_egger(bx, sx, by, sy, exposures=names, alpha=ctx.alpha, orientate=k, pvalues=pvalue_convention(ctx))
 
     return _run_multivariable(data, ctx, "mv_egger", fit_one)
 
@@ -219,6 +239,7 @@ def multivariable_tsls_estimates(data: MRData, ctx: MethodContext, method: str) 
 
 __all__ = [
     "mr_conmix_method",
+    "mr_lasso_method",
     "mr_raps_method",
     "multivariable_scopes",
     "multivariable_tsls_estimates",

@@ -284,11 +284,14 @@ def render_report(
     env: Sequence | np.ndarray | None = None,
     title: str = "invariant-mr analysis report",
     extra_sections: Sequence[tuple[str, str]] = (),
+    individual_data: bool = True,
 ) -> str:
     """The report as one HTML string.
 
     `extra_sections` are (title, HTML) pairs placed after the forest plot
-    (e.g. the summary-statistic MR plots of `invariant-mr mr`).
+    (e.g. the summary-statistic MR plots of `invariant-mr mr`). With
+    `individual_data=False` (summary statistics only) the sections that need
+    samples (learned instruments, training curves, sample QC) are left out.
 
     `env` (one label per analysed sample) colours the learned-instrument
     plots. QC and sample counts are read from `result.provenance["qc"]` and
@@ -306,10 +309,10 @@ def render_report(
         ("Forest plot", _forest(result)),
         ("Verdict", _verdict(result)),
         *extra_sections,
-        ("Learned instruments by environment", _instrument_figures(result, None if env is None else np.asarray(env))),
-        ("Training curves", _training_figures(result)),
+        *([("Learned instruments by environment", _instrument_figures(result, None if env is None else np.asarray(env))),
+           ("Training curves", _training_figures(result))] if individual_data else []),
         ("Diagnostics", _diagnostics_table(result)),
-        ("Samples and quality control", _genotype_note(prov) + _qc_section(qc, samples)),
+        *([("Samples and quality control", _genotype_note(prov) + _qc_section(qc, samples))] if individual_data else []),
         ("Provenance", f"<pre>{_esc(prov_json)}</pre>"),
     ]
     body = "".join(f'<h2 id="{_esc(t.lower().replace(" ", "-"))}">{_esc(t)}</h2>{c}' for t, c in sections)
@@ -324,8 +327,9 @@ def render_report(
 
 def write_report(
     path: str | os.PathLike, result: AnalysisResult, *, env=None, title: str | None = None,
-    extra_sections: Sequence[tuple[str, str]] = (),
+    extra_sections: Sequence[tuple[str, str]] = (), individual_data: bool = True,
 ) -> None:
     """Render and write the report atomically (temporary file, then rename)."""
-    text = render_report(result, env=env, title=title or "invariant-mr analysis report", extra_sections=extra_sections)
+    text = render_report(result, env=env, title=title or "invariant-mr analysis report", extra_sections=extra_sections,
+                         individual_data=individual_data)
     atomic_write_text(path, text)
