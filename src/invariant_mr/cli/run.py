@@ -39,6 +39,10 @@ from invariant_mr.provenance import input_record
 @option("--cluster", section="Input", default=None,
         help="column of cluster labels of related samples (e.g. family ID): cluster-robust SEs, F, AR sets and "
              "diagnostics (implies --cov-type cluster); rows without a label are dropped and counted")
+@option("--family-col", section="Input", default=None,
+        help="family IDs of sibling/trio samples (a --pheno/--table column, or FID: the .fam/.psam FID when "
+             "--pheno has none): adds the within-family methods (family fixed effects) to the defaults and "
+             "clusters every method's SEs by family (the --cluster of these labels)")
 @option("--outcome-type", section="Analysis", type=click.Choice(["continuous", "binary"]), default="continuous",
         show_default=True,
         help="binary: a 0/1 outcome; runs the logistic IV methods (tsri_*, tsps_*) and reports log odds ratios")
@@ -50,7 +54,7 @@ from invariant_mr.provenance import input_record
 @analysis_options
 @genetic_input_options
 @scale_options
-def run(table, env_col, exposure, outcome, instruments, covariates, id_column, cluster, outcome_type,
+def run(table, env_col, exposure, outcome, instruments, covariates, id_column, cluster, family_col, outcome_type,
         instruments_from, out_dir, methods, seed, alpha, cov_type, per_env, overwrite, quiet, **option_values):
     """Estimate the causal effect from a table of instruments, exposure, outcome and environment,
     or from genotypes (--bfile, --pfile, --bgen, --vcf or --npy) joined to a --pheno table.
@@ -64,6 +68,7 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
 
     if outcome in [e.strip() for e in exposure.split(",")]:
         raise InputError(f"--exposure and --outcome both name {outcome!r}: give two different traits")
+    cluster, methods = family_design(family_col, cluster, methods, outcome_type)
     genetic = {name: option_values.pop(name) for name in GENETIC_OPTION_NAMES + SCALE_OPTION_NAMES}
     if "," in exposure and genetic["sumstats_out"] is not None:
         raise InputError("--sumstats-out writes one exposure's associations; give one --exposure")
@@ -113,6 +118,22 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
     if not quiet:
         click.echo(terminal_text(result, data, genetic["instruments_out"]))
         click.echo(f"\nwrote {out_dir}/" + ", ".join(written))
+
+
+def family_design(family_col: str | None, cluster: str | None, methods: str | None,
+                  outcome_type: str) -> tuple[str | None, str | None]:
+    """(cluster column, methods) for `--family-col`: the families are the clusters, and the default
+    methods gain `within_family`; an explicit --methods list is kept as given."""
+    if family_col is None:
+        return cluster, methods
+    if cluster is not None and cluster != family_col:
+        raise InputError(f"--family-col {family_col} and --cluster {cluster}: the families are the clusters; "
+                         "give one of them")
+    if outcome_type == "binary" or methods not in (None, "all"):
+        return family_col, methods
+    from invariant_mr.methods.registry import resolve_methods
+
+    return family_col, ",".join([s.name for s in resolve_methods(None)] + ["within_family"])
 
 
 #: The genotype-file flags (exactly one with --pheno).

@@ -11,8 +11,9 @@ Every step's counts are kept (`SampleAccounting`, `VariantSelection`,
 
 from __future__ import annotations
 
+
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
@@ -166,9 +167,15 @@ def load_genetic_data(
     )
     pheno_path = Path(pheno)
     table = read_phenotype_table(pheno_path, missing_codes)
+    # `--family-col FID` with no FID column in the phenotypes: the families are the genotype file's FIDs (.fam).
+    fid_from_genotypes = (cluster is not None and cluster.lstrip("#").upper() == "FID"
+                          and cluster not in table.columns)
+    if fid_from_genotypes and not source.has_fid:
+        raise InputError(f"--family-col {cluster}: {pheno} has no such column and the genotype file names no "
+                         "families (VCF, BGEN without FIDs, .psam without FID); give a family column in --pheno")
     columns = PhenotypeColumns(
         env=env_col, exposure=exposure, outcome=outcome, covariates=tuple(covariates), iid=iid_col, fid=fid_col,
-        cluster=cluster,
+        cluster=None if fid_from_genotypes else cluster,
     )
     if source.format == "npy" and not source.ids_from_file:
         if id_match not in ("auto", "row_order"):
@@ -181,6 +188,9 @@ def load_genetic_data(
         source.samples, table, columns, source=str(pheno_path), id_match=id_match,
         min_samples_per_env=min_samples_per_env,
     )
+    if fid_from_genotypes:
+        fids = source.samples["FID"].astype(str).str.strip().to_numpy(dtype=object)
+        matched = replace(matched, clusters=fids[np.asarray(matched.genotype_rows, dtype=np.intp)])
     selection = source.selection
     variant_table = source.variants.drop(columns=["info"]).copy()
     if source.has_info:
@@ -246,6 +256,7 @@ def load_genetic_data(
         "covariates": list(covariates),
         "covariate_columns": list(matched.covariate_names),
         "cluster": cluster,
+        **({"families_from": "genotype file FID"} if fid_from_genotypes else {}),
         "id_match": matched.accounting.match_key,
         "extract": None if extract is None else str(extract),
         "region": region,
