@@ -95,7 +95,20 @@ SCENARIOS: dict[str, tuple[str, dict, str]] = {
         "3 populations, cross-trait assortative mating r = 0 / 0.4 / 0.8, 5 generations, no family "
         "effect, h2 0.5 for exposure and outcome: the Hartwig et al. mechanism alone",
     ),
+    "sibships": (
+        "sibships",
+        dict(n_envs=3, n_families_per_env=1500, n_sibs=2, n_variants=200, fst=0.05, admixture=0.2, generations=3,
+             mating_correlation=0.5, stratification=0.5, family_effect=0.3, dynastic=0.3, household_sd=0.5),
+        "3 Balding-Nichols populations (F_ST 0.05, 20% admixture) of 1500 sibling pairs each, cross-trait "
+        "assortative mating r = 0 / 0.25 / 0.5 for 3 generations, dynastic effect 0.3 (parents' exposure on the "
+        "child's outcome), household effect; SEs clustered by family",
+    ),
 }
+
+#: Scenarios with sibships: the data carry the family IDs (SEs clustered by family for every method,
+#: as `run --family-col FID` does) and the within-family methods join the defaults.
+FAMILY_SCENARIOS = {"sibships"}
+FAMILY_METHODS = ("within_family", "within_family_ivw", "within_family_egger")
 
 #: Methods whose runtime is dominated by resampling get fewer draws here (stated in the report).
 BENCHMARK_OPTIONS = {"n_bootstrap": 200}
@@ -108,12 +121,14 @@ def reference_estimates(sim, data) -> dict[str, dict]:
     out = {}
     causal = np.array(sim.truth["causal_variant_index"])
     start = time.perf_counter()
-    fit = fit_kclass(data.outcome, data.exposure, sim.genotypes[:, causal].astype(float), exog=env)
+    # Clustered by family where the data have families, like every method.
+    cov = {"cov_type": "cluster", "clusters": data.clusters} if data.clusters is not None else {}
+    fit = fit_kclass(data.outcome, data.exposure, sim.genotypes[:, causal].astype(float), exog=env, **cov)
     out["ref_tsls_causal_env"] = _row(fit, theta, time.perf_counter() - start, len(causal))
     H = np.asarray(sim.latent["H"], dtype=float)
     H = H[:, None] if H.ndim == 1 else H
     start = time.perf_counter()
-    fit = fit_kclass(data.outcome, data.exposure, data.Z, exog=np.column_stack([env, H]))
+    fit = fit_kclass(data.outcome, data.exposure, data.Z, exog=np.column_stack([env, H]), **cov)
     out["ref_oracle_H"] = _row(fit, theta, time.perf_counter() - start, data.p)
     return out
 
@@ -135,8 +150,11 @@ def run_scenario(
 
     torch.set_num_threads(1)
     model, params, description = SCENARIOS[name]
+    families = name in FAMILY_SCENARIOS
     specs = resolve_methods(",".join(methods) if methods else None)
     method_names = [s.name for s in specs]
+    if families and not methods:
+        method_names += list(FAMILY_METHODS)
     method_options = {**BENCHMARK_OPTIONS, **(options or {})}
     records = _earlier_records(name, tag, method_names, prep, method_options, first)
     for rep in range(first, first + replicates):
@@ -145,10 +163,11 @@ def run_scenario(
         sim_seconds = time.perf_counter() - t0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicate/monomorphic column notices
-            data = sim.to_mrdata()
+            data = sim.to_mrdata(families=families)
             if prep == "within-env-standardized":
                 data = within_env_standardized(data)
-        ctx = MethodContext(seed=rep, per_env=False, options={**BENCHMARK_OPTIONS, **(options or {})})
+        ctx = MethodContext(seed=rep, per_env=False, options={**BENCHMARK_OPTIONS, **(options or {})},
+                            cov_type="cluster" if families else "robust")
         rows = {}
         # One call per method, so that a method that raises is recorded and the others still run.
         for method in method_names:

@@ -43,6 +43,12 @@ from invariant_mr.provenance import input_record
         help="family IDs of sibling/trio samples (a --pheno/--table column, or FID: the .fam/.psam FID when "
              "--pheno has none): adds the within-family methods (family fixed effects) to the defaults and "
              "clusters every method's SEs by family (the --cluster of these labels)")
+@option("--pcs-from", section="Input", type=click.Path(path_type=Path), default=None,
+        help="genome-wide genotype fileset (PLINK prefix, .bgen, .vcf, .npy) whose top --n-pcs PCs (streamed "
+             "randomised SVD) join the covariates as PC1.. by IID; every method adjusts for them, tsls_pcs uses "
+             "them instead of PCs of the instruments")
+@option("--pcs-ld-r2", section="Input", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+        help="--pcs-from: LD-prune first (greedy, 50-variant window, this r^2) [default: every variant]")
 @option("--outcome-type", section="Analysis", type=click.Choice(["continuous", "binary"]), default="continuous",
         show_default=True,
         help="binary: a 0/1 outcome; runs the logistic IV methods (tsri_*, tsps_*) and reports log odds ratios")
@@ -54,7 +60,8 @@ from invariant_mr.provenance import input_record
 @analysis_options
 @genetic_input_options
 @scale_options
-def run(table, env_col, exposure, outcome, instruments, covariates, id_column, cluster, family_col, outcome_type,
+def run(table, env_col, exposure, outcome, instruments, covariates, id_column, cluster, family_col, pcs_from,
+        pcs_ld_r2, outcome_type,
         instruments_from, out_dir, methods, seed, alpha, cov_type, per_env, overwrite, quiet, **option_values):
     """Estimate the causal effect from a table of instruments, exposure, outcome and environment,
     or from genotypes (--bfile, --pfile, --bgen, --vcf or --npy) joined to a --pheno table.
@@ -82,6 +89,10 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
         if given or genetic["streaming"] == "on":
             raise InputError(f"{', '.join(given) or '--streaming on'} streams genotype files "
                              "(--bfile, --pfile, --bgen, --vcf, --npy); this run reads a table")
+    if pcs_from is not None and (table is not None or instruments_from is not None):
+        raise InputError("--pcs-from joins PCs to genotype input (--bfile/--pfile/--bgen/--vcf/--npy with --pheno); "
+                         "with --table, add the PCs as columns and give them to --covariates")
+    genetic["pcs"] = None if pcs_from is None else (pcs_from, pcs_ld_r2, int(option_values.get("n_pcs") or 10))
     if instruments_from is not None:
         _run_external(out, ctx, methods, quiet, table, env_col, exposure, outcome, covariates, id_column, cluster,
                       outcome_type, instruments, instruments_from, genetic)
@@ -256,6 +267,9 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         if streaming == "off":
             raise InputError("--scheduler/--workers run the streamed passes: drop --streaming off")
         streaming = "on"
+    extra_covariates, pcs_record = None, None
+    if g["pcs"] is not None:
+        extra_covariates, pcs_record = genome_wide_pc_table(*g["pcs"], seed=ctx.seed, quiet=quiet)
     qc = QCThresholds(
         max_variant_missing=g["max_variant_missing"], max_sample_missing=g["max_sample_missing"],
         min_maf=g["min_maf"], min_maf_per_env=g["min_maf_per_env"], standardize=g["standardize_dosages"],
@@ -270,6 +284,7 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         region=g["region"], qc=qc, min_samples_per_env=g["min_env_samples"], count_a1=g["dosage_of"] == "A1",
         missing_codes=parse_missing_codes(g["missing_code"]), cluster=cluster,
         streaming=streaming, memory_gb=g["memory_gb"], subsample_rows=g["subsample_rows"], seed=ctx.seed,
+        extra_covariates=extra_covariates,
     )
     check_outcome_type(loaded.data, outcome_type)
     with dask_client(g["scheduler"], g["workers"]) as client:
@@ -277,7 +292,7 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         result = run_analysis(
             data, methods, ctx, command=command_line(),
             parameters={**loaded.parameters, "outcome_type": outcome_type, "scheduler": g["scheduler"],
-                        "workers": g["workers"]},
+                        "workers": g["workers"], **({"pcs_from": pcs_record} if pcs_record else {})},
             inputs=[dict(i) for i in loaded.inputs], extra_provenance=loaded.provenance(),
         )
         with out:
@@ -291,6 +306,28 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         click.echo(loaded.summary() + "\n")
         click.echo(terminal_text(result, loaded.data, g["instruments_out"]))
         click.echo(f"\nwrote {out.final}/" + ", ".join(written))
+
+
+def genome_wide_pc_table(path, ld_r2, k: int, *, seed: int, quiet: bool):
+    """(IID + PC1..PCk table, provenance record) of `--pcs-from`."""
+    import time
+
+    import pandas as pd
+
+    from invariant_mr.estimators.genotype_pcs import pcs_from_fileset
+
+    start = time.perf_counter()
+    samples, pcs = pcs_from_fileset(path, k, ld_r2=ld_r2, seed=seed)
+    table = pd.DataFrame(pcs.scores, columns=[f"PC{j + 1}" for j in range(k)])
+    table.insert(0, "IID", samples["IID"].astype(str).to_numpy())
+    record = {"fileset": str(path), "n_pcs": k, "ld_prune_r2": ld_r2, "n_samples": int(len(table)),
+              "n_variants_used": int(pcs.variant_mask.sum()), "passes": pcs.passes, "power_iterations": pcs.n_iter,
+              "variance_explained": [round(float(v), 6) for v in pcs.variance_explained],
+              "seconds": round(time.perf_counter() - start, 2)}
+    if not quiet:
+        click.echo(f"genome-wide PCs from {path}: {k} PCs of {record['n_variants_used']} variants, "
+                   f"{record['n_samples']} samples, {pcs.passes} passes in {record['seconds']} s")
+    return table, record
 
 
 class dask_client:

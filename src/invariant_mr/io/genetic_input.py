@@ -103,6 +103,24 @@ def streaming_decision(mode: str, n: int, p: int, memory_gb: float) -> tuple[boo
     return False, f"auto: the float64 instruments ({need / 2**30:.2f} GiB) fit in {STREAMING_AUTO_SHARE:g} x --memory-gb {memory_gb:g}"
 
 
+def _join_extra_covariates(matched, extra: pd.DataFrame, min_samples_per_env: int, env_col: str):
+    """Append the numeric columns of `extra` (keyed by IID) to the covariates of the matched samples."""
+
+    names = [c for c in extra.columns if c not in ("FID", "IID")]
+    table = extra.drop_duplicates("IID").set_index(extra.drop_duplicates("IID")["IID"].astype(str))
+    values = table.reindex([str(i) for i in matched.sample_ids])[names].to_numpy(dtype=float)
+    found = ~np.isnan(values).any(axis=1)
+    if not found.all():
+        matched = matched.subset(found, "no genome-wide PCs (--pcs-from) for the sample")
+        values = values[found]
+        check_environment_sizes(matched.env, min_samples_per_env, env_col, "after joining --pcs-from")
+    clash = [c for c in names if c in matched.covariate_names]
+    if clash:
+        raise InputError(f"--pcs-from adds {', '.join(clash)}, which --covar already gives; drop one of them")
+    covariates = values if matched.covariates is None else np.hstack([matched.covariates, values])
+    return replace(matched, covariates=covariates, covariate_names=tuple(matched.covariate_names) + tuple(names))
+
+
 def load_genetic_data(
     *,
     pheno: str | os.PathLike,
@@ -137,6 +155,7 @@ def load_genetic_data(
     subsample_rows: int = 20_000,
     seed: int = 0,
     block_rows: int | None = None,
+    extra_covariates: pd.DataFrame | None = None,
 ) -> GeneticAnalysisInput:
     """Load genotypes (`bfile`, `pfile`, `bgen` + `sample`, `vcf` or `npy`) with a phenotype table.
 
@@ -191,6 +210,8 @@ def load_genetic_data(
     if fid_from_genotypes:
         fids = source.samples["FID"].astype(str).str.strip().to_numpy(dtype=object)
         matched = replace(matched, clusters=fids[np.asarray(matched.genotype_rows, dtype=np.intp)])
+    if extra_covariates is not None:
+        matched = _join_extra_covariates(matched, extra_covariates, min_samples_per_env, env_col)
     selection = source.selection
     variant_table = source.variants.drop(columns=["info"]).copy()
     if source.has_info:
