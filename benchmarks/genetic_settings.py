@@ -95,6 +95,19 @@ SCENARIOS: dict[str, tuple[str, dict, str]] = {
         "3 populations, cross-trait assortative mating r = 0 / 0.4 / 0.8, 5 generations, no family "
         "effect, h2 0.5 for exposure and outcome: the Hartwig et al. mechanism alone",
     ),
+    "coalescent-ooa-gwanc": (
+        "coalescent",
+        dict(demography="OutOfAfrica_3G09", n_per_env=3000, length_mb=5.0, chunk_mb=1.0, n_variants=200,
+             ancestry_snps="genome"),
+        "coalescent-ooa with the confounder following ancestry estimated from every common SNP (about 10,000) "
+        "rather than from the 200 instrument SNPs",
+    ),
+    "coalescent-admix-gwanc": (
+        "coalescent",
+        dict(demography="AmericanAdmixture_4B18", n_per_env=2250, length_mb=5.0, chunk_mb=1.0, n_variants=200,
+             ancestry_snps="genome"),
+        "coalescent-admix with the confounder following ancestry estimated from every common SNP",
+    ),
     "sibships": (
         "sibships",
         dict(n_envs=3, n_families_per_env=1500, n_sibs=2, n_variants=200, fst=0.05, admixture=0.2, generations=3,
@@ -159,13 +172,17 @@ def run_scenario(
     records = _earlier_records(name, tag, method_names, prep, method_options, first)
     for rep in range(first, first + replicates):
         t0 = time.perf_counter()
-        sim = simulate_genetic(model, seed=rep, **params)
+        genome_pcs = prep == "genome-pcs"
+        sim = simulate_genetic(model, seed=rep, **params, **({"keep_genome": True} if genome_pcs else {}))
         sim_seconds = time.perf_counter() - t0
+        pcs_record = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicate/monomorphic column notices
             data = sim.to_mrdata(families=families)
             if prep == "within-env-standardized":
                 data = within_env_standardized(data)
+            if genome_pcs:
+                data, pcs_record = with_genome_wide_pcs(data, sim, seed=rep)
         ctx = MethodContext(seed=rep, per_env=False, options={**BENCHMARK_OPTIONS, **(options or {})},
                             cov_type="cluster" if families else "robust")
         rows = {}
@@ -195,7 +212,7 @@ def run_scenario(
         records.append({
             "replicate": rep, "simulation_seconds": sim_seconds, "theta": sim.theta, "n": sim.n, "m": sim.m,
             "fst": sim.truth.get("hudson_fst_between_environments") or sim.truth.get("hudson_fst_common_snps"),
-            "methods": rows,
+            "methods": rows, **({"genome_pcs": pcs_record} if pcs_record else {}),
         })
         done = ", ".join(f"{k}={v['estimate']:.3f}" for k, v in rows.items() if v["estimate"] is not None)
         print(f"[{name}] replicate {rep}: simulated in {sim_seconds:.1f}s; {done}", flush=True)
@@ -284,6 +301,21 @@ def within_env_standardized(data):
         sd = Z[rows].std(axis=0)
         Z[rows] = (Z[rows] - Z[rows].mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     return replace(data, Z=Z)
+
+
+def with_genome_wide_pcs(data, sim, *, k: int = 10, seed: int = 0):
+    """The data with the top-k genome-wide PCs (streamed randomised SVD over every distinct common SNP
+    of the simulation, what `run --pcs-from` computes) as covariates PC1..PCk."""
+    from dataclasses import replace
+
+    from invariant_mr.estimators.genotype_pcs import randomized_genotype_pcs, row_blocks_of_array
+
+    genome = sim.latent["genome_genotypes"]
+    start = time.perf_counter()
+    pcs = randomized_genotype_pcs(row_blocks_of_array(genome), k, seed=seed)
+    record = {"n_variants": int(pcs.variant_mask.sum()), "seconds": time.perf_counter() - start,
+              "passes": pcs.passes}
+    return replace(data, covariates=pcs.scores, covariate_names=tuple(f"PC{j + 1}" for j in range(k))), record
 
 
 def _num(value):
@@ -572,7 +604,7 @@ def main(argv=None) -> None:
     run.add_argument("--tag", default=None, help="suffix of the result file, for extra method runs (e.g. neural)")
     run.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                      help="method option passed through MethodContext.options (repeatable), e.g. signal_rank=50")
-    run.add_argument("--prep", choices=["raw", "within-env-standardized"], default="raw",
+    run.add_argument("--prep", choices=["raw", "within-env-standardized", "genome-pcs"], default="raw",
                      help="instruments handed to the methods: raw dosages or per-environment standardised")
     sub.add_parser("report", help="assemble the markdown table and the figures")
     sub.add_parser("figures", help="figures of the generators (assortative build-up, coalescent F_ST)")
