@@ -98,14 +98,14 @@ SCENARIOS: dict[str, tuple[str, dict, str]] = {
     "coalescent-ooa-gwanc": (
         "coalescent",
         dict(demography="OutOfAfrica_3G09", n_per_env=3000, length_mb=5.0, chunk_mb=1.0, n_variants=200,
-             ancestry_snps="genome"),
+             ancestry_snps="genome", keep_genome=True),
         "coalescent-ooa with the confounder following ancestry estimated from every common SNP (about 10,000) "
         "rather than from the 200 instrument SNPs",
     ),
     "coalescent-admix-gwanc": (
         "coalescent",
         dict(demography="AmericanAdmixture_4B18", n_per_env=2250, length_mb=5.0, chunk_mb=1.0, n_variants=200,
-             ancestry_snps="genome"),
+             ancestry_snps="genome", keep_genome=True),
         "coalescent-admix with the confounder following ancestry estimated from every common SNP",
     ),
     "sibships": (
@@ -143,6 +143,13 @@ def reference_estimates(sim, data) -> dict[str, dict]:
     start = time.perf_counter()
     fit = fit_kclass(data.outcome, data.exposure, data.Z, exog=np.column_stack([env, H]), **cov)
     out["ref_oracle_H"] = _row(fit, theta, time.perf_counter() - start, data.p)
+    if "genome_genotypes" in sim.latent:
+        # tsls_pcs as `run --pcs-from` runs it: 2SLS on every variant, environment fixed effects and the
+        # top 10 genome-wide PCs (streamed randomised SVD over every distinct common SNP) as covariates.
+        start = time.perf_counter()
+        gw, _ = with_genome_wide_pcs(data, sim, seed=int(sim.truth.get("seed", 0)))
+        fit = fit_kclass(data.outcome, data.exposure, data.Z, exog=np.column_stack([env, gw.covariates]), **cov)
+        out["tsls_pcs_genome"] = _row(fit, theta, time.perf_counter() - start, data.p)
     return out
 
 
@@ -173,7 +180,7 @@ def run_scenario(
     for rep in range(first, first + replicates):
         t0 = time.perf_counter()
         genome_pcs = prep == "genome-pcs"
-        sim = simulate_genetic(model, seed=rep, **params, **({"keep_genome": True} if genome_pcs else {}))
+        sim = simulate_genetic(model, seed=rep, **{**params, **({"keep_genome": True} if genome_pcs else {})})
         sim_seconds = time.perf_counter() - t0
         pcs_record = None
         with warnings.catch_warnings():
@@ -408,7 +415,7 @@ def build_report() -> None:
         summaries[scenario] = {}
         notes = []
         for p in payloads:
-            names = list(p["methods"]) + [m for m in ("ref_tsls_causal_env", "ref_oracle_H")
+            names = list(p["methods"]) + [m for m in ("tsls_pcs_genome", "ref_tsls_causal_env", "ref_oracle_H")
                                           if any(m in r["methods"] for r in p["replicates"])]
             for method in names:
                 label = method if not p.get("tag") else f"{method} [{p['tag']}]"
@@ -455,6 +462,8 @@ HEADLINE = (
     ("tsls_all", "naive 2SLS, all variants, no FE"),
     ("tsls_all_env", "2SLS all + env FE"),
     ("tsls_pcs", "2SLS + 10 PCs"),
+    ("tsls_pcs_genome", "2SLS + 10 genome-wide PCs"),
+    ("within_family", "within-family MR"),
     ("invariant_linear", "invariant_linear"),
     ("invariant_linear_crossfit", "invariant_linear_crossfit"),
     ("invariant_autoencoder [neural]", "invariant autoencoder"),

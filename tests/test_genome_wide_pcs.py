@@ -119,3 +119,20 @@ def test_run_pcs_from_adds_genome_wide_pcs(tmp_path, capsys):
     assert main(["run", "--table", str(table), "--env", "env", "--exposure", "d", "--outcome", "y",
                  "--instruments", "z1", "--pcs-from", str(prefix), "--out", str(tmp_path / "bad")]) == 2
     assert "--pcs-from" in capsys.readouterr().err
+
+
+def test_coalescent_keeps_the_genome_without_changing_the_data():
+    """keep_genome only stores every distinct common SNP; ancestry_snps='genome' changes the confounder only."""
+    pytest.importorskip("msprime")
+    from invariant_mr.simulation.coalescent import simulate_coalescent
+
+    kw = dict(n_per_env=30, length_mb=0.6, chunk_mb=0.3, n_variants=100, seed=5)
+    plain = simulate_coalescent(**kw)
+    kept = simulate_coalescent(**kw, keep_genome=True)
+    assert np.array_equal(plain.genotypes, kept.genotypes) and np.array_equal(plain.outcome, kept.outcome)
+    genome = kept.latent["genome_genotypes"]
+    assert genome.shape[0] == 90 and genome.shape[1] > 100
+    gw = simulate_coalescent(**kw, ancestry_snps="genome")
+    assert np.array_equal(plain.genotypes, gw.genotypes) and not np.allclose(plain.outcome, gw.outcome)
+    with pytest.raises(InputError, match="ancestry_snps"):
+        simulate_coalescent(**kw, ancestry_snps="pcs")
