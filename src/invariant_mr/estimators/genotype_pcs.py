@@ -41,7 +41,7 @@ def genotype_pcs(Z: np.ndarray, k: int) -> np.ndarray:
 RowBlocks = Callable[[], Iterable[np.ndarray]]
 
 
-def row_blocks_of_array(G: np.ndarray, block_rows: int = 4096) -> RowBlocks:
+def row_blocks_of_array(G: np.ndarray, block_rows: int = 1024) -> RowBlocks:
     """`RowBlocks` over an in-memory genotype matrix."""
     return lambda: (np.asarray(G[i:i + block_rows], dtype=np.float64) for i in range(0, G.shape[0], block_rows))
 
@@ -127,21 +127,28 @@ def randomized_genotype_pcs(
     if k > min(n, m):
         raise InputError(f"{k} PCs asked for, but the data have {n} samples and {m} usable variants")
     mu, scale = mean[use], sd[use]
+    use_all = bool(use.all())
 
-    def standardised(B):
-        A = (np.asarray(B, dtype=np.float64)[:, use] - mu) / scale
-        return np.where(np.isnan(A), 0.0, A)
+    def raw(B):
+        # Missing -> the variant's mean, i.e. 0 after standardising; the standardisation itself is
+        # folded into the small factors below, so a block is never copied into a standardised array.
+        B = np.asarray(B, dtype=np.float64)
+        B = B if use_all else B[:, use]
+        missing = np.isnan(B)
+        return np.where(missing, mu, B) if missing.any() else B
 
-    def times(Omega):  # A @ Omega, (n, l)
-        return np.vstack([standardised(B) @ Omega for B in blocks()])
+    def times(Omega):  # A @ Omega = B (Omega / s) - mu' (Omega / s), (n, l)
+        scaled = Omega / scale[:, None]
+        shift = mu @ scaled
+        return np.vstack([raw(B) @ scaled - shift for B in blocks()])
 
-    def transposed_times(Q):  # A' @ Q, (m, l)
+    def transposed_times(Q):  # A' @ Q = (B' Q - mu 1' Q) / s, (m, l)
         out, start = np.zeros((m, Q.shape[1])), 0
         for B in blocks():
-            A = standardised(B)
-            out += A.T @ Q[start:start + A.shape[0]]
-            start += A.shape[0]
-        return out
+            R = raw(B)
+            out += R.T @ Q[start:start + R.shape[0]]
+            start += R.shape[0]
+        return (out - np.outer(mu, Q.sum(axis=0))) / scale[:, None]
 
     passes = 1
     Q = np.linalg.qr(times(rng.standard_normal((m, l))))[0]
