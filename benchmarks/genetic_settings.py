@@ -95,7 +95,33 @@ SCENARIOS: dict[str, tuple[str, dict, str]] = {
         "3 populations, cross-trait assortative mating r = 0 / 0.4 / 0.8, 5 generations, no family "
         "effect, h2 0.5 for exposure and outcome: the Hartwig et al. mechanism alone",
     ),
+    "coalescent-ooa-gwanc": (
+        "coalescent",
+        dict(demography="OutOfAfrica_3G09", n_per_env=3000, length_mb=5.0, chunk_mb=1.0, n_variants=200,
+             ancestry_snps="genome", keep_genome=True),
+        "coalescent-ooa with the confounder following ancestry estimated from every common SNP (about 10,000) "
+        "rather than from the 200 instrument SNPs",
+    ),
+    "coalescent-admix-gwanc": (
+        "coalescent",
+        dict(demography="AmericanAdmixture_4B18", n_per_env=2250, length_mb=5.0, chunk_mb=1.0, n_variants=200,
+             ancestry_snps="genome", keep_genome=True),
+        "coalescent-admix with the confounder following ancestry estimated from every common SNP",
+    ),
+    "sibships": (
+        "sibships",
+        dict(n_envs=3, n_families_per_env=1500, n_sibs=2, n_variants=200, fst=0.05, admixture=0.2, generations=3,
+             mating_correlation=0.5, stratification=0.5, family_effect=0.3, dynastic=0.3, household_sd=0.5),
+        "3 Balding-Nichols populations (F_ST 0.05, 20% admixture) of 1500 sibling pairs each, cross-trait "
+        "assortative mating r = 0 / 0.25 / 0.5 for 3 generations, dynastic effect 0.3 (parents' exposure on the "
+        "child's outcome), household effect; SEs clustered by family",
+    ),
 }
+
+#: Scenarios with sibships: the data carry the family IDs (SEs clustered by family for every method,
+#: as `run --family-col FID` does) and the within-family methods join the defaults.
+FAMILY_SCENARIOS = {"sibships"}
+FAMILY_METHODS = ("within_family", "within_family_ivw", "within_family_egger")
 
 #: Methods whose runtime is dominated by resampling get fewer draws here (stated in the report).
 BENCHMARK_OPTIONS = {"n_bootstrap": 200}
@@ -108,13 +134,22 @@ def reference_estimates(sim, data) -> dict[str, dict]:
     out = {}
     causal = np.array(sim.truth["causal_variant_index"])
     start = time.perf_counter()
-    fit = fit_kclass(data.outcome, data.exposure, sim.genotypes[:, causal].astype(float), exog=env)
+    # Clustered by family where the data have families, like every method.
+    cov = {"cov_type": "cluster", "clusters": data.clusters} if data.clusters is not None else {}
+    fit = fit_kclass(data.outcome, data.exposure, sim.genotypes[:, causal].astype(float), exog=env, **cov)
     out["ref_tsls_causal_env"] = _row(fit, theta, time.perf_counter() - start, len(causal))
     H = np.asarray(sim.latent["H"], dtype=float)
     H = H[:, None] if H.ndim == 1 else H
     start = time.perf_counter()
-    fit = fit_kclass(data.outcome, data.exposure, data.Z, exog=np.column_stack([env, H]))
+    fit = fit_kclass(data.outcome, data.exposure, data.Z, exog=np.column_stack([env, H]), **cov)
     out["ref_oracle_H"] = _row(fit, theta, time.perf_counter() - start, data.p)
+    if "genome_genotypes" in sim.latent:
+        # tsls_pcs as `run --pcs-from` runs it: 2SLS on every variant, environment fixed effects and the
+        # top 10 genome-wide PCs (streamed randomised SVD over every distinct common SNP) as covariates.
+        start = time.perf_counter()
+        gw, _ = with_genome_wide_pcs(data, sim, seed=int(sim.truth.get("seed", 0)))
+        fit = fit_kclass(data.outcome, data.exposure, data.Z, exog=np.column_stack([env, gw.covariates]), **cov)
+        out["tsls_pcs_genome"] = _row(fit, theta, time.perf_counter() - start, data.p)
     return out
 
 
@@ -135,20 +170,28 @@ def run_scenario(
 
     torch.set_num_threads(1)
     model, params, description = SCENARIOS[name]
+    families = name in FAMILY_SCENARIOS
     specs = resolve_methods(",".join(methods) if methods else None)
     method_names = [s.name for s in specs]
+    if families and not methods:
+        method_names += list(FAMILY_METHODS)
     method_options = {**BENCHMARK_OPTIONS, **(options or {})}
     records = _earlier_records(name, tag, method_names, prep, method_options, first)
     for rep in range(first, first + replicates):
         t0 = time.perf_counter()
-        sim = simulate_genetic(model, seed=rep, **params)
+        genome_pcs = prep == "genome-pcs"
+        sim = simulate_genetic(model, seed=rep, **{**params, **({"keep_genome": True} if genome_pcs else {})})
         sim_seconds = time.perf_counter() - t0
+        pcs_record = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicate/monomorphic column notices
-            data = sim.to_mrdata()
+            data = sim.to_mrdata(families=families)
             if prep == "within-env-standardized":
                 data = within_env_standardized(data)
-        ctx = MethodContext(seed=rep, per_env=False, options={**BENCHMARK_OPTIONS, **(options or {})})
+            if genome_pcs:
+                data, pcs_record = with_genome_wide_pcs(data, sim, seed=rep)
+        ctx = MethodContext(seed=rep, per_env=False, options={**BENCHMARK_OPTIONS, **(options or {})},
+                            cov_type="cluster" if families else "robust")
         rows = {}
         # One call per method, so that a method that raises is recorded and the others still run.
         for method in method_names:
@@ -176,7 +219,7 @@ def run_scenario(
         records.append({
             "replicate": rep, "simulation_seconds": sim_seconds, "theta": sim.theta, "n": sim.n, "m": sim.m,
             "fst": sim.truth.get("hudson_fst_between_environments") or sim.truth.get("hudson_fst_common_snps"),
-            "methods": rows,
+            "methods": rows, **({"genome_pcs": pcs_record} if pcs_record else {}),
         })
         done = ", ".join(f"{k}={v['estimate']:.3f}" for k, v in rows.items() if v["estimate"] is not None)
         print(f"[{name}] replicate {rep}: simulated in {sim_seconds:.1f}s; {done}", flush=True)
@@ -265,6 +308,21 @@ def within_env_standardized(data):
         sd = Z[rows].std(axis=0)
         Z[rows] = (Z[rows] - Z[rows].mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     return replace(data, Z=Z)
+
+
+def with_genome_wide_pcs(data, sim, *, k: int = 10, seed: int = 0):
+    """The data with the top-k genome-wide PCs (streamed randomised SVD over every distinct common SNP
+    of the simulation, what `run --pcs-from` computes) as covariates PC1..PCk."""
+    from dataclasses import replace
+
+    from invariant_mr.estimators.genotype_pcs import randomized_genotype_pcs, row_blocks_of_array
+
+    genome = sim.latent["genome_genotypes"]
+    start = time.perf_counter()
+    pcs = randomized_genotype_pcs(row_blocks_of_array(genome), k, seed=seed)
+    record = {"n_variants": int(pcs.variant_mask.sum()), "seconds": time.perf_counter() - start,
+              "passes": pcs.passes}
+    return replace(data, covariates=pcs.scores, covariate_names=tuple(f"PC{j + 1}" for j in range(k))), record
 
 
 def _num(value):
@@ -357,7 +415,7 @@ def build_report() -> None:
         summaries[scenario] = {}
         notes = []
         for p in payloads:
-            names = list(p["methods"]) + [m for m in ("ref_tsls_causal_env", "ref_oracle_H")
+            names = list(p["methods"]) + [m for m in ("tsls_pcs_genome", "ref_tsls_causal_env", "ref_oracle_H")
                                           if any(m in r["methods"] for r in p["replicates"])]
             for method in names:
                 label = method if not p.get("tag") else f"{method} [{p['tag']}]"
@@ -404,6 +462,8 @@ HEADLINE = (
     ("tsls_all", "naive 2SLS, all variants, no FE"),
     ("tsls_all_env", "2SLS all + env FE"),
     ("tsls_pcs", "2SLS + 10 PCs"),
+    ("tsls_pcs_genome", "2SLS + 10 genome-wide PCs"),
+    ("within_family", "within-family MR"),
     ("invariant_linear", "invariant_linear"),
     ("invariant_linear_crossfit", "invariant_linear_crossfit"),
     ("invariant_autoencoder [neural]", "invariant autoencoder"),
@@ -425,6 +485,8 @@ def headline_rows(summaries: dict) -> list[str]:
         cells = []
         for method, _ in HEADLINE:
             s = rows.get(method)
+            if s is None and method == "tsls_pcs_genome":  # scenarios that keep no genome: the tagged run
+                s = rows.get("tsls_pcs [gwpcs]")
             if s is None:
                 cells.append("not run")
             elif s["bias"] is None:
@@ -553,7 +615,7 @@ def main(argv=None) -> None:
     run.add_argument("--tag", default=None, help="suffix of the result file, for extra method runs (e.g. neural)")
     run.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                      help="method option passed through MethodContext.options (repeatable), e.g. signal_rank=50")
-    run.add_argument("--prep", choices=["raw", "within-env-standardized"], default="raw",
+    run.add_argument("--prep", choices=["raw", "within-env-standardized", "genome-pcs"], default="raw",
                      help="instruments handed to the methods: raw dosages or per-environment standardised")
     sub.add_parser("report", help="assemble the markdown table and the figures")
     sub.add_parser("figures", help="figures of the generators (assortative build-up, coalescent F_ST)")

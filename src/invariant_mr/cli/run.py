@@ -39,6 +39,16 @@ from invariant_mr.provenance import input_record
 @option("--cluster", section="Input", default=None,
         help="column of cluster labels of related samples (e.g. family ID): cluster-robust SEs, F, AR sets and "
              "diagnostics (implies --cov-type cluster); rows without a label are dropped and counted")
+@option("--family-col", section="Input", default=None,
+        help="family IDs of sibling/trio samples (a --pheno/--table column, or FID: the .fam/.psam FID when "
+             "--pheno has none): adds the within-family methods (family fixed effects) to the defaults and "
+             "clusters every method's SEs by family (the --cluster of these labels)")
+@option("--pcs-from", section="Input", type=click.Path(path_type=Path), default=None,
+        help="genome-wide genotype fileset (PLINK prefix, .bgen, .vcf, .npy) whose top --n-pcs PCs (streamed "
+             "randomised SVD) join the covariates as PC1.. by IID; every method adjusts for them, tsls_pcs uses "
+             "them instead of PCs of the instruments")
+@option("--pcs-ld-r2", section="Input", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+        help="--pcs-from: LD-prune first (greedy, 50-variant window, this r^2) [default: every variant]")
 @option("--outcome-type", section="Analysis", type=click.Choice(["continuous", "binary"]), default="continuous",
         show_default=True,
         help="binary: a 0/1 outcome; runs the logistic IV methods (tsri_*, tsps_*) and reports log odds ratios")
@@ -50,7 +60,8 @@ from invariant_mr.provenance import input_record
 @analysis_options
 @genetic_input_options
 @scale_options
-def run(table, env_col, exposure, outcome, instruments, covariates, id_column, cluster, outcome_type,
+def run(table, env_col, exposure, outcome, instruments, covariates, id_column, cluster, family_col, pcs_from,
+        pcs_ld_r2, outcome_type,
         instruments_from, out_dir, methods, seed, alpha, cov_type, per_env, overwrite, quiet, **option_values):
     """Estimate the causal effect from a table of instruments, exposure, outcome and environment,
     or from genotypes (--bfile, --pfile, --bgen, --vcf or --npy) joined to a --pheno table.
@@ -64,6 +75,7 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
 
     if outcome in [e.strip() for e in exposure.split(",")]:
         raise InputError(f"--exposure and --outcome both name {outcome!r}: give two different traits")
+    cluster, methods = family_design(family_col, cluster, methods, outcome_type)
     genetic = {name: option_values.pop(name) for name in GENETIC_OPTION_NAMES + SCALE_OPTION_NAMES}
     if "," in exposure and genetic["sumstats_out"] is not None:
         raise InputError("--sumstats-out writes one exposure's associations; give one --exposure")
@@ -80,6 +92,10 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
         if given or genetic["streaming"] == "on":
             raise InputError(f"{', '.join(given) or '--streaming on'} streams genotype files "
                              "(--bfile, --pfile, --bgen, --vcf, --npy); this run reads a table")
+    if pcs_from is not None and (table is not None or instruments_from is not None):
+        raise InputError("--pcs-from joins PCs to genotype input (--bfile/--pfile/--bgen/--vcf/--npy with --pheno); "
+                         "with --table, add the PCs as columns and give them to --covariates")
+    genetic["pcs"] = None if pcs_from is None else (pcs_from, pcs_ld_r2, int(option_values.get("n_pcs") or 10))
     if instruments_from is not None:
         _run_external(out, ctx, methods, quiet, table, env_col, exposure, outcome, covariates, id_column, cluster,
                       outcome_type, instruments, instruments_from, genetic)
@@ -119,6 +135,22 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
     if not quiet:
         click.echo(terminal_text(result, data, genetic["instruments_out"]))
         click.echo(f"\nwrote {out_dir}/" + ", ".join(written))
+
+
+def family_design(family_col: str | None, cluster: str | None, methods: str | None,
+                  outcome_type: str) -> tuple[str | None, str | None]:
+    """(cluster column, methods) for `--family-col`: the families are the clusters, and the default
+    methods gain `within_family`; an explicit --methods list is kept as given."""
+    if family_col is None:
+        return cluster, methods
+    if cluster is not None and cluster != family_col:
+        raise InputError(f"--family-col {family_col} and --cluster {cluster}: the families are the clusters; "
+                         "give one of them")
+    if outcome_type == "binary" or methods not in (None, "all"):
+        return family_col, methods
+    from invariant_mr.methods.registry import resolve_methods
+
+    return family_col, ",".join([s.name for s in resolve_methods(None)] + ["within_family"])
 
 
 #: The genotype-file flags (exactly one with --pheno).
@@ -277,6 +309,9 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         if streaming == "off":
             raise InputError("--scheduler/--workers run the streamed passes: drop --streaming off")
         streaming = "on"
+    extra_covariates, pcs_record = None, None
+    if g["pcs"] is not None:
+        extra_covariates, pcs_record = genome_wide_pc_table(*g["pcs"], seed=ctx.seed, quiet=quiet)
     qc = QCThresholds(
         max_variant_missing=g["max_variant_missing"], max_sample_missing=g["max_sample_missing"],
         min_maf=g["min_maf"], min_maf_per_env=g["min_maf_per_env"], standardize=g["standardize_dosages"],
@@ -292,6 +327,7 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         qc=qc, min_samples_per_env=g["min_env_samples"], count_a1=g["dosage_of"] == "A1",
         missing_codes=parse_missing_codes(g["missing_code"]), cluster=cluster,
         streaming=streaming, memory_gb=g["memory_gb"], subsample_rows=g["subsample_rows"], seed=ctx.seed,
+        extra_covariates=extra_covariates,
     )
     coded = check_outcome_type(loaded.data, outcome_type)
     coded_12 = coded is not loaded.data
@@ -305,7 +341,8 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
             data, methods, ctx, command=command_line(),
             parameters={**loaded.parameters, "outcome_type": outcome_type,
                         "outcome_coding": "1/2 (PLINK: 2 = case)" if coded_12 else None,
-                        "scheduler": g["scheduler"], "workers": g["workers"]},
+                        "scheduler": g["scheduler"], "workers": g["workers"],
+                        **({"pcs_from": pcs_record} if pcs_record else {})},
             inputs=[dict(i) for i in loaded.inputs], extra_provenance=loaded.provenance(),
         )
         with out:
@@ -319,6 +356,28 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         click.echo(loaded.summary() + "\n")
         click.echo(terminal_text(result, loaded.data, g["instruments_out"]))
         click.echo(f"\nwrote {out.final}/" + ", ".join(written))
+
+
+def genome_wide_pc_table(path, ld_r2, k: int, *, seed: int, quiet: bool):
+    """(IID + PC1..PCk table, provenance record) of `--pcs-from`."""
+    import time
+
+    import pandas as pd
+
+    from invariant_mr.estimators.genotype_pcs import pcs_from_fileset
+
+    start = time.perf_counter()
+    samples, pcs = pcs_from_fileset(path, k, ld_r2=ld_r2, seed=seed)
+    table = pd.DataFrame(pcs.scores, columns=[f"PC{j + 1}" for j in range(k)])
+    table.insert(0, "IID", samples["IID"].astype(str).to_numpy())
+    record = {"fileset": str(path), "n_pcs": k, "ld_prune_r2": ld_r2, "n_samples": int(len(table)),
+              "n_variants_used": int(pcs.variant_mask.sum()), "passes": pcs.passes, "power_iterations": pcs.n_iter,
+              "variance_explained": [round(float(v), 6) for v in pcs.variance_explained],
+              "seconds": round(time.perf_counter() - start, 2)}
+    if not quiet:
+        click.echo(f"genome-wide PCs from {path}: {k} PCs of {record['n_variants_used']} variants, "
+                   f"{record['n_samples']} samples, {pcs.passes} passes in {record['seconds']} s")
+    return table, record
 
 
 class dask_client:

@@ -14,7 +14,8 @@ from invariant_mr.simulation.paper import PAPER_SETTINGS
 
 
 @click.command()
-@click.option("--model", type=click.Choice(["paper", "balding-nichols", "coalescent", "assortative"]), default="paper", show_default=True)
+@click.option("--model", type=click.Choice(["paper", "balding-nichols", "coalescent", "assortative", "sibships"]), default="paper", show_default=True,
+              help="sibships: sibling pairs (FID = family) under stratification, assortative mating and a dynastic effect")
 @click.option("--setting", type=click.Choice(list(PAPER_SETTINGS)), default="linear", show_default=True, help="paper model: mixing setting")
 @click.option("--envs", "n_envs", type=click.IntRange(2), default=None, help="number of environments / populations [default: 2 for paper, 3 for balding-nichols and assortative; coalescent: every population of the demography]")
 @click.option("--n-per-env", type=click.IntRange(2), default=3000, show_default=True)
@@ -55,6 +56,8 @@ def simulate(model, setting, n_envs, n_per_env, theta, n_variants, fst, demograp
     params = dict(n_envs=n_envs, n_per_env=n_per_env, n_variants=n_variants, fst=fst, theta=theta,
                   demography=demography, length_mb=length_mb, generations=generations, admixture=admixture,
                   mating_correlation=mating_correlation, mating_traits=mating_traits, seed=seed)
+    if model == "sibships":  # sibling pairs: --n-per-env individuals are n-per-env / 2 families
+        params["n_families_per_env"] = max(n_per_env // 2, 1)
     sim = simulate_genetic(model, **params)
     with out:
         write_fileset_into(sim, out.path, command=command_line())

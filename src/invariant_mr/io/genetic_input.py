@@ -11,8 +11,9 @@ Every step's counts are kept (`SampleAccounting`, `VariantSelection`,
 
 from __future__ import annotations
 
+
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
@@ -139,6 +140,24 @@ def samples_in_file(path: str | os.PathLike, samples, option: str) -> np.ndarray
     return hit
 
 
+def _join_extra_covariates(matched, extra: pd.DataFrame, min_samples_per_env: int, env_col: str):
+    """Append the numeric columns of `extra` (keyed by IID) to the covariates of the matched samples."""
+
+    names = [c for c in extra.columns if c not in ("FID", "IID")]
+    table = extra.drop_duplicates("IID").set_index(extra.drop_duplicates("IID")["IID"].astype(str))
+    values = table.reindex([str(i) for i in matched.sample_ids])[names].to_numpy(dtype=float)
+    found = ~np.isnan(values).any(axis=1)
+    if not found.all():
+        matched = matched.subset(found, "no genome-wide PCs (--pcs-from) for the sample")
+        values = values[found]
+        check_environment_sizes(matched.env, min_samples_per_env, env_col, "after joining --pcs-from")
+    clash = [c for c in names if c in matched.covariate_names]
+    if clash:
+        raise InputError(f"--pcs-from adds {', '.join(clash)}, which --covar already gives; drop one of them")
+    covariates = values if matched.covariates is None else np.hstack([matched.covariates, values])
+    return replace(matched, covariates=covariates, covariate_names=tuple(matched.covariate_names) + tuple(names))
+
+
 def load_genetic_data(
     *,
     pheno: str | os.PathLike,
@@ -177,6 +196,7 @@ def load_genetic_data(
     subsample_rows: int = 20_000,
     seed: int = 0,
     block_rows: int | None = None,
+    extra_covariates: pd.DataFrame | None = None,
 ) -> GeneticAnalysisInput:
     """Load genotypes (`bfile`, `pfile`, `bgen` + `sample`, `vcf` or `npy`) with a phenotype table.
 
@@ -210,9 +230,15 @@ def load_genetic_data(
     )
     pheno_path = Path(pheno)
     table = read_phenotype_table(pheno_path, missing_codes)
+    # `--family-col FID` with no FID column in the phenotypes: the families are the genotype file's FIDs (.fam).
+    fid_from_genotypes = (cluster is not None and cluster.lstrip("#").upper() == "FID"
+                          and cluster not in table.columns)
+    if fid_from_genotypes and not source.has_fid:
+        raise InputError(f"--family-col {cluster}: {pheno} has no such column and the genotype file names no "
+                         "families (VCF, BGEN without FIDs, .psam without FID); give a family column in --pheno")
     columns = PhenotypeColumns(
         env=env_col, exposure=exposure, outcome=outcome, covariates=tuple(covariates), iid=iid_col, fid=fid_col,
-        cluster=cluster,
+        cluster=None if fid_from_genotypes else cluster,
     )
     if source.format == "npy" and not source.ids_from_file:
         if id_match not in ("auto", "row_order"):
@@ -231,6 +257,11 @@ def load_genetic_data(
             matched = matched.subset(hit if listed else ~hit, f"{why} {Path(path).name}")
             check_environment_sizes(matched.env, min_samples_per_env, env_col,
                                     f"after {'--keep' if listed else '--remove'}")
+    if fid_from_genotypes:
+        fids = source.samples["FID"].astype(str).str.strip().to_numpy(dtype=object)
+        matched = replace(matched, clusters=fids[np.asarray(matched.genotype_rows, dtype=np.intp)])
+    if extra_covariates is not None:
+        matched = _join_extra_covariates(matched, extra_covariates, min_samples_per_env, env_col)
     selection = source.selection
     variant_table = source.variants.drop(columns=["info"]).copy()
     if source.has_info:
@@ -297,6 +328,7 @@ def load_genetic_data(
         "covariates": list(covariates),
         "covariate_columns": list(matched.covariate_names),
         "cluster": cluster,
+        **({"families_from": "genotype file FID"} if fid_from_genotypes else {}),
         "id_match": matched.accounting.match_key,
         "extract": None if extract is None else str(extract),
         "region": region,

@@ -17,6 +17,7 @@ _A = "invariant_mr.methods.autoencoder"
 _P = "invariant_mr.methods.polynomial"
 _Y = "invariant_mr.methods.binary"
 _T = "invariant_mr.methods.two_sample"
+_F = "invariant_mr.methods.within_family"
 
 BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("ols", f"{_B}:ols", "OLS of outcome on exposure, environment fixed effects (confounded)", family=o.BASELINE),
@@ -85,6 +86,17 @@ BUILTIN_METHODS: tuple[MethodSpec, ...] = (
                options=(o.N_PCS, o.AR_MAX_INSTRUMENTS), family=o.BASELINE),
     MethodSpec("tsht", f"{_B}:tsht_method", "Two-stage hard thresholding (Guo et al. 2018): 2SLS on instruments voted valid",
                options=(o.TSHT_THRESHOLD, o.AR_MAX_INSTRUMENTS), family=o.BASELINE),
+    MethodSpec("within_family", f"{_F}:within_family",
+               "Within-family MR: IV with family fixed effects (sibling differences), SEs by family; needs family "
+               "IDs (run --family-col FID, which also makes it a default method)",
+               default=False, options=o.WITHIN_FAMILY_OPTIONS, family=o.WITHIN_FAMILY),
+    MethodSpec("within_family_ivw", f"{_F}:within_family_ivw",
+               "Within-family summary-statistic MR: IVW on within-family (sibship) per-variant associations, "
+               "SEs clustered by family",
+               default=False, family=o.WITHIN_FAMILY),
+    MethodSpec("within_family_egger", f"{_F}:within_family_egger",
+               "Within-family summary-statistic MR: MR-Egger on within-family per-variant associations",
+               default=False, family=o.WITHIN_FAMILY),
     MethodSpec("invariant_polynomial", f"{_P}:invariant_polynomial",
                "2SLS on invariant latents identified by a linear encoder with a polynomial decoder (cross-fitted, "
                "stage-2 bootstrap SE); for polynomial mixing",

@@ -169,6 +169,22 @@ N_PCS = MethodOption(
 TSHT_THRESHOLD = MethodOption("tsht_threshold", float, None, "TSHT thresholding multiplier (default sqrt(log n))", BASELINE)
 
 
+WITHIN_FAMILY = "within-family MR"
+WF_FIRST_STAGE = MethodOption(
+    "wf_first_stage", click.Choice(("crossfit", "tsls", "liml")), "crossfit",
+    "within_family: the instrument: 'crossfit' (a within-family score whose weights were fitted on other "
+    "families; no many-instrument bias), or every variant with family fixed effects by 2SLS or LIML",
+    WITHIN_FAMILY,
+)  # fmt: skip
+WF_FOLDS = MethodOption("wf_folds", int, 5, "within_family: folds of families for the cross-fitted score", WITHIN_FAMILY)
+WF_SE = MethodOption(
+    "wf_se", click.Choice(("jackknife", "cluster")), "jackknife",
+    "within_family (crossfit): SE from the delete-a-group jackknife over families (refits the score weights), "
+    "or the cluster-robust 2SLS SE that treats the score as fixed (too small by 10-20% in simulations)",
+    WITHIN_FAMILY,
+)  # fmt: skip
+WITHIN_FAMILY_OPTIONS = (WF_FIRST_STAGE, WF_FOLDS, WF_SE)
+
 #: Smallest accepted value of integer options, and why (checked before any work starts).
 _MINIMUM = {
     "n_folds": (2, "cross-fitting needs at least 2 folds"),
@@ -188,6 +204,7 @@ _MINIMUM = {
     "poly_max_latent_dim": (1, "a code needs at least one dimension"),
     "poly_bootstrap": (0, "0 turns the bootstrap off"),
     "binary_bootstrap": (2, "a bootstrap SE needs at least 2 draws"),
+    "wf_folds": (2, "cross-fitting needs at least 2 folds"),
 }
 
 

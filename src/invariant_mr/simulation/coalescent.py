@@ -230,9 +230,19 @@ def simulate_coalescent(
     ancestry_confounding: float = 0.5,
     within_confounding: float = 0.5,
     within_correlation: float = 0.6,
+    ancestry_snps: str = "instruments",
+    keep_genome: bool = False,
     seed: int = 0,
 ) -> GeneticSimulation:
     """Coalescent genotypes (one environment per sampled population) with stratified phenotypes.
+
+    `ancestry_snps`: the SNPs whose supervised ancestry estimate the
+    confounder follows: "instruments" (the `n_variants` kept, the original
+    scenario: H then also tracks those SNPs' chance genome sharing, which
+    genome-wide PCs cannot see) or "genome" (every distinct common SNP
+    simulated: H follows ancestry itself, as in a real study).
+    `keep_genome` keeps every distinct common SNP in `latent["genome_genotypes"]`
+    (the genome-wide fileset `--pcs-from` would read); the data are the same.
 
     `n_variants` thins the common SNPs to that many, chosen at random (all
     kept when None); thinning also lowers the LD between neighbours.
@@ -257,11 +267,14 @@ def simulate_coalescent(
         keep = distinct[np.sort(rng.choice(available, size=n_variants, replace=False))]
     else:
         keep = distinct
+    if ancestry_snps not in ("instruments", "genome"):
+        raise InputError(f"ancestry_snps must be 'instruments' or 'genome', got {ancestry_snps!r}")
+    genome = np.ascontiguousarray(G[:, distinct]) if (keep_genome or ancestry_snps == "genome") else None
     G = np.ascontiguousarray(G[:, keep])
     env_codes = geno["env_codes"]
     admixed = ADMIXED_POPULATIONS.get(demography, ())
     reference = [k for k, name in enumerate(geno["population_names"]) if name not in admixed]
-    ancestry = supervised_ancestry(G, env_codes, reference)
+    ancestry = supervised_ancestry(G if ancestry_snps == "instruments" else genome, env_codes, reference)
     pheno = stratified_phenotypes(
         G, env_codes, ancestry, rng, theta=theta, n_causal=n_causal, h2=h2,
         ancestry_confounding=ancestry_confounding, within_confounding=within_confounding,
@@ -287,6 +300,7 @@ def simulate_coalescent(
         "n_variants": n_variants, "min_maf": min_maf, "theta": theta, "n_causal": n_causal, "h2": h2,
         "ancestry_confounding": ancestry_confounding, "within_confounding": within_confounding,
         "within_correlation": within_correlation,
+        **({"ancestry_snps": ancestry_snps} if ancestry_snps != "instruments" else {}),
     }
     truth = {
         **pheno.truth,
@@ -321,5 +335,6 @@ def simulate_coalescent(
         outcome=pheno.outcome,
         covariates=pheno.covariates,
         truth=truth,
-        latent={"ancestry": ancestry, **pheno.latent},
+        latent={"ancestry": ancestry, **pheno.latent,
+                **({"genome_genotypes": genome} if keep_genome else {})},
     )

@@ -127,8 +127,15 @@ class GeneticSimulation:
     def env_levels(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.env.tolist()), key=str))
 
-    def to_mrdata(self, *, include_covariates: bool = False) -> MRData:
-        """All variants as instruments (the user's starting point before any selection)."""
+    def to_mrdata(self, *, include_covariates: bool = False, families: bool = False) -> MRData:
+        """All variants as instruments (the user's starting point before any selection).
+
+        `families=True` carries the family IDs as the cluster labels (what
+        `run --family-col FID` does): SEs clustered by family, and the
+        within-family methods can run.
+        """
+        if families and self.family_ids is None:
+            raise InputError("this simulation has no family IDs (unrelated individuals)")
         cov_names = tuple(self.covariates) if include_covariates and self.covariates else None
         covariates = (
             np.column_stack([self.covariates[k] for k in cov_names]).astype(float) if cov_names else None
@@ -142,6 +149,7 @@ class GeneticSimulation:
             covariate_names=cov_names,
             sample_ids=self.sample_ids,
             instrument_names=tuple(str(v) for v in self.variant_ids),
+            clusters=self.family_ids if families else None,
         )
 
     def summary(self) -> str:
@@ -158,6 +166,7 @@ GENETIC_MODELS: dict[str, tuple[str, str]] = {
     "balding-nichols": ("invariant_mr.simulation.balding_nichols", "simulate_balding_nichols"),
     "coalescent": ("invariant_mr.simulation.coalescent", "simulate_coalescent"),
     "assortative": ("invariant_mr.simulation.assortative", "simulate_assortative"),
+    "sibships": ("invariant_mr.simulation.sibships", "simulate_sibships"),
 }
 
 
