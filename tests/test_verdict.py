@@ -297,3 +297,27 @@ def test_leak_shift_test_has_its_nominal_size_and_power():
     lo, hi = st.binom.ppf([0.0005, 0.9995], reps, 0.05)
     assert lo <= null_rejections <= hi, null_rejections
     assert power_rejections >= 0.9 * reps
+
+
+def test_within_family_mr_is_trusted_by_design_and_must_agree_with_other_verified_methods():
+    base = [*NAIVE, _est("tsls_pcs", 1.22), _est("within_family", 1.01, se=0.08)]
+    v = verdict(_result(base, NAIVE_DIAGS))
+    assert v.standing("within_family").standing == "verified" and v.recommended == "within_family"
+    weak = verdict(_result([*NAIVE, _est("within_family", 1.01, se=0.08, f=3.0)], NAIVE_DIAGS))
+    assert weak.recommended is None
+    clash = verdict(_result([*base, _est("invariant_linear", 1.5, se=0.03)], [*NAIVE_DIAGS, *_checks("invariant_linear")]))
+    assert clash.recommended is None and "disagree" in clash.statement
+
+
+def test_summary_rule_counts_heterogeneity_against_every_ivw_variant_and_picks_a_method_with_an_se():
+    summary = {"n_variants": 80}
+    het = [Diagnostic("cochran_q", "pooled", 300.0, 1e-9, "x", {}), *NAIVE_DIAGS[1:],
+           Diagnostic("mr_presso_global", "pooled", 300.0, 1e-9, "x", {})]
+    conmix = Estimate("mr_conmix", "pooled", 0.49, None, 0.47, 0.51, 80, 80, 50.0)
+    ests = [_est("ivw", 0.50, se=0.05), _est("ivw_fixed", 0.50, se=0.03), _est("ivw_radial_exact_re", 0.5, se=0.05),
+            _est("weighted_median", 0.48, se=0.07), _est("mr_presso", 0.47, se=0.04), conmix]
+    v = verdict(_result(ests, het, data=summary))
+    assert {s.method: s.standing for s in v.standings}["ivw_fixed"] == "failed"
+    assert v.standing("ivw_radial_exact_re").standing == "failed"
+    assert v.standing("mr_presso").standing == "consistent"  # its correction is the answer to a failed global test
+    assert v.recommended == "mr_presso"  # ConMix's set is narrower but it has no SE

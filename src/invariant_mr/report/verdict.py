@@ -65,7 +65,10 @@ INVARIANT = frozenset({
     "invariant_linear", "invariant_linear_crossfit", "invariant_polynomial", "invariant_autoencoder",
     "invariant_autoencoder_insample", "tsls_external", "tsri_invariant_linear", "tsps_invariant_linear",
 })
-ADJUSTED = frozenset({"tsls_pcs", "tsht", "within_family"})
+ADJUSTED = frozenset({"tsls_pcs", "tsht", "within_family_ivw", "within_family_egger"})
+#: Randomised by design: within a family, which parental allele a child inherits is decided by meiosis,
+#: so ancestry, assortative mating and dynastic effects cannot confound within-family contrasts.
+FAMILY = frozenset({"within_family"})
 
 #: Prefixed per-method checks ("<method>/<check>"): label and kind.
 METHOD_CHECKS: Mapping[str, tuple[str, str]] = {
@@ -75,19 +78,23 @@ METHOD_CHECKS: Mapping[str, tuple[str, str]] = {
     "leak_shift": ("leak shift", "leak"),
 }
 #: Unprefixed summary-level checks -> the methods whose validity they test.
+_IVW = ("ivw", "ivw_fixed", "ivw_radial", "ivw_radial_iterative", "ivw_radial_exact_fe", "ivw_radial_exact_re")
 SUMMARY_CHECKS: Mapping[str, tuple[str, ...]] = {
-    "cochran_q": ("ivw",),
-    "egger_intercept": ("ivw",),
-    "mr_presso_global": ("ivw", "mr_presso"),
+    # MR-PRESSO's global test is what its outlier correction answers, so it does not count against it.
+    "cochran_q": _IVW,
+    "egger_intercept": _IVW,
+    "mr_presso_global": _IVW,
     "mv_ivw_heterogeneity": ("mv_ivw",),
     "mv_egger_intercept": ("mv_ivw",),
     "mv_egger_heterogeneity": ("mv_egger",),
 }
 #: Pleiotropy-robust summary estimators: consistent under other assumptions than IVW's.
-ROBUST_SUMMARY = ("weighted_median", "weighted_mode", "mr_egger", "mr_presso", "mr_raps", "mr_conmix")
+ROBUST_SUMMARY = ("weighted_median", "penalised_weighted_median", "simple_median", "weighted_mode", "simple_mode",
+                  "mr_egger", "mr_presso", "mr_raps", "mr_lasso", "mr_conmix")
 
 STANDINGS = {
-    "verified": "strong instruments; invariance across environments and every other check pass",
+    "verified": "strong instruments; invariance across environments (or, within families, the design) and every "
+                "other check pass",
     "supported": "addresses the confounding; strong; its overidentification check passes (cannot see a shared bias)",
     "unchecked": "addresses the confounding, but no validity check ran",
     "failed": "at least one check fails",
@@ -98,8 +105,10 @@ STANDINGS = {
 
 
 def design_of(method: str) -> str:
-    """'invariant', 'adjusted' or 'unadjusted' (how a method treats instrument-outcome confounding)."""
-    return "invariant" if method in INVARIANT else "adjusted" if method in ADJUSTED else "unadjusted"
+    """'invariant', 'family', 'adjusted' or 'unadjusted' (how a method treats instrument-outcome confounding)."""
+    if method in INVARIANT:
+        return "invariant"
+    return "family" if method in FAMILY else "adjusted" if method in ADJUSTED else "unadjusted"
 
 
 @dataclass(frozen=True)
@@ -336,6 +345,8 @@ def _assess(e: Estimate, by_name: Mapping[str, Diagnostic], rejected: set[str], 
         standing = "consistent"
     elif design == "invariant" and any(c.kind == "invariance" for c in checks):
         standing = "verified"
+    elif design == "family":
+        standing = "verified"  # randomised by meiosis: valid by design, not by a test
     elif any(c.kind in ("invariance", "independence", "overidentification") for c in checks):
         standing = "supported"
     else:
@@ -402,7 +413,9 @@ def _all_agree(group: list[MethodStanding], alpha: float) -> tuple[MethodStandin
 
 
 def _most_precise(group: list[MethodStanding]) -> MethodStanding:
-    return min(group, key=_se)
+    """The smallest SE; a method that reports none (ConMix's likelihood set) corroborates but is not picked."""
+    with_se = [s for s in group if s.se is not None and math.isfinite(s.se) and s.se > 0]
+    return min(with_se or group, key=_se)
 
 
 def _decide_individual(standings: tuple[MethodStanding, ...], alpha: float, n_checks: int):
