@@ -87,6 +87,43 @@ def iter_array_blocks(Z, block_rows: int | None = None, start: int = 0, stop: in
         yield np.arange(lo, hi), Z[lo:hi]
 
 
+class ArrayRows:
+    """An in-memory (n, p) array served as a stream of row blocks, the interface of
+    `io.streamed_genotypes.StreamedGenotypes` (`n`, `p`, `iter_blocks`, `read_rows_at`,
+    `chunk_bounds`, `reader`), so that in-memory data can share the statistics engine.
+
+    Blocks are views of the array (no copy); the float copy each kernel makes is its
+    own block of `block_rows` rows, as for streamed genotypes.
+    """
+
+    def __init__(self, Z: np.ndarray, block_rows: int | None = None):
+        if np.asarray(Z).ndim != 2:
+            raise InputError(f"the instrument matrix must be 2-D, got shape {np.shape(Z)}")
+        self.Z = Z
+        self.block_rows = int(block_rows or block_rows_for(Z.shape[1]))
+
+    n = property(lambda self: int(self.Z.shape[0]))
+    p = property(lambda self: int(self.Z.shape[1]))
+    shape = property(lambda self: (self.n, self.p))
+
+    def iter_blocks(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+        stop = self.n if stop is None else int(stop)
+        for lo in range(int(start), stop, self.block_rows):
+            hi = min(stop, lo + self.block_rows)
+            yield slice(lo, hi), self.Z[lo:hi]
+
+    def read_rows_at(self, positions) -> np.ndarray:
+        return np.array(self.Z[np.asarray(positions, dtype=np.intp)], dtype=float)
+
+    def chunk_bounds(self, n_chunks: int) -> list[tuple[int, int]]:
+        n_chunks = int(max(1, min(n_chunks, self.n)))
+        bounds = np.linspace(0, self.n, n_chunks + 1).astype(int)
+        return [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+
+    def reader(self, start: int, stop: int):
+        return lambda: self.iter_blocks(start, stop)
+
+
 # ----------------------------------------------------------------------------- row vectors
 def _readonly(arr, dtype=float) -> np.ndarray:
     out = np.array(arr, dtype=dtype, copy=True)
@@ -1069,6 +1106,7 @@ def summary_statistics_from_stats(
     )
 
 __all__ = [
+    "ArrayRows",
     "EnvironmentCrossProducts",
     "LocalPasses",
     "MeatRequest",

@@ -59,7 +59,18 @@ _KCLASS = {"ols": ("ols", True), "tsls_all_env": ("tsls", True), "liml_all_env":
            "tsls_all": ("tsls", False)}
 
 
+#: Methods that, on in-memory data too, run from the shared statistics (`statistics_view`): their
+#: numbers equal the row-based fits (tests/test_in_memory_statistics.py), at one first pass and one
+#: shared second pass instead of one n x p refit each. ols needs no genotypes; invariant_linear keeps
+#: its row route in memory (its direction bootstrap resamples rows).
+IN_MEMORY_FROM_STATISTICS = frozenset(STREAMED_METHODS) - {"ols", "invariant_linear"}
+
+
 def _route_extra(data: StreamedMRData, method: str) -> dict:
+    from invariant_mr.estimators.sufficient_stats import ArrayRows
+
+    if isinstance(data.genotypes, ArrayRows):
+        return {"route": f"{STREAMED_METHODS[method]} (in memory)"}
     return {"route": STREAMED_METHODS[method], "streamed_on": "dask" if data.client is not None else "local"}
 
 
@@ -166,7 +177,7 @@ def tsht(data: StreamedMRData, ctx: MethodContext) -> MethodOutput:
     stats = first_pass(data)
     names = np.array(data.instrument_names)
     scopes = [("pooled", None)] + ([(f"env:{lv}", lv) for lv in data.env_levels] if ctx.per_env else [])
-    rows = []
+    rows, diagnostics = [], ()
     for scope, level in scopes:
         try:
             model = TwoStageHardThresholding(threshold=threshold, cov_type=ctx.cov_type).fit_statistics(
@@ -176,6 +187,8 @@ def tsht(data: StreamedMRData, ctx: MethodContext) -> MethodOutput:
             if scope == "pooled":
                 rows.append(Estimate.unavailable("tsht", scope, data.n, data.p, str(exc)))
             continue
+        if scope == "pooled":
+            diagnostics = _tsht_overidentification(data, ctx, model)
         est = estimate_from_fit(model.fit_, "tsht", scope, ctx.alpha, {
             "valid_instruments": names[model.valid_].tolist(),
             "relevant_instruments": names[model.relevant_].tolist(),
@@ -199,7 +212,19 @@ def tsht(data: StreamedMRData, ctx: MethodContext) -> MethodOutput:
             except (InputError, np.linalg.LinAlgError) as exc:
                 est = replace(est, extra={**est.extra, "ar_set_kind": "not computed", "ar_error": str(exc)})
         rows.append(est)
-    return MethodOutput(tuple(rows))
+    return MethodOutput(tuple(rows), diagnostics)
+
+
+def _tsht_overidentification(data: StreamedMRData, ctx: MethodContext, model) -> tuple:
+    """The pooled J row of the voted-valid instruments (as `baselines._overidentification` on the rows)."""
+    from invariant_mr.inference.diagnostics import j_diagnostic
+    from invariant_mr.inference.tests_from_stats import sargan_hansen_j_from_stats
+
+    try:
+        stat, p, df = sargan_hansen_j_from_stats(model.design_, cov_type=ctx.cov_type, passes=passes(data))
+    except (InputError, np.linalg.LinAlgError):
+        return ()
+    return (j_diagnostic("tsht/overidentification_j", stat, p, df, alpha=ctx.alpha, cov_type=ctx.cov_type),)
 
 
 def run_streamed(data: StreamedMRData, ctx: MethodContext, method: str) -> MethodOutput:
@@ -213,9 +238,36 @@ def run_streamed(data: StreamedMRData, ctx: MethodContext, method: str) -> Metho
     return summary_method(data, ctx, method)
 
 
+def from_statistics_in_memory(data, ctx: MethodContext, method: str, planned=()) -> MethodOutput | None:
+    """`method` on in-memory `MRData` from the shared statistics, or None where the row route must run:
+    a method without that route, several exposures, cluster labels or cluster-robust SEs, or
+    columns the statistics route refuses (it then reports them, the row route drops them).
+    `planned` names the analysis's methods, so that its k-class methods share one second pass."""
+    from invariant_mr.data import MRData
+    from invariant_mr.methods.streamed_passes import first_pass, statistics_view
+
+    if (
+        method not in IN_MEMORY_FROM_STATISTICS
+        or not isinstance(data, MRData)
+        or data.n_exposures != 1
+        or data.clusters is not None
+        or ctx.cov_type not in ("robust", "unadjusted")
+    ):
+        return None
+    view = statistics_view(data)
+    try:
+        first_pass(view)
+    except InputError:
+        return None
+    # The k-class methods of this analysis share their second pass (`kclass_method`).
+    view.cache["planned"] = tuple(planned) or (method,)
+    return run_streamed(view, ctx, method)
+
+
 def subsample_extra(data: StreamedMRData) -> dict:
     m = min(data.subsample_rows, data.n)
     return {"route": f"subsample ({m:,} of {data.n:,} rows, seed {data.seed})", "streamed_on": "local"}
 
 
-__all__ = ["STREAMED_METHODS", "project", "run_streamed", "subsample_extra"]
+__all__ = ["IN_MEMORY_FROM_STATISTICS", "STREAMED_METHODS", "from_statistics_in_memory", "project", "run_streamed",
+           "subsample_extra"]

@@ -5,17 +5,26 @@ or (when the data carry a Dask client) as a Dask reduction over row chunks
 that each worker reads from the genotype file; every pass is recorded (kind,
 seconds, where) in `data.cache["passes"]` for the provenance. `first_pass(data)`
 is the per-environment cross-products, computed once per analysis.
+
+`statistics_view(data)` serves an in-memory `MRData` through the same engine
+(its array as row blocks), so that in memory too the moment-based methods
+share one first pass and one second pass instead of each refitting on the
+n x p matrix.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 
 import numpy as np
 
-from invariant_mr.data import StreamedMRData
+from invariant_mr.data import MRData, StreamedMRData
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.sufficient_stats import EnvironmentCrossProducts, LocalPasses, RowVectors
+from invariant_mr.estimators.sufficient_stats import ArrayRows, EnvironmentCrossProducts, LocalPasses, RowVectors
+
+#: The statistics views of in-memory data, by id of the `MRData` (dropped when it is collected).
+_VIEWS: dict[int, StreamedMRData] = {}
 
 
 class _RecordedPasses:
@@ -100,4 +109,22 @@ def _check_degenerate(data: StreamedMRData, stats: EnvironmentCrossProducts) -> 
         )
 
 
-__all__ = ["first_pass", "passes", "row_vectors"]
+def statistics_view(data: MRData) -> StreamedMRData:
+    """`data` as a `StreamedMRData` over its own in-memory array (no copy), cached per `data` object
+    so that the methods of one analysis share its passes; the rows are `data`'s, so every
+    statistic equals the one computed from the rows."""
+    key = id(data)
+    view = _VIEWS.get(key)
+    if view is None or view.genotypes.Z is not data.Z:
+        view = StreamedMRData(
+            genotypes=ArrayRows(data.Z), exposure=data.exposure, outcome=data.outcome, env=data.env,
+            covariates=data.covariates, sample_ids=data.sample_ids, instrument_names=data.instrument_names,
+            covariate_names=data.covariate_names, min_samples_per_env=data.min_samples_per_env,
+            dropped_instruments=data.dropped_instruments, clusters=data.clusters,
+        )
+        _VIEWS[key] = view
+        weakref.finalize(data, _VIEWS.pop, key, None)
+    return view
+
+
+__all__ = ["first_pass", "passes", "row_vectors", "statistics_view"]
