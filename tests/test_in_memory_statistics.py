@@ -76,4 +76,4 @@ def test_run_analysis_uses_the_statistics_route_and_falls_back(data):
     ctx = MethodContext(cov_type="cluster", progress=False)
     assert from_statistics_in_memory(clustered, ctx, "tsls_all_env") is None
     # Not a moment method: no statistics route.
-    assert from_statistics_in_memory(data, MethodContext(progress=False), "tsls_pcs") is None
+    assert from_statistics_in_memory(data, MethodContext(progress=False), "invariant_linear_crossfit") is None

@@ -405,6 +405,26 @@ class EnvironmentCrossProducts:
             self.cross.sum(axis=0, keepdims=True), ("pooled",), self.q, self.z_map, self.covariate_names,
         )
 
+    def with_covariates(self, extra_cross: ExtraCovariateCrossProducts) -> EnvironmentCrossProducts:
+        """These statistics with the covariates of `extra_cross` appended after the existing ones
+        (e.g. genotype PCs): only the k new rows of the cross-products come from a pass (O(n k m),
+        `ExtraCovariateKernel`), the rest is taken from these (no second n m^2 pass)."""
+        e = extra_cross
+        q, k, K = self.q, e.sums.shape[1], len(self.env_levels)
+        if e.cross.shape != (K, k, self.m + k) or not np.array_equal(e.counts, self.counts):
+            raise InputError("the extra covariates' cross-products do not match these statistics")
+        m2 = self.m + k
+        old = np.r_[0:q, q + k : m2]  # positions of the old columns in the new row vector
+        sums = np.empty((K, m2))
+        sums[:, old] = self.sums
+        sums[:, q : q + k] = e.sums
+        cross = np.empty((K, m2, m2))
+        cross[np.ix_(range(K), old, old)] = self.cross
+        cross[:, q : q + k, :] = e.cross
+        cross[:, :, q : q + k] = np.swapaxes(e.cross, 1, 2)
+        return EnvironmentCrossProducts(self.counts.copy(), sums, cross, self.env_levels, q + k, self.z_map,
+                                        (*self.covariate_names, *e.names))
+
     def to_moments(self):
         """The instruments' `moments.EnvironmentMoments` (counts, sums, Z'Z): the closed-form
         invariant directions can learn from the same first pass."""
@@ -518,6 +538,74 @@ class CrossProductKernel:
 
 
 # ----------------------------------------------------------------------------- partialling out
+@dataclass(frozen=True)
+class ExtraCovariateCrossProducts:
+    """Per environment, the sums of k new covariates E and their cross-products with the row
+    vector [C, E, Z, D, Y] (K, k, q + k + p + 2): what `EnvironmentCrossProducts.with_covariates` needs."""
+
+    counts: np.ndarray
+    sums: np.ndarray
+    cross: np.ndarray
+    names: tuple[str, ...]
+
+
+class ExtraCovariateKernel:
+    """A pass that appends covariates to a first pass's statistics: per block, E' [C, E, Z, D, Y]
+    for the k new covariates E (the last k columns of `vectors.covariates`); O(k m) per row.
+
+    `q` is the number of covariates before the new ones; `vectors` must hold q + k covariates.
+    """
+
+    def __init__(self, env_levels, q: int, names: Sequence[str], fill: np.ndarray | None = None):
+        self.env_levels = tuple(env_levels)
+        self.q = int(q)
+        self.names = tuple(names)
+        self.fill = None if fill is None else np.asarray(fill, dtype=float)
+
+    def start(self) -> dict:
+        return {"counts": None, "sums": None, "cross": None}
+
+    def add(self, acc: dict, rows, block, vectors: RowVectors) -> None:
+        rows = row_index(rows)
+        block = np.asarray(block)
+        b, p = block.shape
+        k, K = len(self.names), len(self.env_levels)
+        q2 = self.q + k
+        if vectors.q != q2:
+            raise InputError(f"the row vectors hold {vectors.q} covariates, expected {q2}")
+        m2 = q2 + p + 2
+        if acc["cross"] is None:
+            acc["counts"] = np.zeros(K, dtype=np.int64)
+            acc["sums"] = np.zeros((K, k))
+            acc["cross"] = np.zeros((K, k, m2))
+        x = np.empty((b, m2))
+        x[:, q2 : q2 + p] = block
+        _fill_missing(x[:, q2 : q2 + p], block, self.fill)
+        x[:, :q2] = vectors.covariates[rows]
+        x[:, q2 + p] = vectors.exposure[rows]
+        x[:, q2 + p + 1] = vectors.outcome[rows]
+        codes = vectors.env_codes[rows]
+        for e in range(K):
+            in_e = codes == e
+            size = int(in_e.sum())
+            if size == 0:
+                continue
+            sub = x if size == b else x[in_e]
+            E = sub[:, self.q : q2]
+            acc["counts"][e] += size
+            acc["sums"][e] += E.sum(axis=0)
+            acc["cross"][e] += E.T @ sub
+
+    def finish(self, acc: dict) -> ExtraCovariateCrossProducts:
+        if acc["cross"] is None:
+            raise InputError("no genotype blocks were read")
+        return ExtraCovariateCrossProducts(acc["counts"], acc["sums"], acc["cross"], self.names)
+
+    @staticmethod
+    def merge(a: ExtraCovariateCrossProducts, b: ExtraCovariateCrossProducts) -> ExtraCovariateCrossProducts:
+        return ExtraCovariateCrossProducts(a.counts + b.counts, a.sums + b.sums, a.cross + b.cross, a.names)
+
+
 class _SymmetricInverse:
     """Pseudo-inverse and whitening of a symmetric PSD matrix from one scaled eigendecomposition.
 
@@ -1108,6 +1196,8 @@ def summary_statistics_from_stats(
 __all__ = [
     "ArrayRows",
     "EnvironmentCrossProducts",
+    "ExtraCovariateCrossProducts",
+    "ExtraCovariateKernel",
     "LocalPasses",
     "MeatRequest",
     "PartialledDesign",

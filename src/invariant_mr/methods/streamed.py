@@ -63,14 +63,14 @@ _KCLASS = {"ols": ("ols", True), "tsls_all_env": ("tsls", True), "liml_all_env":
 #: numbers equal the row-based fits (tests/test_in_memory_statistics.py), at one first pass and one
 #: shared second pass instead of one n x p refit each. ols needs no genotypes; invariant_linear keeps
 #: its row route in memory (its direction bootstrap resamples rows).
-IN_MEMORY_FROM_STATISTICS = frozenset(STREAMED_METHODS) - {"ols", "invariant_linear"}
+IN_MEMORY_FROM_STATISTICS = (frozenset(STREAMED_METHODS) - {"ols", "invariant_linear"}) | {"tsls_pcs"}
 
 
 def _route_extra(data: StreamedMRData, method: str) -> dict:
     from invariant_mr.estimators.sufficient_stats import ArrayRows
 
     if isinstance(data.genotypes, ArrayRows):
-        return {"route": f"{STREAMED_METHODS[method]} (in memory)"}
+        return {"route": f"{STREAMED_METHODS.get(method, 'sufficient statistics')} (in memory)"}
     return {"route": STREAMED_METHODS[method], "streamed_on": "dask" if data.client is not None else "local"}
 
 
@@ -238,6 +238,37 @@ def run_streamed(data: StreamedMRData, ctx: MethodContext, method: str) -> Metho
     return summary_method(data, ctx, method)
 
 
+# ----------------------------------------------------------------------------- tsls_pcs (in memory)
+def tsls_pcs_in_memory(view: StreamedMRData, data, ctx: MethodContext) -> MethodOutput:
+    """tsls_pcs from the statistics: the PCs (computed on the rows, `baselines.pcs_for`) join the
+    covariates by an O(n k m) pass over the shared first pass; one second pass for the robust SE
+    and F, one for the J check."""
+    from invariant_mr.estimators.sufficient_stats import partial_out
+    from invariant_mr.inference.diagnostics import j_diagnostic
+    from invariant_mr.inference.from_stats import iv_estimates_from_stats
+    from invariant_mr.inference.tests_from_stats import sargan_hansen_j_from_stats
+    from invariant_mr.methods.baselines import pcs_for
+    from invariant_mr.methods.streamed_passes import with_extra_covariates
+
+    pcs, source, k = pcs_for(data, ctx)
+    if pcs is not None:
+        view = with_extra_covariates(view, pcs, tuple(f"genotype_pc{j + 1}" for j in range(k)))
+    stats = first_pass(view)
+    rows = iv_estimates_from_stats(
+        stats, {"tsls_pcs": "tsls"}, alpha=ctx.alpha, cov_type=ctx.cov_type, per_env=ctx.per_env,
+        env_fixed_effects=True, max_ar_instruments=ctx.inference.ar_max_instruments, passes=passes(view),
+        extra={"n_pcs": k, "pcs_from": source, **_route_extra(view, "tsls_pcs")},
+    )["tsls_pcs"]
+    try:
+        stat, p, df = sargan_hansen_j_from_stats(partial_out(stats, env_fixed_effects=True), cov_type=ctx.cov_type,
+                                                 passes=passes(view))
+        diagnostics = (j_diagnostic("tsls_pcs/overidentification_j", stat, p, df, alpha=ctx.alpha,
+                                    cov_type=ctx.cov_type),)
+    except (InputError, np.linalg.LinAlgError):
+        diagnostics = ()
+    return MethodOutput(tuple(rows), diagnostics)
+
+
 def from_statistics_in_memory(data, ctx: MethodContext, method: str, planned=()) -> MethodOutput | None:
     """`method` on in-memory `MRData` from the shared statistics, or None where the row route must run:
     a method without that route, several exposures, cluster labels or cluster-robust SEs, or
@@ -259,6 +290,8 @@ def from_statistics_in_memory(data, ctx: MethodContext, method: str, planned=())
         first_pass(view)
     except InputError:
         return None
+    if method == "tsls_pcs":
+        return tsls_pcs_in_memory(view, data, ctx)
     # The k-class methods of this analysis share their second pass (`kclass_method`).
     view.cache["planned"] = tuple(planned) or (method,)
     return run_streamed(view, ctx, method)
