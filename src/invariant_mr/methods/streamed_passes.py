@@ -45,12 +45,69 @@ class _RecordedPasses:
             self.where = f"dask ({len(chunks)} row chunks)"
 
     def run(self, kernel):
+        from invariant_mr.estimators.sufficient_stats import MeatKernel
+
+        if isinstance(kernel, MeatKernel):
+            return self._run_meats(kernel)
+        return self._run(kernel)
+
+    def _run(self, kernel, reused: int = 0):
         start = time.perf_counter()
         out = self.inner.run(kernel)
-        self.data.cache.setdefault("passes", []).append(
-            {"kind": type(kernel).__name__, "seconds": round(time.perf_counter() - start, 3), "where": self.where}
-        )
+        record = {"kind": type(kernel).__name__, "seconds": round(time.perf_counter() - start, 3), "where": self.where}
+        if reused:
+            record["requests_reused"] = reused
+        self.data.cache.setdefault("passes", []).append(record)
         return out
+
+    def _run_meats(self, kernel):
+        """A second pass for the requests not already accumulated by an earlier pass of this analysis.
+
+        Methods ask for the same meats independently (the per-environment designs of tsls_all and
+        tsls_all_env are the same regressions, with the same residuals), so each result is kept under
+        a fingerprint of its request (design arrays, directions, residual coefficients) and reused
+        bit for bit; results above `_MEAT_CACHE_BYTES` in all are not kept.
+        """
+        from invariant_mr.estimators.sufficient_stats import MeatKernel
+
+        cache = self.data.cache.setdefault("meats", {})
+        keys = [_request_key(r) for r in kernel.requests]
+        missing = [i for i, key in enumerate(keys) if key not in cache]
+        found: dict[int, np.ndarray] = {i: cache[key] for i, key in enumerate(keys) if key in cache}
+        if missing:
+            fresh = self._run(MeatKernel([kernel.requests[i] for i in missing], kernel.fill),
+                              reused=len(keys) - len(missing))
+            used = sum(a.nbytes for a in cache.values())
+            for i, arr in zip(missing, fresh):
+                found[i] = arr
+                if used + arr.nbytes <= _MEAT_CACHE_BYTES:
+                    arr.setflags(write=False)
+                    cache[keys[i]] = arr
+                    used += arr.nbytes
+        return tuple(found[i] for i in range(len(keys)))
+
+
+#: Upper bound on the second-pass results kept for reuse within one analysis (p x p meats: 8 MB at p = 1,000).
+_MEAT_CACHE_BYTES = 512 * 2**20
+
+
+def _request_key(request) -> str:
+    """A fingerprint of everything a `MeatRequest`'s result depends on (the rows are the data's own)."""
+    import hashlib
+
+    d = request.design
+    h = hashlib.blake2b(digest_size=20)
+    for part in (d.scope, d.n, d.n_controls, d.q, request.per_column):
+        h.update(repr(part).encode())
+    for arr in (d.instruments, d.z_controls, d.gram, d.envs, d.means, d.control_cols, d.target_cols, d.coef,
+                d.z_map, d.fill, request.directions, request.residuals):
+        if arr is None:
+            h.update(b"none")
+        else:
+            a = np.ascontiguousarray(arr)
+            h.update(repr((a.dtype.str, a.shape)).encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _n_workers(client) -> int:
