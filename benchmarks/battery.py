@@ -1,5 +1,5 @@
 """Benchmark: the default battery of `run --bfile` (every default method, with the report) against a bare
-read + Z'Z of the same file, for this checkout and, side by side in the same run, a base commit.
+read + Z'Z of the same file, for a commit (HEAD) and, side by side in the same run, a base commit.
 
 Data: Balding-Nichols simulation (F_ST 0.1, 3 environments of n/3, 1% of genotype calls missing,
 covariates age and sex), written as a PLINK 1 fileset (`scale.make_fileset`).
@@ -7,7 +7,8 @@ covariates age and sex), written as a PLINK 1 fileset (`scale.make_fileset`).
 For each size, each a fresh process, timed with its CPU seconds and peak RSS (`scale.measured`):
 
 * bare: bed-reader int8 blocks -> float64 -> Z'Z (`scale.BARE`), the unit of cost;
-* run (this checkout): `invariant-mr run --bfile ... --covar age,sex` with the default methods and the
+* run (this commit, its src/ exported with `git archive` so that editing the checkout during a long
+  run changes nothing): `invariant-mr run --bfile ... --covar age,sex` with the default methods and the
   report, on the default route (in memory at these sizes), and with `--streaming on`;
 * run (base): the same command with the source tree of `--base` (exported with `git archive`), so
   the speed-up is measured on the same file, machine and load.
@@ -46,10 +47,10 @@ def run_cmd(src: Path, prefix: Path, pheno: Path, out: Path, *extra: str) -> lis
             "--overwrite", "--out", str(out), *extra]
 
 
-def export_base(commit: str, scratch: Path) -> tuple[Path, str]:
+def export_src(commit: str, scratch: Path) -> tuple[Path, str]:
     full = subprocess.run(["git", "-C", str(ROOT), "rev-parse", commit], capture_output=True, text=True,
                           check=True).stdout.strip()
-    dest = Path(tempfile.mkdtemp(prefix="battery-base-", dir=scratch))
+    dest = Path(tempfile.mkdtemp(prefix="battery-src-", dir=scratch))
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", full, "src"], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest / "src", full
@@ -66,7 +67,8 @@ def _row(what: str, n: int, p: int, result: dict, out: Path | None) -> dict:
     return row
 
 
-def measure_size(n: int, p: int, seed: int, base_src: Path | None, scratch: Path, streaming: bool) -> list[dict]:
+def measure_size(n: int, p: int, seed: int, head_src: Path, base_src: Path | None, scratch: Path,
+                 streaming: bool) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix=f"battery-{n}x{p}-", dir=scratch))
     rows = []
     try:
@@ -75,9 +77,9 @@ def measure_size(n: int, p: int, seed: int, base_src: Path | None, scratch: Path
         bare = measured([sys.executable, "-c", BARE, str(prefix) + ".bed", str(n_file), str(p)])
         print(f"{n}x{p} bare: {bare}", flush=True)
         rows.append(_row("bare read + Z'Z", n_file, p, bare, None))
-        runs = [("run (this checkout)", ROOT / "src", ())]
+        runs = [("run (this commit)", head_src, ())]
         if streaming:
-            runs.append(("run --streaming on (this checkout)", ROOT / "src", ("--streaming", "on")))
+            runs.append(("run --streaming on (this commit)", head_src, ("--streaming", "on")))
         if base_src is not None:
             runs.append(("run (base)", base_src, ()))
         for what, src, extra in runs:
@@ -97,7 +99,7 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     lines = [
         "# The default battery of `run --bfile` vs a bare read + Z'Z of the same file",
         "",
-        f"{meta['hardware']}; BLAS single-threaded in every process; {meta['date']}; this checkout at "
+        f"{meta['hardware']}; BLAS single-threaded in every process; {meta['date']}; this commit "
         f"`{meta['commit']}`, base `{meta.get('base') or 'not run'}`. `benchmarks/battery.py` "
         "(Balding-Nichols, F_ST 0.1, 3 environments, 1% missing calls, covariates age and sex): every default "
         "method with the report, one fresh process per row, all rows of a size in the same run on the same "
@@ -142,23 +144,23 @@ def main() -> None:
     ap.add_argument("--scratch", default=tempfile.gettempdir())
     ap.add_argument("--out", default=str(RESULTS / "battery"))
     args = ap.parse_args()
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    head_src, commit = export_src("HEAD", Path(args.scratch))
     base_src, base = (None, None)
     if args.base:
-        base_src, base = export_base(args.base, Path(args.scratch))
+        base_src, base = export_src(args.base, Path(args.scratch))
     meta = {"hardware": f"{os.cpu_count()}-core {cpu_model()}", "date": time.strftime("%Y-%m-%d"),
-            "commit": commit, "base": base, "seed": args.seed,
+            "commit": commit[:12], "base": base and base[:12], "seed": args.seed,
             "command": "nice -n 10 python benchmarks/battery.py " + " ".join(sys.argv[1:])}
     rows: list[dict] = []
     try:
         for size in args.sizes.split(","):
             n, p = (int(x) for x in size.split("x"))
-            rows += measure_size(n, p, args.seed, base_src, Path(args.scratch), args.streaming)
+            rows += measure_size(n, p, args.seed, head_src, base_src, Path(args.scratch), args.streaming)
             write_outputs(rows, meta, Path(args.out))
     finally:
-        if base_src is not None:
-            shutil.rmtree(base_src.parent, ignore_errors=True)
+        for src in (head_src, base_src):
+            if src is not None:
+                shutil.rmtree(src.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":
