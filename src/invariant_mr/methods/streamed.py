@@ -179,16 +179,39 @@ def tsht(data: StreamedMRData, ctx: MethodContext) -> MethodOutput:
     scopes = [("pooled", None)] + ([(f"env:{lv}", lv) for lv in data.env_levels] if ctx.per_env else [])
     rows, diagnostics = [], ()
     for scope, level in scopes:
+        wanted: dict[str, slice] = {}
+
+        def also(final, scope=scope, wanted=wanted):
+            """The final design's robust AR set (within --ar-max-instruments) and, pooled, its J test,
+            accumulated in the final fit's pass."""
+            from invariant_mr.estimators.sufficient_stats import _Parts
+            from invariant_mr.inference.tests_from_stats import anderson_rubin_requests, j_requests
+
+            out = []
+            try:
+                rank = _Parts.of(final).rank
+                if 0 < rank <= ctx.inference.ar_max_instruments:
+                    out += anderson_rubin_requests(final)
+                    wanted["ar"] = slice(0, len(out))
+                if scope == "pooled" and rank >= 2:
+                    wanted["j"] = slice(len(out), len(out) + len(j_requests(final)))
+                    out += j_requests(final)
+            except (InputError, np.linalg.LinAlgError):
+                wanted.clear()
+                return []
+            return out
+
         try:
             model = TwoStageHardThresholding(threshold=threshold, cov_type=ctx.cov_type).fit_statistics(
-                stats, env=level, passes=passes(data)
+                stats, env=level, passes=passes(data), also=also
             )
         except (InputError, np.linalg.LinAlgError) as exc:
             if scope == "pooled":
                 rows.append(Estimate.unavailable("tsht", scope, data.n, data.p, str(exc)))
             continue
+        extra_meats = {key: model.also_meats_[part] for key, part in wanted.items()} if model.also_meats_ else {}
         if scope == "pooled":
-            diagnostics = _tsht_overidentification(data, ctx, model)
+            diagnostics = _tsht_overidentification(data, ctx, model, extra_meats.get("j"))
         est = estimate_from_fit(model.fit_, "tsht", scope, ctx.alpha, {
             "valid_instruments": names[model.valid_].tolist(),
             "relevant_instruments": names[model.relevant_].tolist(),
@@ -205,7 +228,7 @@ def tsht(data: StreamedMRData, ctx: MethodContext) -> MethodOutput:
         else:
             try:
                 cs = anderson_rubin_from_stats(model.design_, alpha=ctx.alpha, cov_type=ctx.cov_type,
-                                               passes=passes(data))
+                                               passes=passes(data), meats=extra_meats.get("ar"))
                 f = anderson_rubin_fields(cs)
                 est = replace(est, ar_ci_low=f["ar_ci_low"], ar_ci_high=f["ar_ci_high"],
                               extra={**est.extra, **f["extra"], "ar_cov_type": ctx.cov_type})
@@ -215,13 +238,14 @@ def tsht(data: StreamedMRData, ctx: MethodContext) -> MethodOutput:
     return MethodOutput(tuple(rows), diagnostics)
 
 
-def _tsht_overidentification(data: StreamedMRData, ctx: MethodContext, model) -> tuple:
+def _tsht_overidentification(data: StreamedMRData, ctx: MethodContext, model, meats=None) -> tuple:
     """The pooled J row of the voted-valid instruments (as `baselines._overidentification` on the rows)."""
     from invariant_mr.inference.diagnostics import j_diagnostic
     from invariant_mr.inference.tests_from_stats import sargan_hansen_j_from_stats
 
     try:
-        stat, p, df = sargan_hansen_j_from_stats(model.design_, cov_type=ctx.cov_type, passes=passes(data))
+        stat, p, df = sargan_hansen_j_from_stats(model.design_, cov_type=ctx.cov_type, passes=passes(data),
+                                                 meats=meats)
     except (InputError, np.linalg.LinAlgError):
         return ()
     return (j_diagnostic("tsht/overidentification_j", stat, p, df, alpha=ctx.alpha, cov_type=ctx.cov_type),)
