@@ -88,7 +88,7 @@ class _RecordedPasses:
 
 
 #: Upper bound on the second-pass results kept for reuse within one analysis (p x p meats: 8 MB at p = 1,000).
-_MEAT_CACHE_BYTES = 512 * 2**20
+_MEAT_CACHE_BYTES = 128 * 2**20
 
 
 def _request_key(request) -> str:
