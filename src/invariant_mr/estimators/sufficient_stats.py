@@ -69,6 +69,8 @@ _CONTROL_RTOL = 1e-12
 _INSTRUMENT_RTOL = 1e-10
 #: Default rows per block for in-memory arrays: about 32 MB of float64 per block.
 _BLOCK_BYTES = 32 * 2**20
+#: Rows per block when `ArrayRows` serves an in-memory array to the pass engine: about 8 MB of float64.
+_ARRAY_BLOCK_BYTES = 8 * 2**20
 
 Block = tuple[np.ndarray, np.ndarray]
 
@@ -92,15 +94,16 @@ class ArrayRows:
     `io.streamed_genotypes.StreamedGenotypes` (`n`, `p`, `iter_blocks`, `read_rows_at`,
     `chunk_bounds`, `reader`), so that in-memory data can share the statistics engine.
 
-    Blocks are views of the array (no copy); the float copy each kernel makes is its
-    own block of `block_rows` rows, as for streamed genotypes.
+    Blocks are views of the array (no copy); each kernel's working copies are a few blocks,
+    so blocks are 8 MB of float64 (a quarter of a streamed block: the matrix itself is
+    already in memory, and smaller blocks keep the passes' temporaries small beside it).
     """
 
     def __init__(self, Z: np.ndarray, block_rows: int | None = None):
         if np.asarray(Z).ndim != 2:
             raise InputError(f"the instrument matrix must be 2-D, got shape {np.shape(Z)}")
         self.Z = Z
-        self.block_rows = int(block_rows or block_rows_for(Z.shape[1]))
+        self.block_rows = int(block_rows or max(256, _ARRAY_BLOCK_BYTES // (8 * max(Z.shape[1], 1))))
 
     n = property(lambda self: int(self.Z.shape[0]))
     p = property(lambda self: int(self.Z.shape[1]))
