@@ -77,3 +77,39 @@ def test_run_analysis_uses_the_statistics_route_and_falls_back(data):
     assert from_statistics_in_memory(clustered, ctx, "tsls_all_env") is None
     # Not a moment method: no statistics route.
     assert from_statistics_in_memory(data, MethodContext(progress=False), "invariant_linear_crossfit") is None
+
+
+def test_extra_covariates_equal_a_fresh_first_pass(data):
+    """with_covariates(ExtraCovariateKernel pass) = the first pass with the covariates appended."""
+    from invariant_mr.estimators.sufficient_stats import EnvironmentCrossProducts, RowVectors
+    from invariant_mr.methods.streamed_passes import first_pass, statistics_view, with_extra_covariates
+
+    rng = np.random.default_rng(3)
+    extra = rng.normal(size=(data.n, 2))
+    grown = with_extra_covariates(statistics_view(data), extra, ("e1", "e2"))
+    got = first_pass(grown)
+    vec = RowVectors(env_codes=data.env_codes, env_levels=data.env_levels, exposure=data.exposure,
+                     outcome=data.outcome, covariates=np.hstack([data.covariates, extra]))
+    want = EnvironmentCrossProducts.from_arrays(data.Z, vec)
+    assert got.q == want.q == data.covariates.shape[1] + 2
+    assert got.covariate_names[-2:] == ("e1", "e2")
+    assert np.array_equal(got.counts, want.counts)
+    assert np.allclose(got.sums, want.sums, rtol=1e-12, atol=1e-9)
+    assert np.allclose(got.cross, want.cross, rtol=1e-12, atol=1e-9)
+
+
+def test_second_passes_reuse_the_meats_of_earlier_ones(data):
+    """tsls_all's per-environment meats are tsls_all_env's, and TSHT's first-stage meats theirs: reused,
+    with the same numbers as when computed afresh."""
+    from invariant_mr.methods.streamed_passes import statistics_view
+
+    fresh = data.__class__(**data.__dict__)  # a new object: its own view and cache
+    ctx = MethodContext(progress=False)
+    planned = ("tsls_all", "tsls_all_env", "tsht")
+    first = {m: from_statistics_in_memory(fresh, ctx, m, planned) for m in planned}
+    passes = statistics_view(fresh).cache["passes"]
+    assert sum(p.get("requests_reused", 0) for p in passes) > 0
+    alone = from_statistics_in_memory(data.__class__(**data.__dict__), ctx, "tsht", ("tsht",))
+    for a, b in zip(first["tsht"].estimates, alone.estimates):
+        assert a.estimate == pytest.approx(b.estimate, rel=1e-10)
+        assert a.se == pytest.approx(b.se, rel=1e-10)
