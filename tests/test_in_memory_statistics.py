@@ -113,3 +113,23 @@ def test_second_passes_reuse_the_meats_of_earlier_ones(data):
     for a, b in zip(first["tsht"].estimates, alone.estimates):
         assert a.estimate == pytest.approx(b.estimate, rel=1e-10)
         assert a.se == pytest.approx(b.se, rel=1e-10)
+
+
+def test_cholesky_whitening_gives_the_eigen_results(data, monkeypatch):
+    """Every design whitened by Cholesky (the large-k path forced on) gives the row-route numbers,
+    and a rank-deficient Gram matrix still goes to the eigendecomposition."""
+    from invariant_mr.estimators import sufficient_stats as ss
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(200, 80))
+    G = A.T @ A
+    eig, chol = ss._SymmetricInverse(G, 1e-10), None
+    monkeypatch.setattr(ss, "_CHOLESKY_MIN_K", 0)
+    chol = ss._SymmetricInverse(G, 1e-10)
+    assert chol.rank == eig.rank == 80
+    assert np.allclose(chol.T.T @ G @ chol.T, np.eye(80), atol=1e-10)
+    b = rng.normal(size=80)
+    assert np.allclose(chol.solve(b), eig.solve(b), rtol=1e-9)
+    B = np.hstack([A, A[:, :3]])  # three duplicate columns: rank 80 of 83
+    assert ss._SymmetricInverse(B.T @ B, 1e-10).rank == 80
+    test_statistics_route_equals_row_route(data.__class__(**data.__dict__), "robust")

@@ -609,6 +609,35 @@ class ExtraCovariateKernel:
         return ExtraCovariateCrossProducts(a.counts + b.counts, a.sums + b.sums, a.cross + b.cross, a.names)
 
 
+#: Below this many columns the eigendecomposition is cheap and always used; above it a Cholesky
+#: factor whitens a well-conditioned matrix at about a tenth of the cost (p^3 / 3 + p^3 / 3 flops
+#: instead of about 9 p^3), which is what dominates the algebra at large p.
+_CHOLESKY_MIN_K = 64
+
+
+def _cholesky_whitening(Gs: np.ndarray, rtol: float) -> np.ndarray | None:
+    """T with T' Gs T = I from the Cholesky factor of a unit-diagonal PSD matrix, or None when the
+    eigendecomposition must decide the rank.
+
+    Any whitening gives the same quadratic forms, solves and whitened meats. It is used only when
+    every eigenvalue provably exceeds `rtol` times the largest, so the eigenvalue rule would keep
+    every direction too: lambda_min >= 1 / trace(Gs^-1) = 1 / ||L^-1||_F^2 and
+    lambda_max <= trace(Gs) = k; a factor 10 keeps rounding away from the boundary.
+    """
+    k = Gs.shape[0]
+    if k < _CHOLESKY_MIN_K:
+        return None
+    try:
+        L = np.linalg.cholesky(Gs)
+    except np.linalg.LinAlgError:
+        return None
+    L_inv = sla.solve_triangular(L, np.eye(k), lower=True, check_finite=False)
+    trace_inv = float(np.einsum("ij,ij->", L_inv, L_inv))
+    if not np.isfinite(trace_inv) or 1.0 / trace_inv <= 10.0 * rtol * k:
+        return None
+    return L_inv.T
+
+
 class _SymmetricInverse:
     """Pseudo-inverse and whitening of a symmetric PSD matrix from one scaled eigendecomposition.
 
@@ -625,10 +654,14 @@ class _SymmetricInverse:
         T = np.zeros((k, 0))
         if live.any():
             scale = np.sqrt(diag[live])
-            vals, vecs = np.linalg.eigh(G[np.ix_(live, live)] / np.outer(scale, scale))
-            keep = vals > rtol * vals[-1]
-            T = np.zeros((k, int(keep.sum())))
-            T[live] = (vecs[:, keep] / np.sqrt(vals[keep])) / scale[:, None]
+            Gs = G[np.ix_(live, live)] / np.outer(scale, scale)
+            W = _cholesky_whitening(Gs, rtol)
+            if W is None:
+                vals, vecs = np.linalg.eigh(Gs)
+                keep = vals > rtol * vals[-1]
+                W = vecs[:, keep] / np.sqrt(vals[keep])
+            T = np.zeros((k, W.shape[1]))
+            T[live] = W / scale[:, None]
         self.T = T
         self.rank = T.shape[1]
 
