@@ -1080,6 +1080,22 @@ def first_stage_request(design: PartialledDesign, pr: _Parts | None = None) -> M
     return MeatRequest(design, None, U)
 
 
+def _robust_first_stage_f(design: PartialledDesign, pr: _Parts, meat: np.ndarray) -> float:
+    """The robust (Kleibergen-Paap) first-stage F from the first-stage meat, computed once per design
+    and meat: every k-class method of a design shares it (a k^3 solve at large k)."""
+    cached = design.__dict__.get("_robust_f")
+    if cached is not None and cached[0] is meat:
+        return cached[1]
+    S, (t,) = _meat_coordinates(pr, meat, pr.c)
+    try:  # the meat is positive definite unless degenerate: Cholesky halves the solve
+        x = sla.solve(S, t, assume_a="pos", check_finite=False)
+    except (np.linalg.LinAlgError, ValueError):
+        x = np.linalg.solve(S, t)
+    f = float(t @ x) / pr.rank
+    object.__setattr__(design, "_robust_f", (meat, f))
+    return f
+
+
 def kclass_from_stats(
     design: PartialledDesign,
     *,
@@ -1113,8 +1129,7 @@ def kclass_from_stats(
             df = max(n - design.n_controls - n_instr, 1)
             f_stat = cgc / n_instr / ((pr.dd - cgc) / df)
         else:
-            S, (t,) = _meat_coordinates(pr, meats[1], pr.c)
-            f_stat = float(t @ np.linalg.solve(S, t)) / n_instr
+            f_stat = _robust_first_stage_f(design, pr, meats[1])
     gram = design.gram
     k = design.k
     if cov_type == "unadjusted":

@@ -99,7 +99,9 @@ def _request_key(request) -> str:
     h = hashlib.blake2b(digest_size=20)
     for part in (d.scope, d.n, d.n_controls, d.q, request.per_column):
         h.update(repr(part).encode())
-    for arr in (d.instruments, d.z_controls, d.gram, d.envs, d.means, d.control_cols, d.target_cols, d.coef,
+    # What `PartialledDesign.residual_rows` reads (not the Gram matrix, which it never uses and
+    # which is (k + 2)^2: hashing it cost more than the rest at large k).
+    for arr in (d.instruments, d.z_controls, d.envs, d.means, d.control_cols, d.target_cols, d.coef,
                 d.z_map, d.fill, request.directions, request.residuals):
         if arr is None:
             h.update(b"none")
