@@ -103,7 +103,9 @@ def main() -> None:
                      f"| {r['peak_traced_mib']:,.0f} | {r['statistics_mib']:,.0f} |")
     lines += ["", "Fitted exponents (cost = a p^b at this n): " + ", ".join(
         f"{k} b = {b:.2f}" for k, (b, a) in fits.items()), "",
-        "Projected (cost linear in n, the fitted power of p; one core):", "",
+        "Projected (one core; both columns scaled linearly in n with the fitted power of p: for the second "
+        "column that is an upper bound, since its p^3 algebra (Cholesky/eigen of each design's Gram matrix, "
+        "the F solves) does not grow with n; the peak is the fitted power of p, without the n-long vectors):", "",
         "| size | first pass (core-h) | second pass + fits (core-h) | peak (GiB) |", "|---|---:|---:|---:|"]
     for size, pr in projections.items():
         lines.append(f"| {size} | {pr['first_pass_cpu_s'] / 3600:,.1f} | {pr['second_pass_and_fits_cpu_s'] / 3600:,.1f} "
