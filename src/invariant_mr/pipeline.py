@@ -174,7 +174,8 @@ def _isolated(spec: MethodSpec, data, ctx: MethodContext, streamed: bool, planne
     try:
         if streamed:
             return _run_method(spec, data, ctx)
-        if isinstance(data, MRData):
+        if isinstance(data, MRData) and isinstance(spec.target, str) and spec.target.startswith("invariant_mr."):
+            # Built-in methods only: a user's method registered under the same name keeps its own code.
             from invariant_mr.methods.streamed import from_statistics_in_memory
 
             out = from_statistics_in_memory(data, ctx, spec.name, planned)
