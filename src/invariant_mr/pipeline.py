@@ -124,7 +124,7 @@ def run_analysis(
         for spec in bar:
             bar.set_postfix_str(spec.name)
             start = time.perf_counter()
-            out = _isolated(spec, data, ctx, streamed)
+            out = _isolated(spec, data, ctx, streamed, tuple(s.name for s in specs))
             timings[spec.name] = round(time.perf_counter() - start, 4)
             estimates.extend(out.estimates)
             diagnostics.extend(out.diagnostics)
@@ -162,15 +162,26 @@ def run_analysis(
     return replace(result, verdict=tuple(verdict_payload(result)))
 
 
-def _isolated(spec: MethodSpec, data, ctx: MethodContext, streamed: bool):
+def _isolated(spec: MethodSpec, data, ctx: MethodContext, streamed: bool, planned: tuple[str, ...] = ()):
     """Run one method; an unexpected error becomes its "failed: ..." row instead of ending the whole analysis.
 
     Input errors (`InputError`: the user's options or data) still stop the run with their message.
+    In memory, the moment-based methods run from statistics shared by the analysis
+    (`methods.streamed.from_statistics_in_memory`), the others on the rows.
     """
     from invariant_mr.methods.spec import MethodOutput
 
     try:
-        return _run_method(spec, data, ctx) if streamed else spec.function(data, ctx)
+        if streamed:
+            return _run_method(spec, data, ctx)
+        if isinstance(data, MRData) and isinstance(spec.target, str) and spec.target.startswith("invariant_mr."):
+            # Built-in methods only: a user's method registered under the same name keeps its own code.
+            from invariant_mr.methods.streamed import from_statistics_in_memory
+
+            out = from_statistics_in_memory(data, ctx, spec.name, planned)
+            if out is not None:
+                return out
+        return spec.function(data, ctx)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - one method's bug must not take the others' results down

@@ -117,6 +117,7 @@ class TwoStageHardThresholding:
         env_fixed_effects: bool = True,
         covariates: bool = True,
         passes=None,
+        also=None,
     ) -> "TwoStageHardThresholding":
         """TSHT from per-environment sufficient statistics, with no n x p array.
 
@@ -127,12 +128,16 @@ class TwoStageHardThresholding:
         `passes` (a `sufficient_stats.RowPasses`) for two streamed passes: the
         reduced-form HC0 meats (three p x p matrices in one accumulator) and
         the final fit's SE and first-stage F. Same results as `fit` on the rows.
-        `fit_` is then a `sufficient_stats.StatsKClassFit`.
+        `fit_` is then a `sufficient_stats.StatsKClassFit`. `also(final_design)` may name more
+        `MeatRequest`s of the final design (its robust AR set, its J test) to accumulate in the same
+        pass as the final fit's; their meats are `also_meats_` (empty unless robust).
         """
         from invariant_mr.estimators.sufficient_stats import (
             MeatRequest,
             accumulate_meats,
+            first_stage_request,
             kclass_from_stats,
+            kclass_requests,
             partial_out,
         )
 
@@ -150,27 +155,45 @@ class TwoStageHardThresholding:
         G_inv = (G_inv + G_inv.T) / 2
         a, c = G[:p, p + 1], G[:p, p]
         Gamma, g = G_inv @ a, G_inv @ c
+        tn = float(np.sqrt(np.log(n))) if self.threshold is None else float(self.threshold)
         if self.cov_type == "robust":
             if passes is None:
                 raise InputError("robust TSHT from statistics needs a second pass over the rows (passes=)")
+            # Relevance needs only the diagonal of V_g, from the first stage's HC0 meat: the request
+            # 2SLS and LIML make for their robust F (a pass that shares it computes it once).
+            meat_DD = accumulate_meats(passes, [first_stage_request(design)])[0]
+            relevant = _relevant(g, np.diag(G_inv @ meat_DD @ G_inv), tn)
+            S = np.flatnonzero(relevant)
+            # The vote reads V_G, V_g and C_Gg on the relevant instruments only: one pass with the rows
+            # projected on G^-1[:, S] gives those |S| x |S| blocks at 2 |S|^2 per row instead of the
+            # 2 p^2 of the full reduced-form meats.
+            directions = np.zeros((p + 2, S.size))
+            directions[:p] = G_inv[:, S]
             U = np.column_stack([np.concatenate([-Gamma, [0.0, 1.0]]), np.concatenate([-g, [1.0, 0.0]])])
-            # directions=None: the instrument columns themselves (no n p^2 product with an identity).
-            M = accumulate_meats(passes, [MeatRequest(design, None, U)])[0]
-            meat_YY, meat_YD, meat_DD = M[:p, :p], M[:p, p:], M[p:, p:]
-            V_G, V_g, C_Gg = G_inv @ meat_YY @ G_inv, G_inv @ meat_DD @ G_inv, G_inv @ meat_YD @ G_inv
+            M = accumulate_meats(passes, [MeatRequest(design, directions, U)])[0]
+            s = S.size
+            relevant, valid, votes, ratios = _vote_relevant(Gamma, g, relevant, M[:s, :s], M[s:, s:], M[:s, s:], tn)
         else:
             df = n - p - design.n_controls
             eYY = G[p + 1, p + 1] - Gamma @ a
             eDD = G[p, p] - g @ c
             eYD = G[p, p + 1] - Gamma @ c
             V_G, V_g, C_Gg = G_inv * eYY / df, G_inv * eDD / df, G_inv * eYD / df
-        tn = float(np.sqrt(np.log(n))) if self.threshold is None else float(self.threshold)
-        relevant, valid, votes, ratios = _vote(Gamma, g, V_G, V_g, C_Gg, tn)
+            relevant, valid, votes, ratios = _vote(Gamma, g, V_G, V_g, C_Gg, tn)
         final = partial_out(
             stats, env=env, env_fixed_effects=env_fixed_effects, covariates=covariates,
             instruments=np.flatnonzero(valid), z_controls=np.flatnonzero(~valid),
         )  # fmt: skip
-        fit = kclass_from_stats(final, kappa="tsls", cov_type=self.cov_type, passes=passes)
+        self.also_meats_ = ()
+        if self.cov_type == "robust":
+            # One pass for the final fit's SE and F and whatever the caller adds (AR set, J test).
+            own = kclass_requests(final, "tsls")
+            extra = list(also(final)) if also is not None else []
+            meats = accumulate_meats(passes, own + extra)
+            fit = kclass_from_stats(final, kappa="tsls", cov_type="robust", meats=meats[: len(own)])
+            self.also_meats_ = tuple(meats[len(own) :])
+        else:
+            fit = kclass_from_stats(final, kappa="tsls", cov_type=self.cov_type, passes=passes)
         self.design_ = final
         return self._store(relevant, valid, votes, ratios, tn, fit)
 
@@ -195,16 +218,27 @@ class TwoStageHardThresholding:
         return np.hstack(parts) if parts else None
 
 
-def _vote(Gamma, g, V_G, V_g, C_Gg, tn: float):
-    """Steps 2-4: (relevant mask, valid mask, symmetric votes, ratio estimates)."""
-    p = g.shape[0]
-    C_sym = (C_Gg + C_Gg.T) / 2
-    relevant = np.abs(g) > tn * np.sqrt(np.diag(V_g))
+def _relevant(g, var_g, tn: float) -> np.ndarray:
+    """Step 2, the first thresholding: |g_j| > tn SE(g_j)."""
+    relevant = np.abs(g) > tn * np.sqrt(var_g)
     if not relevant.any():
         raise InputError(
             "TSHT: no instrument is individually strong (first thresholding selected none); "
             "use a weak-instrument-robust method"
         )
+    return relevant
+
+
+def _vote(Gamma, g, V_G, V_g, C_Gg, tn: float):
+    """Steps 2-4: (relevant mask, valid mask, symmetric votes, ratio estimates)."""
+    relevant = _relevant(g, np.diag(V_g), tn)
+    S = np.flatnonzero(relevant)
+    return _vote_relevant(Gamma, g, relevant, *(M[np.ix_(S, S)] for M in (V_G, V_g, C_Gg)), tn)
+
+
+def _vote_relevant(Gamma, g, relevant, VG, Vg, C_S, tn: float):
+    """Steps 3-4 given the relevant set S and the covariances' |S| x |S| blocks on it."""
+    p = g.shape[0]
     S = np.flatnonzero(relevant)
     ratios = Gamma / g
     # Instrument j (column) votes for k (row) when k's implied pleiotropy Gamma_k - b_j g_k,
@@ -213,7 +247,7 @@ def _vote(Gamma, g, V_G, V_g, C_Gg, tn: float):
     # p x p matrix per voter); the operations are those of the per-voter formula, in its order.
     b = ratios[S][None, :]
     bb, tb = b * b, 2 * b
-    VG, Vg, C = (M[np.ix_(S, S)] for M in (V_G, V_g, C_sym))
+    C = (C_S + C_S.T) / 2
     dVG, dVg, dC = (np.diag(M)[:, None] for M in (VG, Vg, C))
     diag_T = dVG + bb * dVg - tb * dC  # T_kk for voter j
     T_kj = VG + bb * Vg - tb * C

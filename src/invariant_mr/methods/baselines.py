@@ -80,9 +80,9 @@ def liml_all_env(data: MRData, ctx: MethodContext) -> MethodOutput:
 _PC_NAME = re.compile(r"^(pc|PC|Pc)_?\d+$")
 
 
-def tsls_pcs(data: MRData, ctx: MethodContext) -> MethodOutput:
-    """2SLS adjusting for ancestry PCs: the PC covariates supplied (names PC1, pc_2, ...), which should be
-    genome-wide PCs (PLINK 2 --pca, or the biobank's), else the top --n-pcs PCs of the instruments."""
+def pcs_for(data: MRData, ctx: MethodContext) -> tuple[np.ndarray | None, str, int]:
+    """(PC scores to add as controls, or None when supplied among the covariates; where they come
+    from; how many) for tsls_pcs."""
     supplied = [j for j, name in enumerate(data.covariate_names or ()) if _PC_NAME.match(name)]
     if supplied:
         # PCs are among the covariates already, which every method adjusts for.
@@ -97,6 +97,13 @@ def tsls_pcs(data: MRData, ctx: MethodContext) -> MethodOutput:
         if k < 1:
             raise InputError("tsls_pcs needs at least 2 instruments when PCs are computed from them")
         pcs, source = genotype_pcs(data.Z, k), "instruments"
+    return pcs, source, k
+
+
+def tsls_pcs(data: MRData, ctx: MethodContext) -> MethodOutput:
+    """2SLS adjusting for ancestry PCs: the PC covariates supplied (names PC1, pc_2, ...), which should be
+    genome-wide PCs (PLINK 2 --pca, or the biobank's), else the top --n-pcs PCs of the instruments."""
+    pcs, source, k = pcs_for(data, ctx)
     # iv_estimates attaches the Anderson-Rubin sets (same instruments and PC controls).
     rows = iv_estimates(
         data, data.Z, ctx.inference, method="tsls_pcs", extra_controls=pcs, extra={"n_pcs": k, "pcs_from": source},

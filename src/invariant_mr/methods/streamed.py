@@ -59,7 +59,18 @@ _KCLASS = {"ols": ("ols", True), "tsls_all_env": ("tsls", True), "liml_all_env":
            "tsls_all": ("tsls", False)}
 
 
+#: Methods that, on in-memory data too, run from the shared statistics (`statistics_view`): their
+#: numbers equal the row-based fits (tests/test_in_memory_statistics.py), at one first pass and one
+#: shared second pass instead of one n x p refit each. ols needs no genotypes; invariant_linear keeps
+#: its row route in memory (its direction bootstrap resamples rows).
+IN_MEMORY_FROM_STATISTICS = (frozenset(STREAMED_METHODS) - {"ols", "invariant_linear"}) | {"tsls_pcs"}
+
+
 def _route_extra(data: StreamedMRData, method: str) -> dict:
+    from invariant_mr.estimators.sufficient_stats import ArrayRows
+
+    if isinstance(data.genotypes, ArrayRows):
+        return {"route": f"{STREAMED_METHODS.get(method, 'sufficient statistics')} (in memory)"}
     return {"route": STREAMED_METHODS[method], "streamed_on": "dask" if data.client is not None else "local"}
 
 
@@ -166,16 +177,41 @@ def tsht(data: StreamedMRData, ctx: MethodContext) -> MethodOutput:
     stats = first_pass(data)
     names = np.array(data.instrument_names)
     scopes = [("pooled", None)] + ([(f"env:{lv}", lv) for lv in data.env_levels] if ctx.per_env else [])
-    rows = []
+    rows, diagnostics = [], ()
     for scope, level in scopes:
+        wanted: dict[str, slice] = {}
+
+        def also(final, scope=scope, wanted=wanted):
+            """The final design's robust AR set (within --ar-max-instruments) and, pooled, its J test,
+            accumulated in the final fit's pass."""
+            from invariant_mr.estimators.sufficient_stats import _Parts
+            from invariant_mr.inference.tests_from_stats import anderson_rubin_requests, j_requests
+
+            out = []
+            try:
+                rank = _Parts.of(final).rank
+                if 0 < rank <= ctx.inference.ar_max_instruments:
+                    out += anderson_rubin_requests(final)
+                    wanted["ar"] = slice(0, len(out))
+                if scope == "pooled" and rank >= 2:
+                    wanted["j"] = slice(len(out), len(out) + len(j_requests(final)))
+                    out += j_requests(final)
+            except (InputError, np.linalg.LinAlgError):
+                wanted.clear()
+                return []
+            return out
+
         try:
             model = TwoStageHardThresholding(threshold=threshold, cov_type=ctx.cov_type).fit_statistics(
-                stats, env=level, passes=passes(data)
+                stats, env=level, passes=passes(data), also=also
             )
         except (InputError, np.linalg.LinAlgError) as exc:
             if scope == "pooled":
                 rows.append(Estimate.unavailable("tsht", scope, data.n, data.p, str(exc)))
             continue
+        extra_meats = {key: model.also_meats_[part] for key, part in wanted.items()} if model.also_meats_ else {}
+        if scope == "pooled":
+            diagnostics = _tsht_overidentification(data, ctx, model, extra_meats.get("j"))
         est = estimate_from_fit(model.fit_, "tsht", scope, ctx.alpha, {
             "valid_instruments": names[model.valid_].tolist(),
             "relevant_instruments": names[model.relevant_].tolist(),
@@ -192,14 +228,27 @@ def tsht(data: StreamedMRData, ctx: MethodContext) -> MethodOutput:
         else:
             try:
                 cs = anderson_rubin_from_stats(model.design_, alpha=ctx.alpha, cov_type=ctx.cov_type,
-                                               passes=passes(data))
+                                               passes=passes(data), meats=extra_meats.get("ar"))
                 f = anderson_rubin_fields(cs)
                 est = replace(est, ar_ci_low=f["ar_ci_low"], ar_ci_high=f["ar_ci_high"],
                               extra={**est.extra, **f["extra"], "ar_cov_type": ctx.cov_type})
             except (InputError, np.linalg.LinAlgError) as exc:
                 est = replace(est, extra={**est.extra, "ar_set_kind": "not computed", "ar_error": str(exc)})
         rows.append(est)
-    return MethodOutput(tuple(rows))
+    return MethodOutput(tuple(rows), diagnostics)
+
+
+def _tsht_overidentification(data: StreamedMRData, ctx: MethodContext, model, meats=None) -> tuple:
+    """The pooled J row of the voted-valid instruments (as `baselines._overidentification` on the rows)."""
+    from invariant_mr.inference.diagnostics import j_diagnostic
+    from invariant_mr.inference.tests_from_stats import sargan_hansen_j_from_stats
+
+    try:
+        stat, p, df = sargan_hansen_j_from_stats(model.design_, cov_type=ctx.cov_type, passes=passes(data),
+                                                 meats=meats)
+    except (InputError, np.linalg.LinAlgError):
+        return ()
+    return (j_diagnostic("tsht/overidentification_j", stat, p, df, alpha=ctx.alpha, cov_type=ctx.cov_type),)
 
 
 def run_streamed(data: StreamedMRData, ctx: MethodContext, method: str) -> MethodOutput:
@@ -213,9 +262,69 @@ def run_streamed(data: StreamedMRData, ctx: MethodContext, method: str) -> Metho
     return summary_method(data, ctx, method)
 
 
+# ----------------------------------------------------------------------------- tsls_pcs (in memory)
+def tsls_pcs_in_memory(view: StreamedMRData, data, ctx: MethodContext) -> MethodOutput:
+    """tsls_pcs from the statistics: the PCs (computed on the rows, `baselines.pcs_for`) join the
+    covariates by an O(n k m) pass over the shared first pass; one second pass for the robust SE
+    and F, one for the J check."""
+    from invariant_mr.estimators.sufficient_stats import partial_out
+    from invariant_mr.inference.diagnostics import j_diagnostic
+    from invariant_mr.inference.from_stats import iv_estimates_from_stats
+    from invariant_mr.inference.tests_from_stats import sargan_hansen_j_from_stats
+    from invariant_mr.methods.baselines import pcs_for
+    from invariant_mr.methods.streamed_passes import with_extra_covariates
+
+    pcs, source, k = pcs_for(data, ctx)
+    if pcs is not None:
+        view = with_extra_covariates(view, pcs, tuple(f"genotype_pc{j + 1}" for j in range(k)))
+    stats = first_pass(view)
+    rows = iv_estimates_from_stats(
+        stats, {"tsls_pcs": "tsls"}, alpha=ctx.alpha, cov_type=ctx.cov_type, per_env=ctx.per_env,
+        env_fixed_effects=True, max_ar_instruments=ctx.inference.ar_max_instruments, passes=passes(view),
+        extra={"n_pcs": k, "pcs_from": source, **_route_extra(view, "tsls_pcs")},
+    )["tsls_pcs"]
+    try:
+        stat, p, df = sargan_hansen_j_from_stats(partial_out(stats, env_fixed_effects=True), cov_type=ctx.cov_type,
+                                                 passes=passes(view))
+        diagnostics = (j_diagnostic("tsls_pcs/overidentification_j", stat, p, df, alpha=ctx.alpha,
+                                    cov_type=ctx.cov_type),)
+    except (InputError, np.linalg.LinAlgError):
+        diagnostics = ()
+    return MethodOutput(tuple(rows), diagnostics)
+
+
+def from_statistics_in_memory(data, ctx: MethodContext, method: str, planned=()) -> MethodOutput | None:
+    """`method` on in-memory `MRData` from the shared statistics, or None where the row route must run:
+    a method without that route, several exposures, cluster labels or cluster-robust SEs, or
+    columns the statistics route refuses (it then reports them, the row route drops them).
+    `planned` names the analysis's methods, so that its k-class methods share one second pass."""
+    from invariant_mr.data import MRData
+    from invariant_mr.methods.streamed_passes import first_pass, statistics_view
+
+    if (
+        method not in IN_MEMORY_FROM_STATISTICS
+        or not isinstance(data, MRData)
+        or data.n_exposures != 1
+        or data.clusters is not None
+        or ctx.cov_type not in ("robust", "unadjusted")
+    ):
+        return None
+    view = statistics_view(data)
+    try:
+        first_pass(view)
+    except InputError:
+        return None
+    if method == "tsls_pcs":
+        return tsls_pcs_in_memory(view, data, ctx)
+    # The k-class methods of this analysis share their second pass (`kclass_method`).
+    view.cache["planned"] = tuple(planned) or (method,)
+    return run_streamed(view, ctx, method)
+
+
 def subsample_extra(data: StreamedMRData) -> dict:
     m = min(data.subsample_rows, data.n)
     return {"route": f"subsample ({m:,} of {data.n:,} rows, seed {data.seed})", "streamed_on": "local"}
 
 
-__all__ = ["STREAMED_METHODS", "project", "run_streamed", "subsample_extra"]
+__all__ = ["IN_MEMORY_FROM_STATISTICS", "STREAMED_METHODS", "from_statistics_in_memory", "project", "run_streamed",
+           "subsample_extra"]
