@@ -90,9 +90,9 @@ def _rebind(module: str, name: str, make):
 
 def _shift_invariant_pooled(original):
     @functools.wraps(original)
-    def estimate_from_fit(fit, method, scope, alpha, extra=None):
-        est = original(fit, method, scope, alpha, extra)
-        if method.startswith("invariant") and scope == "pooled" and est.se is not None:
+    def estimate_from_fit(*args, **kwargs):
+        est = original(*args, **kwargs)
+        if est.method.startswith("invariant") and est.scope == "pooled" and est.se is not None:
             d = SHIFT_SES * est.se
             est = replace(est, estimate=est.estimate + d, ci_low=est.ci_low + d, ci_high=est.ci_high + d)
         return est
@@ -118,6 +118,17 @@ def _narrow_rows(original):
     return narrowed
 
 
+def _scale_se(original):
+    """Wrap a function returning an Estimate whose interval already comes from a narrowed `WaldInference.ci`."""
+
+    @functools.wraps(original)
+    def scaled(*args, **kwargs):
+        out = original(*args, **kwargs)
+        return out if out.se is None else replace(out, se=out.se * NARROW)
+
+    return scaled
+
+
 def _drop_env_effects(original):
     @functools.wraps(original)
     def exogenous_controls(data, env_fixed_effects, extra=None):
@@ -139,7 +150,7 @@ def apply(fault: str) -> None:
             return self.estimate - NARROW * (self.estimate - lo), self.estimate + NARROW * (hi - self.estimate)
 
         WaldInference.ci = ci
-        _rebind("invariant_mr.inference.estimates", "estimate_from_fit", _narrow_rows)
+        _rebind("invariant_mr.inference.estimates", "estimate_from_fit", _scale_se)
         _rebind("invariant_mr.inference.direction_bootstrap", "with_bootstrap_se", _narrow_rows)
         _rebind("invariant_mr.estimators.summary_mr", "_wald", _narrow_rows)
     elif fault == "no_env_effects":
