@@ -16,21 +16,26 @@ from scipy import stats
 LEVEL = 1e-3
 
 
-def rate_band(n: int, p: float, p_low: float | None = None, level: float = LEVEL) -> tuple[float, float]:
+def rate_band(
+    n: int, p: float, p_low: float | None = None, p_high: float | None = None, level: float = LEVEL
+) -> tuple[float, float]:
     """Acceptance band for a rate out of `n` Bernoulli trials whose probability is `p`.
 
-    `p_low` (below `p`) states a documented finite-sample shortfall: the lower
-    end is then the binomial band of `p_low` and the upper end that of `p`.
+    `p_low` (below `p`) or `p_high` (above it) state a documented finite-sample
+    departure: that end of the band is then the binomial band of `p_low` or
+    `p_high`, the other end stays that of `p`.
     """
     lo = stats.binom.ppf(level / 2, n, p if p_low is None else p_low) / n
-    hi = stats.binom.isf(level / 2, n, p) / n
+    hi = stats.binom.isf(level / 2, n, p if p_high is None else p_high) / n
     return float(lo), float(hi)
 
 
-def assert_rate(hits, p: float, *, p_low: float | None = None, what: str = "rate", level: float = LEVEL) -> float:
-    """Assert that the share of True in `hits` lies in `rate_band(len(hits), p, p_low)`; return the share."""
+def assert_rate(
+    hits, p: float, *, p_low: float | None = None, p_high: float | None = None, what: str = "rate", level: float = LEVEL
+) -> float:
+    """Assert that the share of True in `hits` lies in `rate_band(len(hits), p, p_low, p_high)`; return the share."""
     hits = np.asarray(hits, dtype=bool)
-    lo, hi = rate_band(hits.size, p, p_low, level)
+    lo, hi = rate_band(hits.size, p, p_low, p_high, level)
     rate = float(hits.mean())
     assert lo <= rate <= hi, f"{what} {rate:.3f} over {hits.size} replications outside [{lo:.3f}, {hi:.3f}]"
     return rate
