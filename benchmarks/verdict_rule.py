@@ -37,6 +37,7 @@ import numpy as np
 from invariant_mr.methods.registry import MethodContext
 from invariant_mr.pipeline import run_analysis
 from invariant_mr.provenance import cpu_model
+from table_provenance import git_commit  # noqa: E402
 from invariant_mr.report.verdict import verdict
 from invariant_mr.simulation.genetic_dataset import simulate_genetic
 from invariant_mr.simulation.paper import simulate_paper
@@ -124,7 +125,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     lines = [
         "# Verdict rule: how often it picks the least-biased method",
         "",
-        f"Regenerate: `{meta['command']}`",
+        f"Regenerate: `{meta['command']}`  ",
+        f"Commit: {meta.get('commit', 'not recorded')}",
         (f"Hardware: {meta['cpu']}, {meta['cores']} cores, CPU only (shared machine, niced). "
         f"Date: {meta['date']}. Wall time {meta['wall_minutes']:.1f} min. Python {meta['python']}."),
         "",
@@ -196,6 +198,7 @@ def main(argv=None) -> int:
                   f"least biased {rec['least_biased']}, {rec['seconds']} s", flush=True)
     meta = {
         "command": "nice -n 10 python benchmarks/verdict_rule.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": git_commit(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "date": dt.date.today().isoformat(),
