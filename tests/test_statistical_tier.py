@@ -71,7 +71,7 @@ def answered(rows):
 
 def assert_abstains_rarely(has_interval, p: float = 0.01):
     """At most about `p` of the fits find no invariant direction (the benchmark: 0.000-0.006)."""
-    lo, hi = rate_band(has_interval.size, p)
+    _, hi = rate_band(has_interval.size, p)
     missing = 1 - float(np.mean(has_interval))
     assert missing <= hi, f"{missing:.3f} of fits abstained, more than {hi:.3f}"
 
