@@ -148,6 +148,18 @@ def test_invariant_polynomial_is_unbiased_and_its_interval_is_not_too_narrow(pol
     assert z2 <= stats.chi2.isf(1e-3, est.size) / est.size, f"mean squared z-score {z2:.2f}"
 
 
+@pytest.mark.slow
+def test_invariant_polynomial_coverage_long():
+    """The long version (scheduled run): 200 replications, enough to see intervals 25% too narrow."""
+    opts = {"poly_degrees": "1,2", "poly_restarts": 2, "poly_bootstrap": 100, "diagnostic_permutations": 19}
+    rows, _ = replicate("invariant_polynomial", "poly2", 200, 800, 60_000, opts)
+    est, se, covered, has_interval = answered(rows)
+    assert_abstains_rarely(has_interval)
+    assert_unbiased(est, THETA)
+    assert_se_calibrated(est, se, tolerance=0.1)
+    assert_rate(covered, 0.95, what="invariant_polynomial Wald coverage")
+
+
 # ---------------------------------------------------------------------------- invariant_autoencoder
 #: A setting where the autoencoder should work: linear mixing, an affine instrument head and the
 #: relevance head on (as `test_autoencoder.test_recovers_w_under_linear_mixing`), short training.
