@@ -1,7 +1,7 @@
 """Mutation check: inject statistical faults at run time and record which tests catch them.
 
 Each fault is applied by this file acting as a pytest plugin
-(`-p mutation_check`, selected by the environment variable
+(`-p benchmarks.mutation_check`, selected by the environment variable
 INVARIANT_MR_MUTATION), so the package's source is never edited: the plugin
 wraps one function of the installed code before any test runs and rebinds
 every reference to it inside `invariant_mr` (modules that did
@@ -171,10 +171,12 @@ def run_suite(fault: str, tests: list[str]) -> dict:
     env = {
         **os.environ,
         ENV_VAR: fault,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        # The repository root, not benchmarks/, goes on the path: benchmarks/coverage.py would shadow
+        # the `coverage` package that numba imports. The plugin loads as benchmarks.mutation_check.
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
     }  # fmt: skip
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "mutation_check", "-rf", *tests]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.mutation_check", "-rf", *tests]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     failed = sorted(set(re.findall(r"^FAILED (\S+)", proc.stdout, flags=re.M)))
