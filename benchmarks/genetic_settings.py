@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 from invariant_mr.estimators.iv import fit_kclass  # noqa: E402
 from invariant_mr.pipeline import run_analysis  # noqa: E402
 from invariant_mr.provenance import cpu_model  # noqa: E402
+from table_provenance import git_commit  # noqa: E402
 from invariant_mr.methods.registry import MethodContext, resolve_methods  # noqa: E402
 from invariant_mr.simulation.genetic_dataset import simulate_genetic  # noqa: E402
 
@@ -285,6 +286,7 @@ def _write_payload(name, tag, model, params, description, method_names, records,
         "replicates": records,
         "command": _command(records),
         "hardware": _hardware(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
     }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1))
@@ -403,7 +405,7 @@ def build_report() -> None:
         payloads.sort(key=lambda p: (p.get("tag") is not None, p.get("tag") or ""))
         lines += [f"## {scenario}: {payloads[0]['description']}", ""]
         for p in payloads:
-            lines.append(f"- `{p['command']}` ({p['date']}; {p['hardware']}; "
+            lines.append(f"- `{p['command']}` (commit {p.get('commit', 'not recorded')}; {p['date']}; {p['hardware']}; "
                          f"{len(p['replicates'])} replicates, median simulation time "
                          f"{np.median([r['simulation_seconds'] for r in p['replicates']]):.1f} s)")
         fst = payloads[0]["replicates"][0].get("fst")

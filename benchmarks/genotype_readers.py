@@ -36,6 +36,7 @@ from genotype_writers import make_fileset, write_bed, write_bgen, write_pgen, wr
 
 from invariant_mr.io.genotype_sources import open_genotypes
 from invariant_mr.provenance import cpu_model
+from table_provenance import git_commit  # noqa: E402
 
 
 def timed(fn, reps):
@@ -129,6 +130,7 @@ def main(argv=None):
         "n_samples": n, "n_variants": p, "reps": args.reps, "cpu": cpu_model(), "cores": os.cpu_count(),
         "file_bytes": sizes, "bgen_open_seconds_incl_metafile": bgen_open, "vcf_open_seconds_index_pass": vcf_open,
         "command": " ".join(["python benchmarks/genotype_readers.py", *(argv if argv is not None else sys.argv[1:])]),
+        "commit": git_commit(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(str(args.out) + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
@@ -159,7 +161,7 @@ def render(meta: dict, rows: list[dict]) -> list[str]:
     for r in rows:
         lines.append(f"| {r['reader']} | {r['pattern']} | {r['seconds']:.3f} | {r['genotypes_per_s'] / 1e6:.1f} | "
                      f"{r['ratio_vs_bed_reader']:.2f} |")
-    lines += ["", f"Command: `{meta['command'].strip()}`", ""]
+    lines += ["", f"Command: `{meta['command'].strip()}`  ", f"Commit: {meta.get('commit', 'not recorded')}", ""]
     lines += [
         "Notes:",
         "",

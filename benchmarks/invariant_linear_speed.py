@@ -24,6 +24,7 @@ import numpy as np
 
 from invariant_mr.instruments.linear import LinearInvariantInstruments
 from invariant_mr.provenance import cpu_model
+from table_provenance import command_line, git_commit  # noqa: E402
 from invariant_mr.simulation.paper import simulate_paper
 
 
@@ -77,7 +78,8 @@ def main(argv=None):
     }
     text = f"""# Closed-form invariant instruments: speed and memory
 
-Command: `python benchmarks/invariant_linear_speed.py --n-per-env {args.n_per_env} --p {args.p} --repeats {args.repeats}`
+Command: `{command_line(__file__)}`  
+Commit: {git_commit()}  
 Hardware: {cpu_model()}, {len(__import__('os').sched_getaffinity(0))} cores; numpy {np.__version__}. Date: {date.today()}.
 Data: paper linear setting (K=2), 4 latent factors mixed into {args.p} unit-norm columns + N(0,1) noise.
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from paper_settings import summarise  # noqa: E402
 
 from invariant_mr.provenance import cpu_model  # noqa: E402
+from table_provenance import git_commit  # noqa: E402
 
 SETTINGS = ("linear", "poly2", "poly3", "poly2-normal", "poly3-normal", "mlp", "discrete")
 
@@ -102,7 +103,8 @@ def markdown(summary: list[dict], rows: list[dict], command: str, options: dict)
     lines = [
         "# Invariant autoencoder on the paper's simulation settings",
         "",
-        f"Command: `{command}`",
+        f"Command: `{command}`  ",
+        f"Commit: {git_commit()}  ",
         f"Method options: `{json.dumps(options)}` (all other options at their defaults).",
         f"Hardware: {cpu_model()}, {len(os.sched_getaffinity(0))} cores shared with other jobs (timings noisy), "
         f"CPU only, no GPU. Date: {date.today()}. Sum of the fit times in the table: "

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from table_provenance import git_commit
+
 RESULTS = Path(__file__).parent / "results"
 SIM = dict(n_envs=2, n_per_env=3000, weights="clipped-normal", mix_seed=100, mixing_recipe="paper-code")
 #: What the paper reports (signed in-sample pooled mean over 3 of the seeds 42-61, and its SD).
@@ -159,7 +161,7 @@ def write_report(rows: list[dict], md_path: Path, json_path: Path, command: str)
     lines = [
         "# The paper's protocol, exactly (issue 11, Deliver 1)",
         "",
-        f"Generated {date.today().isoformat()} on {hardware} (a shared 2-core machine: times are noisy).",
+        f"Generated {date.today().isoformat()} at commit {git_commit()} on {hardware} (a shared 2-core machine: times are noisy).",
         "",
         "Regenerate each row of the summary with `OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/paper_protocol.py "
         "--settings SETTING --seeds FIRST-LAST --epochs 400` (resumable: fits already in paper_protocol.jsonl are "

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from invariant_mr.provenance import cpu_model
+from table_provenance import command_line, git_commit  # noqa: E402
 
 DEFAULT_METHODS = "ols,tsls_all,tsls_all_env,liml_all_env,invariant_linear,invariant_linear_crossfit"
 SETTINGS = ("linear", "poly2", "poly3", "poly2-normal", "poly3-normal", "mlp", "discrete")
@@ -108,8 +109,8 @@ def markdown(summary: list[dict], args, elapsed: float) -> str:
     lines = [
         "# Paper simulation settings: bias, spread and coverage",
         "",
-        f"Command: `python benchmarks/paper_settings.py --methods {args.methods} --seeds {args.seeds} "
-        f"--settings {','.join(args.settings)} --envs {','.join(map(str, args.envs))} --n-per-env {args.n_per_env}`",
+        f"Command: `{command_line(__file__)}`  ",
+        f"Commit: {git_commit()}  ",
         f"Hardware: {cpu_model()}, {len(os.sched_getaffinity(0))} cores, CPU only. Date: {date.today()}. "
         f"Wall time {elapsed / 60:.1f} min.",
         "",

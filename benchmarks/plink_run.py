@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from invariant_mr.provenance import cpu_model
+from table_provenance import command_line, git_commit  # noqa: E402
 
 CORE_METHODS = "invariant_linear,ols,tsls_all,tsls_all_env,liml_all_env"
 
@@ -157,8 +158,8 @@ def main() -> None:
     lines = [
         "# `run --bfile` at 30,000 samples x 1,000 variants",
         "",
-        f"Regenerate: `python benchmarks/plink_run.py --repeats {args.repeats}"
-        + (f" --methods '{args.methods}'" if args.methods != CORE_METHODS else "") + "`",
+        f"Regenerate: `{command_line(__file__)}`  ",
+        f"Commit: {git_commit()}",
         "",
         f"- Date: {dt.date.today().isoformat()}; CPU: {cpu_model()} ({os.cpu_count()} cores); "
         f"Python {platform.python_version()}, NumPy {np.__version__}.",

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from table_provenance import command_line, git_commit
+
 OUT = Path(__file__).parent / "results" / "polynomial_settings.md"
 MAIN = [(s, K, 0.0, "default") for s in ("poly2", "poly3", "poly2-normal", "poly3-normal") for K in (2, 3)]
 NOISE = [(s, 2, z, "default") for s in ("poly2", "poly3") for z in (0.01, 0.05, 0.10)]
@@ -216,7 +218,7 @@ def markdown(summary: list[dict], command: str, hardware: str) -> str:
         "# Two-stage polynomial invariant instruments on the paper's settings",
         "",
         f"Regenerate: `{command}` (resumable; per-task rows in `polynomial_settings.jsonl`).",
-        f"Hardware: {hardware}. Date: {date.today()}. n = 3000 per environment; true theta = 1.",
+        f"Commit: {git_commit()}. Hardware: {hardware}. Date: {date.today()}. n = 3000 per environment; true theta = 1.",
         "",
         "`invariant_polynomial`: `PolynomialInvariantInstruments` with default settings, cross-fitted (2 folds,",
         "both stages learned on the other fold), fold-interacted 2SLS with environment and fold-by-environment",
@@ -311,7 +313,7 @@ def main(argv=None):
 
     summary = summarise(list(done.values()))
     hardware = f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores shared with other jobs, one thread, CPU only"
-    command = f"nice -n 10 python benchmarks/polynomial_settings.py --groups {args.groups} --seeds {args.seeds}"
+    command = "nice -n 10 " + command_line(__file__)
     args.out.write_text(markdown(summary, command, hardware))
     args.out.with_suffix(".json").write_text(json.dumps({"summary": summary}, indent=1))
     print(args.out.read_text())

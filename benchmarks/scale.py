@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from invariant_mr.provenance import cpu_model
+from table_provenance import command_line, git_commit  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = "tsls_all_env,liml_all_env,invariant_linear,ivw"
@@ -200,6 +201,8 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
     lines = [
         "# `run --bfile` at scale vs a bare read + Z'Z of the same file",
         "",
+        f"Command: `{meta.get('command', 'not recorded')}`; commit {meta.get('commit', 'not recorded')}.",
+        "",
         f"{meta['hardware']}; BLAS single-threaded in every process; {meta['date']}. "
         f"`benchmarks/scale.py` (Balding-Nichols, F_ST 0.1, 3 environments, 1% missing calls, covariates age "
         f"and sex), methods `{METHODS}` with `--streaming on` (robust SEs, per-environment rows, AR sets, "
@@ -286,6 +289,7 @@ def main() -> None:
         old = json.loads(Path(str(out) + ".json").read_text())
         rows, meta = old["rows"], old["meta"]
     meta.update({"hardware": f"{os.cpu_count()}-core {cpu_model()}", "date": time.strftime("%Y-%m-%d"),
+                 "commit": git_commit(), "command": command_line(__file__),
                  "seed": args.seed, "methods": METHODS})
     dask_sizes = set(args.dask_sizes.split(",")) if args.dask_sizes else set()
     for size in args.sizes.split(","):

@@ -20,6 +20,7 @@ from datetime import date
 from pathlib import Path
 
 from invariant_mr.provenance import cpu_model
+from table_provenance import command_line, git_commit  # noqa: E402
 
 #: The installed console script, as users run it.
 ENTRY = str(Path(sys.executable).with_name("invariant-mr"))
@@ -74,7 +75,8 @@ def main() -> None:
         "# Command-line start-up time",
         "",
         f"{record['date']}, {record['cpu']} ({record['cores']} cores), Python {record['python']}; "
-        f"median of {args.repeats} runs each, interleaved. Regenerate: `python benchmarks/startup.py`.",
+        f"median of {args.repeats} runs each, interleaved. Regenerate: `{command_line(__file__)}`. "
+        f"Commit: {git_commit()}.",
         "Target (issue 9): each `invariant-mr` command under 1.5 s on 2 cores (it was about 5.5 s idle, 12 s busy).",
         "",
         "| command | median s | heavy libraries imported |",

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from table_provenance import command_line, git_commit  # noqa: E402
+
 from invariant_mr.estimators import summary_mr, tsht as robust_iv
 from invariant_mr.inference.diagnostics import first_stage_strength, sargan_hansen_j
 from invariant_mr.inference.estimates import exogenous_controls, iv_estimates
@@ -269,11 +271,15 @@ def main() -> None:
         "repeats": R,
         "seed": args.seed,
         "numpy": np.__version__,
+        "command": command_line(__file__),
+        "commit": git_commit(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
         "# Estimators from sufficient statistics vs in memory; the slow methods",
+        "",
+        f"Command: `{meta['command']}`; commit {meta['commit']}.",
         "",
         f"{meta['hardware']}, {meta['threads']} thread, n = {meta['n']:,} ({meta['envs']} environments, "
         f"Balding-Nichols, seed {meta['seed']}), p = {meta['p']:,}; medians of {R} runs in one process "

@@ -26,7 +26,7 @@ from invariant_mr.inference.tests_from_stats import (
 )
 from invariant_mr.simulation.balding_nichols import simulate_balding_nichols
 
-da = pytest.importorskip("dask.array")
+import dask.array as da  # noqa: E402  (a dependency: fail, do not skip, without it)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_chunks_must_cover_the_rows(tmp_path, sim, vectors):
 
 
 def test_local_cluster_two_worker_processes(tmp_path, sim, vectors, local):
-    distributed = pytest.importorskip("distributed")
+    import distributed
     stats, passes = local
     path = tmp_path / "genotypes.npy"
     np.save(path, sim.genotypes)

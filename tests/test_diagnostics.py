@@ -17,6 +17,7 @@ from invariant_mr.inference.diagnostics import (
 from invariant_mr.estimators.iv import fit_kclass
 from invariant_mr.inference.settings import InferenceSettings
 from invariant_mr.simulation.paper import simulate_paper
+from statistical_bounds import rate_band
 
 
 def _data(seed, n=1500, k=3, strength=0.4):
@@ -85,8 +86,8 @@ def test_wide_inputs_switch_to_random_fourier_features():
 
 
 def test_sargan_matches_ivmodels_and_hansen_matches_linearmodels():
-    ivm = pytest.importorskip("ivmodels.tests")
-    lm = pytest.importorskip("linearmodels.iv")
+    import ivmodels.tests as ivm
+    import linearmodels.iv as lm
     y, d, Z, C = _data(0)
     ref_stat, ref_p = ivm.j_test(Z, d[:, None], y, C=C, estimator="tsls")
     stat, p, df = sargan_hansen_j(y, d, Z, C, cov_type="unadjusted")
@@ -160,7 +161,10 @@ def test_permutation_tests_hold_size_small_subset():
 
 @pytest.mark.slow
 def test_permutation_tests_hold_size_on_paper_oracle_instruments():
-    """300 paper-linear data sets, oracle W: rejection at 5% within 0.07."""
+    """300 paper-linear data sets, oracle W: rejection at 5% at most 0.07 and not below the binomial band.
+
+    A permutation test is exact, so a test that (almost) never rejects fails the lower end.
+    """
     rej = np.zeros(2)
     for s in range(300):
         sim = simulate_paper("linear", seed=10_000 + s, n_per_env=1000)
@@ -168,3 +172,4 @@ def test_permutation_tests_hold_size_on_paper_oracle_instruments():
         comp = environment_varying_component(sim.data.Z, sim.W)
         rej[1] += hsic_permutation_test(sim.W, comp, n_permutations=199, rng=s)[1] <= 0.05
     assert np.all(rej / 300 <= 0.07)
+    assert np.all(rej / 300 >= rate_band(300, 0.05)[0])

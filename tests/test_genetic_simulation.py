@@ -148,8 +148,6 @@ def _check_ooa_fst(sim):
 
 
 def test_coalescent_out_of_africa_reproduces_known_fst_small_config():
-    pytest.importorskip("msprime")
-    pytest.importorskip("stdpopsim")
     from invariant_mr.simulation.coalescent import simulate_coalescent
 
     # Small and fast (about 5 s): 100 diploids per population, 40 independent
@@ -166,7 +164,6 @@ def test_coalescent_out_of_africa_reproduces_known_fst_small_config():
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_coalescent_out_of_africa_fst_larger_samples(seed):
-    pytest.importorskip("msprime")
     from invariant_mr.simulation.coalescent import simulate_coalescent
 
     sim = simulate_coalescent(n_per_env=500, length_mb=20, chunk_mb=1.0, seed=seed)
@@ -174,7 +171,6 @@ def test_coalescent_out_of_africa_fst_larger_samples(seed):
 
 
 def test_coalescent_american_admixture_ancestry_proportions():
-    pytest.importorskip("msprime")
     from invariant_mr.simulation.coalescent import simulate_coalescent
 
     sim = simulate_coalescent(
@@ -188,7 +184,6 @@ def test_coalescent_american_admixture_ancestry_proportions():
 
 
 def test_coalescent_is_deterministic_and_thins_to_n_variants():
-    pytest.importorskip("msprime")
     from invariant_mr.simulation.coalescent import simulate_coalescent
 
     a = simulate_coalescent(n_per_env=30, length_mb=0.6, chunk_mb=0.3, n_variants=200, seed=5)

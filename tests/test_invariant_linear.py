@@ -7,6 +7,7 @@ from invariant_mr.pipeline import run_analysis
 from invariant_mr.instruments.recovery import r_squared
 from invariant_mr.methods.registry import MethodContext
 from invariant_mr.simulation import simulate_paper
+from statistical_bounds import assert_rate
 
 
 @pytest.fixture(scope="module", params=[2, 3])
@@ -98,23 +99,30 @@ def test_bias_small_over_seeds_linear_mixing():
         res = run_analysis(sim.data, "invariant_linear,tsls_all_env", MethodContext(seed=seed, per_env=False))
         ests.append(res.select("invariant_linear")[0].estimate)
         assert res.select("tsls_all_env")[0].estimate - 1 > 0.15  # the confounding is real
-    assert abs(np.mean(ests) - 1) < 0.03
+    assert abs(np.mean(ests) - 1) < 0.02
 
 
 @pytest.mark.slow
 def test_crossfit_coverage_linear_mixing():
-    """95% CI coverage of the cross-fitted estimator over 200 seeds within binomial tolerance."""
+    """95% CI coverage of the cross-fitted estimator over 500 seeds within a two-sided binomial band.
+
+    The lower end allows the documented shortfall of cross-fitted 2SLS (0.92-0.93 in
+    benchmarks/results/coverage.md); the CI-sized version is in test_statistical_tier.py.
+    """
     covered = []
-    for seed in range(200):
+    for seed in range(500):
         sim = simulate_paper("linear", n_envs=2, n_per_env=1500, seed=10_000 + seed)
-        est = run_analysis(sim.data, "invariant_linear_crossfit", MethodContext(seed=seed, per_env=False)).estimates[0]
+        ctx = MethodContext(seed=seed, per_env=False, options={"diagnostic_permutations": 19})
+        est = run_analysis(sim.data, "invariant_linear_crossfit", ctx).estimates[0]
+        if est.ci_low is None:  # no invariant direction in a fold (about 0.5% of fits): no interval
+            continue
         covered.append(est.ci_low <= 1 <= est.ci_high)
-    rate = np.mean(covered)
-    assert abs(rate - 0.95) < 3 * np.sqrt(0.95 * 0.05 / 200)
+    assert len(covered) >= 490
+    assert_rate(covered, 0.95, p_low=0.92, what="cross-fitted Wald coverage")
 
 
 def test_dask_input_matches_in_memory(linear_sim):
-    da = pytest.importorskip("dask.array")
+    import dask.array as da
     data = linear_sim.data
     eager = LinearInvariantInstruments(random_state=0).fit(data.Z, data.env)
     lazy_Z = da.from_array(np.asarray(data.Z), chunks=(700, -1))
@@ -190,10 +198,10 @@ def test_direction_bootstrap_coverage_linear_mixing():
     covered = []
     for seed in range(300):
         sim = simulate_paper("linear", n_envs=2, n_per_env=1000, seed=20_000 + seed)
-        ctx = MethodContext(seed=seed, per_env=False, options={"diagnostic_permutations": 10})
+        ctx = MethodContext(seed=seed, per_env=False, options={"diagnostic_permutations": 19})
         est = run_analysis(sim.data, "invariant_linear", ctx).select("invariant_linear")[0]
         if est.ci_low is None:  # no invariant direction chosen (about 0.5% of fits): no interval
             continue
         covered.append(est.ci_low <= 1 <= est.ci_high)
     assert len(covered) >= 290
-    assert abs(np.mean(covered) - 0.95) < 3 * np.sqrt(0.95 * 0.05 / len(covered))
+    assert_rate(covered, 0.95, what="direction-bootstrap Wald coverage")

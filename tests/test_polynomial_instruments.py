@@ -12,6 +12,7 @@ from invariant_mr.estimators.iv import fit_kclass
 from invariant_mr.instruments.recovery import r_squared
 from invariant_mr.inference.settings import InferenceSettings
 from invariant_mr.simulation.paper import simulate_paper
+from statistical_bounds import sd_ratio_band
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_bias_within_oracle_se(poly2, poly2_fit):
     # Nearly the oracle's instruments: the estimate tracks the oracle's well inside its SE (the gap is
     # the stage-2 directions' estimation error, which the bootstrap SE accounts for).
     assert abs(est.estimate - oracle.estimate) < 0.5 * oracle.se
-    assert abs(est.estimate - poly2.theta) < 4 * oracle.se
+    assert abs(est.estimate - poly2.theta) < 1.96 * oracle.se  # inside the oracle's 95% band
 
 
 def test_linear_mixing_picks_degree_one():
@@ -152,15 +153,18 @@ def test_crossfit_with_stage2_bootstrap(poly2):
     )
     est = crossfit_estimates(poly2.data, hw, folds, ctx, method="invariant_polynomial")[0]
     oracle = _tsls(poly2, poly2.W)
-    assert abs(est.estimate - poly2.theta) < 4 * oracle.se
+    assert abs(est.estimate - poly2.theta) < 1.96 * oracle.se  # inside the oracle's 95% band
     draws = stage2_bootstrap(
         poly2.data.Z, poly2.data.env_codes, poly2.data.outcome, poly2.data.exposure, folds, learners,
         40, np.random.default_rng(2),
     )  # fmt: skip
     summary = bootstrap_se(draws)
     assert summary["n_valid"] == 40
-    # the SE that includes the directions' error is of the 2SLS SE's order, not far below or above
-    assert 0.7 * est.se < summary["se"] < 2.0 * est.se
+    # The SD of 40 draws estimates the SE within the chi-square band of 40 draws; above, the
+    # directions' error may add up to 25% (7% in benchmarks/results/coverage.md). Calibration
+    # over seeds, which one data set cannot show, is checked in test_statistical_tier.py.
+    lo, hi = sd_ratio_band(40)
+    assert lo * est.se < summary["se"] < 1.25 * hi * est.se
     with pytest.raises(InputError, match="learners"):
         stage2_bootstrap(poly2.data.Z, poly2.data.env_codes, poly2.data.outcome, poly2.data.exposure,
                          folds, learners[:1], 10, np.random.default_rng(0))  # fmt: skip

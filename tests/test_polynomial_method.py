@@ -27,7 +27,8 @@ def result(poly2):
 def test_recovers_the_effect_where_all_instruments_are_confounded(result, poly2):
     (row,) = result.select("invariant_polynomial")
     (naive,) = result.select("tsls_all_env")
-    assert abs(row.estimate - poly2.theta) < 4 * row.se  # the truth inside a generous Wald band
+    # One seed: the 95% interval covers (bias and calibration over seeds: test_statistical_tier.py).
+    assert row.ci_low <= poly2.theta <= row.ci_high
     assert abs(naive.estimate - poly2.theta) > 10 * naive.se  # while 2SLS on every column is far off
     assert re.fullmatch(r"direction bootstrap \((1\d|20) draws\)", row.extra["se_method"])  # at most 20 valid draws
     assert row.se != row.extra["se_fixed_directions"]

@@ -140,7 +140,6 @@ def test_bad_inputs(fitted, tmp_path):
 
 
 def test_autoencoder_map_round_trip_and_alignment(tmp_path):
-    pytest.importorskip("torch")
     from invariant_mr.instruments.autoencoder import InvariantAutoencoder
 
     a, ids, counted, other = _cohort(0, n_per_env=100)

@@ -221,7 +221,7 @@ def test_r2_from_pn_inverts_get_p_from_r2n():
 
 def test_steiger_test_matches_pytwosamplemr_with_equal_sample_sizes():
     """pytwosamplemr.mr_steiger (r given) uses one pooled n; it equals r.test when the two n agree."""
-    pt = pytest.importorskip("pytwosamplemr")
+    import pytwosamplemr as pt
     rng = np.random.default_rng(1)
     r_exp, r_out = rng.uniform(0.02, 0.06, 20), rng.uniform(0.0, 0.02, 20)
     n = np.full(20, 50_000.0)

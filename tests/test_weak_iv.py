@@ -22,7 +22,9 @@ from invariant_mr.inference.weak_iv import (
     anderson_rubin_test,
 )
 
-ivm_tests = pytest.importorskip("ivmodels.tests")
+import ivmodels.tests as ivm_tests
+import linearmodels.iv as lm
+from statistical_bounds import assert_rate, assert_uniform_pvalues
 
 
 def iv_data(seed: int, n: int = 400, k: int = 3, strength: float = 0.5, hetero: bool = True, theta: float = 1.0):
@@ -125,7 +127,6 @@ def test_numeric_robust_inversion_agrees_with_the_closed_form_for_one_instrument
 
 
 def test_tsls_and_liml_match_linearmodels():
-    lm = pytest.importorskip("linearmodels.iv")
     y, d, Z, C = iv_data(8, k=3, strength=0.4)
     exog = np.column_stack([np.ones(len(y)), C])
     for kappa, model in (("tsls", lm.IV2SLS), ("liml", lm.IVLIML)):
@@ -157,25 +158,19 @@ def test_add_anderson_rubin_fills_every_scope():
 
 
 @pytest.mark.parametrize("cov_type", ["unadjusted", "robust"])
-def test_ar_size_small_subset(cov_type):
-    """AR at the true theta under weak instruments: rejection rate within a loose band over 60 seeds."""
-    rej = [
-        anderson_rubin_test(*iv_data(1000 + s, n=300, k=3, strength=0.05), beta0=1.0, cov_type=cov_type)[1] < 0.05
-        for s in range(60)
-    ]
-    assert np.mean(rej) <= 0.15
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("cov_type", ["unadjusted", "robust"])
 def test_ar_size_weak_instruments(cov_type):
-    """500 seeds, weak heteroskedastic design: size within binomial tolerance of 0.05."""
-    rej = np.array(
+    """500 seeds, weak heteroskedastic design: size within a two-sided binomial band of 0.05.
+
+    A test that never rejects fails the lower end. Heteroskedasticity makes the classical
+    variant mildly oversized (its upper end is the band of 0.08); robust stays at nominal size.
+    The robust p-values are also uniform (Kolmogorov-Smirnov).
+    """
+    pvalues = np.array(
         [
-            anderson_rubin_test(*iv_data(2000 + s, n=500, k=3, strength=0.05), beta0=1.0, cov_type=cov_type)[1] < 0.05
+            anderson_rubin_test(*iv_data(2000 + s, n=500, k=3, strength=0.05), beta0=1.0, cov_type=cov_type)[1]
             for s in range(500)
         ]
     )
-    # heteroskedasticity makes the classical variant mildly oversized; robust stays at nominal size
-    upper = 0.05 + 3 * np.sqrt(0.05 * 0.95 / 500) + (0.03 if cov_type == "unadjusted" else 0.0)
-    assert rej.mean() <= upper
+    assert_rate(pvalues < 0.05, 0.05, p_high=0.08 if cov_type == "unadjusted" else None, what="AR size")
+    if cov_type == "robust":
+        assert_uniform_pvalues(pvalues)
