@@ -321,3 +321,14 @@ def test_summary_rule_counts_heterogeneity_against_every_ivw_variant_and_picks_a
     assert v.standing("ivw_radial_exact_re").standing == "failed"
     assert v.standing("mr_presso").standing == "consistent"  # its correction is the answer to a failed global test
     assert v.recommended == "mr_presso"  # ConMix's set is narrower but it has no SE
+
+
+def test_a_verified_method_that_disagrees_with_a_supported_design_gives_no_answer():
+    j = Diagnostic("tsht/overidentification_j", "pooled", 1.0, 0.4, "x", {})
+    v = verdict(_result([*NAIVE, _est("invariant_linear", 1.5, se=0.09), _est("tsht", 1.21, se=0.02)],
+                        [*_checks("invariant_linear"), j]))
+    assert v.standing("invariant_linear").standing == "verified" and v.standing("tsht").standing == "supported"
+    assert v.recommended is None and "disagree" in v.statement
+    agree = verdict(_result([*NAIVE, _est("invariant_linear", 1.2, se=0.09), _est("tsht", 1.21, se=0.02)],
+                            [*_checks("invariant_linear"), j]))
+    assert agree.recommended == "invariant_linear"

@@ -428,6 +428,19 @@ def _decide_individual(standings: tuple[MethodStanding, ...], alpha: float, n_ch
         clash = _all_agree(verified, alpha)
         if clash is None:
             pick = _most_precise(verified)
+            # Evidence against evidence: a design that addresses confounding by other means and passes its
+            # own checks, yet disagrees, means one of the two is wrong, and the checks cannot say which.
+            against = [s for s in supported if not s.agrees(pick, alpha)]
+            if against:
+                statement = ("no estimate can be trusted here: methods that address confounding and pass their "
+                             f"checks disagree ({_fmt(pick)} vs {_fmt(against[0])})")
+                return None, statement, [
+                    f"{pick.method} passes the invariance checks, which cannot see confounding that is the same in "
+                    f"every environment (e.g. assortative mating); {against[0].method} passes its "
+                    "overidentification check, which cannot see a bias shared by every instrument",
+                    *([multiplicity] if multiplicity else [])], [
+                    "within-family data (--family-col): a design that neither bias reaches",
+                    "more environments that differ in the confounding (so that the invariance test can see it)"]
             others = [s.method for s in verified if s is not pick]
             reasons.append(f"{pick.method}: " + "; ".join(pick.passed))
             if others:

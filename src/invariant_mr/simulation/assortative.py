@@ -36,7 +36,7 @@ from invariant_mr.simulation.genetic_dataset import GeneticSimulation
 from invariant_mr.simulation.phenotypes import (
     FamilyTraitModel,
     check_fraction,
-    default_n_causal,
+    causal_counts,
     demographic_covariates,
     family_phenotypes,
 )
@@ -154,13 +154,7 @@ def simulate_assortative(
     mating_correlation = check_fraction(mating_correlation, "--mating-correlation", closed_high=False)
     h2 = check_fraction(h2, "h2", closed_low=False)
     h2_outcome = check_fraction(h2_outcome, "h2_outcome")
-    n_causal = default_n_causal(n_variants) if n_causal is None else int(n_causal)
-    n_causal_outcome = n_causal if n_causal_outcome is None else int(n_causal_outcome)
-    if n_causal < 1 or n_causal_outcome < 0 or n_causal + n_causal_outcome > n_variants:
-        raise InputError(
-            f"need 1 <= --n-causal and n_causal + n_causal_outcome <= --n-variants ({n_variants}); "
-            f"got {n_causal} + {n_causal_outcome}"
-        )
+    n_causal, n_causal_outcome = causal_counts(n_variants, n_causal, n_causal_outcome)
 
     rng = np.random.default_rng([seed, 0xA550])
     p = rng.uniform(0.1, 0.9, size=n_variants)

@@ -65,6 +65,21 @@ def default_n_causal(n_variants: int) -> int:
     return int(min(50, max(1, n_variants // 10)))
 
 
+def causal_counts(n_variants: int, n_causal: int | None, n_causal_outcome: int | None) -> tuple[int, int]:
+    """(variants acting on the exposure, variants acting on the outcome directly), checked against n_variants.
+
+    Defaults: `default_n_causal` exposure variants, and as many outcome variants.
+    """
+    n_causal = default_n_causal(n_variants) if n_causal is None else int(n_causal)
+    n_causal_outcome = n_causal if n_causal_outcome is None else int(n_causal_outcome)
+    if n_causal < 1 or n_causal_outcome < 0 or n_causal + n_causal_outcome > n_variants:
+        raise InputError(
+            f"need 1 <= --n-causal and n_causal + n_causal_outcome <= --n-variants ({n_variants}); "
+            f"got {n_causal} + {n_causal_outcome}"
+        )
+    return n_causal, n_causal_outcome
+
+
 def draw_causal_effects(
     n_variants: int, n_causal: int, rng: np.random.Generator, candidates: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

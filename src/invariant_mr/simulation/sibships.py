@@ -53,7 +53,7 @@ from invariant_mr.simulation.genetic_dataset import GeneticSimulation
 from invariant_mr.simulation.phenotypes import (
     FamilyTraitModel,
     check_fraction,
-    default_n_causal,
+    causal_counts,
     demographic_covariates,
 )
 
@@ -102,13 +102,7 @@ def simulate_sibships(
     admixture = check_fraction(admixture, "--admixture")
     h2 = check_fraction(h2, "h2", closed_low=False)
     h2_outcome = check_fraction(h2_outcome, "h2_outcome")
-    n_causal = default_n_causal(n_variants) if n_causal is None else int(n_causal)
-    n_causal_outcome = n_causal if n_causal_outcome is None else int(n_causal_outcome)
-    if n_causal < 1 or n_causal_outcome < 0 or n_causal + n_causal_outcome > n_variants:
-        raise InputError(
-            f"need 1 <= n_causal and n_causal + n_causal_outcome <= n_variants ({n_variants}); "
-            f"got {n_causal} + {n_causal_outcome}"
-        )
+    n_causal, n_causal_outcome = causal_counts(n_variants, n_causal, n_causal_outcome)
 
     rng = np.random.default_rng([seed, 0x51B5])
     p_ancestral, source_freq = balding_nichols_frequencies(n_envs, n_variants, fst, rng)
