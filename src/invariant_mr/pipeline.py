@@ -123,7 +123,12 @@ def run_analysis(
         for spec in bar:
             bar.set_postfix_str(spec.name)
             start = time.perf_counter()
-            out = _run_method(spec, data, ctx) if streamed else spec.function(data, ctx)
+            try:
+                out = _run_method(spec, data, ctx) if streamed else spec.function(data, ctx)
+            except InputError:  # the user's input or options: every method would hit it, so say it once
+                raise
+            except Exception as exc:  # one method's failure never takes the others' results down
+                out = _failed_method(spec.name, data, exc)
             timings[spec.name] = round(time.perf_counter() - start, 4)
             estimates.extend(out.estimates)
             diagnostics.extend(out.diagnostics)
@@ -155,6 +160,21 @@ def run_analysis(
         truth=truth,
         artifacts=artifacts,
     )
+
+
+def _failed_method(name: str, data, exc: Exception):
+    """An unavailable row saying why `name` failed, with a warning so the failure is not silent."""
+    import warnings
+
+    from invariant_mr.methods.spec import MethodOutput
+    from invariant_mr.results import Estimate
+
+    message = " ".join(str(exc).split()) or "no message"
+    reason = f"failed: {type(exc).__name__}: {message}"
+    warnings.warn(f"{name} {reason}", RuntimeWarning, stacklevel=3)
+    n = getattr(data, "n", None)
+    n = int(n) if n is not None else int(getattr(data, "n_variants", 0))
+    return MethodOutput((Estimate.unavailable(name, "pooled", n, getattr(data, "p", None), reason),))
 
 
 def _run_method(spec: MethodSpec, data: StreamedMRData, ctx: MethodContext):
