@@ -63,7 +63,12 @@ import scipy.linalg
 from scipy import optimize
 
 from invariant_mr.errors import InputError
-from invariant_mr.instruments.linear import LinearInvariantInstruments, NoSignalError, noise_whitened_spectrum
+from invariant_mr.instruments.linear import (
+    LinearInvariantInstruments,
+    NoSignalError,
+    noise_whitened_spectrum,
+    one_blas_thread,
+)
 
 #: Directions of Z with a smaller share of the largest (noise-whitened) eigenvalue are numerically absent.
 _PRESENT_RTOL = 1e-12
@@ -317,7 +322,17 @@ class PolynomialInvariantInstruments:
 
     # ------------------------------------------------------------------ fit
     def fit(self, Z, env, exposure=None) -> "PolynomialInvariantInstruments":
-        """Learn codes (stage 1) and their invariant directions (stage 2). `exposure` is ignored."""
+        """Learn codes (stage 1) and their invariant directions (stage 2). `exposure` is ignored.
+
+        On one BLAS thread: stage 1 is thousands of L-BFGS steps, each a chain of small products
+        ((rows x 34) by (34 x k)), where a second BLAS thread only adds hand-offs. On a busy machine
+        the waiting threads spin: one fold of poly3 K = 2 (3,000 rows) took 7.5 s of CPU on one
+        thread and did not finish in 300 s on OpenBLAS's default two (issue 19: the 1,325 s run).
+        """
+        with one_blas_thread():
+            return self._fit(Z, env)
+
+    def _fit(self, Z, env) -> "PolynomialInvariantInstruments":
         degrees, dims = self._check_params()
         try:
             Z = np.asarray(Z, dtype=float)

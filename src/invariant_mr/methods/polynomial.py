@@ -18,7 +18,7 @@ from invariant_mr.inference.crossfit import crossfit_estimates, crossfit_instrum
 from invariant_mr.inference.diagnostics import instrument_diagnostics
 from invariant_mr.inference.direction_bootstrap import with_bootstrap_se
 from invariant_mr.inference.polynomial_bootstrap import stage2_bootstrap
-from invariant_mr.instruments.linear import NoSignalError
+from invariant_mr.instruments.linear import NoSignalError, one_blas_thread
 from invariant_mr.instruments.polynomial import PolynomialInvariantInstruments
 from invariant_mr.methods.registry import MethodContext, MethodOutput
 from invariant_mr.results import Estimate
@@ -76,6 +76,13 @@ def _unavailable(data: MRData, reason: str) -> MethodOutput:
 
 
 def invariant_polynomial(data: MRData, ctx: MethodContext) -> MethodOutput:
+    # Every step (stage 1's L-BFGS, the stage-2 bootstrap, the diagnostics' permutations) is a chain
+    # of small products: on a shared machine extra BLAS threads spin instead of helping (issue 19).
+    with one_blas_thread():
+        return _invariant_polynomial(data, ctx)
+
+
+def _invariant_polynomial(data: MRData, ctx: MethodContext) -> MethodOutput:
     n_folds = int(ctx.option("n_folds", 2))
     try:
         hw, folds, learners = crossfit_instruments(
