@@ -248,7 +248,8 @@ class PolynomialInvariantInstruments:
     stage2_ : the fitted `LinearInvariantInstruments` on the codes
     n_components_, invariance_eigenvalues_, pvalues_ : from stage 2
     components_, intercept_ : instruments = Z @ components_ + intercept_
-    all_directions_ : (p, latent_dim_) every stage-2 direction in Z coordinates, most invariant first
+    all_directions_, all_intercept_ : every stage-2 direction in Z coordinates, most invariant first:
+        Z @ all_directions_ + all_intercept_ (components_ and intercept_ are its first n_components_)
     levels_, n_features_in_
     """
 
@@ -497,7 +498,8 @@ class PolynomialInvariantInstruments:
         self.all_directions_ = encoder @ weights
         self.components_ = self.all_directions_[:, : self.n_components_]
         # transform = (codes - stage2.mean_) @ weights, with codes = Z @ encoder + offset.
-        self.intercept_ = ((self.encoder_offset_ - stage2.mean_) @ weights)[: self.n_components_]
+        self.all_intercept_ = (self.encoder_offset_ - stage2.mean_) @ weights
+        self.intercept_ = self.all_intercept_[: self.n_components_]
         return self
 
     def _fit_one(
