@@ -11,7 +11,8 @@ The bound. Columns of `directions` are stage-2 directions, most invariant first,
 the last the most varying one, `v`: under the model it is (nearly) pure
 confounded latent, whose environment shift is the confounders' (V = V0 + eta_e H).
 A linear leak c v in direction s_j moves s_j's environment means by c times v's,
-so |c| ≈ shift_j / shift_v (each shift net of its sampling noise) (within-environment SD units), and adds c cov(v, u) to
+so |c| ≈ shift_j / shift_v (each shift net of its sampling noise; covariances with the
+other directions shift by c times v's too, and count alongside the means) (within-environment SD units), and adds c cov(v, u) to
 cov(s_j, u), u the structural error. v's own IV bias is b_v = cov(v, u) / cov(v, D),
 so direction j alone would be biased by about
 
@@ -70,19 +71,32 @@ def leak_bias_bounds(directions: np.ndarray, env_codes: np.ndarray, exposure: np
     D, Y = _within(exposure, env_codes), _within(outcome, env_codes)
     levels, counts = np.unique(env_codes, return_counts=True)
     weights = counts / counts.sum()
+    noise = (levels.size - 1) / env_codes.size  # E[shift^2] of one exactly invariant unit-variance moment
     means = np.array([A[env_codes == e].mean(axis=0) for e in levels])  # (K, m)
-    # An exactly invariant direction still shows sampling shifts: E[shift^2] = (K - 1) / n in SD units.
-    raw = weights @ (means - weights @ means) ** 2
-    shift = np.sqrt(np.clip(raw - (levels.size - 1) / env_codes.size, 0.0, None))
+    covs = np.array([Aw[env_codes == e].T @ Aw[env_codes == e] / c for e, c in zip(levels, counts)])  # (K, m, m)
+    dmean2 = weights @ (means - weights @ means) ** 2  # (m,)
+    dcov2 = np.einsum("e,eij->ij", weights, (covs - np.einsum("e,eij->ij", weights, covs)) ** 2)  # (m, m)
+    # Leak share of direction j: its moment shifts (mean, covariances with every other direction l != j)
+    # over v's (mean, covariances with the same l, its own variance included). A mean-only check misses
+    # a confounded latent whose environments differ only in spread (K = 2: V = V0 + eta_e H shifts one
+    # direction's mean and the other's variance).
+    shift = np.zeros(m)
+    ratio_shift = np.full(m, np.nan)
+    for j in range(m):
+        others = np.arange(m) != j
+        own = dmean2[j] + dcov2[j, others].sum() - noise * m
+        ref = dmean2[-1] + dcov2[-1, others].sum() - noise * (m + (1 if j != m - 1 else 0))
+        shift[j] = np.sqrt(max(own, 0.0))
+        ratio_shift[j] = np.sqrt(max(own, 0.0)) / np.sqrt(ref) if ref > 0 else np.nan
     pi = Aw.T @ D / D.size
     theta_v, _ = _tsls(Aw[:, [-1]], D, Y)
     bounds, estimates, ses = np.full(m - 1, np.nan), np.full(m - 1, np.nan), np.full(m - 1, np.nan)
     for k in range(1, m):
         estimates[k - 1], ses[k - 1] = _tsls(Aw[:, :k], D, Y)
-        if shift[-1] > 0 and np.all(pi[:k] != 0):
+        if np.all(np.isfinite(ratio_shift[:k])) and np.all(pi[:k] != 0):
             # Q: the set's bias as a share of v's; theta_k carries that bias too, so
             # theta_v - theta_k = b_v (1 - Q) at worst, and bias = Q b_v = Q |theta_v - theta_k| / (1 - Q).
-            ratios = shift[:k] / shift[-1] * abs(pi[-1]) / np.abs(pi[:k])
+            ratios = ratio_shift[:k] * abs(pi[-1]) / np.abs(pi[:k])
             Q = float((pi[:k] ** 2) @ ratios / (pi[:k] ** 2).sum())
             bounds[k - 1] = Q * abs(theta_v - estimates[k - 1]) / (1 - Q) if Q < 1 else np.inf
     return {"bound": bounds, "estimate": estimates, "se": ses, "shift": shift, "pi": pi}
