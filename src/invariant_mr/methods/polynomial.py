@@ -7,6 +7,12 @@ Cross-fitted (each fold's instruments come from both stages learned on the
 other folds), fold-interacted 2SLS with environment fixed effects, and a
 stage-2 bootstrap SE (`inference.polynomial_bootstrap`, which explains why
 stage 1 can be held fixed).
+
+How many directions each fold keeps: the exact invariance test's count, or more
+while the bias their detected leak would cause stays below LEAK_TOLERANCE times
+the SE (`inference.leak_bias`), and only if the estimate does not move with the
+number kept. Otherwise it abstains, saying why and what would help
+(docs/polynomial_method.md, "Failures, cost and when it answers").
 """
 
 from __future__ import annotations
