@@ -99,3 +99,28 @@ def test_stage1_runs_on_one_blas_thread(monkeypatch):
     PolynomialInvariantInstruments(degrees=(2,), latent_dims=4, n_restarts=1, max_iter=20, scan_iter=10,
                                    n_permutations=19, random_state=0).fit(sim.data.Z, sim.data.env)  # fmt: skip
     assert seen and all(threads <= {1} for threads in seen)
+
+
+def test_cli_run_keeps_the_other_methods_when_one_fails(failing_methods, tmp_path):
+    import csv
+    import json
+
+    from invariant_mr.cli import main
+
+    data = simulate_paper("linear", n_envs=2, n_per_env=150, seed=2).data
+    table = tmp_path / "data.tsv"
+    with table.open("w", newline="") as fh:
+        writer = csv.writer(fh, delimiter="\t")
+        writer.writerow(["environment", "exposure", "outcome", *[f"z{j}" for j in range(data.p)]])
+        for i in range(data.n):
+            writer.writerow([data.env[i], f"{data.exposure[i]:.8g}", f"{data.outcome[i]:.8g}",
+                             *[f"{v:.8g}" for v in data.Z[i]]])  # fmt: skip
+    out = tmp_path / "out"
+    with pytest.warns(RuntimeWarning, match="_test_always_fails failed"):
+        code = main(["run", "--table", str(table), "--env", "environment", "--exposure", "exposure",
+                     "--outcome", "outcome", "--instruments", "z*", "--methods", "_test_always_fails,tsls_all_env",
+                     "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    rows = {(e["method"], e["scope"]): e for e in json.loads((out / "results.json").read_text())["estimates"]}
+    assert rows[("_test_always_fails", "pooled")]["extra"]["reason"].startswith("failed: ValueError")
+    assert rows[("tsls_all_env", "pooled")]["estimate"] is not None
