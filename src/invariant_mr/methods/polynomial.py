@@ -11,7 +11,8 @@ stage 1 can be held fixed).
 How many directions each fold keeps: the exact invariance test's count, or more
 while the bias their detected leak would cause stays below LEAK_TOLERANCE times
 the SE (`inference.leak_bias`), and only if the estimate does not move with the
-number kept. Otherwise it abstains, saying why and what would help
+number kept, and only if they are not weak instruments (first-stage F of at least
+MIN_FIRST_STAGE_F). Otherwise it abstains, saying why and what would help
 (docs/polynomial_method.md, "Failures, cost and when it answers").
 """
 
@@ -83,6 +84,8 @@ def _varying_codes(data: MRData, folds: np.ndarray, learners, ks) -> np.ndarray 
 #: The leak-bias rule keeps k directions while the bias their detected leak would cause is below this share of the
 #: SE (a bias of half an SE costs a 95% Wald interval about 3 points of coverage).
 LEAK_TOLERANCE = 0.5
+#: Below this first-stage F the kept directions are too weak to answer with (Staiger-Stock rule of thumb).
+MIN_FIRST_STAGE_F = 10.0
 #: |z| above which the estimate is said to move with the number of directions (two-sided 0.1%).
 STABILITY_Z = 3.29
 
@@ -181,6 +184,16 @@ def _invariant_polynomial(data: MRData, ctx: MethodContext) -> MethodOutput:
     rows = crossfit_estimates(
         data, hw, folds, ctx.inference, method=METHOD, extra={"stage1": selection, "leak_bias": leak_records}, clusters=clusters
     )
+    f_stat = rows[0].first_stage_f
+    if f_stat is not None and np.isfinite(f_stat) and f_stat < MIN_FIRST_STAGE_F:
+        # Directions can pass the leak check because they carry almost nothing (poly3 with 10% noise: F 0.3-1.5,
+        # estimates 0.79 and 1.28): 2SLS on them is pulled towards OLS and its Wald interval cannot be trusted.
+        reason = (
+            f"the directions that pass the leak check are weak instruments (first-stage F = {f_stat:.1f} < "
+            f"{MIN_FIRST_STAGE_F:g}); more samples per environment or less measurement noise would help"
+        )
+        out = _unavailable(data, reason)
+        return MethodOutput(tuple(replace(e, extra={**e.extra, "leak_bias": leak_records}) for e in out.estimates))
     n_draws = int(ctx.option("poly_bootstrap", 200))
     if n_draws >= 2 and clusters is None:  # pooled row: the SE that includes the directions' error
         draws = stage2_bootstrap(
