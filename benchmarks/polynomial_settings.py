@@ -362,6 +362,8 @@ def main(argv=None):
     summary = summarise(list(done.values()))
     hardware = f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores shared with other jobs, one thread, CPU only"
     command = f"nice -n 10 python benchmarks/polynomial_settings.py --groups {args.groups} --seeds {args.seeds}"
+    if args.out != OUT:
+        command += f" --out {args.out.relative_to(Path.cwd()) if args.out.is_relative_to(Path.cwd()) else args.out}"
     args.out.write_text(markdown(summary, command, hardware))
     args.out.with_suffix(".json").write_text(json.dumps({"summary": summary}, indent=1))
     print(args.out.read_text())
