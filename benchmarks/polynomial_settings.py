@@ -13,6 +13,8 @@ Groups of tasks:
     main     poly2, poly3, poly2-normal, poly3-normal; K = 2 and 3; noise-free
     noise    poly2, poly3; K = 2; Gaussian noise 1%, 5%, 10% of each column's SD
     nonpoly  mlp, discrete; K = 2; this project's mixing and the authors' (paper-code, mix seed 100)
+    issue19  the registered method (run_analysis) as shipped: poly2 K = 3 and poly3 K = 2 at noise 0-10%,
+             poly2 K = 3 with Z rounded to a 0.25-SD grid, mlp K = 3, discrete K = 2 (--out a separate table)
     genetic  Balding-Nichols, 3 populations, F_ST 0.1, 200 variants (degrees 1-2: Z has 200 columns)
 
 Resumable and parallel-friendly: every finished task is appended as one JSON
@@ -42,7 +44,13 @@ MAIN = [(s, K, 0.0, "default") for s in ("poly2", "poly3", "poly2-normal", "poly
 NOISE = [(s, 2, z, "default") for s in ("poly2", "poly3") for z in (0.01, 0.05, 0.10)]
 NONPOLY = [(s, 2, 0.0, r) for s in ("mlp", "discrete") for r in ("default", "paper-code")]
 GENETIC = [("bn-fst0.1", 3, 0.0, "genetic")]
-GROUPS = {"main": MAIN, "noise": NOISE, "nonpoly": NONPOLY, "genetic": GENETIC}
+# Issue 19: the registered method as shipped (leak-bias abstention rule, stage-2 bootstrap SE), through
+# run_analysis; noise grid, Z rounded to a 0.25-SD grid, mlp (K = 3) and discrete mixing.
+ISSUE19 = (
+    [(s, K, z, "method") for s, K in (("poly2", 3), ("poly3", 2)) for z in (0.0, 0.01, 0.02, 0.05, 0.10)]
+    + [("poly2", 3, 0.0, "rounded"), ("mlp", 3, 0.0, "method"), ("discrete", 2, 0.0, "method")]
+)
+GROUPS = {"main": MAIN, "noise": NOISE, "nonpoly": NONPOLY, "genetic": GENETIC, "issue19": ISSUE19}
 N_BOOT = 100
 
 
@@ -64,10 +72,48 @@ def _simulate(setting, K, noise, recipe, seed, n_per_env):
 
     kwargs = {"mixing_recipe": "paper-code", "mix_seed": 100} if recipe == "paper-code" else {}
     sim = simulate_paper(setting, n_envs=K, n_per_env=n_per_env, seed=seed, noise=noise, **kwargs)
-    return sim.data, sim.W, sim.V, sim.theta, sim.W
+    data = sim.data
+    if recipe == "rounded":  # every column rounded to a grid of a quarter of its SD
+        from dataclasses import replace
+
+        step = 0.25 * data.Z.std(axis=0)
+        data = replace(data, Z=np.round(data.Z / step) * step)
+    return data, sim.W, sim.V, sim.theta, sim.W
+
+
+def method_task(task: dict) -> dict:
+    """The registered `invariant_polynomial` as `invariant-mr run` runs it, with its references."""
+    from invariant_mr.inference.estimates import iv_estimates
+    from invariant_mr.methods.registry import MethodContext
+    from invariant_mr.pipeline import run_analysis
+
+    setting, K, noise, recipe, seed = task["setting"], task["K"], task["noise"], task["recipe"], task["seed"]
+    data, W, V, theta, oracle_z = _simulate(setting, K, noise, recipe, seed, task["n_per_env"])
+    ctx = MethodContext(seed=seed, per_env=False)
+    out = {**task, "theta": theta, "rows": {}}
+    for name, inst in (("oracle_true_w", oracle_z), ("tsls_all_env", np.asarray(data.Z, float))):
+        est = iv_estimates(data, inst, ctx.inference, method=name)[0]
+        out["rows"][name] = {"estimate": est.estimate, "se": est.se, "ci_low": est.ci_low, "ci_high": est.ci_high,
+                             "first_stage_f": est.first_stage_f, "seconds": 0.0}  # fmt: skip
+    start, cpu = time.perf_counter(), time.process_time()
+    result = run_analysis(data, "invariant_polynomial", ctx)
+    (est,) = result.select("invariant_polynomial")
+    out["method_seconds"], out["method_cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu
+    if not est.available:
+        out["error"] = est.reason
+        out["leak_bias"] = est.extra.get("leak_bias")
+        return out
+    out["rows"]["invariant_polynomial_boot"] = {
+        "estimate": est.estimate, "se": est.se, "ci_low": est.ci_low, "ci_high": est.ci_high,
+        "first_stage_f": est.first_stage_f, "seconds": out["method_cpu_seconds"],
+    }  # fmt: skip
+    out["folds"] = list(est.extra.get("stage1", []))
+    return out
 
 
 def one_task(task: dict) -> dict:
+    if task["recipe"] in ("method", "rounded"):
+        return method_task(task)
     from invariant_mr.inference.crossfit import crossfit_estimates, crossfit_instruments
     from invariant_mr.inference.estimates import iv_estimates
     from invariant_mr.inference.polynomial_bootstrap import bootstrap_se, stage2_bootstrap
@@ -242,6 +288,10 @@ def markdown(summary: list[dict], command: str, hardware: str) -> str:
             title += f", noise {cell['noise']:.0%}"
         if cell["recipe"] == "paper-code":
             title += ", authors' mixing (mix seed 100)"
+        if cell["recipe"] == "rounded":
+            title += ", Z rounded to 0.25 SD"
+        if cell["recipe"] in ("method", "rounded"):
+            title += " (the registered method; `+ boot SE` row = its estimate, SE and interval; time = CPU s of the whole method)"
         lines += [f"## {title}", "", header, "|" + "---|" * 13]
         oracle = cell["methods"].get("oracle_true_w", {}).get("rmse")
         for m, label in (("invariant_polynomial", "invariant_polynomial"),

@@ -34,6 +34,11 @@ def test_recovers_the_effect_where_all_instruments_are_confounded(result, poly2)
     assert row.se != row.extra["se_fixed_directions"]
     stage1 = row.extra["stage1"]
     assert len(stage1) == 2 and all(s["degree"] == 2 for s in stage1)  # the true degree, chosen on held-out rows
+    leak = row.extra["leak_bias"]  # the abstention rule's record: per fold, what the bias bound allowed
+    assert [r["kept"] for r in leak] == [s["n_components"] for s in stage1]
+    for r in leak:  # the exact test's count, or more only where the bias bound allows them
+        k = r["kept"]
+        assert k == r["exact_test"] or (k > r["exact_test"] and r["bound"][k - 1] <= 0.5 * r["se"][k - 1])
 
 
 def test_diagnostics_use_the_learned_varying_latents(result):

@@ -185,9 +185,22 @@ def _isolated(spec: MethodSpec, data, ctx: MethodContext, streamed: bool, planne
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - one method's bug must not take the others' results down
-        reason = f"failed: {type(exc).__name__}: {exc}".strip()
-        n = getattr(data, "n", None) or getattr(data, "n_variants", 0)
-        return MethodOutput((Estimate.unavailable(spec.name, "pooled", int(n), None, reason),))
+        return _failed_method(spec.name, data, exc)
+
+
+def _failed_method(name: str, data, exc: Exception):
+    """An unavailable row saying why `name` failed, with a warning so the failure is not silent."""
+    import warnings
+
+    from invariant_mr.methods.spec import MethodOutput
+    from invariant_mr.results import Estimate
+
+    message = " ".join(str(exc).split()) or "no message"
+    reason = f"failed: {type(exc).__name__}: {message}"
+    warnings.warn(f"{name} {reason}", RuntimeWarning, stacklevel=3)
+    n = getattr(data, "n", None)
+    n = int(n) if n is not None else int(getattr(data, "n_variants", 0))
+    return MethodOutput((Estimate.unavailable(name, "pooled", n, getattr(data, "p", None), reason),))
 
 
 def _run_method(spec: MethodSpec, data: StreamedMRData, ctx: MethodContext):

@@ -67,12 +67,15 @@ def stage2_bootstrap(
     covariates: np.ndarray | None = None,
     cov_type: str = "robust",
     kappa="tsls",
+    n_components=None,
 ) -> np.ndarray:
     """Cross-fitted 2SLS estimates on `n_draws` resamples that refit stage 2 with stage 1 fixed.
 
     `folds` and `learners` are what `crossfit.crossfit_instruments` returns for
     fitted `PolynomialInvariantInstruments` (learner f was fitted on the rows
-    with folds != f). Draws whose fit fails (e.g. a collinear resample) are NaN.
+    with folds != f). `n_components` (one per learner) overrides each learner's own number of
+    directions (the method's leak-bias rule may keep more than the exact invariance test did).
+    Draws whose fit fails (e.g. a collinear resample) are NaN.
     """
     Z = np.asarray(Z, dtype=float)
     env_codes = np.asarray(env_codes)
@@ -85,8 +88,11 @@ def stage2_bootstrap(
     if n_draws < 2:
         raise InputError(f"the bootstrap needs at least 2 draws, got {n_draws}")
     outcome, exposure = np.asarray(outcome, dtype=float), np.asarray(exposure, dtype=float)
+    ks = [lr.n_components_ for lr in learners] if n_components is None else [int(k) for k in n_components]
+    if len(ks) != len(learners):
+        raise InputError(f"{len(ks)} component counts for {len(learners)} learners")
     codes = [lr.encode(Z) for lr in learners]  # every row's codes under each fold's encoder
-    width = max(lr.n_components_ for lr in learners)
+    width = max(ks)
     cells = [np.flatnonzero((folds == f) & (env_codes == e)) for f in np.unique(folds) for e in np.unique(env_codes)]
     cells = [c for c in cells if c.size]
     draws = np.full(n_draws, np.nan)
@@ -97,13 +103,13 @@ def stage2_bootstrap(
             inst = np.zeros((rows.size, width))
             try:
                 for f, lr in enumerate(learners):
-                    if lr.n_components_ == 0:
+                    if ks[f] == 0:
                         continue
                     train, test = rows[fb != f], fb == f
                     stage2 = LinearInvariantInstruments(
-                        n_components=lr.n_components_, signal_rank=lr.latent_dim_, standardize=True
+                        n_components=ks[f], signal_rank=lr.latent_dim_, standardize=True
                     ).fit(codes[f][train], env_codes[train])
-                    inst[test, : lr.n_components_] = stage2.transform(codes[f][rows[test]])
+                    inst[test, : ks[f]] = stage2.transform(codes[f][rows[test]])
                 controls = [_dummies(eb), fold_dummies(fb, eb)]
                 if covariates is not None:
                     controls.append(np.asarray(covariates, dtype=float).reshape(n, -1)[rows])

@@ -130,6 +130,12 @@ def noise_whitened_spectrum(C: np.ndarray, n: int, max_iter: int = 10):
     """
     diag = np.clip(np.diag(C), 1e-300, None)
     noise = diag.copy()
+    if diag.size < 2:
+        # One column has no bulk to separate signal from noise in: it is its own signal
+        # direction (the rank rule and the eigenvalue ratio below need two eigenvalues).
+        d = 1 / np.sqrt(noise)
+        evals, evecs = symmetric_eigh(C * np.outer(d, d))
+        return int(evals[0] > 0), evals[::-1], evecs[:, ::-1], noise
     previous = None
     for iteration in range(max_iter):
         d = 1 / np.sqrt(noise)

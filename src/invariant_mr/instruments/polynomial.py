@@ -63,7 +63,12 @@ import scipy.linalg
 from scipy import optimize
 
 from invariant_mr.errors import InputError
-from invariant_mr.instruments.linear import LinearInvariantInstruments, NoSignalError, noise_whitened_spectrum
+from invariant_mr.instruments.linear import (
+    LinearInvariantInstruments,
+    NoSignalError,
+    noise_whitened_spectrum,
+    one_blas_thread,
+)
 
 #: Directions of Z with a smaller share of the largest (noise-whitened) eigenvalue are numerically absent.
 _PRESENT_RTOL = 1e-12
@@ -243,7 +248,8 @@ class PolynomialInvariantInstruments:
     stage2_ : the fitted `LinearInvariantInstruments` on the codes
     n_components_, invariance_eigenvalues_, pvalues_ : from stage 2
     components_, intercept_ : instruments = Z @ components_ + intercept_
-    all_directions_ : (p, latent_dim_) every stage-2 direction in Z coordinates, most invariant first
+    all_directions_, all_intercept_ : every stage-2 direction in Z coordinates, most invariant first:
+        Z @ all_directions_ + all_intercept_ (components_ and intercept_ are its first n_components_)
     levels_, n_features_in_
     """
 
@@ -317,7 +323,17 @@ class PolynomialInvariantInstruments:
 
     # ------------------------------------------------------------------ fit
     def fit(self, Z, env, exposure=None) -> "PolynomialInvariantInstruments":
-        """Learn codes (stage 1) and their invariant directions (stage 2). `exposure` is ignored."""
+        """Learn codes (stage 1) and their invariant directions (stage 2). `exposure` is ignored.
+
+        On one BLAS thread: stage 1 is thousands of L-BFGS steps, each a chain of small products
+        ((rows x 34) by (34 x k)), where a second BLAS thread only adds hand-offs. On a busy machine
+        the waiting threads spin: one fold of poly3 K = 2 (3,000 rows) took 7.5 s of CPU on one
+        thread and did not finish in 300 s on OpenBLAS's default two (issue 19: the 1,325 s run).
+        """
+        with one_blas_thread():
+            return self._fit(Z, env)
+
+    def _fit(self, Z, env) -> "PolynomialInvariantInstruments":
         degrees, dims = self._check_params()
         try:
             Z = np.asarray(Z, dtype=float)
@@ -482,7 +498,8 @@ class PolynomialInvariantInstruments:
         self.all_directions_ = encoder @ weights
         self.components_ = self.all_directions_[:, : self.n_components_]
         # transform = (codes - stage2.mean_) @ weights, with codes = Z @ encoder + offset.
-        self.intercept_ = ((self.encoder_offset_ - stage2.mean_) @ weights)[: self.n_components_]
+        self.all_intercept_ = (self.encoder_offset_ - stage2.mean_) @ weights
+        self.intercept_ = self.all_intercept_[: self.n_components_]
         return self
 
     def _fit_one(
