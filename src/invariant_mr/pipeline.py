@@ -193,7 +193,6 @@ def _failed_method(name: str, data, exc: Exception):
     import warnings
 
     from invariant_mr.methods.spec import MethodOutput
-    from invariant_mr.results import Estimate
 
     message = " ".join(str(exc).split()) or "no message"
     reason = f"failed: {type(exc).__name__}: {message}"
