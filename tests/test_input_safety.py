@@ -475,9 +475,12 @@ def test_22_harmonisation_failure_says_why(tmp_path, capsys):
                         + "".join(f"{r[0]}\tA\tG\t{r[1]}\t{r[2]}\n" for r in rows))
     outcome.write_text("variant\teffect_allele\tother_allele\tbeta\tse\n"
                        + "".join(f"chr1:{i}\tA\tG\t{r[7]}\t{r[8]}\n" for i, r in enumerate(rows)))
+    # Exit 2 with one line; the output folder keeps only dropped_variants.tsv, every variant with its reason.
     err = refused(["mr", "--exposure-gwas", str(exposure), "--outcome-gwas", str(outcome),
-                   "--out", str(tmp_path / "o")], capsys, tmp_path / "o", "not_in_outcome")
-    assert "name variants the same way" in err
+                   "--out", str(tmp_path / "o")], capsys, None, "not in outcome")
+    assert "no variant id is shared" in err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["dropped_variants.tsv"]
+    assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
 
 
 def test_22_duplicate_sample_ids_in_a_table(small, tmp_path, capsys):

@@ -164,6 +164,7 @@ def test_readme_example_report_shows_abstention_and_a_readable_forest_plot(readm
 
     No browser needed; the rendering is checked by the next test.
     """
+    import html
     import json
 
     from invariant_mr.report.plots import forest_plot
@@ -175,7 +176,7 @@ def test_readme_example_report_shows_abstention_and_a_readable_forest_plot(readm
     abstained = [e for e in saved["estimates"] if e["estimate"] is None and e["scope"] == "pooled"]
     assert abstained, "the README example is meant to show an abstaining method"
     for e in abstained:
-        assert f"NA: {e['extra']['reason']}" in page
+        assert html.escape(f"NA: {e['extra']['reason']}") in page
     assert '<h2 id="verdict">Verdict</h2>' in page
     assert "recommended:" in page or "no estimate can be trusted" in page
     # Readable: the axis spans the estimates, not the widest interval.

@@ -137,7 +137,9 @@ def polynomial():
 def test_invariant_polynomial_is_unbiased_and_its_interval_is_not_too_narrow(polynomial):
     rows, oracle = polynomial
     est, se, covered, has_interval = answered(rows)
-    assert has_interval.all()
+    # The abstention rule (a fold's estimate must not move with the number of directions kept, F >= 10)
+    # may decline a small noise-free fit now and then; more than about 1 in 20 would be a regression.
+    assert_abstains_rarely(has_interval, p=0.05)
     assert_unbiased(est, THETA)
     assert_se_calibrated(est, se, tolerance=0.1)
     assert_rate(covered, 0.95, what="invariant_polynomial Wald coverage")
