@@ -104,14 +104,23 @@ def test_adjusted_designs_need_a_second_design_that_agrees():
     j = lambda m, p=0.4: Diagnostic(f"{m}/overidentification_j", "pooled", 1.0, p, "x", {})
     one = verdict(_result([*NAIVE, _est("tsls_pcs", 1.02)], [j("tsls_pcs")]))
     assert one.standing("tsls_pcs").standing == "supported" and one.recommended is None
-    two = verdict(_result([*NAIVE, _est("tsls_pcs", 1.02, se=0.02), _est("tsht", 1.03, se=0.01)],
-                          [j("tsls_pcs"), j("tsht")]))
-    assert two.recommended == "tsht"  # both agree; the more precise
-    apart = verdict(_result([*NAIVE, _est("tsls_pcs", 1.02, se=0.01), _est("tsht", 1.10, se=0.01)],
-                            [j("tsls_pcs"), j("tsht")]))
+    two = verdict(_result([*NAIVE, _est("tsls_pcs", 1.02, se=0.02), _est("within_family_egger", 1.03, se=0.01)],
+                          [j("tsls_pcs"), j("within_family_egger")]))
+    assert two.recommended == "within_family_egger"  # both agree; the more precise
+    apart = verdict(_result([*NAIVE, _est("tsls_pcs", 1.02, se=0.01), _est("within_family_egger", 1.10, se=0.01)],
+                            [j("tsls_pcs"), j("within_family_egger")]))
     assert apart.recommended is None and any("disagree" in r for r in apart.reasons)
-    failing = verdict(_result([*NAIVE, _est("tsls_pcs", 1.02), _est("tsht", 1.03)], [j("tsls_pcs", 1e-6), j("tsht")]))
+    failing = verdict(_result([*NAIVE, _est("tsls_pcs", 1.02), _est("within_family_egger", 1.03)],
+                              [j("tsls_pcs", 1e-6), j("within_family_egger")]))
     assert failing.standing("tsls_pcs").standing == "failed" and failing.recommended is None
+
+
+def test_tsht_passing_its_own_j_test_is_no_evidence_but_failing_it_is():
+    """TSHT keeps the instruments that agree, so its J test passes by construction."""
+    j = lambda p: Diagnostic("tsht/overidentification_j", "pooled", 1.0, p, "x", {})
+    passing = verdict(_result([*NAIVE, _est("tsht", 1.02, extra={"ar_set_kind": "interval"})], [j(0.4)]))
+    assert passing.standing("tsht").standing == "unchecked"
+    assert verdict(_result([*NAIVE, _est("tsht", 1.02)], [j(1e-8)])).standing("tsht").standing == "failed"
 
 
 def test_weak_instruments_are_not_trusted_even_when_checks_pass():
@@ -324,11 +333,11 @@ def test_summary_rule_counts_heterogeneity_against_every_ivw_variant_and_picks_a
 
 
 def test_a_verified_method_that_disagrees_with_a_supported_design_gives_no_answer():
-    j = Diagnostic("tsht/overidentification_j", "pooled", 1.0, 0.4, "x", {})
-    v = verdict(_result([*NAIVE, _est("invariant_linear", 1.5, se=0.09), _est("tsht", 1.21, se=0.02)],
+    j = Diagnostic("tsls_pcs/overidentification_j", "pooled", 1.0, 0.4, "x", {})
+    v = verdict(_result([*NAIVE, _est("invariant_linear", 1.5, se=0.09), _est("tsls_pcs", 1.21, se=0.02)],
                         [*_checks("invariant_linear"), j]))
-    assert v.standing("invariant_linear").standing == "verified" and v.standing("tsht").standing == "supported"
+    assert v.standing("invariant_linear").standing == "verified" and v.standing("tsls_pcs").standing == "supported"
     assert v.recommended is None and "disagree" in v.statement
-    agree = verdict(_result([*NAIVE, _est("invariant_linear", 1.2, se=0.09), _est("tsht", 1.21, se=0.02)],
+    agree = verdict(_result([*NAIVE, _est("invariant_linear", 1.2, se=0.09), _est("tsls_pcs", 1.21, se=0.02)],
                             [*_checks("invariant_linear"), j]))
     assert agree.recommended == "invariant_linear"

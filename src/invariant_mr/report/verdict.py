@@ -66,6 +66,8 @@ INVARIANT = frozenset({
     "invariant_autoencoder_insample", "tsls_external", "tsri_invariant_linear", "tsps_invariant_linear",
 })
 ADJUSTED = frozenset({"tsls_pcs", "tsht", "within_family_ivw", "within_family_egger"})
+#: Methods whose overidentification test runs on instruments they selected for agreeing with each other.
+POST_SELECTION = frozenset({"tsht"})
 #: Randomised by design: within a family, which parental allele a child inherits is decided by meiosis,
 #: so ancestry, assortative mating and dynastic effects cannot confound within-family contrasts.
 FAMILY = frozenset({"within_family"})
@@ -335,6 +337,12 @@ def _assess(e: Estimate, by_name: Mapping[str, Diagnostic], rejected: set[str], 
         checks.append(Check("I^2_GX", "nome", None, ok, f"I^2_GX = {d.statistic:.2f}" + ("" if ok else
                             f" < {MIN_I_SQUARED_GX:g} (slope diluted)")))
 
+    if e.method in POST_SELECTION:
+        # TSHT keeps the instruments whose estimates agree, so a J test or AR set on them passes by construction:
+        # passing is no evidence (a failure, despite the selection, still is).
+        checks = [Check(c.label, "post-selection", c.pvalue, c.passed, c.text + " (after selecting agreeing "
+                        "instruments: no evidence when it passes)") if c.kind == "overidentification" and c.passed
+                  else c for c in checks]
     if design == "unadjusted" and not summary_input:
         standing = "unadjusted"
     elif any(not c.passed for c in checks if c.kind != "strength"):
