@@ -204,8 +204,6 @@ def _failed_method(name: str, data, exc: Exception):
 
 def _run_method(spec: MethodSpec, data: StreamedMRData, ctx: MethodContext):
     """A method on streamed genotypes: from sufficient statistics, or on the seeded subsample."""
-    from dataclasses import replace
-
     from invariant_mr.methods.spec import MethodOutput
     from invariant_mr.methods.streamed import STREAMED_METHODS, run_streamed, subsample_extra
 

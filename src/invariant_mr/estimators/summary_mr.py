@@ -588,20 +588,8 @@ def weighted_mode(
     ratio estimates, without the NOME assumption (TwoSampleMR's default
     "Weighted mode").
     """
-    _require(ss, 3, "weighted mode")
-    if n_bootstrap < 2:
-        raise InputError(f"--n-bootstrap must be at least 2, got {n_bootstrap}")
-    rng = np.random.default_rng(rng)
-    bx, sx, by, sy = _arrays(ss)
-    ratio = by / bx
-    se_ratio = np.sqrt(sy**2 / bx**2 + by**2 * sx**2 / bx**4)
-    weights = se_ratio**-2
-    est = float(_mode_rows(ratio, weights, phi, density)[0])
-    boot_values = rng.normal(ratio, se_ratio, size=(n_bootstrap, ss.n_variants))
-    boot = _mode_rows(boot_values, weights, phi, density)
-    se = float(_MAD_SCALE * np.median(np.abs(boot - np.median(boot))))
-    return _wald("weighted_mode", est, se, ss.n_variants, alpha, {"n_bootstrap": n_bootstrap, "phi": phi, "density": density},
-                 pvalues=pvalues, df=ss.n_variants - 1, t_by_default=True)  # fmt: skip
+    return _mode_estimate("weighted_mode", ss, alpha, weighted=True, phi=phi, n_bootstrap=n_bootstrap, rng=rng,
+                          pvalues=pvalues, density=density)
 
 
 def simple_mode(
@@ -617,18 +605,25 @@ def simple_mode(
     """Simple mode-based estimate (Hartwig et al. 2017; TwoSampleMR `mr_simple_mode`): the mode of an
     unweighted kernel density of the ratio estimates; SE = 1.4826 MAD of a parametric bootstrap of
     the ratios with their second-order SEs; p-value on t(L-1) as TwoSampleMR."""
-    _require(ss, 3, "simple mode")
+    return _mode_estimate("simple_mode", ss, alpha, weighted=False, phi=phi, n_bootstrap=n_bootstrap, rng=rng,
+                          pvalues=pvalues, density=density)
+
+
+def _mode_estimate(name, ss, alpha, *, weighted, phi, n_bootstrap, rng, pvalues, density) -> SummaryMRFit:
+    """The mode of a kernel density of the ratio estimates, weighted by their inverse squared second-order
+    SEs or not; SE = 1.4826 MAD of a parametric bootstrap of the ratios; p-value on t(L-1) (TwoSampleMR)."""
+    _require(ss, 3, name.replace("_", " "))
     if n_bootstrap < 2:
         raise InputError(f"--n-bootstrap must be at least 2, got {n_bootstrap}")
     rng = np.random.default_rng(rng)
     bx, sx, by, sy = _arrays(ss)
     ratio = by / bx
     se_ratio = np.sqrt(sy**2 / bx**2 + by**2 * sx**2 / bx**4)
-    ones = np.ones(ss.n_variants)
-    est = float(_mode_rows(ratio, ones, phi, density)[0])
-    boot = _mode_rows(rng.normal(ratio, se_ratio, size=(n_bootstrap, ss.n_variants)), ones, phi, density)
+    weights = se_ratio**-2 if weighted else np.ones(ss.n_variants)
+    est = float(_mode_rows(ratio, weights, phi, density)[0])
+    boot = _mode_rows(rng.normal(ratio, se_ratio, size=(n_bootstrap, ss.n_variants)), weights, phi, density)
     se = float(_MAD_SCALE * np.median(np.abs(boot - np.median(boot))))
-    return _wald("simple_mode", est, se, ss.n_variants, alpha, {"n_bootstrap": n_bootstrap, "phi": phi, "density": density},
+    return _wald(name, est, se, ss.n_variants, alpha, {"n_bootstrap": n_bootstrap, "phi": phi, "density": density},
                  pvalues=pvalues, df=ss.n_variants - 1, t_by_default=True)  # fmt: skip
 
 

@@ -400,13 +400,9 @@ def _leak_features(complement: np.ndarray, env_codes: np.ndarray) -> np.ndarray:
     return np.hstack([poly2_features(Y), env, interactions])
 
 
-def _purge(X: np.ndarray, features: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
-    """X minus its least-squares fit on [1, features], within each group (cross-fitting fold)."""
-    return X - _purge_fit(X, features, groups)[0]
-
-
 def _purge_fit(X, features, groups):
-    """(fitted part of X, purge design [1, features], group labels) of the within-group purge regression."""
+    """(fitted part of X, purge design [1, features], group labels) of the least-squares fit of X on
+    [1, features] within each group (cross-fitting fold); X minus the fitted part is the purged X."""
     design = np.hstack([np.ones((X.shape[0], 1)), features])
     labels = np.zeros(X.shape[0], dtype=int) if groups is None else np.asarray(groups)
     fitted = np.empty_like(X)

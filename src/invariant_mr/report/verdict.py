@@ -150,6 +150,11 @@ class MethodStanding:
         """No evidence that the two estimate different things: |difference| <= z * sqrt(se1^2 + se2^2)."""
         return abs(self.estimate - other.estimate) <= _z(alpha) * math.hypot(_se(self), _se(other))
 
+    def describe(self) -> str:
+        """One line for a reason: the method, its estimate, its standing and the checks it fails."""
+        return f"{self.method} ({self.estimate:.3f}): {self.standing}" + (
+            f": {'; '.join(self.failed)}" if self.failed else "")
+
     def to_dict(self) -> dict:
         return {"method": self.method, "design": self.design, "standing": self.standing,
                 "estimate": self.estimate, "se": self.se, "ci": [self.ci_low, self.ci_high],
@@ -229,8 +234,12 @@ def _z(alpha: float) -> float:
     return float(stats.norm.ppf(1 - alpha / 2))
 
 
+def _has_se(s: MethodStanding) -> bool:
+    return s.se is not None and math.isfinite(s.se) and s.se > 0
+
+
 def _se(s: MethodStanding) -> float:
-    if s.se is not None and math.isfinite(s.se) and s.se > 0:
+    if _has_se(s):
         return float(s.se)
     # No SE (e.g. ConMix's likelihood-ratio set): the interval's half width over z(0.975) stands in.
     return (s.ci_high - s.ci_low) / (2 * 1.959963984540054)
@@ -422,8 +431,7 @@ def _all_agree(group: list[MethodStanding], alpha: float) -> tuple[MethodStandin
 
 def _most_precise(group: list[MethodStanding]) -> MethodStanding:
     """The smallest SE; a method that reports none (ConMix's likelihood set) corroborates but is not picked."""
-    with_se = [s for s in group if s.se is not None and math.isfinite(s.se) and s.se > 0]
-    return min(with_se or group, key=_se)
+    return min([s for s in group if _has_se(s)] or group, key=_se)
 
 
 def _decide_individual(standings: tuple[MethodStanding, ...], alpha: float, n_checks: int):
@@ -529,8 +537,7 @@ def _decide_summary(standings: tuple[MethodStanding, ...], alpha: float, n_check
         statement = (f"recommended: {_fmt(pick)}: {why}; the pleiotropy-robust estimators "
                      f"({', '.join(s.method for s in robust)}) agree")
         return pick.method, statement, [caveat], []
-    reasons = [f"{s.method} ({s.estimate:.3f}): {s.standing}" + (f": {'; '.join(s.failed)}" if s.failed else "")
-               for s in standings]
+    reasons = [s.describe() for s in standings]
     statement = ("no estimate can be trusted here: pleiotropy is evident and the robust estimators "
                  "do not agree" if ivw is not None else "no estimate can be trusted here: too few methods to compare")
     return None, statement, reasons + [caveat], [
@@ -548,8 +555,7 @@ def _decide_multivariable_summary(by: Mapping[str, MethodStanding], caveat: str)
     if egger is not None and egger.standing == "consistent":
         return egger.method, (f"recommended: {_fmt(egger)}: multivariable IVW fails its pleiotropy checks "
                               f"({'; '.join(ivw.failed)}); MV-Egger models directional pleiotropy and fits"), [caveat], []
-    reasons = [f"{s.method} ({s.estimate:.3f}): {s.standing}" + (f": {'; '.join(s.failed)}" if s.failed else "")
-               for s in (ivw, egger) if s is not None]
+    reasons = [s.describe() for s in (ivw, egger) if s is not None]
     return None, "no estimate can be trusted here: pleiotropy is evident in the multivariable model", \
         reasons + [caveat], ["more instruments, or fewer exposures sharing them"]
 
