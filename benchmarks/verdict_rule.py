@@ -9,7 +9,14 @@ never influenced:
    per-environment rows, diagnostics; no artifacts) to
    ``benchmarks/results/verdict_runs/<scenario>.jsonl``. Resumable: a
    (scenario, seed) already there is skipped. The verdict is not involved.
-2. ``score``: rebuild each result (`AnalysisResult.from_dict`), apply the
+2. ``patch``: after a method changes or joins the default set, rerun only
+   that method on the same simulated data (seeded, so identical) and replace
+   its rows and its own diagnostics (``<method>/...``) in each stored analysis;
+   every other method's output is untouched. Each method draws its random
+   numbers from its own named stream, so the patched record equals what a
+   full rerun would store. The record lists its patches (methods, commit).
+   Resumable: a record already patched with the same ``--tag`` is skipped.
+3. ``score``: rebuild each result (`AnalysisResult.from_dict`), apply the
    verdict (which never sees the truth) and score it:
 
    * right: the pick is within 0.05 of the truth, or there is no pick and no
@@ -26,6 +33,7 @@ F_ST 0.1, 200 variants); the coalescent out-of-Africa model (msprime/stdpopsim,
 generations, 200 variants).
 
     nice -n 10 python benchmarks/verdict_rule.py run --seeds 10
+    nice -n 10 python benchmarks/verdict_rule.py patch --methods invariant_polynomial
     python benchmarks/verdict_rule.py score
 
 writes benchmarks/results/verdict_rule.json and benchmarks/results/verdict_rule.md.
@@ -64,6 +72,7 @@ RIGHT, NEAR = 0.05, 0.10
 
 def simulate(scenario: str, seed: int, n_per_env: int):
     """(MRData, theta) for one scenario and seed."""
+    from invariant_mr.io.genetic_input import fids_name_families
     from invariant_mr.simulation.genetic_dataset import simulate_genetic
     from invariant_mr.simulation.paper import simulate_paper
 
@@ -74,16 +83,30 @@ def simulate(scenario: str, seed: int, n_per_env: int):
         if scenario == "coalescent":
             kw = {"n_per_env": n_per_env, "n_variants": 200}
         sim = simulate_genetic(scenario, seed=seed, **kw)
-        return sim.to_mrdata(), sim.theta
+        # As `run --bfile` reads the fileset: FIDs that name families (assortative mating: sibships) make
+        # the families the clusters and add within_family (`--family-col auto`, the default).
+        families = sim.family_ids is not None and fids_name_families(sim.family_ids)
+        return sim.to_mrdata(families=families), sim.theta
     setting, noise = scenario.rsplit("-noise", 1)
     sim = simulate_paper(setting, n_envs=2, n_per_env=n_per_env, seed=seed, noise=int(noise) / 100)
     return sim.data, sim.theta
 
 
-def run(args) -> None:
-    from invariant_mr.methods.registry import MethodContext
+def _analyse(data, seed: int, methods=None, command: str = "benchmarks/verdict_rule.py"):
+    """`run_analysis` as `invariant-mr run` calls it: with families, clustered SEs and within_family added."""
+    from invariant_mr.methods.registry import MethodContext, resolve_methods
     from invariant_mr.pipeline import run_analysis
 
+    families = data.clusters is not None
+    if families and methods is None:
+        methods = [s.name for s in resolve_methods(None)] + ["within_family"]
+    ctx = MethodContext(seed=seed, progress=False, options=OPTIONS, cov_type="cluster" if families else "robust")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run_analysis(data, methods, ctx, command=command)
+
+
+def run(args) -> None:
     RUNS.mkdir(parents=True, exist_ok=True)
     scenarios = args.scenarios.split(",") if args.scenarios else SCENARIOS
     for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -94,18 +117,60 @@ def run(args) -> None:
                 continue
             data, theta = simulate(scenario, seed, args.n_per_env)
             start = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                result = run_analysis(data, None, MethodContext(seed=seed, progress=False, options=OPTIONS),
-                                      command="benchmarks/verdict_rule.py")
+            result = _analyse(data, seed)
             seconds = time.perf_counter() - start
             payload = result.to_dict()
             payload.pop("verdict", None)  # stage 1 keeps the analysis only; `score` applies the rule
             record = {"scenario": scenario, "seed": seed, "theta": theta, "n_per_env": args.n_per_env,
-                      "seconds": round(seconds, 2), "result": payload}
+                      "families": data.clusters is not None, "seconds": round(seconds, 2), "result": payload}
             with path.open("a") as fh:
                 fh.write(json.dumps(record, default=str) + "\n")
             print(f"{scenario} seed {seed}: {seconds:.1f} s", flush=True)
+
+
+def _latest(path: Path) -> list[dict]:
+    """One record per seed, the last one written (an earlier analysis of the same seed is superseded)."""
+    return list({r["seed"]: r for r in (json.loads(line) for line in path.open())}.values())
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def patch(args) -> None:
+    methods = [m for m in args.methods.split(",") if m]
+    tag = args.tag or f"{'+'.join(methods)}@{_commit()}"
+    scenarios = args.scenarios.split(",") if args.scenarios else SCENARIOS
+    owned = lambda name: any(name == m or name.startswith(m + "/") for m in methods)
+    for scenario in scenarios:
+        path = RUNS / f"{scenario}.jsonl"
+        if not path.exists():
+            continue
+        records = sorted(_latest(path), key=lambda r: r["seed"])
+        for record in records:
+            if tag in {p["tag"] for p in record.get("patches", [])}:
+                continue
+            data, theta = simulate(scenario, record["seed"], record["n_per_env"])
+            if abs(theta - record["theta"]) > 1e-12:
+                raise SystemExit(f"{scenario} seed {record['seed']}: the simulation changed (theta {theta} vs "
+                                 f"{record['theta']}); rerun the analyses with `run`")
+            if (data.clusters is not None) != bool(record.get("families")):
+                raise SystemExit(f"{scenario} seed {record['seed']}: the analysis design changed (families); "
+                                 "rerun the analyses with `run`")
+            start = time.perf_counter()
+            new = _analyse(data, record["seed"], methods, "benchmarks/verdict_rule.py patch").to_dict()
+            seconds = time.perf_counter() - start
+            result = record["result"]
+            result["estimates"] = [e for e in result["estimates"] if e["method"] not in methods] + new["estimates"]
+            result["diagnostics"] = [d for d in result["diagnostics"] if not owned(d["name"])] + [
+                d for d in new["diagnostics"] if owned(d["name"])]
+            record.setdefault("patches", []).append(
+                {"tag": tag, "methods": methods, "commit": _commit(), "seconds": round(seconds, 2)})
+            # Rewrite the whole file atomically after each record: an interrupted patch loses nothing.
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
+            os.replace(tmp, path)
+            print(f"{scenario} seed {record['seed']}: patched {','.join(methods)} in {seconds:.1f} s", flush=True)
 
 
 def score_one(record: dict) -> dict:
@@ -132,8 +197,7 @@ def score_one(record: dict) -> dict:
 def score(args) -> None:
     from invariant_mr.provenance import cpu_model
 
-    records = list({(r["scenario"], r["seed"]): r for r in reversed(
-        [json.loads(line) for p in sorted(RUNS.glob("*.jsonl")) for line in p.open()])}.values())  # first of duplicates
+    records = [r for p in sorted(RUNS.glob("*.jsonl")) for r in _latest(p)]
     scored = [score_one(r) for r in records]
     order = {s: i for i, s in enumerate(SCENARIOS)}
     scored.sort(key=lambda r: (order.get(r["scenario"], 99), r["seed"]))
@@ -150,10 +214,11 @@ def score(args) -> None:
             "median_seconds": sorted(r["seconds"] for r in rs)[len(rs) // 2],
         })
     total = {k: sum(r[k] for r in rows) for k in ("runs", "right", "wrong", "declined", "near")}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = _commit()
+    patched = sorted({p["tag"] for r in records for p in r.get("patches", [])})
     meta = {"date": dt.date.today().isoformat(), "cpu": cpu_model(), "python": platform.python_version(),
             "commit": commit, "command_run": "nice -n 10 python benchmarks/verdict_rule.py run --seeds 10",
-            "command_score": "python benchmarks/verdict_rule.py score", "argv": sys.argv}
+            "command_score": "python benchmarks/verdict_rule.py score", "patches": patched, "argv": sys.argv}
     OUT_JSON.write_text(json.dumps({"meta": meta, "total": total, "rows": rows, "runs": scored}, indent=1))
     OUT_MD.write_text(markdown(meta, total, rows))
     print(OUT_MD.read_text())
@@ -166,6 +231,7 @@ def markdown(meta: dict, total: dict, rows: list[dict]) -> str:
         "",
         f"Regenerate: `{meta['command_run']}` (the analyses, resumable), then `{meta['command_score']}`.",
         f"Scored at commit {meta['commit']} on {meta['date']}; {meta['cpu']}, CPU only, Python {meta['python']}.",
+        *([f"Methods rerun on the stored data (`patch`): {', '.join(meta['patches'])}."] if meta.get("patches") else []),
         "",
         "Each run simulates a data set, runs the default methods with `run_analysis` (as `invariant-mr run` with",
         "default options; `n_bootstrap = 200`) and applies `invariant_mr.report.verdict.verdict`, which never sees",
@@ -199,9 +265,13 @@ def main() -> None:
     r.add_argument("--first-seed", type=int, default=0)
     r.add_argument("--n-per-env", type=int, default=2000)
     r.add_argument("--scenarios", default="", help="comma-separated subset of: " + ", ".join(SCENARIOS))
+    pa = sub.add_parser("patch", help="rerun some methods on the stored scenarios and replace their output")
+    pa.add_argument("--methods", required=True, help="comma-separated method names")
+    pa.add_argument("--scenarios", default="", help="comma-separated subset (default: all)")
+    pa.add_argument("--tag", default="", help="resume key (default: METHODS@COMMIT)")
     sub.add_parser("score", help="apply the verdict to the stored analyses and write the tables")
     args = parser.parse_args()
-    (run if args.stage == "run" else score)(args)
+    {"run": run, "patch": patch, "score": score}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -308,14 +308,24 @@ def test_leak_shift_test_has_its_nominal_size_and_power():
     assert power_rejections >= 0.9 * reps
 
 
-def test_within_family_mr_is_trusted_by_design_and_must_agree_with_other_verified_methods():
+def test_within_family_mr_is_trusted_by_design_and_outranks_population_level_designs():
     base = [*NAIVE, _est("tsls_pcs", 1.22), _est("within_family", 1.01, se=0.08)]
     v = verdict(_result(base, NAIVE_DIAGS))
     assert v.standing("within_family").standing == "verified" and v.recommended == "within_family"
     weak = verdict(_result([*NAIVE, _est("within_family", 1.01, se=0.08, f=3.0)], NAIVE_DIAGS))
     assert weak.recommended is None
+    # A verified invariant method that disagrees: invariance tests cannot see confounding shared by every
+    # environment (dynastic effects), which cannot reach the within-family contrast.
     clash = verdict(_result([*base, _est("invariant_linear", 1.5, se=0.03)], [*NAIVE_DIAGS, *_checks("invariant_linear")]))
-    assert clash.recommended is None and "disagree" in clash.statement
+    assert clash.standing("invariant_linear").standing == "verified"
+    assert clash.recommended == "within_family"
+    assert any(r.startswith("disagreeing population-level designs") and "invariant_linear (1.500, verified)" in r
+               for r in clash.reasons)
+    agree = verdict(_result([*base, _est("invariant_linear", 1.03, se=0.03)], [*NAIVE_DIAGS, *_checks("invariant_linear")]))
+    assert agree.recommended == "within_family" and any(r.startswith("agrees with invariant_linear") for r in agree.reasons)
+    failing = verdict(_result(base, [*NAIVE_DIAGS, Diagnostic("within_family/overidentification_j", "pooled", 90.0,
+                                                               1e-12, "x", {})]))
+    assert failing.standing("within_family").standing == "failed" and failing.recommended is None
 
 
 def test_summary_rule_counts_heterogeneity_against_every_ivw_variant_and_picks_a_method_with_an_se():

@@ -145,3 +145,32 @@ def test_cli_family_col_reads_fid_from_fam(tmp_path, capsys):
     assert methods["tsls_all_env"]["extra"]["n_clusters"] == 300  # every method clusters by family
     assert main(base + ["--family-col", "FID", "--cluster", "environment", "--out", str(tmp_path / "bad")]) == 2
     assert "--family-col" in capsys.readouterr().err
+
+
+def test_cli_treats_fam_fids_as_families_by_default_and_none_turns_it_off(tmp_path, capsys):
+    import json
+
+    from invariant_mr.cli import main
+    from invariant_mr.simulation.genetic_dataset import write_fileset
+
+    sim = simulate_sibships(n_families_per_env=100, n_variants=12, n_causal=4, generations=1, seed=5)
+    write_fileset(sim, tmp_path / "sim")
+    base = ["run", "--bfile", str(tmp_path / "sim" / "genotypes"), "--pheno", str(tmp_path / "sim" / "phenotypes.tsv"),
+            "--env", "environment", "--exposure", "exposure", "--outcome", "outcome", "--no-per-env",
+            "--methods", "tsls_all_env"]
+    assert main(base + ["--out", str(tmp_path / "auto")]) == 0
+    assert "families: the FIDs group 300 families" in capsys.readouterr().out
+    auto = json.loads((tmp_path / "auto" / "results.json").read_text())
+    assert auto["estimates"][0]["extra"]["n_clusters"] == 300
+    assert main(base + ["--family-col", "none", "--quiet", "--out", str(tmp_path / "off")]) == 0
+    off = json.loads((tmp_path / "off" / "results.json").read_text())
+    assert "n_clusters" not in off["estimates"][0]["extra"]
+
+
+def test_fids_name_families_only_when_groups_are_family_sized():
+    from invariant_mr.io.genetic_input import MAX_FAMILY_SIZE, fids_name_families
+
+    assert fids_name_families(["f1", "f1", "f2", "f3", "f3"])
+    assert not fids_name_families([f"i{k}" for k in range(50)])  # FID = IID: unrelated
+    assert not fids_name_families(["0"] * 50)  # a placeholder code, not a family
+    assert not fids_name_families(["cohortA"] * (MAX_FAMILY_SIZE + 1) + ["cohortB"] * 3)

@@ -39,10 +39,11 @@ from invariant_mr.provenance import input_record
 @option("--cluster", section="Input", default=None,
         help="column of cluster labels of related samples (e.g. family ID): cluster-robust SEs, F, AR sets and "
              "diagnostics (implies --cov-type cluster); rows without a label are dropped and counted")
-@option("--family-col", section="Input", default=None,
+@option("--family-col", section="Input", default="auto", show_default=True,
         help="family IDs of sibling/trio samples (a --pheno/--table column, or FID: the .fam/.psam FID when "
              "--pheno has none): adds the within-family methods (family fixed effects) to the defaults and "
-             "clusters every method's SEs by family (the --cluster of these labels)")
+             "clusters every method's SEs by family (the --cluster of these labels). auto: FID when the "
+             "PLINK .fam/.psam FIDs name families (shared by 2 to 20 samples); none: ignore families")
 @option("--pcs-from", section="Input", type=click.Path(path_type=Path), default=None,
         help="genome-wide genotype fileset (PLINK prefix, .bgen, .vcf, .npy) whose top --n-pcs PCs (streamed "
              "randomised SVD) join the covariates as PC1.. by IID; every method adjusts for them, tsls_pcs uses "
@@ -75,8 +76,9 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
 
     if outcome in [e.strip() for e in exposure.split(",")]:
         raise InputError(f"--exposure and --outcome both name {outcome!r}: give two different traits")
-    cluster, methods = family_design(family_col, cluster, methods, outcome_type)
     genetic = {name: option_values.pop(name) for name in GENETIC_OPTION_NAMES + SCALE_OPTION_NAMES}
+    family_col = resolve_family_col(family_col, cluster, genetic, quiet)
+    cluster, methods = family_design(family_col, cluster, methods, outcome_type)
     if "," in exposure and genetic["sumstats_out"] is not None:
         raise InputError("--sumstats-out writes one exposure's associations; give one --exposure")
     ctx = method_context(seed, alpha, resolve_cov_type(cov_type, cluster), per_env, quiet, option_values)
@@ -135,6 +137,34 @@ def run(table, env_col, exposure, outcome, instruments, covariates, id_column, c
     if not quiet:
         click.echo(terminal_text(result, data, genetic["instruments_out"]))
         click.echo(f"\nwrote {out_dir}/" + ", ".join(written))
+
+
+def resolve_family_col(family_col: str | None, cluster: str | None, genetic: dict, quiet: bool) -> str | None:
+    """`--family-col auto` (the default): "FID" when the PLINK sample file's FIDs name families.
+
+    Siblings and trios share genotypes and family environment: ignoring that understates every SE, and
+    the within-family design, the one that ancestry, assortative mating and dynastic effects cannot
+    confound, is then left out. A PLINK fileset that groups samples into families says so in its FIDs.
+    """
+    if family_col is None or family_col.lower() == "none":
+        return None
+    if family_col.lower() != "auto":
+        return family_col
+    if cluster is not None or (genetic.get("bfile") is None and genetic.get("pfile") is None):
+        return None
+    from invariant_mr.io.genetic_input import MAX_FAMILY_SIZE, fids_name_families, plink_family_ids
+
+    fids = plink_family_ids(bfile=genetic.get("bfile"), pfile=genetic.get("pfile"))
+    if fids is None or not fids_name_families(fids):
+        return None
+    if not quiet:
+        import pandas as pd
+
+        sizes = pd.Series(fids).value_counts()
+        click.echo(f"families: the FIDs group {int((sizes >= 2).sum())} families of 2-{int(sizes.max())} samples "
+                   f"(at most {MAX_FAMILY_SIZE}): SEs clustered by family and within_family added "
+                   "(--family-col none to ignore them)")
+    return "FID"
 
 
 def family_design(family_col: str | None, cluster: str | None, methods: str | None,

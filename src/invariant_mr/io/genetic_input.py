@@ -158,6 +158,36 @@ def _join_extra_covariates(matched, extra: pd.DataFrame, min_samples_per_env: in
     return replace(matched, covariates=covariates, covariate_names=tuple(matched.covariate_names) + tuple(names))
 
 
+#: The most samples one FID may hold and still name a family (siblings, trios, small pedigrees). Some
+#: biobanks write a cohort, site or batch code, or 0, in the FID column; such groups are far larger.
+MAX_FAMILY_SIZE = 20
+
+
+def fids_name_families(fids) -> bool:
+    """Whether FIDs describe families: some FID is shared by two or more samples, none by more than
+    `MAX_FAMILY_SIZE` (an FID equal to the IID, the usual code for unrelated samples, shares nothing)."""
+    counts = pd.Series(np.asarray(fids, dtype=object)).astype(str).str.strip().value_counts()
+    return bool(len(counts) and counts.iloc[0] >= 2 and counts.iloc[0] <= MAX_FAMILY_SIZE)
+
+
+def plink_family_ids(*, bfile=None, pfile=None) -> np.ndarray | None:
+    """The FIDs of a PLINK fileset's sample file (.fam, or a .psam with an FID column); None otherwise."""
+    from invariant_mr.io.genotype_sources import _read_psam
+    from invariant_mr.io.genotypes import read_fam, resolve_bfile_prefix
+
+    if bfile is not None:
+        prefix = resolve_bfile_prefix(bfile)
+        fam = prefix.with_name(prefix.name + ".fam")
+        return read_fam(fam)["FID"].to_numpy(dtype=object) if fam.exists() else None
+    if pfile is not None:
+        psam = Path(str(pfile).removesuffix(".pgen").removesuffix(".psam").removesuffix(".pvar") + ".psam")
+        if not psam.exists():
+            return None
+        samples, has_fid = _read_psam(psam)
+        return samples["FID"].to_numpy(dtype=object) if has_fid else None
+    return None
+
+
 def load_genetic_data(
     *,
     pheno: str | os.PathLike,

@@ -440,6 +440,9 @@ def _decide_individual(standings: tuple[MethodStanding, ...], alpha: float, n_ch
     addressing = [s for s in standings if s.design != "unadjusted"]
     multiplicity = f"{n_checks} checks tested together (Holm, alpha = {alpha:g})" if n_checks > 1 else ""
     reasons: list[str] = []
+    family = [s for s in verified if s.design == "family"]
+    if family:
+        return _decide_family(family, addressing, alpha, multiplicity)
     if verified:
         clash = _all_agree(verified, alpha)
         if clash is None:
@@ -507,6 +510,37 @@ def _decide_individual(standings: tuple[MethodStanding, ...], alpha: float, n_ch
               "less measurement error in the genotypes (hard calls, higher imputation INFO)",
               "within-family data (--family-col) or genome-wide PCs (--pcs-from)"]
     return None, statement, reasons, advice
+
+
+def _decide_family(family: list[MethodStanding], addressing: list[MethodStanding], alpha: float,
+                   multiplicity: str):
+    """A strong within-family design is the answer: meiosis, not a test, makes its instruments valid.
+
+    Every population-level design rests on an assumption the data check only in part: invariance tests
+    cannot see confounding that is the same in every environment (dynastic effects, assortative mating of
+    equal strength), and overidentification tests cannot see a bias every instrument shares. Within a
+    family, which parental allele a child inherits is random, so none of these reach the contrast.
+    A population-level design that disagrees is therefore read as confounded, not as evidence against
+    the family design.
+    """
+    pick = _most_precise(family)
+    agree = [s for s in addressing if s is not pick and s.agrees(pick, alpha)]
+    disagree = [s for s in addressing if s is not pick and not s.agrees(pick, alpha)]
+    reasons = [f"{pick.method}: " + "; ".join(pick.passed),
+               "within families, meiosis randomises which parental allele a child inherits, so ancestry, "
+               "assortative mating and dynastic effects cannot confound it (assumed: no effect of a sibling's "
+               "genotype on the exposure or outcome)"]
+    if agree:
+        reasons.append("agrees with " + ", ".join(f"{s.method} ({s.estimate:.3f}, {s.standing})" for s in agree))
+    if disagree:
+        reasons.append("disagreeing population-level designs: "
+                       + ", ".join(f"{s.method} ({s.estimate:.3f}, {s.standing})" for s in disagree)
+                       + " - confounding their checks cannot see (shared by every environment or every "
+                       "instrument, e.g. dynastic effects or assortative mating) is the likely cause")
+    if multiplicity:
+        reasons.append(multiplicity)
+    statement = f"recommended: {_fmt(pick)}: a within-family design, valid by randomisation within families"
+    return pick.method, statement, reasons, []
 
 
 def _decide_summary(standings: tuple[MethodStanding, ...], alpha: float, n_checks: int):
