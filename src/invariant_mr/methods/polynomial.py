@@ -70,14 +70,14 @@ def _varying_codes(data: MRData, folds: np.ndarray, learners, ks) -> np.ndarray 
     instruments; the learned varying latents are the right complement, as hV is
     for the autoencoder.
     """
-    widths = {lr.all_directions_.shape[1] - k for lr, k in zip(learners, ks)}
+    widths = {lr.code_directions_.shape[1] - k for lr, k in zip(learners, ks)}
     if len(widths) != 1 or 0 in widths:
         return None
     Z = np.asarray(data.Z, dtype=float)
     out = np.zeros((data.n, widths.pop()))
     for f, (lr, k) in enumerate(zip(learners, ks)):
         rows = folds == f
-        out[rows] = Z[rows] @ lr.all_directions_[:, k:]
+        out[rows] = lr.directions(Z[rows])[:, k:]
     return out
 
 
@@ -102,11 +102,11 @@ def choose_components(data: MRData, folds: np.ndarray, learners) -> tuple[list[i
     ks, records = [], []
     for f, lr in enumerate(learners):
         rows = folds == f
-        m = lr.all_directions_.shape[1]
+        m = lr.code_directions_.shape[1]
         record = {"fold": f, "exact_test": int(lr.n_components_), "tolerance": LEAK_TOLERANCE}
         k = int(lr.n_components_)
         if m >= 2:
-            A = Z[rows] @ lr.all_directions_
+            A = lr.directions(Z[rows])
             res = leak_bias_bounds(A, data.env_codes[rows], data.exposure[rows], data.outcome[rows])
             # The pooled estimate averages n_folds such fits: compare with its SE, not this fold's.
             allowed = LEAK_TOLERANCE * res["se"] / np.sqrt(n_folds)
@@ -174,9 +174,9 @@ def _invariant_polynomial(data: MRData, ctx: MethodContext) -> MethodOutput:
     hw = np.zeros((data.n, max(ks)))
     for f, (lr, k) in enumerate(zip(learners, ks)):
         rows = folds == f
-        hw[rows, :k] = Z[rows] @ lr.all_directions_[:, :k] + lr.all_intercept_[:k]
+        hw[rows, :k] = lr.directions(Z[rows])[:, :k]
     selection = [
-        {"degree": lr.degree_, "latent_dim": lr.latent_dim_, "restart": lr.restart_,
+        {"degree": lr.degree_, "latent_dim": lr.latent_dim_, "restart": lr.restart_, "encoder": lr.stage1_encoder_,
          "heldout_error": lr.heldout_error_, "n_components": k}
         for lr, k in zip(learners, ks)
     ]  # fmt: skip
