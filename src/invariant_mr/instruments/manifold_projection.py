@@ -124,11 +124,15 @@ class DecoderProjection:
         start = np.column_stack([np.ones(h_lin.shape[0]), h_lin]) @ self.align
         return project_onto_decoder(T, self.decoder, self.degree, start, self.n_iter)[0]
 
-    def reconstruction_error(self, h_lin: np.ndarray, T: np.ndarray) -> float:
-        """Relative squared error of the projected rows (held-out rows: a check on new data)."""
+    def row_errors(self, h_lin: np.ndarray, T: np.ndarray) -> np.ndarray:
+        """Squared reconstruction error of each projected row, relative to the mean squared norm of T's rows."""
         start = np.column_stack([np.ones(h_lin.shape[0]), h_lin]) @ self.align
         cost = project_onto_decoder(T, self.decoder, self.degree, start, self.n_iter)[1]
-        return float(cost.sum() / (T * T).sum())
+        return cost / (T * T).sum(1).mean()
+
+    def reconstruction_error(self, h_lin: np.ndarray, T: np.ndarray) -> float:
+        """Relative squared error of the projected rows (held-out rows: a check on new data)."""
+        return float(self.row_errors(h_lin, T).mean())
 
 
 def fit_decoder_projection(
@@ -141,8 +145,10 @@ def fit_decoder_projection(
     ridge: float,
     max_iter: int,
     n_iter: int = 30,
-) -> tuple[DecoderProjection, float, float]:
-    """(fitted projection, training error, held-out error) from the linear codes h_lin of every row.
+) -> tuple[DecoderProjection, float, np.ndarray]:
+    """(fitted projection, training error, held-out errors per row) from the linear codes h_lin of every row.
+
+    The held-out error is the mean of the per-row errors (kept per row for paired comparisons of models).
 
     Codes of the training rows are optimised jointly with the decoder (L-BFGS on the projected loss);
     held-out rows are projected onto the result and scored, as new rows would be.
@@ -166,7 +172,7 @@ def fit_decoder_projection(
     align, *_ = np.linalg.lstsq(design, u_fit, rcond=None)
     fitted = DecoderProjection(degree=degree, align=align, decoder=C, n_iter=int(n_iter))
     train_error = float(((T[train] - Pt.T @ C) ** 2).sum() / (T[train] ** 2).sum())
-    return fitted, train_error, fitted.reconstruction_error(h_lin[val], T[val])
+    return fitted, train_error, fitted.row_errors(h_lin[val], T[val])
 
 
 __all__ = ["DecoderProjection", "fit_decoder_projection", "project_onto_decoder"]
