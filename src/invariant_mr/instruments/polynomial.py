@@ -93,6 +93,8 @@ from invariant_mr.instruments.linear import (
 DEGREE_Z = 3.0
 #: ... and to at most this share of the lower degree's.
 DEGREE_GAIN = 0.9
+#: The projection's latent search adds latents while each cuts the best held-out error so far below this share.
+DIM_CONTINUE = 0.6
 #: Directions of Z with a smaller share of the largest (noise-whitened) eigenvalue are numerically absent.
 _PRESENT_RTOL = 1e-12
 
@@ -471,8 +473,9 @@ class PolynomialInvariantInstruments:
         accuracy and its cost) or denoising is off. Under noise the linear search can miss a latent
         (poly3, 2% noise, 1,500 rows: 3 latents chosen, held-out error 3.8e-2 where 4 projected
         latents reach 6.7e-4), so the latent dimension is searched again with the projection at the
-        top degree, forward from one below the linear choice, by the `min_gain` rule (an extra
-        latent that only reads noise shaves 20-45% off, a missing one costs 50-100 times). Lower
+        top degree, forward from one below the linear choice while each latent cuts the error below
+        DIM_CONTINUE of the best so far, and chosen by the `min_gain` rule (an extra latent that only
+        reads noise shaves 20-45% off, a missing one costs 50-100 times). Lower
         degrees are then tried at that dimension; a higher degree is kept only when it clearly
         reconstructs the same held-out rows better (DEGREE_Z, DEGREE_GAIN). The result must cut the
         linear encoder's held-out error to `denoise_gain`.
@@ -502,17 +505,20 @@ class PolynomialInvariantInstruments:
             return row["heldout_error"]
 
         available = sorted(k for (d, k) in best_L if d == top)
-        current = None
+        best_err = None
         for k in [k for k in available if k >= k_linear - 1]:
             err = fit(top, k)
             if err is None:
                 continue
-            if current is None or err < self.min_gain * fits[(top, current)][1]["heldout_error"]:
-                current = k
-            elif k > k_linear:
-                break  # one more latent did not pay: stop adding
-        if current is None:
+            if best_err is not None and k > k_linear and err > DIM_CONTINUE * best_err:
+                break  # the error has stopped falling fast: more latents only read noise
+            best_err = err if best_err is None else min(best_err, err)
+        errs = {k: fits[(top, k)][1]["heldout_error"] for (d, k) in fits if d == top}
+        if not errs:
             return None
+        # The simplest dimension that no larger one cuts to `min_gain`: a missing pair of latents can
+        # look like a small gain for the first of them (0.040 -> 0.020 -> 0.0006 for 2, 3, 4 latents).
+        current = min(k for k, e in errs.items() if all(e2 >= self.min_gain * e for k2, e2 in errs.items() if k2 > k))
         k = current
         for degree in degrees[:-1]:
             if degree >= 2:
