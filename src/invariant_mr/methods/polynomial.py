@@ -70,14 +70,14 @@ def _varying_codes(data: MRData, folds: np.ndarray, learners, ks) -> np.ndarray 
     instruments; the learned varying latents are the right complement, as hV is
     for the autoencoder.
     """
-    widths = {lr.all_directions_.shape[1] - k for lr, k in zip(learners, ks)}
+    widths = {lr.code_directions_.shape[1] - k for lr, k in zip(learners, ks)}
     if len(widths) != 1 or 0 in widths:
         return None
     Z = np.asarray(data.Z, dtype=float)
     out = np.zeros((data.n, widths.pop()))
     for f, (lr, k) in enumerate(zip(learners, ks)):
         rows = folds == f
-        out[rows] = Z[rows] @ lr.all_directions_[:, k:]
+        out[rows] = lr.directions(Z[rows])[:, k:]
     return out
 
 
@@ -102,11 +102,11 @@ def choose_components(data: MRData, folds: np.ndarray, learners) -> tuple[list[i
     ks, records = [], []
     for f, lr in enumerate(learners):
         rows = folds == f
-        m = lr.all_directions_.shape[1]
+        m = lr.code_directions_.shape[1]
         record = {"fold": f, "exact_test": int(lr.n_components_), "tolerance": LEAK_TOLERANCE}
         k = int(lr.n_components_)
         if m >= 2:
-            A = Z[rows] @ lr.all_directions_
+            A = lr.directions(Z[rows])
             res = leak_bias_bounds(A, data.env_codes[rows], data.exposure[rows], data.outcome[rows])
             # The pooled estimate averages n_folds such fits: compare with its SE, not this fold's.
             allowed = LEAK_TOLERANCE * res["se"] / np.sqrt(n_folds)
@@ -147,8 +147,19 @@ def _abstention_reason(records: list[dict], learners) -> str:
     )
 
 
-def _unavailable(data: MRData, reason: str) -> MethodOutput:
-    return MethodOutput((Estimate.unavailable(METHOD, "pooled", data.n, 0, reason),))
+def _unavailable(data: MRData, reason: str, artifacts=None) -> MethodOutput:
+    return MethodOutput((Estimate.unavailable(METHOD, "pooled", data.n, 0, reason),), artifacts=artifacts or {})
+
+
+def _stage1_codes(data: MRData, folds: np.ndarray, learners) -> np.ndarray:
+    """Out-of-fold stage-1 codes (n, widest code; narrower folds zero-padded): what stage 1 recovered, for
+    benchmarks that know the latents (the codes are the latents up to an affine map when stage 1 identifies)."""
+    Z = np.asarray(data.Z, dtype=float)
+    out = np.zeros((data.n, max(lr.latent_dim_ for lr in learners)))
+    for f, lr in enumerate(learners):
+        rows = folds == f
+        out[rows, : lr.latent_dim_] = lr.encode(Z[rows])
+    return out
 
 
 def invariant_polynomial(data: MRData, ctx: MethodContext) -> MethodOutput:
@@ -167,16 +178,19 @@ def _invariant_polynomial(data: MRData, ctx: MethodContext) -> MethodOutput:
     except NoSignalError as exc:
         return _unavailable(data, str(exc))
     ks, leak_records = choose_components(data, folds, learners)
+    codes = {"folds": folds, "codes": _stage1_codes(data, folds, learners)}
     if max(ks) == 0 or any(r["kept"] and r.get("stability_z", 0.0) > STABILITY_Z for r in leak_records):
         out = _unavailable(data, _abstention_reason(leak_records, learners))
-        return MethodOutput(tuple(replace(e, extra={**e.extra, "leak_bias": leak_records}) for e in out.estimates))
+        return MethodOutput(
+            tuple(replace(e, extra={**e.extra, "leak_bias": leak_records}) for e in out.estimates), artifacts=codes
+        )
     Z = np.asarray(data.Z, dtype=float)
     hw = np.zeros((data.n, max(ks)))
     for f, (lr, k) in enumerate(zip(learners, ks)):
         rows = folds == f
-        hw[rows, :k] = Z[rows] @ lr.all_directions_[:, :k] + lr.all_intercept_[:k]
+        hw[rows, :k] = lr.directions(Z[rows])[:, :k]
     selection = [
-        {"degree": lr.degree_, "latent_dim": lr.latent_dim_, "restart": lr.restart_,
+        {"degree": lr.degree_, "latent_dim": lr.latent_dim_, "restart": lr.restart_, "encoder": lr.stage1_encoder_,
          "heldout_error": lr.heldout_error_, "n_components": k}
         for lr, k in zip(learners, ks)
     ]  # fmt: skip
@@ -193,7 +207,9 @@ def _invariant_polynomial(data: MRData, ctx: MethodContext) -> MethodOutput:
             f"{MIN_FIRST_STAGE_F:g}); more samples per environment or less measurement noise would help"
         )
         out = _unavailable(data, reason)
-        return MethodOutput(tuple(replace(e, extra={**e.extra, "leak_bias": leak_records}) for e in out.estimates))
+        return MethodOutput(
+            tuple(replace(e, extra={**e.extra, "leak_bias": leak_records}) for e in out.estimates), artifacts=codes
+        )
     n_draws = int(ctx.option("poly_bootstrap", 200))
     if n_draws >= 2 and clusters is None:  # pooled row: the SE that includes the directions' error
         draws = stage2_bootstrap(
@@ -204,4 +220,4 @@ def _invariant_polynomial(data: MRData, ctx: MethodContext) -> MethodOutput:
     diagnostics = instrument_diagnostics(
         data, hw, ctx.inference, _varying_codes(data, folds, learners, ks), method=METHOD, folds=folds, clusters=clusters
     )
-    return MethodOutput(tuple(rows), tuple(diagnostics), artifacts={"instruments": hw, "folds": folds})
+    return MethodOutput(tuple(rows), tuple(diagnostics), artifacts={"instruments": hw, **codes})
