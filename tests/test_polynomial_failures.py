@@ -47,6 +47,18 @@ def test_discrete_data_abstain_instead_of_raising(genotype_like):
     assert naive.available
     (row,) = result.select("invariant_polynomial")
     assert row.available or ("would help" in row.reason and not row.reason.startswith("failed"))
+    assert "genotype calls" in row.reason  # recognised before stage 1 searches for latents in noise
+
+
+def test_continuous_columns_are_not_mistaken_for_calls(genotype_like):
+    from invariant_mr.methods.polynomial import _all_columns_are_calls
+
+    assert _all_columns_are_calls(genotype_like.Z)
+    noisy = genotype_like.Z + 0.01 * np.random.default_rng(0).standard_normal(genotype_like.Z.shape)
+    assert not _all_columns_are_calls(noisy)
+    one_continuous = genotype_like.Z.copy()
+    one_continuous[:, 0] = noisy[:, 0]
+    assert not _all_columns_are_calls(one_continuous)
 
 
 def _always_fails(data, ctx):

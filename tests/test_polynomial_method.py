@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 import pytest
 
 from invariant_mr.errors import InputError
@@ -69,3 +71,24 @@ def test_simulate_cli_takes_the_authors_recipe_and_noise(tmp_path):
                  "--weights", "clipped-normal", "--mix-seed", "100", "--out", str(out)]) == 0
     truth = json.loads((out / "truth.json").read_text())
     assert (truth["noise"], truth["weights"], truth["mix_seed"]) == (0.05, "clipped-normal", 100)
+
+
+def test_hsic_complement_is_the_varying_codes_even_when_folds_keep_different_numbers_of_directions():
+    """Unequal folds once made the HSIC and leak checks fall back to the residual of Z, which holds W^2
+    under polynomial mixing and rejected correct fits; each fold now gives its most varying directions."""
+    from invariant_mr.methods.polynomial import _varying_codes
+
+    class Fold:
+        def __init__(self, width, offset):
+            self.code_directions_ = np.zeros((3, width))
+            self.offset = offset
+
+        def directions(self, Z):
+            return np.arange(self.code_directions_.shape[1])[None, :] + self.offset + 0 * Z[:, :1]
+
+    data = type("D", (), {"Z": np.zeros((6, 2)), "n": 6})()
+    folds = np.array([0, 0, 0, 1, 1, 1])
+    out = _varying_codes(data, folds, [Fold(5, 0), Fold(4, 100)], [2, 2])  # 3 and 2 varying directions
+    assert out.shape == (6, 2)
+    assert (out[:3] == [3, 4]).all() and (out[3:] == [102, 103]).all()  # the last (most varying) of each fold
+    assert _varying_codes(data, folds, [Fold(3, 0), Fold(4, 0)], [3, 2]) is None  # a fold kept every direction
