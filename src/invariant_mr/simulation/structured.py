@@ -98,20 +98,20 @@ def simulate_demes(
     fst_deme = check_fraction(fst_deme, "fst_deme", closed_low=False)
     local_confounding = check_fraction(local_confounding, "local_confounding", closed_high=True)
     rng = np.random.default_rng([seed, 0xDE])
-    m_total = n_variants + (n_genome_variants if keep_genome else 0)
     # The genome panel's frequencies are drawn whether kept or not, so the instruments do not depend on keep_genome.
     ancestral, region = balding_nichols_frequencies(n_envs, n_variants + n_genome_variants, fst_region, rng)
     deme = np.stack([_nested_frequencies(region[k], fst_deme, rng) for k in range(n_envs) for _ in range(n_demes)])
     env_codes = np.repeat(np.arange(n_envs), n_per_env)
     deme_codes = np.concatenate([k * n_demes + (np.arange(n_per_env) * n_demes) // n_per_env for k in range(n_envs)])
-    genotypes_all = draw_genotypes(deme[deme_codes][:, :m_total] if keep_genome else deme[deme_codes][:, :n_variants], rng)
-    genotypes = genotypes_all[:, :n_variants]
+    genotypes = draw_genotypes(deme[deme_codes][:, :n_variants], rng)
     u = rng.standard_normal(n_envs * n_demes)
     u -= np.array([u[k * n_demes:(k + 1) * n_demes].mean() for k in range(n_envs)]).repeat(n_demes)
     # Within-region deme effects only: region means are absorbed by environment fixed effects anyway.
     local = u[deme_codes] / max(u.std(), 1e-12)
     H = np.sqrt(local_confounding) * local + np.sqrt(1 - local_confounding) * rng.standard_normal(len(env_codes))
     pheno = confounded_phenotypes(genotypes, env_codes, H, rng, theta=theta, n_causal=n_causal, h2=h2)
+    # Drawn last, so that keeping the genome panel changes nothing else.
+    genome = np.hstack([genotypes, draw_genotypes(deme[deme_codes][:, n_variants:], rng)]) if keep_genome else None
     parameters = {
         "n_envs": n_envs, "n_demes": n_demes, "n_per_env": n_per_env, "n_variants": n_variants,
         "fst_region": fst_region, "fst_deme": fst_deme, "local_confounding": local_confounding, "theta": theta,
@@ -123,7 +123,7 @@ def simulate_demes(
         "structure_dimensions": n_envs * n_demes - 1,
     }
     latent = {"deme": deme_codes, "deme_frequencies": deme[:, :n_variants], "ancestral_frequencies": ancestral[:n_variants]}
-    return _result(genotypes, env_codes, pheno, truth, latent, rng, "dm", genotypes_all if keep_genome else None)
+    return _result(genotypes, env_codes, pheno, truth, latent, rng, "dm", genome)
 
 
 def simulate_nonlinear_ancestry(
@@ -156,13 +156,12 @@ def simulate_nonlinear_ancestry(
     env_codes = np.repeat(np.arange(n_envs), n_per_env)
     ancestral, source = balding_nichols_frequencies(n_envs, n_variants + n_genome_variants, min(fst / lam**2, 0.9), rng)
     q = draw_ancestry(env_codes, n_envs, admixture, admixture_concentration, rng)
-    m_total = n_variants + (n_genome_variants if keep_genome else 0)
-    genotypes_all = draw_genotypes(q @ source[:, :m_total], rng)
-    genotypes = genotypes_all[:, :n_variants]
+    genotypes = draw_genotypes(q @ source[:, :n_variants], rng)
     s = _zscore(q @ rng.standard_normal(n_envs))
     H = (np.sqrt(ancestry_confounding) * _zscore(np.exp(curvature * s))
          + np.sqrt(1 - ancestry_confounding) * rng.standard_normal(len(env_codes)))
     pheno = confounded_phenotypes(genotypes, env_codes, H, rng, theta=theta, n_causal=n_causal, h2=h2)
+    genome = np.hstack([genotypes, draw_genotypes(q @ source[:, n_variants:], rng)]) if keep_genome else None
     parameters = {
         "n_envs": n_envs, "n_per_env": n_per_env, "n_variants": n_variants, "fst": fst, "admixture": admixture,
         "admixture_concentration": admixture_concentration, "curvature": curvature,
@@ -175,7 +174,7 @@ def simulate_nonlinear_ancestry(
         "components": {"V": "ancestry proportions q", "W": "Mendelian segregation Z - 2 P'q"},
     }
     latent = {"ancestry": q, "source_frequencies": source[:, :n_variants]}
-    return _result(genotypes, env_codes, pheno, truth, latent, rng, "nl", genotypes_all if keep_genome else None)
+    return _result(genotypes, env_codes, pheno, truth, latent, rng, "nl", genome)
 
 
 __all__ = ["simulate_demes", "simulate_nonlinear_ancestry"]
