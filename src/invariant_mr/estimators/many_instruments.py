@@ -51,7 +51,11 @@ def bekker_se(outcome, exposure, instruments, exog=None, *, estimate: float) -> 
     if exog is not None:
         cols.append(np.asarray(exog, dtype=float).reshape(n, -1))
     X1, basis = independent_basis(np.hstack(cols))
-    Z = residualize(np.asarray(instruments, dtype=float).reshape(n, -1), basis)
+    Z_raw = np.asarray(instruments, dtype=float).reshape(n, -1)
+    Z = residualize(Z_raw, basis)
+    # Residuals at rounding level mean the controls span the instruments (a relative test: scale-free).
+    if np.linalg.norm(Z) <= 1e-10 * max(np.linalg.norm(Z_raw), 1e-300):
+        raise InputError("the instruments are collinear with the controls")
     yt = residualize(y[:, None], basis)[:, 0]
     dt = residualize(d[:, None], basis)[:, 0]
     proj = InstrumentProjector(Z)
