@@ -48,11 +48,16 @@ def _with_bekker(row: Estimate, y, d, Z, controls, alpha: float) -> Estimate:
     if row.se is None or not math.isfinite(row.estimate):
         return row
     se = bekker_se(y, d, Z, controls, estimate=row.estimate)
+    kind = "Bekker (many instruments, homoskedastic)"
+    if row.extra.get("cov_type") == "cluster" and row.se > se:
+        # Bekker's SE assumes independent rows; with clusters (families) the cluster-robust SE can be the
+        # larger, and then it is used: neither corrects for both, the larger errs on the safe side.
+        se, kind = float(row.se), "cluster-robust (larger than Bekker's, which ignores the clusters)"
     z = stats.norm.ppf(1 - alpha / 2)
     return replace(
         row, se=se, ci_low=row.estimate - z * se, ci_high=row.estimate + z * se,
         pvalue=float(2 * stats.norm.sf(abs(row.estimate / se))),
-        extra={**row.extra, "se_kind": "Bekker (many instruments, homoskedastic)", "conventional_se": row.se,
+        extra={**row.extra, "se_kind": kind, "conventional_se": row.se,
                "conventional_ci": [row.ci_low, row.ci_high]},
     )
 
