@@ -117,11 +117,39 @@ SCENARIOS: dict[str, tuple[str, dict, str]] = {
         "assortative mating r = 0 / 0.25 / 0.5 for 3 generations, dynastic effect 0.3 (parents' exposure on the "
         "child's outcome), household effect; SEs clustered by family",
     ),
+    "demes": (
+        "demes",
+        dict(n_envs=3, n_demes=8, n_per_env=3000, n_variants=200, fst_region=0.05, fst_deme=0.02,
+             local_confounding=0.8, keep_genome=True, n_genome_variants=2000),
+        "fine-scale structure: 3 regions x 8 demes (F_ST 0.05 between regions, 0.02 between demes), 3000 per "
+        "region, a local confounder (a random effect of each deme, 80% of H); 2,200 variants for genome-wide PCs",
+    ),
+    "nonlinear-ancestry": (
+        "nonlinear-ancestry",
+        dict(n_envs=3, n_per_env=3000, n_variants=200, fst=0.1, admixture=0.3, curvature=1.5,
+             ancestry_confounding=0.8, keep_genome=True, n_genome_variants=2000),
+        "3 admixed Balding-Nichols populations (F_ST 0.1, 30% admixture), confounder exp(1.5 s) of an ancestry "
+        "axis s (80% of H); 2,200 variants for genome-wide PCs",
+    ),
+    "am-varying": (
+        "assortative",
+        dict(n_envs=3, n_per_env=3000, n_variants=200, generations=5, mating_correlation=0.8,
+             family_effect=0.0, h2=0.5, h2_outcome=0.5),
+        "assortative-nofamily with the sibling pairs' family IDs: cross-trait assortative mating r = 0 / 0.4 / "
+        "0.8 (strength differing between environments), no family effect",
+    ),
+    "dynastic": (
+        "assortative",
+        dict(n_envs=3, n_per_env=3000, n_variants=200, generations=5, mating_correlation=0.0,
+             family_effect=0.3),
+        "random mating, a dynastic effect: the parents' mean exposure (0.3) on the child's exposure and outcome; "
+        "sibling pairs' family IDs",
+    ),
 }
 
 #: Scenarios with sibships: the data carry the family IDs (SEs clustered by family for every method,
 #: as `run --family-col FID` does) and the within-family methods join the defaults.
-FAMILY_SCENARIOS = {"sibships"}
+FAMILY_SCENARIOS = {"sibships", "am-varying", "dynastic"}
 FAMILY_METHODS = ("within_family", "within_family_ivw", "within_family_egger")
 
 #: Methods whose runtime is dominated by resampling get fewer draws here (stated in the report).
@@ -468,6 +496,7 @@ HEADLINE = (
     ("within_family", "within-family MR"),
     ("invariant_linear", "invariant_linear"),
     ("invariant_linear_crossfit", "invariant_linear_crossfit"),
+    ("invariant_genotype", "invariant_genotype"),
     ("invariant_autoencoder [neural]", "invariant autoencoder"),
 )
 
@@ -489,6 +518,8 @@ def headline_rows(summaries: dict) -> list[str]:
             s = rows.get(method)
             if s is None and method == "tsls_pcs_genome":  # scenarios that keep no genome: the tagged run
                 s = rows.get("tsls_pcs [gwpcs]")
+            if s is None and method == "invariant_genotype":  # scenarios run before it existed: the tagged run
+                s = rows.get("invariant_genotype [gi]")
             if s is None:
                 cells.append("not run")
             elif s["bias"] is None:

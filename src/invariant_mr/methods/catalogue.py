@@ -18,6 +18,7 @@ _P = "invariant_mr.methods.polynomial"
 _Y = "invariant_mr.methods.binary"
 _T = "invariant_mr.methods.two_sample"
 _F = "invariant_mr.methods.within_family"
+_G = "invariant_mr.methods.genotype_invariant"
 
 BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("ols", f"{_B}:ols", "OLS of outcome on exposure, environment fixed effects (confounded)", family=o.BASELINE),
@@ -97,6 +98,10 @@ BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("within_family_egger", f"{_F}:within_family_egger",
                "Within-family summary-statistic MR: MR-Egger on within-family per-variant associations",
                default=False, family=o.WITHIN_FAMILY),
+    MethodSpec("invariant_genotype", f"{_G}:invariant_genotype",
+               "LIML (Bekker SE) on the genotype with the directions that shift across environments removed "
+               "(per-variant scaling within environments); for population structure",
+               default=False, options=o.GENOTYPE_INVARIANT_OPTIONS, family=o.GENOTYPE_INVARIANT),
     MethodSpec("invariant_polynomial", f"{_P}:invariant_polynomial",
                "2SLS on invariant latents identified by a linear encoder with a polynomial decoder (cross-fitted, "
                "stage-2 bootstrap SE); for polynomial mixing",

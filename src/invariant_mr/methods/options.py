@@ -185,6 +185,16 @@ WF_SE = MethodOption(
 )  # fmt: skip
 WITHIN_FAMILY_OPTIONS = (WF_FIRST_STAGE, WF_FOLDS, WF_SE)
 
+GENOTYPE_INVARIANT = "invariant_genotype"
+GENOTYPE_INVARIANT_OPTIONS = (
+    MethodOption("gi_n_removed", str, "auto", "invariant_genotype: covariance-shift directions to remove: 'auto' "
+                 "(parallel analysis over environment relabellings) or a number", GENOTYPE_INVARIANT),
+    MethodOption("gi_permutations", int, 49, "invariant_genotype: environment relabellings of the parallel analysis "
+                 "(at least 19)", GENOTYPE_INVARIANT),
+    AR_MAX_INSTRUMENTS,
+    DIAGNOSTIC_PERMUTATIONS,
+)
+
 #: Smallest accepted value of integer options, and why (checked before any work starts).
 _MINIMUM = {
     "n_folds": (2, "cross-fitting needs at least 2 folds"),

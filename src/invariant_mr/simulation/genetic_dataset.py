@@ -167,6 +167,8 @@ GENETIC_MODELS: dict[str, tuple[str, str]] = {
     "coalescent": ("invariant_mr.simulation.coalescent", "simulate_coalescent"),
     "assortative": ("invariant_mr.simulation.assortative", "simulate_assortative"),
     "sibships": ("invariant_mr.simulation.sibships", "simulate_sibships"),
+    "demes": ("invariant_mr.simulation.structured", "simulate_demes"),
+    "nonlinear-ancestry": ("invariant_mr.simulation.structured", "simulate_nonlinear_ancestry"),
 }
 
 

@@ -208,6 +208,43 @@ def stratified_phenotypes(
     return PhenotypeDraw(exposure=D, outcome=Y, covariates=cov, truth=truth, latent=latent)
 
 
+def confounded_phenotypes(
+    genotypes: np.ndarray,
+    env_codes: np.ndarray,
+    H: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    theta: float = 1.0,
+    n_causal: int | None = None,
+    h2: float = 0.3,
+    alpha_exposure: float = 1.0,
+    alpha_outcome: float = 1.0,
+) -> PhenotypeDraw:
+    """Exposure and outcome for a confounder H the caller built (local or nonlinear confounding).
+
+    The same model as `stratified_phenotypes` after its H step:
+    D = sqrt(h2) G + sqrt(1 - h2) e_D + alpha_exposure H + age/sex, Y = theta D + alpha_outcome H + age/sex + e_Y.
+    """
+    n = genotypes.shape[0]
+    h2 = check_fraction(h2, "h2", closed_low=False)
+    H = np.asarray(H, dtype=float).ravel()
+    if H.shape != (n,):
+        raise InputError(f"H has shape {H.shape}, expected ({n},)")
+    n_causal = default_n_causal(genotypes.shape[1]) if n_causal is None else int(n_causal)
+    causal, effects = draw_causal_effects(genotypes.shape[1], n_causal, rng)
+    G = genetic_score(genotypes, causal, effects, env_codes)
+    cov = demographic_covariates(n, rng)
+    cov_d, cov_y = _covariate_effects(cov)
+    D = np.sqrt(h2) * G + np.sqrt(1 - h2) * rng.standard_normal(n) + alpha_exposure * H + cov_d
+    Y = theta * D + alpha_outcome * H + cov_y + rng.standard_normal(n)
+    truth = {
+        "theta": float(theta), "n_causal": int(n_causal), "h2": h2,
+        "alpha_exposure": float(alpha_exposure), "alpha_outcome": float(alpha_outcome),
+        "causal_variant_index": causal.tolist(), "causal_effects": effects.tolist(),
+    }
+    return PhenotypeDraw(exposure=D, outcome=Y, covariates=cov, truth=truth, latent={"H": H, "genetic_score": G})
+
+
 @dataclass(frozen=True)
 class FamilyTraitModel:
     """Genetic architecture of the assortative-mating model (fixed across generations).
