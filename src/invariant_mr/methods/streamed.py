@@ -264,8 +264,8 @@ def run_streamed(data: StreamedMRData, ctx: MethodContext, method: str) -> Metho
 
 # ----------------------------------------------------------------------------- tsls_pcs (in memory)
 def tsls_pcs_in_memory(view: StreamedMRData, data, ctx: MethodContext) -> MethodOutput:
-    """tsls_pcs from the statistics: the PCs (computed on the rows, `baselines.pcs_for`) join the
-    covariates by an O(n k m) pass over the shared first pass; one second pass for the robust SE
+    """tsls_pcs from the statistics: the PCs (`baselines.pcs_for`, their Gram matrix from the shared
+    first pass's Z'Z) join the covariates by an O(n k m) pass over the shared first pass; one second pass for the robust SE
     and F, one for the J check."""
     from invariant_mr.estimators.sufficient_stats import partial_out
     from invariant_mr.inference.diagnostics import j_diagnostic
@@ -274,7 +274,13 @@ def tsls_pcs_in_memory(view: StreamedMRData, data, ctx: MethodContext) -> Method
     from invariant_mr.methods.baselines import pcs_for
     from invariant_mr.methods.streamed_passes import with_extra_covariates
 
-    pcs, source, k = pcs_for(data, ctx)
+    # The shared first pass holds Z'Z and the column sums: the PCs need no n p^2 product of their own.
+    base = first_pass(view)
+    cross_products = None
+    if base.z_map is None:
+        q, p = base.q, base.p
+        cross_products = (base.cross[:, q:q + p, q:q + p].sum(axis=0), base.sums[:, q:q + p].sum(axis=0))
+    pcs, source, k = pcs_for(data, ctx, cross_products=cross_products)
     if pcs is not None:
         view = with_extra_covariates(view, pcs, tuple(f"genotype_pc{j + 1}" for j in range(k)))
     stats = first_pass(view)
