@@ -36,11 +36,14 @@ RESULTS = Path(__file__).parent / "results"
 def _passes(out: Path) -> dict:
     res = json.loads((out / "results.json").read_text())
     prov = res["provenance"]
-    streamed = prov.get("streamed_passes") or prov.get("streaming", {}).get("streamed_passes") or {}
-    seconds = res.get("volatile", {}).get("method_seconds") or prov.get("method_seconds") or {}
+    streamed = prov.get("streamed_passes") or {}
+    volatile = res.get("volatile", {})
+    seconds = volatile.get("method_seconds") or prov.get("method_seconds") or {}
+    # Durations live in results.json's "volatile" block, by dotted path (`results.split_volatile`).
+    passes = [{**x, "seconds": volatile.get(f"streamed_passes.passes[{i}].seconds", x.get("seconds"))}
+              for i, x in enumerate(streamed.get("passes", []))]
     estimates = {f"{e['method']}/{e['scope']}": e["estimate"] for e in res["estimates"]}
-    return {"passes": streamed.get("passes", []), "dask": streamed.get("dask"), "method_seconds": seconds,
-            "estimates": estimates}
+    return {"passes": passes, "dask": streamed.get("dask"), "method_seconds": seconds, "estimates": estimates}
 
 
 def measure_size(n: int, p: int, workers: list[int], seed: int, scratch: Path) -> list[dict]:
