@@ -60,9 +60,11 @@ def _row(what: str, n: int, p: int, result: dict, out: Path | None) -> dict:
     row = {"n": n, "p": p, "what": what, **result}
     if out is not None:
         res = json.loads((out / "results.json").read_text())
-        prov = res["provenance"]
-        row["method_seconds"] = prov["method_seconds"]
-        row["n_methods"] = len(prov["method_seconds"])
+        # Durations moved to results.json's last block, "volatile" (a99157d); older commits kept them
+        # in the provenance.
+        seconds = res.get("volatile", {}).get("method_seconds") or res["provenance"]["method_seconds"]
+        row["method_seconds"] = seconds
+        row["n_methods"] = len(seconds)
         row["estimates"] = {f"{e['method']}/{e['scope']}": e["estimate"] for e in res["estimates"]}
     return row
 

@@ -136,3 +136,24 @@ def test_coalescent_keeps_the_genome_without_changing_the_data():
     assert np.array_equal(plain.genotypes, gw.genotypes) and not np.allclose(plain.outcome, gw.outcome)
     with pytest.raises(InputError, match="ancestry_snps"):
         simulate_coalescent(**kw, ancestry_snps="pcs")
+
+
+def test_pcs_from_a_pass_cross_products_equal_the_pcs_of_the_rows():
+    """`genotype_pcs(..., cross_products=(Z'Z, sums))` (what `run` takes from its first pass) gives the
+    same scores as standardising the rows, up to rounding: every PC spans the same line (sign free), to
+    1e-10, also beyond the structure (PCs 4-10 lie in the noise bulk), with a constant column present."""
+    sim = simulate_balding_nichols(n_envs=4, n_per_env=300, n_variants=200, fst=0.05, seed=4)
+    Z = sim.genotypes.astype(float)
+    Z[:, 7] = 1.0  # a constant column: unscaled and contributing nothing, as on the rows
+    exact = genotype_pcs(Z, 10)
+    fast = genotype_pcs(Z, 10, cross_products=(Z.T @ Z, Z.sum(axis=0)))
+    assert fast.shape == exact.shape == (1200, 10)
+    for j in range(10):
+        sign = np.sign(exact[:, j] @ fast[:, j])
+        assert np.max(np.abs(sign * fast[:, j] - exact[:, j])) <= 1e-10 * np.max(np.abs(exact[:, j]))
+    # The span is what adjustment sees: the projections of a vector onto both spans agree.
+    v = np.random.default_rng(0).normal(size=1200)
+    proj = [s @ np.linalg.lstsq(s, v, rcond=None)[0] for s in (exact, fast)]
+    np.testing.assert_allclose(proj[0], proj[1], rtol=0, atol=1e-10)
+    with pytest.raises(InputError, match="cross_products"):
+        genotype_pcs(Z, 3, cross_products=(Z.T @ Z, Z.sum(axis=0)[:-1]))

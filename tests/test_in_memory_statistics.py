@@ -133,3 +133,24 @@ def test_cholesky_whitening_gives_the_eigen_results(data, monkeypatch):
     B = np.hstack([A, A[:, :3]])  # three duplicate columns: rank 80 of 83
     assert ss._SymmetricInverse(B.T @ B, 1e-10).rank == 80
     test_statistics_route_equals_row_route(data.__class__(**data.__dict__), "robust")
+
+
+def test_tsls_pcs_from_statistics_reads_the_rows_once_for_its_meats(data, monkeypatch):
+    """tsls_pcs (robust) accumulates its SE, F, AR and J meats in one second pass: the J test's
+    meat rides with the estimates' (it had a pass of its own), and its numbers stay the row route's."""
+    from invariant_mr.estimators import sufficient_stats
+
+    spec = registered_methods()["tsls_pcs"]
+    ctx = MethodContext(cov_type="robust", progress=False)
+    rows = spec.function(data, ctx)
+    starts = []
+    original = sufficient_stats.MeatKernel.start
+    monkeypatch.setattr(sufficient_stats.MeatKernel, "start",
+                        lambda self: starts.append(len(self.requests)) or original(self))
+    stats = from_statistics_in_memory(data, ctx, "tsls_pcs", planned=("tsls_pcs",))
+    assert len(starts) == 1, starts
+    j_rows = {d.name: d for d in rows.diagnostics}
+    j_stats = {d.name: d for d in stats.diagnostics}
+    assert "tsls_pcs/overidentification_j" in j_stats
+    assert _close(j_stats["tsls_pcs/overidentification_j"].statistic,
+                  j_rows["tsls_pcs/overidentification_j"].statistic, 1e-8)

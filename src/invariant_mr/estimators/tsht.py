@@ -77,7 +77,7 @@ class TwoStageHardThresholding:
         yt = residualize(y[:, None], basis)[:, 0]
         dt = residualize(d[:, None], basis)[:, 0]
         gram = Zt.T @ Zt
-        if np.linalg.matrix_rank(gram) < p:
+        if np.linalg.matrix_rank(gram, hermitian=True) < p:
             raise InputError("TSHT: the instruments are collinear (after the controls)")
         # Reduced-form coefficients and their sandwich covariances, written with the p x p inverse
         # Gram matrix so that no extra n x p arrays are formed: the influence matrix
@@ -149,7 +149,9 @@ class TwoStageHardThresholding:
             raise InputError("TSHT needs at least 2 instruments to vote on validity")
         G = design.gram
         gram = G[:p, :p]
-        if np.linalg.matrix_rank(gram) < p:
+        # The Gram matrix is symmetric: its singular values are the moduli of its eigenvalues, which
+        # cost a third of an SVD (the same rank rule, S.max() * p * eps).
+        if np.linalg.matrix_rank(gram, hermitian=True) < p:
             raise InputError("TSHT: the instruments are collinear (after the controls)")
         G_inv = np.linalg.inv(gram)
         G_inv = (G_inv + G_inv.T) / 2

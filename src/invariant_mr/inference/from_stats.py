@@ -14,7 +14,7 @@ over the genotype blocks (`sufficient_stats.accumulate_meats`); with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -25,6 +25,8 @@ from invariant_mr.errors import InputError
 from invariant_mr.inference.estimates import estimate_from_fit, too_few_samples
 from invariant_mr.estimators.sufficient_stats import (
     EnvironmentCrossProducts,
+    MeatRequest,
+    PartialledDesign,
     RowPasses,
     _Parts,
     accumulate_meats,
@@ -56,6 +58,8 @@ def iv_estimates_from_stats(
     max_ar_instruments: int | None = None,
     passes: RowPasses | None = None,
     extra: Mapping[str, Any] | None = None,
+    pooled_design: PartialledDesign | None = None,
+    also: Sequence[MeatRequest] = (),
 ) -> dict[str, list[Estimate]]:
     """{method: [pooled row, env rows...]} as `estimation.iv_estimates` would give for each.
 
@@ -63,11 +67,18 @@ def iv_estimates_from_stats(
     "fuller(a)" or a number). `max_ar_instruments` skips robust AR sets above
     that many instruments, as `weak_iv.with_anderson_rubin` does. An
     environment where a fit cannot be computed is skipped.
+
+    `pooled_design`, the caller's own `partial_out(stats, env_fixed_effects=...)`, is used as the
+    pooled design, so that its instrument algebra (a k^3 whitening) is shared with the caller's
+    later tests on it. `also` are more robust `MeatRequest`s (e.g. `j_requests(pooled_design)`)
+    accumulated in the same second pass, whose rows they share; a `passes` that keeps its
+    results (`methods.streamed_passes`) then serves them without a pass of their own.
     """
     if cov_type not in ("robust", "unadjusted"):
         raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
     kinds = {m: parse_kappa(k)[0] for m, k in methods.items()}
-    designs = {"pooled": partial_out(stats, env_fixed_effects=env_fixed_effects)}
+    designs = {"pooled": pooled_design if pooled_design is not None
+               else partial_out(stats, env_fixed_effects=env_fixed_effects)}
     if per_env:
         for level in stats.env_levels:
             try:
@@ -126,7 +137,8 @@ def iv_estimates_from_stats(
                 requests += reqs
         if requests and passes is None:
             raise InputError("robust estimates from statistics need a second pass over the rows (passes=)")
-        meats = accumulate_meats(passes, requests) if requests else ()
+        # `also` rides along at the end (their results are for the caller, through the passes' reuse).
+        meats = accumulate_meats(passes, [*requests, *also])[: len(requests)] if requests else ()
 
     def meats_of(key):
         if cov_type != "robust":

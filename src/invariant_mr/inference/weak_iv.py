@@ -225,10 +225,13 @@ def _robust_stat(pr: _ARProblem, b: np.ndarray, blocks=None) -> np.ndarray:
     # Batches keep memory bounded: with hundreds of instruments a full grid of
     # k x k matrices would take gigabytes.
     step = max(1, int(_BATCH_BYTES // (8 * pr.k * pr.k)))
+    # Omega(b) for a batch as one (batch x 3) @ (3 x k^2) product: each matrix written once, instead of
+    # four broadcast temporaries of the batch's size (which took three quarters of the time).
+    stacked = np.stack([Oyy, Oyd, Odd]).reshape(3, -1)
     for start in range(0, b.shape[0], step):
         bb = b[start : start + step]
         g = pr.a[None, :] - bb[:, None] * pr.c[None, :]
-        omega = Oyy[None] - 2 * bb[:, None, None] * Oyd[None] + (bb * bb)[:, None, None] * Odd[None]
+        omega = (np.column_stack([np.ones_like(bb), -2 * bb, bb * bb]) @ stacked).reshape(-1, *Oyy.shape)
         sol = np.linalg.solve(omega, g[:, :, None])[:, :, 0]
         out[start : start + step] = np.sum(g * sol, axis=1)
     return out

@@ -80,9 +80,10 @@ def liml_all_env(data: MRData, ctx: MethodContext) -> MethodOutput:
 _PC_NAME = re.compile(r"^(pc|PC|Pc)_?\d+$")
 
 
-def pcs_for(data: MRData, ctx: MethodContext) -> tuple[np.ndarray | None, str, int]:
+def pcs_for(data: MRData, ctx: MethodContext, cross_products=None) -> tuple[np.ndarray | None, str, int]:
     """(PC scores to add as controls, or None when supplied among the covariates; where they come
-    from; how many) for tsls_pcs."""
+    from; how many) for tsls_pcs. `cross_products` (Z'Z, column sums of `data.Z`), when a pass has
+    formed them, spare `genotype_pcs` its own n p^2 product."""
     supplied = [j for j, name in enumerate(data.covariate_names or ()) if _PC_NAME.match(name)]
     if supplied:
         # PCs are among the covariates already, which every method adjusts for.
@@ -96,7 +97,7 @@ def pcs_for(data: MRData, ctx: MethodContext) -> tuple[np.ndarray | None, str, i
         k = min(requested, data.p - 1)
         if k < 1:
             raise InputError("tsls_pcs needs at least 2 instruments when PCs are computed from them")
-        pcs, source = genotype_pcs(data.Z, k), "instruments"
+        pcs, source = genotype_pcs(data.Z, k, cross_products=cross_products), "instruments"
     return pcs, source, k
 
 

@@ -264,28 +264,42 @@ def run_streamed(data: StreamedMRData, ctx: MethodContext, method: str) -> Metho
 
 # ----------------------------------------------------------------------------- tsls_pcs (in memory)
 def tsls_pcs_in_memory(view: StreamedMRData, data, ctx: MethodContext) -> MethodOutput:
-    """tsls_pcs from the statistics: the PCs (computed on the rows, `baselines.pcs_for`) join the
-    covariates by an O(n k m) pass over the shared first pass; one second pass for the robust SE
+    """tsls_pcs from the statistics: the PCs (`baselines.pcs_for`, their Gram matrix from the shared
+    first pass's Z'Z) join the covariates by an O(n k m) pass over the shared first pass; one second pass for the robust SE
     and F, one for the J check."""
-    from invariant_mr.estimators.sufficient_stats import partial_out
+    from invariant_mr.estimators.sufficient_stats import _Parts, partial_out
     from invariant_mr.inference.diagnostics import j_diagnostic
     from invariant_mr.inference.from_stats import iv_estimates_from_stats
-    from invariant_mr.inference.tests_from_stats import sargan_hansen_j_from_stats
+    from invariant_mr.inference.tests_from_stats import j_requests, sargan_hansen_j_from_stats
     from invariant_mr.methods.baselines import pcs_for
     from invariant_mr.methods.streamed_passes import with_extra_covariates
 
-    pcs, source, k = pcs_for(data, ctx)
+    # The shared first pass holds Z'Z and the column sums: the PCs need no n p^2 product of their own.
+    base = first_pass(view)
+    cross_products = None
+    if base.z_map is None:
+        q, p = base.q, base.p
+        cross_products = (base.cross[:, q:q + p, q:q + p].sum(axis=0), base.sums[:, q:q + p].sum(axis=0))
+    pcs, source, k = pcs_for(data, ctx, cross_products=cross_products)
     if pcs is not None:
         view = with_extra_covariates(view, pcs, tuple(f"genotype_pc{j + 1}" for j in range(k)))
     stats = first_pass(view)
+    # One pooled design for the estimates and the J check: its whitening is computed once, and the
+    # J test's meat (robust) rides in the estimates' second pass, on the same residualised rows.
+    pooled = partial_out(stats, env_fixed_effects=True)
+    also = ()
+    if ctx.cov_type == "robust":
+        try:
+            also = tuple(j_requests(pooled)) if _Parts.of(pooled).rank >= 2 else ()
+        except (InputError, np.linalg.LinAlgError, ZeroDivisionError):
+            also = ()
     rows = iv_estimates_from_stats(
         stats, {"tsls_pcs": "tsls"}, alpha=ctx.alpha, cov_type=ctx.cov_type, per_env=ctx.per_env,
         env_fixed_effects=True, max_ar_instruments=ctx.inference.ar_max_instruments, passes=passes(view),
-        extra={"n_pcs": k, "pcs_from": source, **_route_extra(view, "tsls_pcs")},
+        extra={"n_pcs": k, "pcs_from": source, **_route_extra(view, "tsls_pcs")}, pooled_design=pooled, also=also,
     )["tsls_pcs"]
     try:
-        stat, p, df = sargan_hansen_j_from_stats(partial_out(stats, env_fixed_effects=True), cov_type=ctx.cov_type,
-                                                 passes=passes(view))
+        stat, p, df = sargan_hansen_j_from_stats(pooled, cov_type=ctx.cov_type, passes=passes(view))
         diagnostics = (j_diagnostic("tsls_pcs/overidentification_j", stat, p, df, alpha=ctx.alpha,
                                     cov_type=ctx.cov_type),)
     except (InputError, np.linalg.LinAlgError):
