@@ -177,3 +177,18 @@ def test_method_runs_through_the_registry_with_bekker_se_and_diagnostics():
     names = {d.name for d in result.diagnostics}
     assert {"invariant_genotype/invariance_mmd", "invariant_genotype/independence_hsic",
             "invariant_genotype/leak_shift", "invariant_genotype/overidentification_j"} <= names
+
+
+def test_non_genotype_data_leave_the_method_unavailable_not_the_run_broken():
+    """Few continuous columns: removing the shifting directions can leave instruments spanned by the
+    environment effects; that is this design's failure, reported as such, never the whole run's."""
+    from invariant_mr.methods.registry import MethodContext
+    from invariant_mr.pipeline import run_analysis
+    from invariant_mr.simulation.paper import simulate_paper
+
+    data = simulate_paper("poly2", n_envs=2, n_per_env=1000, seed=0, noise=0.02).data
+    result = run_analysis(data, "invariant_genotype,tsls_all_env",
+                          MethodContext(seed=0, per_env=False, options={"diagnostic_permutations": 99}))
+    assert result.select("tsls_all_env")[0].available
+    (row,) = result.select("invariant_genotype")
+    assert row.available or row.reason.startswith("no usable instruments")

@@ -10,12 +10,15 @@ import click
 from invariant_mr.cli.common import SEED, command_line, paper_recipe_options
 from invariant_mr.io.output import OutputDirectory, atomic_write_text
 from invariant_mr.provenance import json_default, make_provenance
+from invariant_mr.simulation.genetic_dataset import GENETIC_MODELS
 from invariant_mr.simulation.paper import PAPER_SETTINGS
 
 
 @click.command()
-@click.option("--model", type=click.Choice(["paper", "balding-nichols", "coalescent", "assortative", "sibships"]), default="paper", show_default=True,
-              help="sibships: sibling pairs (FID = family) under stratification, assortative mating and a dynastic effect")
+@click.option("--model", type=click.Choice(["paper", *GENETIC_MODELS]), default="paper", show_default=True,
+              help="sibships: sibling pairs (FID = family) under stratification, assortative mating and a dynastic effect; "
+                   "demes: fine-scale structure (8 demes per region) with a local confounder; nonlinear-ancestry: "
+                   "confounding a nonlinear function of admixed ancestry")
 @click.option("--setting", type=click.Choice(list(PAPER_SETTINGS)), default="linear", show_default=True, help="paper model: mixing setting")
 @click.option("--envs", "n_envs", type=click.IntRange(2), default=None, help="number of environments / populations [default: 2 for paper, 3 for balding-nichols and assortative; coalescent: every population of the demography]")
 @click.option("--n-per-env", type=click.IntRange(2), default=3000, show_default=True)

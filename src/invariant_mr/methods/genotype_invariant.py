@@ -75,7 +75,14 @@ def invariant_genotype(data: MRData, ctx: MethodContext) -> MethodOutput:
         # estimated k x k covariance is too small and the set comes out empty for valid instruments
         # (Anatolyev & Gospodinov 2011). Unless asked for, it is left out above this many instruments.
         settings = replace(settings, ar_max_instruments=AR_MAX_MANY)
-    rows = iv_estimates(data, hw, settings, method=NAME, kappa="liml", extra=extra, clusters=data.clusters)
+    try:
+        rows = iv_estimates(data, hw, settings, method=NAME, kappa="liml", extra=extra, clusters=data.clusters)
+    except (InputError, np.linalg.LinAlgError) as exc:
+        # e.g. few, non-genotype columns: removing the shifting directions leaves instruments spanned by
+        # the environment effects. The data cannot support this design; the other methods' results stand.
+        reason = f"no usable instruments after removing {extra['n_removed']} shifting directions: {exc}"
+        return MethodOutput(tuple(Estimate.unavailable(NAME, scope, int(mask.sum()), hw.shape[1], reason)
+                                  for scope, mask in [("pooled", np.ones(data.n, dtype=bool))]))
     codes = data.env_codes
     scopes = {"pooled": (np.ones(data.n, dtype=bool), exogenous_controls(data, True))}
     for i, level in enumerate(data.env_levels):

@@ -64,6 +64,7 @@ MIN_I_SQUARED_GX = 0.9
 INVARIANT = frozenset({
     "invariant_linear", "invariant_linear_crossfit", "invariant_polynomial", "invariant_autoencoder",
     "invariant_autoencoder_insample", "tsls_external", "tsri_invariant_linear", "tsps_invariant_linear",
+    "invariant_genotype",
 })
 ADJUSTED = frozenset({"tsls_pcs", "tsht", "within_family_ivw", "within_family_egger"})
 #: Methods whose overidentification test runs on instruments they selected for agreeing with each other.
