@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from invariant_mr.errors import InputError
+from invariant_mr.estimators.tail_probabilities import chi2_ppf
 from invariant_mr.estimators.summary_mr import SummaryMRFit, _arrays, _require, _wald
 from invariant_mr.estimators.sumstats import SummaryStatistics
 
@@ -143,7 +143,7 @@ def mr_lasso(ss: SummaryStatistics, alpha: float = 0.05, *, lam: float | None = 
                 rse[j] = np.nan
         inc = rse[1:] - rse[:-1]
         with np.errstate(invalid="ignore", divide="ignore"):
-            het = np.flatnonzero((rse[1:] > 1) & (inc > stats.chi2.ppf(0.95, 1) / n_valid[1:]))
+            het = np.flatnonzero((rse[1:] > 1) & (inc > chi2_ppf(0.95, 1) / n_valid[1:]))
         pos = int(het[0]) if het.size else len(lamseq) - 1
         enough = np.flatnonzero(n_valid > 1)
         if enough.size == 0:

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from scipy import stats
 
 from invariant_mr.data import MRData, exogenous_controls
 from invariant_mr.errors import InputError
+from invariant_mr.estimators.tail_probabilities import norm_sf
 from invariant_mr.estimators.mr_conmix import mr_conmix
 from invariant_mr.estimators.mr_raps import mr_raps
 from invariant_mr.estimators.multivariable_iv import fit_multivariable_tsls
@@ -70,7 +70,7 @@ def _selected(bx: np.ndarray, sx: np.ndarray, threshold) -> np.ndarray:
     """Variants associated (p < threshold) with at least one exposure: the usual MVMR instrument set."""
     if threshold is None:
         return np.ones(bx.shape[0], dtype=bool)
-    p = 2 * stats.norm.sf(np.abs(bx / sx))
+    p = 2 * norm_sf(np.abs(bx / sx))
     keep = (p < float(threshold)).any(axis=1)
     if keep.sum() <= bx.shape[1] + 1:
         raise InputError(

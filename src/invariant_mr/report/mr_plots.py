@@ -21,10 +21,10 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
 
 from invariant_mr.estimators.summary_mr import leave_one_out
 from invariant_mr.estimators.sumstats import SummaryStatistics
+from invariant_mr.estimators.tail_probabilities import norm_ppf
 from invariant_mr.results import AnalysisResult, Estimate
 
 #: The files `write_mr_plots` writes, in report order, with their titles.
@@ -65,7 +65,7 @@ def scatter_plot(ss: SummaryStatistics, result: AnalysisResult | None = None, *,
     """Associations with error bars and one fitted line per pooled method estimate."""
     plt = _pyplot()
     bx, sx, by, sy = _oriented(ss)
-    z = stats.norm.ppf(1 - alpha / 2)
+    z = norm_ppf(1 - alpha / 2)
     fig, ax = plt.subplots(figsize=(7.0, 5.2))
     ax.errorbar(bx, by, xerr=z * sx, yerr=z * sy, fmt="o", ms=3.5, color="0.3", ecolor="0.7", lw=0.8, capsize=0,
                 label=f"variants ({ss.n_variants})")
@@ -152,7 +152,7 @@ def single_variant_forest_plot(ss: SummaryStatistics, result: AnalysisResult | N
                                exposure: str | None = None, alpha: float = 0.05):
     """Each variant's ratio estimate (first-order SE sy/|bx|), sorted, then the pooled method estimates."""
     plt = _pyplot()
-    z = stats.norm.ppf(1 - alpha / 2)
+    z = norm_ppf(1 - alpha / 2)
     ratio = ss.beta_outcome / ss.beta_exposure
     se = ss.se_outcome / np.abs(ss.beta_exposure)
     order = np.argsort(ratio)
