@@ -135,14 +135,17 @@ def leave_one_out_plot(ss: SummaryStatistics, *, alpha: float = 0.05):
 
     loo = leave_one_out(ss, alpha)
     full = ivw(ss, alpha)
-    labels = [f"without {v}" for v in ss.variant] + ["all variants"]
+    # Rows named by the variant left out, as TwoSampleMR's mr_leaveoneout_plot does: a "without "
+    # on each of ~80 labels cost a third of this figure's rendering (text is most of it).
+    labels = list(ss.variant) + ["all variants"]
     est = np.append(loo["estimate"], full.estimate)
     lo = np.append(loo["ci_low"], full.ci_low)
     hi = np.append(loo["ci_high"], full.ci_high)
     fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.2 * len(labels)))
     _interval_rows(ax, labels, est, lo, hi, colors=["0.3"] * (len(labels) - 1) + ["C3"])
     ax.axvline(full.estimate, color="C3", lw=0.8, ls="--")
-    ax.set_xlabel(f"IVW estimate ({100 * (1 - alpha):g}% CI)")
+    ax.set_xlabel(f"IVW estimate without the variant ({100 * (1 - alpha):g}% CI)")
+    ax.set_ylabel("variant left out")
     ax.set_title("Leave-one-out IVW")
     _fixed_margins(fig, labels)
     return fig
