@@ -75,6 +75,7 @@ def main() -> None:
     base_wall: dict[str, list[float]] = {k: [] for k in CONFIGS}
     base_cpu: dict[str, list[float]] = {k: [] for k in CONFIGS}
     ours = ROOT / "src"
+    commit = git_commit()  # the code timed, even if HEAD moves while the benchmark runs
     loads = []
     for _ in range(args.repeats):
         for name, extra in CONFIGS.items():
@@ -88,7 +89,7 @@ def main() -> None:
         loads.append(os.getloadavg()[0])
     record = {
         "command": "python benchmarks/mr_speed.py" + ("" if args.repeats == 5 else f" --repeats {args.repeats}"),
-        "commit": git_commit(), "date": date.today().isoformat(), "cpu": cpu_model(), "cores": os.cpu_count(),
+        "commit": commit, "date": date.today().isoformat(), "cpu": cpu_model(), "cores": os.cpu_count(),
         "python": sys.version.split()[0], "repeats": args.repeats, "load_average_1min": loads,
         "results": {k: {"wall_median_s": statistics.median(wall[k]), "cpu_median_s": statistics.median(cpu[k]),
                         "wall_s": wall[k], "cpu_s": cpu[k]} for k in CONFIGS},
@@ -118,7 +119,8 @@ def main() -> None:
         lines += [f"| {k} | {v['wall_median_s']:.2f} | {v['cpu_median_s']:.2f} |" for k, v in record["results"].items()]
     else:
         base = record["baseline"]
-        lines[-3] += f" Baseline: commit {base['commit']}, run in turn with this one (same interpreter and packages)."
+        lines[-4] += (f" Baseline: commit {base['commit']} of another checkout, run in turn with this one (same "
+                      "interpreter and packages).")
         lines[-2:] = ["| configuration | median wall s | median CPU s | baseline median wall s | baseline median CPU s "
                       "| CPU ratio (median of pairs) |", "|---|---|---|---|---|---|"]
         lines += [f"| {k} | {v['wall_median_s']:.2f} | {v['cpu_median_s']:.2f} | {b['wall_median_s']:.2f} | "
