@@ -421,3 +421,24 @@ def test_mr_plots_render_in_headless_chromium(ldlc_run, tmp_path):
     # The report of the run embeds the same figures.
     report = (ldlc_run / "report.html").read_text()
     assert all(name in report for name in ("scatter.png", "funnel.png", "leave_one_out.png", "single_variant_forest.png"))
+
+
+def test_mr_two_file_run_never_imports_scipy_stats_or_the_individual_level_iv_code(tmp_path):
+    """The summary-statistic path takes its tail probabilities from scipy.special; importing scipy.stats
+    (scipy.spatial, sparse, linalg, optimize) or estimators.iv was most of a second of `mr`'s run time."""
+    import subprocess
+    import sys
+
+    data = Path(__file__).parent / "data"
+    code = (
+        "import sys; from invariant_mr.cli import main; "
+        f"code = main(['mr', '--exposure-gwas', {str(data / 'bmi_chd_twosamplemr_exposure.tsv')!r}, "
+        f"'--outcome-gwas', {str(data / 'bmi_chd_twosamplemr_outcome.tsv')!r}, "
+        f"'--methods', 'ivw,mr_egger,weighted_median,simple_mode,weighted_mode', '--quiet', "
+        f"'--out', {str(tmp_path / 'o')!r}]); "
+        "print(code, ','.join(m for m in ('scipy.stats', 'scipy.optimize', 'invariant_mr.estimators.iv', 'torch', "
+        "'dask') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "0", f"exit code and modules imported by mr: {out!r}"
+    assert (tmp_path / "o" / "report.html").is_file()

@@ -74,3 +74,22 @@ def test_fixed_lambda_and_errors():
     assert len(mr_lasso(ss, lam=1e3 * chosen.lam).valid) == ss.n_variants  # large lambda: every intercept zero
     with pytest.raises(InputError, match="lambda must be positive"):
         mr_lasso(ss, lam=-1.0)
+
+
+def test_reproduces_mendelianrandomizations_printed_mr_lasso_on_ldlc():
+    """MendelianRandomization's vignette ("Univariable MR methods", Lasso method;
+    github.com/sb452/MendelianRandomizationVignette, gh-pages articles/Univariable_MR_Methods.html):
+    mr_lasso(mr_input(bx = ldlc, bxse = ldlcse, by = chdlodds, byse = chdloddsse)) prints
+        Number of variants : 28; Number of valid instruments : 26; Tuning parameter : 0.7757552
+        exposure 2.671 (SE 0.431), 95% CI 1.827, 3.515, p-value 0.000
+    The tuning parameter is on glmnet's reported scale and fixes the whole path (lambda_max and its
+    standardisation: columns scaled by their centred SD but not centred, because intercept = FALSE);
+    pytwosamplemr's port reports 0.4313 here and centres the columns, which is why it selects other
+    variants on HDL-C (24 valid against our 19)."""
+    ss = summary_statistics_from_table(read_mr_sumstats(LIPIDS), "ldlc")
+    res = mr_lasso(ss)
+    assert ss.n_variants == 28 and len(res.valid) == 26
+    assert res.lam == pytest.approx(0.7757552, abs=5e-8)
+    assert res.fit.estimate == pytest.approx(2.671, abs=5e-4) and res.fit.se == pytest.approx(0.431, abs=5e-4)
+    assert (res.fit.ci_low, res.fit.ci_high) == (pytest.approx(1.827, abs=5e-4), pytest.approx(3.515, abs=5e-4))
+    assert res.fit.pvalue < 5e-4

@@ -82,6 +82,16 @@ def test_weighted_and_simple_median_reproduce_the_printed_vignette_estimates(lip
     assert weighted_median_rows(ratio, np.ones(ss.n_variants))[0] == pytest.approx(1.755, abs=PRINTED)
 
 
+def test_weighted_mode_reproduces_the_printed_mbe_estimate(lipids):
+    # Vignette "Mode-based method of Hartwig et al" (mr_mbe: weighted, delta standard errors [not
+    # assuming NOME], bandwidth factor 1): MBE 2.946 (SE 1.005, a bootstrap).
+    from invariant_mr.estimators.summary_mr import weighted_mode
+
+    fit = weighted_mode(summary_statistics_from_table(lipids, "ldlc"), n_bootstrap=1000, rng=0)
+    assert fit.estimate == pytest.approx(2.946, abs=PRINTED)
+    assert fit.se == pytest.approx(1.005, rel=0.1)  # Monte Carlo error only
+
+
 def test_mv_ivw_reproduces_the_printed_vignette_output(lipids):
     # Vignette "Multivariable inverse-variance weighted method": mr_mvivw(ldlc, hdlc, trig):
     #   exposure_1 1.925 0.439 (1.064, 2.786) p 0.000; exposure_2 -0.590 0.555 (-1.677, 0.498) p 0.288;
@@ -299,3 +309,28 @@ def test_mv_ivw_lm_model_q_a_and_t_pvalues(lipids):
     small = mv_ivw(bx, sx, bx @ fit.estimate + 0.01 * (by - bx @ fit.estimate), sy)
     rand = mv_ivw(bx, sx, bx @ fit.estimate + 0.01 * (by - bx @ fit.estimate), sy, model="random")
     assert small.residual_se < 1 and np.all(small.se < rand.se)
+
+
+LIPIDS_SBP = Path(__file__).parent / "data" / "lipids_sbp_mvmr.tsv"
+
+
+def test_q_a_conditional_f_and_ivw_reproduce_the_mvmr_vignette_on_rawdat_mvmr():
+    """MVMR's tutorial (wspiller.github.io/MVMR/articles/MVMR.html, source articles/MVMR.md in
+    github.com/WSpiller/MVMR) on its `rawdat_mvmr` data (LDL-C, HDL-C, triglycerides -> SBP, 145 SNPs;
+    tests/data/README.md), gencov = 0. Printed:
+      strength_mvmr:   F-statistic 46.33671 67.80463 38.80184
+      pleiotropy_mvmr: Q 683.0807 on 141 DF, p-value 4.880403e-72
+      ivw_mvmr:        -0.021845061 (0.01417255, t -1.541364, p 0.1254538), 0.003735249 (0.01033779, 0.361320,
+                       0.7183973), 0.025572042 (0.01601913, 1.596344, 0.1126351); residual SE 2.197 on 142 df
+    """
+    table = read_mr_sumstats(LIPIDS_SBP)
+    assert table.n_variants == 145 and table.exposures == ("ldl", "hdl", "trg")
+    fit = mv_ivw(table.beta_exposure, table.se_exposure, table.beta_outcome, table.se_outcome, pvalues="t")
+    np.testing.assert_allclose(fit.conditional_f, [46.33671, 67.80463, 38.80184], atol=5e-6)
+    assert (fit.extra["q_a"], fit.extra["q_a_df"]) == (pytest.approx(683.0807, abs=5e-5), 141)
+    assert fit.extra["q_a_pvalue"] == pytest.approx(4.880403e-72, rel=1e-6)
+    np.testing.assert_allclose(fit.estimate, [-0.021845061, 0.003735249, 0.025572042], atol=5e-10)
+    np.testing.assert_allclose(fit.se, [0.01417255, 0.01033779, 0.01601913], atol=5e-9)
+    np.testing.assert_allclose(fit.estimate / fit.se, [-1.541364, 0.361320, 1.596344], atol=5e-7)
+    np.testing.assert_allclose(fit.pvalue, [0.1254538, 0.7183973, 0.1126351], atol=5e-8)
+    assert fit.residual_se == pytest.approx(2.197, abs=5e-4) and fit.cochran_q_df == 142

@@ -33,9 +33,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from invariant_mr.errors import InputError
+from invariant_mr.estimators.tail_probabilities import norm_sf
 from invariant_mr.io.gwas_sumstats import DroppedVariant, GWASTable
 
 
@@ -177,7 +177,7 @@ def select_by_independent_gwas(variants, selection: GWASTable, p_threshold: floa
         psel = np.array(selection.pval, dtype=float)
     else:
         with np.errstate(invalid="ignore", divide="ignore"):
-            psel = 2 * stats.norm.sf(np.abs(selection.beta / selection.se))
+            psel = 2 * norm_sf(np.abs(selection.beta / selection.se))
     lookup: dict[str, float] = {}
     for v, pv in zip(selection.variant, psel):
         if v in lookup:

@@ -26,9 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from invariant_mr.errors import InputError
+from invariant_mr.estimators.tail_probabilities import chi2_ppf, chi2_sf
 from invariant_mr.estimators.summary_mr import SummaryMRFit, _arrays, _require
 from invariant_mr.estimators.sumstats import SummaryStatistics
 
@@ -116,13 +116,13 @@ def mr_conmix(
         phi = max(float(np.sqrt(np.sum((ratio[valid] - mean) ** 2 * w) / (n_valid - 1))), 1.0)
 
     loglik0, _, _ = _profile(np.zeros(1), ratio, ratio_se, psi)
-    inside = np.flatnonzero(2 * loglik > 2 * loglik[best] - stats.chi2.ppf(1 - alpha, 1) * phi**2)
+    inside = np.flatnonzero(2 * loglik > 2 * loglik[best] - chi2_ppf(1 - alpha, 1) * phi**2)
     ci_range = lo + ci_step * inside
     breaks = np.flatnonzero(np.diff(ci_range) > 1.01 * ci_step)
     lowers = np.concatenate([[ci_range.min()], ci_range[breaks + 1]])
     uppers = np.concatenate([ci_range[breaks], [ci_range.max()]])
     estimate = lo + ci_step * best
-    pvalue = float(stats.chi2.sf(2 * (loglik[best] - loglik0[0]) * phi**2, 1))
+    pvalue = float(chi2_sf(2 * (loglik[best] - loglik0[0]) * phi**2, 1))
     at_edge = bool(inside.min() == 0 or inside.max() == n_grid - 1)
     fit = SummaryMRFit(
         "mr_conmix",

@@ -41,9 +41,10 @@ from functools import lru_cache
 from itertools import pairwise
 
 import numpy as np
-from scipy import integrate, optimize, stats
+from scipy import integrate, optimize
 
 from invariant_mr.errors import InputError
+from invariant_mr.estimators.tail_probabilities import norm_pdf
 from invariant_mr.estimators.summary_mr import SummaryMRFit, _arrays, _require, _wald
 from invariant_mr.estimators.sumstats import SummaryStatistics
 
@@ -85,7 +86,7 @@ def loss_constants(loss: str, k: float | None = None) -> tuple[float, float, flo
         kk = k if k is not None else _DEFAULT_K.get(loss, 1.0)
         pts = [-np.inf, -kk, kk, np.inf]
         return sum(
-            integrate.quad(lambda x: f(x) * stats.norm.pdf(x), a, b, epsabs=1e-13, epsrel=1e-12)[0]
+            integrate.quad(lambda x: f(x) * norm_pdf(x), a, b, epsabs=1e-13, epsrel=1e-12)[0]
             for a, b in pairwise(pts)
         )
 

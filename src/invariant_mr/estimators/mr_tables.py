@@ -21,10 +21,10 @@ import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from scipy import stats
 
 from invariant_mr.estimators.summary_mr import ivw, leave_one_out
 from invariant_mr.estimators.sumstats import SummaryStatistics
+from invariant_mr.estimators.tail_probabilities import norm_sf
 
 #: TwoSampleMR's `generate_odds_ratios` multiplier (not qnorm(0.975) = 1.959964).
 OR_Z = 1.96
@@ -107,7 +107,7 @@ def single_variant_tsv(ss: SummaryStatistics, estimates=(), *, exposure: str | N
     bx, by, sy = ss.beta_exposure, ss.beta_outcome, ss.se_outcome
     b = by / bx
     se = sy / np.abs(bx)
-    p = 2 * stats.norm.sf(np.abs(b / se))
+    p = 2 * norm_sf(np.abs(b / se))
     rows = [[v, "wald_ratio", 1, bi, si, pi] for v, bi, si, pi in zip(ss.variant, b, se, p)]
     rows += [[f"All - {e.method}", e.method, e.n_instruments, e.estimate, e.se, e.pvalue]
              for e in estimates if e.scope == "pooled" and (exposure is None or e.exposure in (None, exposure))]
@@ -118,7 +118,7 @@ def leave_one_out_tsv(ss: SummaryStatistics, alpha: float = 0.05) -> str:
     """`mr_leaveoneout` with IVW: the estimate without each variant, then "All" (needs 3 variants)."""
     loo = leave_one_out(ss, alpha)
     full = ivw(ss, alpha)
-    p = 2 * stats.norm.sf(np.abs(loo["estimate"] / loo["se"]))
+    p = 2 * norm_sf(np.abs(loo["estimate"] / loo["se"]))
     rows = [[v, ss.n_variants - 1, b, s, pi, lo, hi]
             for v, b, s, pi, lo, hi in zip(loo["variant"], loo["estimate"], loo["se"], p, loo["ci_low"], loo["ci_high"])]
     rows.append(["All", ss.n_variants, full.estimate, full.se, full.pvalue, full.ci_low, full.ci_high])

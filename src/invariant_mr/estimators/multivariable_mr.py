@@ -41,9 +41,9 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from invariant_mr.errors import InputError
+from invariant_mr.estimators.tail_probabilities import chi2_sf, norm_ppf, norm_sf, t_ppf, t_sf
 from invariant_mr.estimators.summary_mr import SummaryMRFit
 
 
@@ -184,10 +184,10 @@ def _ci(est, se, alpha, pvalues: str = "twosamplemr", df: int | None = None):
     if pvalues not in ("twosamplemr", "normal", "t"):
         raise InputError(f"--summary-pvalues must be one of twosamplemr, normal, t, got {pvalues!r}")
     if pvalues == "t":
-        q = stats.t.ppf(1 - alpha / 2, df)
-        return est - q * se, est + q * se, 2 * stats.t.sf(np.abs(est / se), df)
-    z = stats.norm.ppf(1 - alpha / 2)
-    return est - z * se, est + z * se, 2 * stats.norm.sf(np.abs(est / se))
+        q = t_ppf(1 - alpha / 2, df)
+        return est - q * se, est + q * se, 2 * t_sf(np.abs(est / se), df)
+    z = norm_ppf(1 - alpha / 2)
+    return est - z * se, est + z * se, 2 * norm_sf(np.abs(est / se))
 
 
 #: SE models of `mv_ivw`: "lm" scales the regression SE by the residual SE whatever its size (TwoSampleMR
@@ -215,7 +215,7 @@ def q_a_statistic(bx, sx, by, sy, theta) -> tuple[float, int, float]:
     sigma2 = np.asarray(sy, dtype=float) ** 2 + (sx**2) @ (theta**2)
     q = float(np.sum((np.asarray(by, dtype=float) - bx @ theta) ** 2 / sigma2))
     df = bx.shape[0] - bx.shape[1] - 1
-    return q, df, float(stats.chi2.sf(q, df)) if df > 0 else float("nan")
+    return q, df, float(chi2_sf(q, df)) if df > 0 else float("nan")
 
 
 def mv_ivw(
@@ -247,7 +247,7 @@ def mv_ivw(
     q_a, q_a_df, q_a_p = q_a_statistic(bx, sx, by, sy, coef)
     return MultivariableMRFit(
         "mv_ivw", exposures, coef, se, lo, hi, p, L, model, rse, float(q), df,
-        float(stats.chi2.sf(q, df)), conditional_f_statistics(bx, sx),
+        float(chi2_sf(q, df)), conditional_f_statistics(bx, sx),
         {"q_a": q_a, "q_a_df": q_a_df, "q_a_pvalue": q_a_p, "pvalue_convention": pvalues,
          "pvalue_distribution": f"t({df})" if pvalues == "t" else "normal"},
     )  # fmt: skip
@@ -281,7 +281,7 @@ def mv_egger(
     q = df * rse**2
     return MultivariableMRFit(
         "mv_egger", exposures, coef[1:], se_all[1:], lo[1:], hi[1:], p[1:], L, "random", rse, float(q), df,
-        float(stats.chi2.sf(q, df)), conditional_f_statistics(bx, sx),
+        float(chi2_sf(q, df)), conditional_f_statistics(bx, sx),
         {
             "intercept": float(coef[0]),
             "intercept_se": float(se_all[0]),

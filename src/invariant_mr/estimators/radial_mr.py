@@ -26,9 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize
 
 from invariant_mr.errors import InputError
+from invariant_mr.estimators.tail_probabilities import chi2_ppf, chi2_sf, norm_ppf, norm_sf, t_ppf, t_sf
 from invariant_mr.estimators.summary_mr import SummaryMRFit, _arrays, _require
 from invariant_mr.estimators.sumstats import SummaryStatistics
 
@@ -137,11 +138,11 @@ class RadialIVWResult:
 def _fit(method, est, se, L, alpha, extra, df=None) -> SummaryMRFit:
     """Normal p-value and interval, or t on `df` when given (exact_re)."""
     if df is None:
-        q = stats.norm.ppf(1 - alpha / 2)
-        p = float(2 * stats.norm.sf(abs(est / se)))
+        q = norm_ppf(1 - alpha / 2)
+        p = float(2 * norm_sf(abs(est / se)))
     else:
-        q = stats.t.ppf(1 - alpha / 2, df)
-        p = float(2 * stats.t.sf(abs(est / se), df))
+        q = t_ppf(1 - alpha / 2, df)
+        p = float(2 * t_sf(abs(est / se), df))
     dist = "normal" if df is None else f"t({df})"
     return SummaryMRFit(method, float(est), float(se), float(est - q * se), float(est + q * se), p, L,
                         {**extra, "pvalue_distribution": dist})  # fmt: skip
@@ -178,7 +179,7 @@ def ivw_radial(
         slope, se, sigma = _radial_lm(ratio, w)
     qj = w * (ratio - slope) ** 2
     q = float(qj.sum())
-    qj_p = stats.chi2.sf(qj, 1)
+    qj_p = chi2_sf(qj, 1)
     effect = _fit("ivw_radial", slope, se, L, alpha, {"weights": weights, "residual_se": sigma, "cochran_q": q})
 
     b, iterations, diff = 0.0, 0, 1.0
@@ -198,11 +199,11 @@ def ivw_radial(
     w_fe = 1.0 / (sy**2 / bx**2 + b_fe**2 * sx**2 / bx**2)
     se_fe = float(np.sqrt(1.0 / w_fe.sum()))
     # The interval where Q crosses the chi^2 quantile matching a t(L-1) 1 - alpha interval, as RadialMR.
-    level = stats.chi2.ppf(1 - 2 * stats.norm.sf(stats.t.ppf(1 - alpha / 2, df)), df)
+    level = chi2_ppf(1 - 2 * norm_sf(t_ppf(1 - alpha / 2, df)), df)
     lo = _minimise(lambda x: (q_exact(x) - level) ** 2, b_fe - 10 * se_fe, b_fe)
     hi = _minimise(lambda x: (q_exact(x) - level) ** 2, b_fe, b_fe + 10 * se_fe)
     exact_fe = _fit("ivw_radial_exact_fe", b_fe, se_fe, L, alpha,
-                    {"exact_q": q_exact(b_fe), "exact_q_pvalue": float(stats.chi2.sf(q_exact(b_fe), df)),
+                    {"exact_q": q_exact(b_fe), "exact_q_pvalue": float(chi2_sf(q_exact(b_fe), df)),
                      "q_interval_low": lo, "q_interval_high": hi})  # fmt: skip
 
     def phi_bounds(bx_, sx_, by_, sy_):
@@ -227,7 +228,7 @@ def ivw_radial(
     exact_re = _fit("ivw_radial_exact_re", b_re, float(np.std(boot, ddof=1)), L, alpha,
                     {"phi": phi_re, "n_bootstrap": n_bootstrap}, df=df)  # fmt: skip
     outliers = tuple(v for v, p in zip(ss.variant, qj_p) if p < outlier_alpha)
-    return RadialIVWResult(effect, iterative, exact_fe, exact_re, q, df, float(stats.chi2.sf(q, df)), qj, qj_p,
+    return RadialIVWResult(effect, iterative, exact_fe, exact_re, q, df, float(chi2_sf(q, df)), qj, qj_p,
                            outliers, iterations)  # fmt: skip
 
 

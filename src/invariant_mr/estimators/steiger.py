@@ -29,9 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, stats
 
 from invariant_mr.errors import InputError
+from invariant_mr.estimators.tail_probabilities import norm_sf
 
 
 def r2_from_bsen(beta, se, n) -> np.ndarray:
@@ -43,6 +43,9 @@ def r2_from_bsen(beta, se, n) -> np.ndarray:
 
 def _r2_from_p_log(p: float, n: float) -> float:
     """r^2 whose F(1, n-1) upper-tail p-value is p, matched on the log scale (for p beyond qf's range)."""
+    # Imported here: only p-values beyond qf's range need them, and both are slow to import.
+    from scipy import optimize, stats
+
     target = np.log(p)
 
     def gap(r2):
@@ -57,6 +60,8 @@ def r2_from_pn(pval, n) -> np.ndarray:
     pval, n = np.broadcast_arrays(np.asarray(pval, dtype=float), np.asarray(n, dtype=float))
     if np.any((pval <= 0) | (pval > 1)):
         raise InputError("p-values must be in (0, 1] to convert them to variance explained")
+    from scipy import stats  # imported when p-values are converted, not on every Steiger test
+
     fval = np.atleast_1d(stats.f.isf(pval, 1, n - 1))
     with np.errstate(invalid="ignore"):
         r2 = fval / (np.atleast_1d(n) - 2 + fval)
@@ -100,7 +105,7 @@ def _r_test(r1, r2, n1, n2):
     r1 = np.minimum(np.asarray(r1, dtype=float), 1 - 1e-15)
     r2 = np.minimum(np.asarray(r2, dtype=float), 1 - 1e-15)
     z = (np.arctanh(r1) - np.arctanh(r2)) / np.sqrt(1 / (np.asarray(n1) - 3) + 1 / (np.asarray(n2) - 3))
-    return z, 2 * stats.norm.sf(np.abs(z))
+    return z, 2 * norm_sf(np.abs(z))
 
 
 @dataclass(frozen=True)

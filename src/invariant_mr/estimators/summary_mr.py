@@ -43,9 +43,9 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 import numpy as np
-from scipy import stats
 
 from invariant_mr.errors import InputError
+from invariant_mr.estimators.tail_probabilities import chi2_sf, norm_ppf, norm_sf, t_ppf, t_sf
 from invariant_mr.estimators.sumstats import SummaryStatistics
 
 #: MAD to SD for the normal distribution (R's `mad` default constant).
@@ -99,10 +99,10 @@ def _wald(
     _check_pvalues(pvalues)
     use_t_p = df is not None and df > 0 and (pvalues == "t" or (pvalues == "twosamplemr" and t_by_default))
     use_t_ci = df is not None and df > 0 and pvalues == "t"
-    q = stats.t.ppf(1 - alpha / 2, df) if use_t_ci else stats.norm.ppf(1 - alpha / 2)
+    q = t_ppf(1 - alpha / 2, df) if use_t_ci else norm_ppf(1 - alpha / 2)
     if se > 0 and np.isfinite(se):
         z = abs(est / se)
-        p = float(2 * (stats.t.sf(z, df) if use_t_p else stats.norm.sf(z)))
+        p = float(2 * (t_sf(z, df) if use_t_p else norm_sf(z)))
     else:
         p = float("nan")
     extra = {**extra, "pvalue_distribution": f"t({df})" if use_t_p else "normal",
@@ -133,7 +133,7 @@ def cochran_q(ss: SummaryStatistics) -> tuple[float, int, float]:
     theta = np.sum(w * bx * by) / np.sum(w * bx**2)
     q = float(np.sum(w * (by - theta * bx) ** 2))
     df = ss.n_variants - 1
-    return q, df, float(stats.chi2.sf(q, df))
+    return q, df, float(chi2_sf(q, df))
 
 
 def ivw(ss: SummaryStatistics, alpha: float = 0.05, *, pvalues: str = "twosamplemr") -> SummaryMRFit:
@@ -204,7 +204,7 @@ def leave_one_out(ss: SummaryStatistics, alpha: float = 0.05) -> dict[str, np.nd
     df = ss.n_variants - 2
     q = syy - theta * sxy  # sum w (by - theta bx)^2 over the kept variants
     se = np.sqrt(1.0 / sxx) * np.maximum(1.0, np.sqrt(np.maximum(q, 0) / df))
-    z = stats.norm.ppf(1 - alpha / 2)
+    z = norm_ppf(1 - alpha / 2)
     return {
         "variant": np.array(ss.variant, dtype=object),
         "estimate": theta,
@@ -252,8 +252,8 @@ def mr_egger(ss: SummaryStatistics, alpha: float = 0.05, *, pvalues: str = "twos
     scale = max(1.0, rse)
     se_int, se_slope = np.sqrt(np.diag(xtwx_inv)) * scale
     t_p = pvalues in ("t", "twosamplemr")
-    intercept_p = float(2 * (stats.t.sf(abs(coef[0] / se_int), df) if t_p else stats.norm.sf(abs(coef[0] / se_int))))
-    z = stats.t.ppf(1 - alpha / 2, df) if pvalues == "t" else stats.norm.ppf(1 - alpha / 2)
+    intercept_p = float(2 * (t_sf(abs(coef[0] / se_int), df) if t_p else norm_sf(abs(coef[0] / se_int))))
+    z = t_ppf(1 - alpha / 2, df) if pvalues == "t" else norm_ppf(1 - alpha / 2)
     rucker_q = rse**2 * df
     return _wald(
         "mr_egger",
@@ -270,7 +270,7 @@ def mr_egger(ss: SummaryStatistics, alpha: float = 0.05, *, pvalues: str = "twos
             "residual_se": rse,
             "rucker_q": float(rucker_q),
             "rucker_q_df": df,
-            "rucker_q_pvalue": float(stats.chi2.sf(rucker_q, df)),
+            "rucker_q_pvalue": float(chi2_sf(rucker_q, df)),
             "i_squared_gx": i_squared_gx(ss),
         },
         pvalues=pvalues,
@@ -389,7 +389,7 @@ def penalised_weighted_median(
     ratio = by / bx
     w = 1.0 / _ratio_variances(ss, weights)
     wm = float(weighted_median_rows(ratio, w)[0])
-    penalty = stats.chi2.sf(w * (ratio - wm) ** 2, df=1)
+    penalty = chi2_sf(w * (ratio - wm) ** 2, df=1)
     pen_w = w * np.minimum(1.0, penalty * penk)
     est = float(weighted_median_rows(ratio, pen_w)[0])
     se = _median_bootstrap_se(ss, pen_w, n_bootstrap, rng)

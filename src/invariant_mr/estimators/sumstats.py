@@ -25,7 +25,6 @@ import numpy as np
 
 from invariant_mr.data import MRData
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.iv import independent_columns, orthonormal_basis, residualize
 from invariant_mr.io.output import atomic_write_text
 
 #: Columns of the summary-statistics TSV, in order.
@@ -171,6 +170,9 @@ def per_column_regression(
     residual variance on n - rank(controls) - 1 degrees of freedom (what
     `statsmodels.OLS` reports); "robust" is HC0, as linearmodels reports it.
     """
+    # Imported here: estimators.iv loads pandas and scipy.stats, which summary-statistic MR never needs.
+    from invariant_mr.estimators.iv import orthonormal_basis, residualize
+
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float).ravel()
     n = y.shape[0]
@@ -216,6 +218,8 @@ def summary_statistics(
     Each association is adjusted for an intercept, the environment fixed
     effects (`env_fixed_effects`) and the covariates (`adjust_covariates`).
     """
+    from invariant_mr.estimators.iv import independent_columns
+
     Z = data.Z if instruments is None else np.asarray(instruments, dtype=float).reshape(data.n, -1)
     names = data.instrument_names if variant_names is None and instruments is None else variant_names
     if names is None:

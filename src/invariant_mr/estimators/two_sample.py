@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from invariant_mr.errors import InputError
+from invariant_mr.estimators.tail_probabilities import norm_sf
 from invariant_mr.estimators.clumping import ld_clump, select_by_independent_gwas
 from invariant_mr.io.gwas_sumstats import DroppedVariant, GWASTable
 from invariant_mr.estimators.multivariable_mr import MultivariableMRFit, mv_egger, mv_ivw
@@ -83,8 +83,8 @@ def steiger_from_table(
     k = table.exposure_index(exposure)
     bx, sx = table.beta_exposure[:, k], table.se_exposure[:, k]
     by, sy = table.beta_outcome, table.se_outcome
-    px = table.pval_exposure[:, k] if table.pval_exposure is not None else 2 * stats.norm.sf(np.abs(bx / sx))
-    py = np.asarray(pval_outcome, dtype=float) if pval_outcome is not None else 2 * stats.norm.sf(np.abs(by / sy))
+    px = table.pval_exposure[:, k] if table.pval_exposure is not None else 2 * norm_sf(np.abs(bx / sx))
+    py = np.asarray(pval_outcome, dtype=float) if pval_outcome is not None else 2 * norm_sf(np.abs(by / sy))
     r2x = variance_explained(bx, se=sx, n=table.n_exposure, pval=px, eaf=table.eaf_exposure, method=method)
     r2y = variance_explained(by, se=sy, n=table.n_outcome, pval=py, eaf=table.eaf_outcome, method=method)
     return steiger_test(r2x, r2y, table.n_exposure, table.n_outcome)

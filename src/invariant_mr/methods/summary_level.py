@@ -15,10 +15,10 @@ from dataclasses import replace
 from typing import Callable
 
 import numpy as np
-from scipy import stats
 
 from invariant_mr.data import MRData, StreamedMRData
 from invariant_mr.errors import InputError
+from invariant_mr.estimators.tail_probabilities import norm_sf
 from invariant_mr.methods.registry import MethodContext, MethodOutput
 from invariant_mr.results import Diagnostic, Estimate
 from invariant_mr.estimators.steiger import r2_from_bsen, steiger_test
@@ -73,7 +73,7 @@ def selected_variants(pooled: SummaryStatistics, threshold: float | None) -> np.
         return np.ones(pooled.n_variants, dtype=bool)
     if not 0 < threshold <= 1:
         raise InputError(f"--sumstats-p-threshold must be in (0, 1], got {threshold}")
-    p = 2 * stats.norm.sf(np.abs(pooled.beta_exposure / pooled.se_exposure))
+    p = 2 * norm_sf(np.abs(pooled.beta_exposure / pooled.se_exposure))
     keep = p < threshold
     if keep.sum() < 3:
         raise TooFewVariantsError(

@@ -12,13 +12,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from scipy import stats
 
 from invariant_mr.data import MRData, exogenous_controls
 from invariant_mr.errors import InputError
+from invariant_mr.estimators.tail_probabilities import norm_sf
 from invariant_mr.estimators.mr_conmix import mr_conmix
 from invariant_mr.estimators.mr_raps import mr_raps
-from invariant_mr.estimators.multivariable_iv import fit_multivariable_tsls
 from invariant_mr.estimators.multivariable_mr import MultivariableMRFit, mv_egger, mv_ivw
 from invariant_mr.estimators.sumstats import per_column_regression
 from invariant_mr.io.gwas_sumstats import SumstatsTable
@@ -70,7 +69,7 @@ def _selected(bx: np.ndarray, sx: np.ndarray, threshold) -> np.ndarray:
     """Variants associated (p < threshold) with at least one exposure: the usual MVMR instrument set."""
     if threshold is None:
         return np.ones(bx.shape[0], dtype=bool)
-    p = 2 * stats.norm.sf(np.abs(bx / sx))
+    p = 2 * norm_sf(np.abs(bx / sx))
     keep = (p < float(threshold)).any(axis=1)
     if keep.sum() <= bx.shape[1] + 1:
         raise InputError(
@@ -210,6 +209,9 @@ def multivariable_tsls_estimates(data: MRData, ctx: MethodContext, method: str) 
         for i, level in enumerate(data.env_levels):
             mask = codes == i
             scopes.append((f"env:{level}", mask, None if data.covariates is None else data.covariates[mask]))
+    # Imported here: it loads pandas and scipy.stats, which the summary-statistic methods of this module never need.
+    from invariant_mr.estimators.multivariable_iv import fit_multivariable_tsls
+
     rows = []
     for scope, mask, controls in scopes:
         try:

@@ -51,7 +51,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scipy import stats
+from scipy.special import ndtri  # scipy.stats.norm.ppf is ndtri; scipy.stats is slow to import
 
 from invariant_mr.results import AnalysisResult, Diagnostic, Estimate, format_pvalue
 
@@ -232,7 +232,7 @@ class Verdict:
 
 
 def _z(alpha: float) -> float:
-    return float(stats.norm.ppf(1 - alpha / 2))
+    return float(ndtri(1 - alpha / 2))
 
 
 def _has_se(s: MethodStanding) -> bool:
