@@ -58,3 +58,14 @@ def test_constant_and_duplicate_columns_dropped_with_warning():
     assert data.instrument_names == ("z1", "z2", "z3")
     with pytest.raises(InputError, match="found constant or duplicate"):
         MRData(**arrays, drop_degenerate=False)
+
+
+def test_array_hash_is_the_sha256_of_the_c_order_bytes_without_copying():
+    import hashlib
+
+    from invariant_mr.provenance import sha256_array
+
+    for a in (np.arange(12.0).reshape(3, 4), np.arange(12.0).reshape(3, 4).T, np.zeros((0, 3)),
+              np.array([1, 2, 3], dtype=np.int8)):
+        assert sha256_array(a) == hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+    assert sha256_array(np.arange(4.0)) != sha256_array(np.arange(4.0)[::-1])

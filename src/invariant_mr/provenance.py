@@ -40,7 +40,10 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def sha256_array(arr: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+    """sha256 of the array's bytes (C order). Hashes a view of the buffer: `tobytes()` copied the whole
+    matrix first (240 MB and 0.66 CPU s at 30,000 x 1,000)."""
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    return hashlib.sha256(flat.view(np.uint8) if flat.dtype != object else flat.tobytes()).hexdigest()
 
 
 def input_record(paths: Iterable[str | os.PathLike]) -> list[dict]:
