@@ -206,7 +206,7 @@ def test_egger_bootstrap_follows_the_packages_per_draw_formula():
 
 # ----------------------------------------------------------------------------- the CLI
 def test_mr_runs_every_new_method_by_name_with_twosamplemrs_names(tmp_path):
-    methods = "mr_sign,mr_uwr,ivw_mre,mr_two_sample_ml,simple_mode_nome,weighted_mode_nome,mr_egger_bootstrap"
+    methods = "mr_sign,mr_uwr,ivw_mre,mr_two_sample_ml,simple_mode_nome,weighted_mode_nome,mr_egger_bootstrap,mr_grip"
     out = tmp_path / "o"
     code = main(["mr", "--exposure-gwas", str(DATA / "bmi_chd_twosamplemr_exposure.tsv"), "--outcome-gwas",
                  str(DATA / "bmi_chd_twosamplemr_outcome.tsv"), "--methods", methods, "--n-bootstrap", "100",
@@ -221,3 +221,20 @@ def test_mr_runs_every_new_method_by_name_with_twosamplemrs_names(tmp_path):
     rows = json.loads((out / "results.json").read_text())["estimates"]
     names = {r["method"]: r["extra"]["twosamplemr_method"] for r in rows if r["scope"] == "pooled"}
     assert names["mr_uwr"] == "Unweighted regression" and names["weighted_mode_nome"] == "Weighted mode (NOME)"
+
+
+# ----------------------------------------------------------------------------- MR-GRIP
+def test_mr_grip_is_statsmodels_wls_and_invariant_to_allele_coding():
+    from invariant_mr.estimators.summary_extra import mr_grip
+
+    ss = _simulated(9, L=20)
+    bx, by, sy = ss.beta_exposure, ss.beta_outcome, ss.se_outcome
+    wls = sm.WLS(by * bx, sm.add_constant(bx**2), weights=1 / (bx**2 * sy**2)).fit()
+    fit = mr_grip(ss)
+    assert fit.estimate == pytest.approx(wls.params[1], rel=1e-10)
+    assert fit.se == pytest.approx(wls.bse[1], rel=1e-10)
+    assert fit.extra["intercept"] == pytest.approx(wls.params[0], rel=1e-9, abs=1e-15)
+    assert fit.pvalue == pytest.approx(2 * stats.t.sf(abs(wls.tvalues[1]), 18), rel=1e-9)
+    flip = np.where(np.arange(20) % 3 == 0, -1.0, 1.0)  # swap the alleles of every third variant
+    flipped = mr_grip(_ss(bx * flip, ss.se_exposure, by * flip, sy))
+    assert flipped.estimate == pytest.approx(fit.estimate, rel=1e-12) and flipped.se == pytest.approx(fit.se, rel=1e-12)

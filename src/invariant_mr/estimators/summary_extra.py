@@ -10,6 +10,8 @@
 * `two_sample_ml` (`mr_two_sample_ml`, Burgess, Butterworth & Thompson 2013): maximum likelihood
   with the true exposure associations as nuisance parameters; solved on the profile likelihood,
   SE from the inverse of the full Hessian, Q = twice the minimised negative log-likelihood.
+* `mr_grip` (`mr_grip`, Dudbridge, Bowden et al. 2025): MR-Egger made invariant to allele coding by
+  multiplying each term by `bx`: `by bx` on `bx^2` with an intercept, weights `1 / (bx^2 sy^2)`.
 * `egger_bootstrap` (`mr_egger_regression_bootstrap`): MR-Egger refitted on parametric bootstrap
   draws of both associations; estimate = mean, SE = SD over draws, p = share of draws of the
   other sign.
@@ -36,6 +38,7 @@ TWOSAMPLEMR_NAMES = {
     "simple_mode_nome": "Simple mode (NOME)",
     "weighted_mode_nome": "Weighted mode (NOME)",
     "mr_egger_bootstrap": "MR Egger (bootstrap)",
+    "mr_grip": "MR GRIP",
 }
 
 
@@ -164,6 +167,32 @@ def two_sample_ml(ss: SummaryStatistics, alpha: float = 0.05, *, search_width: f
     return _wald("mr_two_sample_ml", b, 1 / np.sqrt(schur), ss.n_variants, alpha, extra)
 
 
+# ----------------------------------------------------------------------------- MR-GRIP
+def mr_grip(ss: SummaryStatistics, alpha: float = 0.05) -> SummaryMRFit:
+    """MR-GRIP (TwoSampleMR `mr_grip`): the Genotype Recoding Invariant MR-Egger.
+
+    The weighted regression of `by bx` on `bx^2` with an intercept and weights `1 / (bx^2 sy^2)`:
+    every term is unchanged when a variant's alleles are swapped, so no orientation step is needed,
+    and without the intercept it is IVW. SE the regression's own (residual-SE scaled, no floor);
+    p on t(L - 2), as the package. `extra` holds the intercept and its SE.
+    """
+    _require(ss, 3, "MR-GRIP")
+    bx, _, by, sy = _arrays(ss)
+    y, x = by * bx, bx * bx
+    w = 1.0 / (x * sy**2)
+    X = np.column_stack([np.ones_like(x), x])
+    XtW = X.T * w
+    xtwx_inv = np.linalg.inv(XtW @ X)
+    coef = xtwx_inv @ (XtW @ y)
+    df = ss.n_variants - 2
+    sigma2 = float(np.sum(w * (y - X @ coef) ** 2) / df)
+    se_int, se_slope = np.sqrt(np.diag(xtwx_inv) * sigma2)
+    extra = {**_convention("mr_grip"), "intercept": float(coef[0]), "intercept_se": float(se_int),
+             "residual_se": float(np.sqrt(sigma2))}
+    return _wald("mr_grip", coef[1], se_slope, ss.n_variants, alpha, extra, pvalues="twosamplemr", df=df,
+                 t_by_default=True)
+
+
 # ----------------------------------------------------------------------------- Egger bootstrap
 def egger_bootstrap(
     ss: SummaryStatistics, alpha: float = 0.05, *, n_bootstrap: int = 1000, rng: np.random.Generator | int = 0
@@ -208,6 +237,7 @@ __all__ = [
     "binomial_two_sided_p_half",
     "egger_bootstrap",
     "ivw_mre",
+    "mr_grip",
     "sign_concordance",
     "two_sample_ml",
     "unweighted_regression",

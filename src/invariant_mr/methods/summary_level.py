@@ -42,6 +42,7 @@ from invariant_mr.estimators.summary_mr import (
 from invariant_mr.estimators.summary_extra import (
     egger_bootstrap,
     ivw_mre,
+    mr_grip,
     sign_concordance,
     two_sample_ml,
     unweighted_regression,
@@ -444,6 +445,10 @@ def mr_two_sample_ml_method(data: MRData, ctx: MethodContext) -> MethodOutput:
                               lambda ss, scope: (_estimate(two_sample_ml(ss, ctx.alpha), scope, ss), []))
 
 
+def mr_grip_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    return run_summary_method(data, ctx, "mr_grip", lambda ss, scope: (_estimate(mr_grip(ss, ctx.alpha), scope, ss), []))
+
+
 def mr_egger_bootstrap_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     n_boot = int(ctx.option("n_bootstrap", 1000))
 
@@ -546,6 +551,7 @@ __all__ = [
     "exposure_label",
     "ivw_mre_method",
     "mr_egger_bootstrap_method",
+    "mr_grip_method",
     "mr_sign_method",
     "mr_two_sample_ml_method",
     "mr_uwr_method",
