@@ -238,3 +238,15 @@ def test_mr_grip_is_statsmodels_wls_and_invariant_to_allele_coding():
     flip = np.where(np.arange(20) % 3 == 0, -1.0, 1.0)  # swap the alleles of every third variant
     flipped = mr_grip(_ss(bx * flip, ss.se_exposure, by * flip, sy))
     assert flipped.estimate == pytest.approx(fit.estimate, rel=1e-12) and flipped.se == pytest.approx(fit.se, rel=1e-12)
+
+
+def test_twosamplemr_names_cover_registered_methods_and_new_rows_carry_them(bmi_chd):
+    from invariant_mr.estimators.summary_extra import TWOSAMPLEMR_METHODS
+    from invariant_mr.methods.catalogue import BUILTIN_METHODS
+
+    registered = {m.name for m in BUILTIN_METHODS}
+    assert set(TWOSAMPLEMR_METHODS) <= registered
+    for fit in (sign_concordance(bmi_chd), unweighted_regression(bmi_chd), ivw_mre(bmi_chd), two_sample_ml(bmi_chd),
+                egger_bootstrap(bmi_chd, n_bootstrap=10), simple_mode_nome(bmi_chd, n_bootstrap=2),
+                weighted_mode_nome(bmi_chd, n_bootstrap=2)):  # fmt: skip
+        assert (fit.extra["twosamplemr_obj"], fit.extra["twosamplemr_method"]) == TWOSAMPLEMR_METHODS[fit.method]

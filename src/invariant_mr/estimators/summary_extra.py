@@ -29,21 +29,33 @@ from invariant_mr.estimators.summary_mr import SummaryMRFit, _arrays, _require, 
 from invariant_mr.estimators.sumstats import SummaryStatistics
 from invariant_mr.estimators.tail_probabilities import chi2_sf
 
-#: The names TwoSampleMR's `mr()` prints in its `method` column (`mr_method_list()$name`).
-TWOSAMPLEMR_NAMES = {
-    "mr_sign": "Sign concordance test",
-    "mr_uwr": "Unweighted regression",
-    "ivw_mre": "Inverse variance weighted (multiplicative random effects)",
-    "mr_two_sample_ml": "Maximum likelihood",
-    "simple_mode_nome": "Simple mode (NOME)",
-    "weighted_mode_nome": "Weighted mode (NOME)",
-    "mr_egger_bootstrap": "MR Egger (bootstrap)",
-    "mr_grip": "MR GRIP",
+#: Our method name -> (TwoSampleMR's function, the name `mr()` prints in its `method` column), from
+#: `mr_method_list()` (TwoSampleMR R/mr.R). The methods of this module carry both in `extra`
+#: (`twosamplemr_obj`, `twosamplemr_method`); the older rows are listed so tables can be relabelled.
+TWOSAMPLEMR_METHODS = {
+    "ivw": ("mr_ivw", "Inverse variance weighted"),
+    "ivw_fixed": ("mr_ivw_fe", "Inverse variance weighted (fixed effects)"),
+    "ivw_mre": ("mr_ivw_mre", "Inverse variance weighted (multiplicative random effects)"),
+    "mr_egger": ("mr_egger_regression", "MR Egger"),
+    "mr_egger_bootstrap": ("mr_egger_regression_bootstrap", "MR Egger (bootstrap)"),
+    "weighted_median": ("mr_weighted_median", "Weighted median"),
+    "simple_median": ("mr_simple_median", "Simple median"),
+    "penalised_weighted_median": ("mr_penalised_weighted_median", "Penalised weighted median"),
+    "simple_mode": ("mr_simple_mode", "Simple mode"),
+    "weighted_mode": ("mr_weighted_mode", "Weighted mode"),
+    "simple_mode_nome": ("mr_simple_mode_nome", "Simple mode (NOME)"),
+    "weighted_mode_nome": ("mr_weighted_mode_nome", "Weighted mode (NOME)"),
+    "mr_raps": ("mr_raps", "Robust adjusted profile score (RAPS)"),
+    "mr_sign": ("mr_sign", "Sign concordance test"),
+    "mr_uwr": ("mr_uwr", "Unweighted regression"),
+    "mr_two_sample_ml": ("mr_two_sample_ml", "Maximum likelihood"),
+    "mr_grip": ("mr_grip", "MR GRIP"),
 }
 
 
 def _convention(method: str) -> dict:
-    return {"twosamplemr_method": TWOSAMPLEMR_NAMES[method]}
+    obj, name = TWOSAMPLEMR_METHODS[method]
+    return {"twosamplemr_obj": obj, "twosamplemr_method": name}
 
 
 # ----------------------------------------------------------------------------- sign concordance
@@ -233,7 +245,7 @@ def egger_bootstrap(
 
 
 __all__ = [
-    "TWOSAMPLEMR_NAMES",
+    "TWOSAMPLEMR_METHODS",
     "binomial_two_sided_p_half",
     "egger_bootstrap",
     "ivw_mre",

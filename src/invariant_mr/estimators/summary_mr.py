@@ -646,6 +646,7 @@ def _mode_estimate(name, ss, alpha, *, weighted, phi, n_bootstrap, rng, pvalues,
     se = float(_MAD_SCALE * np.median(np.abs(boot - np.median(boot))))
     extra = {"n_bootstrap": n_bootstrap, "phi": phi, "density": density, "ratio_se": se_order}
     if se_order == "first_order":  # TwoSampleMR's names for its NOME rows
+        extra["twosamplemr_obj"] = "mr_weighted_mode_nome" if weighted else "mr_simple_mode_nome"
         extra["twosamplemr_method"] = "Weighted mode (NOME)" if weighted else "Simple mode (NOME)"
     return _wald(name, est, se, ss.n_variants, alpha, extra,
                  pvalues=pvalues, df=ss.n_variants - 1, t_by_default=True)  # fmt: skip
