@@ -250,3 +250,17 @@ def test_twosamplemr_names_cover_registered_methods_and_new_rows_carry_them(bmi_
                 egger_bootstrap(bmi_chd, n_bootstrap=10), simple_mode_nome(bmi_chd, n_bootstrap=2),
                 weighted_mode_nome(bmi_chd, n_bootstrap=2)):  # fmt: skip
         assert (fit.extra["twosamplemr_obj"], fit.extra["twosamplemr_method"]) == TWOSAMPLEMR_METHODS[fit.method]
+
+
+def test_mr_defaults_leave_the_extra_methods_out_and_all_runs_them():
+    from invariant_mr.estimators.summary_extra import TWOSAMPLEMR_METHODS
+    from invariant_mr.io.gwas_sumstats import harmonise, read_gwas
+    from invariant_mr.pipeline import methods_for
+
+    table = harmonise(read_gwas(DATA / "bmi_chd_twosamplemr_exposure.tsv"),
+                      read_gwas(DATA / "bmi_chd_twosamplemr_outcome.tsv")).table  # fmt: skip
+    extra = {"mr_sign", "mr_uwr", "ivw_mre", "mr_two_sample_ml", "simple_mode_nome", "weighted_mode_nome",
+             "mr_grip", "mr_egger_bootstrap"}  # fmt: skip
+    default = {s.name for s in methods_for(table, None)}
+    assert not default & extra and {"ivw", "mr_egger", "weighted_median", "simple_mode", "weighted_mode"} <= default
+    assert extra <= {s.name for s in methods_for(table, "all")} and extra <= set(TWOSAMPLEMR_METHODS)
