@@ -35,6 +35,7 @@ from invariant_mr.estimators.tail_probabilities import chi2_sf
 TWOSAMPLEMR_METHODS = {
     "ivw": ("mr_ivw", "Inverse variance weighted"),
     "ivw_fixed": ("mr_ivw_fe", "Inverse variance weighted (fixed effects)"),
+    "ivw_radial": ("mr_ivw_radial", "IVW radial"),  # its first row: RadialMR ivw_radial(weights = 3)'s "effect"
     "ivw_mre": ("mr_ivw_mre", "Inverse variance weighted (multiplicative random effects)"),
     "mr_egger": ("mr_egger_regression", "MR Egger"),
     "mr_egger_bootstrap": ("mr_egger_regression_bootstrap", "MR Egger (bootstrap)"),
