@@ -74,8 +74,9 @@ def methods_for(data: MRData | SumstatsTable, methods: str | Sequence[str] | Non
         return (spec.summary_input or not summary) and (spec.multivariable or not several)
 
     if methods is None or methods == "all" or methods == ["all"]:
-        if summary:
-            return [s for s in registered_methods().values() if s.summary_input and s.multivariable == several]
+        if summary:  # "all" adds the summary methods that are not run by default
+            return [s for s in registered_methods().values() if s.summary_input and s.multivariable == several
+                    and (s.summary_default or methods is not None)]
         if several:
             return [s for s in registered_methods().values() if s.multivariable and not s.needs_truth]
         return resolve_methods(None)

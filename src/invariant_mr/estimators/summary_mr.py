@@ -609,21 +609,46 @@ def simple_mode(
                           pvalues=pvalues, density=density)
 
 
-def _mode_estimate(name, ss, alpha, *, weighted, phi, n_bootstrap, rng, pvalues, density) -> SummaryMRFit:
-    """The mode of a kernel density of the ratio estimates, weighted by their inverse squared second-order
-    SEs or not; SE = 1.4826 MAD of a parametric bootstrap of the ratios; p-value on t(L-1) (TwoSampleMR)."""
+def simple_mode_nome(ss: SummaryStatistics, alpha: float = 0.05, *, phi: float = 1.0, n_bootstrap: int = 1000,
+                     rng: np.random.Generator | int = 0, pvalues: str = "twosamplemr",
+                     density: str = "r_density") -> SummaryMRFit:  # fmt: skip
+    """Simple mode assuming NOME (TwoSampleMR `mr_simple_mode_nome`): the simple mode's estimate, with
+    the bootstrap drawing each ratio from its first-order SE `sy / |bx|` instead of the second-order one."""
+    return _mode_estimate("simple_mode_nome", ss, alpha, weighted=False, phi=phi, n_bootstrap=n_bootstrap, rng=rng,
+                          pvalues=pvalues, density=density, se_order="first_order")
+
+
+def weighted_mode_nome(ss: SummaryStatistics, alpha: float = 0.05, *, phi: float = 1.0, n_bootstrap: int = 1000,
+                       rng: np.random.Generator | int = 0, pvalues: str = "twosamplemr",
+                       density: str = "r_density") -> SummaryMRFit:  # fmt: skip
+    """Weighted mode assuming NOME (TwoSampleMR `mr_weighted_mode_nome`): weights and bootstrap both use
+    the first-order SEs `sy / |bx|` of the ratio estimates (no measurement error in `bx`)."""
+    return _mode_estimate("weighted_mode_nome", ss, alpha, weighted=True, phi=phi, n_bootstrap=n_bootstrap, rng=rng,
+                          pvalues=pvalues, density=density, se_order="first_order")
+
+
+def _mode_estimate(name, ss, alpha, *, weighted, phi, n_bootstrap, rng, pvalues, density,
+                   se_order: str = "second_order") -> SummaryMRFit:  # fmt: skip
+    """The mode of a kernel density of the ratio estimates, weighted by their inverse squared SEs or not;
+    SE = 1.4826 MAD of a parametric bootstrap of the ratios; p-value on t(L-1) (TwoSampleMR). The ratio
+    SEs are second-order (TwoSampleMR's default modes) or first-order (`se_order="first_order"`, its
+    NOME variants)."""
     _require(ss, 3, name.replace("_", " "))
     if n_bootstrap < 2:
         raise InputError(f"--n-bootstrap must be at least 2, got {n_bootstrap}")
     rng = np.random.default_rng(rng)
-    bx, sx, by, sy = _arrays(ss)
+    bx, _, by, _ = _arrays(ss)
     ratio = by / bx
-    se_ratio = np.sqrt(sy**2 / bx**2 + by**2 * sx**2 / bx**4)
+    se_ratio = np.sqrt(_ratio_variances(ss, se_order))
     weights = se_ratio**-2 if weighted else np.ones(ss.n_variants)
     est = float(_mode_rows(ratio, weights, phi, density)[0])
     boot = _mode_rows(rng.normal(ratio, se_ratio, size=(n_bootstrap, ss.n_variants)), weights, phi, density)
     se = float(_MAD_SCALE * np.median(np.abs(boot - np.median(boot))))
-    return _wald(name, est, se, ss.n_variants, alpha, {"n_bootstrap": n_bootstrap, "phi": phi, "density": density},
+    extra = {"n_bootstrap": n_bootstrap, "phi": phi, "density": density, "ratio_se": se_order}
+    if se_order == "first_order":  # TwoSampleMR's names for its NOME rows
+        extra["twosamplemr_obj"] = "mr_weighted_mode_nome" if weighted else "mr_simple_mode_nome"
+        extra["twosamplemr_method"] = "Weighted mode (NOME)" if weighted else "Simple mode (NOME)"
+    return _wald(name, est, se, ss.n_variants, alpha, extra,
                  pvalues=pvalues, df=ss.n_variants - 1, t_by_default=True)  # fmt: skip
 
 
@@ -785,7 +810,9 @@ __all__ = [
     "r_density_mode_rows",
     "simple_median",
     "simple_mode",
+    "simple_mode_nome",
     "weighted_median",
     "weighted_median_rows",
     "weighted_mode",
+    "weighted_mode_nome",
 ]

@@ -55,6 +55,8 @@ class MethodSpec:
     `io.gwas_sumstats.SumstatsTable`, what `invariant-mr mr` analyses), not
     only individual-level `MRData`. `multivariable`: it estimates the direct
     effects of several exposures at once (one `Estimate` per exposure).
+    `summary_default`: `mr` runs it when no `--methods` is given (False for
+    methods TwoSampleMR's `mr()` leaves out by default and `mr` lacked before).
     """
 
     name: str
@@ -66,6 +68,7 @@ class MethodSpec:
     family: str = "other"
     summary_input: bool = False
     multivariable: bool = False
+    summary_default: bool = True
 
     @property
     def function(self) -> MethodFunction:

@@ -34,8 +34,18 @@ from invariant_mr.estimators.summary_mr import (
     penalised_weighted_median,
     simple_median,
     simple_mode,
+    simple_mode_nome,
     weighted_median,
     weighted_mode,
+    weighted_mode_nome,
+)
+from invariant_mr.estimators.summary_extra import (
+    egger_bootstrap,
+    ivw_mre,
+    mr_grip,
+    sign_concordance,
+    two_sample_ml,
+    unweighted_regression,
 )
 from invariant_mr.estimators.sumstats import SummaryStatistics, per_column_regression, summary_statistics
 
@@ -389,6 +399,66 @@ def simple_mode_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     return run_summary_method(data, ctx, "simple_mode", one)
 
 
+def _mode_nome_method(data, ctx: MethodContext, name: str, estimator) -> MethodOutput:
+    n_boot = int(ctx.option("n_bootstrap", 1000))
+    phi = float(ctx.option("mode_phi", 1.0))
+    pvalues = pvalue_convention(ctx)
+
+    def one(ss: SummaryStatistics, scope: str):
+        fit = estimator(ss, ctx.alpha, phi=phi, n_bootstrap=n_boot, rng=ctx.rng(f"{name}/{scope}"), pvalues=pvalues,
+                        density=str(ctx.option("mode_density", "r_density")))
+        return _estimate(fit, scope, ss), []
+
+    return run_summary_method(data, ctx, name, one)
+
+
+def simple_mode_nome_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    return _mode_nome_method(data, ctx, "simple_mode_nome", simple_mode_nome)
+
+
+def weighted_mode_nome_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    return _mode_nome_method(data, ctx, "weighted_mode_nome", weighted_mode_nome)
+
+
+def _no_se_estimate(fit: SummaryMRFit, scope: str, ss: SummaryStatistics) -> Estimate:
+    """A row for a test without an SE or interval (the sign concordance test): None, not NaN."""
+    est = _estimate(fit, scope, ss)
+    return replace(est, se=None, ci_low=None, ci_high=None)
+
+
+def mr_sign_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    return run_summary_method(data, ctx, "mr_sign",
+                              lambda ss, scope: (_no_se_estimate(sign_concordance(ss, ctx.alpha), scope, ss), []))
+
+
+def mr_uwr_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    return run_summary_method(data, ctx, "mr_uwr",
+                              lambda ss, scope: (_estimate(unweighted_regression(ss, ctx.alpha), scope, ss), []))
+
+
+def ivw_mre_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    return run_summary_method(data, ctx, "ivw_mre", lambda ss, scope: (_estimate(ivw_mre(ss, ctx.alpha), scope, ss), []))
+
+
+def mr_two_sample_ml_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    return run_summary_method(data, ctx, "mr_two_sample_ml",
+                              lambda ss, scope: (_estimate(two_sample_ml(ss, ctx.alpha), scope, ss), []))
+
+
+def mr_grip_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    return run_summary_method(data, ctx, "mr_grip", lambda ss, scope: (_estimate(mr_grip(ss, ctx.alpha), scope, ss), []))
+
+
+def mr_egger_bootstrap_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    n_boot = int(ctx.option("n_bootstrap", 1000))
+
+    def one(ss: SummaryStatistics, scope: str):
+        fit = egger_bootstrap(ss, ctx.alpha, n_bootstrap=n_boot, rng=ctx.rng(f"mr_egger_bootstrap/{scope}"))
+        return _estimate(fit, scope, ss), []
+
+    return run_summary_method(data, ctx, "mr_egger_bootstrap", one)
+
+
 def mr_presso_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     draws = int(ctx.option("presso_n_distribution", 1000))
     level = float(ctx.option("presso_significance", 0.05))
@@ -479,6 +549,14 @@ def ivw_radial_method(data: MRData, ctx: MethodContext) -> MethodOutput:
 
 __all__ = [
     "exposure_label",
+    "ivw_mre_method",
+    "mr_egger_bootstrap_method",
+    "mr_grip_method",
+    "mr_sign_method",
+    "mr_two_sample_ml_method",
+    "mr_uwr_method",
+    "simple_mode_nome_method",
+    "weighted_mode_nome_method",
     "ivw_radial_method",
     "ivw_fixed_method",
     "ivw_method",
