@@ -264,3 +264,12 @@ def test_mr_defaults_leave_the_extra_methods_out_and_all_runs_them():
     default = {s.name for s in methods_for(table, None)}
     assert not default & extra and {"ivw", "mr_egger", "weighted_median", "simple_mode", "weighted_mode"} <= default
     assert extra <= {s.name for s in methods_for(table, "all")} and extra <= set(TWOSAMPLEMR_METHODS)
+
+
+def test_twosamplemr_function_names_select_the_same_methods():
+    from invariant_mr.methods.registry import resolve_methods
+
+    names = [s.name for s in resolve_methods("mr_ivw_fe,mr_simple_mode_nome,mr_egger_regression,ivw,mr_ivw")]
+    assert names == ["ivw_fixed", "simple_mode_nome", "mr_egger", "ivw"]  # duplicates after aliasing dropped once
+    with pytest.raises(InputError, match="unknown method"):
+        resolve_methods("mr_not_a_method")

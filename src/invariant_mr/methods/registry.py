@@ -141,6 +141,12 @@ def resolve_methods(names: str | list[str] | None) -> list[MethodSpec]:
         names = [n.strip() for n in names.split(",") if n.strip()]
     if not names:
         raise InputError("--methods is empty")
+    if any(n not in available for n in names):
+        # TwoSampleMR's function names (mr_ivw_fe, mr_simple_mode_nome, ...) name the same methods.
+        from invariant_mr.estimators.summary_extra import TWOSAMPLEMR_METHODS
+
+        alias = {obj: ours for ours, (obj, _) in TWOSAMPLEMR_METHODS.items()}
+        names = [n if n in available else alias.get(n, n) for n in names]
     unknown = [n for n in names if n not in available]
     if unknown:
         raise InputError(
