@@ -215,7 +215,7 @@ def score(args) -> None:
         })
     total = {k: sum(r[k] for r in rows) for k in ("runs", "right", "wrong", "declined", "near")}
     commit = _commit()
-    patched = sorted({p["tag"] for r in records for p in r.get("patches", [])})
+    patched = sorted({r["patches"][-1]["tag"] for r in records if r.get("patches")})  # the latest rerun of each
     meta = {"date": dt.date.today().isoformat(), "cpu": cpu_model(), "python": platform.python_version(),
             "commit": commit, "command_run": "nice -n 10 python benchmarks/verdict_rule.py run --seeds 10",
             "command_score": "python benchmarks/verdict_rule.py score", "patches": patched, "argv": sys.argv}
