@@ -298,7 +298,7 @@ def markdown(summary: list[dict], command: str, hardware: str) -> str:
     lines = [
         "# Two-stage polynomial invariant instruments on the paper's settings",
         "",
-        f"Regenerate: `{command}` (resumable; per-task rows in `polynomial_settings.jsonl`).",
+        f"Regenerate: `{command}` (resumable; per-task rows in the .jsonl beside this table).",
         f"Commit: {git_commit()}. Hardware: {hardware}. Date: {date.today()}. n = 3000 per environment; true theta = 1.",
         "",
         "`invariant_polynomial`: `PolynomialInvariantInstruments` with default settings, cross-fitted (2 folds,",
