@@ -2,7 +2,10 @@
 
 Stage 1 (`PolynomialInvariantInstruments`): a linear encoder h = L z with a
 polynomial decoder, degree, latent dimension and restart chosen by held-out
-reconstruction; stage 2: the closed-form invariant directions of the codes.
+reconstruction; under measurement noise, when it halves the held-out error,
+the denoising encoder that projects each row onto the decoder's surface
+(`instruments.manifold_projection`); stage 2: the closed-form invariant
+directions of the codes.
 Cross-fitted (each fold's instruments come from both stages learned on the
 other folds), fold-interacted 2SLS with environment fixed effects, and a
 stage-2 bootstrap SE (`inference.polynomial_bootstrap`, which explains why
@@ -135,9 +138,11 @@ def _abstention_reason(records: list[dict], learners) -> str:
     """Why there is no estimate, and what would help."""
     error = max(lr.heldout_error_ for lr in learners)
     unstable = [r for r in records if r["kept"] and r.get("stability_z", 0.0) > STABILITY_Z]
+    encoders = sorted({lr.stage1_encoder_ for lr in learners})
     stage1 = (
-        f"stage 1 reconstructs Z to a held-out error of {error:.1e} of its variance (exact polynomial mixing: below "
-        "1e-6), so measurement noise or a mixing outside the decoder's class likely hides the latents"
+        f"stage 1 ({' and '.join(encoders)} encoder) reconstructs Z to a held-out error of {error:.1e} of its "
+        "variance (exact polynomial mixing: below 1e-6), so measurement noise or a mixing outside the decoder's "
+        "class likely hides the latents"
     )
     helps = "less measurement noise or more samples per environment would help; more environments sharpen the check"
     if unstable:
