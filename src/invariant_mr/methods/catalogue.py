@@ -128,8 +128,9 @@ BUILTIN_METHODS: tuple[MethodSpec, ...] = (
                "(per-variant scaling within environments); for population structure",
                default=False, options=o.GENOTYPE_INVARIANT_OPTIONS, family=o.GENOTYPE_INVARIANT),
     MethodSpec("invariant_polynomial", f"{_P}:invariant_polynomial",
-               "2SLS on invariant latents identified by a linear encoder with a polynomial decoder (cross-fitted, "
-               "stage-2 bootstrap SE); for polynomial mixing",
+               "2SLS on invariant latents identified by a polynomial decoder (linear encoder, or under measurement "
+               "noise a projection onto the decoder's surface; cross-fitted, stage-2 bootstrap SE); for polynomial "
+               "mixing",
                options=o.POLYNOMIAL_OPTIONS, family=o.POLY),
     MethodSpec("invariant_autoencoder", f"{_A}:invariant_autoencoder",
                "2SLS on instruments from the invariant autoencoder (cross-fitted), environment fixed effects",
