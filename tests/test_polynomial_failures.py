@@ -136,3 +136,14 @@ def test_cli_run_keeps_the_other_methods_when_one_fails(failing_methods, tmp_pat
     rows = {(e["method"], e["scope"]): e for e in json.loads((out / "results.json").read_text())["estimates"]}
     assert rows[("_test_always_fails", "pooled")]["extra"]["reason"].startswith("failed: ValueError")
     assert rows[("tsls_all_env", "pooled")]["estimate"] is not None
+
+
+def test_an_exact_stage_1_is_not_blamed_on_measurement_noise():
+    """MLP mixing of K = 2 blocks: four columns, four latents, Z reconstructed exactly. The abstention
+    must not say that noise hides the latents (it once quoted an error of 1e-16 as the likely cause)."""
+    data = simulate_paper("mlp", n_envs=2, n_per_env=3000, seed=104).data
+    (row,) = run_analysis(data, "invariant_polynomial", MethodContext(seed=0, per_env=False, options=OPTS)).select(
+        "invariant_polynomial")
+    assert not row.available and row.reason.startswith("no invariant direction found")
+    assert "reconstructs Z exactly" in row.reason and "likely hides" not in row.reason
+    assert "would help" in row.reason

@@ -91,6 +91,8 @@ def _varying_codes(data: MRData, folds: np.ndarray, learners, ks) -> np.ndarray 
     return out
 
 
+#: Held-out reconstruction error (share of Z's variance) below which stage 1 counts as exact.
+EXACT_RECONSTRUCTION = 1e-6
 #: The leak-bias rule keeps k directions while the bias their detected leak would cause is below this share of the
 #: SE (a bias of half an SE costs a 95% Wald interval about 3 points of coverage).
 LEAK_TOLERANCE = 0.5
@@ -139,12 +141,19 @@ def _abstention_reason(records: list[dict], learners) -> str:
     error = max(lr.heldout_error_ for lr in learners)
     unstable = [r for r in records if r["kept"] and r.get("stability_z", 0.0) > STABILITY_Z]
     encoders = sorted({lr.stage1_encoder_ for lr in learners})
-    stage1 = (
-        f"stage 1 ({' and '.join(encoders)} encoder) reconstructs Z to a held-out error of {error:.1e} of its "
-        "variance (exact polynomial mixing: below 1e-6), so measurement noise or a mixing outside the decoder's "
-        "class likely hides the latents"
-    )
-    helps = "less measurement noise or more samples per environment would help; more environments sharpen the check"
+    if error <= EXACT_RECONSTRUCTION:
+        # Nothing is hidden: the codes carry all of Z (e.g. as many latents as columns), so the
+        # data themselves show no latent direction that is the same in every environment.
+        stage1 = (f"stage 1 ({' and '.join(encoders)} encoder) reconstructs Z exactly (held-out error {error:.1e}), "
+                  "so the codes carry all of Z and no invariant latent is hidden from stage 2")
+        helps = "more environments, or environments that differ more in the confounding, would help"
+    else:
+        stage1 = (
+            f"stage 1 ({' and '.join(encoders)} encoder) reconstructs Z to a held-out error of {error:.1e} of its "
+            f"variance (exact polynomial mixing: below {EXACT_RECONSTRUCTION:g}), so measurement noise or a mixing "
+            "outside the decoder's class likely hides the latents"
+        )
+        helps = "less measurement noise or more samples per environment would help; more environments sharpen the check"
     if unstable:
         z = max(r["stability_z"] for r in unstable)
         return f"the estimate moves with the number of invariant directions kept (z = {z:.1f}); {stage1}; {helps}"
