@@ -442,3 +442,16 @@ def test_mr_two_file_run_never_imports_scipy_stats_or_the_individual_level_iv_co
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "0", f"exit code and modules imported by mr: {out!r}"
     assert (tmp_path / "o" / "report.html").is_file()
+
+
+def test_mr_reruns_into_its_own_output_folder_with_overwrite(tmp_path):
+    """Every table `mr` writes is known as its own output: a rerun with --overwrite replaces the folder
+    (it once refused, calling mr_results.tsv and the other TwoSampleMR-style tables foreign files)."""
+    data = Path(__file__).parent / "data"
+    args = ["mr", "--exposure-gwas", str(data / "bmi_chd_twosamplemr_exposure.tsv"),
+            "--outcome-gwas", str(data / "bmi_chd_twosamplemr_outcome.tsv"), "--methods", "ivw",
+            "--quiet", "--out", str(tmp_path / "o"), "--overwrite"]
+    assert main(args) == 0
+    assert {"mr_results.tsv", "harmonised_data.tsv", "single_variant.tsv", "leave_one_out.tsv"} <= {
+        p.name for p in (tmp_path / "o").iterdir()}
+    assert main(args) == 0

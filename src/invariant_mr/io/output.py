@@ -108,6 +108,8 @@ KNOWN_OUTPUT_NAMES = frozenset({
     "data.tsv", "truth.json", "genotypes.bed", "genotypes.bim", "genotypes.fam", "phenotypes.tsv",
     "alignment.json", "provenance.json", "manifest.json", "loadings.tsv", "score.tsv", "variants.tsv",
     "model.pt", "config.json",
+    # `mr`'s TwoSampleMR-style tables
+    "mr_results.tsv", "harmonised_data.tsv", "single_variant.tsv", "leave_one_out.tsv",
 })
 KNOWN_OUTPUT_FOLDERS = frozenset({"data", "model"})
 #: Files an operating system drops into any folder it shows; removing them loses nothing.

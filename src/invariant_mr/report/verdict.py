@@ -81,7 +81,10 @@ METHOD_CHECKS: Mapping[str, tuple[str, str]] = {
     "leak_shift": ("leak shift", "leak"),
 }
 #: Unprefixed summary-level checks -> the methods whose validity they test.
-_IVW = ("ivw", "ivw_fixed", "ivw_radial", "ivw_radial_iterative", "ivw_radial_exact_fe", "ivw_radial_exact_re")
+#: IVW and the estimators that, like it, are consistent only when every variant is valid (TwoSampleMR's
+#: multiplicative random-effects IVW, maximum likelihood and unweighted regression).
+_IVW = ("ivw", "ivw_fixed", "ivw_radial", "ivw_radial_iterative", "ivw_radial_exact_fe", "ivw_radial_exact_re",
+        "ivw_mre", "mr_two_sample_ml", "mr_uwr")
 SUMMARY_CHECKS: Mapping[str, tuple[str, ...]] = {
     # MR-PRESSO's global test is what its outlier correction answers, so it does not count against it.
     "cochran_q": _IVW,
