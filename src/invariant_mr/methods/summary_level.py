@@ -373,33 +373,8 @@ def penalised_weighted_median_method(data: MRData, ctx: MethodContext) -> Method
     return run_summary_method(data, ctx, "penalised_weighted_median", one)
 
 
-def weighted_mode_method(data: MRData, ctx: MethodContext) -> MethodOutput:
-    n_boot = int(ctx.option("n_bootstrap", 1000))
-    phi = float(ctx.option("mode_phi", 1.0))
-    pvalues = pvalue_convention(ctx)
-
-    def one(ss: SummaryStatistics, scope: str):
-        fit = weighted_mode(ss, ctx.alpha, phi=phi, n_bootstrap=n_boot, rng=ctx.rng(f"weighted_mode/{scope}"),
-                            pvalues=pvalues, density=str(ctx.option("mode_density", "r_density")))  # fmt: skip
-        return _estimate(fit, scope, ss), []
-
-    return run_summary_method(data, ctx, "weighted_mode", one)
-
-
-def simple_mode_method(data: MRData, ctx: MethodContext) -> MethodOutput:
-    n_boot = int(ctx.option("n_bootstrap", 1000))
-    phi = float(ctx.option("mode_phi", 1.0))
-    pvalues = pvalue_convention(ctx)
-
-    def one(ss: SummaryStatistics, scope: str):
-        fit = simple_mode(ss, ctx.alpha, phi=phi, n_bootstrap=n_boot, rng=ctx.rng(f"simple_mode/{scope}"), pvalues=pvalues,
-                          density=str(ctx.option("mode_density", "r_density")))
-        return _estimate(fit, scope, ss), []
-
-    return run_summary_method(data, ctx, "simple_mode", one)
-
-
-def _mode_nome_method(data, ctx: MethodContext, name: str, estimator) -> MethodOutput:
+def _mode_method(data, ctx: MethodContext, name: str, estimator) -> MethodOutput:
+    """The four mode estimators (simple/weighted, with or without NOME SEs) share their options."""
     n_boot = int(ctx.option("n_bootstrap", 1000))
     phi = float(ctx.option("mode_phi", 1.0))
     pvalues = pvalue_convention(ctx)
@@ -412,12 +387,20 @@ def _mode_nome_method(data, ctx: MethodContext, name: str, estimator) -> MethodO
     return run_summary_method(data, ctx, name, one)
 
 
+def weighted_mode_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    return _mode_method(data, ctx, "weighted_mode", weighted_mode)
+
+
+def simple_mode_method(data: MRData, ctx: MethodContext) -> MethodOutput:
+    return _mode_method(data, ctx, "simple_mode", simple_mode)
+
+
 def simple_mode_nome_method(data: MRData, ctx: MethodContext) -> MethodOutput:
-    return _mode_nome_method(data, ctx, "simple_mode_nome", simple_mode_nome)
+    return _mode_method(data, ctx, "simple_mode_nome", simple_mode_nome)
 
 
 def weighted_mode_nome_method(data: MRData, ctx: MethodContext) -> MethodOutput:
-    return _mode_nome_method(data, ctx, "weighted_mode_nome", weighted_mode_nome)
+    return _mode_method(data, ctx, "weighted_mode_nome", weighted_mode_nome)
 
 
 def _no_se_estimate(fit: SummaryMRFit, scope: str, ss: SummaryStatistics) -> Estimate:
