@@ -229,7 +229,10 @@ def markdown(meta: dict, total: dict, rows: list[dict]) -> str:
     lines = [
         "# The verdict against the truth",
         "",
-        f"Regenerate: `{meta['command_run']}` (the analyses, resumable), then `{meta['command_score']}`.",
+        f"Regenerate: `{meta['command_run']}` (the analyses, resumable), "
+        + "".join(f"`nice -n 10 python benchmarks/verdict_rule.py patch --methods {t.split('@')[0].replace('+', ',')}` "
+                  f"(rerun at {t.split('@')[1]}), " for t in meta.get("patches", []))
+        + f"then `{meta['command_score']}`.",
         f"Scored at commit {meta['commit']} on {meta['date']}; {meta['cpu']}, CPU only, Python {meta['python']}.",
         *([f"Methods rerun on the stored data (`patch`): {', '.join(meta['patches'])}."] if meta.get("patches") else []),
         "",
