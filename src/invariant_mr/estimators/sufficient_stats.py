@@ -480,6 +480,28 @@ def _indices(columns, p: int) -> np.ndarray:
     return idx
 
 
+def _row_vectors(block: np.ndarray, rows: np.ndarray, vectors: RowVectors, q: int, fill) -> np.ndarray:
+    """The block's rows as [C, Z, D, Y] (b, q + p + 2), float64, missing calls filled; C = the q covariates."""
+    b, p = block.shape
+    x = np.empty((b, q + p + 2))
+    x[:, q : q + p] = block
+    _fill_missing(x[:, q : q + p], block, fill)
+    if q:
+        x[:, :q] = vectors.covariates[rows]
+    x[:, q + p] = vectors.exposure[rows]
+    x[:, q + p + 1] = vectors.outcome[rows]
+    return x
+
+
+def _by_environment(x: np.ndarray, codes: np.ndarray, n_envs: int):
+    """(e, the rows of x in environment e) for every environment with rows in this block (no copy for one)."""
+    for e in range(n_envs):
+        in_e = codes == e
+        size = int(in_e.sum())
+        if size:
+            yield e, (x if size == x.shape[0] else x[in_e])
+
+
 class CrossProductKernel:
     """The first pass as a kernel: `start`, `add` each block, `finish` (picklable, for Dask)."""
 
@@ -510,21 +532,9 @@ class CrossProductKernel:
             raise InputError(f"blocks have different numbers of columns ({p} vs {acc['sums'].shape[1] - q - 2})")
         # One float64 copy of the block with C, D and Y appended: every cross-product of the
         # row vector then comes from one symmetric product per environment.
-        x = np.empty((b, m))
-        x[:, q : q + p] = block
-        _fill_missing(x[:, q : q + p], block, self.fill)
-        if q:
-            x[:, :q] = vectors.covariates[rows]
-        x[:, q + p] = vectors.exposure[rows]
-        x[:, q + p + 1] = vectors.outcome[rows]
-        codes = vectors.env_codes[rows]
-        for e in range(K):
-            in_e = codes == e
-            size = int(in_e.sum())
-            if size == 0:
-                continue
-            sub = x if size == b else x[in_e]
-            acc["counts"][e] += size
+        x = _row_vectors(block, rows, vectors, q, self.fill)
+        for e, sub in _by_environment(x, vectors.env_codes[rows], K):
+            acc["counts"][e] += sub.shape[0]
             acc["sums"][e] += sub.sum(axis=0)
             acc["cross"][e] += sub.T @ sub
 
@@ -571,7 +581,7 @@ class ExtraCovariateKernel:
     def add(self, acc: dict, rows, block, vectors: RowVectors) -> None:
         rows = row_index(rows)
         block = np.asarray(block)
-        b, p = block.shape
+        p = block.shape[1]
         k, K = len(self.names), len(self.env_levels)
         q2 = self.q + k
         if vectors.q != q2:
@@ -581,21 +591,10 @@ class ExtraCovariateKernel:
             acc["counts"] = np.zeros(K, dtype=np.int64)
             acc["sums"] = np.zeros((K, k))
             acc["cross"] = np.zeros((K, k, m2))
-        x = np.empty((b, m2))
-        x[:, q2 : q2 + p] = block
-        _fill_missing(x[:, q2 : q2 + p], block, self.fill)
-        x[:, :q2] = vectors.covariates[rows]
-        x[:, q2 + p] = vectors.exposure[rows]
-        x[:, q2 + p + 1] = vectors.outcome[rows]
-        codes = vectors.env_codes[rows]
-        for e in range(K):
-            in_e = codes == e
-            size = int(in_e.sum())
-            if size == 0:
-                continue
-            sub = x if size == b else x[in_e]
+        x = _row_vectors(block, rows, vectors, q2, self.fill)
+        for e, sub in _by_environment(x, vectors.env_codes[rows], K):
             E = sub[:, self.q : q2]
-            acc["counts"][e] += size
+            acc["counts"][e] += sub.shape[0]
             acc["sums"][e] += E.sum(axis=0)
             acc["cross"][e] += E.T @ sub
 
