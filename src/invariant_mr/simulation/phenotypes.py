@@ -125,6 +125,29 @@ def _covariate_effects(cov: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.nd
     return on_exposure, on_outcome
 
 
+def _exposure_genetics(genotypes: np.ndarray, env_codes: np.ndarray, n_causal: int | None, rng):
+    """(n_causal, causal variant indices, their effects, the standardised genetic score G) of the exposure."""
+    n_causal = default_n_causal(genotypes.shape[1]) if n_causal is None else int(n_causal)
+    causal, effects = draw_causal_effects(genotypes.shape[1], n_causal, rng)
+    return n_causal, causal, effects, genetic_score(genotypes, causal, effects, env_codes)
+
+
+def _exposure_and_outcome(G: np.ndarray, H: np.ndarray, rng, *, theta: float, h2: float, alpha_exposure: float,
+                          alpha_outcome: float):
+    """(D, Y, covariates) given the genetic score G and the confounder H, in this draw order:
+    covariates, exposure noise, outcome noise.
+
+        D = sqrt(h2) G + sqrt(1 - h2) e_D + alpha_exposure H + age/sex
+        Y = theta D + alpha_outcome H + age/sex + e_Y
+    """
+    n = G.shape[0]
+    cov = demographic_covariates(n, rng)
+    cov_d, cov_y = _covariate_effects(cov)
+    D = np.sqrt(h2) * G + np.sqrt(1 - h2) * rng.standard_normal(n) + alpha_exposure * H + cov_d
+    Y = theta * D + alpha_outcome * H + cov_y + rng.standard_normal(n)
+    return D, Y, cov
+
+
 def stratified_phenotypes(
     genotypes: np.ndarray,
     env_codes: np.ndarray,
@@ -171,9 +194,7 @@ def stratified_phenotypes(
     if ancestry.shape[0] != n:
         raise InputError(f"ancestry has {ancestry.shape[0]} rows for {n} individuals")
 
-    n_causal = default_n_causal(genotypes.shape[1]) if n_causal is None else int(n_causal)
-    causal, effects = draw_causal_effects(genotypes.shape[1], n_causal, rng)
-    G = genetic_score(genotypes, causal, effects, env_codes)
+    n_causal, causal, effects, G = _exposure_genetics(genotypes, env_codes, n_causal, rng)
 
     axis = rng.standard_normal(ancestry.shape[1])
     s = ancestry @ axis
@@ -183,10 +204,8 @@ def stratified_phenotypes(
     H_env = r * within_env_zscore(s, env_codes) + np.sqrt(1 - r * r) * rng.standard_normal(n)
     H = ancestry_confounding * H_anc + within_confounding * H_env
 
-    cov = demographic_covariates(n, rng)
-    cov_d, cov_y = _covariate_effects(cov)
-    D = np.sqrt(h2) * G + np.sqrt(1 - h2) * rng.standard_normal(n) + alpha_exposure * H + cov_d
-    Y = theta * D + alpha_outcome * H + cov_y + rng.standard_normal(n)
+    D, Y, cov = _exposure_and_outcome(G, H, rng, theta=theta, h2=h2, alpha_exposure=alpha_exposure,
+                                      alpha_outcome=alpha_outcome)
     truth = {
         "theta": float(theta),
         "phenotype_model": "stratified",
@@ -230,13 +249,9 @@ def confounded_phenotypes(
     H = np.asarray(H, dtype=float).ravel()
     if H.shape != (n,):
         raise InputError(f"H has shape {H.shape}, expected ({n},)")
-    n_causal = default_n_causal(genotypes.shape[1]) if n_causal is None else int(n_causal)
-    causal, effects = draw_causal_effects(genotypes.shape[1], n_causal, rng)
-    G = genetic_score(genotypes, causal, effects, env_codes)
-    cov = demographic_covariates(n, rng)
-    cov_d, cov_y = _covariate_effects(cov)
-    D = np.sqrt(h2) * G + np.sqrt(1 - h2) * rng.standard_normal(n) + alpha_exposure * H + cov_d
-    Y = theta * D + alpha_outcome * H + cov_y + rng.standard_normal(n)
+    n_causal, causal, effects, G = _exposure_genetics(genotypes, env_codes, n_causal, rng)
+    D, Y, cov = _exposure_and_outcome(G, H, rng, theta=theta, h2=h2, alpha_exposure=alpha_exposure,
+                                      alpha_outcome=alpha_outcome)
     truth = {
         "theta": float(theta), "n_causal": int(n_causal), "h2": h2,
         "alpha_exposure": float(alpha_exposure), "alpha_outcome": float(alpha_outcome),
