@@ -39,6 +39,7 @@ from invariant_mr.simulation.phenotypes import (
     causal_counts,
     demographic_covariates,
     family_phenotypes,
+    standardise,
 )
 
 MATING_TRAITS = ("cross", "exposure")
@@ -64,11 +65,6 @@ def pair_mates(
         return np.sqrt(correlation) * z + np.sqrt(1 - correlation) * rng.standard_normal(len(values))
 
     return np.argsort(ranking(mating_female)), np.argsort(ranking(mating_male))
-
-
-def _standardise(values: np.ndarray) -> np.ndarray:
-    sd = values.std()
-    return (values - values.mean()) / (sd if sd > 0 else 1.0)
 
 
 def cross_locus_correlation(genotypes: np.ndarray, index: np.ndarray, effects: np.ndarray) -> float:
@@ -116,7 +112,7 @@ def _simulate_population(
         n_couples = len(mothers)
         child_couple = np.concatenate([np.arange(n_couples), np.arange(n_couples), np.arange(n - 2 * n_couples)])
         G = transmit(G[mothers[child_couple]], rng) + transmit(G[fathers[child_couple]], rng)
-        F = _standardise((D[mothers] + D[fathers])[child_couple] / 2)
+        F = standardise((D[mothers] + D[fathers])[child_couple] / 2)
         families = child_couple
     return G, F, families, history
 

@@ -100,12 +100,17 @@ def genetic_score(genotypes: np.ndarray, idx: np.ndarray, effects: np.ndarray, e
     return (score - score.mean()) / np.sqrt(within)
 
 
+def standardise(values: np.ndarray) -> np.ndarray:
+    """Mean 0, SD 1 (a constant stays centred, not divided by zero)."""
+    sd = values.std()
+    return (values - values.mean()) / (sd if sd > 0 else 1.0)
+
+
 def within_env_zscore(values: np.ndarray, env_codes: np.ndarray) -> np.ndarray:
     out = np.empty_like(values, dtype=float)
     for k in np.unique(env_codes):
         rows = env_codes == k
-        sd = values[rows].std()
-        out[rows] = (values[rows] - values[rows].mean()) / (sd if sd > 0 else 1.0)
+        out[rows] = standardise(values[rows])
     return out
 
 
@@ -198,8 +203,7 @@ def stratified_phenotypes(
 
     axis = rng.standard_normal(ancestry.shape[1])
     s = ancestry @ axis
-    sd = s.std()
-    H_anc = (s - s.mean()) / (sd if sd > 0 else 1.0)
+    H_anc = standardise(s)
     r = within_correlation
     H_env = r * within_env_zscore(s, env_codes) + np.sqrt(1 - r * r) * rng.standard_normal(n)
     H = ancestry_confounding * H_anc + within_confounding * H_env

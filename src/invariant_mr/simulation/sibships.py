@@ -55,12 +55,8 @@ from invariant_mr.simulation.phenotypes import (
     check_fraction,
     causal_counts,
     demographic_covariates,
+    standardise,
 )
-
-
-def _standardise(values: np.ndarray) -> np.ndarray:
-    sd = values.std()
-    return (values - values.mean()) / (sd if sd > 0 else 1.0)
 
 
 def simulate_sibships(
@@ -131,8 +127,8 @@ def simulate_sibships(
     ).astype(object)
     family_code = np.unique(family_ids, return_inverse=True)[1]
     n = G.shape[0]
-    H_anc = _standardise(s_anc)
-    F = _standardise(parent_D)
+    H_anc = standardise(s_anc)
+    F = standardise(parent_D)
     household = household_sd * rng.standard_normal(family_code.max() + 1)[family_code]
     H_ind = rng.standard_normal(n)
     G_D = model.score(G, "exposure")
@@ -194,7 +190,7 @@ def _population(k, n_parents, n_sibs, generations, correlation, source_freq, adm
     partner_r = float("nan")
     for gen in range(generations + 1):
         # Each generation's traits, for choosing mates; the population's own ancestry spread sets H_anc.
-        h = stratification * _standardise(ancestry)
+        h = stratification * standardise(ancestry)
         D = np.sqrt(model.h2_exposure) * model.score(G, "exposure") + h + rng.standard_normal(len(G))
         Y = model.theta * D + np.sqrt(model.h2_outcome) * model.score(G, "outcome") + h + rng.standard_normal(len(G))
         order = rng.permutation(len(G))

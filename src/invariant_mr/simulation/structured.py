@@ -39,18 +39,13 @@ from invariant_mr.simulation.balding_nichols import (
 )
 from invariant_mr.simulation.fst import pairwise_hudson_fst
 from invariant_mr.simulation.genetic_dataset import GeneticSimulation
-from invariant_mr.simulation.phenotypes import check_fraction, confounded_phenotypes
+from invariant_mr.simulation.phenotypes import check_fraction, confounded_phenotypes, standardise
 
 
 def _nested_frequencies(parent: np.ndarray, F: float, rng: np.random.Generator) -> np.ndarray:
     """Balding-Nichols draw of a child population's frequencies around `parent` (clipped off 0 and 1)."""
     p = np.clip(parent, 1e-3, 1 - 1e-3)
     return rng.beta(p * (1 - F) / F, (1 - p) * (1 - F) / F)
-
-
-def _zscore(x: np.ndarray) -> np.ndarray:
-    sd = x.std()
-    return (x - x.mean()) / (sd if sd > 0 else 1.0)
 
 
 def _result(genotypes, env_codes, pheno, truth, latent, rng, prefix, genome=None) -> GeneticSimulation:
@@ -157,8 +152,8 @@ def simulate_nonlinear_ancestry(
     ancestral, source = balding_nichols_frequencies(n_envs, n_variants + n_genome_variants, min(fst / lam**2, 0.9), rng)
     q = draw_ancestry(env_codes, n_envs, admixture, admixture_concentration, rng)
     genotypes = draw_genotypes(q @ source[:, :n_variants], rng)
-    s = _zscore(q @ rng.standard_normal(n_envs))
-    H = (np.sqrt(ancestry_confounding) * _zscore(np.exp(curvature * s))
+    s = standardise(q @ rng.standard_normal(n_envs))
+    H = (np.sqrt(ancestry_confounding) * standardise(np.exp(curvature * s))
          + np.sqrt(1 - ancestry_confounding) * rng.standard_normal(len(env_codes)))
     pheno = confounded_phenotypes(genotypes, env_codes, H, rng, theta=theta, n_causal=n_causal, h2=h2)
     genome = np.hstack([genotypes, draw_genotypes(q @ source[:, n_variants:], rng)]) if keep_genome else None
