@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scale import BARE, make_fileset, measured, peak_mib  # noqa: E402
+from scale import fileset_and_bare, measured, peak_mib, run_record  # noqa: E402
 
 from invariant_mr.provenance import cpu_model  # noqa: E402
 
@@ -59,13 +59,10 @@ def export_src(commit: str, scratch: Path) -> tuple[Path, str]:
 def _row(what: str, n: int, p: int, result: dict, out: Path | None) -> dict:
     row = {"n": n, "p": p, "what": what, **result}
     if out is not None:
-        res = json.loads((out / "results.json").read_text())
-        # Durations moved to results.json's last block, "volatile" (a99157d); older commits kept them
-        # in the provenance.
-        seconds = res.get("volatile", {}).get("method_seconds") or res["provenance"]["method_seconds"]
-        row["method_seconds"] = seconds
-        row["n_methods"] = len(seconds)
-        row["estimates"] = {f"{e['method']}/{e['scope']}": e["estimate"] for e in res["estimates"]}
+        record = run_record(out)
+        row["method_seconds"] = record["method_seconds"]
+        row["n_methods"] = len(record["method_seconds"])
+        row["estimates"] = record["estimates"]
     return row
 
 
@@ -74,10 +71,7 @@ def measure_size(n: int, p: int, seed: int, head_src: Path, base_src: Path | Non
     work = Path(tempfile.mkdtemp(prefix=f"battery-{n}x{p}-", dir=scratch))
     rows = []
     try:
-        prefix, pheno = make_fileset(work, n, p, seed)
-        n_file = sum(1 for _ in open(str(prefix) + ".fam"))
-        bare = measured([sys.executable, "-c", BARE, str(prefix) + ".bed", str(n_file), str(p)])
-        print(f"{n}x{p} bare: {bare}", flush=True)
+        prefix, pheno, n_file, bare = fileset_and_bare(work, n, p, seed)
         rows.append(_row("bare read + Z'Z", n_file, p, bare, None))
         runs = [("run (this commit)", head_src, ())]
         if streaming:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scale import BARE, make_fileset, measured, peak_mib, run_args  # noqa: E402
+from scale import fileset_and_bare, measured, peak_mib, run_args, run_record  # noqa: E402
 from table_provenance import command_line, git_commit  # noqa: E402
 
 from invariant_mr.provenance import cpu_model  # noqa: E402
@@ -33,27 +33,11 @@ from invariant_mr.provenance import cpu_model  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 
-def _passes(out: Path) -> dict:
-    res = json.loads((out / "results.json").read_text())
-    prov = res["provenance"]
-    streamed = prov.get("streamed_passes") or {}
-    volatile = res.get("volatile", {})
-    seconds = volatile.get("method_seconds") or prov.get("method_seconds") or {}
-    # Durations live in results.json's "volatile" block, by dotted path (`results.split_volatile`).
-    passes = [{**x, "seconds": volatile.get(f"streamed_passes.passes[{i}].seconds", x.get("seconds"))}
-              for i, x in enumerate(streamed.get("passes", []))]
-    estimates = {f"{e['method']}/{e['scope']}": e["estimate"] for e in res["estimates"]}
-    return {"passes": passes, "dask": streamed.get("dask"), "method_seconds": seconds, "estimates": estimates}
-
-
 def measure_size(n: int, p: int, workers: list[int], seed: int, scratch: Path) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix=f"dask-{n}x{p}-", dir=scratch))
     rows = []
     try:
-        prefix, pheno = make_fileset(work, n, p, seed)
-        n_file = sum(1 for _ in open(str(prefix) + ".fam"))
-        bare = measured([sys.executable, "-c", BARE, str(prefix) + ".bed", str(n_file), str(p)])
-        print(f"{n}x{p} bare: {bare}", flush=True)
+        prefix, pheno, n_file, bare = fileset_and_bare(work, n, p, seed)
         rows.append({"n": n_file, "p": p, "what": "bare read + Z'Z", **bare})
         for w in [0, *workers]:
             out = work / f"out{w}"
@@ -61,7 +45,9 @@ def measure_size(n: int, p: int, workers: list[int], seed: int, scratch: Path) -
             result = measured(run_args(prefix, pheno, out, *extra))
             what = "run --streaming on (local)" if w == 0 else f"run --streaming on --workers {w}"
             print(f"{n}x{p} {what}: {result}", flush=True)
-            rows.append({"n": n_file, "p": p, "what": what, "workers": w, **result, **_passes(out)})
+            record = run_record(out)
+            rows.append({"n": n_file, "p": p, "what": what, "workers": w, **result,
+                         **{k: record[k] for k in ("passes", "dask", "method_seconds", "estimates")}})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return rows

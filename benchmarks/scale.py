@@ -151,36 +151,58 @@ def run_args(prefix: Path, pheno: Path, out: Path, *extra: str) -> list[str]:
             "--methods", METHODS, "--streaming", "on", "--quiet", "--overwrite", "--out", str(out), *extra]
 
 
+def fileset_and_bare(work: Path, n: int, p: int, seed: int) -> tuple[Path, Path, int, dict]:
+    """Write the benchmark fileset into `work` and time the bare read + Z'Z of it:
+    (PLINK prefix, phenotype file, rows in the file, the bare row's measurements)."""
+    t = time.perf_counter()
+    prefix, pheno = make_fileset(work, n, p, seed)
+    print(f"{n}x{p}: fileset written in {time.perf_counter() - t:.0f} s", flush=True)
+    n_file = sum(1 for _ in open(str(prefix) + ".fam"))
+    bare = measured([sys.executable, "-c", BARE, str(prefix) + ".bed", str(n_file), str(p)])
+    print(f"  bare read + Z'Z: {bare}", flush=True)
+    return prefix, pheno, n_file, bare
+
+
+def run_record(out: Path) -> dict:
+    """What the benchmarks read from a run's results.json. Durations live in its "volatile" block
+    (`results.split_volatile`): `AnalysisResult.from_dict` puts the top-level ones (method_seconds) back
+    into the provenance, and each streamed pass's seconds are read from their dotted path."""
+    from invariant_mr.results import AnalysisResult
+
+    payload = json.loads((out / "results.json").read_text())
+    prov = AnalysisResult.from_dict(payload).provenance
+    volatile = payload.get("volatile", {})
+    streamed = prov.get("streamed_passes") or {}
+    passes = [{**x, "seconds": volatile.get(f"streamed_passes.passes[{i}].seconds", x.get("seconds"))}
+              for i, x in enumerate(streamed.get("passes", []))]
+    return {"provenance": prov, "method_seconds": prov.get("method_seconds", {}), "passes": passes,
+            "dask": streamed.get("dask"),
+            "estimates": {f"{e['method']}/{e['scope']}": e["estimate"] for e in payload["estimates"]}}
+
+
 def measure_size(n: int, p: int, seed: int, dask_workers: int | None, scratch: Path) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix=f"scale-{n}x{p}-", dir=scratch))
     rows = []
     try:
-        t = time.perf_counter()
-        prefix, pheno = make_fileset(work, n, p, seed)
-        made = time.perf_counter() - t
-        n_file = sum(1 for _ in open(str(prefix) + ".fam"))
-        bed = str(prefix) + ".bed"
-        print(f"{n}x{p}: fileset written in {made:.0f} s", flush=True)
-        bare = measured([sys.executable, "-c", BARE, bed, str(n_file), str(p)])
-        print(f"  bare read + Z'Z: {bare}", flush=True)
+        prefix, pheno, n_file, bare = fileset_and_bare(work, n, p, seed)
         rows.append({"n": n_file, "p": p, "what": "bare read + Z'Z", **bare})
         out = work / "out"
         result = measured(run_args(prefix, pheno, out))
-        prov = json.loads((out / "results.json").read_text())["provenance"]
+        local = run_record(out)
+        prov = local["provenance"]
         print(f"  run: {result}", flush=True)
         rows.append({"n": n_file, "p": p, "what": "run --streaming on", **result,
-                     "method_seconds": prov["method_seconds"], "passes": prov["streamed_passes"]["passes"],
+                     "method_seconds": local["method_seconds"], "passes": local["passes"],
                      "n_analysed": prov["samples"]["n_analysed"], "n_variants": prov["qc"]["n_variants_out"]})
         if dask_workers:
             out2 = work / "out_dask"
             result = measured(run_args(prefix, pheno, out2, "--workers", str(dask_workers)))
-            prov = json.loads((out2 / "results.json").read_text())["provenance"]
-            a = json.loads((out / "results.json").read_text())["estimates"]
-            b = json.loads((out2 / "results.json").read_text())["estimates"]
-            diff = max(abs(x["estimate"] - y["estimate"]) for x, y in zip(a, b) if x["estimate"] is not None and y["estimate"] is not None)
+            dask = run_record(out2)
+            a, b = local["estimates"], dask["estimates"]
+            diff = max(abs(a[k] - b[k]) for k in a if a[k] is not None and b.get(k) is not None)
             print(f"  run --workers {dask_workers}: {result}", flush=True)
             rows.append({"n": n_file, "p": p, "what": f"run --workers {dask_workers} (Dask LocalCluster)", **result,
-                         "method_seconds": prov["method_seconds"], "dask": prov["streamed_passes"].get("dask"),
+                         "method_seconds": dask["method_seconds"], "dask": dask["dask"],
                          "max_abs_diff_vs_local": diff})
     finally:
         shutil.rmtree(work, ignore_errors=True)
