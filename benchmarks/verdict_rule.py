@@ -72,7 +72,7 @@ RIGHT, NEAR = 0.05, 0.10
 
 def simulate(scenario: str, seed: int, n_per_env: int):
     """(MRData, theta) for one scenario and seed."""
-    from invariant_mr.io.genetic_input import fids_name_families
+    from invariant_mr.io.genetic_input import family_sizes
     from invariant_mr.simulation.genetic_dataset import simulate_genetic
     from invariant_mr.simulation.paper import simulate_paper
 
@@ -85,7 +85,7 @@ def simulate(scenario: str, seed: int, n_per_env: int):
         sim = simulate_genetic(scenario, seed=seed, **kw)
         # As `run --bfile` reads the fileset: FIDs that name families (assortative mating: sibships) make
         # the families the clusters and add within_family (`--family-col auto`, the default).
-        families = sim.family_ids is not None and fids_name_families(sim.family_ids)
+        families = sim.family_ids is not None and family_sizes(sim.family_ids) is not None
         return sim.to_mrdata(families=families), sim.theta
     setting, noise = scenario.rsplit("-noise", 1)
     sim = simulate_paper(setting, n_envs=2, n_per_env=n_per_env, seed=seed, noise=int(noise) / 100)

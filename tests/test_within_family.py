@@ -168,9 +168,9 @@ def test_cli_treats_fam_fids_as_families_by_default_and_none_turns_it_off(tmp_pa
 
 
 def test_fids_name_families_only_when_groups_are_family_sized():
-    from invariant_mr.io.genetic_input import MAX_FAMILY_SIZE, fids_name_families
+    from invariant_mr.io.genetic_input import MAX_FAMILY_SIZE, family_sizes
 
-    assert fids_name_families(["f1", "f1", "f2", "f3", "f3"])
-    assert not fids_name_families([f"i{k}" for k in range(50)])  # FID = IID: unrelated
-    assert not fids_name_families(["0"] * 50)  # a placeholder code, not a family
-    assert not fids_name_families(["cohortA"] * (MAX_FAMILY_SIZE + 1) + ["cohortB"] * 3)
+    assert family_sizes(["f1", "f1", "f2", "f3", "f3"]).to_dict() == {"f1": 2, "f3": 2, "f2": 1}
+    assert family_sizes([f"i{k}" for k in range(50)]) is None  # FID = IID: unrelated
+    assert family_sizes(["0"] * 50) is None  # a placeholder code, not a family
+    assert family_sizes(["cohortA"] * (MAX_FAMILY_SIZE + 1) + ["cohortB"] * 3) is None

@@ -152,15 +152,13 @@ def resolve_family_col(family_col: str | None, cluster: str | None, genetic: dic
         return family_col
     if cluster is not None or (genetic.get("bfile") is None and genetic.get("pfile") is None):
         return None
-    from invariant_mr.io.genetic_input import MAX_FAMILY_SIZE, fids_name_families, plink_family_ids
+    from invariant_mr.io.genetic_input import MAX_FAMILY_SIZE, family_sizes, plink_family_ids
 
     fids = plink_family_ids(bfile=genetic.get("bfile"), pfile=genetic.get("pfile"))
-    if fids is None or not fids_name_families(fids):
+    sizes = None if fids is None else family_sizes(fids)
+    if sizes is None:
         return None
     if not quiet:
-        import pandas as pd
-
-        sizes = pd.Series(fids).value_counts()
         click.echo(f"families: the FIDs group {int((sizes >= 2).sum())} families of 2-{int(sizes.max())} samples "
                    f"(at most {MAX_FAMILY_SIZE}): SEs clustered by family and within_family added "
                    "(--family-col none to ignore them)")

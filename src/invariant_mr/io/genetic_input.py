@@ -11,7 +11,6 @@ Every step's counts are kept (`SampleAccounting`, `VariantSelection`,
 
 from __future__ import annotations
 
-
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -142,9 +141,9 @@ def samples_in_file(path: str | os.PathLike, samples, option: str) -> np.ndarray
 
 def _join_extra_covariates(matched, extra: pd.DataFrame, min_samples_per_env: int, env_col: str):
     """Append the numeric columns of `extra` (keyed by IID) to the covariates of the matched samples."""
-
     names = [c for c in extra.columns if c not in ("FID", "IID")]
-    table = extra.drop_duplicates("IID").set_index(extra.drop_duplicates("IID")["IID"].astype(str))
+    unique = extra.drop_duplicates("IID")
+    table = unique.set_index(unique["IID"].astype(str))
     values = table.reindex([str(i) for i in matched.sample_ids])[names].to_numpy(dtype=float)
     found = ~np.isnan(values).any(axis=1)
     if not found.all():
@@ -163,11 +162,12 @@ def _join_extra_covariates(matched, extra: pd.DataFrame, min_samples_per_env: in
 MAX_FAMILY_SIZE = 20
 
 
-def fids_name_families(fids) -> bool:
-    """Whether FIDs describe families: some FID is shared by two or more samples, none by more than
-    `MAX_FAMILY_SIZE` (an FID equal to the IID, the usual code for unrelated samples, shares nothing)."""
+def family_sizes(fids) -> pd.Series | None:
+    """Samples per FID (largest first) when the FIDs describe families: some FID is shared by two or
+    more samples and none by more than `MAX_FAMILY_SIZE`; None otherwise (an FID equal to the IID, the
+    usual code for unrelated samples, shares nothing)."""
     counts = pd.Series(np.asarray(fids, dtype=object)).astype(str).str.strip().value_counts()
-    return bool(len(counts) and counts.iloc[0] >= 2 and counts.iloc[0] <= MAX_FAMILY_SIZE)
+    return counts if len(counts) and 2 <= counts.iloc[0] <= MAX_FAMILY_SIZE else None
 
 
 def plink_family_ids(*, bfile=None, pfile=None) -> np.ndarray | None:
