@@ -139,7 +139,8 @@ def _commit() -> str:
 
 def patch(args) -> None:
     methods = [m for m in args.methods.split(",") if m]
-    tag = args.tag or f"{'+'.join(methods)}@{_commit()}"
+    commit = _commit()
+    tag = args.tag or f"{'+'.join(methods)}@{commit}"
     scenarios = args.scenarios.split(",") if args.scenarios else SCENARIOS
     owned = lambda name: any(name == m or name.startswith(m + "/") for m in methods)
     for scenario in scenarios:
@@ -165,7 +166,7 @@ def patch(args) -> None:
             result["diagnostics"] = [d for d in result["diagnostics"] if not owned(d["name"])] + [
                 d for d in new["diagnostics"] if owned(d["name"])]
             record.setdefault("patches", []).append(
-                {"tag": tag, "methods": methods, "commit": _commit(), "seconds": round(seconds, 2)})
+                {"tag": tag, "methods": methods, "commit": commit, "seconds": round(seconds, 2)})
             # Rewrite the whole file atomically after each record: an interrupted patch loses nothing.
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
