@@ -1,0 +1,142 @@
+"""The verdict as a user gets it: `invariant-mr simulate`, then `invariant-mr run` on the files, default options.
+
+`benchmarks/verdict_rule.py` measures the rule on 180 in-memory analyses; this
+script checks the same answer end to end through the command line, on data
+sets with seeds that benchmark never uses, and on the README's PLINK example.
+Each case writes its files, runs the CLI in a fresh process, reads
+results.json (`verdict` and the estimates) and scores it with the rule of
+`verdict_rule.py` (right / near / wrong / declined; truth from truth.json).
+One extra row reruns the Balding-Nichols fileset with `invariant_genotype`
+(not a default method) added, to show its standing there.
+
+    python benchmarks/verdict_cli_checks.py
+
+writes benchmarks/results/verdict_cli_checks.{json,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from table_provenance import command_line, git_commit  # noqa: E402
+from verdict_rule import NEAR, RIGHT  # noqa: E402
+
+from invariant_mr.provenance import cpu_model  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+CLI = [sys.executable, "-m", "invariant_mr.cli"]
+TABLE = ["--env", "environment", "--exposure", "exposure", "--outcome", "outcome", "--instruments", "z*"]
+PLINK = ["--env-col", "environment", "--exposure", "exposure", "--outcome", "outcome"]
+
+#: (label, simulate arguments, input kind, extra run arguments)
+CASES = [
+    ("README example: Balding-Nichols, 500 variants, F_ST 0.1, seed 0",
+     ["--model", "balding-nichols", "--envs", "3", "--n-per-env", "2000", "--n-variants", "500", "--fst", "0.1",
+      "--seed", "0"], "plink", ["--covar", "age,sex"]),
+    ("assortative mating (sibship FIDs), seed 11",
+     ["--model", "assortative", "--envs", "3", "--n-per-env", "2000", "--n-variants", "200", "--seed", "11"],
+     "plink", []),
+    ("poly3, 2 envs, 5% noise on Z, seed 101",
+     ["--model", "paper", "--setting", "poly3", "--envs", "2", "--n-per-env", "3000", "--noise", "0.05",
+      "--seed", "101"], "table", []),
+    ("poly2, 3 envs, 1% noise on Z, seed 102",
+     ["--model", "paper", "--setting", "poly2", "--envs", "3", "--n-per-env", "2000", "--noise", "0.01",
+      "--seed", "102"], "table", []),
+    ("Balding-Nichols, 300 variants, F_ST 0.05, seed 103",
+     ["--model", "balding-nichols", "--envs", "3", "--n-per-env", "2000", "--n-variants", "300", "--fst", "0.05",
+      "--seed", "103"], "plink", ["--covar", "age,sex"]),
+    ("mlp, 2 envs, seed 104",
+     ["--model", "paper", "--setting", "mlp", "--envs", "2", "--n-per-env", "3000", "--seed", "104"], "table", []),
+]
+#: Reruns of a case's files with other methods: (label, case index, extra run arguments).
+EXTRA = [
+    ("Balding-Nichols seed 103 with invariant_genotype added", 4,
+     ["--methods", "tsls_pcs,tsht,invariant_linear,invariant_genotype"]),
+]
+
+
+def _run(args: list[str]) -> float:
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    subprocess.run([*CLI, *args], check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
+def _score(out: Path, theta: float) -> dict:
+    payload = json.loads((out / "results.json").read_text())
+    v = payload["verdict"][0]
+    pooled = {e["method"]: e for e in payload["estimates"] if e["scope"] == "pooled" and e["estimate"] is not None}
+    best = min((abs(e["estimate"] - theta) for e in pooled.values()), default=float("inf"))
+    if v["recommended"] is None:
+        outcome = "right" if best > NEAR else "declined"
+    else:
+        err = abs(v["estimate"] - theta)
+        outcome = "right" if err <= RIGHT else ("wrong" if err > NEAR else "near")
+    standings = {m["method"]: m["standing"] for m in v["methods"]}
+    f = {m: pooled[m]["first_stage_f"] for m in pooled}
+    return {"recommended": v["recommended"], "estimate": v["estimate"], "statement": v["statement"],
+            "outcome": outcome, "best_error": best, "standings": standings, "first_stage_f": f,
+            "estimates": {m: e["estimate"] for m, e in pooled.items()}}
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="verdict-cli-"))
+    rows = []
+    try:
+        data_dirs = []
+        for i, (label, sim_args, kind, run_extra) in enumerate(CASES):
+            data = work / f"data{i}"
+            _run(["simulate", *sim_args, "--out", str(data)])
+            data_dirs.append(data)
+            theta = json.loads((data / "truth.json").read_text())["theta"]
+            inputs = (["--table", str(data / "data.tsv"), *TABLE] if kind == "table" else
+                      ["--bfile", str(data / "genotypes"), "--pheno", str(data / "phenotypes.tsv"), *PLINK])
+            out = work / f"out{i}"
+            seconds = _run(["run", *inputs, *run_extra, "--quiet", "--out", str(out)])
+            rows.append({"case": label, "theta": theta, "seconds": round(seconds, 1), **_score(out, theta)})
+            print(f"{label}: {rows[-1]['outcome']} ({rows[-1]['recommended']})", flush=True)
+        for label, i, run_extra in EXTRA:
+            data, (_, _, _, base_extra) = data_dirs[i], CASES[i]
+            theta = json.loads((data / "truth.json").read_text())["theta"]
+            out = work / f"extra{i}"
+            seconds = _run(["run", "--bfile", str(data / "genotypes"), "--pheno", str(data / "phenotypes.tsv"), *PLINK,
+                            *base_extra, *run_extra, "--quiet", "--out", str(out)])
+            rows.append({"case": label, "theta": theta, "seconds": round(seconds, 1), **_score(out, theta)})
+            print(f"{label}: {rows[-1]['outcome']} ({rows[-1]['recommended']})", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    meta = {"command": command_line("benchmarks/verdict_cli_checks.py"), "commit": git_commit(),
+            "date": time.strftime("%Y-%m-%d"), "hardware": f"{os.cpu_count()}-core {cpu_model()}",
+            "python": sys.version.split()[0]}
+    (RESULTS / "verdict_cli_checks.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    lines = [
+        "# The verdict through the command line (`simulate`, then `run` on the files, default options)",
+        "",
+        f"Regenerate: `{meta['command']}`. Commit {meta['commit']}, {meta['date']}; {meta['hardware']}, "
+        f"Python {meta['python']}. Scored as in `verdict_rule.py`: right = the pick within {RIGHT} of the truth, "
+        f"or no pick and no estimate within {NEAR}; declined = no pick although one was within {NEAR}.",
+        "",
+        "| case | verdict | pick | outcome | best estimate's error | run s | standings of the designs that address confounding |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        pick = "none" if r["recommended"] is None else f"{r['recommended']} = {r['estimate']:.3f}"
+        shown = ", ".join(f"{m} {s} ({r['estimates'][m]:.3f}, F {r['first_stage_f'][m]:.1f})"
+                          for m, s in r["standings"].items() if s != "unadjusted" and m in r["estimates"]
+                          and r["first_stage_f"].get(m) is not None)
+        lines.append(f"| {r['case']} | {r['statement'].split(':')[0]} | {pick} | {r['outcome']} | "
+                     f"{r['best_error']:.3f} | {r['seconds']:.0f} | {shown} |")
+    (RESULTS / "verdict_cli_checks.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
