@@ -351,3 +351,53 @@ def test_a_verified_method_that_disagrees_with_a_supported_design_gives_no_answe
     agree = verdict(_result([*NAIVE, _est("invariant_linear", 1.2, se=0.09), _est("tsls_pcs", 1.21, se=0.02)],
                             [*_checks("invariant_linear"), j]))
     assert agree.recommended == "invariant_linear"
+
+
+def _many_instrument_leak(seed, n=1500, k=60):
+    """k instruments of modest strength (F about 4) that leak an environment-varying latent v. v is not
+    confounded but moves the exposure, so purging it lowers F and, with it, 2SLS's pull towards OLS."""
+    rng = np.random.default_rng(seed)
+    h, v = rng.standard_normal(n), rng.standard_normal(n)
+    Z = rng.standard_normal((n, k))
+    leaked = Z + 0.15 * np.outer(v, rng.standard_normal(k))
+    d = Z @ np.full(k, 0.055) + 0.5 * v + h + rng.standard_normal(n)
+    y = d + h + rng.standard_normal(n)
+    return y, d, leaked, v[:, None]
+
+
+def test_liml_leak_shift_keeps_its_size_where_2sls_would_see_a_leak_in_the_many_instrument_bias():
+    """A method estimating by LIML is checked with LIML: under an unconfounded leak the LIML shift rejects
+    within binomial bounds of 5% over 150 seeds, while the 2SLS shift, pulled by the changing
+    many-instrument bias, rejects far more often (so the LIML check is not the 2SLS one relabelled)."""
+    from scipy import stats as st
+
+    from invariant_mr.inference.diagnostics import _leak_features, leak_shift_test
+
+    reps = 150
+    rejections = {"tsls": 0, "liml": 0}
+    for seed in range(reps):
+        y, d, Z, v = _many_instrument_leak(seed)
+        features = _leak_features(v, (np.arange(y.size) % 2).astype(int))
+        for kappa in rejections:
+            rejections[kappa] += leak_shift_test(y, d, Z, features, kappa=kappa)[2] < 0.05
+    lo, hi = st.binom.ppf([0.0005, 0.9995], reps, 0.05)
+    assert lo <= rejections["liml"] <= hi, rejections
+    assert rejections["tsls"] > hi, rejections
+
+
+def test_liml_rows_are_held_to_stock_yogos_liml_threshold_and_2sls_rows_to_f_10():
+    from invariant_mr.inference.instrument_strength import LIML_SIZE10, weak_f_threshold
+
+    assert weak_f_threshold("liml", 1) == (16.38, "Stock-Yogo LIML 10% size, 1 instruments")
+    assert weak_f_threshold("liml", 19)[0] == 3.18 and weak_f_threshold("liml", 100)[0] == 3.83
+    assert weak_f_threshold("liml", 194)[0] == 3.90 == max(LIML_SIZE10[32:])  # beyond the table: its tail's largest
+    assert weak_f_threshold("tsls", 194)[0] == weak_f_threshold(None, 5)[0] == weak_f_threshold("fuller", 50)[0] == 10.0
+    diags = [*NAIVE_DIAGS, *_checks("invariant_genotype")]
+    liml = _est("invariant_genotype", 1.01, f=6.0, k=194, extra={"estimator": "liml"})
+    assert verdict(_result([*NAIVE, liml], diags)).recommended == "invariant_genotype"
+    weak_liml = _est("invariant_genotype", 1.01, f=3.5, k=194, extra={"estimator": "liml"})
+    v = verdict(_result([*NAIVE, weak_liml], diags))
+    assert v.recommended is None and "3.9, Stock-Yogo LIML 10% size, 194 instruments" in " ".join(
+        v.standing("invariant_genotype").failed)
+    tsls = _est("invariant_genotype", 1.01, f=6.0, k=194, extra={"estimator": "tsls"})
+    assert verdict(_result([*NAIVE, tsls], diags)).standing("invariant_genotype").standing == "weak"

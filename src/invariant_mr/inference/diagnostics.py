@@ -413,9 +413,9 @@ def _purge_fit(X, features, groups):
     return fitted, design, labels
 
 
-def leak_shift_test(outcome, exposure, instruments, features, controls=None, *, groups=None, clusters=None
-                    ) -> tuple[float, float, float, float]:
-    """How much the 2SLS estimate moves when the instruments are purged of their leak.
+def leak_shift_test(outcome, exposure, instruments, features, controls=None, *, groups=None, clusters=None,
+                    kappa: str = "tsls") -> tuple[float, float, float, float]:
+    """How much the 2SLS (or, with `kappa="liml"`, LIML) estimate moves when the instruments are purged of their leak.
 
     `instruments` (n, m) are purged of their least-squares fit on [1,
     `features`] (within each of `groups`, the cross-fitting folds; then both
@@ -429,8 +429,22 @@ def leak_shift_test(outcome, exposure, instruments, features, controls=None, *, 
     outcome's error (they describe the confounded, environment-varying part).
     A leak that shifts the estimate by less than this SE cannot be told from
     sampling noise, and one that shifts it by several SEs biases it.
+
+    With hundreds of instruments of modest strength, 2SLS is pulled towards
+    OLS by about k / (n F) of the OLS bias; the purge lowers F, so two 2SLS
+    fits would differ by that pull even without a leak. A method that
+    estimates by LIML (median-unbiased under many instruments) is therefore
+    checked with LIML on both sets (`kappa="liml"`): each is the k-class
+    estimator with its own LIML kappa, whose influence function (kappa held
+    fixed, as in the usual first-order theory) is that of an IV estimator
+    with instrument kappa * dhat + (1 - kappa) * d.
     """
+    from scipy import linalg as sla
+
     from invariant_mr.inference.crossfit import fold_interacted
+
+    if kappa not in ("tsls", "liml"):
+        raise InputError(f"the leak shift is computed by 2SLS or LIML, not {kappa!r}")
 
     y = np.asarray(outcome, dtype=float).ravel()
     d = np.asarray(exposure, dtype=float).ravel()
@@ -446,13 +460,22 @@ def leak_shift_test(outcome, exposure, instruments, features, controls=None, *, 
     influence, thetas = [], []
     for which, Z in enumerate(sets):
         Zt = residualize(Z, basis)
-        pi, *_ = np.linalg.lstsq(Zt, dt, rcond=None)
-        dhat = Zt @ pi
+        coef, *_ = np.linalg.lstsq(Zt, np.column_stack([dt, yt]), rcond=None)
+        pi = coef[:, 0]
+        fitted_dy = Zt @ coef
+        dhat = fitted_dy[:, 0]
         if not np.any(dhat):
             raise InputError("the purged instruments are empty: the leak features span them")
-        theta = float(dhat @ yt / (dhat @ dt))
+        k_val = 1.0
+        if kappa == "liml":
+            # Smallest root of det(E'E - k E'M_Z E) = 0, E = [y, d] net of the controls.
+            E = np.column_stack([yt, dt])
+            Ez = E - fitted_dy[:, ::-1]
+            k_val = float(sla.eigh(E.T @ E, Ez.T @ Ez, eigvals_only=True).min())
+        w = k_val * dhat + (1.0 - k_val) * dt
+        theta = float(w @ yt / (w @ dt))
         u = yt - theta * dt
-        score = dhat * u
+        score = w * u
         if which == 1:
             # The purge's coefficients were estimated: their error moves the numerator by
             # -g' M^-1 mean(D s) within each group, g = mean(D u), M = mean(D D'), s = purged @ pi.
@@ -462,9 +485,9 @@ def leak_shift_test(outcome, exposure, instruments, features, controls=None, *, 
                 D = design[m]
                 g = D.T @ u[m] / n
                 M = D.T @ D / n
-                score[m] = score[m] - (D @ np.linalg.lstsq(M, g, rcond=None)[0]) * s_raw[m]
+                score[m] = score[m] - k_val * (D @ np.linalg.lstsq(M, g, rcond=None)[0]) * s_raw[m]
         thetas.append(theta)
-        influence.append(score / (dhat @ dt / n))
+        influence.append(score / (w @ dt / n))
     diff = (influence[0] - influence[1])[:, None]
     se = float(np.sqrt(score_outer(diff, cl)[0, 0])) / n
     shift = thetas[0] - thetas[1]
@@ -491,6 +514,7 @@ def instrument_diagnostics(
     folds: np.ndarray | None = None,
     max_rows: int = DIAGNOSTIC_MAX_ROWS,
     clusters: np.ndarray | None = None,
+    kappa: str = "tsls",
 ) -> list[Diagnostic]:
     """All four checks for `instruments` (n, k) of `data`.
 
@@ -514,6 +538,9 @@ def instrument_diagnostics(
     `settings.cov_type == "cluster"`): J and F are cluster-robust, and MMD and HSIC
     permute whole clusters (a subsample keeps whatever members of each
     cluster it draws).
+
+    `kappa` is the estimator the method reports ("tsls" or "liml"); the leak
+    shift compares two fits of that estimator (see `leak_shift_test`).
     """
     from invariant_mr.inference.crossfit import fold_dummies, fold_interacted
 
@@ -610,7 +637,8 @@ def instrument_diagnostics(
 
     controls = exogenous_controls(data, env_fixed_effects, extra_controls)
     if not np.all(Y.std(axis=0) <= 1e-8 * max(1.0, data.instrument_abs_max())):
-        out.append(_leak_diagnostic(prefix + "leak_shift", data, X, Y, rows, strata, controls, clusters, alpha))
+        out.append(_leak_diagnostic(prefix + "leak_shift", data, X, Y, rows, strata, controls, clusters, alpha,
+                                    kappa))
     name = prefix + "overidentification_j"
     try:
         stat, p, df = sargan_hansen_j(
@@ -641,7 +669,7 @@ def instrument_diagnostics(
     return out
 
 
-def _leak_diagnostic(name, data, X, Y, rows, strata, controls, clusters, alpha) -> Diagnostic:
+def _leak_diagnostic(name, data, X, Y, rows, strata, controls, clusters, alpha, kappa="tsls") -> Diagnostic:
     """The leak check on the tested rows: the estimate's shift when the instruments lose what the
     environment-varying component (Y) predicts of them. MMD and HSIC say whether a leak exists; this
     says whether it matters for the estimate (docs/verdict.md). The purged instruments' strength is
@@ -653,7 +681,7 @@ def _leak_diagnostic(name, data, X, Y, rows, strata, controls, clusters, alpha) 
         # the estimate's fold-interacted instruments span (fold effects are among the controls).
         shift, se, p, f_purged = leak_shift_test(
             data.outcome[rows], data.exposure[rows], X[rows], feats, ctrl, groups=strata,
-            clusters=None if clusters is None else clusters[rows],
+            clusters=None if clusters is None else clusters[rows], kappa=kappa,
         )
     except (InputError, np.linalg.LinAlgError) as exc:
         return _invalid(name, "pooled", str(exc))
@@ -666,6 +694,7 @@ def _leak_diagnostic(name, data, X, Y, rows, strata, controls, clusters, alpha) 
     )
     return Diagnostic(name, "pooled", shift, p, flag, {
         "shift": shift, "se": se, "purged_first_stage_f": f_purged, "features": int(feats.shape[1]), "rows": int(rows.size),
+        "estimator": kappa,
     })
 
 

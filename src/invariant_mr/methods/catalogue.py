@@ -126,7 +126,7 @@ BUILTIN_METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("invariant_genotype", f"{_G}:invariant_genotype",
                "LIML (Bekker SE) on the genotype with the directions that shift across environments removed "
                "(per-variant scaling within environments); for population structure",
-               default=False, options=o.GENOTYPE_INVARIANT_OPTIONS, family=o.GENOTYPE_INVARIANT),
+               options=o.GENOTYPE_INVARIANT_OPTIONS, family=o.GENOTYPE_INVARIANT),
     MethodSpec("invariant_polynomial", f"{_P}:invariant_polynomial",
                "2SLS on invariant latents identified by a polynomial decoder (linear encoder, or under measurement "
                "noise a projection onto the decoder's surface; cross-fitted, stage-2 bootstrap SE); for polynomial "

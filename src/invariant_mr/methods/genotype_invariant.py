@@ -97,7 +97,7 @@ def invariant_genotype(data: MRData, ctx: MethodContext) -> MethodOutput:
             out.append(Estimate.unavailable(NAME, row.scope, int(mask.sum()), hw.shape[1], str(exc)))
     removed = learner.removed_scores(data.Z, data.env) if learner.removed_.shape[1] else None
     diagnostics = instrument_diagnostics(data, hw, ctx.inference, complement=removed, method=NAME,
-                                         clusters=data.clusters)
+                                         clusters=data.clusters, kappa="liml")
     spectrum = {
         "mean_shift_eigenvalues": learner.mean_shift_eigenvalues_.tolist(),
         "cov_shift_eigenvalues": learner.cov_shift_eigenvalues_[:50].tolist(),

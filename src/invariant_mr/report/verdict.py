@@ -53,10 +53,12 @@ from typing import Any
 
 from scipy.special import ndtri  # scipy.stats.norm.ppf is ndtri; scipy.stats is slow to import
 
+from invariant_mr.inference.instrument_strength import RULE_OF_THUMB_F, weak_f_threshold
 from invariant_mr.results import AnalysisResult, Diagnostic, Estimate, format_pvalue
 
-#: First-stage F below which instruments are called weak (Staiger & Stock 1997).
-WEAK_F = 10.0
+#: First-stage F below which 2SLS instruments are called weak (Staiger & Stock 1997); LIML rows use
+#: Stock & Yogo's LIML size thresholds (`inference.instrument_strength`).
+WEAK_F = RULE_OF_THUMB_F
 #: I^2_GX below which the MR-Egger slope is diluted (Bowden et al. 2016).
 MIN_I_SQUARED_GX = 0.9
 
@@ -104,7 +106,7 @@ STANDINGS = {
     "supported": "addresses the confounding; strong; its overidentification check passes (cannot see a shared bias)",
     "unchecked": "addresses the confounding, but no validity check ran",
     "failed": "at least one check fails",
-    "weak": "weak or unknown instrument strength (F < 10)",
+    "weak": "weak or unknown instrument strength (F below the estimator's threshold: 10 for 2SLS, Stock-Yogo's for LIML)",
     "unadjusted": "uses the variants as they are: cannot remove confounding shared by all variants (a reference)",
     "consistent": "pleiotropy checks pass",
 }
@@ -271,6 +273,11 @@ def _holm(pvalues: Mapping[str, float], alpha: float) -> set[str]:
     return rejected
 
 
+def _weak_below(e: Estimate) -> tuple[float, str]:
+    """The first-stage F below which `e`'s instruments are weak for its estimator, and the source."""
+    return weak_f_threshold(e.extra.get("estimator"), e.n_instruments)
+
+
 def _strength(e: Estimate, by_name: Mapping[str, Diagnostic]) -> float | None:
     f = e.first_stage_f
     own = by_name.get(f"{e.method}/first_stage_f")
@@ -301,7 +308,7 @@ def _weigh_leak(e: Estimate, checks: list[Check], by_name: Mapping[str, Diagnost
     if leak is None or not leak.passed or d is None:
         return checks
     f_purged, shift, se = (d.detail.get(k) for k in ("purged_first_stage_f", "shift", "se"))
-    if not (_finite(f_purged) and f_purged >= WEAK_F and _finite(se) and _finite(e.se)
+    if not (_finite(f_purged) and f_purged >= _weak_below(e)[0] and _finite(se) and _finite(e.se)
             and se <= LEAK_SE_RATIO * float(e.se)):
         return checks
     out = []
@@ -320,10 +327,12 @@ def _assess(e: Estimate, by_name: Mapping[str, Diagnostic], rejected: set[str], 
     design = "unadjusted" if summary_input else design_of(e.method)
     checks: list[Check] = []
     f = _strength(e, by_name)
+    weak_f, source = _weak_below(e)
     if f is not None:
-        ok = f >= WEAK_F
+        ok = f >= weak_f
+        bar = f"{weak_f:g}" if weak_f == WEAK_F else f"{weak_f:g}, {source}"
         checks.append(Check("strength", "strength", None, ok,
-                            f"strong instruments (F = {f:.1f})" if ok else f"weak instruments (F = {f:.1f} < {WEAK_F:g})"))
+                            f"strong instruments (F = {f:.1f})" if ok else f"weak instruments (F = {f:.1f} < {bar})"))
     for suffix, (label, kind) in METHOD_CHECKS.items():
         name = f"{e.method}/{suffix}"
         d = by_name.get(name)
@@ -360,7 +369,7 @@ def _assess(e: Estimate, by_name: Mapping[str, Diagnostic], rejected: set[str], 
         standing = "unadjusted"
     elif any(not c.passed for c in checks if c.kind != "strength"):
         standing = "failed"
-    elif f is None or f < WEAK_F:
+    elif f is None or f < weak_f:
         standing = "weak"
     elif summary_input:
         standing = "consistent"
