@@ -6,8 +6,9 @@ sets with seeds that benchmark never uses, and on the README's PLINK example.
 Each case writes its files, runs the CLI in a fresh process, reads
 results.json (`verdict` and the estimates) and scores it with the rule of
 `verdict_rule.py` (right / near / wrong / declined; truth from truth.json).
-One extra row reruns the Balding-Nichols fileset with `invariant_genotype`
-(not a default method) added, to show its standing there.
+Genotype cases include fine-scale structure (`demes`) and a second
+Balding-Nichols draw, where the genotype-native `invariant_genotype` (a
+default method) and PCs are the designs that address confounding.
 
     python benchmarks/verdict_cli_checks.py
 
@@ -55,11 +56,11 @@ CASES = [
       "--seed", "103"], "plink", ["--covar", "age,sex"]),
     ("mlp, 2 envs, seed 104",
      ["--model", "paper", "--setting", "mlp", "--envs", "2", "--n-per-env", "3000", "--seed", "104"], "table", []),
-]
-#: Reruns of a case's files with other methods: (label, case index, extra run arguments).
-EXTRA = [
-    ("Balding-Nichols seed 103 with invariant_genotype added", 4,
-     ["--methods", "tsls_pcs,tsht,invariant_linear,invariant_genotype"]),
+    ("Balding-Nichols, 200 variants, F_ST 0.1, seed 105",
+     ["--model", "balding-nichols", "--envs", "3", "--n-per-env", "2000", "--n-variants", "200", "--fst", "0.1",
+      "--seed", "105"], "plink", ["--covar", "age,sex"]),
+    ("demes (fine-scale structure), seed 106",
+     ["--model", "demes", "--envs", "3", "--n-per-env", "2000", "--n-variants", "200", "--seed", "106"], "plink", []),
 ]
 
 
@@ -91,24 +92,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="verdict-cli-"))
     rows = []
     try:
-        data_dirs = []
         for i, (label, sim_args, kind, run_extra) in enumerate(CASES):
             data = work / f"data{i}"
             _run(["simulate", *sim_args, "--out", str(data)])
-            data_dirs.append(data)
             theta = json.loads((data / "truth.json").read_text())["theta"]
             inputs = (["--table", str(data / "data.tsv"), *TABLE] if kind == "table" else
                       ["--bfile", str(data / "genotypes"), "--pheno", str(data / "phenotypes.tsv"), *PLINK])
             out = work / f"out{i}"
             seconds = _run(["run", *inputs, *run_extra, "--quiet", "--out", str(out)])
-            rows.append({"case": label, "theta": theta, "seconds": round(seconds, 1), **_score(out, theta)})
-            print(f"{label}: {rows[-1]['outcome']} ({rows[-1]['recommended']})", flush=True)
-        for label, i, run_extra in EXTRA:
-            data, (_, _, _, base_extra) = data_dirs[i], CASES[i]
-            theta = json.loads((data / "truth.json").read_text())["theta"]
-            out = work / f"extra{i}"
-            seconds = _run(["run", "--bfile", str(data / "genotypes"), "--pheno", str(data / "phenotypes.tsv"), *PLINK,
-                            *base_extra, *run_extra, "--quiet", "--out", str(out)])
             rows.append({"case": label, "theta": theta, "seconds": round(seconds, 1), **_score(out, theta)})
             print(f"{label}: {rows[-1]['outcome']} ({rows[-1]['recommended']})", flush=True)
     finally:
