@@ -81,7 +81,7 @@ def scatter_plot(ss: SummaryStatistics, result: AnalysisResult | None = None, *,
     ax.set_title("Variant associations (oriented to a positive exposure effect)")
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    _tick_label_margins(fig, ax)
     return fig
 
 
@@ -100,7 +100,7 @@ def funnel_plot(ss: SummaryStatistics, result: AnalysisResult | None = None, *, 
     ax.set_title("Funnel plot: asymmetry suggests directional pleiotropy")
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    _tick_label_margins(fig, ax)
     return fig
 
 
@@ -126,6 +126,18 @@ def _fixed_margins(fig, labels: Sequence[str]) -> None:
     longest = max((len(str(label)) for label in labels), default=4)
     left = min(0.6, (0.3 + 0.065 * longest) / width)
     fig.subplots_adjust(left=left, right=0.97, top=1 - 0.45 / height, bottom=0.55 / height)
+
+
+def _tick_label_margins(fig, ax) -> None:
+    """Margins for a single-axes figure from the length of its y tick labels, instead of `tight_layout`,
+    which measured every artist of the figure in a layout pass costing about as much as drawing it.
+    The ticks depend on the axes' height, so they are read after a first adjustment."""
+    width, height = fig.get_size_inches()
+    # Inches: the y label and tick marks, then each character of a 10-point tick label (fitted to what
+    # tight_layout chose for 1- and 6-character labels); room for the title above, the x axis below.
+    fig.subplots_adjust(left=1.0 / width, right=1 - 0.25 / width, top=1 - 0.4 / height, bottom=0.6 / height)
+    longest = max((len(label.get_text()) for label in ax.get_yticklabels()), default=1)
+    fig.subplots_adjust(left=min(0.4, (0.46 + 0.087 * longest) / width))
 
 
 def leave_one_out_plot(ss: SummaryStatistics, *, alpha: float = 0.05):
