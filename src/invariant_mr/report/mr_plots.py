@@ -142,12 +142,12 @@ def _interval_rows(ax, labels: Sequence[str], est, lo, hi, *, colors=None) -> li
 def _place_ylabel(ax, texts) -> None:
     """Put the y label left of the row labels, where the axis would put it beside tick labels (it only
     knows its ticks): measured on the few longest labels, after the margins are set."""
+    import matplotlib as mpl
+
     fig = ax.get_figure()
     renderer = fig.canvas.get_renderer()
     widest = max((t.get_window_extent(renderer).width for t in sorted(texts, key=lambda t: len(t.get_text()))[-5:]),
                  default=0.0)
-    import matplotlib as mpl
-
     rc = mpl.rcParams
     gap = (rc["ytick.major.size"] + rc["ytick.major.pad"] + rc["axes.labelpad"]) * fig.dpi / 72
     ax.yaxis.set_label_coords(-(widest + gap) / ax.bbox.width, 0.5)
