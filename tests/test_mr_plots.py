@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +32,8 @@ def _drawn(fig):
 
 
 def _inside(box, frame) -> bool:
-    return box.x0 >= frame.x0 - 0.5 and box.x1 <= frame.x1 + 0.5 and box.y0 >= frame.y0 - 0.5 and box.y1 <= frame.y1 + 0.5
+    return (box.x0 >= frame.x0 - 0.5 and box.x1 <= frame.x1 + 0.5
+            and box.y0 >= frame.y0 - 0.5 and box.y1 <= frame.y1 + 0.5)
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e-3, 1e3])

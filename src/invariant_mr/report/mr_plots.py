@@ -128,7 +128,8 @@ def _interval_rows(ax, labels: Sequence[str], est, lo, hi, *, colors=None) -> li
     axis_x = ax.get_yaxis_transform()  # x in axes fraction, y in data
     ax.plot(np.zeros(len(y)), y, ls="none", marker=TICKLEFT, ms=rc["ytick.major.size"], mew=rc["ytick.major.width"],
             color=rc["ytick.color"], transform=axis_x, clip_on=False)
-    shift = ScaledTranslation(-(rc["ytick.major.size"] + rc["ytick.major.pad"]) / 72, 0, ax.get_figure().dpi_scale_trans)
+    pad = (rc["ytick.major.size"] + rc["ytick.major.pad"]) / 72  # inches, as the axis places tick labels
+    shift = ScaledTranslation(-pad, 0, ax.get_figure().dpi_scale_trans)
     size = 7 if len(labels) > 30 else 8
     texts = [ax.text(0, yi, str(label), transform=axis_x + shift, ha="right", va="center_baseline", fontsize=size,
                      color=rc["ytick.labelcolor"] if rc["ytick.labelcolor"] != "inherit" else rc["ytick.color"])
