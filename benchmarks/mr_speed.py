@@ -91,6 +91,7 @@ def main() -> None:
         "command": "python benchmarks/mr_speed.py" + ("" if args.repeats == 5 else f" --repeats {args.repeats}"),
         "commit": commit, "date": date.today().isoformat(), "cpu": cpu_model(), "cores": os.cpu_count(),
         "python": sys.version.split()[0], "repeats": args.repeats, "load_average_1min": loads,
+        "bytecode_cache": not os.environ.get("PYTHONDONTWRITEBYTECODE"),
         "results": {k: {"wall_median_s": statistics.median(wall[k]), "cpu_median_s": statistics.median(cpu[k]),
                         "wall_s": wall[k], "cpu_s": cpu[k]} for k in CONFIGS},
     }  # fmt: skip
@@ -110,7 +111,9 @@ def main() -> None:
         "Data: TwoSampleMR's BMI (ieu-a-2) -> CHD (ieu-a-7) example, two GWAS files harmonised by the run.",
         f"Target (issue 21): at most 3 s. Machine load (1-min average) during the runs: "
         f"{min(loads):.1f}-{max(loads):.1f} on {record['cores']} cores, so wall time includes waiting for "
-        "the CPU; the CPU time (user + system of the run) is what the program costs.",
+        "the CPU; the CPU time (user + system of the run) is what the program costs."
+        + ("" if record["bytecode_cache"] else " PYTHONDONTWRITEBYTECODE was set: each run compiled the package's "
+           "own modules from source (both checkouts alike), which an installed package does not."),
         "",
         "| configuration | median wall s | median CPU s |",
         "|---|---|---|",

@@ -19,21 +19,56 @@ from invariant_mr.io.output import release_all_locks
 EXIT_USER_ERROR = 2
 
 
-def build_cli() -> click.Group:
-    from invariant_mr.cli.demo import demo
-    from invariant_mr.cli.listing import methods
-    from invariant_mr.cli.mr import mr
-    from invariant_mr.cli.portable import apply, fit
-    from invariant_mr.cli.run import run
-    from invariant_mr.cli.simulate import simulate
+#: Each command's "module:attribute". A command's module is imported only when that command runs
+#: (or `--help` lists it): `mr` need not pay for `demo`'s or `run`'s imports (click's LazyGroup pattern).
+COMMANDS = {
+    "apply": "invariant_mr.cli.portable:apply",
+    "demo": "invariant_mr.cli.demo:demo",
+    "fit": "invariant_mr.cli.portable:fit",
+    "methods": "invariant_mr.cli.listing:methods",
+    "mr": "invariant_mr.cli.mr:mr",
+    "run": "invariant_mr.cli.run:run",
+    "simulate": "invariant_mr.cli.simulate:simulate",
+}
 
-    @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class _LazyCommands(dict):
+    """name -> click command, importing the command's module the first time the name is looked up,
+    so `group.commands["run"]` works as on a plain group."""
+
+    def __missing__(self, name: str) -> click.Command:
+        if name not in COMMANDS:
+            raise KeyError(name)
+        import importlib
+
+        module, attribute = COMMANDS[name].split(":")
+        command = self[name] = getattr(importlib.import_module(module), attribute)
+        return command
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are named up front (`COMMANDS`) and imported on first use."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _LazyCommands(self.commands)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        try:
+            return self.commands[cmd_name]
+        except KeyError:
+            return None
+
+
+def build_cli() -> click.Group:
+    @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
     @click.version_option(__version__, prog_name="invariant-mr")
     def cli():
         """Mendelian randomization with instruments that are invariant across environments."""
 
-    for command in (methods, run, mr, demo, simulate, fit, apply):
-        cli.add_command(command)
     return cli
 
 

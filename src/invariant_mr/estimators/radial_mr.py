@@ -58,9 +58,12 @@ def _exact_random_bootstrap(bx, sx, by, sy, idx: np.ndarray) -> np.ndarray:
     max(1, first-order residual variance) + 0.001 such that Q at its minimising beta equals L - 1
     (the bound nearest to it when Q - (L - 1) keeps one sign), beta the minimiser of Q within 10
     first-order SEs of the first-order estimate. Instead of R's two nested `optimize` calls per
-    draw, every draw is solved together: bisection on phi, Newton steps on dQ/dbeta = 0 warm-started
-    from the previous beta. A bootstrap SE is a Monte Carlo quantity; the minimisers agree with
-    `optimize`'s to far below its error.
+    draw, every draw is solved together: Newton steps on phi kept inside the bracket (by the
+    envelope theorem, dQ/dphi at the minimising beta is the partial derivative), each on top of
+    Newton steps on dQ/dbeta = 0 warm-started from the previous beta, both with analytic
+    derivatives, and a draw leaves the loop once its phi stops moving. That is machine precision
+    in a handful of steps: the draws agree with the 50-step bisection this replaced to about 1e-15
+    (tests/test_radial_mr.py), and with `optimize`'s to far below its error.
     """
     X, SX, Y, SY = bx[idx], sx[idx], by[idx], sy[idx]
     df = idx.shape[1] - 1
@@ -75,38 +78,56 @@ def _exact_random_bootstrap(bx, sx, by, sy, idx: np.ndarray) -> np.ndarray:
     lb, ub = s1 - 10 * se1, s1 + 10 * se1
     a, c = SY**2 / X**2, SX**2 / X**2
 
-    def q(beta, phi):
-        return np.sum((r - beta[:, None]) ** 2 / (phi[:, None] * a + beta[:, None] ** 2 * c), axis=1)
+    def q_and_slope(rows, beta, phi):
+        """Q(beta, phi) - df and dQ/dphi at fixed beta, on the draws `rows`."""
+        ar = a[rows]
+        e2 = (r[rows] - beta[:, None]) ** 2
+        den = phi[:, None] * ar + beta[:, None] ** 2 * c[rows]
+        t = e2 / den
+        return np.sum(t, axis=1) - df, -np.sum(t * ar / den, axis=1)
 
-    def dq(beta, phi):
-        e = r - beta[:, None]
-        den = phi[:, None] * a + beta[:, None] ** 2 * c
-        return np.sum(-2 * e / den - 2 * beta[:, None] * c * e**2 / den**2, axis=1)
-
-    def beta_at(phi, beta):
+    def beta_at(rows, phi, beta):
+        """The minimiser of Q(., phi) on the draws `rows` by Newton steps with the analytic second
+        derivative; where Q is not convex (second derivative <= 0) the step is skipped."""
+        rr, ar, cr, lo_b, hi_b = r[rows], a[rows] * phi[:, None], c[rows], lb[rows], ub[rows]
         for _ in range(50):
-            h = 1e-6 * np.maximum(1.0, np.abs(beta))
-            g, g2 = dq(beta, phi), (dq(beta + h, phi) - dq(beta - h, phi)) / (2 * h)
+            b = beta[:, None]
+            e = rr - b
+            inv = 1.0 / (ar + b**2 * cr)
+            bce = b * cr * e * inv
+            g = np.sum(-2 * e * inv * (1 + bce), axis=1)
+            g2 = np.sum(2 * inv * (1 + 4 * bce + 4 * bce * bce - cr * e * e * inv), axis=1)
             step = np.where(g2 > 0, g / np.where(g2 > 0, g2, 1.0), 0.0)
-            beta = np.clip(beta - step, lb, ub)
+            beta = np.clip(beta - step, lo_b, hi_b)
             if np.all(np.abs(step) <= 1e-12 * np.maximum(1.0, np.abs(beta))):
                 break
         return beta
 
+    every = np.arange(idx.shape[0])
     lo, hi = np.maximum(1.0, sig2), np.maximum(1.0, sig1) + 0.001
-    beta = beta_at(lo, s1.copy())
-    f_lo = q(beta, lo) - df
-    beta_hi = beta_at(hi, beta.copy())
-    f_hi = q(beta_hi, hi) - df
-    for _ in range(50):  # Q falls as phi grows: keep the bracket [lo, hi] around Q = df
-        mid = (lo + hi) / 2
-        beta = beta_at(mid, beta)
-        above = q(beta, mid) - df > 0
-        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    phi = (lo + hi) / 2
+    beta_lo = beta_at(every, lo, s1.copy())
+    f_lo = q_and_slope(every, beta_lo, lo)[0]
+    beta_hi = beta_at(every, hi, beta_lo.copy())
+    f_hi = q_and_slope(every, beta_hi, hi)[0]
     # No sign change in the bracket: the bound where Q is nearest L - 1, as `optimize` of (Q - df)^2 returns.
-    phi = np.where((f_lo > 0) & (f_hi > 0), hi, np.where((f_lo < 0) & (f_hi < 0), lo, phi))
-    return beta_at(phi, beta)
+    phi = np.where(f_lo <= 0, lo, hi)
+    beta = np.where(f_lo <= 0, beta_lo, beta_hi)
+    # Q falls as phi grows (and is convex in it): Newton from the middle of the bracket [lo, hi] around
+    # Q = df, bisecting whenever a step would leave the bracket.
+    active = np.flatnonzero((f_lo > 0) & (f_hi < 0))
+    p, b, lo, hi = (lo[active] + hi[active]) / 2, (beta_lo[active] + beta_hi[active]) / 2, lo[active], hi[active]
+    for _ in range(100):
+        if active.size == 0:
+            break
+        b = beta_at(active, p, b)
+        f, slope = q_and_slope(active, b, p)
+        lo, hi = np.where(f > 0, p, lo), np.where(f > 0, hi, p)
+        newton = p - f / np.where(slope < 0, slope, -np.inf)
+        new = np.where((newton >= lo) & (newton <= hi), newton, (lo + hi) / 2)
+        moving = (np.abs(new - p) > 4 * np.finfo(float).eps * p) & (f != 0)
+        phi[active], beta[active] = new, b
+        active, p, b, lo, hi = active[moving], new[moving], b[moving], lo[moving], hi[moving]
+    return beta_at(every, phi, beta)
 
 
 @dataclass(frozen=True)

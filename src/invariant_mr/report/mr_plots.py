@@ -81,7 +81,7 @@ def scatter_plot(ss: SummaryStatistics, result: AnalysisResult | None = None, *,
     ax.set_title("Variant associations (oriented to a positive exposure effect)")
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    _tick_label_margins(fig, ax)
     return fig
 
 
@@ -100,11 +100,21 @@ def funnel_plot(ss: SummaryStatistics, result: AnalysisResult | None = None, *, 
     ax.set_title("Funnel plot: asymmetry suggests directional pleiotropy")
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    _tick_label_margins(fig, ax)
     return fig
 
 
-def _interval_rows(ax, labels: Sequence[str], est, lo, hi, *, colors=None) -> None:
+def _interval_rows(ax, labels: Sequence[str], est, lo, hi, *, colors=None) -> list:
+    """One row per label, top to bottom: point and interval, the label where a y tick label would be.
+
+    The labels are plain texts and the tick marks one line of tick markers, not ~80 axis ticks: each
+    tick is three lines and two texts, and creating and drawing them was a third of these figures'
+    cost. Returns the label texts (`_place_ylabel` measures them).
+    """
+    import matplotlib as mpl
+    from matplotlib.markers import TICKLEFT
+    from matplotlib.transforms import ScaledTranslation
+
     y = np.arange(len(labels))
     est, lo, hi = (np.asarray(a, dtype=float) for a in (est, lo, hi))
     colors = ["C0"] * len(labels) if colors is None else list(colors)
@@ -113,10 +123,35 @@ def _interval_rows(ax, labels: Sequence[str], est, lo, hi, *, colors=None) -> No
         rows = np.array([c == color for c in colors])
         ax.errorbar(est[rows], y[rows], xerr=[est[rows] - lo[rows], hi[rows] - est[rows]], fmt="o", ms=3.5,
                     capsize=2, color=color, ls="none")
-    ax.set_yticks(y, labels, fontsize=7 if len(labels) > 30 else 8)
+    ax.set_yticks([])
+    rc = mpl.rcParams
+    axis_x = ax.get_yaxis_transform()  # x in axes fraction, y in data
+    ax.plot(np.zeros(len(y)), y, ls="none", marker=TICKLEFT, ms=rc["ytick.major.size"], mew=rc["ytick.major.width"],
+            color=rc["ytick.color"], transform=axis_x, clip_on=False)
+    pad = (rc["ytick.major.size"] + rc["ytick.major.pad"]) / 72  # inches, as the axis places tick labels
+    shift = ScaledTranslation(-pad, 0, ax.get_figure().dpi_scale_trans)
+    size = 7 if len(labels) > 30 else 8
+    texts = [ax.text(0, yi, str(label), transform=axis_x + shift, ha="right", va="center_baseline", fontsize=size,
+                     color=rc["ytick.labelcolor"] if rc["ytick.labelcolor"] != "inherit" else rc["ytick.color"])
+             for yi, label in zip(y, labels)]
     ax.invert_yaxis()
     ax.axvline(0, color="0.6", lw=0.8)
     ax.grid(axis="x", alpha=0.3)
+    return texts
+
+
+def _place_ylabel(ax, texts) -> None:
+    """Put the y label left of the row labels, where the axis would put it beside tick labels (it only
+    knows its ticks): measured on the few longest labels, after the margins are set."""
+    import matplotlib as mpl
+
+    fig = ax.get_figure()
+    renderer = fig.canvas.get_renderer()
+    widest = max((t.get_window_extent(renderer).width for t in sorted(texts, key=lambda t: len(t.get_text()))[-5:]),
+                 default=0.0)
+    rc = mpl.rcParams
+    gap = (rc["ytick.major.size"] + rc["ytick.major.pad"] + rc["axes.labelpad"]) * fig.dpi / 72
+    ax.yaxis.set_label_coords(-(widest + gap) / ax.bbox.width, 0.5)
 
 
 def _fixed_margins(fig, labels: Sequence[str]) -> None:
@@ -126,6 +161,18 @@ def _fixed_margins(fig, labels: Sequence[str]) -> None:
     longest = max((len(str(label)) for label in labels), default=4)
     left = min(0.6, (0.3 + 0.065 * longest) / width)
     fig.subplots_adjust(left=left, right=0.97, top=1 - 0.45 / height, bottom=0.55 / height)
+
+
+def _tick_label_margins(fig, ax) -> None:
+    """Margins for a single-axes figure from the length of its y tick labels, instead of `tight_layout`,
+    which measured every artist of the figure in a layout pass costing about as much as drawing it.
+    The ticks depend on the axes' height, so they are read after a first adjustment."""
+    width, height = fig.get_size_inches()
+    # Inches: the y label and tick marks, then each character of a 10-point tick label (fitted to what
+    # tight_layout chose for 1- and 6-character labels); room for the title above, the x axis below.
+    fig.subplots_adjust(left=1.0 / width, right=1 - 0.25 / width, top=1 - 0.4 / height, bottom=0.6 / height)
+    longest = max((len(label.get_text()) for label in ax.get_yticklabels()), default=1)
+    fig.subplots_adjust(left=min(0.4, (0.46 + 0.087 * longest) / width))
 
 
 def leave_one_out_plot(ss: SummaryStatistics, *, alpha: float = 0.05):
@@ -142,12 +189,13 @@ def leave_one_out_plot(ss: SummaryStatistics, *, alpha: float = 0.05):
     lo = np.append(loo["ci_low"], full.ci_low)
     hi = np.append(loo["ci_high"], full.ci_high)
     fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.2 * len(labels)))
-    _interval_rows(ax, labels, est, lo, hi, colors=["0.3"] * (len(labels) - 1) + ["C3"])
+    texts = _interval_rows(ax, labels, est, lo, hi, colors=["0.3"] * (len(labels) - 1) + ["C3"])
     ax.axvline(full.estimate, color="C3", lw=0.8, ls="--")
     ax.set_xlabel(f"IVW estimate without the variant ({100 * (1 - alpha):g}% CI)")
     ax.set_ylabel("variant left out")
     ax.set_title("Leave-one-out IVW")
     _fixed_margins(fig, labels)
+    _place_ylabel(ax, texts)
     return fig
 
 

@@ -188,6 +188,12 @@ def training_curves_figure(method: str, history: Sequence[Mapping]):
 
 
 def figure_png_bytes(fig, dpi: int = 110) -> bytes:
+    from matplotlib.layout_engine import PlaceHolderLayoutEngine
+
+    # `tight_layout` leaves an inert placeholder layout engine behind, and savefig runs a whole extra
+    # (non-rendering) draw for any figure with an engine: drop it, the layout is already applied.
+    if isinstance(fig.get_layout_engine(), PlaceHolderLayoutEngine):
+        fig.set_layout_engine(None)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
