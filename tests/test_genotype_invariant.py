@@ -192,3 +192,32 @@ def test_non_genotype_data_leave_the_method_unavailable_not_the_run_broken():
     assert result.select("tsls_all_env")[0].available
     (row,) = result.select("invariant_genotype")
     assert row.available or row.reason.startswith("no usable instruments")
+
+
+def test_the_fast_spectra_equal_the_direct_ones():
+    """The mean-shift eigenpairs from the K x K twin, the projected covariance shift formed by low-rank
+    updates, and the relabelled Gram matrices from the total all equal their direct m x m forms."""
+    from invariant_mr.instruments import genotype_invariant as gi
+
+    rng = np.random.default_rng(3)
+    K, m, n = 3, 40, 900
+    weights = np.array([0.2, 0.3, 0.5])
+    means, scale = rng.standard_normal((K, m)), rng.uniform(0.5, 2.0, m)
+    dm = (means - weights @ means) / scale
+    direct = np.einsum("e,ei,ej->ij", weights, dm, dm)
+    vals, vecs = gi._mean_shift_eigen(means, weights, scale, K - 1)
+    assert np.allclose(direct @ vecs, vecs * vals, atol=1e-10)
+    assert np.allclose(vals, np.linalg.eigvalsh(direct)[::-1][:K - 1], atol=1e-10)
+    corr = np.stack([np.cov(rng.standard_normal((200, m)), rowvar=False) for _ in range(K)])
+    U = np.linalg.qr(rng.standard_normal((m, 2)))[0]
+    P = np.eye(m) - U @ U.T
+    pooled = np.tensordot(weights, corr, axes=1)
+    explicit = sum(w * (P @ (C - pooled) @ P) @ (P @ (C - pooled) @ P) for w, C in zip(weights, corr))
+    assert np.allclose(gi._cov_shift_matrix(corr, weights, U), explicit, atol=1e-12)
+    assert np.allclose(gi._top_eigenvalues(explicit, 5), np.linalg.eigvalsh(explicit)[::-1][:5], atol=1e-10)
+    X = rng.standard_normal((n, m)).astype(np.float32)
+    lab = rng.integers(0, K, n)
+    grams = gi._relabelled_grams(X, lab, K, (X.T @ X).astype(np.float64))
+    for e in range(K):
+        Xe = X[lab == e].astype(np.float64)
+        assert np.allclose(grams[e], Xe.T @ Xe / Xe.shape[0], rtol=1e-4, atol=1e-5)

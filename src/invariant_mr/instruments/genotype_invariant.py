@@ -101,22 +101,32 @@ def _orthonormal(A: np.ndarray, rtol: float = 1e-8) -> np.ndarray:
     return u[:, sv > rtol * sv[0]] if sv.size and sv[0] > 0 else A[:, :0]
 
 
-def _gram(X: np.ndarray) -> np.ndarray:
-    return X.T @ X / X.shape[0]
+def _mean_shift_factor(means: np.ndarray, weights: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """A (K, m) with A'A the mean-shift matrix sum_e w_e dm_e dm_e' (dm_e: environment e's scaled mean shift)."""
+    return np.sqrt(weights)[:, None] * ((means - weights @ means) / scale)
 
 
-def _mean_shift_matrix(means: np.ndarray, weights: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    dm = (means - weights @ means) / scale
-    return np.einsum("e,ei,ej->ij", weights, dm, dm)
+def _mean_shift_eigen(means: np.ndarray, weights: np.ndarray, scale: np.ndarray, k: int):
+    """Top k eigenpairs of the mean-shift matrix, from its K x K twin A A' (it has rank K - 1 at most,
+    so the m x m eigenproblem is never formed)."""
+    A = _mean_shift_factor(means, weights, scale)
+    vals, vecs = np.linalg.eigh(A @ A.T)
+    vals, vecs = vals[::-1][:k], vecs[:, ::-1][:, :k]
+    safe = np.sqrt(np.where(vals > 0, vals, 1.0))
+    return np.maximum(vals, 0.0), A.T @ vecs / safe
 
 
-def _cov_shift_matrix(corr: np.ndarray, weights: np.ndarray, project: np.ndarray | None) -> np.ndarray:
+def _cov_shift_matrix(corr: np.ndarray, weights: np.ndarray, U: np.ndarray | None) -> np.ndarray:
+    """sum_e w_e (P D_e P)^2, D_e = C_e - pooled, P = I - U U' (U orthonormal, or None for P = I).
+
+    P D P is formed as D - U(U'D) - (DU)U' + U(U'DU)U': O(m^2 r) instead of two m x m products."""
     pooled = np.tensordot(weights, corr, axes=1)
     M = np.zeros_like(pooled)
     for w, C in zip(weights, corr):
         D = C - pooled
-        if project is not None:
-            D = project @ D @ project
+        if U is not None and U.shape[1]:
+            DU = D @ U
+            D = D - U @ DU.T - DU @ U.T + U @ (U.T @ DU) @ U.T
         M += w * (D @ D)
     return (M + M.T) / 2
 
@@ -124,6 +134,32 @@ def _cov_shift_matrix(corr: np.ndarray, weights: np.ndarray, project: np.ndarray
 def _top_eigen(M: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     vals, vecs = symmetric_eigh(M)
     return vals[::-1][:k], vecs[:, ::-1][:, :k]
+
+
+def _top_eigenvalues(M: np.ndarray, k: int) -> np.ndarray:
+    """The k largest eigenvalues, descending (only these are computed: the relabelling null needs no vectors)."""
+    m = M.shape[0]
+    k = min(k, m)
+    return scipy.linalg.eigh(M, eigvals_only=True, subset_by_index=[m - k, m - 1], driver="evr")[::-1]
+
+
+def _relabelled_grams(X: np.ndarray, lab: np.ndarray, K: int, total: np.ndarray) -> np.ndarray:
+    """Each relabelled group's Gram matrix / its size; the last from the total Gram minus the others
+    (one m x m product fewer per relabelling).
+
+    The relabelling null runs in single precision (X float32, `total` its Gram accumulated in float64,
+    the grams returned as float32): its products are most of the method's cost, and the null is a
+    Monte-Carlo quantile over a few dozen relabellings, whose sampling error is orders of magnitude
+    above float32 rounding (relative 1e-7 per term). The observed statistics stay in float64."""
+    grams = np.empty((K, X.shape[1], X.shape[1]), dtype=np.float32)
+    rest = total.copy()
+    for e in range(K - 1):
+        Xe = X[lab == e]
+        G = (Xe.T @ Xe).astype(np.float64)
+        rest -= G
+        grams[e] = G / Xe.shape[0]
+    grams[K - 1] = rest / np.count_nonzero(lab == K - 1)
+    return grams
 
 
 def _parallel_rank(observed: np.ndarray, null: np.ndarray, alpha: float) -> int:
@@ -199,7 +235,7 @@ class GenotypeInvariantInstruments:
         scale = np.where(pooled_sd > 0, pooled_sd, 1.0)
         means, sds, corr = _per_env_moments(Z, codes, K)
         k_mean = K - 1
-        mean_vals, mean_vecs = _top_eigen(_mean_shift_matrix(means, weights, scale), k_mean)
+        mean_vals, mean_vecs = _mean_shift_eigen(means, weights, scale, k_mean)
 
         # The relabelling null: each relabelling's spectra of both matrices, with the observed
         # mean-shift directions projected out of the covariance one exactly as in the observed fit.
@@ -207,7 +243,7 @@ class GenotypeInvariantInstruments:
         null_mean = np.empty((labels.shape[0], k_mean))
         for b, lab in enumerate(labels):
             mu_b = np.stack([Z[lab == e].mean(axis=0) for e in range(K)])
-            null_mean[b] = _top_eigen(_mean_shift_matrix(mu_b, weights, scale), k_mean)[0]
+            null_mean[b] = _mean_shift_eigen(mu_b, weights, scale, k_mean)[0]
         n_mean = _parallel_rank(mean_vals, null_mean, self.alpha)
         U_mean = mean_vecs[:, :n_mean]
         if n_mean:
@@ -218,7 +254,7 @@ class GenotypeInvariantInstruments:
             n_mean = U_mean.shape[1]
         project = None if n_mean == 0 else np.eye(m) - U_mean @ U_mean.T
 
-        cov_vals_all, cov_vecs_all = _top_eigen(_cov_shift_matrix(corr, weights, project), max(max_cov, 1))
+        cov_vals_all, cov_vecs_all = _top_eigen(_cov_shift_matrix(corr, weights, U_mean), max(max_cov, 1))
         if fixed is None:
             # The rows are relabelled *after* the per-environment standardisation: the marginal differences
             # (Hardy-Weinberg means and variances) are the nuisance this method ignores, so the null keeps
@@ -226,10 +262,13 @@ class GenotypeInvariantInstruments:
             # mix populations and understate the noise of the per-environment correlation matrices (by about
             # 15% in the bulk at F_ST 0.1, which then removed 50 pure-noise directions).
             X = (Z - means[codes]) / np.where(sds > 0, sds, 1.0)[codes]
+            X = X.astype(np.float32)
+            total = (X.T @ X).astype(np.float64)
+            w32, U32 = weights.astype(np.float32), U_mean.astype(np.float32)
             null_cov = np.empty((labels.shape[0], max(max_cov, 1)))
             for b, lab in enumerate(labels):
-                corr_b = np.stack([_gram(X[lab == e]) for e in range(K)])
-                null_cov[b] = _top_eigen(_cov_shift_matrix(corr_b, weights, project), max(max_cov, 1))[0]
+                corr_b = _relabelled_grams(X, lab, K, total)
+                null_cov[b] = _top_eigenvalues(_cov_shift_matrix(corr_b, w32, U32), max(max_cov, 1))
             n_cov = _parallel_rank(cov_vals_all[:max_cov], null_cov[:, :max_cov], self.alpha) if max_cov else 0
             self.cov_shift_null_quantiles_ = np.quantile(null_cov, 1 - self.alpha, axis=0)
         else:
