@@ -51,7 +51,7 @@ def test_discrete_data_abstain_instead_of_raising(genotype_like):
 
 
 def test_continuous_columns_are_not_mistaken_for_calls(genotype_like):
-    from invariant_mr.methods.polynomial import _all_columns_are_calls
+    from invariant_mr.data import genotype_calls as _all_columns_are_calls
 
     assert _all_columns_are_calls(genotype_like.Z)
     noisy = genotype_like.Z + 0.01 * np.random.default_rng(0).standard_normal(genotype_like.Z.shape)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from invariant_mr.cli import main
+from invariant_mr.data import MRData
 from invariant_mr.methods.registry import MethodContext
 from invariant_mr.pipeline import run_analysis
 from invariant_mr.report.verdict import verdict, verdicts
@@ -401,3 +402,58 @@ def test_liml_rows_are_held_to_stock_yogos_liml_threshold_and_2sls_rows_to_f_10(
         v.standing("invariant_genotype").failed)
     tsls = _est("invariant_genotype", 1.01, f=6.0, k=194, extra={"estimator": "tsls"})
     assert verdict(_result([*NAIVE, tsls], diags)).standing("invariant_genotype").standing == "weak"
+
+
+def test_within_environment_structure_gives_each_environment_its_own_top_pcs():
+    from invariant_mr.inference.diagnostics import within_environment_structure
+
+    rng = np.random.default_rng(0)
+    env = np.repeat([0, 1], [300, 200])
+    Z = rng.binomial(2, 0.3, size=(500, 40)).astype(float)
+    F = within_environment_structure(Z, env, n_pcs=4)
+    assert F.shape == (500, 8)
+    assert np.all(F[env == 0][:, 4:] == 0) and np.all(F[env == 1][:, :4] == 0)
+    for e, cols in ((0, slice(0, 4)), (1, slice(4, 8))):
+        block = F[env == e][:, cols]
+        assert np.allclose(block.T @ block, np.eye(4), atol=1e-8)  # orthonormal scores
+        Ze = Z[env == e] - Z[env == e].mean(0)
+        Ze /= Ze.std(0)
+        top = np.linalg.svd(Ze, full_matrices=False)[0][:, :4]
+        assert np.allclose(np.abs(top.T @ block).sum(axis=0), 1.0, atol=1e-6)  # the same subspace, up to sign
+
+
+def _structure_diag(method, shift, se, p, f_purged):
+    return Diagnostic(f"{method}/structure_shift", "pooled", shift, p, "x",
+                      {"shift": shift, "se": se, "purged_first_stage_f": f_purged})
+
+
+@pytest.mark.parametrize("shift, se, p, f_purged, standing", [
+    (0.002, 0.01, 0.84, 40.0, "verified"),   # purged of within-environment PCs: strong, unmoved
+    (0.4, 0.05, 1e-15, 40.0, "failed"),      # the estimate moves: stratification within environments
+    (0.0, 0.05, 0.99, 40.0, "failed"),       # less precise than the estimate (SE 0.02): cannot tell
+    (0.0, 0.01, 0.99, 0.6, "failed"),        # the instruments are within-environment structure
+])
+def test_the_structure_check_passes_only_when_it_could_have_seen_a_bias(shift, se, p, f_purged, standing):
+    diags = [*NAIVE_DIAGS, *_checks("invariant_linear"), _structure_diag("invariant_linear", shift, se, p, f_purged)]
+    v = verdict(_result([*NAIVE, _est("invariant_linear", 1.0, se=0.02)], diags))
+    assert v.standing("invariant_linear").standing == standing
+    assert (v.recommended == "invariant_linear") == (standing == "verified")
+
+
+def test_fine_scale_structure_inside_environments_fails_an_invariant_method_that_uses_it():
+    """Demes within regions: the deme structure is alike in every region, so the invariance tests pass,
+    yet the deme-level confounder biases `invariant_linear` (it uses that structure as instruments). The
+    structure check sees it; on continuous (non-genotype) data it is not computed."""
+    from invariant_mr.simulation.structured import simulate_demes
+
+    sim = simulate_demes(n_envs=3, n_per_env=2000, n_variants=200, seed=1)
+    data = MRData(Z=sim.genotypes.astype(float), exposure=sim.exposure, outcome=sim.outcome, env=sim.env)
+    result = run_analysis(data, ["invariant_linear"], MethodContext(seed=1, progress=False, per_env=False))
+    est = result.select(method="invariant_linear", scope="pooled")[0]
+    assert est.estimate > 1.5  # biased by the deme confounder (truth 1.0)
+    v = verdict(result)
+    assert v.standing("invariant_linear").standing == "failed" and v.recommended is None
+    assert any("within-environment" in t for t in v.standing("invariant_linear").failed)
+    sim = simulate_paper("linear", n_envs=2, n_per_env=500, seed=1)
+    continuous = run_analysis(sim.data, ["invariant_linear"], MethodContext(seed=1, progress=False, per_env=False))
+    assert not [d for d in continuous.diagnostics if d.name.endswith("structure_shift")]

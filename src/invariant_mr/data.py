@@ -83,6 +83,18 @@ def _check_finite_matrix(mat: np.ndarray, what: str, names: Sequence[str]) -> No
     _check_magnitude(mat, what, names)
 
 
+#: Columns with at most this many distinct values are calls (genotype dosages 0/1/2), not a smooth map of latents.
+MAX_CALL_LEVELS = 3
+#: Rows read to count a column's distinct values (a call column shows its levels long before this).
+LEVEL_ROWS = 5000
+
+
+def genotype_calls(Z: np.ndarray) -> bool:
+    """Every column takes at most `MAX_CALL_LEVELS` values (on the first `LEVEL_ROWS` rows)."""
+    head = np.sort(np.asarray(Z[:LEVEL_ROWS], dtype=float), axis=0)
+    return bool(((np.diff(head, axis=0) != 0).sum(axis=0) + 1 <= MAX_CALL_LEVELS).all())
+
+
 def _readonly(arr: np.ndarray) -> np.ndarray:
     arr = np.array(arr, copy=True)
     arr.setflags(write=False)

@@ -25,7 +25,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from invariant_mr.data import MRData
+from invariant_mr.data import MAX_CALL_LEVELS, MRData, genotype_calls
 from invariant_mr.inference.crossfit import crossfit_estimates, crossfit_instruments
 from invariant_mr.inference.diagnostics import instrument_diagnostics
 from invariant_mr.inference.leak_bias import leak_bias_bounds, stability
@@ -190,21 +190,9 @@ def invariant_polynomial(data: MRData, ctx: MethodContext) -> MethodOutput:
         return _invariant_polynomial(data, ctx)
 
 
-#: Columns with at most this many distinct values are calls (genotype dosages 0/1/2), not a smooth map of latents.
-MAX_CALL_LEVELS = 3
-#: Rows read to count a column's distinct values (a call column shows its levels long before this).
-LEVEL_ROWS = 5000
-
-
-def _all_columns_are_calls(Z: np.ndarray) -> bool:
-    """Every column takes at most `MAX_CALL_LEVELS` values (on the first `LEVEL_ROWS` rows)."""
-    head = np.sort(np.asarray(Z[:LEVEL_ROWS], dtype=float), axis=0)
-    return bool(((np.diff(head, axis=0) != 0).sum(axis=0) + 1 <= MAX_CALL_LEVELS).all())
-
-
 def _invariant_polynomial(data: MRData, ctx: MethodContext) -> MethodOutput:
     n_folds = int(ctx.option("n_folds", 2))
-    if _all_columns_are_calls(data.Z):
+    if genotype_calls(data.Z):
         # The decoder's model is Z = polynomial(latents) + small noise. Hard calls are a smooth map of nothing:
         # each is a draw from a few levels, so the "latents" would be noise and stage 1 would search for
         # minutes (200 genotype columns: 60 CPU s per fit) before abstaining.

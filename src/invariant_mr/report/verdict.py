@@ -81,6 +81,7 @@ METHOD_CHECKS: Mapping[str, tuple[str, str]] = {
     "independence_hsic": ("independence (HSIC)", "independence"),
     "overidentification_j": ("overidentification (J)", "overidentification"),
     "leak_shift": ("leak shift", "leak"),
+    "structure_shift": ("within-environment structure", "structure"),
 }
 #: Unprefixed summary-level checks -> the methods whose validity they test.
 #: IVW and the estimators that, like it, are consistent only when every variant is valid (TwoSampleMR's
@@ -322,6 +323,39 @@ def _weigh_leak(e: Estimate, checks: list[Check], by_name: Mapping[str, Diagnost
     return out
 
 
+def _weigh_structure(e: Estimate, checks: list[Check], by_name: Mapping[str, Diagnostic]) -> list[Check]:
+    """The structure check passes only when it could have seen a bias.
+
+    Invariance across environments says nothing about population structure inside each environment
+    (demes within a region): it is alike everywhere, yet stratification confounds it. Purged of the top
+    genotype PCs within each environment, valid instruments keep their strength and their estimate.
+    If the purge leaves them weak, the instruments *are* within-environment structure, and their
+    validity rests on that structure being unconfounded, which nothing here can check; if the shift is
+    less precise than the estimate, the check cannot tell. Either way it fails, like a leak check too
+    imprecise to tell.
+    """
+    d = by_name.get(f"{e.method}/structure_shift")
+    if d is None or not d.detail:
+        return checks
+    f_purged, shift, se = (d.detail.get(k) for k in ("purged_first_stage_f", "shift", "se"))
+    weak_f = _weak_below(e)[0]
+    why = None
+    if not _finite(f_purged) or f_purged < weak_f:
+        why = (f"purged of the top genotype PCs within each environment, the instruments are weak (F = "
+               f"{f_purged:.1f}): they are within-environment population structure" if _finite(f_purged)
+               else "the purged instruments' strength is unknown")
+    elif not (_finite(se) and _finite(e.se) and se <= LEAK_SE_RATIO * float(e.se)):
+        why = f"the shift's SE ({se:.4f}) exceeds the estimate's: too imprecise to rule out stratification"
+    out = []
+    for c in checks:
+        if c.kind == "structure":
+            c = (Check(c.label, c.kind, c.pvalue, False, f"{c.text}: {why}") if why and c.passed else
+                 Check(c.label, c.kind, c.pvalue, c.passed, f"{c.text}: purged of within-environment structure "
+                       f"the estimate moves by {shift:+.4f} (SE {se:.4f})"))
+        out.append(c)
+    return out
+
+
 def _assess(e: Estimate, by_name: Mapping[str, Diagnostic], rejected: set[str], alpha: float,
             summary_input: bool) -> MethodStanding:
     design = "unadjusted" if summary_input else design_of(e.method)
@@ -343,6 +377,7 @@ def _assess(e: Estimate, by_name: Mapping[str, Diagnostic], rejected: set[str], 
         note = " (Holm over the run's checks)" if family and d.pvalue < alpha and not failed else ""
         checks.append(Check(label, kind, d.pvalue, not failed, f"{label} p = {format_pvalue(d.pvalue)}{note}"))
     checks = _weigh_leak(e, checks, by_name)
+    checks = _weigh_structure(e, checks, by_name)
     kind = e.extra.get("ar_set_kind")
     if (e.n_instruments or 0) >= 2 and kind not in (None, "not computed"):
         empty = kind == "empty"
