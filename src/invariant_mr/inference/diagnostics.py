@@ -528,24 +528,31 @@ def within_environment_structure(Z: np.ndarray, env_codes: np.ndarray, n_pcs: in
     return np.hstack(blocks)
 
 
+def _shift_on_rows(data, X, feats, rows, strata, controls, clusters, kappa) -> tuple[tuple, dict]:
+    """`leak_shift_test` on the tested rows, and the detail a purge diagnostic records."""
+    ctrl = None if controls is None else controls[rows]
+    # Cross-fitted: X is standardised within folds and enters fold-interacted, which spans what
+    # the estimate's fold-interacted instruments span (fold effects are among the controls).
+    shift, se, p, f_purged = leak_shift_test(
+        data.outcome[rows], data.exposure[rows], X[rows], feats, ctrl, groups=strata,
+        clusters=None if clusters is None else clusters[rows], kappa=kappa,
+    )
+    detail = {"shift": shift, "se": se, "purged_first_stage_f": f_purged, "features": int(feats.shape[1]),
+              "rows": int(rows.size), "estimator": kappa}
+    return (shift, se, p, f_purged), detail
+
+
 def _structure_diagnostic(name, data, X, rows, strata, controls, clusters, kappa) -> Diagnostic:
     """The structure check on the tested rows: the estimate's shift when the instruments are purged of
     the top genotype PCs within each environment (`within_environment_structure`)."""
     try:
         feats = within_environment_structure(data.instrument_rows(rows), data.env_codes[rows])
-        ctrl = None if controls is None else controls[rows]
-        shift, se, p, f_purged = leak_shift_test(
-            data.outcome[rows], data.exposure[rows], X[rows], feats, ctrl, groups=strata,
-            clusters=None if clusters is None else clusters[rows], kappa=kappa,
-        )
+        (shift, se, p, f_purged), detail = _shift_on_rows(data, X, feats, rows, strata, controls, clusters, kappa)
     except (InputError, np.linalg.LinAlgError) as exc:
         return _invalid(name, "pooled", str(exc))
     flag = (f"purging the instruments of the top {STRUCTURE_PCS} genotype PCs within each environment moves the "
             f"estimate by {shift:+.4f} (SE {se:.4f}) and leaves F = {f_purged:.1f}")
-    return Diagnostic(name, "pooled", shift, p, flag, {
-        "shift": shift, "se": se, "purged_first_stage_f": f_purged, "features": int(feats.shape[1]),
-        "rows": int(rows.size), "estimator": kappa, "pcs_per_environment": STRUCTURE_PCS,
-    })
+    return Diagnostic(name, "pooled", shift, p, flag, {**detail, "pcs_per_environment": STRUCTURE_PCS})
 
 
 def _invalid(name: str, scope: str, reason: str) -> Diagnostic:
@@ -732,13 +739,7 @@ def _leak_diagnostic(name, data, X, Y, rows, strata, controls, clusters, alpha, 
     recorded too: a purge that leaves weak instruments makes the check powerless."""
     try:
         feats = _leak_features(Y, data.env_codes[rows])
-        ctrl = None if controls is None else controls[rows]
-        # Cross-fitted: X is standardised within folds and enters fold-interacted, which spans what
-        # the estimate's fold-interacted instruments span (fold effects are among the controls).
-        shift, se, p, f_purged = leak_shift_test(
-            data.outcome[rows], data.exposure[rows], X[rows], feats, ctrl, groups=strata,
-            clusters=None if clusters is None else clusters[rows], kappa=kappa,
-        )
+        (shift, se, p, _), detail = _shift_on_rows(data, X, feats, rows, strata, controls, clusters, kappa)
     except (InputError, np.linalg.LinAlgError) as exc:
         return _invalid(name, "pooled", str(exc))
     flag = (
@@ -748,10 +749,7 @@ def _leak_diagnostic(name, data, X, Y, rows, strata, controls, clusters, alpha, 
         else f"purging the instruments of the environment-varying component moves the estimate by {shift:+.4f} "
         f"(SE {se:.4f}): no detectable bias from a leak"
     )
-    return Diagnostic(name, "pooled", shift, p, flag, {
-        "shift": shift, "se": se, "purged_first_stage_f": f_purged, "features": int(feats.shape[1]), "rows": int(rows.size),
-        "estimator": kappa,
-    })
+    return Diagnostic(name, "pooled", shift, p, flag, detail)
 
 
 def j_diagnostic(name: str, stat: float, p: float, df: int, *, alpha: float, cov_type: str) -> Diagnostic:
