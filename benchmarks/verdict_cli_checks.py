@@ -61,6 +61,12 @@ CASES = [
       "--seed", "105"], "plink", ["--covar", "age,sex"]),
     ("demes (fine-scale structure), seed 106",
      ["--model", "demes", "--envs", "3", "--n-per-env", "2000", "--n-variants", "200", "--seed", "106"], "plink", []),
+    # Added after the structure check was written from the seed-106 case: data that check has not seen.
+    ("demes (fine-scale structure), seed 107",
+     ["--model", "demes", "--envs", "3", "--n-per-env", "2000", "--n-variants", "200", "--seed", "107"], "plink", []),
+    ("nonlinear ancestry confounder, seed 108",
+     ["--model", "nonlinear-ancestry", "--envs", "3", "--n-per-env", "2000", "--n-variants", "200", "--seed", "108"],
+     "plink", []),
 ]
 
 
