@@ -457,3 +457,25 @@ def test_fine_scale_structure_inside_environments_fails_an_invariant_method_that
     sim = simulate_paper("linear", n_envs=2, n_per_env=500, seed=1)
     continuous = run_analysis(sim.data, ["invariant_linear"], MethodContext(seed=1, progress=False, per_env=False))
     assert not [d for d in continuous.diagnostics if d.name.endswith("structure_shift")]
+
+
+def test_a_costly_default_method_is_left_out_above_its_size_and_says_so(monkeypatch):
+    """`invariant_genotype` (cost ~ n x variants^2) runs by default only up to `default_max_cells`; above,
+    the run reports it as not run, with how to ask for it, and naming it still runs it."""
+    import dataclasses
+
+    from invariant_mr.methods import registry
+    from invariant_mr.pipeline import methods_for
+
+    registry.registered_methods()
+    spec = registry._REGISTRY["invariant_genotype"]
+    assert spec.default and spec.default_max_cells == 10_000_000
+    monkeypatch.setitem(registry._REGISTRY, "invariant_genotype", dataclasses.replace(spec, default_max_cells=100))
+    sim = simulate_paper("linear", n_envs=2, n_per_env=100, seed=0)
+    assert "invariant_genotype" not in [s.name for s in methods_for(sim.data, None)]
+    assert "invariant_genotype" in [s.name for s in methods_for(sim.data, "invariant_genotype,ols")]
+    result = run_analysis(sim.data, None, MethodContext(seed=0, progress=False, per_env=False))
+    row = result.select(method="invariant_genotype")[0]
+    assert not row.available and "name it in --methods" in row.reason
+    monkeypatch.setitem(registry._REGISTRY, "invariant_genotype", spec)
+    assert "invariant_genotype" in [s.name for s in methods_for(sim.data, None)]

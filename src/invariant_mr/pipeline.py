@@ -58,6 +58,16 @@ def data_fingerprint(data: MRData | StreamedMRData | SumstatsTable) -> dict:
     return out
 
 
+def _too_large_for_default(data, methods) -> dict[str, str]:
+    """Default methods left out at this size (`MethodSpec.default_max_cells`), with the reason a run reports."""
+    if methods is not None or isinstance(data, SumstatsTable) or data.n_exposures > 1:
+        return {}
+    cells = data.n * data.p
+    return {s.name: f"not run by default on {data.n:,} x {data.p:,} (above {s.default_max_cells:,} cells its "
+                    f"cost grows as n x variants^2); name it in --methods to run it"
+            for s in resolve_methods(None) if s.default_max_cells is not None and cells > s.default_max_cells}
+
+
 def methods_for(data: MRData | SumstatsTable, methods: str | Sequence[str] | None) -> list[MethodSpec]:
     """The methods to run on `data`: the named ones, checked against the input, or the defaults for it.
 
@@ -79,7 +89,8 @@ def methods_for(data: MRData | SumstatsTable, methods: str | Sequence[str] | Non
                     and (s.summary_default or methods is not None)]
         if several:
             return [s for s in registered_methods().values() if s.multivariable and not s.needs_truth]
-        return resolve_methods(None)
+        left_out = _too_large_for_default(data, methods)  # "all" runs them all
+        return [s for s in resolve_methods(None) if s.name not in left_out]
     specs = resolve_methods(methods if isinstance(methods, str) else list(methods))
     refused = [s.name for s in specs if not accepts(s)]
     if refused:
@@ -120,6 +131,8 @@ def run_analysis(
     if streamed:
         data.cache["planned"] = tuple(s.name for s in specs)
     estimates, diagnostics, artifacts, timings = [], [], {}, {}
+    for name, reason in _too_large_for_default(data, methods).items():
+        estimates.append(Estimate.unavailable(name, "pooled", data.n, data.p, reason))
     bar = tqdm(specs, desc="methods", disable=not ctx.progress, leave=False)
     with _task_stream(data) as tasks:
         for spec in bar:
