@@ -88,21 +88,3 @@ def test_single_variant_forest_lists_variants_by_ratio_then_the_pooled_rows(ss, 
     assert [t.get_text() for t in ax.texts] == [ss.variant[i] for i in order] + ["ivw"]
     assert all(_inside(t.get_window_extent(renderer), frame) for t in ax.texts)
 
-
-def test_the_plot_worker_draws_the_same_bytes_as_this_process_and_falls_back_when_it_dies(ss, result):
-    """The helper process is an optimisation only: its PNGs are the in-process ones byte for byte, and a
-    helper that cannot answer (here: killed before the job) leaves the figures to this process."""
-    from invariant_mr.report.plot_worker import PlotWorker, _draw
-
-    expected = _draw(ss, result, "exposure", 0.05, True)
-    assert set(expected[0]) == {"scatter.png", "funnel.png", "leave_one_out.png", "single_variant_forest.png"}
-    with PlotWorker() as worker:
-        assert worker._process is not None
-        assert worker.draw(ss, result, exposure="exposure", alpha=0.05) == expected
-    dead = PlotWorker()
-    dead._process.terminate()
-    dead._process.join()
-    assert dead.draw(ss, result, exposure="exposure", alpha=0.05) == expected
-    assert dead._process is None  # closed after use
-    forest_only = PlotWorker().draw(None, result, exposure=None, alpha=0.05, plots=False)
-    assert forest_only == ({}, expected[1])

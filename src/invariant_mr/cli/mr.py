@@ -107,7 +107,10 @@ def mr(sumstats, exposure_gwas, outcome_gwas, columns, exposures, palindromes, p
     (two-file form) and dropped_variants.tsv (every variant left out, with
     the step and the reason).
     """
-    from invariant_mr.report.plot_worker import PlotWorker
+    from invariant_mr.io.gwas_sumstats import explain_empty, harmonise, harmonise_exposures, read_gwas, read_mr_sumstats
+    from invariant_mr.estimators.two_sample import select_instruments
+    from invariant_mr.pipeline import run_analysis
+    from invariant_mr.provenance import input_record
 
     exposure_gwas = list(exposure_gwas or ())
     two_file = bool(exposure_gwas) or outcome_gwas is not None
@@ -122,14 +125,6 @@ def mr(sumstats, exposure_gwas, outcome_gwas, columns, exposures, palindromes, p
         for p in ("clump_r2", "clump_kb", "clump_p")
     ):
         raise InputError("--clump-r2/--clump-kb/--clump-p need a reference panel: --clump-bfile PREFIX")
-    # Imports matplotlib on the other core while this process reads and estimates; stopped when the command ends.
-    plotter = PlotWorker()
-    click.get_current_context().call_on_close(plotter.close)
-    from invariant_mr.io.gwas_sumstats import explain_empty, harmonise, harmonise_exposures, read_gwas, read_mr_sumstats
-    from invariant_mr.estimators.two_sample import select_instruments
-    from invariant_mr.pipeline import run_analysis
-    from invariant_mr.provenance import input_record
-
     cols = parse_column_renames(columns)
     ctx = method_context(seed, alpha, "robust", False, True, option_values)
     inputs = [p for p in (sumstats, *exposure_gwas, outcome_gwas, select_from) if p is not None]
@@ -204,7 +199,7 @@ def mr(sumstats, exposure_gwas, outcome_gwas, columns, exposures, palindromes, p
         chosen.table, methods, ctx, command=command_line(), parameters=params,
         inputs=input_record(inputs + panel), extra_provenance=record,
     )  # fmt: skip
-    pngs, plots_html, forest = _plots(plotter, chosen.table, result, alpha)
+    pngs, plots_html = _plots(chosen.table, result, alpha)
     tables = _tables(chosen.table, harmonised, result, alpha, odds_ratios)
     with out:
         from invariant_mr.report.html import write_report
@@ -218,7 +213,7 @@ def mr(sumstats, exposure_gwas, outcome_gwas, columns, exposures, palindromes, p
             atomic_write_bytes(out.path / name, data)
         write_report(
             out.path / "report.html", result, title="invariant-mr two-sample MR report",
-            extra_sections=[("Summary-statistic MR plots", plots_html)], individual_data=False, forest=forest,
+            extra_sections=[("Summary-statistic MR plots", plots_html)], individual_data=False,
         )  # fmt: skip
     if not quiet:
         if harmonised is not None:
@@ -273,16 +268,16 @@ def _tables(table, harmonised, result, alpha: float, odds_ratios: bool) -> dict[
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _plots(plotter, table, result, alpha: float) -> tuple[dict[str, bytes], str, bytes | None]:
-    """PNG bytes per file, the report section (the four plots of a univariable analysis) and the forest plot."""
+def _plots(table, result, alpha: float) -> tuple[dict[str, bytes], str]:
+    """PNG bytes per file and the report section: the four plots per exposure of a univariable analysis."""
     from invariant_mr.estimators.two_sample import summary_statistics_from_table
-    from invariant_mr.report.mr_plots import mr_plots_html
+    from invariant_mr.report.mr_plots import mr_plot_pngs, mr_plots_html
 
     if table.n_exposures > 1:
-        _, forest = plotter.draw(None, result, exposure=None, alpha=alpha, plots=False)
         return {}, (
             '<p class="muted">The scatter, funnel, leave-one-out and single-variant plots are drawn for '
             "univariable analyses (run `mr --exposure NAME` for one exposure).</p>"
-        ), forest
-    pngs, forest = plotter.draw(summary_statistics_from_table(table), result, exposure=table.exposures[0], alpha=alpha)
-    return pngs, mr_plots_html(pngs), forest
+        )
+    name = table.exposures[0]
+    pngs = mr_plot_pngs(summary_statistics_from_table(table), result, exposure=name, alpha=alpha)
+    return pngs, mr_plots_html(pngs)

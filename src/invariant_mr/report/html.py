@@ -60,15 +60,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _img_tag(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
-
-
 def _png_tag(fig, alt: str) -> str:
     from invariant_mr.report.plots import figure_png_bytes
 
-    return _img_tag(figure_png_bytes(fig), alt)
+    data = base64.b64encode(figure_png_bytes(fig)).decode("ascii")
+    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
 
 
 def _estimates_table(result: AnalysisResult) -> str:
@@ -103,25 +99,18 @@ def _estimates_table(result: AnalysisResult) -> str:
     return f'{caption}<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
-def forest_png(result: AnalysisResult) -> bytes | None:
-    """The report's forest plot as PNG bytes (None when there is no estimate)."""
-    from invariant_mr.report.plots import figure_png_bytes, forest_plot
+def _forest(result: AnalysisResult) -> str:
+    from invariant_mr.report.plots import forest_plot
 
     if not result.estimates:
-        return None
-    return figure_png_bytes(forest_plot(result, title="Estimates by method: pooled and per environment"))
-
-
-def _forest(result: AnalysisResult, png: bytes | None = None) -> str:
-    png = forest_png(result) if png is None else png
-    if png is None:
         return '<p class="muted">No estimate to plot.</p>'
+    fig = forest_plot(result, title="Estimates by method: pooled and per environment")
     note = (
         '<p class="muted">The axis covers the point estimates and the bulk of the interval ends; an interval '
         "that runs past it ends in an arrow at the edge (its bounds are in the table). Methods without an "
         "estimate keep their row, with the reason.</p>"
     )
-    return _img_tag(png, "forest plot") + note
+    return _png_tag(fig, "forest plot") + note
 
 
 def _verdict(result: AnalysisResult) -> str:
@@ -163,7 +152,7 @@ def _verdict(result: AnalysisResult) -> str:
 
 
 def _instrument_figures(result: AnalysisResult, env: np.ndarray | None) -> str:
-    import matplotlib.pyplot as plt
+    from invariant_mr.report.plots import cycle_colors, subplots
 
     if env is None:
         return '<p class="muted">Environment labels not available.</p>'
@@ -174,7 +163,7 @@ def _instrument_figures(result: AnalysisResult, env: np.ndarray | None) -> str:
     if not found:
         return '<p class="muted">No method learned instruments in this run.</p>' + notes
     levels = sorted(set(env.tolist()))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = cycle_colors()
     # A fixed seed: the same run gives the same report.
     rng = np.random.default_rng(0)
     shown = rng.permutation(env.shape[0])[:MAX_SCATTER_POINTS]
@@ -182,7 +171,7 @@ def _instrument_figures(result: AnalysisResult, env: np.ndarray | None) -> str:
     for method, values in found.items():
         k = values.shape[1]
         ncols = 2 if k >= 2 else 1
-        fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.0), squeeze=False)
+        fig, axes = subplots(1, ncols, figsize=(5.2 * ncols, 4.0), squeeze=False)
         ax = axes[0, 0]
         for i, lv in enumerate(levels):
             col = values[env == lv, 0]
@@ -296,7 +285,6 @@ def render_report(
     title: str = "invariant-mr analysis report",
     extra_sections: Sequence[tuple[str, str]] = (),
     individual_data: bool = True,
-    forest: bytes | None = None,
 ) -> str:
     """The report as one HTML string.
 
@@ -304,8 +292,6 @@ def render_report(
     (e.g. the summary-statistic MR plots of `invariant-mr mr`). With
     `individual_data=False` (summary statistics only) the sections that need
     samples (learned instruments, training curves, sample QC) are left out.
-
-    `forest` is the forest plot's PNG when it was drawn elsewhere (`forest_png`).
 
     `env` (one label per analysed sample) colours the learned-instrument
     plots. QC and sample counts are read from `result.provenance["qc"]` and
@@ -320,7 +306,7 @@ def render_report(
     prov_json = json.dumps(prov, indent=2, default=json_default, sort_keys=False)
     sections = [
         ("Estimates", _estimates_table(result)),
-        ("Forest plot", _forest(result, forest)),
+        ("Forest plot", _forest(result)),
         ("Verdict", _verdict(result)),
         *extra_sections,
         *([("Learned instruments by environment", _instrument_figures(result, None if env is None else np.asarray(env))),
@@ -341,9 +327,9 @@ def render_report(
 
 def write_report(
     path: str | os.PathLike, result: AnalysisResult, *, env=None, title: str | None = None,
-    extra_sections: Sequence[tuple[str, str]] = (), individual_data: bool = True, forest: bytes | None = None,
+    extra_sections: Sequence[tuple[str, str]] = (), individual_data: bool = True,
 ) -> None:
     """Render and write the report atomically (temporary file, then rename)."""
     text = render_report(result, env=env, title=title or "invariant-mr analysis report", extra_sections=extra_sections,
-                         individual_data=individual_data, forest=forest)
+                         individual_data=individual_data)
     atomic_write_text(path, text)

@@ -36,13 +36,11 @@ MR_PLOTS = (
 )
 
 
-def _pyplot():
-    import matplotlib
+def _figures():
+    """`report.plots` (imports matplotlib): figures are made only when drawn, so importing this module stays cheap."""
+    from invariant_mr.report import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return plots
 
 
 def _pooled(result: AnalysisResult | None, exposure: str | None = None) -> list[Estimate]:
@@ -63,15 +61,15 @@ def _oriented(ss: SummaryStatistics):
 def scatter_plot(ss: SummaryStatistics, result: AnalysisResult | None = None, *, exposure: str | None = None,
                  alpha: float = 0.05):
     """Associations with error bars and one fitted line per pooled method estimate."""
-    plt = _pyplot()
+    mpl = _figures()
     bx, sx, by, sy = _oriented(ss)
     z = norm_ppf(1 - alpha / 2)
-    fig, ax = plt.subplots(figsize=(7.0, 5.2))
+    fig, ax = mpl.subplots(figsize=(7.0, 5.2))
     ax.errorbar(bx, by, xerr=z * sx, yerr=z * sy, fmt="o", ms=3.5, color="0.3", ecolor="0.7", lw=0.8, capsize=0,
                 label=f"variants ({ss.n_variants})")
     ax.axhline(0, color="0.8", lw=0.8)
     xs = np.array([0.0, float(np.max(bx + z * sx))])
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = mpl.cycle_colors()
     for i, e in enumerate(_pooled(result, exposure)):
         intercept = float(e.extra.get("intercept", 0.0) or 0.0) if e.method in ("mr_egger", "mv_egger") else 0.0
         ax.plot(xs, intercept + e.estimate * xs, color=colors[i % len(colors)], lw=1.4,
@@ -87,12 +85,12 @@ def scatter_plot(ss: SummaryStatistics, result: AnalysisResult | None = None, *,
 
 def funnel_plot(ss: SummaryStatistics, result: AnalysisResult | None = None, *, exposure: str | None = None):
     """Ratio estimate against precision |bx|/sy, with the pooled estimates as vertical lines."""
-    plt = _pyplot()
+    mpl = _figures()
     ratio = ss.beta_outcome / ss.beta_exposure
     precision = np.abs(ss.beta_exposure) / ss.se_outcome
-    fig, ax = plt.subplots(figsize=(6.5, 5.0))
+    fig, ax = mpl.subplots(figsize=(6.5, 5.0))
     ax.scatter(ratio, precision, s=14, color="0.3", label="variants")
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = mpl.cycle_colors()
     for i, e in enumerate(_pooled(result, exposure)):
         ax.axvline(e.estimate, color=colors[i % len(colors)], lw=1.2, label=f"{e.method}: {e.estimate:.3g}")
     ax.set_xlabel("ratio estimate (outcome / exposure association)")
@@ -177,7 +175,7 @@ def _tick_label_margins(fig, ax) -> None:
 
 def leave_one_out_plot(ss: SummaryStatistics, *, alpha: float = 0.05):
     """IVW leaving out each variant in turn (its 1 - alpha CI), and IVW on all variants."""
-    plt = _pyplot()
+    mpl = _figures()
     from invariant_mr.estimators.summary_mr import ivw
 
     loo = leave_one_out(ss, alpha)
@@ -188,7 +186,7 @@ def leave_one_out_plot(ss: SummaryStatistics, *, alpha: float = 0.05):
     est = np.append(loo["estimate"], full.estimate)
     lo = np.append(loo["ci_low"], full.ci_low)
     hi = np.append(loo["ci_high"], full.ci_high)
-    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.2 * len(labels)))
+    fig, ax = mpl.subplots(figsize=(6.5, 1.2 + 0.2 * len(labels)))
     texts = _interval_rows(ax, labels, est, lo, hi, colors=["0.3"] * (len(labels) - 1) + ["C3"])
     ax.axvline(full.estimate, color="C3", lw=0.8, ls="--")
     ax.set_xlabel(f"IVW estimate without the variant ({100 * (1 - alpha):g}% CI)")
@@ -202,7 +200,7 @@ def leave_one_out_plot(ss: SummaryStatistics, *, alpha: float = 0.05):
 def single_variant_forest_plot(ss: SummaryStatistics, result: AnalysisResult | None = None, *,
                                exposure: str | None = None, alpha: float = 0.05):
     """Each variant's ratio estimate (first-order SE sy/|bx|), sorted, then the pooled method estimates."""
-    plt = _pyplot()
+    mpl = _figures()
     z = norm_ppf(1 - alpha / 2)
     ratio = ss.beta_outcome / ss.beta_exposure
     se = ss.se_outcome / np.abs(ss.beta_exposure)
@@ -213,7 +211,7 @@ def single_variant_forest_plot(ss: SummaryStatistics, result: AnalysisResult | N
     lo = np.concatenate([ratio[order] - z * se[order], [e.ci_low for e in pooled]])
     hi = np.concatenate([ratio[order] + z * se[order], [e.ci_high for e in pooled]])
     colors = ["0.3"] * len(order) + ["C3"] * len(pooled)
-    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.2 * len(labels)))
+    fig, ax = mpl.subplots(figsize=(6.5, 1.2 + 0.2 * len(labels)))
     _interval_rows(ax, labels, est, lo, hi, colors=colors)
     # Single weak variants have huge intervals; keep the pooled estimates readable.
     left = min(np.percentile(lo, 10), *(e.ci_low for e in pooled)) if pooled else np.percentile(lo, 10)

@@ -6,14 +6,26 @@ import io
 import math
 from typing import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib import rcParams
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
+from invariant_mr.results import AnalysisResult
 
-from invariant_mr.results import AnalysisResult  # noqa: E402
+
+def subplots(*args, figsize=None, **kwargs):
+    """`pyplot.subplots` without pyplot: a `Figure` outside pyplot's registry, rendered headless by
+    `figure_png_bytes`. Nothing to close, no GUI backend, and no pyplot import (0.1 s of every run)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)  # the headless canvas (it measures text for the layouts)
+    return fig, fig.subplots(*args, **kwargs)
+
+
+def cycle_colors() -> list[str]:
+    """The colours of matplotlib's property cycle."""
+    return rcParams["axes.prop_cycle"].by_key()["color"]
 
 
 #: Tukey's far-out fence: values more than this many IQRs beyond the quartiles set no axis limit.
@@ -65,9 +77,9 @@ def forest_plot(result: AnalysisResult, scopes: tuple[str, ...] | None = None, t
     )
     width = hi_lim - lo_lim
     height = 0.42 * max(len(methods), 2) * max(1.0, len(scope_list) * 0.55) + 1.3
-    fig, ax = plt.subplots(figsize=(8.5, height))
+    fig, ax = subplots(figsize=(8.5, height))
     offsets = {s: (i - (len(scope_list) - 1) / 2) * min(0.18, 0.7 / len(scope_list)) for i, s in enumerate(scope_list)}
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = cycle_colors()
     labelled: set[str] = set()
     n_clipped = 0
     arrow = dict(arrowstyle="-|>", lw=1.0, mutation_scale=9)
@@ -153,8 +165,8 @@ def training_curves_figure(method: str, history: Sequence[Mapping]):
     folds = sorted({r.get("fold") for r in rows}, key=lambda f: (f is None, f))
     ncols = min(4, len(names))
     nrows = math.ceil(len(names) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 2.4 * nrows + 0.6), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = subplots(nrows, ncols, figsize=(3.1 * ncols, 2.4 * nrows + 0.6), squeeze=False)
+    colors = cycle_colors()
     for ax, name in zip(axes.flat, names):
         values = []
         for fi, fold in enumerate(folds):
@@ -196,5 +208,4 @@ def figure_png_bytes(fig, dpi: int = 110) -> bytes:
         fig.set_layout_engine(None)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
     return buf.getvalue()
