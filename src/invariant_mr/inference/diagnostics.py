@@ -498,6 +498,9 @@ def leak_shift_test(outcome, exposure, instruments, features, controls=None, *, 
 
 #: Top genotype principal components per environment that the structure check purges.
 STRUCTURE_PCS = 10
+#: Fewest variants for the structure check: population structure is a few axes among many variants; with
+#: fewer than this, 10 PCs are a large share of the genotype space and purging them removes signal, not structure.
+STRUCTURE_MIN_VARIANTS = 5 * STRUCTURE_PCS
 
 
 def within_environment_structure(Z: np.ndarray, env_codes: np.ndarray, n_pcs: int = STRUCTURE_PCS) -> np.ndarray:
@@ -697,7 +700,7 @@ def instrument_diagnostics(
     if not np.all(Y.std(axis=0) <= 1e-8 * max(1.0, data.instrument_abs_max())):
         out.append(_leak_diagnostic(prefix + "leak_shift", data, X, Y, rows, strata, controls, clusters, alpha,
                                     kappa))
-    if genotype_calls(data.instrument_rows(rows[:5000])):
+    if data.p >= STRUCTURE_MIN_VARIANTS and genotype_calls(data.instrument_rows(rows[:5000])):
         # Genotype calls: population structure within environments is a threat the invariance tests
         # cannot see (docs/verdict.md, the structure check).
         out.append(_structure_diagnostic(prefix + "structure_shift", data, X, rows, strata, controls, clusters,
