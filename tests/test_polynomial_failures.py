@@ -59,6 +59,13 @@ def test_continuous_columns_are_not_mistaken_for_calls(genotype_like):
     one_continuous = genotype_like.Z.copy()
     one_continuous[:, 0] = noisy[:, 0]
     assert not _all_columns_are_calls(one_continuous)
+    # Calls stay calls with missing calls imputed by the column mean (5%), or standardised.
+    rng = np.random.default_rng(1)
+    imputed = np.asarray(genotype_like.Z, dtype=float).copy()
+    missing = rng.random(imputed.shape) < 0.05
+    imputed[missing] = np.broadcast_to(imputed.mean(axis=0), imputed.shape)[missing] + 0.013
+    assert _all_columns_are_calls(imputed)
+    assert _all_columns_are_calls((imputed - imputed.mean(0)) / imputed.std(0))
 
 
 def _always_fails(data, ctx):

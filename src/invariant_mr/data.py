@@ -87,12 +87,25 @@ def _check_finite_matrix(mat: np.ndarray, what: str, names: Sequence[str]) -> No
 MAX_CALL_LEVELS = 3
 #: Rows read to count a column's distinct values (a call column shows its levels long before this).
 LEVEL_ROWS = 5000
+#: Columns examined (evenly spaced) when there are more.
+LEVEL_COLUMNS = 500
+#: Share of a column's entries its `MAX_CALL_LEVELS` commonest values must cover: the rest are missing calls
+#: imputed by a mean, which add values of their own.
+CALL_SHARE = 0.9
 
 
 def genotype_calls(Z: np.ndarray) -> bool:
-    """Every column takes at most `MAX_CALL_LEVELS` values (on the first `LEVEL_ROWS` rows)."""
-    head = np.sort(np.asarray(Z[:LEVEL_ROWS], dtype=float), axis=0)
-    return bool(((np.diff(head, axis=0) != 0).sum(axis=0) + 1 <= MAX_CALL_LEVELS).all())
+    """Every column is calls: its `MAX_CALL_LEVELS` commonest values cover at least `CALL_SHARE` of the first
+    `LEVEL_ROWS` rows (the rest may be imputed missing calls); at most `LEVEL_COLUMNS` columns are read."""
+    Z = np.asarray(Z[:LEVEL_ROWS], dtype=float)
+    if Z.ndim != 2 or Z.size == 0:
+        return False
+    columns = np.unique(np.linspace(0, Z.shape[1] - 1, min(Z.shape[1], LEVEL_COLUMNS)).astype(int))
+    for j in columns:
+        counts = np.unique(Z[:, j], return_counts=True)[1]
+        if np.sort(counts)[::-1][:MAX_CALL_LEVELS].sum() < CALL_SHARE * Z.shape[0]:
+            return False
+    return True
 
 
 def _readonly(arr: np.ndarray) -> np.ndarray:
