@@ -480,3 +480,17 @@ def test_a_costly_default_method_is_left_out_above_its_size_and_says_so(monkeypa
     assert not row.available and "name it in --methods" in row.reason
     monkeypatch.setitem(registry._REGISTRY, "invariant_genotype", spec)
     assert "invariant_genotype" in [s.name for s in methods_for(sim.data, None)]
+
+
+def test_a_cross_fitted_method_fails_with_its_full_sample_twins_overidentification_check():
+    """Under assortative mating (no family data) `invariant_linear` fails its J test decisively while its
+    cross-fitted twin, with the same directions and less power, passed and was recommended at 1.41."""
+    twin = [Diagnostic("invariant_linear/overidentification_j", "pooled", 90.0, 1e-13, "x", {"df": 3})]
+    ests = [*NAIVE, _est("invariant_linear", 1.68, se=0.03), _est("invariant_linear_crossfit", 1.41, se=0.12)]
+    v = verdict(_result(ests, [*NAIVE_DIAGS, *_checks("invariant_linear_crossfit"), *twin]))
+    cf = v.standing("invariant_linear_crossfit")
+    assert cf.standing == "failed" and v.recommended is None
+    assert any("full-sample fit of the same directions (invariant_linear) fails" in t for t in cf.failed)
+    passing = [Diagnostic("invariant_linear/overidentification_j", "pooled", 3.0, 0.4, "x", {"df": 3})]
+    ok = verdict(_result(ests, [*NAIVE_DIAGS, *_checks("invariant_linear_crossfit"), *passing]))
+    assert ok.standing("invariant_linear_crossfit").standing == "verified"

@@ -71,6 +71,15 @@ INVARIANT = frozenset({
 ADJUSTED = frozenset({"tsls_pcs", "tsht", "within_family_ivw", "within_family_egger"})
 #: Methods whose overidentification test runs on instruments they selected for agreeing with each other.
 POST_SELECTION = frozenset({"tsht"})
+#: Cross-fitted methods -> the full-sample fit of the same design (the same learned directions, up to the
+#: fold split). Cross-fitting removes the bias of learning and using instruments on the same rows; it does
+#: not make invalid directions valid, so the full-sample twin's failed overidentification check (instruments
+#: that disagree about the effect) counts against the cross-fitted one too, whose own test, on noisier
+#: fold-interacted instruments, has less power.
+CROSSFIT_TWINS: Mapping[str, str] = {
+    "invariant_linear_crossfit": "invariant_linear",
+    "invariant_autoencoder": "invariant_autoencoder_insample",
+}
 #: Randomised by design: within a family, which parental allele a child inherits is decided by meiosis,
 #: so ancestry, assortative mating and dynastic effects cannot confound within-family contrasts.
 FAMILY = frozenset({"within_family"})
@@ -457,11 +466,28 @@ def verdict(result: AnalysisResult, *, alpha: float | None = None, exposure: str
             if d is not None and _finite(d.pvalue):
                 family[d.name] = float(d.pvalue)
     rejected = _holm(family, alpha) | {n for n in family if _floor_p(by_name[n])}
-    standings = tuple(_assess(e, by_name, rejected, alpha, summary_input) for e in candidates)
+    standings = _with_twin_failures(tuple(_assess(e, by_name, rejected, alpha, summary_input) for e in candidates))
     decide = _decide_summary if summary_input else _decide_individual
     recommended, statement, reasons, advice = decide(standings, alpha, len(family))
     return Verdict(exposure, "summary" if summary_input else "individual", recommended, statement,
                    tuple(reasons), tuple(advice), standings, tuple(abstained), tuple(set_aside), alpha)
+
+
+def _with_twin_failures(standings: tuple[MethodStanding, ...]) -> tuple[MethodStanding, ...]:
+    """A cross-fitted method fails when its full-sample twin fails an overidentification check (`CROSSFIT_TWINS`)."""
+    by_method = {s.method: s for s in standings}
+    out = []
+    for s in standings:
+        twin = by_method.get(CROSSFIT_TWINS.get(s.method, ""))
+        failed = [] if twin is None else [c for c in twin.checks if c.kind == "overidentification" and not c.passed]
+        if failed and s.standing != "unadjusted":
+            check = Check(f"{twin.method}'s overidentification", "overidentification", failed[0].pvalue, False,
+                          f"the full-sample fit of the same directions ({twin.method}) fails: {failed[0].text}; "
+                          "cross-fitting does not make invalid directions valid")
+            s = MethodStanding(s.method, s.design, s.estimate, s.se, s.ci_low, s.ci_high, s.first_stage_f,
+                               (*s.checks, check), "failed")
+        out.append(s)
+    return tuple(out)
 
 
 def _fmt(s: MethodStanding) -> str:
