@@ -86,8 +86,8 @@ from invariant_mr.inference.direction_bootstrap import direction_bootstrap  # no
 from invariant_mr.instruments.linear import LinearInvariantInstruments, NoSignalError  # noqa: E402
 from invariant_mr.estimators.iv import fit_kclass  # noqa: E402
 from invariant_mr.simulation.paper import simulate_paper  # noqa: E402
-from invariant_mr.estimators.summary_mr import ivw  # noqa: E402
-from invariant_mr.estimators.sumstats import per_column_regression, SummaryStatistics  # noqa: E402
+from invariant_mr.estimators.summary.summary_mr import ivw  # noqa: E402
+from invariant_mr.estimators.summary.sumstats import per_column_regression, SummaryStatistics  # noqa: E402
 from invariant_mr.inference.weak_iv import anderson_rubin_confidence_set  # noqa: E402
 
 WEAK_SCALE = 0.245

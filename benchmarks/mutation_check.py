@@ -58,8 +58,8 @@ DEFAULT_TESTS = (
 _MODULES = (
     "invariant_mr.data",
     "invariant_mr.estimators.iv",
-    "invariant_mr.estimators.summary_mr",
-    "invariant_mr.estimators.mr_raps",
+    "invariant_mr.estimators.summary.summary_mr",
+    "invariant_mr.estimators.summary.mr_raps",
     "invariant_mr.estimators.tsht",
     "invariant_mr.inference.estimates",
     "invariant_mr.inference.crossfit",
@@ -152,7 +152,7 @@ def apply(fault: str) -> None:
         WaldInference.ci = ci
         _rebind("invariant_mr.inference.estimates", "estimate_from_fit", _scale_se)
         _rebind("invariant_mr.inference.direction_bootstrap", "with_bootstrap_se", _narrow_rows)
-        _rebind("invariant_mr.estimators.summary_mr", "_wald", _narrow_rows)
+        _rebind("invariant_mr.estimators.summary.summary_mr", "_wald", _narrow_rows)
     elif fault == "no_env_effects":
         _rebind("invariant_mr.data", "exogenous_controls", _drop_env_effects)
     elif fault != "none":

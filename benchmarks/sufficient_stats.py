@@ -41,7 +41,8 @@ import numpy as np
 
 from table_provenance import command_line, git_commit  # noqa: E402
 
-from invariant_mr.estimators import summary_mr, tsht as robust_iv
+from invariant_mr.estimators import tsht as robust_iv
+from invariant_mr.estimators.summary import summary_mr
 from invariant_mr.inference.diagnostics import first_stage_strength, sargan_hansen_j
 from invariant_mr.inference.estimates import exogenous_controls, iv_estimates
 from invariant_mr.estimators.sufficient_stats import (
@@ -65,8 +66,8 @@ from invariant_mr.inference.from_stats import iv_estimates_from_stats
 from invariant_mr.estimators.iv import fit_kclass
 from invariant_mr.methods.registry import MethodContext
 from invariant_mr.simulation.balding_nichols import simulate_balding_nichols
-from invariant_mr.estimators.summary_mr import weighted_mode
-from invariant_mr.estimators.sumstats import summary_statistics
+from invariant_mr.estimators.summary.summary_mr import weighted_mode
+from invariant_mr.estimators.summary.sumstats import summary_statistics
 from invariant_mr.inference.weak_iv import anderson_rubin_confidence_set
 
 RESULTS = Path(__file__).parent / "results"

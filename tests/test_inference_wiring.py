@@ -21,7 +21,7 @@ from invariant_mr.inference.settings import InferenceSettings
 from invariant_mr.methods.registry import MethodContext
 from invariant_mr.results import AnalysisResult
 from invariant_mr.simulation.paper import simulate_paper
-from invariant_mr.estimators.sumstats import SUMSTATS_COLUMNS, read_summary_statistics, summary_statistics
+from invariant_mr.estimators.summary.sumstats import SUMSTATS_COLUMNS, read_summary_statistics, summary_statistics
 from invariant_mr.inference.weak_iv import anderson_rubin_confidence_set
 
 IV_METHODS = (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from invariant_mr.estimators import summary_mr
-from invariant_mr.estimators.summary_mr import kde_mode_rows
+from invariant_mr.estimators.summary import summary_mr
+from invariant_mr.estimators.summary.summary_mr import kde_mode_rows
 
 
 def _values(seed: int) -> np.ndarray:

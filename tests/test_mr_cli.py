@@ -19,10 +19,10 @@ from invariant_mr.cli import main
 from invariant_mr.errors import InputError
 from invariant_mr.estimators.iv import fit_kclass
 from invariant_mr.estimators.multivariable_iv import fit_multivariable_tsls
-from invariant_mr.estimators.steiger import steiger_test
-from invariant_mr.estimators.summary_mr import ivw
-from invariant_mr.estimators.sumstats import SummaryStatistics
-from invariant_mr.estimators.two_sample import select_instruments, steiger_from_table
+from invariant_mr.estimators.summary.steiger import steiger_test
+from invariant_mr.estimators.summary.summary_mr import ivw
+from invariant_mr.estimators.summary.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary.two_sample import select_instruments, steiger_from_table
 from invariant_mr.io.gwas_sumstats import read_mr_sumstats
 from invariant_mr.methods.registry import MethodContext
 from invariant_mr.pipeline import run_analysis

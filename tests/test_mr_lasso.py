@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.mr_lasso import glmnet_lasso_path, mr_lasso
-from invariant_mr.estimators.summary_mr import ivw
-from invariant_mr.estimators.two_sample import summary_statistics_from_table
+from invariant_mr.estimators.summary.mr_lasso import glmnet_lasso_path, mr_lasso
+from invariant_mr.estimators.summary.summary_mr import ivw
+from invariant_mr.estimators.summary.two_sample import summary_statistics_from_table
 from invariant_mr.io.gwas_sumstats import read_mr_sumstats
 from test_robust_summary_mr import bmi_chd_sumstats
 

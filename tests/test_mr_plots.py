@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from invariant_mr.estimators.summary_mr import ivw
+from invariant_mr.estimators.summary.summary_mr import ivw
 from invariant_mr.report.mr_plots import funnel_plot, leave_one_out_plot, scatter_plot, single_variant_forest_plot
 from invariant_mr.results import AnalysisResult, Estimate
 from test_robust_summary_mr import bmi_chd_sumstats

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from invariant_mr.cli import main
-from invariant_mr.estimators.mr_tables import odds_ratios
-from invariant_mr.estimators.multivariable_mr import mv_ivw
-from invariant_mr.estimators.summary_mr import ivw, leave_one_out
-from invariant_mr.estimators.two_sample import summary_statistics_from_table
+from invariant_mr.estimators.summary.mr_tables import odds_ratios
+from invariant_mr.estimators.summary.multivariable_mr import mv_ivw
+from invariant_mr.estimators.summary.summary_mr import ivw, leave_one_out
+from invariant_mr.estimators.summary.two_sample import summary_statistics_from_table
 from invariant_mr.io.gwas_sumstats import harmonise, read_gwas, read_mr_sumstats
 
 DATA = Path(__file__).parent / "data"

@@ -7,8 +7,8 @@ import pytest
 from scipy import stats
 
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.radial_mr import ivw_radial
-from invariant_mr.estimators.summary_mr import ivw
+from invariant_mr.estimators.summary.radial_mr import ivw_radial
+from invariant_mr.estimators.summary.summary_mr import ivw
 from test_robust_summary_mr import bmi_chd_sumstats
 
 
@@ -75,7 +75,7 @@ def test_radial_is_seeded_and_validates(ss):
 
 def test_vectorised_random_effects_bootstrap_matches_nested_searches(ss):
     """Each bootstrap draw's exact RE estimate equals RadialMR's two nested optimize() searches (to their tolerance)."""
-    from invariant_mr.estimators.radial_mr import _exact_random_bootstrap, _minimise, _radial_lm
+    from invariant_mr.estimators.summary.radial_mr import _exact_random_bootstrap, _minimise, _radial_lm
 
     bx, sx, by, sy = ss.beta_exposure, ss.se_exposure, ss.beta_outcome, ss.se_outcome
     idx = np.random.default_rng(0).integers(0, ss.n_variants, size=(6, ss.n_variants))
@@ -110,7 +110,7 @@ def test_reproduces_radialmr_printed_example_on_data_radial():
     """
     from pathlib import Path
 
-    from invariant_mr.estimators.two_sample import summary_statistics_from_table
+    from invariant_mr.estimators.summary.two_sample import summary_statistics_from_table
     from invariant_mr.io.gwas_sumstats import read_mr_sumstats
 
     table = read_mr_sumstats(Path(__file__).parent / "data" / "ldl_chd_radialmr.tsv")
@@ -149,7 +149,7 @@ def _scalar_exact_random(x, s_x, y, s_y):
     10-SE bounds (an independent check of the vectorised Newton iterations)."""
     from scipy import optimize
 
-    from invariant_mr.estimators.radial_mr import _radial_lm
+    from invariant_mr.estimators.summary.radial_mr import _radial_lm
 
     r, df = y / x, x.size - 1
     a, c = s_y**2 / x**2, s_x**2 / x**2
@@ -187,7 +187,7 @@ def test_vectorised_random_effects_bootstrap_matches_scalar_root_finding(ss, see
     """Every draw (with and without a sign change of Q - (L - 1) in the phi bracket) equals the
     per-draw root-finding solution to 1e-10: the Newton iterations reach the same minimiser as a
     50-step bisection or brentq would, so the bootstrap SE is unchanged, not merely close."""
-    from invariant_mr.estimators.radial_mr import _exact_random_bootstrap
+    from invariant_mr.estimators.summary.radial_mr import _exact_random_bootstrap
 
     bx, sx, by, sy = ss.beta_exposure, ss.se_exposure, ss.beta_outcome, ss.se_outcome
     idx = np.random.default_rng(seed).integers(0, ss.n_variants, size=(150, ss.n_variants))

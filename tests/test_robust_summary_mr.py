@@ -10,13 +10,13 @@ import statsmodels.api as sm
 from scipy import stats
 
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.clumping import ld_clump, select_by_independent_gwas
-from invariant_mr.estimators.mr_conmix import mr_conmix
-from invariant_mr.estimators.mr_raps import loss_constants, mr_raps, rho
-from invariant_mr.estimators.two_sample import summary_statistics_from_table
+from invariant_mr.estimators.summary.clumping import ld_clump, select_by_independent_gwas
+from invariant_mr.estimators.summary.mr_conmix import mr_conmix
+from invariant_mr.estimators.summary.mr_raps import loss_constants, mr_raps, rho
+from invariant_mr.estimators.summary.two_sample import summary_statistics_from_table
 from invariant_mr.io.gwas_sumstats import GWASTable, read_mr_sumstats
-from invariant_mr.estimators.summary_mr import ivw, mr_presso, presso_distortion_test
-from invariant_mr.estimators.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary.summary_mr import ivw, mr_presso, presso_distortion_test
+from invariant_mr.estimators.summary.sumstats import SummaryStatistics
 from statistical_bounds import assert_rate, assert_se_calibrated, assert_unbiased
 
 LIPIDS = Path(__file__).parent / "data" / "lipids_chd_mendelianrandomization.tsv"
@@ -319,7 +319,7 @@ BMI_CHD = Path(__file__).parent / "data"
 
 def bmi_chd_sumstats():
     """TwoSampleMR's vignette data, BMI (ieu-a-2) -> CHD (ieu-a-7), 79 variants (tests/data/README.md)."""
-    from invariant_mr.estimators.two_sample import summary_statistics_from_table
+    from invariant_mr.estimators.summary.two_sample import summary_statistics_from_table
     from invariant_mr.io.gwas_sumstats import harmonise, read_gwas
 
     exposure = read_gwas(BMI_CHD / "bmi_chd_twosamplemr_exposure.tsv")

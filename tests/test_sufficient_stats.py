@@ -168,7 +168,7 @@ from invariant_mr.inference.tests_from_stats import (
     first_stage_from_stats,
     sargan_hansen_j_from_stats,
 )
-from invariant_mr.estimators.sumstats import summary_statistics
+from invariant_mr.estimators.summary.sumstats import summary_statistics
 from invariant_mr.inference.weak_iv import anderson_rubin_confidence_set, anderson_rubin_test
 
 

@@ -15,7 +15,7 @@ from statsmodels.tools.numdiff import approx_hess3
 
 from invariant_mr.cli import main
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.summary_extra import (
+from invariant_mr.estimators.summary.summary_extra import (
     binomial_two_sided_p_half,
     egger_bootstrap,
     ivw_mre,
@@ -23,7 +23,7 @@ from invariant_mr.estimators.summary_extra import (
     two_sample_ml,
     unweighted_regression,
 )
-from invariant_mr.estimators.summary_mr import (
+from invariant_mr.estimators.summary.summary_mr import (
     _MAD_SCALE,
     ivw,
     r_density_mode_rows,
@@ -32,7 +32,7 @@ from invariant_mr.estimators.summary_mr import (
     weighted_mode,
     weighted_mode_nome,
 )
-from invariant_mr.estimators.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary.sumstats import SummaryStatistics
 from test_robust_summary_mr import bmi_chd_sumstats
 
 DATA = Path(__file__).parent / "data"
@@ -225,7 +225,7 @@ def test_mr_runs_every_new_method_by_name_with_twosamplemrs_names(tmp_path):
 
 # ----------------------------------------------------------------------------- MR-GRIP
 def test_mr_grip_is_statsmodels_wls_and_invariant_to_allele_coding():
-    from invariant_mr.estimators.summary_extra import mr_grip
+    from invariant_mr.estimators.summary.summary_extra import mr_grip
 
     ss = _simulated(9, L=20)
     bx, by, sy = ss.beta_exposure, ss.beta_outcome, ss.se_outcome
@@ -241,7 +241,7 @@ def test_mr_grip_is_statsmodels_wls_and_invariant_to_allele_coding():
 
 
 def test_twosamplemr_names_cover_registered_methods_and_new_rows_carry_them(bmi_chd):
-    from invariant_mr.estimators.summary_extra import TWOSAMPLEMR_METHODS
+    from invariant_mr.estimators.summary.summary_extra import TWOSAMPLEMR_METHODS
     from invariant_mr.methods.catalogue import BUILTIN_METHODS
 
     registered = {m.name for m in BUILTIN_METHODS}
@@ -253,7 +253,7 @@ def test_twosamplemr_names_cover_registered_methods_and_new_rows_carry_them(bmi_
 
 
 def test_mr_defaults_leave_the_extra_methods_out_and_all_runs_them():
-    from invariant_mr.estimators.summary_extra import TWOSAMPLEMR_METHODS
+    from invariant_mr.estimators.summary.summary_extra import TWOSAMPLEMR_METHODS
     from invariant_mr.io.gwas_sumstats import harmonise, read_gwas
     from invariant_mr.pipeline import methods_for
 

@@ -12,7 +12,7 @@ from invariant_mr.errors import InputError
 from invariant_mr.pipeline import run_analysis
 from invariant_mr.methods.registry import MethodContext
 from invariant_mr.simulation.paper import simulate_paper
-from invariant_mr.estimators.summary_mr import (
+from invariant_mr.estimators.summary.summary_mr import (
     cochran_q,
     ivw,
     ivw_fixed,
@@ -28,7 +28,7 @@ from invariant_mr.estimators.summary_mr import (
     weighted_median_rows,
     weighted_mode,
 )
-from invariant_mr.estimators.sumstats import (
+from invariant_mr.estimators.summary.sumstats import (
     SummaryStatistics,
     per_column_regression,
     read_summary_statistics,

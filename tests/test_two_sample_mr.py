@@ -10,8 +10,8 @@ import statsmodels.api as sm
 from scipy import stats
 
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.multivariable_mr import conditional_f_statistics, mv_egger, mv_ivw
-from invariant_mr.estimators.steiger import (
+from invariant_mr.estimators.summary.multivariable_mr import conditional_f_statistics, mv_egger, mv_ivw
+from invariant_mr.estimators.summary.steiger import (
     r2_from_bsen,
     r2_from_eaf,
     r2_from_pn,
@@ -19,14 +19,14 @@ from invariant_mr.estimators.steiger import (
     steiger_test,
     variance_explained,
 )
-from invariant_mr.estimators.two_sample import (
+from invariant_mr.estimators.summary.two_sample import (
     mv_egger_table,
     mv_ivw_table,
     steiger_from_table,
     summary_statistics_from_table,
 )
 from invariant_mr.io.gwas_sumstats import SumstatsTable, read_mr_sumstats
-from invariant_mr.estimators.summary_mr import ivw, mr_egger, weighted_median, weighted_median_rows
+from invariant_mr.estimators.summary.summary_mr import ivw, mr_egger, weighted_median, weighted_median_rows
 
 LIPIDS = Path(__file__).parent / "data" / "lipids_chd_mendelianrandomization.tsv"
 
@@ -85,7 +85,7 @@ def test_weighted_and_simple_median_reproduce_the_printed_vignette_estimates(lip
 def test_weighted_mode_reproduces_the_printed_mbe_estimate(lipids):
     # Vignette "Mode-based method of Hartwig et al" (mr_mbe: weighted, delta standard errors [not
     # assuming NOME], bandwidth factor 1): MBE 2.946 (SE 1.005, a bootstrap).
-    from invariant_mr.estimators.summary_mr import weighted_mode
+    from invariant_mr.estimators.summary.summary_mr import weighted_mode
 
     fit = weighted_mode(summary_statistics_from_table(lipids, "ldlc"), n_bootstrap=1000, rng=0)
     assert fit.estimate == pytest.approx(2.946, abs=PRINTED)
@@ -159,7 +159,7 @@ def test_mv_ivw_and_egger_equal_weighted_least_squares(seed):
     np.testing.assert_allclose(eg.se, ref_e.bse[1:] / sig_e * max(1.0, sig_e), rtol=1e-10)
     assert eg.extra["intercept"] == pytest.approx(ref_e.params[0], rel=1e-10)
     # With one exposure, multivariable IVW is the univariable IVW.
-    from invariant_mr.estimators.sumstats import SummaryStatistics
+    from invariant_mr.estimators.summary.sumstats import SummaryStatistics
 
     uni = ivw(SummaryStatistics(tuple(map(str, range(40))), bx[:, 0], sx[:, 0], by, sy, 1000))
     one = mv_ivw(bx[:, :1], sx[:, :1], by, sy, model="random")

@@ -290,7 +290,7 @@ def write_run_extras(result, directory: Path, data, *, qc_tsv: str | None = None
             table = summary_statistics_from_stats(first_pass(data), env_fixed_effects=sumstats_env_adjust,
                                                   variant_names=data.instrument_names)
         else:
-            from invariant_mr.estimators.sumstats import summary_statistics
+            from invariant_mr.estimators.summary.sumstats import summary_statistics
 
             table = summary_statistics(data, env_fixed_effects=sumstats_env_adjust)
         alleles = None

@@ -108,7 +108,7 @@ def mr(sumstats, exposure_gwas, outcome_gwas, columns, exposures, palindromes, p
     the step and the reason).
     """
     from invariant_mr.io.gwas_sumstats import explain_empty, harmonise, harmonise_exposures, read_gwas, read_mr_sumstats
-    from invariant_mr.estimators.two_sample import select_instruments
+    from invariant_mr.estimators.summary.two_sample import select_instruments
     from invariant_mr.pipeline import run_analysis
     from invariant_mr.provenance import input_record
 
@@ -254,8 +254,8 @@ def _dropped_tsv(dropped) -> str:
 
 def _tables(table, harmonised, result, alpha: float, odds_ratios: bool) -> dict[str, str]:
     """{file name: TSV text}: TwoSampleMR's results layout, harmonised data, single-variant and leave-one-out tables."""
-    from invariant_mr.estimators.mr_tables import harmonised_data_tsv, leave_one_out_tsv, results_tsv, single_variant_tsv
-    from invariant_mr.estimators.two_sample import summary_statistics_from_table
+    from invariant_mr.estimators.summary.mr_tables import harmonised_data_tsv, leave_one_out_tsv, results_tsv, single_variant_tsv
+    from invariant_mr.estimators.summary.two_sample import summary_statistics_from_table
 
     out = {"mr_results.tsv": results_tsv(result.estimates, with_odds_ratios=odds_ratios)}
     if harmonised is not None:
@@ -270,7 +270,7 @@ def _tables(table, harmonised, result, alpha: float, odds_ratios: bool) -> dict[
 
 def _plots(table, result, alpha: float) -> tuple[dict[str, bytes], str]:
     """PNG bytes per file and the report section: the four plots per exposure of a univariable analysis."""
-    from invariant_mr.estimators.two_sample import summary_statistics_from_table
+    from invariant_mr.estimators.summary.two_sample import summary_statistics_from_table
     from invariant_mr.report.mr_plots import mr_plot_pngs, mr_plots_html
 
     if table.n_exposures > 1:

@@ -1200,7 +1200,7 @@ def summary_statistics_from_stats(
     meats of `summary_statistics_requests(design)` for the design
     `partial_out(stats, env_fixed_effects=..., covariates=adjust_covariates, fill=fill)`.
     """
-    from invariant_mr.estimators.sumstats import SummaryStatistics
+    from invariant_mr.estimators.summary.sumstats import SummaryStatistics
 
     design = partial_out(stats, env_fixed_effects=env_fixed_effects, covariates=adjust_covariates, fill=fill)
     k = design.k

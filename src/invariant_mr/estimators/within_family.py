@@ -42,7 +42,7 @@ import pandas as pd
 
 from invariant_mr.errors import InputError
 from invariant_mr.estimators.iv import Clusters, KClassFit, fit_kclass, orthonormal_basis, residualize
-from invariant_mr.estimators.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary.sumstats import SummaryStatistics
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,7 @@ def resolve_methods(names: str | list[str] | None) -> list[MethodSpec]:
         raise InputError("--methods is empty")
     if any(n not in available for n in names):
         # TwoSampleMR's function names (mr_ivw_fe, mr_simple_mode_nome, ...) name the same methods.
-        from invariant_mr.estimators.summary_extra import TWOSAMPLEMR_METHODS
+        from invariant_mr.estimators.summary.summary_extra import TWOSAMPLEMR_METHODS
 
         alias = {obj: ours for ours, (obj, _) in TWOSAMPLEMR_METHODS.items()}
         names = [n if n in available else alias.get(n, n) for n in names]

@@ -21,10 +21,10 @@ from invariant_mr.errors import InputError
 from invariant_mr.estimators.tail_probabilities import norm_sf
 from invariant_mr.methods.registry import MethodContext, MethodOutput
 from invariant_mr.results import Diagnostic, Estimate
-from invariant_mr.estimators.steiger import r2_from_bsen, steiger_test
-from invariant_mr.estimators.two_sample import steiger_from_table, summary_statistics_from_table
+from invariant_mr.estimators.summary.steiger import r2_from_bsen, steiger_test
+from invariant_mr.estimators.summary.two_sample import steiger_from_table, summary_statistics_from_table
 from invariant_mr.io.gwas_sumstats import SumstatsTable
-from invariant_mr.estimators.summary_mr import (
+from invariant_mr.estimators.summary.summary_mr import (
     SummaryMRFit,
     ivw,
     ivw_fixed,
@@ -39,7 +39,7 @@ from invariant_mr.estimators.summary_mr import (
     weighted_mode,
     weighted_mode_nome,
 )
-from invariant_mr.estimators.summary_extra import (
+from invariant_mr.estimators.summary.summary_extra import (
     egger_bootstrap,
     ivw_mre,
     mr_grip,
@@ -47,7 +47,7 @@ from invariant_mr.estimators.summary_extra import (
     two_sample_ml,
     unweighted_regression,
 )
-from invariant_mr.estimators.sumstats import SummaryStatistics, per_column_regression, summary_statistics
+from invariant_mr.estimators.summary.sumstats import SummaryStatistics, per_column_regression, summary_statistics
 
 # ----------------------------------------------------------------------------- helpers
 def _env_sumstats(data: MRData, mask: np.ndarray) -> SummaryStatistics:
@@ -502,7 +502,7 @@ def mr_presso_method(data: MRData, ctx: MethodContext) -> MethodOutput:
 
 def ivw_radial_method(data: MRData, ctx: MethodContext) -> MethodOutput:
     """Radial IVW (RadialMR `ivw_radial`): four rows per scope, "ivw_radial", "_iterative", "_exact_fe", "_exact_re"."""
-    from invariant_mr.estimators.radial_mr import ivw_radial
+    from invariant_mr.estimators.summary.radial_mr import ivw_radial
 
     n_boot = int(ctx.option("n_bootstrap", 1000))
     weights = str(ctx.option("radial_weights", "modified_second_order"))

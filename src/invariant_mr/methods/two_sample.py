@@ -16,10 +16,10 @@ import numpy as np
 from invariant_mr.data import MRData, exogenous_controls
 from invariant_mr.errors import InputError
 from invariant_mr.estimators.tail_probabilities import norm_sf
-from invariant_mr.estimators.mr_conmix import mr_conmix
-from invariant_mr.estimators.mr_raps import mr_raps
-from invariant_mr.estimators.multivariable_mr import MultivariableMRFit, mv_egger, mv_ivw
-from invariant_mr.estimators.sumstats import per_column_regression
+from invariant_mr.estimators.summary.mr_conmix import mr_conmix
+from invariant_mr.estimators.summary.mr_raps import mr_raps
+from invariant_mr.estimators.summary.multivariable_mr import MultivariableMRFit, mv_egger, mv_ivw
+from invariant_mr.estimators.summary.sumstats import per_column_regression
 from invariant_mr.io.gwas_sumstats import SumstatsTable
 from invariant_mr.methods.registry import MethodContext, MethodOutput
 from invariant_mr.methods.summary_level import _estimate, pvalue_convention, run_summary_method, sumstats_env_adjusted
@@ -41,7 +41,7 @@ def mr_raps_method(data: MRData | SumstatsTable, ctx: MethodContext) -> MethodOu
 
 
 def mr_lasso_method(data: MRData | SumstatsTable, ctx: MethodContext) -> MethodOutput:
-    from invariant_mr.estimators.mr_lasso import mr_lasso
+    from invariant_mr.estimators.summary.mr_lasso import mr_lasso
 
     pvalues = pvalue_convention(ctx)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from invariant_mr.data import MRData
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.summary_mr import ivw, mr_egger
+from invariant_mr.estimators.summary.summary_mr import ivw, mr_egger
 from invariant_mr.estimators.within_family import (
     fit_within_family,
     fit_within_family_crossfit,

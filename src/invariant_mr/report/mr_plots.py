@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from invariant_mr.estimators.summary_mr import leave_one_out
-from invariant_mr.estimators.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary.summary_mr import leave_one_out
+from invariant_mr.estimators.summary.sumstats import SummaryStatistics
 from invariant_mr.estimators.tail_probabilities import norm_ppf
 from invariant_mr.results import AnalysisResult, Estimate
 
@@ -176,7 +176,7 @@ def _tick_label_margins(fig, ax) -> None:
 def leave_one_out_plot(ss: SummaryStatistics, *, alpha: float = 0.05):
     """IVW leaving out each variant in turn (its 1 - alpha CI), and IVW on all variants."""
     mpl = _figures()
-    from invariant_mr.estimators.summary_mr import ivw
+    from invariant_mr.estimators.summary.summary_mr import ivw
 
     loo = leave_one_out(ss, alpha)
     full = ivw(ss, alpha)

@@ -28,8 +28,8 @@ import numpy as np
 
 from invariant_mr.errors import InputError
 from invariant_mr.estimators.tail_probabilities import chi2_ppf
-from invariant_mr.estimators.summary_mr import SummaryMRFit, _arrays, _require, _wald
-from invariant_mr.estimators.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary.summary_mr import SummaryMRFit, _arrays, _require, _wald
+from invariant_mr.estimators.summary.sumstats import SummaryStatistics
 
 #: glmnet.control defaults.
 _FDEV, _DEVMAX, _MNLAM = 1e-5, 0.999, 5

@@ -18,12 +18,12 @@ import numpy as np
 
 from invariant_mr.errors import InputError
 from invariant_mr.estimators.tail_probabilities import norm_sf
-from invariant_mr.estimators.clumping import ld_clump, select_by_independent_gwas
+from invariant_mr.estimators.summary.clumping import ld_clump, select_by_independent_gwas
 from invariant_mr.io.gwas_sumstats import DroppedVariant, GWASTable
-from invariant_mr.estimators.multivariable_mr import MultivariableMRFit, mv_egger, mv_ivw
-from invariant_mr.estimators.steiger import SteigerResult, steiger_test, variance_explained
+from invariant_mr.estimators.summary.multivariable_mr import MultivariableMRFit, mv_egger, mv_ivw
+from invariant_mr.estimators.summary.steiger import SteigerResult, steiger_test, variance_explained
 from invariant_mr.io.gwas_sumstats import SumstatsTable
-from invariant_mr.estimators.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary.sumstats import SummaryStatistics
 
 
 def summary_statistics_from_table(table: SumstatsTable, exposure: str | None = None) -> SummaryStatistics:

@@ -45,8 +45,8 @@ from scipy import integrate, optimize
 
 from invariant_mr.errors import InputError
 from invariant_mr.estimators.tail_probabilities import norm_pdf
-from invariant_mr.estimators.summary_mr import SummaryMRFit, _arrays, _require, _wald
-from invariant_mr.estimators.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary.summary_mr import SummaryMRFit, _arrays, _require, _wald
+from invariant_mr.estimators.summary.sumstats import SummaryStatistics
 
 _LOSSES = ("l2", "huber", "tukey")
 _DEFAULT_K = {"huber": 1.345, "tukey": 4.685}

@@ -29,8 +29,8 @@ import numpy as np
 
 from invariant_mr.errors import InputError
 from invariant_mr.estimators.tail_probabilities import chi2_ppf, chi2_sf
-from invariant_mr.estimators.summary_mr import SummaryMRFit, _arrays, _require
-from invariant_mr.estimators.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary.summary_mr import SummaryMRFit, _arrays, _require
+from invariant_mr.estimators.summary.sumstats import SummaryStatistics
 
 
 def _profile(theta: np.ndarray, ratio: np.ndarray, ratio_se: np.ndarray, psi: float):

@@ -44,7 +44,7 @@ import numpy as np
 
 from invariant_mr.errors import InputError
 from invariant_mr.estimators.tail_probabilities import chi2_sf, norm_ppf, norm_sf, t_ppf, t_sf
-from invariant_mr.estimators.summary_mr import SummaryMRFit
+from invariant_mr.estimators.summary.summary_mr import SummaryMRFit
 
 
 def _as_arrays(bx, sx, by, sy, exposures):

@@ -30,8 +30,8 @@ from scipy import optimize
 
 from invariant_mr.errors import InputError
 from invariant_mr.estimators.tail_probabilities import chi2_ppf, chi2_sf, norm_ppf, norm_sf, t_ppf, t_sf
-from invariant_mr.estimators.summary_mr import SummaryMRFit, _arrays, _require
-from invariant_mr.estimators.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary.summary_mr import SummaryMRFit, _arrays, _require
+from invariant_mr.estimators.summary.sumstats import SummaryStatistics
 
 #: RadialMR's `weights` 1, 2, 3.
 RADIAL_WEIGHTS = ("first_order", "second_order", "modified_second_order")

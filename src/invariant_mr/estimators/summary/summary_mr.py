@@ -46,7 +46,7 @@ import numpy as np
 
 from invariant_mr.errors import InputError
 from invariant_mr.estimators.tail_probabilities import chi2_sf, norm_ppf, norm_sf, t_ppf, t_sf
-from invariant_mr.estimators.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary.sumstats import SummaryStatistics
 
 #: MAD to SD for the normal distribution (R's `mad` default constant).
 _MAD_SCALE = 1.4826

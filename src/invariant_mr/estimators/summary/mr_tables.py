@@ -22,8 +22,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from invariant_mr.estimators.summary_mr import ivw, leave_one_out
-from invariant_mr.estimators.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary.summary_mr import ivw, leave_one_out
+from invariant_mr.estimators.summary.sumstats import SummaryStatistics
 from invariant_mr.estimators.tail_probabilities import norm_sf
 
 #: TwoSampleMR's `generate_odds_ratios` multiplier (not qnorm(0.975) = 1.959964).

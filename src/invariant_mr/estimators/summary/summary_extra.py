@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.summary_mr import SummaryMRFit, _arrays, _require, _wald
-from invariant_mr.estimators.sumstats import SummaryStatistics
+from invariant_mr.estimators.summary.summary_mr import SummaryMRFit, _arrays, _require, _wald
+from invariant_mr.estimators.summary.sumstats import SummaryStatistics
 from invariant_mr.estimators.tail_probabilities import chi2_sf
 
 #: Our method name -> (TwoSampleMR's function, the name `mr()` prints in its `method` column), from
