@@ -461,7 +461,7 @@ def test_fine_scale_structure_inside_environments_fails_an_invariant_method_that
 
 
 def test_a_costly_default_method_is_left_out_above_its_size_and_says_so(monkeypatch):
-    """`invariant_genotype` (cost ~ n x variants^2) runs by default only up to `default_max_cells`; above,
+    """`invariant_genotype` (cost ~ n x variants^2) runs by default only up to `default_max_work`; above,
     the run reports it as not run, with how to ask for it, and naming it still runs it."""
     import dataclasses
 
@@ -470,8 +470,8 @@ def test_a_costly_default_method_is_left_out_above_its_size_and_says_so(monkeypa
 
     registry.registered_methods()
     spec = registry._REGISTRY["invariant_genotype"]
-    assert spec.default and spec.default_max_cells == 10_000_000
-    monkeypatch.setitem(registry._REGISTRY, "invariant_genotype", dataclasses.replace(spec, default_max_cells=100))
+    assert spec.default and spec.default_max_work == 10**10
+    monkeypatch.setitem(registry._REGISTRY, "invariant_genotype", dataclasses.replace(spec, default_max_work=100))
     sim = simulate_paper("linear", n_envs=2, n_per_env=100, seed=0)
     assert "invariant_genotype" not in [s.name for s in methods_for(sim.data, None)]
     assert "invariant_genotype" in [s.name for s in methods_for(sim.data, "invariant_genotype,ols")]

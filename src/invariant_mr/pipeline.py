@@ -59,13 +59,13 @@ def data_fingerprint(data: MRData | StreamedMRData | SumstatsTable) -> dict:
 
 
 def _too_large_for_default(data, methods) -> dict[str, str]:
-    """Default methods left out at this size (`MethodSpec.default_max_cells`), with the reason a run reports."""
+    """Default methods left out at this size (`MethodSpec.default_max_work`), with the reason a run reports."""
     if methods is not None or isinstance(data, SumstatsTable) or data.n_exposures > 1:
         return {}
-    cells = data.n * data.p
-    return {s.name: f"not run by default on {data.n:,} x {data.p:,} (above {s.default_max_cells:,} cells its "
-                    f"cost grows as n x variants^2); name it in --methods to run it"
-            for s in resolve_methods(None) if s.default_max_cells is not None and cells > s.default_max_cells}
+    work = data.n * data.p**2
+    return {s.name: f"not run by default on {data.n:,} x {data.p:,} (its cost grows as n x variants^2, here "
+                    f"{work:.1e}, above {s.default_max_work:.0e}); name it in --methods to run it"
+            for s in resolve_methods(None) if s.default_max_work is not None and work > s.default_max_work}
 
 
 def methods_for(data: MRData | SumstatsTable, methods: str | Sequence[str] | None) -> list[MethodSpec]:

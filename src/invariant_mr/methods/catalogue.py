@@ -127,9 +127,10 @@ BUILTIN_METHODS: tuple[MethodSpec, ...] = (
                "LIML (Bekker SE) on the genotype with the directions that shift across environments removed "
                "(per-variant scaling within environments); for population structure",
                options=o.GENOTYPE_INVARIANT_OPTIONS, family=o.GENOTYPE_INVARIANT,
-               # Its relabelling null costs n x variants^2 per relabelling: 60 s of a 82 s default run at
-               # 30,000 x 1,000 (benchmarks/results/battery.md), under 10 s up to about 10 million cells.
-               default_max_cells=10_000_000),
+               # Its relabelling null costs n x variants^2 per relabelling: 60 s of an 82 s default run at
+               # 30,000 x 1,000 (3e10; benchmarks/results/battery.md); its learner takes 2.4 CPU s at 6,000 x 500
+               # (1.5e9; benchmarks/results/genotype_invariant_speed.md), so about 16 s at the bound.
+               default_max_work=10**10),
     MethodSpec("invariant_polynomial", f"{_P}:invariant_polynomial",
                "2SLS on invariant latents identified by a polynomial decoder (linear encoder, or under measurement "
                "noise a projection onto the decoder's surface; cross-fitted, stage-2 bootstrap SE); for polynomial "

@@ -57,9 +57,9 @@ class MethodSpec:
     effects of several exposures at once (one `Estimate` per exposure).
     `summary_default`: `mr` runs it when no `--methods` is given (False for
     methods TwoSampleMR's `mr()` leaves out by default and `mr` lacked before).
-    `default_max_cells`: a default method whose cost grows faster than the
-    data (n x variants) runs by default only up to this many cells; above it,
-    it runs when named, and the run reports it as not run, with the reason.
+    `default_max_work`: a default method whose cost grows as n x variants^2
+    runs by default only while n x variants^2 is at most this; above it, it
+    runs when named, and the run reports it as not run, with the reason.
     """
 
     name: str
@@ -72,7 +72,7 @@ class MethodSpec:
     summary_input: bool = False
     multivariable: bool = False
     summary_default: bool = True
-    default_max_cells: int | None = None
+    default_max_work: int | None = None
 
     @property
     def function(self) -> MethodFunction:
