@@ -230,6 +230,8 @@ class KClassFit(WaldInference):
     cov_type: str
     residuals: np.ndarray
     n_clusters: int | None = None
+    #: Which k-class estimator ("ols", "tsls", "liml", "fuller", "fixed"): weak-instrument thresholds depend on it.
+    estimator: str | None = None
 
 
 def parse_kappa(kappa) -> tuple[str, float | None]:
@@ -373,6 +375,7 @@ def fit_kclass(
         cov_type=cov_type,
         residuals=eps,
         n_clusters=None if groups is None else groups.n_clusters,
+        estimator=kind,
     )
 
 

@@ -984,6 +984,7 @@ class StatsKClassFit(WaldInference):
     cov_type: str
     scope: str = "pooled"
     n_controls: int = 0
+    estimator: str | None = None
 
     def summary(self) -> str:
         lo, hi = self.ci()
@@ -1146,6 +1147,7 @@ def kclass_from_stats(
         cov_type=cov_type,
         scope=design.scope,
         n_controls=design.n_controls,
+        estimator=kind,
     )
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from invariant_mr.data import MRData, exogenous_controls
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.iv import KClassFit, fit_kclass, parse_kappa
+from invariant_mr.estimators.iv import KClassFit, fit_kclass
 from invariant_mr.inference.settings import InferenceSettings
 from invariant_mr.results import Estimate
 from invariant_mr.inference.weak_iv import with_anderson_rubin
@@ -46,7 +46,9 @@ def estimate_from_fit(
         n_instruments=fit.n_instruments,
         first_stage_f=fit.first_stage_f,
         pvalue=fit.pvalue,
-        extra={"kappa": fit.kappa, "cov_type": fit.cov_type, **(extra or {})},
+        # The estimator travels with the row: the verdict's weak-instrument threshold depends on it.
+        extra={"kappa": fit.kappa, "cov_type": fit.cov_type,
+               **({"estimator": fit.estimator} if getattr(fit, "estimator", None) else {}), **(extra or {})},
     )
 
 
@@ -84,10 +86,6 @@ def iv_estimates(
     """
 
     clusters = None if clusters is None else np.asarray(clusters)
-    # Which k-class estimator: the verdict's weak-instrument threshold depends on it (LIML tolerates many
-    # instruments of modest strength that would bias 2SLS towards OLS).
-    extra = {"estimator": parse_kappa(kappa)[0], **(extra or {})}
-
     def row(fit: KClassFit, scope: str, y, d, Z, ctrl, cl) -> Estimate:
         est = estimate_from_fit(fit, method, scope, settings.alpha, extra)
         if fit.n_clusters is not None:

@@ -190,7 +190,7 @@ def iv_estimates_from_stats(
                 if scope == "pooled":
                     raise
                 continue
-            est = estimate_from_fit(fit, method, scope, alpha, {"estimator": kinds[method], **(extra or {})})
+            est = estimate_from_fit(fit, method, scope, alpha, extra)
             if kinds[method] != "ols" and scope in ar_fields:
                 f = ar_fields[scope]
                 est = replace(
