@@ -303,24 +303,39 @@ def _strength(e: Estimate, by_name: Mapping[str, Diagnostic]) -> float | None:
 LEAK_SE_RATIO = 1.0
 
 
+def _purge_values(d: Diagnostic) -> tuple:
+    """(purged first-stage F, shift, SE of the shift) of a purge diagnostic (leak or structure shift)."""
+    return tuple(d.detail.get(k) for k in ("purged_first_stage_f", "shift", "se"))
+
+
+def _purge_blind(e: Estimate, d: Diagnostic) -> str | None:
+    """Why a purge check cannot clear `e` (None when it can): the purged instruments must stay strong for
+    `e`'s estimator, and the shift must be at least as precise as the estimate (its SE at most
+    `LEAK_SE_RATIO` times the estimate's), or an undetected bias could exceed the estimate's own noise."""
+    f_purged, _, se = _purge_values(d)
+    if not _finite(f_purged):
+        return "the purged instruments' strength is unknown"
+    if f_purged < _weak_below(e)[0]:
+        return f"the purged instruments are weak (F = {f_purged:.1f})"
+    if not (_finite(se) and _finite(e.se) and se <= LEAK_SE_RATIO * float(e.se)):
+        return f"the shift's SE ({se:.4f}) exceeds the estimate's" if _finite(se) else "the shift's SE is unknown"
+    return None
+
+
 def _weigh_leak(e: Estimate, checks: list[Check], by_name: Mapping[str, Diagnostic]) -> list[Check]:
     """A detected leak (MMD or HSIC failing) that does not matter for the estimate is not a failure.
 
     With thousands of rows, MMD and HSIC detect leaks far too small to bias the estimate. What matters
     is the bias: purge the instruments of everything the environment-varying component predicts
     (degree-2 features, and their interaction with the environment) and see whether the estimate moves.
-    The leak is immaterial when the purged instruments stay strong (F >= 10), the leak-shift check
-    passes (within the family), and it is at least as precise as the estimate (its SE at most
-    `LEAK_SE_RATIO` times the estimate's).
+    The leak is immaterial when the leak-shift check passes (within the family) and could have seen a
+    bias (`_purge_blind`: the purged instruments stay strong, the shift is as precise as the estimate).
     """
     leak = next((c for c in checks if c.kind == "leak"), None)
     d = by_name.get(f"{e.method}/leak_shift")
-    if leak is None or not leak.passed or d is None:
+    if leak is None or not leak.passed or d is None or _purge_blind(e, d) is not None:
         return checks
-    f_purged, shift, se = (d.detail.get(k) for k in ("purged_first_stage_f", "shift", "se"))
-    if not (_finite(f_purged) and f_purged >= _weak_below(e)[0] and _finite(se) and _finite(e.se)
-            and se <= LEAK_SE_RATIO * float(e.se)):
-        return checks
+    f_purged, shift, se = _purge_values(d)
     out = []
     for c in checks:
         if c.kind in ("invariance", "independence") and not c.passed:
@@ -341,24 +356,19 @@ def _weigh_structure(e: Estimate, checks: list[Check], by_name: Mapping[str, Dia
     If the purge leaves them weak, the instruments *are* within-environment structure, and their
     validity rests on that structure being unconfounded, which nothing here can check; if the shift is
     less precise than the estimate, the check cannot tell. Either way it fails, like a leak check too
-    imprecise to tell.
+    imprecise to tell (`_purge_blind`).
     """
     d = by_name.get(f"{e.method}/structure_shift")
     if d is None or not d.detail:
         return checks
-    f_purged, shift, se = (d.detail.get(k) for k in ("purged_first_stage_f", "shift", "se"))
-    weak_f = _weak_below(e)[0]
-    why = None
-    if not _finite(f_purged) or f_purged < weak_f:
-        why = (f"purged of the top genotype PCs within each environment, the instruments are weak (F = "
-               f"{f_purged:.1f}): they are within-environment population structure" if _finite(f_purged)
-               else "the purged instruments' strength is unknown")
-    elif not (_finite(se) and _finite(e.se) and se <= LEAK_SE_RATIO * float(e.se)):
-        why = f"the shift's SE ({se:.4f}) exceeds the estimate's: too imprecise to rule out stratification"
+    _, shift, se = _purge_values(d)
+    why = _purge_blind(e, d)
     out = []
     for c in checks:
         if c.kind == "structure":
-            c = (Check(c.label, c.kind, c.pvalue, False, f"{c.text}: {why}") if why and c.passed else
+            c = (Check(c.label, c.kind, c.pvalue, False, f"{c.text}: purged of the top genotype PCs within each "
+                       f"environment, {why}: the instruments may be within-environment population structure")
+                 if why and c.passed else
                  Check(c.label, c.kind, c.pvalue, c.passed, f"{c.text}: purged of within-environment structure "
                        f"the estimate moves by {shift:+.4f} (SE {se:.4f})"))
         out.append(c)
