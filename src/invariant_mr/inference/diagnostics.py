@@ -545,11 +545,11 @@ def _shift_on_rows(data, X, feats, rows, strata, controls, clusters, kappa) -> t
     return (shift, se, p, f_purged), detail
 
 
-def _structure_diagnostic(name, data, X, rows, strata, controls, clusters, kappa) -> Diagnostic:
-    """The structure check on the tested rows: the estimate's shift when the instruments are purged of
-    the top genotype PCs within each environment (`within_environment_structure`)."""
+def _structure_diagnostic(name, data, X, Zr, rows, strata, controls, clusters, kappa) -> Diagnostic:
+    """The structure check on the tested rows (`Zr`, the genotypes of `rows`): the estimate's shift when the
+    instruments are purged of the top genotype PCs within each environment (`within_environment_structure`)."""
     try:
-        feats = within_environment_structure(data.instrument_rows(rows), data.env_codes[rows])
+        feats = within_environment_structure(Zr, data.env_codes[rows])
         (shift, se, p, f_purged), detail = _shift_on_rows(data, X, feats, rows, strata, controls, clusters, kappa)
     except (InputError, np.linalg.LinAlgError) as exc:
         return _invalid(name, "pooled", str(exc))
@@ -649,13 +649,13 @@ def instrument_diagnostics(
         out.append(_invalid(name, "pooled", str(exc)))
 
     name = prefix + "independence_hsic"
-    # Only the tested rows are needed (the projection is fitted on them too).
+    # Only the tested rows are needed (the projection is fitted on them too). The genotypes of those rows are
+    # read once, for the default complement and the structure check (streamed data reads them from the file).
     Xr = X[rows]
+    Zr = data.instrument_rows(rows) if complement is None or data.p >= STRUCTURE_MIN_VARIANTS else None
     if complement is not None:
         Y = np.asarray(complement, dtype=float).reshape(data.n, -1)[rows]
     else:
-        # Only the tested rows of Z (streamed data reads just these rows from the file).
-        Zr = data.instrument_rows(rows)
         if folds is None:
             Y = environment_varying_component(Zr, Xr)
         else:
@@ -700,11 +700,11 @@ def instrument_diagnostics(
     if not np.all(Y.std(axis=0) <= 1e-8 * max(1.0, data.instrument_abs_max())):
         out.append(_leak_diagnostic(prefix + "leak_shift", data, X, Y, rows, strata, controls, clusters, alpha,
                                     kappa))
-    if data.p >= STRUCTURE_MIN_VARIANTS and genotype_calls(data.instrument_rows(rows[:5000])):
+    if Zr is not None and data.p >= STRUCTURE_MIN_VARIANTS and genotype_calls(Zr):
         # Genotype calls: population structure within environments is a threat the invariance tests
         # cannot see (docs/verdict.md, the structure check).
-        out.append(_structure_diagnostic(prefix + "structure_shift", data, X, rows, strata, controls, clusters,
-                                         kappa))
+        out.append(_structure_diagnostic(prefix + "structure_shift", data, X, Zr, rows, strata, controls,
+                                         clusters, kappa))
     name = prefix + "overidentification_j"
     try:
         stat, p, df = sargan_hansen_j(
