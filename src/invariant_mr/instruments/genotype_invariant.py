@@ -252,7 +252,6 @@ class GenotypeInvariantInstruments:
             safe_sd = np.where(sds > 0, sds, 1.0)
             U_mean = _orthonormal(np.hstack([(scale / safe_sd[e])[:, None] * U_mean for e in range(K)]))
             n_mean = U_mean.shape[1]
-        project = None if n_mean == 0 else np.eye(m) - U_mean @ U_mean.T
 
         cov_vals_all, cov_vecs_all = _top_eigen(_cov_shift_matrix(corr, weights, U_mean), max(max_cov, 1))
         if fixed is None:
@@ -275,8 +274,8 @@ class GenotypeInvariantInstruments:
             n_cov = fixed
             self.cov_shift_null_quantiles_ = None
         U_cov = cov_vecs_all[:, :n_cov]
-        if project is not None and n_cov:
-            U_cov = project @ U_cov  # already in the complement up to rounding
+        if n_mean and n_cov:
+            U_cov = U_cov - U_mean @ (U_mean.T @ U_cov)  # already in the complement up to rounding
         removed = np.hstack([U_mean, U_cov])
         if removed.shape[1]:
             removed, _ = np.linalg.qr(removed)
