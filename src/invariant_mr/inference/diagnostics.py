@@ -44,6 +44,7 @@ from scipy import stats
 
 from invariant_mr.data import MRData, exogenous_controls, genotype_calls
 from invariant_mr.errors import InputError
+from invariant_mr.estimators.genotype_pcs import genotype_pcs
 from invariant_mr.estimators.iv import Clusters, check_cov_type, cluster_codes, independent_basis, orthonormal_basis, residualize, score_outer
 from invariant_mr.inference.settings import InferenceSettings
 from invariant_mr.results import Diagnostic
@@ -509,24 +510,18 @@ def within_environment_structure(Z: np.ndarray, env_codes: np.ndarray, n_pcs: in
 
     They describe population structure *inside* an environment (demes within a region, admixture
     within a cohort), which is the same in every environment when each has it, so invariance tests
-    cannot see it, and which stratification can confound. Computed from the smaller of the variant or
-    sample Gram matrix, so the cost is that of one product of the block."""
+    cannot see it, and which stratification can confound. `estimators.genotype_pcs` per environment
+    (from the smaller Gram matrix), scaled to unit length: only their span enters the purge."""
     Z = np.asarray(Z, dtype=float)
     blocks = []
     for e in np.unique(env_codes):
         rows = env_codes == e
-        Ze = Z[rows] - Z[rows].mean(axis=0)
-        sd = Ze.std(axis=0)
-        Ze = Ze[:, sd > 0] / sd[sd > 0]
-        k = min(n_pcs, min(Ze.shape) - 1)
+        varying = int(np.count_nonzero(Z[rows].std(axis=0) > 0))
+        k = min(n_pcs, min(int(rows.sum()), varying) - 1)
         block = np.zeros((Z.shape[0], max(k, 0)))
         if k > 0:
-            if Ze.shape[1] <= Ze.shape[0]:
-                vals, vecs = sla.eigh(Ze.T @ Ze, subset_by_index=[Ze.shape[1] - k, Ze.shape[1] - 1])
-                block[rows] = Ze @ vecs / np.sqrt(np.maximum(vals, 1e-12))
-            else:
-                _, vecs = sla.eigh(Ze @ Ze.T, subset_by_index=[Ze.shape[0] - k, Ze.shape[0] - 1])
-                block[rows] = vecs
+            scores = genotype_pcs(Z[rows], k)
+            block[rows] = scores / np.maximum(np.linalg.norm(scores, axis=0), 1e-300)
         blocks.append(block)
     return np.hstack(blocks)
 
