@@ -127,9 +127,9 @@ BUILTIN_METHODS: tuple[MethodSpec, ...] = (
                "LIML (Bekker SE) on the genotype with the directions that shift across environments removed "
                "(per-variant scaling within environments); for population structure",
                options=o.GENOTYPE_INVARIANT_OPTIONS, family=o.GENOTYPE_INVARIANT,
-               # Its relabelling null costs n x variants^2 per relabelling: 60 s of an 82 s default run at
-               # 30,000 x 1,000 (3e10; benchmarks/results/battery.md); its learner takes 2.4 CPU s at 6,000 x 500
-               # (1.5e9; benchmarks/results/genotype_invariant_speed.md), so about 16 s at the bound.
+               # Its relabelling null costs n x variants^2 per relabelling: the learner alone takes 2.4 CPU s at
+               # 6,000 x 500 (1.5e9) and 23.7 s at 30,000 x 1,000 (3e10), more than the rest of that default run
+               # (19.6 s; benchmarks/results/genotype_invariant_speed.md, battery.md): about 16 s at the bound.
                default_max_work=10**10),
     MethodSpec("invariant_polynomial", f"{_P}:invariant_polynomial",
                "2SLS on invariant latents identified by a polynomial decoder (linear encoder, or under measurement "
