@@ -518,8 +518,8 @@ def headline_rows(summaries: dict) -> list[str]:
             s = rows.get(method)
             if s is None and method == "tsls_pcs_genome":  # scenarios that keep no genome: the tagged run
                 s = rows.get("tsls_pcs [gwpcs]")
-            if method == "invariant_genotype":  # the tagged run is the method's current version where there is one
-                s = rows.get("invariant_genotype [gi]", s)
+            if s is None and method == "invariant_genotype":  # scenarios run before it existed: the tagged run
+                s = rows.get("invariant_genotype [gi]")
             if s is None:
                 cells.append("not run")
             elif s["bias"] is None:

@@ -7,15 +7,6 @@ by about k / (n F) of the OLS bias, so the estimate is LIML with Bekker's
 many-instrument SE (`estimators.many_instruments`), the conventional SE kept
 in `extra`. The diagnostics test the instruments against the removed,
 environment-varying component.
-
-The removed scores are also controls, with a slope per environment (what
-adjusting for PC scores does). The complement is orthogonal to the removed
-directions, which makes its instruments uncorrelated with the removed scores
-only when the within-environment covariance of the standardised genotypes is
-the identity; linkage disequilibrium breaks that, and the ancestry score then
-leaks into the instruments (coalescent data). Controlling for the scores in
-the outcome, the exposure and the instruments alike removes that leak without
-the many-instrument bias of purging the instruments alone.
 """
 
 from __future__ import annotations
@@ -29,7 +20,6 @@ from scipy import stats
 from invariant_mr.data import MRData, exogenous_controls
 from invariant_mr.errors import InputError
 from invariant_mr.estimators.many_instruments import bekker_se
-from invariant_mr.inference.crossfit import fold_interacted
 from invariant_mr.inference.diagnostics import instrument_diagnostics
 from invariant_mr.inference.estimates import iv_estimates
 from invariant_mr.instruments.genotype_invariant import GenotypeInvariantInstruments
@@ -75,13 +65,9 @@ def _with_bekker(row: Estimate, y, d, Z, controls, alpha: float) -> Estimate:
 def invariant_genotype(data: MRData, ctx: MethodContext) -> MethodOutput:
     learner = learner_from_context(ctx).fit(data.Z, data.env)
     hw = learner.transform(data.Z, data.env)
-    removed = learner.removed_scores(data.Z, data.env) if learner.removed_.shape[1] else None
-    # One slope per environment (zero outside it): the scores' link to the confounder may differ by population.
-    score_controls = None if removed is None else fold_interacted(removed, data.env_codes)
     extra = {
         "n_removed": int(learner.removed_.shape[1]), "n_mean_shift_removed": learner.n_mean_removed_,
         "n_cov_shift_removed": learner.n_cov_removed_, "scaling": "per variant, within each environment",
-        "controls": "the removed scores, a slope per environment",
     }
     settings = ctx.inference
     if ctx.option("ar_max_instruments") is None:
@@ -90,8 +76,7 @@ def invariant_genotype(data: MRData, ctx: MethodContext) -> MethodOutput:
         # (Anatolyev & Gospodinov 2011). Unless asked for, it is left out above this many instruments.
         settings = replace(settings, ar_max_instruments=AR_MAX_MANY)
     try:
-        rows = iv_estimates(data, hw, settings, method=NAME, kappa="liml", extra=extra, clusters=data.clusters,
-                            extra_controls=score_controls)
+        rows = iv_estimates(data, hw, settings, method=NAME, kappa="liml", extra=extra, clusters=data.clusters)
     except (InputError, np.linalg.LinAlgError) as exc:
         # e.g. few, non-genotype columns: removing the shifting directions leaves instruments spanned by
         # the environment effects. The data cannot support this design; the other methods' results stand.
@@ -99,11 +84,9 @@ def invariant_genotype(data: MRData, ctx: MethodContext) -> MethodOutput:
         return MethodOutput(tuple(Estimate.unavailable(NAME, scope, int(mask.sum()), hw.shape[1], reason)
                                   for scope, mask in [("pooled", np.ones(data.n, dtype=bool))]))
     codes = data.env_codes
-    scopes = {"pooled": (np.ones(data.n, dtype=bool), exogenous_controls(data, True, score_controls))}
+    scopes = {"pooled": (np.ones(data.n, dtype=bool), exogenous_controls(data, True))}
     for i, level in enumerate(data.env_levels):
-        mask = codes == i
-        parts = [m[mask] for m in (data.covariates, removed) if m is not None]
-        scopes[f"env:{level}"] = (mask, np.hstack(parts) if parts else None)
+        scopes[f"env:{level}"] = (codes == i, None if data.covariates is None else data.covariates[codes == i])
     out = []
     for row in rows:
         mask, controls = scopes[row.scope]
@@ -112,8 +95,9 @@ def invariant_genotype(data: MRData, ctx: MethodContext) -> MethodOutput:
             out.append(_with_bekker(row, data.outcome[mask], data.exposure[mask], hw[mask], controls, ctx.alpha))
         except (InputError, np.linalg.LinAlgError) as exc:
             out.append(Estimate.unavailable(NAME, row.scope, int(mask.sum()), hw.shape[1], str(exc)))
+    removed = learner.removed_scores(data.Z, data.env) if learner.removed_.shape[1] else None
     diagnostics = instrument_diagnostics(data, hw, ctx.inference, complement=removed, method=NAME,
-                                         extra_controls=score_controls, clusters=data.clusters, kappa="liml")
+                                         clusters=data.clusters, kappa="liml")
     spectrum = {
         "mean_shift_eigenvalues": learner.mean_shift_eigenvalues_.tolist(),
         "cov_shift_eigenvalues": learner.cov_shift_eigenvalues_[:50].tolist(),
