@@ -75,5 +75,4 @@ def by_environment(x: np.ndarray, codes: np.ndarray, n_envs: int):
             yield e, (x if size == x.shape[0] else x[in_e])
 
 
-
 __all__ = ["by_environment", "copy_columns", "fill_missing", "float_columns", "row_matrix"]

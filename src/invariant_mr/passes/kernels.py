@@ -167,7 +167,6 @@ class ExtraCovariateKernel:
         return ExtraCovariateCrossProducts(a.counts + b.counts, a.sums + b.sums, a.cross + b.cross, a.names)
 
 
-
 __all__ = [
     "EnvironmentGram",
     "EnvironmentGramKernel",

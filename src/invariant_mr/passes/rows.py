@@ -76,7 +76,6 @@ class ArrayRows:
         return lambda: self.iter_blocks(start, stop)
 
 
-
 def frozen_copy(arr, dtype=float) -> np.ndarray:
     """A read-only copy (what frozen containers hold, so no caller can change them later)."""
     out = np.array(arr, dtype=dtype, copy=True)
@@ -166,7 +165,6 @@ def row_index(rows) -> np.ndarray:
             raise InputError(f"a block's rows must be an index array or a slice start:stop, got {rows}")
         return np.arange(rows.start, rows.stop)
     return np.asarray(rows)
-
 
 
 __all__ = ["ArrayRows", "Block", "RowVectors", "block_rows_for", "frozen_copy", "iter_array_blocks", "row_index"]
