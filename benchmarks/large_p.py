@@ -30,7 +30,8 @@ def measure(n: int, p: int, seed: int) -> dict:
     from invariant_mr.data import MRData
     from invariant_mr.methods.registry import MethodContext
     from invariant_mr.methods.streamed import from_statistics_in_memory
-    from invariant_mr.methods.streamed_passes import first_pass, statistics_view
+    from invariant_mr.methods.streamed_passes import first_pass
+    from invariant_mr.passes import statistics_view
     from invariant_mr.simulation.genetic_dataset import simulate_genetic
 
     sim = simulate_genetic("balding-nichols", n_envs=3, n_per_env=n // 3, n_variants=p, fst=0.1, seed=seed)

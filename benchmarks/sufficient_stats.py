@@ -45,17 +45,10 @@ from invariant_mr.estimators import tsht as robust_iv
 from invariant_mr.estimators.summary import summary_mr
 from invariant_mr.inference.diagnostics import first_stage_strength, sargan_hansen_j
 from invariant_mr.inference.estimates import exogenous_controls, iv_estimates
-from invariant_mr.estimators.sufficient_stats import (
-    EnvironmentCrossProducts,
-    LocalPasses,
-    RowVectors,
-    accumulate_meats,
-    first_stage_request,
-    kclass_from_stats,
-    kclass_requests,
-    partial_out,
-    summary_statistics_from_stats,
-)
+from invariant_mr.estimators.kclass_from_stats import first_stage_request, kclass_from_stats, kclass_requests
+from invariant_mr.estimators.sufficient_stats import EnvironmentCrossProducts, accumulate_meats, partial_out
+from invariant_mr.estimators.sumstats_from_stats import summary_statistics_from_stats
+from invariant_mr.passes import LocalPasses, RowVectors
 from invariant_mr.inference.tests_from_stats import (
     anderson_rubin_from_stats,
     first_stage_from_stats,

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "invariant_mr"
-SCIENCE = ("io", "simulation", "instruments", "estimators", "inference")
+SCIENCE = ("io", "passes", "simulation", "instruments", "estimators", "inference")
 UPPER = ("methods", "pipeline", "report", "cli")
 #: Lower layers first: a module may import its own layer and the layers before it (plus the
-#: foundation modules at the top level: data, results, errors, provenance, config).
-ORDER = ("io", "simulation", "instruments", "estimators", "inference", "methods", "report", "pipeline", "cli")
+#: foundation modules at the top level: data, results, errors, provenance, config). `passes`, the
+#: pass engine, stands beside io: it may read io, and everything that computes may run its passes.
+ORDER = ("io", "passes", "simulation", "instruments", "estimators", "inference", "methods", "report", "pipeline",
+         "cli")
 FOUNDATION = ("data", "results", "errors", "provenance", "config", "__init__", "__version__")
 
 
@@ -75,6 +77,21 @@ def test_no_upward_imports(path):
         if own in SCIENCE:
             assert target not in UPPER, f"{module_name(path)} imports {mod} (science imports no {UPPER})"
         assert ORDER.index(target) <= ORDER.index(own), f"{module_name(path)} ({own}) imports {mod}, a later layer"
+
+
+def test_the_pass_engine_knows_no_statistic():
+    """The pass engine imports only io and the foundation, and every read of the rows by a statistic
+    goes through it: no module outside it defines a pass runner of its own."""
+    for path in sorted((PACKAGE / "passes").rglob("*.py")):
+        for mod in imported_modules(path):
+            assert layer_of(mod) in ("io", "passes") or layer_of(mod) in FOUNDATION, f"{module_name(path)} imports {mod}"
+    runners = ("class LocalPasses", "class DaskPasses", "class RecordedPasses", "def row_passes(")
+    for path in MODULES:
+        if layer_of(module_name(path)) == "passes":
+            continue
+        text = path.read_text()
+        for word in runners:
+            assert word not in text, f"{module_name(path)} defines {word!r}: pass runners live in invariant_mr.passes"
 
 
 def test_foundation_imports_only_foundation():

@@ -6,21 +6,14 @@ import numpy as np
 import pytest
 
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.dask_reduction import (
-    DaskPasses,
-    RowChunk,
-    accumulate_dask,
-    npy_chunks,
-)
+from invariant_mr.estimators.kclass_from_stats import kclass_from_stats, kclass_requests
 from invariant_mr.estimators.sufficient_stats import (
     EnvironmentCrossProducts,
-    LocalPasses,
-    RowVectors,
+    accumulate_dask,
     accumulate_meats,
-    kclass_from_stats,
-    kclass_requests,
     partial_out,
 )
+from invariant_mr.passes import DaskPasses, LocalPasses, RowChunk, RowVectors, npy_chunks
 from invariant_mr.inference.tests_from_stats import (
     anderson_rubin_requests,
 )

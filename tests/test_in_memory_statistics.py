@@ -81,8 +81,9 @@ def test_run_analysis_uses_the_statistics_route_and_falls_back(data):
 
 def test_extra_covariates_equal_a_fresh_first_pass(data):
     """with_covariates(ExtraCovariateKernel pass) = the first pass with the covariates appended."""
-    from invariant_mr.estimators.sufficient_stats import EnvironmentCrossProducts, RowVectors
-    from invariant_mr.methods.streamed_passes import first_pass, statistics_view, with_extra_covariates
+    from invariant_mr.estimators.sufficient_stats import EnvironmentCrossProducts
+    from invariant_mr.methods.streamed_passes import first_pass, with_extra_covariates
+    from invariant_mr.passes import RowVectors, statistics_view
 
     rng = np.random.default_rng(3)
     extra = rng.normal(size=(data.n, 2))
@@ -101,7 +102,7 @@ def test_extra_covariates_equal_a_fresh_first_pass(data):
 def test_second_passes_reuse_the_meats_of_earlier_ones(data):
     """tsls_all's per-environment meats are tsls_all_env's, and TSHT's first-stage meats theirs: reused,
     with the same numbers as when computed afresh."""
-    from invariant_mr.methods.streamed_passes import statistics_view
+    from invariant_mr.passes import statistics_view
 
     fresh = data.__class__(**data.__dict__)  # a new object: its own view and cache
     ctx = MethodContext(progress=False)

@@ -7,11 +7,8 @@ import math
 import pytest
 
 from invariant_mr.inference.estimates import iv_estimates
-from invariant_mr.estimators.sufficient_stats import (
-    EnvironmentCrossProducts,
-    LocalPasses,
-    RowVectors,
-)
+from invariant_mr.estimators.sufficient_stats import EnvironmentCrossProducts
+from invariant_mr.passes import LocalPasses, RowVectors
 from invariant_mr.inference.from_stats import iv_estimates_from_stats
 from invariant_mr.inference.settings import InferenceSettings
 from invariant_mr.simulation.balding_nichols import simulate_balding_nichols

@@ -7,16 +7,13 @@ import pytest
 
 from invariant_mr.errors import InputError
 from invariant_mr.inference.estimates import exogenous_controls
+from invariant_mr.estimators.kclass_from_stats import kclass_from_stats, kclass_requests
 from invariant_mr.estimators.sufficient_stats import (
     EnvironmentCrossProducts,
-    LocalPasses,
-    RowVectors,
     accumulate_meats,
-    iter_array_blocks,
-    kclass_from_stats,
-    kclass_requests,
     partial_out,
 )
+from invariant_mr.passes import LocalPasses, RowVectors, iter_array_blocks
 from invariant_mr.estimators.iv import fit_kclass
 from invariant_mr.simulation.balding_nichols import simulate_balding_nichols
 
@@ -159,7 +156,7 @@ def test_missing_genotypes_are_imputed_on_the_fly(sim, vectors):
 
 # ----------------------------------------------------------------------------- AR, J, F, sumstats
 from invariant_mr.inference.diagnostics import first_stage_strength, sargan_hansen_j
-from invariant_mr.estimators.sufficient_stats import (
+from invariant_mr.estimators.sumstats_from_stats import (
     summary_statistics_from_stats,
 )
 from invariant_mr.inference.tests_from_stats import (

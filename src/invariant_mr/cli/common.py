@@ -284,7 +284,7 @@ def write_run_extras(result, directory: Path, data, *, qc_tsv: str | None = None
         from invariant_mr.data import StreamedMRData
 
         if isinstance(data, StreamedMRData):
-            from invariant_mr.estimators.sufficient_stats import summary_statistics_from_stats
+            from invariant_mr.estimators.sumstats_from_stats import summary_statistics_from_stats
             from invariant_mr.methods.streamed_passes import first_pass
 
             table = summary_statistics_from_stats(first_pass(data), env_fixed_effects=sumstats_env_adjust,

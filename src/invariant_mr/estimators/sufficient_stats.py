@@ -1,9 +1,15 @@
-"""IV estimation from per-environment sufficient statistics accumulated over row blocks.
+"""Per-environment sufficient statistics accumulated over row blocks, and the designs built from them.
 
 Everything the linear IV methods need is a sum over samples, so it can be
 accumulated block by block (out of core), chunk by chunk on several machines
 (`merge` adds partial results exactly), and never needs an n x p float copy of
 the genotypes.
+
+The passes themselves run in the pass engine (`invariant_mr.passes`): this
+module defines what they accumulate (`CrossProductKernel`, `MeatKernel`) and
+the algebra on the results. The estimators from the statistics are
+`kclass_from_stats` (k-class fits) and `sumstats_from_stats` (per-variant
+associations); the tests and sets are `inference.tests_from_stats`.
 
 First pass: `EnvironmentCrossProducts.accumulate` reads the rows once and keeps,
 per environment e, the count n_e, the column sums and the uncentred
@@ -12,9 +18,9 @@ instrument columns, D: exposure, Y: outcome), i.e. Z'Z, Z'D, Z'Y, Z'C, C'C,
 C'D, C'Y, D'D, Y'Y and D'Y. The intercept and the environment fixed effects are
 partialled out algebraically by centring (within each environment for fixed
 effects), the covariates and any instruments used as controls by a Schur
-complement (`partial_out`). From these: OLS / 2SLS / LIML / Fuller point
-estimates with classical SEs, the classical first-stage F, the classical
-Anderson-Rubin set, Sargan's J and per-variant summary statistics.
+complement (`partial_out`, a `PartialledDesign`). From these: OLS / 2SLS /
+LIML / Fuller point estimates with classical SEs, the classical first-stage F,
+the classical Anderson-Rubin set, Sargan's J and per-variant summary statistics.
 
 Second pass: heteroskedasticity-robust (HC0) quantities need per-row residuals.
 With the first-pass estimates fixed, every residual is a known linear function
@@ -52,211 +58,23 @@ and `sumstats`, and the tests check agreement with them to 1e-10.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import scipy.linalg as sla
 
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.iv import WaldInference, parse_kappa
+from invariant_mr.passes.blocks import copy_columns, fill_missing, float_columns
+from invariant_mr.passes.kernels import EnvironmentGramKernel, ExtraCovariateCrossProducts
+from invariant_mr.passes.local import RowPasses
+from invariant_mr.passes.rows import Block, RowVectors, frozen_copy, iter_array_blocks, row_index
 
 #: Eigenvalues of the scaled Gram matrix of the controls below this share of the largest are
 #: exact collinearity (rounding leaves them near machine epsilon), so those directions are dropped.
 _CONTROL_RTOL = 1e-12
 #: The same for the instruments; `iv.InstrumentProjector` trusts the Gram matrix above 1e-10.
 _INSTRUMENT_RTOL = 1e-10
-#: Default rows per block for in-memory arrays: about 32 MB of float64 per block.
-_BLOCK_BYTES = 32 * 2**20
-#: Rows per block when `ArrayRows` serves an in-memory array to the pass engine: about 8 MB of float64.
-_ARRAY_BLOCK_BYTES = 8 * 2**20
-
-Block = tuple[np.ndarray, np.ndarray]
-
-
-def block_rows_for(p: int) -> int:
-    """Rows per block so that one float64 block of p columns is about 32 MB."""
-    return int(max(256, _BLOCK_BYTES // (8 * max(p, 1))))
-
-
-def iter_array_blocks(Z, block_rows: int | None = None, start: int = 0, stop: int | None = None) -> Iterator[Block]:
-    """(row indices, block) pairs over rows [start, stop) of an in-memory or memory-mapped array."""
-    stop = Z.shape[0] if stop is None else stop
-    block_rows = block_rows or block_rows_for(Z.shape[1])
-    for lo in range(start, stop, block_rows):
-        hi = min(stop, lo + block_rows)
-        yield np.arange(lo, hi), Z[lo:hi]
-
-
-class ArrayRows:
-    """An in-memory (n, p) array served as a stream of row blocks, the interface of
-    `io.streamed_genotypes.StreamedGenotypes` (`n`, `p`, `iter_blocks`, `read_rows_at`,
-    `chunk_bounds`, `reader`), so that in-memory data can share the statistics engine.
-
-    Blocks are views of the array (no copy); each kernel's working copies are a few blocks,
-    so blocks are 8 MB of float64 (a quarter of a streamed block: the matrix itself is
-    already in memory, and smaller blocks keep the passes' temporaries small beside it).
-    """
-
-    def __init__(self, Z: np.ndarray, block_rows: int | None = None):
-        if np.asarray(Z).ndim != 2:
-            raise InputError(f"the instrument matrix must be 2-D, got shape {np.shape(Z)}")
-        self.Z = Z
-        self.block_rows = int(block_rows or max(256, _ARRAY_BLOCK_BYTES // (8 * max(Z.shape[1], 1))))
-
-    n = property(lambda self: int(self.Z.shape[0]))
-    p = property(lambda self: int(self.Z.shape[1]))
-    shape = property(lambda self: (self.n, self.p))
-
-    def iter_blocks(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
-        stop = self.n if stop is None else int(stop)
-        for lo in range(int(start), stop, self.block_rows):
-            hi = min(stop, lo + self.block_rows)
-            yield slice(lo, hi), self.Z[lo:hi]
-
-    def read_rows_at(self, positions) -> np.ndarray:
-        return np.array(self.Z[np.asarray(positions, dtype=np.intp)], dtype=float)
-
-    def chunk_bounds(self, n_chunks: int) -> list[tuple[int, int]]:
-        n_chunks = int(max(1, min(n_chunks, self.n)))
-        bounds = np.linspace(0, self.n, n_chunks + 1).astype(int)
-        return [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-
-    def reader(self, start: int, stop: int):
-        return lambda: self.iter_blocks(start, stop)
-
-
-# ----------------------------------------------------------------------------- row vectors
-def _readonly(arr, dtype=float) -> np.ndarray:
-    out = np.array(arr, dtype=dtype, copy=True)
-    out.setflags(write=False)
-    return out
-
-
-@dataclass(frozen=True)
-class RowVectors:
-    """The row-aligned vectors every pass needs: environment codes, exposure, outcome, covariates.
-
-    `env_codes` are integers 0..K-1 indexing `env_levels`. These are the "few
-    length-n vectors" of the memory formula; the genotypes come in blocks.
-    """
-
-    env_codes: np.ndarray
-    env_levels: tuple
-    exposure: np.ndarray
-    outcome: np.ndarray
-    covariates: np.ndarray | None = None
-    covariate_names: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        codes = np.asarray(self.env_codes)
-        if codes.ndim != 1 or codes.dtype.kind not in "iu":
-            raise InputError("env_codes must be a 1-D integer vector")
-        n = codes.shape[0]
-        levels = tuple(self.env_levels)
-        if n and (codes.min() < 0 or codes.max() >= len(levels)):
-            raise InputError(f"env_codes must lie in 0..{len(levels) - 1}")
-        vecs = {}
-        for name in ("exposure", "outcome"):
-            v = np.asarray(getattr(self, name), dtype=float).ravel()
-            if v.shape[0] != n:
-                raise InputError(f"{name} has {v.shape[0]} values for {n} rows")
-            if not np.all(np.isfinite(v)):
-                raise InputError(f"{name} has NaN/inf values")
-            vecs[name] = v
-        cov = self.covariates
-        if cov is not None:
-            cov = np.asarray(cov, dtype=float).reshape(n, -1)
-            if not np.all(np.isfinite(cov)):
-                raise InputError("covariates have NaN/inf values")
-        names = tuple(self.covariate_names) or tuple(f"c{j + 1}" for j in range(0 if cov is None else cov.shape[1]))
-        object.__setattr__(self, "env_codes", _readonly(codes, np.int64))
-        object.__setattr__(self, "env_levels", levels)
-        object.__setattr__(self, "exposure", _readonly(vecs["exposure"]))
-        object.__setattr__(self, "outcome", _readonly(vecs["outcome"]))
-        object.__setattr__(self, "covariates", None if cov is None else _readonly(cov))
-        object.__setattr__(self, "covariate_names", names)
-
-    @classmethod
-    def from_mrdata(cls, data, *, covariates: bool = True) -> RowVectors:
-        return cls(
-            env_codes=data.env_codes,
-            env_levels=data.env_levels,
-            exposure=data.exposure,
-            outcome=data.outcome,
-            covariates=data.covariates if covariates else None,
-            covariate_names=(data.covariate_names or ()) if covariates else (),
-        )
-
-    @property
-    def n(self) -> int:
-        return self.env_codes.shape[0]
-
-    @property
-    def q(self) -> int:
-        return 0 if self.covariates is None else self.covariates.shape[1]
-
-    def rows(self, start: int, stop: int) -> RowVectors:
-        """The vectors of rows [start, stop) (what one Dask chunk needs)."""
-        return RowVectors(
-            self.env_codes[start:stop],
-            self.env_levels,
-            self.exposure[start:stop],
-            self.outcome[start:stop],
-            None if self.covariates is None else self.covariates[start:stop],
-            self.covariate_names,
-        )
-
-
-def row_index(rows) -> np.ndarray:
-    """Row positions of a block: an index array, or a slice (what `GenotypeSource.iter_blocks` yields)."""
-    if isinstance(rows, slice):
-        if rows.step not in (None, 1) or rows.start is None or rows.stop is None:
-            raise InputError(f"a block's rows must be an index array or a slice start:stop, got {rows}")
-        return np.arange(rows.start, rows.stop)
-    return np.asarray(rows)
-
-
-def _fill_missing(target: np.ndarray, raw: np.ndarray, fill: np.ndarray | None) -> None:
-    """Replace missing genotypes (negative int8 codes, NaN floats) in `target` by `fill`."""
-    missing = raw < 0 if raw.dtype.kind in "iu" else np.isnan(target)
-    if missing.any():
-        if fill is None:
-            raise InputError("the genotype block has missing values and no imputation values were given (fill=)")
-        r, c = np.nonzero(missing)
-        target[r, c] = fill[c]
-
-
-def _float_columns(block: np.ndarray, cols, fill: np.ndarray | None, z_map: np.ndarray | None) -> np.ndarray:
-    """Float64 columns `cols` of the (possibly mapped) instrument block, missing values filled."""
-    if z_map is not None:
-        full = np.asarray(block, dtype=float)
-        if full is block or np.shares_memory(full, block):
-            full = full.copy()
-        _fill_missing(full, np.asarray(block), fill)
-        return full @ z_map[:, cols]
-    block = np.asarray(block)
-    if block.dtype == np.float64 and cols.size == block.shape[1] and np.array_equal(cols, np.arange(cols.size)):
-        # Every column of an already float64 block (e.g. imputed dosages): read it in place.
-        if not np.isnan(block).any():
-            return block
-    raw = block[:, cols]
-    out = raw.astype(float)
-    _fill_missing(out, raw, None if fill is None else fill[cols])
-    return out
-
-
-def _copy_columns(out: np.ndarray, where: np.ndarray, source: np.ndarray, columns: np.ndarray) -> None:
-    """out[:, where] = source[:, columns], as one slice copy when both are contiguous runs."""
-    at = np.flatnonzero(where)
-    if at.size and at[-1] - at[0] + 1 == at.size and columns[-1] - columns[0] + 1 == columns.size and np.all(
-        np.diff(columns) == 1
-    ):
-        out[:, at[0] : at[-1] + 1] = source[:, columns[0] : columns[-1] + 1]
-    else:
-        out[:, where] = source[:, columns]
-
 
 # ----------------------------------------------------------------------------- first pass
 @dataclass(frozen=True)
@@ -295,7 +113,7 @@ class EnvironmentCrossProducts:
             object.__setattr__(self, name, arr)
         object.__setattr__(self, "env_levels", tuple(self.env_levels))
         if self.z_map is not None:
-            object.__setattr__(self, "z_map", _readonly(self.z_map))
+            object.__setattr__(self, "z_map", frozen_copy(self.z_map))
 
     # -------------------------------------------------------------- building
     @classmethod
@@ -479,70 +297,14 @@ def _indices(columns, p: int) -> np.ndarray:
         raise InputError(f"column indices must lie in 0..{p - 1}")
     return idx
 
-
-def _row_vectors(block: np.ndarray, rows: np.ndarray, vectors: RowVectors, q: int, fill) -> np.ndarray:
-    """The block's rows as [C, Z, D, Y] (b, q + p + 2), float64, missing calls filled; C = the q covariates."""
-    b, p = block.shape
-    x = np.empty((b, q + p + 2))
-    x[:, q : q + p] = block
-    _fill_missing(x[:, q : q + p], block, fill)
-    if q:
-        x[:, :q] = vectors.covariates[rows]
-    x[:, q + p] = vectors.exposure[rows]
-    x[:, q + p + 1] = vectors.outcome[rows]
-    return x
-
-
-def _by_environment(x: np.ndarray, codes: np.ndarray, n_envs: int):
-    """(e, the rows of x in environment e) for every environment with rows in this block (no copy for one)."""
-    for e in range(n_envs):
-        in_e = codes == e
-        size = int(in_e.sum())
-        if size:
-            yield e, (x if size == x.shape[0] else x[in_e])
-
-
-class CrossProductKernel:
-    """The first pass as a kernel: `start`, `add` each block, `finish` (picklable, for Dask)."""
-
-    def __init__(self, env_levels, q: int, covariate_names=(), fill: np.ndarray | None = None):
-        self.env_levels = tuple(env_levels)
-        self.q = q
-        self.covariate_names = tuple(covariate_names)
-        self.fill = None if fill is None else np.asarray(fill, dtype=float)
-
-    def start(self) -> dict:
-        return {"counts": None, "sums": None, "cross": None}
-
-    def add(self, acc: dict, rows, block, vectors: RowVectors) -> None:
-        block = np.asarray(block)
-        if block.ndim != 2:
-            raise InputError(f"a genotype block must be 2-D, got shape {block.shape}")
-        rows = row_index(rows)
-        b, p = block.shape
-        if rows.shape[0] != b:
-            raise InputError(f"a block has {b} rows but {rows.shape[0]} row indices")
-        q, K = self.q, len(self.env_levels)
-        m = q + p + 2
-        if acc["cross"] is None:
-            acc["counts"] = np.zeros(K, dtype=np.int64)
-            acc["sums"] = np.zeros((K, m))
-            acc["cross"] = np.zeros((K, m, m))
-        elif acc["sums"].shape[1] != m:
-            raise InputError(f"blocks have different numbers of columns ({p} vs {acc['sums'].shape[1] - q - 2})")
-        # One float64 copy of the block with C, D and Y appended: every cross-product of the
-        # row vector then comes from one symmetric product per environment.
-        x = _row_vectors(block, rows, vectors, q, self.fill)
-        for e, sub in _by_environment(x, vectors.env_codes[rows], K):
-            acc["counts"][e] += sub.shape[0]
-            acc["sums"][e] += sub.sum(axis=0)
-            acc["cross"][e] += sub.T @ sub
+class CrossProductKernel(EnvironmentGramKernel):
+    """The first pass as a kernel (picklable, for Dask): the engine's per-environment Gram
+    accumulation, finished into `EnvironmentCrossProducts`."""
 
     def finish(self, acc: dict) -> EnvironmentCrossProducts:
-        if acc["cross"] is None:
-            raise InputError("no genotype blocks were read")
+        gram = super().finish(acc)
         return EnvironmentCrossProducts(
-            acc["counts"], acc["sums"], acc["cross"], self.env_levels, self.q, None, self.covariate_names
+            gram.counts, gram.sums, gram.cross, self.env_levels, self.q, None, self.covariate_names
         )
 
     @staticmethod
@@ -550,64 +312,17 @@ class CrossProductKernel:
         return a.merge(b)
 
 
+def accumulate_dask(
+    chunks, vectors: RowVectors, *, client=None, fill: np.ndarray | None = None, block_rows: int | None = None
+) -> EnvironmentCrossProducts:
+    """`EnvironmentCrossProducts.accumulate` as a Dask reduction over row chunks (see `passes.DaskPasses`)."""
+    from invariant_mr.passes.dask_passes import DaskPasses
+
+    kernel = CrossProductKernel(vectors.env_levels, vectors.q, vectors.covariate_names, fill)
+    return DaskPasses(chunks, vectors, client=client, block_rows=block_rows).run(kernel)
+
+
 # ----------------------------------------------------------------------------- partialling out
-@dataclass(frozen=True)
-class ExtraCovariateCrossProducts:
-    """Per environment, the sums of k new covariates E and their cross-products with the row
-    vector [C, E, Z, D, Y] (K, k, q + k + p + 2): what `EnvironmentCrossProducts.with_covariates` needs."""
-
-    counts: np.ndarray
-    sums: np.ndarray
-    cross: np.ndarray
-    names: tuple[str, ...]
-
-
-class ExtraCovariateKernel:
-    """A pass that appends covariates to a first pass's statistics: per block, E' [C, E, Z, D, Y]
-    for the k new covariates E (the last k columns of `vectors.covariates`); O(k m) per row.
-
-    `q` is the number of covariates before the new ones; `vectors` must hold q + k covariates.
-    """
-
-    def __init__(self, env_levels, q: int, names: Sequence[str], fill: np.ndarray | None = None):
-        self.env_levels = tuple(env_levels)
-        self.q = int(q)
-        self.names = tuple(names)
-        self.fill = None if fill is None else np.asarray(fill, dtype=float)
-
-    def start(self) -> dict:
-        return {"counts": None, "sums": None, "cross": None}
-
-    def add(self, acc: dict, rows, block, vectors: RowVectors) -> None:
-        rows = row_index(rows)
-        block = np.asarray(block)
-        p = block.shape[1]
-        k, K = len(self.names), len(self.env_levels)
-        q2 = self.q + k
-        if vectors.q != q2:
-            raise InputError(f"the row vectors hold {vectors.q} covariates, expected {q2}")
-        m2 = q2 + p + 2
-        if acc["cross"] is None:
-            acc["counts"] = np.zeros(K, dtype=np.int64)
-            acc["sums"] = np.zeros((K, k))
-            acc["cross"] = np.zeros((K, k, m2))
-        x = _row_vectors(block, rows, vectors, q2, self.fill)
-        for e, sub in _by_environment(x, vectors.env_codes[rows], K):
-            E = sub[:, self.q : q2]
-            acc["counts"][e] += sub.shape[0]
-            acc["sums"][e] += E.sum(axis=0)
-            acc["cross"][e] += E.T @ sub
-
-    def finish(self, acc: dict) -> ExtraCovariateCrossProducts:
-        if acc["cross"] is None:
-            raise InputError("no genotype blocks were read")
-        return ExtraCovariateCrossProducts(acc["counts"], acc["sums"], acc["cross"], self.names)
-
-    @staticmethod
-    def merge(a: ExtraCovariateCrossProducts, b: ExtraCovariateCrossProducts) -> ExtraCovariateCrossProducts:
-        return ExtraCovariateCrossProducts(a.counts + b.counts, a.sums + b.sums, a.cross + b.cross, a.names)
-
-
 #: Below this many columns the eigendecomposition is cheap and always used; above it a Cholesky
 #: factor whitens a well-conditioned matrix at about a tenth of the cost (p^3 / 3 + p^3 / 3 flops
 #: instead of about 9 p^3), which is what dominates the algebra at large p.
@@ -712,7 +427,7 @@ class PartialledDesign:
             return self._residual_rows_all(rows, codes, block, vectors, fill, p)
         z_cols = np.concatenate([self.target_cols, self.control_cols])
         z_cols = np.unique(z_cols[(z_cols >= q) & (z_cols < q + p)]) - q
-        zf = _float_columns(block, z_cols, fill, self.z_map) if z_cols.size else np.empty((rows.size, 0))
+        zf = float_columns(block, z_cols, fill, self.z_map) if z_cols.size else np.empty((rows.size, 0))
         lookup = np.full(p, -1)
         lookup[z_cols] = np.arange(z_cols.size)
 
@@ -722,7 +437,7 @@ class PartialledDesign:
             if is_c.any():
                 out[:, is_c] = vectors.covariates[np.ix_(rows, cols[is_c])]
             if is_z.any():
-                _copy_columns(out, is_z, zf, lookup[cols[is_z] - q])
+                copy_columns(out, is_z, zf, lookup[cols[is_z] - q])
             for col, vec in ((q + p, vectors.exposure), (q + p + 1, vectors.outcome)):
                 at = cols == col
                 if at.any():
@@ -752,7 +467,7 @@ class PartialledDesign:
         the output (no column gathers), which halves the memory traffic of the second pass."""
         R = np.empty((rows.size, p + 2))
         R[:, :p] = block
-        _fill_missing(R[:, :p], block, fill)
+        fill_missing(R[:, :p], block, fill)
         R[:, p] = vectors.exposure[rows]
         R[:, p + 1] = vectors.outcome[rows]
         R -= self.means[:, self.target_cols][codes]
@@ -875,6 +590,27 @@ class MeatRequest:
         size = s * self.residuals.shape[1]
         return np.zeros((size, size))
 
+    def fingerprint(self) -> str:
+        """A digest of everything this request's result depends on besides the rows (what lets
+        the engine reuse a result that another method of the same analysis asked for)."""
+        import hashlib
+
+        d = self.design
+        h = hashlib.blake2b(digest_size=20)
+        for part in (d.scope, d.n, d.n_controls, d.q, self.per_column):
+            h.update(repr(part).encode())
+        # What `PartialledDesign.residual_rows` reads (not the Gram matrix, which it never uses and
+        # which is (k + 2)^2: hashing it cost more than the rest at large k).
+        for arr in (d.instruments, d.z_controls, d.envs, d.means, d.control_cols, d.target_cols, d.coef,
+                    d.z_map, d.fill, self.directions, self.residuals):
+            if arr is None:
+                h.update(b"none")
+            else:
+                a = np.ascontiguousarray(arr)
+                h.update(repr((a.dtype.str, a.shape)).encode())
+                h.update(a.tobytes())
+        return h.hexdigest()
+
     def add(self, acc: np.ndarray, R: np.ndarray) -> None:
         if self.per_column:
             k = self.design.k
@@ -925,33 +661,17 @@ class MeatKernel:
     def finish(self, acc):
         return tuple(acc)
 
+    def with_requests(self, requests: Sequence[MeatRequest]) -> MeatKernel:
+        """The same pass for some of the requests (what the engine runs when it has the others)."""
+        return MeatKernel(requests, self.fill)
+
+    @staticmethod
+    def request_key(request: MeatRequest) -> str:
+        return request.fingerprint()
+
     @staticmethod
     def merge(a: tuple, b: tuple) -> tuple:
         return tuple(x + y for x, y in zip(a, b))
-
-
-class RowPasses(Protocol):
-    """Something that can run a kernel over all rows: `LocalPasses` or `dask_passes.DaskPasses`."""
-
-    def run(self, kernel): ...
-
-
-class LocalPasses:
-    """Passes over the rows in this process: `make_blocks()` returns a fresh iterable of blocks."""
-
-    def __init__(self, make_blocks: Callable[[], Iterable[Block]], vectors: RowVectors):
-        self.make_blocks = make_blocks
-        self.vectors = vectors
-
-    @classmethod
-    def from_array(cls, Z, vectors: RowVectors, block_rows: int | None = None) -> LocalPasses:
-        return cls(lambda: iter_array_blocks(Z, block_rows), vectors)
-
-    def run(self, kernel):
-        acc = kernel.start()
-        for rows, block in self.make_blocks():
-            kernel.add(acc, rows, block, self.vectors)
-        return kernel.finish(acc)
 
 
 def accumulate_meats(passes: RowPasses, requests: Sequence[MeatRequest]) -> tuple[np.ndarray, ...]:
@@ -967,34 +687,7 @@ def _need_rows(passes, what: str):
     return passes
 
 
-# ----------------------------------------------------------------------------- k-class
-@dataclass(frozen=True)
-class StatsKClassFit(WaldInference):
-    """A k-class fit from sufficient statistics: the exposure's coefficient and its inference.
-
-    Field names follow `iv.KClassFit`, so `estimation.estimate_from_fit` accepts it.
-    """
-
-    estimate: float
-    se: float
-    kappa: float
-    n: int
-    n_instruments: int
-    first_stage_f: float | None
-    cov_type: str
-    scope: str = "pooled"
-    n_controls: int = 0
-    estimator: str | None = None
-
-    def summary(self) -> str:
-        lo, hi = self.ci()
-        f = "" if self.first_stage_f is None else f", F={self.first_stage_f:.1f}"
-        return (
-            f"{self.scope}: {self.estimate:.4f} (SE {self.se:.4f}, 95% CI [{lo:.4f}, {hi:.4f}], "
-            f"kappa={self.kappa:.4f}, n={self.n}, k={self.n_instruments}{f}, {self.cov_type})"
-        )
-
-
+# ----------------------------------------------------------------------------- instrument algebra
 @dataclass(frozen=True)
 class _Parts:
     """Instrument algebra of a design: Gram inverse and the d~, y~ projections."""
@@ -1031,128 +724,10 @@ class _Parts:
         return float((self.inv.T.T @ u) @ (self.inv.T.T @ v))
 
 
-def _kclass_point(design: PartialledDesign, kind: str, value):
-    """(theta, kappa, s = the exposure's pivot, parts)."""
-    if kind == "ols":
-        pr = _Parts.of(design) if design.k else None
-        dd = float(design.gram[design.k, design.k])
-        return float(design.gram[design.k, design.k + 1]) / dd, 0.0, dd, pr
-    pr = _Parts.of(design)
-    if pr.rank == 0:
-        raise InputError("the instruments are collinear with the exogenous controls")
-    cgc, agc, aga = pr.quad(pr.c, pr.c), pr.quad(pr.a, pr.c), pr.quad(pr.a, pr.a)
-    if kind == "tsls":
-        kap = 1.0
-    elif kind == "fixed":
-        kap = value
-    else:
-        W1 = np.array([[pr.yy, pr.dy], [pr.dy, pr.dd]])
-        W2 = W1 - np.array([[aga, agc], [agc, cgc]])
-        kap = float(sla.eigh(W1, W2, eigvals_only=True).min())
-        if kind == "fuller":
-            kap -= value / (design.n - design.n_controls - pr.rank)
-    s = (1 - kap) * pr.dd + kap * cgc
-    theta = ((1 - kap) * pr.dy + kap * agc) / s
-    return float(theta), float(kap), float(s), pr
-
-
 def _pad(k: int, tail) -> np.ndarray:
     return np.concatenate([np.zeros(k), np.asarray(tail, dtype=float)])
 
 
-def kclass_requests(design: PartialledDesign, kappa="tsls") -> list[MeatRequest]:
-    """Second-pass requests for a robust k-class fit: [SE] for OLS, [SE, robust first-stage F] for IV."""
-    kind, value = parse_kappa(kappa)
-    theta, _, _, pr = _kclass_point(design, kind, value)
-    k = design.k
-    resid = _pad(k, [-theta, 1.0])[:, None]
-    if kind == "ols":
-        return [MeatRequest(design, _pad(k, [1.0, 0.0])[:, None], resid)]
-    pi = pr.inv.solve(pr.c)
-    se_req = MeatRequest(design, np.concatenate([pi, [0.0, 0.0]])[:, None], resid)
-    return [se_req, first_stage_request(design, pr)]
-
-
-def first_stage_request(design: PartialledDesign, pr: _Parts | None = None) -> MeatRequest:
-    """The HC0 meat of the first stage in instrument coordinates (`_whiten` turns it orthonormal)."""
-    pr = pr or _Parts.of(design)
-    U = np.concatenate([-pr.inv.solve(pr.c), [1.0, 0.0]])[:, None]
-    return MeatRequest(design, None, U)
-
-
-def _robust_first_stage_f(design: PartialledDesign, pr: _Parts, meat: np.ndarray) -> float:
-    """The robust (Kleibergen-Paap) first-stage F from the first-stage meat, computed once per design
-    and meat: every k-class method of a design shares it (a k^3 solve at large k)."""
-    cached = design.__dict__.get("_robust_f")
-    if cached is not None and cached[0] is meat:
-        return cached[1]
-    S, (t,) = _meat_coordinates(pr, meat, pr.c)
-    try:  # the meat is positive definite unless degenerate: Cholesky halves the solve
-        x = sla.solve(S, t, assume_a="pos", check_finite=False)
-    except (np.linalg.LinAlgError, ValueError):
-        x = np.linalg.solve(S, t)
-    f = float(t @ x) / pr.rank
-    object.__setattr__(design, "_robust_f", (meat, f))
-    return f
-
-
-def kclass_from_stats(
-    design: PartialledDesign,
-    *,
-    kappa="tsls",
-    cov_type: str = "robust",
-    passes: RowPasses | None = None,
-    meats: Sequence[np.ndarray] | None = None,
-) -> StatsKClassFit:
-    """k-class estimate of y = theta d + controls, as `iv.fit_kclass` computes it.
-
-    "unadjusted" needs only the statistics. "robust" (HC0 SE, robust
-    first-stage F) needs the meats of `kclass_requests(design, kappa)`: pass
-    them (from a shared `accumulate_meats`), or `passes` to run one pass here.
-    """
-    if cov_type not in ("robust", "unadjusted"):
-        raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
-    kind, value = parse_kappa(kappa)
-    if kind != "ols" and design.k == 0:
-        raise InputError("instrumental-variable estimation needs at least one instrument")
-    theta, kap, s, pr = _kclass_point(design, kind, value)
-    n = design.n
-    if cov_type == "robust" and meats is None:
-        meats = accumulate_meats(_need_rows(passes, "a robust k-class fit"), kclass_requests(design, kappa))
-    f_stat = None
-    if kind == "ols":
-        n_instr = 0
-    else:
-        n_instr = pr.rank
-        cgc = pr.quad(pr.c, pr.c)
-        if cov_type == "unadjusted":
-            df = max(n - design.n_controls - n_instr, 1)
-            f_stat = cgc / n_instr / ((pr.dd - cgc) / df)
-        else:
-            f_stat = _robust_first_stage_f(design, pr, meats[1])
-    gram = design.gram
-    k = design.k
-    if cov_type == "unadjusted":
-        ee = float(gram[k + 1, k + 1] - 2 * theta * gram[k, k + 1] + theta**2 * gram[k, k])
-        var = ee / n / s
-    else:
-        var = float(meats[0][0, 0]) / s**2
-    return StatsKClassFit(
-        estimate=theta,
-        se=float(np.sqrt(max(var, 0.0))),
-        kappa=kap,
-        n=n,
-        n_instruments=n_instr,
-        first_stage_f=None if f_stat is None else float(f_stat),
-        cov_type=cov_type,
-        scope=design.scope,
-        n_controls=design.n_controls,
-        estimator=kind,
-    )
-
-
-
-# ----------------------------------------------------------------------------- AR, J, F
 def _orthonormal(pr: _Parts) -> tuple[np.ndarray, np.ndarray]:
     """(Q' y~, Q' d~) for the orthonormal basis Q = Zt T of the instruments."""
     return pr.inv.T.T @ pr.a, pr.inv.T.T @ pr.c
@@ -1179,89 +754,13 @@ def _robust_meats(design, meats, passes, requests_of, what):
     return meats
 
 
-def summary_statistics_requests(design: PartialledDesign) -> list[MeatRequest]:
-    """Per-variant robust SEs: the per-column moments (O(p) memory)."""
-    return [MeatRequest(design, per_column=True)]
-
-
-def summary_statistics_from_stats(
-    stats: EnvironmentCrossProducts,
-    *,
-    env_fixed_effects: bool = True,
-    adjust_covariates: bool = True,
-    cov_type: str = "unadjusted",
-    variant_names: Sequence[str] | None = None,
-    passes: RowPasses | None = None,
-    meats: Sequence[np.ndarray] | None = None,
-    fill: np.ndarray | None = None,
-):
-    """Per-variant associations with exposure and outcome, as `sumstats.summary_statistics`.
-
-    Each variant's simple regression is adjusted for the intercept, the
-    environment fixed effects and the covariates; "robust" (HC0) needs the
-    meats of `summary_statistics_requests(design)` for the design
-    `partial_out(stats, env_fixed_effects=..., covariates=adjust_covariates, fill=fill)`.
-    """
-    from invariant_mr.estimators.summary.sumstats import SummaryStatistics
-
-    design = partial_out(stats, env_fixed_effects=env_fixed_effects, covariates=adjust_covariates, fill=fill)
-    k = design.k
-    G = design.gram
-    sxx = np.diag(G)[:k].copy()
-    small = sxx <= 1e-12 * max(1.0, float(sxx.max()))
-    if small.any():
-        bad = np.flatnonzero(small)
-        raise InputError(
-            f"variant column(s) {', '.join(str(b) for b in bad[:10])} are constant after adjusting for the controls"
-        )
-    df = design.n - design.n_controls - 1
-    out = {}
-    if cov_type == "robust":
-        M = _robust_meats(design, meats, passes, summary_statistics_requests, "robust per-variant SEs")[0]
-    elif cov_type != "unadjusted":
-        raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
-    for name, col, (m2, m3) in (("exposure", k, (0, 1)), ("outcome", k + 1, (2, 3))):
-        sxy = G[:k, col]
-        beta = sxy / sxx
-        if cov_type == "unadjusted":
-            rss = G[col, col] - beta * sxy
-            se = np.sqrt(np.maximum(rss, 0.0) / df / sxx)
-        else:
-            meat = M[m2] - 2 * beta * M[m3] + beta**2 * M[4]
-            se = np.sqrt(np.maximum(meat, 0.0)) / sxx
-        out[name] = (beta, se)
-    names = variant_names if variant_names is not None else tuple(f"iv{j + 1}" for j in range(k))
-    adjusted = ["intercept"] + (["environment"] if env_fixed_effects else [])
-    if adjust_covariates:
-        adjusted.extend(stats.covariate_names)
-    return SummaryStatistics(
-        variant=tuple(names),
-        beta_exposure=out["exposure"][0],
-        se_exposure=out["exposure"][1],
-        beta_outcome=out["outcome"][0],
-        se_outcome=out["outcome"][1],
-        n=stats.n,
-        adjusted_for=tuple(adjusted),
-        cov_type=cov_type,
-    )
-
 __all__ = [
-    "ArrayRows",
+    "CrossProductKernel",
     "EnvironmentCrossProducts",
-    "ExtraCovariateCrossProducts",
-    "ExtraCovariateKernel",
-    "LocalPasses",
+    "MeatKernel",
     "MeatRequest",
     "PartialledDesign",
-    "RowVectors",
-    "StatsKClassFit",
+    "accumulate_dask",
     "accumulate_meats",
-    "block_rows_for",
-    "first_stage_request",
-    "iter_array_blocks",
-    "kclass_from_stats",
-    "kclass_requests",
     "partial_out",
-    "summary_statistics_from_stats",
-    "summary_statistics_requests",
 ]

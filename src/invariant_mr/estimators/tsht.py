@@ -125,21 +125,19 @@ class TwoStageHardThresholding:
         are those of `sufficient_stats.partial_out(stats, env=env, ...)`. The
         reduced forms, their classical covariances, the vote and the final
         2SLS point estimate come from the statistics. `cov_type="robust"` needs
-        `passes` (a `sufficient_stats.RowPasses`) for two streamed passes: the
+        `passes` (a `passes.RowPasses`) for two streamed passes: the
         reduced-form HC0 meats (three p x p matrices in one accumulator) and
         the final fit's SE and first-stage F. Same results as `fit` on the rows.
-        `fit_` is then a `sufficient_stats.StatsKClassFit`. `also(final_design)` may name more
+        `fit_` is then a `kclass_from_stats.StatsKClassFit`. `also(final_design)` may name more
         `MeatRequest`s of the final design (its robust AR set, its J test) to accumulate in the same
         pass as the final fit's; their meats are `also_meats_` (empty unless robust).
         """
-        from invariant_mr.estimators.sufficient_stats import (
-            MeatRequest,
-            accumulate_meats,
+        from invariant_mr.estimators.kclass_from_stats import (
             first_stage_request,
             kclass_from_stats,
             kclass_requests,
-            partial_out,
         )
+        from invariant_mr.estimators.sufficient_stats import MeatRequest, accumulate_meats, partial_out
 
         if self.cov_type not in ("robust", "unadjusted"):
             raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {self.cov_type!r}")

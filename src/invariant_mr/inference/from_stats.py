@@ -8,8 +8,8 @@ environment fixed effects) and one row per environment (intercept and
 covariates), each with its Anderson-Rubin set, for every method in `methods`
 (name -> kappa). Designs and AR sets are shared between methods, and every
 robust quantity of every method and scope comes from ONE streamed second pass
-over the genotype blocks (`sufficient_stats.accumulate_meats`); with
-`cov_type="unadjusted"` no pass is needed at all.
+over the genotype blocks (`sufficient_stats.accumulate_meats`, run by the pass
+engine `invariant_mr.passes`); with `cov_type="unadjusted"` no pass is needed at all.
 """
 
 from __future__ import annotations
@@ -23,18 +23,16 @@ import numpy as np
 from invariant_mr.inference.diagnostics import first_stage_diagnostic, j_diagnostic
 from invariant_mr.errors import InputError
 from invariant_mr.inference.estimates import estimate_from_fit, too_few_samples
+from invariant_mr.estimators.kclass_from_stats import first_stage_request, kclass_from_stats, kclass_requests
 from invariant_mr.estimators.sufficient_stats import (
     EnvironmentCrossProducts,
     MeatRequest,
     PartialledDesign,
-    RowPasses,
     _Parts,
     accumulate_meats,
-    first_stage_request,
-    kclass_from_stats,
-    kclass_requests,
     partial_out,
 )
+from invariant_mr.passes.local import RowPasses
 from invariant_mr.inference.tests_from_stats import (
     anderson_rubin_from_stats,
     anderson_rubin_requests,
@@ -72,7 +70,7 @@ def iv_estimates_from_stats(
     pooled design, so that its instrument algebra (a k^3 whitening) is shared with the caller's
     later tests on it. `also` are more robust `MeatRequest`s (e.g. `j_requests(pooled_design)`)
     accumulated in the same second pass, whose rows they share; a `passes` that keeps its
-    results (`methods.streamed_passes`) then serves them without a pass of their own.
+    results (`passes.recorded`) then serves them without a pass of their own.
     """
     if cov_type not in ("robust", "unadjusted"):
         raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")

@@ -15,18 +15,18 @@ import numpy as np
 from scipy import stats as sps
 
 from invariant_mr.errors import InputError
+from invariant_mr.estimators.kclass_from_stats import first_stage_request
 from invariant_mr.estimators.sufficient_stats import (
     MeatRequest,
     PartialledDesign,
-    RowPasses,
     _meat_coordinates,
     _orthonormal,
     _pad,
     _Parts,
     _robust_meats,
     _whiten,
-    first_stage_request,
 )
+from invariant_mr.passes.local import RowPasses
 
 
 def anderson_rubin_requests(design: PartialledDesign) -> list[MeatRequest]:

@@ -2,7 +2,8 @@
 
 `run --streaming on` (or auto, for large inputs) keeps the genotypes on disk.
 Every method listed in `STREAMED_METHODS` then runs from per-environment
-sufficient statistics accumulated over row blocks (`estimators.sufficient_stats`),
+sufficient statistics accumulated over row blocks (`estimators.sufficient_stats`,
+its passes run by the pass engine `invariant_mr.passes`),
 with the robust (HC0) quantities from one more streamed pass; the passes run in
 this process or, with a Dask client on the data, as Dask reductions over row
 chunks that each worker reads from the genotype file itself.
@@ -37,7 +38,8 @@ import numpy as np
 from invariant_mr.data import StreamedMRData
 from invariant_mr.errors import InputError
 from invariant_mr.methods.registry import MethodContext, MethodOutput
-from invariant_mr.methods.streamed_passes import first_pass, passes
+from invariant_mr.methods.streamed_passes import first_pass
+from invariant_mr.passes import passes
 from invariant_mr.results import Estimate
 
 #: Methods that run on all rows of streamed data; the value describes the route.
@@ -67,7 +69,7 @@ IN_MEMORY_FROM_STATISTICS = (frozenset(STREAMED_METHODS) - {"ols", "invariant_li
 
 
 def _route_extra(data: StreamedMRData, method: str) -> dict:
-    from invariant_mr.estimators.sufficient_stats import ArrayRows
+    from invariant_mr.passes import ArrayRows
 
     if isinstance(data.genotypes, ArrayRows):
         return {"route": f"{STREAMED_METHODS.get(method, 'sufficient statistics')} (in memory)"}
@@ -313,7 +315,8 @@ def from_statistics_in_memory(data, ctx: MethodContext, method: str, planned=())
     columns the statistics route refuses (it then reports them, the row route drops them).
     `planned` names the analysis's methods, so that its k-class methods share one second pass."""
     from invariant_mr.data import MRData
-    from invariant_mr.methods.streamed_passes import first_pass, statistics_view
+    from invariant_mr.methods.streamed_passes import first_pass
+    from invariant_mr.passes import statistics_view
 
     if (
         method not in IN_MEMORY_FROM_STATISTICS

@@ -124,7 +124,7 @@ def sumstats_by_scope(data: MRData | SumstatsTable, ctx: MethodContext) -> list[
 
 def _streamed_sumstats_by_scope(data: StreamedMRData, ctx: MethodContext) -> list[tuple[str, SummaryStatistics]]:
     """The per-variant associations `summary_level.sumstats_by_scope` computes, from the statistics."""
-    from invariant_mr.estimators.sufficient_stats import summary_statistics_from_stats
+    from invariant_mr.estimators.sumstats_from_stats import summary_statistics_from_stats
     from invariant_mr.methods.streamed_passes import first_pass
 
     stats = first_pass(data)

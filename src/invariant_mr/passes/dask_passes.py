@@ -1,4 +1,4 @@
-"""The block passes of `sufficient_stats` as Dask reductions over row chunks.
+"""Passes as Dask reductions over row chunks.
 
 Each row chunk becomes one task that reads its rows block by block (on the
 worker, from the genotype file or a Dask array chunk) and returns a partial
@@ -25,14 +25,7 @@ from typing import Any
 import numpy as np
 
 from invariant_mr.errors import InputError
-from invariant_mr.estimators.sufficient_stats import (
-    Block,
-    CrossProductKernel,
-    EnvironmentCrossProducts,
-    RowVectors,
-    iter_array_blocks,
-    row_index,
-)
+from invariant_mr.passes.rows import Block, RowVectors, iter_array_blocks, row_index
 
 #: Partials merged per reduction task (a binary tree keeps each merge to two K m^2 arrays).
 SPLIT_EVERY = 2
@@ -100,7 +93,7 @@ def _merge(kernel, *parts):
 
 
 class DaskPasses:
-    """Runs `sufficient_stats` kernels over row chunks with Dask (a `RowPasses`).
+    """Runs kernels over row chunks with Dask (a `RowPasses`).
 
     chunks: a Dask array (n, p) whose row chunks become tasks, or a sequence of
     `RowChunk`s covering rows 0..n-1. `client`: a `distributed.Client`, or None
@@ -169,12 +162,4 @@ class DaskPasses:
         return result.compute()
 
 
-def accumulate_dask(
-    chunks, vectors: RowVectors, *, client=None, fill: np.ndarray | None = None, block_rows: int | None = None
-) -> EnvironmentCrossProducts:
-    """`EnvironmentCrossProducts.accumulate` as a Dask reduction over row chunks (see `DaskPasses`)."""
-    kernel = CrossProductKernel(vectors.env_levels, vectors.q, vectors.covariate_names, fill)
-    return DaskPasses(chunks, vectors, client=client, block_rows=block_rows).run(kernel)
-
-
-__all__ = ["DaskPasses", "NpyRows", "RowChunk", "accumulate_dask", "npy_chunks"]
+__all__ = ["DaskPasses", "NpyRows", "RowChunk", "npy_chunks"]
