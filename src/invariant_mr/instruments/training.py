@@ -335,6 +335,9 @@ def train(
         if not in_warmup:
             sched.step(vtotal)
         row = {"epoch": epoch, **{f"train_{k}": v / steps for k, v in sums.items()}}
+        # Rows behind this epoch: the distinct rows its steps drew from, and the validation rows scored.
+        row.update({"rows_drawn": int(np.unique(np.concatenate(epoch_rows)).size),
+                    "train_rows": int(train_rows.size), "val_rows": int(len(e_va_np))})
         row.update({f"val_{k}": float(v) for k, v in vterms.items()})
         row.update({"val_total": vtotal, "lr": opt.param_groups[0]["lr"], "w_inv": w["inv"], "w_ind": w["ind"]})
         history.append(row)
@@ -360,7 +363,10 @@ def train(
 
 def training_summary(history: list[dict]) -> dict:
     best = min(history, key=lambda r: r["val_total"])
-    return {"epochs_run": len(history), "best_epoch": best["epoch"], "best_val_total": best["val_total"]}
+    out = {"epochs_run": len(history), "best_epoch": best["epoch"], "best_val_total": best["val_total"]}
+    if "train_rows" in history[-1]:  # how many rows the learner saw (gradient steps and validation)
+        out.update(train_rows=history[-1]["train_rows"], val_rows=history[-1]["val_rows"])
+    return out
 
 
 __all__ = [

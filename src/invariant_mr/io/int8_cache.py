@@ -11,7 +11,8 @@ one batch at a time, with the file paged in by the operating system. A
 (float64) in memory.
 
 Only hard-call sources (PLINK 1, PLINK 2 hard calls, VCF GT) can be cached as
-int8; dosage formats would be rounded, and are refused.
+int8; dosage formats would be rounded, and are refused: `training_rows` then
+gives `GenotypeFileRows`, batches read from the genotype file.
 """
 
 from __future__ import annotations
@@ -77,4 +78,31 @@ class Int8GenotypeCache:
         self._calls = np.load(self.path, mmap_mode="r")
 
 
-__all__ = ["CACHE_FILE", "Int8GenotypeCache"]
+class GenotypeFileRows:
+    """Rows of the analysed genotypes read from the genotype file itself, as float32 (a `RowSource`).
+
+    For sources the int8 cache refuses (dosages): every batch is a read of the
+    selected rows over all kept variants, so it is slower than the cache but
+    holds only the batch.
+    """
+
+    def __init__(self, genotypes):
+        self.genotypes = genotypes
+        self.n, self.p = int(genotypes.n), int(genotypes.p)
+
+    def rows(self, indices) -> np.ndarray:
+        return np.asarray(self.genotypes.read_rows_at(np.asarray(indices, dtype=np.intp)), dtype=np.float32)
+
+
+def training_rows(genotypes, directory: str | os.PathLike) -> tuple[Int8GenotypeCache | GenotypeFileRows, str]:
+    """The rows a learner trains on, as a `RowSource`, with what they are: the int8 cache written
+    into `directory` for hard-call files, else reads from the genotype file (dosages, or
+    genotypes that are not a file)."""
+    source = getattr(genotypes, "source", None)
+    if isinstance(genotypes, StreamedGenotypes) and getattr(source, "native_dtype", None) == "int8":
+        return Int8GenotypeCache.build(genotypes, directory), "the int8 cache"
+    return GenotypeFileRows(genotypes), ("the genotype file" if isinstance(genotypes, StreamedGenotypes)
+                                         else "the genotype rows")
+
+
+__all__ = ["CACHE_FILE", "GenotypeFileRows", "Int8GenotypeCache", "training_rows"]

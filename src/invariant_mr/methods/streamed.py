@@ -20,6 +20,11 @@ Route of each method (recorded in every `Estimate.extra["route"]`):
   associations from the statistics (no second pass: their SEs are classical);
 * tsht: the vote, final 2SLS, robust SE and AR set from the statistics.
 
+* invariant_autoencoder: cross-fitted encoders trained by minibatches over
+  every row (`learner_rows`: the int8 cache, or the genotype file for dosages),
+  the instruments by a streamed transform (n x k), then 2SLS on all rows as in
+  memory; the MMD/HSIC/leak/structure diagnostics on their seeded rows.
+
 Every other method runs on `data.subsample()`, an `MRData` of a seeded random
 subset of `data.subsample_rows` rows (route "subsample").
 
@@ -53,7 +58,10 @@ STREAMED_METHODS = {
     "weighted_mode": "per-variant statistics from sufficient statistics",
     "mr_presso": "per-variant statistics from sufficient statistics",
     "tsht": "sufficient statistics",
+    "invariant_autoencoder": "minibatches from the genotype source",
 }
+#: Learners that train by minibatches over every row (`learner_rows`), not from the statistics.
+STREAMED_LEARNERS = frozenset({"invariant_autoencoder"})
 #: The k-class methods that share one first pass and one second pass: name -> (kappa, env fixed effects).
 _KCLASS = {"ols": ("ols", True), "tsls_all_env": ("tsls", True), "liml_all_env": ("liml", True),
            "tsls_all": ("tsls", False)}
@@ -63,7 +71,7 @@ _KCLASS = {"ols": ("ols", True), "tsls_all_env": ("tsls", True), "liml_all_env":
 #: numbers equal the row-based fits (tests/test_in_memory_statistics.py), at one first pass and one
 #: shared second pass instead of one n x p refit each. ols needs no genotypes; invariant_linear keeps
 #: its row route in memory (its direction bootstrap resamples rows).
-IN_MEMORY_FROM_STATISTICS = (frozenset(STREAMED_METHODS) - {"ols", "invariant_linear"}) | {"tsls_pcs"}
+IN_MEMORY_FROM_STATISTICS = (frozenset(STREAMED_METHODS) - {"ols", "invariant_linear"} - STREAMED_LEARNERS) | {"tsls_pcs"}
 
 
 def _route_extra(data: StreamedMRData, method: str) -> dict:
@@ -251,8 +259,36 @@ def _tsht_overidentification(data: StreamedMRData, ctx: MethodContext, model, me
     return (j_diagnostic("tsht/overidentification_j", stat, p, df, alpha=ctx.alpha, cov_type=ctx.cov_type),)
 
 
+# ----------------------------------------------------------------------------- learners on minibatches
+def learner_rows(data: StreamedMRData):
+    """(RowSource of every analysed row, what it is) for learners that train by minibatches: the int8
+    cache (hard calls; written once per analysis into a temporary directory, removed with the data's
+    cache) or batches read from the genotype file (dosages). Never the n x p float matrix."""
+    import tempfile
+
+    from invariant_mr.io.int8_cache import training_rows
+
+    if "learner_rows" not in data.cache:
+        # The directory lives as long as the cache that holds it (its finaliser removes it).
+        directory = tempfile.TemporaryDirectory(prefix="invariant-mr-rows-")
+        source, what = training_rows(data.genotypes, directory.name)
+        data.cache["learner_rows"] = (source, what, directory)
+    source, what, _ = data.cache["learner_rows"]
+    return source, what
+
+
+def learner_route(data: StreamedMRData, what: str) -> dict:
+    """`extra` of a learner that trained by minibatches over all `data.n` rows of `what`."""
+    return {"route": f"minibatches from {what} ({data.n:,} rows)", "streamed_on": "local"}
+
+
 def run_streamed(data: StreamedMRData, ctx: MethodContext, method: str) -> MethodOutput:
     """The streamed implementation of `method` (one of `STREAMED_METHODS`)."""
+    if method == "invariant_autoencoder":
+        from invariant_mr.methods.autoencoder import invariant_autoencoder_on_rows
+
+        rows, what = learner_rows(data)
+        return invariant_autoencoder_on_rows(data, ctx, rows, learner_route(data, what))
     if method in _KCLASS:
         return kclass_method(data, ctx, method)
     if method == "invariant_linear":
@@ -340,5 +376,5 @@ def subsample_extra(data: StreamedMRData) -> dict:
     return {"route": f"subsample ({m:,} of {data.n:,} rows, seed {data.seed})", "streamed_on": "local"}
 
 
-__all__ = ["IN_MEMORY_FROM_STATISTICS", "STREAMED_METHODS", "from_statistics_in_memory", "project", "run_streamed",
-           "subsample_extra"]
+__all__ = ["IN_MEMORY_FROM_STATISTICS", "STREAMED_LEARNERS", "STREAMED_METHODS", "from_statistics_in_memory",
+           "learner_route", "learner_rows", "project", "run_streamed", "subsample_extra"]
