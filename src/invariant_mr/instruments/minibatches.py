@@ -33,7 +33,7 @@ from invariant_mr.errors import InputError
 
 #: Bytes of one float64 block of a streamed pass (the moment pass, the streamed transform): the
 #: rows per block follow from the width, so a pass holds a few MiB whatever p is.
-PASS_BLOCK_BYTES = 4 * 2**20
+PASS_BLOCK_BYTES = 2 * 2**20
 
 
 def pass_block_rows(p: int, block_bytes: int = PASS_BLOCK_BYTES) -> int:
@@ -114,7 +114,8 @@ def input_moments(source: RowSource, block_rows: int | None = None) -> tuple[np.
     total = np.zeros(p)
     cross = np.zeros((p, p))
     for _, block in iter_row_blocks(source, block_rows):
-        x = block.astype(np.float64) - shift
+        x = block.astype(np.float64)
+        x -= shift
         total += x.sum(axis=0)
         cross += x.T @ x
     mean = total / n
