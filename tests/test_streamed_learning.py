@@ -33,11 +33,11 @@ def study(tmp_path_factory):
                        seed=11)
 
 
-def _run(study, out, *extra, genotypes=None):
+def _run(study, out, *extra, genotypes=None, method="invariant_autoencoder"):
     genotypes = genotypes or ["--bfile", str(study.prefix)]
     code = main(["run", *genotypes, "--pheno", str(study.pheno), "--env-col", "environment", "--exposure",
                  "exposure", "--outcome", "outcome", "--covar", "age,sex", "--out", str(out), "--quiet",
-                 "--no-report", "--methods", "invariant_autoencoder", *SHORT, *extra])
+                 "--no-report", "--methods", method, *SHORT, *extra])
     assert code == 0
     table = pd.read_csv(out / "estimates.tsv", sep="\t").set_index(["method", "scope"])
     return table, json.loads((out / "results.json").read_text())
@@ -63,6 +63,31 @@ def test_streamed_route_trains_on_every_row_and_equals_the_in_memory_fit(study, 
     assert sum(t["train_rows"] + t["val_rows"] for t in extra["training"]) == n
     assert "seeded subset" in extra["diagnostics_rows"]
     assert res["provenance"]["streamed_passes"]["routes"]["invariant_autoencoder"].startswith("minibatches")
+
+
+def test_in_sample_variant_trains_on_every_row_too(study, tmp_path):
+    method = "invariant_autoencoder_insample"
+    mem, _ = _run(study, tmp_path / "mem", "--streaming", "off", method=method)
+    got, res = _run(study, tmp_path / "str", "--streaming", "on", "--subsample-rows", "100", method=method)
+    assert np.allclose(got[COLUMNS].to_numpy(float), mem[COLUMNS].to_numpy(float), rtol=1e-4, atol=1e-6,
+                       equal_nan=True)
+    n = res["provenance"]["samples"]["n_analysed"]
+    extra = next(e for e in res["estimates"] if e["scope"] == "pooled")["extra"]
+    assert extra["route"] == f"minibatches from the int8 cache ({n:,} rows)" and extra["training_rows"] == n
+    assert extra["training"]["train_rows"] + extra["training"]["val_rows"] == n
+
+
+def test_the_polynomial_method_says_why_it_keeps_the_subsample():
+    from types import SimpleNamespace
+
+    from invariant_mr.methods.streamed import STREAMED_METHODS, subsample_extra
+
+    data = SimpleNamespace(n=50_000, subsample_rows=20_000, seed=3)
+    extra = subsample_extra(data, "invariant_polynomial")
+    assert extra["route"] == "subsample (20,000 of 50,000 rows, seed 3)" and extra["training_rows"] == 20_000
+    assert "full-batch L-BFGS" in extra["subsample_why"]
+    assert "training_rows" not in subsample_extra(data, "tsls_pcs")
+    assert "invariant_polynomial" not in STREAMED_METHODS
 
 
 def test_dosage_files_train_from_the_file(study, tmp_path):

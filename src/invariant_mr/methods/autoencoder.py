@@ -56,6 +56,11 @@ def estimator_from_context(ctx: MethodContext, seed: int) -> InvariantAutoencode
     return InvariantAutoencoder(**estimator_params(ctx.options), seed=seed, progress=ctx.progress)
 
 
+#: What the diagnostics of a streamed route read (`instrument_diagnostics`' seeded rows).
+_DIAGNOSTICS_ROWS = (f"MMD/HSIC/leak/structure checks on a seeded subset of at most {DIAGNOSTIC_MAX_ROWS:,} rows; "
+                     "J and F on all rows")
+
+
 def _history_rows(history: list[dict], **tags) -> list[dict]:
     return [{**tags, **row} for row in history]
 
@@ -117,9 +122,7 @@ def invariant_autoencoder_on_rows(data, ctx: MethodContext, rows=None, route: di
     if route is not None:
         # Every row trained an encoder (the one of each fold it is not in); per encoder, its rows split
         # into gradient rows and validation rows (training summaries).
-        extra.update(route, training_rows=data.n,
-                     diagnostics_rows=f"MMD/HSIC/leak/structure checks on a seeded subset of at most "
-                                      f"{DIAGNOSTIC_MAX_ROWS:,} rows; J and F on all rows")
+        extra.update(route, training_rows=data.n, diagnostics_rows=_DIAGNOSTICS_ROWS)
     estimates = crossfit_estimates(
         data, instruments, folds, ctx.inference, method="invariant_autoencoder",
         extra=extra, clusters=data.clusters,
@@ -156,14 +159,27 @@ def invariant_autoencoder_on_rows(data, ctx: MethodContext, rows=None, route: di
 
 
 def invariant_autoencoder_insample(data: MRData, ctx: MethodContext) -> MethodOutput:
+    return invariant_autoencoder_insample_on_rows(data, ctx)
+
+
+def invariant_autoencoder_insample_on_rows(data, ctx: MethodContext, rows=None,
+                                           route: dict | None = None) -> MethodOutput:
+    """`invariant_autoencoder_insample` on `data.Z` (rows=None) or trained by minibatches over `rows`
+    (a `RowSource` of every analysed row) with a streamed transform; `route` joins each estimate's `extra`."""
     seed = int(ctx.rng("invariant_autoencoder_insample seed").integers(2**31 - 1))
     model = estimator_from_context(ctx, seed)
     use_exposure = float(estimator_params(ctx.options)["lam_rel"]) > 0
-    model.fit(data.Z, data.env, exposure=data.exposure if use_exposure else None)
-    hv, instruments = model.transform_all(data.Z)  # one encoder pass for the instruments and the HSIC check
+    if rows is not None and int(rows.n) != data.n:
+        raise InputError(f"the training rows hold {rows.n} rows, the data {data.n}")
+    Z = data.Z if rows is None else rows
+    model.fit(Z, data.env, exposure=data.exposure if use_exposure else None)
+    hv, instruments = model.transform_all(Z)  # one encoder pass for the instruments and the HSIC check
+    extra = {"training": model.training_summary_, "in_sample": True}
+    if route is not None:
+        extra.update(route, training_rows=data.n, diagnostics_rows=_DIAGNOSTICS_ROWS)
     estimates = iv_estimates(
         data, instruments, ctx.inference, method="invariant_autoencoder_insample",
-        extra={"training": model.training_summary_, "in_sample": True}, clusters=data.clusters,
+        extra=extra, clusters=data.clusters,
     )  # fmt: skip
     diagnostics = instrument_diagnostics(
         data, instruments, ctx.inference, hv, method="invariant_autoencoder_insample", clusters=data.clusters
@@ -174,4 +190,4 @@ def invariant_autoencoder_insample(data: MRData, ctx: MethodContext) -> MethodOu
 
 
 __all__ = ["estimator_from_context", "estimator_params", "invariant_autoencoder", "invariant_autoencoder_insample",
-           "invariant_autoencoder_on_rows"]
+           "invariant_autoencoder_insample_on_rows", "invariant_autoencoder_on_rows"]

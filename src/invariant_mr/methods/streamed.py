@@ -20,7 +20,7 @@ Route of each method (recorded in every `Estimate.extra["route"]`):
   associations from the statistics (no second pass: their SEs are classical);
 * tsht: the vote, final 2SLS, robust SE and AR set from the statistics.
 
-* invariant_autoencoder: cross-fitted encoders trained by minibatches over
+* invariant_autoencoder (and _insample): encoders trained by minibatches over
   every row (`learner_rows`: the int8 cache, or the genotype file for dosages),
   the instruments by a streamed transform (n x k), then 2SLS on all rows as in
   memory; the MMD/HSIC/leak/structure diagnostics on their seeded rows.
@@ -59,9 +59,10 @@ STREAMED_METHODS = {
     "mr_presso": "per-variant statistics from sufficient statistics",
     "tsht": "sufficient statistics",
     "invariant_autoencoder": "minibatches from the genotype source",
+    "invariant_autoencoder_insample": "minibatches from the genotype source",
 }
 #: Learners that train by minibatches over every row (`learner_rows`), not from the statistics.
-STREAMED_LEARNERS = frozenset({"invariant_autoencoder"})
+STREAMED_LEARNERS = frozenset({"invariant_autoencoder", "invariant_autoencoder_insample"})
 #: The k-class methods that share one first pass and one second pass: name -> (kappa, env fixed effects).
 _KCLASS = {"ols": ("ols", True), "tsls_all_env": ("tsls", True), "liml_all_env": ("liml", True),
            "tsls_all": ("tsls", False)}
@@ -284,11 +285,13 @@ def learner_route(data: StreamedMRData, what: str) -> dict:
 
 def run_streamed(data: StreamedMRData, ctx: MethodContext, method: str) -> MethodOutput:
     """The streamed implementation of `method` (one of `STREAMED_METHODS`)."""
-    if method == "invariant_autoencoder":
-        from invariant_mr.methods.autoencoder import invariant_autoencoder_on_rows
+    if method in STREAMED_LEARNERS:
+        from invariant_mr.methods import autoencoder
 
         rows, what = learner_rows(data)
-        return invariant_autoencoder_on_rows(data, ctx, rows, learner_route(data, what))
+        function = {"invariant_autoencoder": autoencoder.invariant_autoencoder_on_rows,
+                    "invariant_autoencoder_insample": autoencoder.invariant_autoencoder_insample_on_rows}[method]
+        return function(data, ctx, rows, learner_route(data, what))
     if method in _KCLASS:
         return kclass_method(data, ctx, method)
     if method == "invariant_linear":
@@ -371,10 +374,23 @@ def from_statistics_in_memory(data, ctx: MethodContext, method: str, planned=())
     return run_streamed(view, ctx, method)
 
 
-def subsample_extra(data: StreamedMRData) -> dict:
+#: Why a learner still runs on the subsample of streamed genotypes (recorded as `extra["subsample_why"]`).
+SUBSAMPLE_REASONS = {
+    "invariant_polynomial": (
+        "stage 1 is full-batch L-BFGS (variable projection: every step solves the decoder by least squares "
+        "over all of its rows) and stage 2's bootstrap and the denoising encoder refit on rows, so it has no "
+        "minibatch form; it learns from the seeded subsample, and its 2SLS uses those rows"
+    ),
+}
+
+
+def subsample_extra(data: StreamedMRData, method: str | None = None) -> dict:
     m = min(data.subsample_rows, data.n)
-    return {"route": f"subsample ({m:,} of {data.n:,} rows, seed {data.seed})", "streamed_on": "local"}
+    extra = {"route": f"subsample ({m:,} of {data.n:,} rows, seed {data.seed})", "streamed_on": "local"}
+    if method in SUBSAMPLE_REASONS:
+        extra.update(training_rows=m, subsample_why=SUBSAMPLE_REASONS[method])
+    return extra
 
 
 __all__ = ["IN_MEMORY_FROM_STATISTICS", "STREAMED_LEARNERS", "STREAMED_METHODS", "from_statistics_in_memory",
-           "learner_route", "learner_rows", "project", "run_streamed", "subsample_extra"]
+           "learner_route", "learner_rows", "project", "run_streamed", "SUBSAMPLE_REASONS", "subsample_extra"]
