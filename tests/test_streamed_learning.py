@@ -90,8 +90,8 @@ def test_the_polynomial_method_says_why_it_keeps_the_subsample():
     assert "invariant_polynomial" not in STREAMED_METHODS
 
 
-def test_dosage_files_train_from_the_file(study, tmp_path):
-    """A dosage PLINK 2 copy cannot be cached as int8: batches are read from the file, same estimates."""
+def test_dosage_files_train_from_a_float32_cache(study, tmp_path):
+    """A dosage PLINK 2 copy cannot be cached as int8 (it would round): a float32 cache, same estimates."""
     p = study.genotypes.shape[1]
     fs = Fileset(
         dosages=study.genotypes, fid=study.fid, iid=study.iid,
@@ -102,7 +102,7 @@ def test_dosage_files_train_from_the_file(study, tmp_path):
     ref, _ = _run(study, tmp_path / "bed", "--streaming", "on")
     got, res = _run(study, tmp_path / "pgen", "--streaming", "on", genotypes=["--pfile", str(pfile)])
     extra = next(e for e in res["estimates"] if e["scope"] == "pooled")["extra"]
-    assert extra["route"].startswith("minibatches from the genotype file (")
+    assert extra["route"].startswith("minibatches from the float32 cache (")
     assert np.allclose(got[COLUMNS].to_numpy(float), ref[COLUMNS].to_numpy(float), rtol=1e-4, atol=1e-6,
                        equal_nan=True)
 
@@ -182,9 +182,30 @@ def test_the_learner_route_never_holds_the_n_by_p_matrix(wide, tmp_path):
     assert np.allclose(hw[some], model.transform(Z[some]), atol=1e-4)
 
 
-def test_file_rows_read_the_analysed_rows(wide):
+def test_genotype_rows_read_the_analysed_rows(wide):
+    """The fallback source for genotypes that are no file (`read_rows_at` of any analysed matrix)."""
     genotypes, _, _ = wide
     rows = GenotypeFileRows(genotypes)
     some = np.array([19_999, 3, 512])
     assert rows.rows(some).dtype == np.float32
     assert np.array_equal(rows.rows(some), genotypes.read_rows_at(some).astype(np.float32))
+
+
+def test_float32_cache_holds_dosages_exactly(tmp_path):
+    """Fractional dosages with missing calls: the float32 cache gives the imputed rows the QC reader gives."""
+    from genotype_writers import make_fileset
+
+    fs = make_fileset(n=40, p=5, missing_rate=0.1, seed=2)
+    dos = np.clip(fs.dosages + 0.25, 0, 2)
+    source = open_genotypes(pfile=write_pgen(fs, tmp_path / "d", dosages=dos))
+    rows = np.arange(40)
+    env = np.repeat(np.array(["a", "b"], dtype=object), 20)
+    qc = streamed_genotype_qc(source, rows, env)
+    genotypes = StreamedGenotypes.from_qc(source, rows, qc, read_rows=7)
+    cache, what = training_rows(genotypes, tmp_path)
+    assert what == "the float32 cache" and cache.path.stat().st_size < 4 * genotypes.n * genotypes.p + 1024
+    Z = read_qc_dosages(source, rows, qc)
+    order = np.random.default_rng(0).permutation(genotypes.n)
+    assert np.allclose(cache.rows(order), Z[order], atol=1e-6)
+    with pytest.raises(InputError, match="round"):
+        Int8GenotypeCache.build(genotypes, tmp_path)

@@ -21,7 +21,7 @@ Route of each method (recorded in every `Estimate.extra["route"]`):
 * tsht: the vote, final 2SLS, robust SE and AR set from the statistics.
 
 * invariant_autoencoder (and _insample): encoders trained by minibatches over
-  every row (`learner_rows`: the int8 cache, or the genotype file for dosages),
+  every row (`learner_rows`: the int8 cache, or a float32 cache for dosages),
   the instruments by a streamed transform (n x k), then 2SLS on all rows as in
   memory; the MMD/HSIC/leak/structure diagnostics on their seeded rows.
 
@@ -262,9 +262,9 @@ def _tsht_overidentification(data: StreamedMRData, ctx: MethodContext, model, me
 
 # ----------------------------------------------------------------------------- learners on minibatches
 def learner_rows(data: StreamedMRData):
-    """(RowSource of every analysed row, what it is) for learners that train by minibatches: the int8
-    cache (hard calls; written once per analysis into a temporary directory, removed with the data's
-    cache) or batches read from the genotype file (dosages). Never the n x p float matrix."""
+    """(RowSource of every analysed row, what it is) for learners that train by minibatches: a row-major
+    cache of the calls (int8 for hard calls, float32 for dosages), written once per analysis into a
+    temporary directory that is removed with the data's cache. Never the n x p float matrix in memory."""
     import tempfile
 
     from invariant_mr.io.int8_cache import training_rows
