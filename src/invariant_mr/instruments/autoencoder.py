@@ -355,14 +355,16 @@ class InvariantAutoencoder:
         if self.warm_start == "linear":
             self._load_linear_warm_start(net, Zs, env, exposure)
         net.to(device)
+        rows_used: dict = {}
         self.history_ = train(
             net, Zs, codes, ds, weights, config, seed=int(self.seed), device=device, progress=bool(self.progress),
-            validation=val_set,
+            validation=val_set, rows_used=rows_used,
         )  # fmt: skip
         self.net_ = net.cpu().eval()
         self.env_levels_ = levels
         self.n_features_in_ = p
-        self.training_summary_ = training_summary(self.history_)
+        # How many rows the encoder learned from (gradient steps) and was selected on (validation).
+        self.training_summary_ = {**training_summary(self.history_), **rows_used}
         return self
 
     def _validation_set(self, validation, levels: np.ndarray, p: int):
