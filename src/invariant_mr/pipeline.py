@@ -224,7 +224,7 @@ def _run_method(spec: MethodSpec, data: StreamedMRData, ctx: MethodContext):
     if spec.name in STREAMED_METHODS:
         return run_streamed(data, ctx, spec.name)
     out = spec.function(data.subsample(), ctx)
-    extra = subsample_extra(data)
+    extra = subsample_extra(data, spec.name)
     return MethodOutput(tuple(replace(e, extra={**e.extra, **extra}) for e in out.estimates), out.diagnostics,
                         out.artifacts)
 

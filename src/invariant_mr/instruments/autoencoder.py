@@ -30,7 +30,7 @@ import torch
 
 from invariant_mr.errors import InputError
 from invariant_mr.io.output import publish_directory
-from invariant_mr.instruments.minibatches import AffineRows, input_moments, is_row_source
+from invariant_mr.instruments.minibatches import AffineRows, input_moments, is_row_source, iter_row_blocks, pass_block_rows
 from invariant_mr.instruments.networks import DECODER_KINDS, ENCODER_KINDS, InvariantAutoencoderNet
 from invariant_mr.instruments.training import LossWeights, TrainingConfig, resolve_device, train, training_summary
 
@@ -355,14 +355,16 @@ class InvariantAutoencoder:
         if self.warm_start == "linear":
             self._load_linear_warm_start(net, Zs, env, exposure)
         net.to(device)
+        rows_used: dict = {}
         self.history_ = train(
             net, Zs, codes, ds, weights, config, seed=int(self.seed), device=device, progress=bool(self.progress),
-            validation=val_set,
+            validation=val_set, rows_used=rows_used,
         )  # fmt: skip
         self.net_ = net.cpu().eval()
         self.env_levels_ = levels
         self.n_features_in_ = p
-        self.training_summary_ = training_summary(self.history_)
+        # How many rows the encoder learned from (gradient steps) and was selected on (validation).
+        self.training_summary_ = {**training_summary(self.history_), **rows_used}
         return self
 
     def _validation_set(self, validation, levels: np.ndarray, p: int):
@@ -414,8 +416,11 @@ class InvariantAutoencoder:
             raise InputError("this InvariantAutoencoder is not fitted yet; call fit(Z, env) first")
 
     def transform_all(self, Z) -> tuple[np.ndarray, np.ndarray]:
-        """(hV, hW) for the rows of Z."""
+        """(hV, hW) for the rows of Z: an array, or a `minibatches.RowSource`, encoded block by block
+        (one streamed pass; only the n x (dim_v + dim_w) codes are held)."""
         self._check_fitted()
+        if is_row_source(Z):
+            return self._transform_rows(Z)
         Z = np.asarray(Z, dtype=float)
         if Z.ndim != 2 or Z.shape[1] != self.n_features_in_:
             raise InputError(f"Z must have {self.n_features_in_} columns, got shape {Z.shape}")
@@ -423,6 +428,19 @@ class InvariantAutoencoder:
         with torch.no_grad():
             hv, hw = self.net_.encoder(zs)
         return hv.double().numpy(), hw.double().numpy()
+
+    def _transform_rows(self, source) -> tuple[np.ndarray, np.ndarray]:
+        if int(source.p) != self.n_features_in_:
+            raise InputError(f"Z must have {self.n_features_in_} columns, got {source.p}")
+        hv, hw = np.empty((source.n, int(self.dim_v))), np.empty((source.n, int(self.dim_w)))
+        rows = AffineRows(source, self.z_mean_, self.z_map_)
+        for part, block in iter_row_blocks(rows, pass_block_rows(source.p)):
+            if not np.isfinite(block).all():
+                raise InputError("Z (instruments) contains NaN or infinite values")
+            with torch.no_grad():
+                v, w = self.net_.encoder(torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)))
+            hv[part], hw[part] = v.double().numpy(), w.double().numpy()
+        return hv, hw
 
     def transform(self, Z) -> np.ndarray:
         """The learned instruments hW."""

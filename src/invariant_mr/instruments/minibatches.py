@@ -6,6 +6,8 @@ array (`ArrayRows`), an int8 memory-mapped genotype cache
 batch), or any object with `n`, `p` and `rows`. `AffineRows` applies the
 network's input map (centring, scaling or whitening) per batch, and
 `input_moments` computes that map's mean and covariance in one streamed pass.
+`SubsetRows` is a source's rows at given positions (a cross-fitting fold),
+and `iter_row_blocks` walks a source in order (the streamed transform).
 
 `PrefetchedBatches` keeps the device fed: a background thread gathers the
 next batches (numpy fancy indexing and int8 -> float32 imputation release the
@@ -29,8 +31,14 @@ import torch
 
 from invariant_mr.errors import InputError
 
-#: Rows per block of the streamed moment pass.
-MOMENT_BLOCK_ROWS = 8192
+#: Bytes of one float64 block of a streamed pass (the moment pass, the streamed transform): the
+#: rows per block follow from the width, so a pass holds a few MiB whatever p is.
+PASS_BLOCK_BYTES = 2 * 2**20
+
+
+def pass_block_rows(p: int, block_bytes: int = PASS_BLOCK_BYTES) -> int:
+    """Rows per block of a streamed pass over a p-column source (at least 64)."""
+    return int(max(64, block_bytes // (8 * max(int(p), 1))))
 
 
 class RowSource(Protocol):
@@ -59,6 +67,30 @@ class ArrayRows:
         return np.asarray(self.Z[np.asarray(indices)], dtype=np.float32)
 
 
+class SubsetRows:
+    """The rows `positions` of another source, renumbered 0..len(positions)-1 (e.g. a fold's rows)."""
+
+    def __init__(self, source: RowSource, positions):
+        self.source = source
+        self.positions = np.asarray(positions, dtype=np.intp)
+        if self.positions.ndim != 1:
+            raise InputError("row positions must be a 1-D array")
+        if self.positions.size and (self.positions.min() < 0 or self.positions.max() >= source.n):
+            raise InputError(f"row positions outside 0..{source.n - 1}")
+        self.n, self.p = int(self.positions.size), int(source.p)
+
+    def rows(self, indices) -> np.ndarray:
+        return self.source.rows(self.positions[np.asarray(indices, dtype=np.intp)])
+
+
+def iter_row_blocks(source: RowSource, block_rows: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+    """(slice of rows, float32 block) over every row of `source` in order, one block alive at a time."""
+    step = int(block_rows or pass_block_rows(source.p))
+    for lo in range(0, source.n, step):
+        hi = min(source.n, lo + step)
+        yield slice(lo, hi), source.rows(np.arange(lo, hi))
+
+
 class AffineRows:
     """((rows - mean) @ map) of another source, as float32: the network's input, batch by batch."""
 
@@ -74,15 +106,16 @@ class AffineRows:
         return x @ self.matrix
 
 
-def input_moments(source: RowSource, block_rows: int = MOMENT_BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+def input_moments(source: RowSource, block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mean (p,), covariance (p, p), maximum likelihood) of the source's rows, in one streamed pass
     (float64 sums of rows shifted by the first row, for conditioning)."""
     n, p = source.n, source.p
     shift = source.rows(np.array([0])).astype(np.float64)[0]
     total = np.zeros(p)
     cross = np.zeros((p, p))
-    for lo in range(0, n, block_rows):
-        x = source.rows(np.arange(lo, min(n, lo + block_rows))).astype(np.float64) - shift
+    for _, block in iter_row_blocks(source, block_rows):
+        x = block.astype(np.float64)
+        x -= shift
         total += x.sum(axis=0)
         cross += x.T @ x
     mean = total / n
@@ -153,4 +186,5 @@ class PrefetchedBatches:
                     worker.join(timeout=0.05)
 
 
-__all__ = ["AffineRows", "ArrayRows", "PrefetchedBatches", "RowSource", "input_moments", "is_row_source"]
+__all__ = ["AffineRows", "ArrayRows", "PrefetchedBatches", "RowSource", "SubsetRows", "input_moments", "is_row_source",
+           "iter_row_blocks", "pass_block_rows"]

@@ -244,6 +244,7 @@ def train(
     device: torch.device,
     progress: bool = False,
     validation: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
+    rows_used: dict | None = None,
 ) -> list[dict]:
     """Train `net` in place; returns the per-epoch history. The best-validation weights are restored.
 
@@ -251,6 +252,9 @@ def train(
     set (the authors generate one from its own seed); then every row of `z`
     trains and `config.val_fraction` is unused. By default the validation rows
     are split off `z`, the same fraction from every environment.
+
+    `rows_used`, when given, is filled with how many rows took gradient steps
+    (`train_rows`) and how many scored the validation loss (`val_rows`).
     """
     weights.validate()
     config.validate()
@@ -280,6 +284,8 @@ def train(
         d_tr = None if exposure is None else to_t(exposure)
         d_va = None if exposure is None or d_val is None else to_t(d_val)
     e_tr, e_va = to_t(e_tr_np, torch.int64), to_t(e_va_np, torch.int64)
+    if rows_used is not None:
+        rows_used.update(train_rows=int(e_tr_np.size), val_rows=int(e_va_np.size))
     val_chunks = validation_chunks(e_va_np)
     per_env_rows = [np.flatnonzero(e_tr_np == c) for c in np.unique(e_tr_np)]
     batch = min(config.batch_per_env, min(r.size for r in per_env_rows))

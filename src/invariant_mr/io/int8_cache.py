@@ -11,7 +11,9 @@ one batch at a time, with the file paged in by the operating system. A
 (float64) in memory.
 
 Only hard-call sources (PLINK 1, PLINK 2 hard calls, VCF GT) can be cached as
-int8; dosage formats would be rounded, and are refused.
+int8; dosage formats would be rounded, and are refused: `Float32GenotypeCache`
+holds them as float32 (4 bytes per call, on disk). `training_rows` picks the
+cache a learner trains from.
 """
 
 from __future__ import annotations
@@ -31,31 +33,37 @@ CACHE_FILE = "genotypes-int8.npy"
 class Int8GenotypeCache:
     """The rows x columns of `StreamedGenotypes` as a row-major int8 `.npy` memory map (a `RowSource`)."""
 
+    #: The dtype of the calls on disk, the file's name, and whether dosage sources are refused.
+    dtype = np.int8
+    file_name = CACHE_FILE
+
     def __init__(self, path: str | os.PathLike, genotypes: StreamedGenotypes):
         self.path = Path(path)
         self.env_codes = np.asarray(genotypes.env_codes)
         self.env_means = np.asarray(genotypes.env_means)
         self.center, self.scale = genotypes.center, genotypes.scale
         self._calls = np.load(self.path, mmap_mode="r")
-        if self._calls.dtype != np.int8 or self._calls.shape != (genotypes.n, genotypes.p):
-            raise InputError(f"{self.path} is not the int8 cache of these genotypes "
-                             f"({self._calls.dtype} {self._calls.shape} vs int8 {(genotypes.n, genotypes.p)})")
+        kind = np.dtype(self.dtype).name
+        if self._calls.dtype != self.dtype or self._calls.shape != (genotypes.n, genotypes.p):
+            raise InputError(f"{self.path} is not the {kind} cache of these genotypes "
+                             f"({self._calls.dtype} {self._calls.shape} vs {kind} {(genotypes.n, genotypes.p)})")
         self.n, self.p = genotypes.n, genotypes.p
 
     @classmethod
     def build(cls, genotypes: StreamedGenotypes, directory: str | os.PathLike) -> Int8GenotypeCache:
         """Write the cache into `directory` (one streamed pass over the genotype file)."""
-        if genotypes.source.native_dtype != "int8":
+        kind = np.dtype(cls.dtype).name
+        if kind == "int8" and genotypes.source.native_dtype != "int8":
             raise InputError(
                 f"{genotypes.source.format} holds dosages: an int8 cache would round them; train from the "
-                "source (streamed minibatches) instead"
+                "float32 cache (`Float32GenotypeCache`) instead"
             )
-        path = Path(directory) / CACHE_FILE
-        calls = np.lib.format.open_memmap(path, mode="w+", dtype=np.int8, shape=(genotypes.n, genotypes.p))
+        path = Path(directory) / cls.file_name
+        calls = np.lib.format.open_memmap(path, mode="w+", dtype=cls.dtype, shape=(genotypes.n, genotypes.p))
         step = genotypes.raw_block_rows
         for lo in range(0, genotypes.n, step):
             hi = min(genotypes.n, lo + step)
-            calls[lo:hi] = genotypes.source.read(genotypes.rows[lo:hi], genotypes.columns, dtype="int8")
+            calls[lo:hi] = genotypes.source.read(genotypes.rows[lo:hi], genotypes.columns, dtype=kind)
         calls.flush()
         del calls
         return cls(path, genotypes)
@@ -77,4 +85,35 @@ class Int8GenotypeCache:
         self._calls = np.load(self.path, mmap_mode="r")
 
 
-__all__ = ["CACHE_FILE", "Int8GenotypeCache"]
+class Float32GenotypeCache(Int8GenotypeCache):
+    """The same cache for dosage sources (PLINK 2 dosages, BGEN, VCF DS): float32 calls, NaN missing,
+    4 bytes per call on disk; exact, since the readers return dosages as float32."""
+
+    dtype = np.float32
+    file_name = "genotypes-float32.npy"
+
+
+class GenotypeFileRows:
+    """Rows of analysed genotypes that are not a genotype file (e.g. an in-memory view), as float32
+    (a `RowSource` over their `read_rows_at`)."""
+
+    def __init__(self, genotypes):
+        self.genotypes = genotypes
+        self.n, self.p = int(genotypes.n), int(genotypes.p)
+
+    def rows(self, indices) -> np.ndarray:
+        return np.asarray(self.genotypes.read_rows_at(np.asarray(indices, dtype=np.intp)), dtype=np.float32)
+
+
+def training_rows(genotypes, directory: str | os.PathLike) -> tuple[Int8GenotypeCache | GenotypeFileRows, str]:
+    """The rows a learner trains on, as a `RowSource`, with what they are: a row-major cache written
+    into `directory` (int8 for hard-call files, float32 for dosage files: genotype files are
+    variant-major, so a random batch read from the file itself would decode every selected variant
+    for all samples), else the genotypes' own rows."""
+    if isinstance(genotypes, StreamedGenotypes):
+        cache = Int8GenotypeCache if genotypes.source.native_dtype == "int8" else Float32GenotypeCache
+        return cache.build(genotypes, directory), f"the {np.dtype(cache.dtype).name} cache"
+    return GenotypeFileRows(genotypes), "the genotype rows"
+
+
+__all__ = ["CACHE_FILE", "Float32GenotypeCache", "GenotypeFileRows", "Int8GenotypeCache", "training_rows"]

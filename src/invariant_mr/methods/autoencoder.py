@@ -16,7 +16,7 @@ import numpy as np
 from invariant_mr.data import MRData
 from invariant_mr.errors import InputError
 from invariant_mr.inference.crossfit import crossfit_estimates, crossfit_instruments
-from invariant_mr.inference.diagnostics import instrument_diagnostics
+from invariant_mr.inference.diagnostics import DIAGNOSTIC_MAX_ROWS, instrument_diagnostics
 from invariant_mr.inference.estimates import iv_estimates
 from invariant_mr.inference.heldout_invariance import heldout_invariance_test
 from invariant_mr.instruments.autoencoder import PRESETS, InvariantAutoencoder, paper_recipe_params
@@ -56,33 +56,77 @@ def estimator_from_context(ctx: MethodContext, seed: int) -> InvariantAutoencode
     return InvariantAutoencoder(**estimator_params(ctx.options), seed=seed, progress=ctx.progress)
 
 
+#: What the diagnostics of a streamed route read (`instrument_diagnostics`' seeded rows).
+_DIAGNOSTICS_ROWS = (f"MMD/HSIC/leak/structure checks on a seeded subset of at most {DIAGNOSTIC_MAX_ROWS:,} rows; "
+                     "J and F on all rows")
+
+
 def _history_rows(history: list[dict], **tags) -> list[dict]:
     return [{**tags, **row} for row in history]
 
 
 def invariant_autoencoder(data: MRData, ctx: MethodContext) -> MethodOutput:
+    return invariant_autoencoder_on_rows(data, ctx)
+
+
+def _crossfit_rows(data, ctx: MethodContext, rows, n_folds: int, base_seed: int, use_exposure: bool):
+    """`crossfit_instruments` with each fold's learner trained by minibatches over a `RowSource`
+    (`rows`: every analysed row) and the out-of-fold codes from a streamed transform of its fold:
+    the same folds, seeds and rows in the same order as in memory. Returns (hW, hV, folds, learners)."""
+    from invariant_mr.inference.crossfit import stratified_folds
+    from invariant_mr.instruments.minibatches import SubsetRows
+
+    if int(rows.n) != data.n:
+        raise InputError(f"the training rows hold {rows.n} rows, the data {data.n}")
+    folds = stratified_folds(data.env_codes, n_folds, ctx.rng("invariant_autoencoder folds"),
+                             clusters=getattr(data, "clusters", None))
+    learners, hw, hv = [], None, None
+    for f in range(n_folds):
+        train, test = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
+        model = estimator_from_context(ctx, base_seed + f)
+        model.fit(SubsetRows(rows, train), data.env[train], exposure=data.exposure[train] if use_exposure else None)
+        v, w = model.transform_all(SubsetRows(rows, test))
+        if hw is None:
+            hw, hv = np.zeros((data.n, w.shape[1])), np.zeros((data.n, v.shape[1]))
+        hw[test], hv[test] = w, v
+        learners.append(model)
+    return hw, hv, folds, learners
+
+
+def invariant_autoencoder_on_rows(data, ctx: MethodContext, rows=None, route: dict | None = None) -> MethodOutput:
+    """`invariant_autoencoder` on `data.Z` (rows=None) or, for streamed genotypes, with every fold's
+    encoder trained by minibatches over `rows` (a `RowSource` of all analysed rows, e.g. the int8
+    cache) and its instruments from a streamed transform; `route` joins each estimate's `extra`."""
     n_folds = int(ctx.option("n_folds", 2))
     if n_folds < 2:
         raise InputError(f"--n-folds must be at least 2 for cross-fitting, got {n_folds}")
     use_exposure = float(estimator_params(ctx.options)["lam_rel"]) > 0
     base_seed = int(ctx.rng("invariant_autoencoder seed").integers(2**31 - 1))
-    instruments, folds, learners = crossfit_instruments(
-        data,
-        lambda fold: estimator_from_context(ctx, base_seed + fold),
-        n_folds=n_folds,
-        rng=ctx.rng("invariant_autoencoder folds"),
-        use_exposure=use_exposure,
-    )
+    if rows is None:
+        instruments, folds, learners = crossfit_instruments(
+            data,
+            lambda fold: estimator_from_context(ctx, base_seed + fold),
+            n_folds=n_folds,
+            rng=ctx.rng("invariant_autoencoder folds"),
+            use_exposure=use_exposure,
+        )
+        # Out-of-fold hV of each fold's encoder: the environment-varying component the HSIC check tests against.
+        hv = np.zeros((data.n, learners[0].dim_v))
+        for f, model in enumerate(learners):
+            hv[folds == f] = model.transform_all(data.Z[folds == f])[0]
+    else:
+        instruments, hv, folds, learners = _crossfit_rows(data, ctx, rows, n_folds, base_seed, use_exposure)
     history = [row for f, m in enumerate(learners) for row in _history_rows(m.history_, fold=f)]
     summaries = [m.training_summary_ for m in learners]
+    extra = {"training": summaries}
+    if route is not None:
+        # Every row trained an encoder (the one of each fold it is not in); per encoder, its rows split
+        # into gradient rows and validation rows (training summaries).
+        extra.update(route, training_rows=data.n, diagnostics_rows=_DIAGNOSTICS_ROWS)
     estimates = crossfit_estimates(
         data, instruments, folds, ctx.inference, method="invariant_autoencoder",
-        extra={"training": summaries}, clusters=data.clusters,
+        extra=extra, clusters=data.clusters,
     )  # fmt: skip
-    # Out-of-fold hV of each fold's encoder: the environment-varying component the HSIC check tests against.
-    hv = np.zeros((data.n, learners[0].dim_v))
-    for f, model in enumerate(learners):
-        hv[folds == f] = model.transform_all(data.Z[folds == f])[0]
     diagnostics = tuple(
         instrument_diagnostics(
             data, instruments, ctx.inference, hv, method="invariant_autoencoder", folds=folds, clusters=data.clusters
@@ -115,14 +159,27 @@ def invariant_autoencoder(data: MRData, ctx: MethodContext) -> MethodOutput:
 
 
 def invariant_autoencoder_insample(data: MRData, ctx: MethodContext) -> MethodOutput:
+    return invariant_autoencoder_insample_on_rows(data, ctx)
+
+
+def invariant_autoencoder_insample_on_rows(data, ctx: MethodContext, rows=None,
+                                           route: dict | None = None) -> MethodOutput:
+    """`invariant_autoencoder_insample` on `data.Z` (rows=None) or trained by minibatches over `rows`
+    (a `RowSource` of every analysed row) with a streamed transform; `route` joins each estimate's `extra`."""
     seed = int(ctx.rng("invariant_autoencoder_insample seed").integers(2**31 - 1))
     model = estimator_from_context(ctx, seed)
     use_exposure = float(estimator_params(ctx.options)["lam_rel"]) > 0
-    model.fit(data.Z, data.env, exposure=data.exposure if use_exposure else None)
-    hv, instruments = model.transform_all(data.Z)  # one encoder pass for the instruments and the HSIC check
+    if rows is not None and int(rows.n) != data.n:
+        raise InputError(f"the training rows hold {rows.n} rows, the data {data.n}")
+    Z = data.Z if rows is None else rows
+    model.fit(Z, data.env, exposure=data.exposure if use_exposure else None)
+    hv, instruments = model.transform_all(Z)  # one encoder pass for the instruments and the HSIC check
+    extra = {"training": model.training_summary_, "in_sample": True}
+    if route is not None:
+        extra.update(route, training_rows=data.n, diagnostics_rows=_DIAGNOSTICS_ROWS)
     estimates = iv_estimates(
         data, instruments, ctx.inference, method="invariant_autoencoder_insample",
-        extra={"training": model.training_summary_, "in_sample": True}, clusters=data.clusters,
+        extra=extra, clusters=data.clusters,
     )  # fmt: skip
     diagnostics = instrument_diagnostics(
         data, instruments, ctx.inference, hv, method="invariant_autoencoder_insample", clusters=data.clusters
@@ -132,4 +189,5 @@ def invariant_autoencoder_insample(data: MRData, ctx: MethodContext) -> MethodOu
     )
 
 
-__all__ = ["estimator_from_context", "estimator_params", "invariant_autoencoder", "invariant_autoencoder_insample"]
+__all__ = ["estimator_from_context", "estimator_params", "invariant_autoencoder", "invariant_autoencoder_insample",
+           "invariant_autoencoder_insample_on_rows", "invariant_autoencoder_on_rows"]

@@ -21,6 +21,11 @@ Route of each method (recorded in every `Estimate.extra["route"]`):
   associations from the statistics (no second pass: their SEs are classical);
 * tsht: the vote, final 2SLS, robust SE and AR set from the statistics.
 
+* invariant_autoencoder (and _insample): encoders trained by minibatches over
+  every row (`learner_rows`: the int8 cache, or a float32 cache for dosages),
+  the instruments by a streamed transform (n x k), then 2SLS on all rows as in
+  memory; the MMD/HSIC/leak/structure diagnostics on their seeded rows.
+
 Every other method runs on `data.subsample()`, an `MRData` of a seeded random
 subset of `data.subsample_rows` rows (route "subsample").
 
@@ -55,7 +60,11 @@ STREAMED_METHODS = {
     "weighted_mode": "per-variant statistics from sufficient statistics",
     "mr_presso": "per-variant statistics from sufficient statistics",
     "tsht": "sufficient statistics",
+    "invariant_autoencoder": "minibatches from the genotype source",
+    "invariant_autoencoder_insample": "minibatches from the genotype source",
 }
+#: Learners that train by minibatches over every row (`learner_rows`), not from the statistics.
+STREAMED_LEARNERS = frozenset({"invariant_autoencoder", "invariant_autoencoder_insample"})
 #: The k-class methods that share one first pass and one second pass: name -> (kappa, env fixed effects).
 _KCLASS = {"ols": ("ols", True), "tsls_all_env": ("tsls", True), "liml_all_env": ("liml", True),
            "tsls_all": ("tsls", False)}
@@ -65,7 +74,7 @@ _KCLASS = {"ols": ("ols", True), "tsls_all_env": ("tsls", True), "liml_all_env":
 #: numbers equal the row-based fits (tests/test_in_memory_statistics.py), at one first pass and one
 #: shared second pass instead of one n x p refit each. ols needs no genotypes; invariant_linear keeps
 #: its row route in memory (its direction bootstrap resamples rows).
-IN_MEMORY_FROM_STATISTICS = (frozenset(STREAMED_METHODS) - {"ols", "invariant_linear"}) | {"tsls_pcs"}
+IN_MEMORY_FROM_STATISTICS = (frozenset(STREAMED_METHODS) - {"ols", "invariant_linear"} - STREAMED_LEARNERS) | {"tsls_pcs"}
 
 
 def _route_extra(data: StreamedMRData, method: str) -> dict:
@@ -253,8 +262,38 @@ def _tsht_overidentification(data: StreamedMRData, ctx: MethodContext, model, me
     return (j_diagnostic("tsht/overidentification_j", stat, p, df, alpha=ctx.alpha, cov_type=ctx.cov_type),)
 
 
+# ----------------------------------------------------------------------------- learners on minibatches
+def learner_rows(data: StreamedMRData):
+    """(RowSource of every analysed row, what it is) for learners that train by minibatches: a row-major
+    cache of the calls (int8 for hard calls, float32 for dosages), written once per analysis into a
+    temporary directory that is removed with the data's cache. Never the n x p float matrix in memory."""
+    import tempfile
+
+    from invariant_mr.io.int8_cache import training_rows
+
+    if "learner_rows" not in data.cache:
+        # The directory lives as long as the cache that holds it (its finaliser removes it).
+        directory = tempfile.TemporaryDirectory(prefix="invariant-mr-rows-")
+        source, what = training_rows(data.genotypes, directory.name)
+        data.cache["learner_rows"] = (source, what, directory)
+    source, what, _ = data.cache["learner_rows"]
+    return source, what
+
+
+def learner_route(data: StreamedMRData, what: str) -> dict:
+    """`extra` of a learner that trained by minibatches over all `data.n` rows of `what`."""
+    return {"route": f"minibatches from {what} ({data.n:,} rows)", "streamed_on": "local"}
+
+
 def run_streamed(data: StreamedMRData, ctx: MethodContext, method: str) -> MethodOutput:
     """The streamed implementation of `method` (one of `STREAMED_METHODS`)."""
+    if method in STREAMED_LEARNERS:
+        from invariant_mr.methods import autoencoder
+
+        rows, what = learner_rows(data)
+        function = {"invariant_autoencoder": autoencoder.invariant_autoencoder_on_rows,
+                    "invariant_autoencoder_insample": autoencoder.invariant_autoencoder_insample_on_rows}[method]
+        return function(data, ctx, rows, learner_route(data, what))
     if method in _KCLASS:
         return kclass_method(data, ctx, method)
     if method == "invariant_linear":
@@ -338,10 +377,23 @@ def from_statistics_in_memory(data, ctx: MethodContext, method: str, planned=())
     return run_streamed(view, ctx, method)
 
 
-def subsample_extra(data: StreamedMRData) -> dict:
+#: Why a learner still runs on the subsample of streamed genotypes (recorded as `extra["subsample_why"]`).
+SUBSAMPLE_REASONS = {
+    "invariant_polynomial": (
+        "stage 1 is full-batch L-BFGS (variable projection: every step solves the decoder by least squares "
+        "over all of its rows) and stage 2's bootstrap and the denoising encoder refit on rows, so it has no "
+        "minibatch form; it learns from the seeded subsample, and its 2SLS uses those rows"
+    ),
+}
+
+
+def subsample_extra(data: StreamedMRData, method: str | None = None) -> dict:
     m = min(data.subsample_rows, data.n)
-    return {"route": f"subsample ({m:,} of {data.n:,} rows, seed {data.seed})", "streamed_on": "local"}
+    extra = {"route": f"subsample ({m:,} of {data.n:,} rows, seed {data.seed})", "streamed_on": "local"}
+    if method in SUBSAMPLE_REASONS:
+        extra.update(training_rows=m, subsample_why=SUBSAMPLE_REASONS[method])
+    return extra
 
 
-__all__ = ["IN_MEMORY_FROM_STATISTICS", "STREAMED_METHODS", "from_statistics_in_memory", "project", "run_streamed",
-           "subsample_extra"]
+__all__ = ["IN_MEMORY_FROM_STATISTICS", "STREAMED_LEARNERS", "STREAMED_METHODS", "from_statistics_in_memory",
+           "learner_route", "learner_rows", "project", "run_streamed", "SUBSAMPLE_REASONS", "subsample_extra"]
