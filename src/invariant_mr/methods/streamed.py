@@ -92,7 +92,8 @@ def kclass_method(data: StreamedMRData, ctx: MethodContext, method: str) -> Meth
         return MethodOutput(tuple(replace(r, extra={**r.extra, **_route_extra(data, method)}) for r in rows))
     _check_cov_type(ctx, method)
     _, env_fe = _KCLASS[method]
-    key = ("kclass", env_fe, ctx.alpha, ctx.cov_type, ctx.per_env, ctx.inference.ar_max_instruments)
+    precision = str(ctx.option("meat_precision", "float64"))
+    key = ("kclass", env_fe, ctx.alpha, ctx.cov_type, ctx.per_env, ctx.inference.ar_max_instruments, precision)
     if key not in data.cache:
         from invariant_mr.inference.from_stats import iv_estimates_from_stats
 
@@ -101,6 +102,7 @@ def kclass_method(data: StreamedMRData, ctx: MethodContext, method: str) -> Meth
         data.cache[key] = iv_estimates_from_stats(
             first_pass(data), methods, alpha=ctx.alpha, cov_type=ctx.cov_type, per_env=ctx.per_env,
             env_fixed_effects=env_fe, max_ar_instruments=ctx.inference.ar_max_instruments, passes=passes(data),
+            meat_precision=precision,
         )
     rows = data.cache[key][method]
     return MethodOutput(tuple(replace(r, extra={**r.extra, **_route_extra(data, method)}) for r in rows))
