@@ -82,3 +82,14 @@ def test_projection_kernel_rows_in_order_alone_and_together(tmp_path, runner):
     both = passes.run(Together([kernel, other]))
     np.testing.assert_allclose(both[1], Z @ W[:, :1] - off[:1], rtol=1e-13, atol=1e-13)
     assert kernel.result_key() != other.result_key() == ProjectionKernel(W[:, :1], off[:1]).result_key()
+
+
+def test_dask_results_come_back_aligned():
+    """distributed can deserialise a worker's arrays unaligned, which scipy.linalg refuses."""
+    from invariant_mr.passes.dask_passes import _aligned
+
+    raw = np.frombuffer(bytearray(8 * 4 + 1), dtype=np.float64, offset=1, count=4)
+    assert not raw.flags.aligned
+    out = _aligned((raw, [raw], "x"))
+    assert out[0].flags.aligned and out[1][0].flags.aligned and out[2] == "x"
+    assert np.array_equal(out[0], raw)
