@@ -65,7 +65,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from invariant_mr.errors import InputError
-from invariant_mr.passes.blocks import copy_columns, fill_missing, float_columns
+from invariant_mr.passes.blocks import copy_columns, fill_missing, float_columns, scratch
 from invariant_mr.passes.kernels import EnvironmentGramKernel, ExtraCovariateCrossProducts
 from invariant_mr.passes.local import RowPasses
 from invariant_mr.passes.rows import Block, RowVectors, frozen_copy, iter_array_blocks, row_index
@@ -473,12 +473,14 @@ class PartialledDesign:
                  np.empty(0) if fill is None else np.asarray(fill, dtype=float))
         return tuple((a.shape, a.tobytes()) for a in parts)
 
-    def centred_rows(self, rows, codes, block, vectors: RowVectors, fill) -> tuple[np.ndarray, np.ndarray | None]:
+    def centred_rows(self, rows, codes, block, vectors: RowVectors, fill, store: dict | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
         """(X, C): [Z, D, Y] and the covariate controls of every row of the block, centred within
-        environments, before partialling (the common case, `centring_key` not None)."""
+        environments, before partialling (the common case, `centring_key` not None). With `store`,
+        X is written into the buffer of the previous block (`passes.blocks.scratch`)."""
         p = self.means.shape[1] - self.q - 2
         fill = self.fill if fill is None else fill
-        X = np.empty((rows.size, p + 2))
+        X = np.empty((rows.size, p + 2)) if store is None else scratch(store, "centred", (rows.size, p + 2))
         X[:, :p] = block
         fill_missing(X[:, :p], block, fill)
         X[:, p] = vectors.exposure[rows]
@@ -493,13 +495,20 @@ class PartialledDesign:
             C -= self.means[codes[0], self.control_cols] if one else self.means[:, self.control_cols][codes]
         return X, C
 
-    def partialled(self, X: np.ndarray, C: np.ndarray | None, codes) -> np.ndarray:
-        """This design's residualised rows from `centred_rows` of a block: its rows, less C coef."""
+    def partialled(self, X: np.ndarray, C: np.ndarray | None, codes, store: dict | None = None) -> np.ndarray:
+        """This design's residualised rows from `centred_rows` of a block: its rows, less C coef
+        (into the buffer of the previous block with `store`)."""
         keep = self.envs[codes]
         if not keep.all():
             X = X[keep]
             C = None if C is None else C[keep]
-        return X if C is None else X - C @ self.coef
+        if C is None:
+            return X
+        if store is None:
+            return X - C @ self.coef
+        R = scratch(store, "partialled", X.shape)
+        np.matmul(C, self.coef, out=R)
+        return np.subtract(X, R, out=R)
 
     def _residual_rows_all(self, rows, codes, block, vectors: RowVectors, fill, p: int) -> np.ndarray:
         """`residual_rows` when the targets are [Z, D, Y] in order: the block is cast straight into
@@ -656,7 +665,7 @@ class MeatRequest:
         O(n k^2) product of a second pass, and the only one `precision="float32"` changes."""
         return self.directions is None and not self.per_column
 
-    def add(self, acc: np.ndarray, R: np.ndarray, precision: str = "float64") -> None:
+    def add(self, acc: np.ndarray, R: np.ndarray, precision: str = "float64", store: dict | None = None) -> None:
         if self.per_column:
             k = self.design.k
             Z, d, y = R[:, :k], R[:, k], R[:, k + 1]
@@ -674,7 +683,8 @@ class MeatRequest:
         if precision == "float32" and self.directions is None:
             # The block's product in single precision (SSYRK, about twice DGEMM's speed), added
             # into the float64 accumulator: rounding stays per block, never across the n rows.
-            W = np.empty((R.shape[0], V.shape[1] * U.shape[1]), dtype=np.float32)
+            shape = (R.shape[0], V.shape[1] * U.shape[1])
+            W = np.empty(shape, dtype=np.float32) if store is None else scratch(store, "w32", shape, np.float32)
             if U.shape[1] > 1:
                 np.multiply(V[:, None, :], U[:, :, None], out=W.reshape(R.shape[0], U.shape[1], -1),
                             casting="same_kind")
@@ -731,8 +741,10 @@ class MeatKernel:
         codes = vectors.env_codes[rows]
         block = np.asarray(block)
         # Designs that centre the rows alike (the pooled one with environment fixed effects and the
-        # per-environment ones) share one float64 copy of the block, centred once.
+        # per-environment ones) share one float64 copy of the block, centred once; the block-sized
+        # arrays reuse the previous block's memory (`passes.blocks.scratch`).
         centred: dict[tuple, tuple] = {}
+        store = self.__dict__.setdefault("_scratch", {})
         for (design, members), key in zip(self.groups, self._centring):
             if not design.envs[codes].any():
                 continue
@@ -740,15 +752,22 @@ class MeatKernel:
                 R = design.residual_rows(rows, block, vectors, self.fill)
             else:
                 if key not in centred:
-                    centred[key] = design.centred_rows(rows, codes, block, vectors, self.fill)
-                R = design.partialled(*centred[key], codes)
+                    # One centred buffer per centring (one in the common case), so that designs of
+                    # another centring never overwrite it within the block.
+                    own = store.setdefault(("centred", len(centred)), {})
+                    centred[key] = design.centred_rows(rows, codes, block, vectors, self.fill, own)
+                R = design.partialled(*centred[key], codes, store)
             if R.shape[0] == 0:
                 continue
             for i in members:
-                self.requests[i].add(acc[i], R, self.precision)
+                self.requests[i].add(acc[i], R, self.precision, store)
 
     def finish(self, acc):
+        self.__dict__.pop("_scratch", None)  # the block buffers live for one pass
         return tuple(acc)
+
+    def __getstate__(self):  # sent to Dask workers without the buffers of a local pass
+        return {k: v for k, v in self.__dict__.items() if k != "_scratch"}
 
     def with_requests(self, requests: Sequence[MeatRequest]) -> MeatKernel:
         """The same pass for some of the requests (what the engine runs when it has the others)."""

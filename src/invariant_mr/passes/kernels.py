@@ -94,7 +94,7 @@ class EnvironmentGramKernel:
             raise InputError(f"blocks have different numbers of columns ({p} vs {acc['sums'].shape[1] - q - 2})")
         # One float64 copy of the block with C, D and Y appended: every cross-product of the
         # row vector then comes from one symmetric product per environment.
-        x = row_matrix(block, rows, vectors, q, self.fill)
+        x = row_matrix(block, rows, vectors, q, self.fill, acc.setdefault("scratch", {}))
         for e, sub in by_environment(x, vectors.env_codes[rows], K):
             acc["counts"][e] += sub.shape[0]
             acc["sums"][e] += sub.sum(axis=0)
