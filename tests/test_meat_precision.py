@@ -107,3 +107,16 @@ def test_float32_estimates_and_ses_equal_and_f_close():
                 assert (u is None) == (v is None)
                 assert u is None or abs(u - v) <= 1e-5 * max(1.0, abs(u))
             assert x.extra.get("ar_set_kind") == y.extra.get("ar_set_kind")
+
+
+def test_block_buffers_live_in_the_accumulator_not_the_kernel():
+    """Dask's threaded scheduler runs one kernel object on several chunks at once: buffers kept on the
+    kernel would be shared between them (a race that made test_dask_reduction flaky)."""
+    Z, vec, stats = _setup(False)
+    requests = [first_stage_request(d) for d in _designs(stats)]
+    kernel = MeatKernel(requests, precision="float32")
+    state = dict(kernel.__dict__)
+    acc = kernel.start()
+    kernel.add(acc, np.arange(170), Z[:170], vec)
+    assert kernel.__dict__.keys() == state.keys() and acc[-1]  # the buffers are the accumulator's
+    assert len(kernel.finish(acc)) == len(requests)

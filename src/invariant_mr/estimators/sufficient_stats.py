@@ -730,13 +730,15 @@ class MeatKernel:
             else:
                 designs.append(req.design)
                 self.groups.append((req.design, [i]))
+        self._centring = [design.centring_key(self.fill) for design, _ in self.groups]
 
-    def start(self) -> list[np.ndarray]:
-        return [req.zeros() for req in self.requests]
+    def start(self) -> list:
+        # The accumulators, then this accumulation's block buffers (`passes.blocks.scratch`): per
+        # accumulator, not per kernel, since Dask's threaded scheduler runs one kernel object on
+        # several chunks at once.
+        return [req.zeros() for req in self.requests] + [{}]
 
     def add(self, acc: list[np.ndarray], rows, block, vectors: RowVectors) -> None:
-        if not hasattr(self, "_centring"):
-            self._centring = [design.centring_key(self.fill) for design, _ in self.groups]
         rows = row_index(rows)
         codes = vectors.env_codes[rows]
         block = np.asarray(block)
@@ -744,7 +746,7 @@ class MeatKernel:
         # per-environment ones) share one float64 copy of the block, centred once; the block-sized
         # arrays reuse the previous block's memory (`passes.blocks.scratch`).
         centred: dict[tuple, tuple] = {}
-        store = self.__dict__.setdefault("_scratch", {})
+        store = acc[-1]
         for (design, members), key in zip(self.groups, self._centring):
             if not design.envs[codes].any():
                 continue
@@ -763,11 +765,7 @@ class MeatKernel:
                 self.requests[i].add(acc[i], R, self.precision, store)
 
     def finish(self, acc):
-        self.__dict__.pop("_scratch", None)  # the block buffers live for one pass
-        return tuple(acc)
-
-    def __getstate__(self):  # sent to Dask workers without the buffers of a local pass
-        return {k: v for k, v in self.__dict__.items() if k != "_scratch"}
+        return tuple(acc[:-1])  # the block buffers live for one accumulation
 
     def with_requests(self, requests: Sequence[MeatRequest]) -> MeatKernel:
         """The same pass for some of the requests (what the engine runs when it has the others)."""
