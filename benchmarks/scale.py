@@ -17,7 +17,9 @@ process):
   invariant_linear,ivw --streaming on` (robust SEs, per-environment rows, AR
   sets up to --ar-max-instruments, diagnostics, report);
 * run --workers 2 (a Dask LocalCluster of 2 worker processes) at the sizes in
-  `--dask-sizes`.
+  `--dask-sizes`;
+* run --meat-precision float32 at the sizes in `--float32-sizes`, with the
+  largest relative difference of every reported number from the float64 run.
 
 BLAS single-threaded in every process (OMP_NUM_THREADS=1). Sizes run one at a
 time; each size's fileset is deleted after it is measured.
@@ -180,7 +182,40 @@ def run_record(out: Path) -> dict:
             "estimates": {f"{e['method']}/{e['scope']}": e["estimate"] for e in payload["estimates"]}}
 
 
-def measure_size(n: int, p: int, seed: int, dask_workers: int | None, scratch: Path) -> list[dict]:
+#: The fields whose single-precision meats (`--meat-precision float32`) may move, compared with float64.
+ACCURACY_FIELDS = ("estimate", "se", "first_stage_f", "ar_ci_low", "ar_ci_high", "pvalue")
+
+
+def float32_accuracy(out64: Path, out32: Path) -> dict:
+    """The largest relative difference, field by field, of the float32-meat run from the float64 one:
+    every estimate row's numbers and every diagnostic's statistic and p-value (by name and scope)."""
+    a, b = (json.loads((o / "results.json").read_text()) for o in (out64, out32))
+    worst: dict[str, float] = {}
+
+    def note(field, x, y):
+        if x is None or y is None or not np.isfinite(x) or not np.isfinite(y):
+            worst.setdefault(field, 0.0)
+            if (x is None) != (y is None):
+                worst[field] = float("inf")
+            return
+        worst[field] = max(worst.get(field, 0.0), abs(x - y) / max(abs(x), abs(y), 1e-300))
+
+    rows_b = {(e["method"], e["scope"]): e for e in b["estimates"]}
+    for e in a["estimates"]:
+        f = rows_b[(e["method"], e["scope"])]
+        for field in ACCURACY_FIELDS:
+            note(field, e.get(field), f.get(field))
+    diag_b = {(d["name"], d["scope"]): d for d in b.get("diagnostics", [])}
+    for d in a.get("diagnostics", []):
+        g = diag_b.get((d["name"], d["scope"]))
+        if g is not None:
+            for field in ("statistic", "pvalue"):
+                note(f"{d['name']}.{field}", d.get(field), g.get(field))
+    return worst
+
+
+def measure_size(n: int, p: int, seed: int, dask_workers: int | None, scratch: Path,
+                 float32: bool = False) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix=f"scale-{n}x{p}-", dir=scratch))
     rows = []
     try:
@@ -194,6 +229,14 @@ def measure_size(n: int, p: int, seed: int, dask_workers: int | None, scratch: P
         rows.append({"n": n_file, "p": p, "what": "run --streaming on", **result,
                      "method_seconds": local["method_seconds"], "passes": local["passes"],
                      "n_analysed": prov["samples"]["n_analysed"], "n_variants": prov["qc"]["n_variants_out"]})
+        if float32:
+            out32 = work / "out_float32"
+            result = measured(run_args(prefix, pheno, out32, "--meat-precision", "float32"))
+            single = run_record(out32)
+            print(f"  run --meat-precision float32: {result}", flush=True)
+            rows.append({"n": n_file, "p": p, "what": "run --streaming on --meat-precision float32", **result,
+                         "method_seconds": single["method_seconds"], "passes": single["passes"],
+                         "float32_vs_float64": float32_accuracy(out, out32)})
         if dask_workers:
             out2 = work / "out_dask"
             result = measured(run_args(prefix, pheno, out2, "--workers", str(dask_workers)))
@@ -234,9 +277,6 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
         "and of the children it reaped (wait4), so the Dask workers' CPU is included. The machine is shared: "
         "wall time includes waiting for a core, so the CPU ratio is the steadier figure.",
         "",
-        "    nice -n 10 python benchmarks/scale.py --sizes 50000x1000,150000x1000,500000x1000 "
-        "--dask-sizes 150000x1000",
-        "",
         "| n | p | what | wall (s) | CPU (s) | peak RSS (MiB) | time / bare | CPU / bare | RSS / bare |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -259,6 +299,21 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
         for r in dask_rows:
             lines.append(f"- {r['n']:,} x {r['p']:,}: {r['dask']['chunk_tasks_per_worker']}; "
                          f"max |diff| {r['max_abs_diff_vs_local']:.1e}")
+    pass_rows = [r for r in rows if r.get("passes")]
+    if pass_rows:
+        lines += ["", "Passes over the genotype file inside `run` (kernel, seconds; kernels in brackets rode on "
+                  "the same read; the streamed QC's read is not among them):", ""]
+        for r in pass_rows:
+            ps = "; ".join(f"{x['kind']}" + (f" [{', '.join(x['carried'])}]" if x.get("carried") else "")
+                           + f" {x['seconds']:.1f}" for x in r["passes"])
+            lines.append(f"- {r['n']:,} x {r['p']:,}, {r['what']}: {ps}")
+    acc_rows = [r for r in rows if r.get("float32_vs_float64")]
+    if acc_rows:
+        lines += ["", "Accuracy of `--meat-precision float32`: the largest relative difference from the float64 "
+                  "run of the same file, by field (estimates, SEs and CIs use float64 meats in both):", ""]
+        for r in acc_rows:
+            acc = ", ".join(f"{k} {v:.1e}" for k, v in sorted(r["float32_vs_float64"].items(), key=lambda t: -t[1]))
+            lines.append(f"- {r['n']:,} x {r['p']:,}: {acc}")
     if meta.get("not_run"):
         lines += ["", f"Not run: {meta['not_run']}"]
     lines.append("")
@@ -298,6 +353,7 @@ def main() -> None:
     ap.add_argument("--append", action="store_true", help="keep the rows already in OUT.json")
     ap.add_argument("--render", action="store_true", help="only rewrite OUT.md and OUT.png from OUT.json")
     ap.add_argument("--not-run", default="", help="sizes not measured, and why (written under the table)")
+    ap.add_argument("--float32-sizes", default="", help="sizes that also get a --meat-precision float32 row")
     args = ap.parse_args()
     out = Path(args.out)
     if args.render:
@@ -316,7 +372,8 @@ def main() -> None:
     dask_sizes = set(args.dask_sizes.split(",")) if args.dask_sizes else set()
     for size in args.sizes.split(","):
         n, p = (int(x) for x in size.split("x"))
-        new = measure_size(n, p, args.seed, 2 if size in dask_sizes else None, Path(args.scratch))
+        new = measure_size(n, p, args.seed, 2 if size in dask_sizes else None, Path(args.scratch),
+                           float32=size in set(args.float32_sizes.split(",")))
         rows = [r for r in rows if (r["n"], r["p"]) != (new[0]["n"], p)] + new
         write_outputs(rows, meta, out)  # after every size, so a long run leaves its results behind
 

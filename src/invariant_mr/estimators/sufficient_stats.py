@@ -65,7 +65,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from invariant_mr.errors import InputError
-from invariant_mr.passes.blocks import copy_columns, fill_missing, float_columns
+from invariant_mr.passes.blocks import copy_columns, fill_missing, float_columns, scratch
 from invariant_mr.passes.kernels import EnvironmentGramKernel, ExtraCovariateCrossProducts
 from invariant_mr.passes.local import RowPasses
 from invariant_mr.passes.rows import Block, RowVectors, frozen_copy, iter_array_blocks, row_index
@@ -462,6 +462,54 @@ class PartialledDesign:
             and bool(np.array_equal(self.instruments, np.arange(p)))
         )
 
+    def centring_key(self, fill=None) -> tuple | None:
+        """Designs with equal keys have the same `centred_rows` (they differ only in the rows they keep
+        and in `coef`), so a second pass forms those once per block; None: not the common case."""
+        p = self.means.shape[1] - self.q - 2
+        if not self._all_instruments_in_order(p):
+            return None
+        fill = self.fill if fill is None else fill
+        parts = (self.means[:, self.target_cols], self.means[:, self.control_cols], self.control_cols,
+                 np.empty(0) if fill is None else np.asarray(fill, dtype=float))
+        return tuple((a.shape, a.tobytes()) for a in parts)
+
+    def centred_rows(self, rows, codes, block, vectors: RowVectors, fill, store: dict | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(X, C): [Z, D, Y] and the covariate controls of every row of the block, centred within
+        environments, before partialling (the common case, `centring_key` not None). With `store`,
+        X is written into the buffer of the previous block (`passes.blocks.scratch`)."""
+        p = self.means.shape[1] - self.q - 2
+        fill = self.fill if fill is None else fill
+        X = np.empty((rows.size, p + 2)) if store is None else scratch(store, "centred", (rows.size, p + 2))
+        X[:, :p] = block
+        fill_missing(X[:, :p], block, fill)
+        X[:, p] = vectors.exposure[rows]
+        X[:, p + 1] = vectors.outcome[rows]
+        one = codes.size > 0 and bool(np.all(codes == codes[0]))
+        # One environment in the block (the usual case: files are sorted by environment far more
+        # often than not): subtract its means by broadcasting, without an n x m gather.
+        X -= self.means[codes[0], self.target_cols] if one else self.means[:, self.target_cols][codes]
+        C = None
+        if self.control_cols.size:
+            C = vectors.covariates[np.ix_(rows, self.control_cols)]
+            C -= self.means[codes[0], self.control_cols] if one else self.means[:, self.control_cols][codes]
+        return X, C
+
+    def partialled(self, X: np.ndarray, C: np.ndarray | None, codes, store: dict | None = None) -> np.ndarray:
+        """This design's residualised rows from `centred_rows` of a block: its rows, less C coef
+        (into the buffer of the previous block with `store`)."""
+        keep = self.envs[codes]
+        if not keep.all():
+            X = X[keep]
+            C = None if C is None else C[keep]
+        if C is None:
+            return X
+        if store is None:
+            return X - C @ self.coef
+        R = scratch(store, "partialled", X.shape)
+        np.matmul(C, self.coef, out=R)
+        return np.subtract(X, R, out=R)
+
     def _residual_rows_all(self, rows, codes, block, vectors: RowVectors, fill, p: int) -> np.ndarray:
         """`residual_rows` when the targets are [Z, D, Y] in order: the block is cast straight into
         the output (no column gathers), which halves the memory traffic of the second pass."""
@@ -611,7 +659,13 @@ class MeatRequest:
                 h.update(a.tobytes())
         return h.hexdigest()
 
-    def add(self, acc: np.ndarray, R: np.ndarray) -> None:
+    @property
+    def instrument_coordinates(self) -> bool:
+        """Whether this is a k x k-sized meat in the instrument coordinates (`directions=None`): the
+        O(n k^2) product of a second pass, and the only one `precision="float32"` changes."""
+        return self.directions is None and not self.per_column
+
+    def add(self, acc: np.ndarray, R: np.ndarray, precision: str = "float64", store: dict | None = None) -> None:
         if self.per_column:
             k = self.design.k
             Z, d, y = R[:, :k], R[:, k], R[:, k + 1]
@@ -626,16 +680,46 @@ class MeatRequest:
             return
         V = R[:, : self.design.k] if self.directions is None else R @ self.directions
         U = R @ self.residuals
-        W = (V[:, None, :] * U[:, :, None]).reshape(R.shape[0], -1) if U.shape[1] > 1 else V * U
+        if precision == "float32" and self.directions is None:
+            # The block's product in single precision (SSYRK, about twice DGEMM's speed), added
+            # into the float64 accumulator: rounding stays per block, never across the n rows.
+            shape = (R.shape[0], V.shape[1] * U.shape[1])
+            W = np.empty(shape, dtype=np.float32) if store is None else scratch(store, "w32", shape, np.float32)
+            if U.shape[1] > 1:
+                np.multiply(V[:, None, :], U[:, :, None], out=W.reshape(R.shape[0], U.shape[1], -1),
+                            casting="same_kind")
+            else:
+                np.multiply(V, U, out=W, casting="same_kind")
+        else:
+            W = (V[:, None, :] * U[:, :, None]).reshape(R.shape[0], -1) if U.shape[1] > 1 else V * U
         acc += W.T @ W
 
 
-class MeatKernel:
-    """The second pass as a kernel (picklable, for Dask): all requests share one read of the rows."""
+#: The precisions of a second pass's k x k meats (`MeatKernel`, `--meat-precision`).
+MEAT_PRECISIONS = ("float64", "float32")
 
-    def __init__(self, requests: Sequence[MeatRequest], fill: np.ndarray | None = None):
+
+def check_meat_precision(precision: str) -> str:
+    if precision not in MEAT_PRECISIONS:
+        raise InputError(f"meat precision must be one of {', '.join(MEAT_PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+class MeatKernel:
+    """The second pass as a kernel (picklable, for Dask): all requests share one read of the rows.
+
+    `precision="float32"` forms each block's k x k meats in the instrument coordinates
+    (`MeatRequest.instrument_coordinates`: what robust F, J and AR statistics use) in single
+    precision and adds them into float64 accumulators; every meat in given directions (the
+    robust SEs of the estimates) and the per-column moments stay float64. Its accuracy against
+    float64 is measured in benchmarks/results/scale.md.
+    """
+
+    def __init__(self, requests: Sequence[MeatRequest], fill: np.ndarray | None = None,
+                 precision: str = "float64"):
         self.requests = list(requests)
         self.fill = None if fill is None else np.asarray(fill, dtype=float)
+        self.precision = check_meat_precision(precision)
         designs: list[PartialledDesign] = []
         self.groups: list[tuple[PartialledDesign, list[int]]] = []
         for i, req in enumerate(self.requests):
@@ -646,27 +730,51 @@ class MeatKernel:
             else:
                 designs.append(req.design)
                 self.groups.append((req.design, [i]))
+        self._centring = [design.centring_key(self.fill) for design, _ in self.groups]
 
-    def start(self) -> list[np.ndarray]:
-        return [req.zeros() for req in self.requests]
+    def start(self) -> list:
+        # The accumulators, then this accumulation's block buffers (`passes.blocks.scratch`): per
+        # accumulator, not per kernel, since Dask's threaded scheduler runs one kernel object on
+        # several chunks at once.
+        return [req.zeros() for req in self.requests] + [{}]
 
     def add(self, acc: list[np.ndarray], rows, block, vectors: RowVectors) -> None:
-        for design, members in self.groups:
-            R = design.residual_rows(rows, block, vectors, self.fill)
+        rows = row_index(rows)
+        codes = vectors.env_codes[rows]
+        block = np.asarray(block)
+        # Designs that centre the rows alike (the pooled one with environment fixed effects and the
+        # per-environment ones) share one float64 copy of the block, centred once; the block-sized
+        # arrays reuse the previous block's memory (`passes.blocks.scratch`).
+        centred: dict[tuple, tuple] = {}
+        store = acc[-1]
+        for (design, members), key in zip(self.groups, self._centring):
+            if not design.envs[codes].any():
+                continue
+            if key is None:
+                R = design.residual_rows(rows, block, vectors, self.fill)
+            else:
+                if key not in centred:
+                    # One centred buffer per centring (one in the common case), so that designs of
+                    # another centring never overwrite it within the block.
+                    own = store.setdefault(("centred", len(centred)), {})
+                    centred[key] = design.centred_rows(rows, codes, block, vectors, self.fill, own)
+                R = design.partialled(*centred[key], codes, store)
             if R.shape[0] == 0:
                 continue
             for i in members:
-                self.requests[i].add(acc[i], R)
+                self.requests[i].add(acc[i], R, self.precision, store)
 
     def finish(self, acc):
-        return tuple(acc)
+        return tuple(acc[:-1])  # the block buffers live for one accumulation
 
     def with_requests(self, requests: Sequence[MeatRequest]) -> MeatKernel:
         """The same pass for some of the requests (what the engine runs when it has the others)."""
-        return MeatKernel(requests, self.fill)
+        return MeatKernel(requests, self.fill, self.precision)
 
-    @staticmethod
-    def request_key(request: MeatRequest) -> str:
+    def request_key(self, request: MeatRequest) -> str:
+        # A single-precision meat is a different result: never served for a float64 request.
+        if self.precision != "float64" and request.instrument_coordinates:
+            return f"{request.fingerprint()}:{self.precision}"
         return request.fingerprint()
 
     @staticmethod
@@ -674,11 +782,13 @@ class MeatKernel:
         return tuple(x + y for x, y in zip(a, b))
 
 
-def accumulate_meats(passes: RowPasses, requests: Sequence[MeatRequest]) -> tuple[np.ndarray, ...]:
-    """One second pass for all `requests` (possibly of different designs); results in order."""
+def accumulate_meats(passes: RowPasses, requests: Sequence[MeatRequest], precision: str = "float64"
+                     ) -> tuple[np.ndarray, ...]:
+    """One second pass for all `requests` (possibly of different designs); results in order.
+    `precision`: that of the k x k meats (`MeatKernel`)."""
     if not requests:
         return ()
-    return passes.run(MeatKernel(requests))
+    return passes.run(MeatKernel(requests, precision=precision))
 
 
 def _need_rows(passes, what: str):
@@ -757,10 +867,12 @@ def _robust_meats(design, meats, passes, requests_of, what):
 __all__ = [
     "CrossProductKernel",
     "EnvironmentCrossProducts",
+    "MEAT_PRECISIONS",
     "MeatKernel",
     "MeatRequest",
     "PartialledDesign",
     "accumulate_dask",
     "accumulate_meats",
+    "check_meat_precision",
     "partial_out",
 ]

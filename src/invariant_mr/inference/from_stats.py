@@ -58,6 +58,7 @@ def iv_estimates_from_stats(
     extra: Mapping[str, Any] | None = None,
     pooled_design: PartialledDesign | None = None,
     also: Sequence[MeatRequest] = (),
+    meat_precision: str = "float64",
 ) -> dict[str, list[Estimate]]:
     """{method: [pooled row, env rows...]} as `estimation.iv_estimates` would give for each.
 
@@ -71,6 +72,9 @@ def iv_estimates_from_stats(
     later tests on it. `also` are more robust `MeatRequest`s (e.g. `j_requests(pooled_design)`)
     accumulated in the same second pass, whose rows they share; a `passes` that keeps its
     results (`passes.recorded`) then serves them without a pass of their own.
+
+    `meat_precision` ("float64" or "float32"): that of the second pass's k x k meats (robust
+    first-stage F and AR sets; `sufficient_stats.MeatKernel`); the SEs' meats stay float64.
     """
     if cov_type not in ("robust", "unadjusted"):
         raise InputError(f"cov_type must be 'robust' or 'unadjusted', got {cov_type!r}")
@@ -136,7 +140,8 @@ def iv_estimates_from_stats(
         if requests and passes is None:
             raise InputError("robust estimates from statistics need a second pass over the rows (passes=)")
         # `also` rides along at the end (their results are for the caller, through the passes' reuse).
-        meats = accumulate_meats(passes, [*requests, *also])[: len(requests)] if requests else ()
+        meats = (accumulate_meats(passes, [*requests, *also], precision=meat_precision)[: len(requests)]
+                 if requests else ())
 
     def meats_of(key):
         if cov_type != "robust":

@@ -32,6 +32,12 @@ DIAGNOSTIC_PERMUTATIONS = MethodOption(
     "diagnostic_permutations", int, DIAGNOSTIC_PERMUTATIONS_DEFAULT,
     "permutations of the MMD invariance and HSIC independence diagnostics (seeded by --seed)", "shared",
 )  # fmt: skip
+MEAT_PRECISION = MethodOption(
+    "meat_precision", click.Choice(("float64", "float32")), "float64",
+    "precision of the k x k robust meats (first-stage F, AR sets) in the statistics route's second pass: "
+    "float32 blocks summed in float64 are about 2x faster; the estimates' SEs stay float64 "
+    "(docs/scaling.md gives the measured accuracy)", "shared",
+)  # fmt: skip
 N_FOLDS = MethodOption("n_folds", int, 2, "folds for the cross-fitted methods (at least 2)", "shared")
 
 # ------------------------------------------------------------------ closed-form invariant directions

@@ -35,7 +35,6 @@ share the first pass, and 2SLS and LIML share their second pass.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -101,15 +100,18 @@ def kclass_method(data: StreamedMRData, ctx: MethodContext, method: str) -> Meth
         return MethodOutput(tuple(replace(r, extra={**r.extra, **_route_extra(data, method)}) for r in rows))
     _check_cov_type(ctx, method)
     _, env_fe = _KCLASS[method]
-    key = ("kclass", env_fe, ctx.alpha, ctx.cov_type, ctx.per_env, ctx.inference.ar_max_instruments)
+    precision = str(ctx.option("meat_precision", "float64"))
+    key = ("kclass", env_fe, ctx.alpha, ctx.cov_type, ctx.per_env, ctx.inference.ar_max_instruments, precision)
     if key not in data.cache:
         from invariant_mr.inference.from_stats import iv_estimates_from_stats
 
         planned = set(data.cache.get("planned", ())) | {method}
         methods = {m: kappa for m, (kappa, fe) in _KCLASS.items() if fe == env_fe and m in planned and m != "ols"}
+        plan_projection(data, ctx)
         data.cache[key] = iv_estimates_from_stats(
             first_pass(data), methods, alpha=ctx.alpha, cov_type=ctx.cov_type, per_env=ctx.per_env,
             env_fixed_effects=env_fe, max_ar_instruments=ctx.inference.ar_max_instruments, passes=passes(data),
+            meat_precision=precision,
         )
     rows = data.cache[key][method]
     return MethodOutput(tuple(replace(r, extra={**r.extra, **_route_extra(data, method)}) for r in rows))
@@ -117,15 +119,48 @@ def kclass_method(data: StreamedMRData, ctx: MethodContext, method: str) -> Meth
 
 # ----------------------------------------------------------------------------- invariant_linear
 def project(data: StreamedMRData, weights: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """Z @ weights - offset for every row (an n x k array), by one streamed pass."""
-    out = np.empty((data.n, weights.shape[1]))
-    start = time.perf_counter()
-    for rows, block in data.genotypes.iter_blocks():
-        out[rows] = block @ weights - offset
-    data.cache.setdefault("passes", []).append(
-        {"kind": "projection", "seconds": round(time.perf_counter() - start, 3), "where": "local"}
-    )
-    return out
+    """Z @ weights - offset for every row (an n x k array): by the engine's passes (local or Dask),
+    served without a read when an earlier pass carried it (`plan_projection`)."""
+    from invariant_mr.passes import ProjectionKernel
+
+    return passes(data).run(ProjectionKernel(weights, offset))
+
+
+class _Directions(Exception):
+    """Raised by the stand-in projection of `plan_projection`: the directions, before any row is read."""
+
+
+def _projection_weights(learner, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    w = directions / learner.scale_[:, None]
+    return w, learner.mean_ @ w
+
+
+def plan_projection(data: StreamedMRData, ctx: MethodContext) -> None:
+    """When invariant_linear is planned on streamed rows, its one projection (every candidate direction:
+    the permutation test's rows, whose leading columns are its instruments) rides on the second pass
+    that is about to run (`RecordedPasses.carry`), instead of a read of its own. The directions
+    come from the first pass alone; if invariant_linear later asks for other ones (other options)
+    it reads the rows itself, so this changes no result."""
+    from invariant_mr.instruments.linear import NoSignalError
+    from invariant_mr.methods.invariant_linear import learner_from_context
+    from invariant_mr.passes import ArrayRows, ProjectionKernel
+
+    if "invariant_linear" not in data.cache.get("planned", ()) or isinstance(data.genotypes, ArrayRows):
+        return
+    learner = learner_from_context(ctx, "invariant_linear")
+
+    def stand_in(directions):
+        raise _Directions(directions)
+
+    try:
+        learner.fit_moments(first_pass(data).to_moments(), data.env_codes, data.env_levels, stand_in)
+        directions = learner.components_
+    except _Directions as wanted:
+        directions = wanted.args[0]
+    except (NoSignalError, InputError, np.linalg.LinAlgError):
+        return
+    if directions.shape[1]:
+        passes(data).carry(ProjectionKernel(*_projection_weights(learner, directions)))
 
 
 def invariant_linear(data: StreamedMRData, ctx: MethodContext) -> MethodOutput:
@@ -140,10 +175,16 @@ def invariant_linear(data: StreamedMRData, ctx: MethodContext) -> MethodOutput:
                          "do not hold: use --direction-bootstrap 0 (or auto) or --streaming off")
     stats = first_pass(data)
     learner = learner_from_context(ctx, "invariant_linear")
+    last: dict = {}
 
     def projection(directions):
-        w = directions / learner.scale_[:, None]
-        return project(data, w, learner.mean_ @ w)
+        # The instruments are the leading columns of the permutation test's directions: their rows
+        # are those columns of the rows already projected, not another read.
+        if last and directions.shape[1] <= last["d"].shape[1] and np.array_equal(
+                directions, last["d"][:, :directions.shape[1]]):
+            return np.ascontiguousarray(last["x"][:, :directions.shape[1]])
+        last["d"], last["x"] = directions, project(data, *_projection_weights(learner, directions))
+        return last["x"]
 
     try:
         learner.fit_moments(stats.to_moments(), data.env_codes, data.env_levels, projection)

@@ -7,14 +7,16 @@ kernel's result back; it never iterates over blocks itself.
   and the row-aligned vectors (`RowVectors`);
 * `blocks`: one block as float64 rows (missing calls filled, columns gathered,
   rows split by environment), the same in every kernel;
-* `kernels`: the kernel protocol (`Kernel`, `RequestKernel`) and the generic
-  kernels (`EnvironmentGramKernel`, `ExtraCovariateKernel`);
+* `kernels`: the kernel protocol (`Kernel`, `RequestKernel`), the generic
+  kernels (`EnvironmentGramKernel`, `ExtraCovariateKernel`, `ProjectionKernel`)
+  and `Together` (several kernels on one read);
 * `local`: the runner interface (`RowPasses`, one method: `run(kernel)`) and
   `LocalPasses`; `dask_passes`: `DaskPasses`, the same kernels as Dask
   reductions over row chunks;
 * `recorded`: the runner of one analysis (`passes(data)`), local or Dask
   chosen in one place (`row_passes`), every pass recorded for the provenance,
-  request results reused across methods; `statistics_view` serves in-memory
+  request results reused across methods, and kernels planned ahead carried on
+  the next pass (`RecordedPasses.carry`); `statistics_view` serves in-memory
   data to the same engine.
 
 Layer: beside `io/`, below everything that computes. It imports only `io`,
@@ -37,7 +39,9 @@ from invariant_mr.passes.kernels import (
     ExtraCovariateCrossProducts,
     ExtraCovariateKernel,
     Kernel,
+    ProjectionKernel,
     RequestKernel,
+    Together,
 )
 from invariant_mr.passes.local import LocalPasses, RowPasses
 from invariant_mr.passes.recorded import RecordedPasses, passes, row_passes, row_vectors, statistics_view
@@ -54,6 +58,7 @@ __all__ = [
     "Kernel",
     "LocalPasses",
     "NpyRows",
+    "ProjectionKernel",
     "RecordedPasses",
     "RequestKernel",
     "RowChunk",
@@ -67,4 +72,5 @@ __all__ = [
     "row_passes",
     "row_vectors",
     "statistics_view",
+    "Together",
 ]

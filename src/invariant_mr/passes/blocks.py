@@ -53,10 +53,26 @@ def copy_columns(out: np.ndarray, where: np.ndarray, source: np.ndarray, columns
         out[:, where] = source[:, columns]
 
 
-def row_matrix(block: np.ndarray, rows: np.ndarray, vectors: RowVectors, q: int, fill) -> np.ndarray:
-    """The block's rows as [C, Z, D, Y] (b, q + p + 2), float64, missing calls filled; C = the q covariates."""
+def scratch(store: dict, name: str, shape: tuple, dtype=np.float64) -> np.ndarray:
+    """An uninitialised array of `shape`, reusing `store[name]`'s memory from the previous block.
+
+    A float64 block of the default size (32 MiB) is above glibc's largest mmap threshold, so a fresh
+    array per block is a fresh mapping whose every page faults on first write: reusing one buffer per
+    pass keeps those faults to the first block. The rows of a C-ordered buffer are contiguous, so a
+    shorter (last) block is a view of its first rows.
+    """
+    buf = store.get(name)
+    if buf is None or buf.dtype != dtype or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+        buf = store[name] = np.empty(shape, dtype=dtype)
+    return buf[: shape[0]]
+
+
+def row_matrix(block: np.ndarray, rows: np.ndarray, vectors: RowVectors, q: int, fill,
+               store: dict | None = None) -> np.ndarray:
+    """The block's rows as [C, Z, D, Y] (b, q + p + 2), float64, missing calls filled; C = the q covariates.
+    With `store` (a `scratch` store), written into the buffer of the previous block."""
     b, p = block.shape
-    x = np.empty((b, q + p + 2))
+    x = np.empty((b, q + p + 2)) if store is None else scratch(store, "row_matrix", (b, q + p + 2))
     x[:, q : q + p] = block
     fill_missing(x[:, q : q + p], block, fill)
     if q:
@@ -75,4 +91,4 @@ def by_environment(x: np.ndarray, codes: np.ndarray, n_envs: int):
             yield e, (x if size == x.shape[0] else x[in_e])
 
 
-__all__ = ["by_environment", "copy_columns", "fill_missing", "float_columns", "row_matrix"]
+__all__ = ["by_environment", "copy_columns", "fill_missing", "float_columns", "row_matrix", "scratch"]

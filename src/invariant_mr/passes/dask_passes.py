@@ -158,8 +158,19 @@ class DaskPasses:
     def run(self, kernel) -> Any:
         result = self.graph(kernel)
         if self.client is not None:
-            return self.client.compute(result).result()
+            return _aligned(self.client.compute(result).result())
         return result.compute()
+
+
+def _aligned(result):
+    """`result` with its arrays (at the top or in tuples and lists) memory-aligned: arrays that
+    distributed deserialises from a worker's message can be unaligned and read-only, which
+    scipy.linalg refuses ("Expected a real or complex array")."""
+    if isinstance(result, np.ndarray):
+        return result if result.flags.aligned else result.copy()
+    if isinstance(result, (tuple, list)):
+        return type(result)(_aligned(x) for x in result)
+    return result
 
 
 __all__ = ["DaskPasses", "NpyRows", "RowChunk", "npy_chunks"]

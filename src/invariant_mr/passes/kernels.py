@@ -94,7 +94,7 @@ class EnvironmentGramKernel:
             raise InputError(f"blocks have different numbers of columns ({p} vs {acc['sums'].shape[1] - q - 2})")
         # One float64 copy of the block with C, D and Y appended: every cross-product of the
         # row vector then comes from one symmetric product per environment.
-        x = row_matrix(block, rows, vectors, q, self.fill)
+        x = row_matrix(block, rows, vectors, q, self.fill, acc.setdefault("scratch", {}))
         for e, sub in by_environment(x, vectors.env_codes[rows], K):
             acc["counts"][e] += sub.shape[0]
             acc["sums"][e] += sub.sum(axis=0)
@@ -167,11 +167,75 @@ class ExtraCovariateKernel:
         return ExtraCovariateCrossProducts(a.counts + b.counts, a.sums + b.sums, a.cross + b.cross, a.names)
 
 
+class ProjectionKernel:
+    """Z @ weights - offset for every row (an n x r array, r small): the one kernel whose result
+    has a row per row, for a method that needs its instruments row by row (invariant_linear).
+
+    Its result for a run over rows [a, b) is those rows in order, so `merge(a, b)` stacks them: both
+    runners merge in row order (`LocalPasses` runs once over all rows; `DaskPasses` merges chunk
+    results sorted by their first row). `result_key()` fingerprints weights and offset, so that a
+    runner that carried this kernel on an earlier pass serves it without a read
+    (`recorded.RecordedPasses.carry`).
+    """
+
+    def __init__(self, weights: np.ndarray, offset: np.ndarray):
+        self.weights = np.ascontiguousarray(weights, dtype=float)
+        if self.weights.ndim != 2:
+            raise InputError(f"projection weights must be 2-D (p, r), got shape {self.weights.shape}")
+        self.offset = np.asarray(offset, dtype=float).reshape(self.weights.shape[1])
+
+    def start(self) -> dict:
+        return {"out": None}
+
+    def add(self, acc: dict, rows, block, vectors: RowVectors) -> None:
+        if acc["out"] is None:
+            acc["out"] = np.empty((vectors.n, self.weights.shape[1]))
+        acc["out"][row_index(rows)] = np.asarray(block) @ self.weights - self.offset
+
+    def finish(self, acc: dict) -> np.ndarray:
+        return np.empty((0, self.weights.shape[1])) if acc["out"] is None else acc["out"]
+
+    @staticmethod
+    def merge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.vstack([a, b])
+
+    def result_key(self) -> str:
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=20)
+        for arr in (self.weights, self.offset):
+            h.update(repr(arr.shape).encode())
+            h.update(arr.tobytes())
+        return "projection:" + h.hexdigest()
+
+
+class Together:
+    """Several kernels on one read of the rows: the result is theirs, in order."""
+
+    def __init__(self, kernels: Sequence):
+        self.kernels = tuple(kernels)
+
+    def start(self) -> list:
+        return [k.start() for k in self.kernels]
+
+    def add(self, acc: list, rows, block, vectors: RowVectors) -> None:
+        for k, a in zip(self.kernels, acc):
+            k.add(a, rows, block, vectors)
+
+    def finish(self, acc: list) -> tuple:
+        return tuple(k.finish(a) for k, a in zip(self.kernels, acc))
+
+    def merge(self, a: tuple, b: tuple) -> tuple:
+        return tuple(k.merge(x, y) for k, x, y in zip(self.kernels, a, b))
+
+
 __all__ = [
     "EnvironmentGram",
     "EnvironmentGramKernel",
     "ExtraCovariateCrossProducts",
     "ExtraCovariateKernel",
     "Kernel",
+    "ProjectionKernel",
     "RequestKernel",
+    "Together",
 ]

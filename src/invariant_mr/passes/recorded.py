@@ -53,18 +53,45 @@ class RecordedPasses:
     def __init__(self, data: StreamedMRData, vectors: RowVectors):
         self.data = data
         self.inner, self.where = row_passes(data.genotypes, vectors, client=data.client, n_chunks=data.n_chunks)
+        self._carried: list = []
+
+    def carry(self, kernel) -> None:
+        """Run `kernel` (one with a `result_key()`) on the next pass, whatever that pass is for, and
+        keep its result until `run` asks for it: how a method that knows, before a pass, what another
+        method will ask for later saves that method a read of its own."""
+        kept = self.data.cache.setdefault("carried_results", {})
+        key = kernel.result_key()
+        if key not in kept and all(k.result_key() != key for k in self._carried):
+            self._carried.append(kernel)
 
     def run(self, kernel):
+        if hasattr(kernel, "result_key"):
+            kept = self.data.cache.setdefault("carried_results", {})
+            key = kernel.result_key()
+            if key in kept:  # carried on an earlier pass: served once, then dropped (n-length results)
+                return kept.pop(key)
+            self._carried = [k for k in self._carried if k.result_key() != key]
         if hasattr(kernel, "request_key") and hasattr(kernel, "with_requests"):
             return self._run_requests(kernel)
         return self._run(kernel)
 
     def _run(self, kernel, reused: int = 0):
+        carried, self._carried = self._carried, []
         start = time.perf_counter()
-        out = self.inner.run(kernel)
+        if carried:
+            from invariant_mr.passes.kernels import Together
+
+            out, *more = self.inner.run(Together([kernel, *carried]))
+            kept = self.data.cache.setdefault("carried_results", {})
+            for k, result in zip(carried, more):
+                kept[k.result_key()] = result
+        else:
+            out = self.inner.run(kernel)
         record = {"kind": type(kernel).__name__, "seconds": round(time.perf_counter() - start, 3), "where": self.where}
         if reused:
             record["requests_reused"] = reused
+        if carried:
+            record["carried"] = [type(k).__name__ for k in carried]
         self.data.cache.setdefault("passes", []).append(record)
         return out
 
