@@ -386,6 +386,40 @@ def test_liml_leak_shift_keeps_its_size_where_2sls_would_see_a_leak_in_the_many_
     assert rejections["tsls"] > hi, rejections
 
 
+def test_liml_leak_shift_takes_the_features_as_controls_so_right_genotype_answers_pass():
+    """Balding-Nichols genotypes with 500 variants (the README's example), where `invariant_genotype` is
+    unbiased: LIML on instruments purged of the leak features, next to y and d that keep the features'
+    confounded variation, moves the estimate by about -0.05 and the check used to reject nearly every run.
+    With the features as controls the shift is small and not significant; the purge-only LIML fit is
+    computed here too, so the test fails if the check goes back to it."""
+    import warnings
+
+    from invariant_mr.estimators.iv import fit_kclass
+    from invariant_mr.inference.diagnostics import _leak_features, _purge_fit, leak_shift_test
+    from invariant_mr.instruments.genotype_invariant import GenotypeInvariantInstruments
+    from invariant_mr.simulation.genetic_dataset import simulate_genetic
+
+    shifts, pvalues, purge_only = [], [], []
+    for seed in range(3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = simulate_genetic("balding-nichols", seed=seed, n_envs=3, n_per_env=2000, n_variants=500,
+                                    fst=0.1).to_mrdata()
+        learner = GenotypeInvariantInstruments(random_state=0).fit(data.Z, data.env)
+        X = learner.transform(data.Z, data.env)
+        features = _leak_features(learner.removed_scores(data.Z, data.env), data.env_codes)
+        env = data.env_dummies(drop_first=True)
+        shift, se, p, _ = leak_shift_test(data.outcome, data.exposure, X, features, env, kappa="liml")
+        shifts.append(shift)
+        pvalues.append(p)
+        full = fit_kclass(data.outcome, data.exposure, X, env, kappa="liml").estimate
+        purged = X - _purge_fit(X, features, None)[0]
+        purge_only.append(full - fit_kclass(data.outcome, data.exposure, purged, env, kappa="liml").estimate)
+    assert np.mean(purge_only) > 0.03, purge_only  # the misfiring form: a shift where there is no leak
+    assert abs(np.mean(shifts)) < 0.5 * np.mean(purge_only), (shifts, purge_only)
+    assert sum(p < 0.05 for p in pvalues) <= 1, pvalues  # the purge-only form rejected 18 of 20 such runs
+
+
 def test_liml_rows_are_held_to_stock_yogos_liml_threshold_and_2sls_rows_to_f_10():
     from invariant_mr.inference.instrument_strength import LIML_SIZE10, weak_f_threshold
 
