@@ -22,7 +22,6 @@ are the figure to compare; wall time includes waiting for a core.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -32,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scale import fileset_and_bare, measured, peak_mib, run_record  # noqa: E402
+from scale import fileset_and_bare, measured, peak_mib, run_record, write_json_rows  # noqa: E402
 
 from invariant_mr.provenance import cpu_model  # noqa: E402
 
@@ -89,9 +88,7 @@ def measure_size(n: int, p: int, seed: int, head_src: Path, base_src: Path | Non
 
 
 def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(str(out) + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    bare = {(r["n"], r["p"]): r for r in rows if r["what"].startswith("bare")}
+    bare = write_json_rows(rows, meta, out)
     lines = [
         "# The default battery of `run --bfile` vs a bare read + Z'Z of the same file",
         "",

@@ -16,7 +16,6 @@ process. BLAS single-threaded everywhere.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scale import fileset_and_bare, measured, peak_mib, run_args, run_record  # noqa: E402
+from scale import fileset_and_bare, measured, peak_mib, run_args, run_record, write_json_rows  # noqa: E402
 from table_provenance import command_line, git_commit  # noqa: E402
 
 from invariant_mr.provenance import cpu_model  # noqa: E402
@@ -54,9 +53,7 @@ def measure_size(n: int, p: int, workers: list[int], seed: int, scratch: Path) -
 
 
 def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(str(out) + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    bare = {(r["n"], r["p"]): r for r in rows if r["what"].startswith("bare")}
+    bare = write_json_rows(rows, meta, out)
     lines = [
         "# Streamed `run`: local vs a Dask LocalCluster of 1 and 2 workers, and where the time goes",
         "",

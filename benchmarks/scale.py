@@ -258,11 +258,16 @@ def peak_mib(r: dict) -> float:
     return max(r["peak_rss_tree_mib"], r["peak_hwm_largest_mib"])
 
 
-def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
+def write_json_rows(rows: list[dict], meta: dict, out: Path) -> dict:
+    """Write `out`.json ({meta, rows}) and return the bare rows by (n, p), which the tables divide by."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = sorted(rows, key=lambda r: (r["p"], r["n"]))  # stable: bare, run, Dask within a size
     Path(str(out) + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    bare = {(r["n"], r["p"]): r for r in rows if r["what"].startswith("bare")}
+    return {(r["n"], r["p"]): r for r in rows if r["what"].startswith("bare")}
+
+
+def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
+    rows = sorted(rows, key=lambda r: (r["p"], r["n"]))  # stable: bare, run, Dask within a size
+    bare = write_json_rows(rows, meta, out)
     lines = [
         "# `run --bfile` at scale vs a bare read + Z'Z of the same file",
         "",

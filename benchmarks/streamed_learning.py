@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scale import fileset_and_bare, measured, peak_mib, run_record  # noqa: E402
+from scale import fileset_and_bare, measured, peak_mib, run_record, write_json_rows  # noqa: E402
 from table_provenance import command_line, git_commit  # noqa: E402
 
 from invariant_mr.provenance import cpu_model
@@ -85,9 +85,7 @@ def measure_size(n: int, p: int, seed: int, before: str | None, scratch: Path) -
 
 
 def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(str(out) + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    bare = {(r["n"], r["p"]): r for r in rows if r["what"].startswith("bare")}
+    bare = write_json_rows(rows, meta, out)
     lines = [
         "# `invariant_autoencoder` on streamed genotypes: minibatches over every row",
         "",
