@@ -520,6 +520,8 @@ def headline_rows(summaries: dict) -> list[str]:
                 s = rows.get("tsls_pcs [gwpcs]")
             if s is None and method == "invariant_genotype":  # scenarios run before it existed: the tagged run
                 s = rows.get("invariant_genotype [gi]")
+            if s is None:  # a method added to a scenario by a later, tagged fill-in run
+                s = rows.get(f"{method} [extra]")
             if s is None:
                 cells.append("not run")
             elif s["bias"] is None:
