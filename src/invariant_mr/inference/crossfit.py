@@ -76,6 +76,15 @@ def stratified_folds(
     return folds
 
 
+def rows_at(source, mask: np.ndarray):
+    """The rows `mask` of an array, or of a `minibatches.RowSource` as a view (`SubsetRows`)."""
+    if isinstance(source, np.ndarray):
+        return source[mask]
+    from invariant_mr.instruments.minibatches import SubsetRows  # torch only on the row-source route
+
+    return SubsetRows(source, np.flatnonzero(mask))
+
+
 def crossfit_instruments(
     data: MRData,
     make_learner: Callable[[int], InstrumentLearner],
@@ -83,14 +92,20 @@ def crossfit_instruments(
     n_folds: int = 2,
     rng: np.random.Generator,
     use_exposure: bool = False,
+    rows=None,
 ) -> tuple[np.ndarray, np.ndarray, list[InstrumentLearner]]:
     """Out-of-fold instruments (n, k) with their fold labels and the fitted learners.
 
     `make_learner(fold)` returns a fresh, unfitted learner for that fold.
     Folds may learn different numbers of instruments; missing columns are zero.
+    `rows` is what the learners read instead of `data.Z`: a `minibatches.RowSource` of every analysed
+    row (e.g. the row cache of streamed genotypes), which each fold sees through `rows_at`, never copied.
     """
     if n_folds < 2:
         raise InputError(f"cross-fitting needs at least 2 folds, got {n_folds}")
+    if rows is not None and int(rows.n) != data.n:
+        raise InputError(f"the training rows hold {rows.n} rows, the data {data.n}")
+    source = data.Z if rows is None else rows
     folds = stratified_folds(data.env_codes, n_folds, rng, clusters=getattr(data, "clusters", None))
     blocks: list[np.ndarray | None] = [None] * n_folds
     learners = []
@@ -98,12 +113,12 @@ def crossfit_instruments(
         train, test = folds != f, folds == f
         learner = make_learner(f)
         learner.fit(
-            data.Z[train],
+            rows_at(source, train),
             data.env[train],
             exposure=data.exposure[train] if use_exposure else None,
         )
         learners.append(learner)
-        blocks[f] = np.asarray(learner.transform(data.Z[test]), dtype=float).reshape(int(test.sum()), -1)
+        blocks[f] = np.asarray(learner.transform(rows_at(source, test)), dtype=float).reshape(int(test.sum()), -1)
     width = max(b.shape[1] for b in blocks)
     out = np.zeros((data.n, width))
     for f, block in enumerate(blocks):

@@ -15,7 +15,7 @@ import numpy as np
 
 from invariant_mr.data import MRData
 from invariant_mr.errors import InputError
-from invariant_mr.inference.crossfit import crossfit_estimates, crossfit_instruments
+from invariant_mr.inference.crossfit import crossfit_estimates, crossfit_instruments, rows_at
 from invariant_mr.inference.diagnostics import DIAGNOSTIC_MAX_ROWS, instrument_diagnostics
 from invariant_mr.inference.estimates import iv_estimates
 from invariant_mr.inference.heldout_invariance import heldout_invariance_test
@@ -69,30 +69,6 @@ def invariant_autoencoder(data: MRData, ctx: MethodContext) -> MethodOutput:
     return invariant_autoencoder_on_rows(data, ctx)
 
 
-def _crossfit_rows(data, ctx: MethodContext, rows, n_folds: int, base_seed: int, use_exposure: bool):
-    """`crossfit_instruments` with each fold's learner trained by minibatches over a `RowSource`
-    (`rows`: every analysed row) and the out-of-fold codes from a streamed transform of its fold:
-    the same folds, seeds and rows in the same order as in memory. Returns (hW, hV, folds, learners)."""
-    from invariant_mr.inference.crossfit import stratified_folds
-    from invariant_mr.instruments.minibatches import SubsetRows
-
-    if int(rows.n) != data.n:
-        raise InputError(f"the training rows hold {rows.n} rows, the data {data.n}")
-    folds = stratified_folds(data.env_codes, n_folds, ctx.rng("invariant_autoencoder folds"),
-                             clusters=getattr(data, "clusters", None))
-    learners, hw, hv = [], None, None
-    for f in range(n_folds):
-        train, test = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
-        model = estimator_from_context(ctx, base_seed + f)
-        model.fit(SubsetRows(rows, train), data.env[train], exposure=data.exposure[train] if use_exposure else None)
-        v, w = model.transform_all(SubsetRows(rows, test))
-        if hw is None:
-            hw, hv = np.zeros((data.n, w.shape[1])), np.zeros((data.n, v.shape[1]))
-        hw[test], hv[test] = w, v
-        learners.append(model)
-    return hw, hv, folds, learners
-
-
 def invariant_autoencoder_on_rows(data, ctx: MethodContext, rows=None, route: dict | None = None) -> MethodOutput:
     """`invariant_autoencoder` on `data.Z` (rows=None) or, for streamed genotypes, with every fold's
     encoder trained by minibatches over `rows` (a `RowSource` of all analysed rows, e.g. the int8
@@ -102,20 +78,19 @@ def invariant_autoencoder_on_rows(data, ctx: MethodContext, rows=None, route: di
         raise InputError(f"--n-folds must be at least 2 for cross-fitting, got {n_folds}")
     use_exposure = float(estimator_params(ctx.options)["lam_rel"]) > 0
     base_seed = int(ctx.rng("invariant_autoencoder seed").integers(2**31 - 1))
-    if rows is None:
-        instruments, folds, learners = crossfit_instruments(
-            data,
-            lambda fold: estimator_from_context(ctx, base_seed + fold),
-            n_folds=n_folds,
-            rng=ctx.rng("invariant_autoencoder folds"),
-            use_exposure=use_exposure,
-        )
-        # Out-of-fold hV of each fold's encoder: the environment-varying component the HSIC check tests against.
-        hv = np.zeros((data.n, learners[0].dim_v))
-        for f, model in enumerate(learners):
-            hv[folds == f] = model.transform_all(data.Z[folds == f])[0]
-    else:
-        instruments, hv, folds, learners = _crossfit_rows(data, ctx, rows, n_folds, base_seed, use_exposure)
+    instruments, folds, learners = crossfit_instruments(
+        data,
+        lambda fold: estimator_from_context(ctx, base_seed + fold),
+        n_folds=n_folds,
+        rng=ctx.rng("invariant_autoencoder folds"),
+        use_exposure=use_exposure,
+        rows=rows,
+    )
+    # Out-of-fold hV of each fold's encoder: the environment-varying component the HSIC check tests against.
+    source = data.Z if rows is None else rows
+    hv = np.zeros((data.n, learners[0].dim_v))
+    for f, model in enumerate(learners):
+        hv[folds == f] = model.transform_all(rows_at(source, folds == f))[0]
     history = [row for f, m in enumerate(learners) for row in _history_rows(m.history_, fold=f)]
     summaries = [m.training_summary_ for m in learners]
     extra = {"training": summaries}

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from scipy.special import ndtri  # scipy.stats.norm.ppf is ndtri; scipy.stats is slow to import
@@ -494,8 +494,7 @@ def _with_twin_failures(standings: tuple[MethodStanding, ...]) -> tuple[MethodSt
             check = Check(f"{twin.method}'s overidentification", "overidentification", failed[0].pvalue, False,
                           f"the full-sample fit of the same directions ({twin.method}) fails: {failed[0].text}; "
                           "cross-fitting does not make invalid directions valid")
-            s = MethodStanding(s.method, s.design, s.estimate, s.se, s.ci_low, s.ci_high, s.first_stage_f,
-                               (*s.checks, check), "failed")
+            s = replace(s, checks=(*s.checks, check), standing="failed")
         out.append(s)
     return tuple(out)
 
