@@ -144,13 +144,22 @@ def test_fine_scale_structure_defeats_ten_pcs_but_not_the_invariant_instruments(
 
 
 def test_structured_simulators_are_reproducible_and_keep_the_genome_apart():
-    for model in ("demes", "nonlinear-ancestry"):
+    for model in ("demes", "nonlinear-ancestry", "balding-nichols"):
         a = simulate_genetic(model, n_per_env=300, n_variants=40, n_genome_variants=60, keep_genome=True, seed=4)
         b = simulate_genetic(model, n_per_env=300, n_variants=40, n_genome_variants=60, seed=4)
         np.testing.assert_array_equal(a.genotypes, b.genotypes)
         np.testing.assert_array_equal(a.outcome, b.outcome)
         assert a.latent["genome_genotypes"].shape == (a.n, 100)
         np.testing.assert_array_equal(a.latent["genome_genotypes"][:, :40], a.genotypes)
+    # The Balding-Nichols panel follows the same ancestry: its top PC tracks the ancestry proportions as the
+    # instruments' does, and its neutral columns are unrelated to the outcome beyond ancestry.
+    bn = simulate_genetic("balding-nichols", n_per_env=400, n_variants=40, n_genome_variants=400, fst=0.1,
+                          keep_genome=True, seed=5)
+    extra = bn.latent["genome_genotypes"][:, 40:].astype(float)
+    extra -= extra.mean(axis=0)
+    pc1 = np.linalg.svd(extra, full_matrices=False)[0][:, 0]
+    q = bn.latent["ancestry"]
+    assert max(abs(np.corrcoef(pc1, q[:, k])[0, 1]) for k in range(q.shape[1])) > 0.9
     with pytest.raises(InputError):
         simulate_genetic("demes", n_demes=1)
     with pytest.raises(InputError):

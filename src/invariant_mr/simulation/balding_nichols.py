@@ -112,6 +112,8 @@ def simulate_balding_nichols(
     ancestry_confounding: float = 0.5,
     within_confounding: float = 0.5,
     within_correlation: float = 0.6,
+    keep_genome: bool = False,
+    n_genome_variants: int = 2000,
     seed: int = 0,
 ) -> GeneticSimulation:
     """K admixed Balding-Nichols populations with stratified exposure and outcome.
@@ -119,6 +121,12 @@ def simulate_balding_nichols(
     Environments are the K sampled populations (`pop1`..`popK`). See the module
     docstring for the genotype model and `phenotypes.stratified_phenotypes` for
     the phenotypes; `seed` fixes everything.
+
+    `keep_genome` also draws `n_genome_variants` neutral variants from the same
+    model (the same ancestry proportions, source frequencies of the same F_ST)
+    and keeps [instruments, extra] in `latent["genome_genotypes"]`, the
+    genome-wide panel `run --pcs-from` would read. The panel has its own random
+    stream, so keeping it changes nothing else.
     """
     if n_envs < 2:
         raise InputError(f"--envs must be at least 2, got {n_envs}")
@@ -155,11 +163,20 @@ def simulate_balding_nichols(
         within_correlation=within_correlation,
     )
     realised = pairwise_hudson_fst(genotypes, env)
+    latent = {"ancestry": q, "source_frequencies": source, "ancestral_frequencies": ancestral, **pheno.latent}
+    if keep_genome:
+        if n_genome_variants < 1:
+            raise InputError(f"n_genome_variants must be at least 1, got {n_genome_variants}")
+        genome_rng = np.random.default_rng([seed, 0xB4, 0x6E])
+        _, genome_source = balding_nichols_frequencies(n_envs, n_genome_variants, source_fst, genome_rng)
+        latent["genome_genotypes"] = np.hstack([genotypes, draw_genotypes(q @ genome_source, genome_rng)])
     parameters = {
         "n_envs": n_envs, "n_per_env": n_per_env, "n_variants": n_variants, "fst": fst,
         "admixture": admixture, "admixture_concentration": admixture_concentration, "theta": theta,
         "n_causal": n_causal, "h2": h2, "ancestry_confounding": ancestry_confounding,
         "within_confounding": within_confounding, "within_correlation": within_correlation,
+        # Only when kept, so that stored benchmark records of the plain model keep matching.
+        **({"keep_genome": True, "n_genome_variants": n_genome_variants} if keep_genome else {}),
     }
     truth = {
         **pheno.truth,
@@ -182,6 +199,6 @@ def simulate_balding_nichols(
         outcome=pheno.outcome,
         covariates=pheno.covariates,
         truth=truth,
-        latent={"ancestry": q, "source_frequencies": source, "ancestral_frequencies": ancestral, **pheno.latent},
+        latent=latent,
         **annotations,
     )
