@@ -24,6 +24,16 @@ directions differs. The final generation is the sample; siblings share a
 family id (the .fam FID).
 
 See `phenotypes.family_phenotypes` for the phenotypes and for V and W.
+
+With `keep_genome=True` the simulation also carries `n_genome_variants`
+neutral variants through the same pedigree, for genome-wide PCs (the
+benchmark's `--prep genome-pcs`): generation-0 founders in Hardy-Weinberg at
+their own frequencies U(0.1, 0.9), shared by the environments like the
+instruments', then transmitted from the same mothers and fathers every
+generation, so siblings share them identical by descent as in real data.
+They affect no trait, hence take no part in choosing mates. Everything about
+them is drawn from separate random streams, so keeping them changes no other
+output; `latent["genome_genotypes"]` is [instruments, neutral] (int8).
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from invariant_mr.errors import InputError
-from invariant_mr.simulation.balding_nichols import variant_annotations
+from invariant_mr.simulation.balding_nichols import draw_genotypes, variant_annotations
 from invariant_mr.simulation.genetic_dataset import GeneticSimulation
 from invariant_mr.simulation.phenotypes import (
     FamilyTraitModel,
@@ -80,12 +90,22 @@ def cross_locus_correlation(genotypes: np.ndarray, index: np.ndarray, effects: n
 
 def _simulate_population(
     n: int, generations: int, correlation: float, mating_traits: str, model: FamilyTraitModel,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
-    """Genotypes, family environment and family ids of the last generation, and per-generation stats."""
+    rng: np.random.Generator, neutral_frequencies: np.ndarray | None = None,
+    neutral_rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict], np.ndarray | None]:
+    """Genotypes, family environment and family ids of the last generation, per-generation stats, and
+    the neutral panel of the last generation (None unless `neutral_frequencies` are given).
+
+    The neutral panel draws only from `neutral_rng`, never from `rng`, so the
+    pedigree, and with it every other output, is the same with or without it.
+    """
     p = model.base_frequencies
     G = ((rng.random((n, len(p)), dtype=np.float32) < p).astype(np.int8)
          + (rng.random((n, len(p)), dtype=np.float32) < p))
+    neutral = None
+    if neutral_frequencies is not None:
+        m = len(neutral_frequencies)
+        neutral = draw_genotypes(np.broadcast_to(neutral_frequencies, (n, m)), neutral_rng)
     F = np.zeros(n)  # generation 0 has no modelled parents
     families = np.arange(n)
     history = []
@@ -112,9 +132,13 @@ def _simulate_population(
         n_couples = len(mothers)
         child_couple = np.concatenate([np.arange(n_couples), np.arange(n_couples), np.arange(n - 2 * n_couples)])
         G = transmit(G[mothers[child_couple]], rng) + transmit(G[fathers[child_couple]], rng)
+        if neutral is not None:
+            # Same parents as the instruments: the panel carries the pedigree (IBD between siblings).
+            neutral = (transmit(neutral[mothers[child_couple]], neutral_rng)
+                       + transmit(neutral[fathers[child_couple]], neutral_rng))
         F = standardise((D[mothers] + D[fathers])[child_couple] / 2)
         families = child_couple
-    return G, F, families, history
+    return G, F, families, history, neutral
 
 
 def simulate_assortative(
@@ -131,6 +155,8 @@ def simulate_assortative(
     h2: float = 0.3,
     h2_outcome: float = 0.3,
     family_effect: float = 0.3,
+    keep_genome: bool = False,
+    n_genome_variants: int = 2000,
     seed: int = 0,
 ) -> GeneticSimulation:
     """K populations with assortative mating of increasing strength, `generations` generations long.
@@ -138,6 +164,8 @@ def simulate_assortative(
     `n_causal` exposure variants and `n_causal_outcome` outcome variants are
     disjoint; the remaining variants are null. `mating_correlation` is the
     partner correlation in the last environment (the first mates at random).
+    `keep_genome` adds `n_genome_variants` neutral variants inherited through
+    the same pedigree (see the module docstring); nothing else changes.
     """
     if n_envs < 2:
         raise InputError(f"--envs must be at least 2, got {n_envs}")
@@ -151,6 +179,8 @@ def simulate_assortative(
     h2 = check_fraction(h2, "h2", closed_low=False)
     h2_outcome = check_fraction(h2_outcome, "h2_outcome")
     n_causal, n_causal_outcome = causal_counts(n_variants, n_causal, n_causal_outcome)
+    if keep_genome and n_genome_variants < 0:
+        raise InputError(f"n_genome_variants must be non-negative, got {n_genome_variants}")
 
     rng = np.random.default_rng([seed, 0xA550])
     p = rng.uniform(0.1, 0.9, size=n_variants)
@@ -168,13 +198,20 @@ def simulate_assortative(
         family_effect=float(family_effect),
     )
     strengths = [mating_correlation * k / (n_envs - 1) for k in range(n_envs)]
-    blocks, fam_env, fam_ids, env, histories = [], [], [], [], {}
+    # The neutral panel's own streams: 0xA552 for its frequencies, 0xA553 per population. Distinct
+    # second words, because SeedSequence pads with zeros, so [seed, a] and [seed, a, 0] are one stream.
+    neutral_p = None
+    if keep_genome:
+        neutral_p = np.random.default_rng([seed, 0xA552]).uniform(0.1, 0.9, size=n_genome_variants)
+    blocks, neutral_blocks, fam_env, fam_ids, env, histories = [], [], [], [], [], {}
     for k, r in enumerate(strengths):
         label = f"pop{k + 1}"
-        G, F, families, history = _simulate_population(
-            n_per_env, generations, r, mating_traits, model, np.random.default_rng([seed, 0xA551, k])
+        G, F, families, history, neutral = _simulate_population(
+            n_per_env, generations, r, mating_traits, model, np.random.default_rng([seed, 0xA551, k]),
+            neutral_p, np.random.default_rng([seed, 0xA553, k]) if keep_genome else None,
         )
         blocks.append(G)
+        neutral_blocks.append(neutral)
         fam_env.append(F)
         fam_ids.extend(f"{label}_fam{f + 1:06d}" for f in families)
         env.extend([label] * n_per_env)
@@ -191,6 +228,8 @@ def simulate_assortative(
         "mating_correlation": mating_correlation, "mating_traits": mating_traits, "theta": theta,
         "n_causal": n_causal, "n_causal_outcome": n_causal_outcome, "h2": h2, "h2_outcome": h2_outcome,
         "family_effect": family_effect,
+        # Only when kept, so the parameters of every run without the panel read as before.
+        **({"keep_genome": True, "n_genome_variants": n_genome_variants} if keep_genome else {}),
     }
     ids = annotations["variant_ids"]
     truth = {
@@ -222,7 +261,8 @@ def simulate_assortative(
         outcome=Y,
         covariates=covariates,
         truth=truth,
-        latent={"base_frequencies": p, **scores, "H": np.column_stack([scores["G_outcome"], F])},
+        latent={"base_frequencies": p, **scores, "H": np.column_stack([scores["G_outcome"], F]),
+                **({"genome_genotypes": np.hstack([G, np.concatenate(neutral_blocks)])} if keep_genome else {})},
         family_ids=np.array(fam_ids, dtype=object),
         **annotations,
     )

@@ -35,6 +35,17 @@ genotype is the Mendelian lottery, independent of everything the siblings
 share (H_anc, F, c) and of H_ind; unlinked loci segregate independently, so
 the child's exposure and outcome scores are independent within the family.
 The family fixed effect removes everything shared.
+
+With `keep_genome=True` the simulation also carries `n_genome_variants`
+neutral variants, for genome-wide PCs (the benchmark's `--prep genome-pcs`).
+Their source frequencies come from the same Balding-Nichols model as the
+instruments' (same K populations, same F_ST); each founder draws them at its
+own ancestry mix q, like its instruments, so the panel carries the same
+stratification; they are then transmitted from the same mothers and fathers
+every generation, so siblings share them identical by descent, as in real
+data. They affect no trait. Everything about them is drawn from separate
+random streams, so keeping them changes no other output;
+`latent["genome_genotypes"]` is [instruments, neutral] (int8).
 """
 
 from __future__ import annotations
@@ -78,6 +89,8 @@ def simulate_sibships(
     family_effect: float = 0.3,
     dynastic: float = 0.3,
     household_sd: float = 0.5,
+    keep_genome: bool = False,
+    n_genome_variants: int = 2000,
     seed: int = 0,
 ) -> GeneticSimulation:
     """Sibships (n = n_envs * n_families_per_env * n_sibs) with their truth; see the module docstring.
@@ -85,6 +98,8 @@ def simulate_sibships(
     Environments are the populations `pop1`..`popK`; `family_ids` are the
     .fam FIDs (`write_fileset` writes them). `latent["H"]` holds every
     confounder (H_anc, F, c, H_ind) and the outcome score, for the oracle.
+    `keep_genome` adds `n_genome_variants` neutral variants inherited through
+    the same pedigree (see the module docstring); nothing else changes.
     """
     if n_envs < 2:
         raise InputError(f"--envs must be at least 2, got {n_envs}")
@@ -99,6 +114,8 @@ def simulate_sibships(
     h2 = check_fraction(h2, "h2", closed_low=False)
     h2_outcome = check_fraction(h2_outcome, "h2_outcome")
     n_causal, n_causal_outcome = causal_counts(n_variants, n_causal, n_causal_outcome)
+    if keep_genome and n_genome_variants < 0:
+        raise InputError(f"n_genome_variants must be non-negative, got {n_genome_variants}")
 
     rng = np.random.default_rng([seed, 0x51B5])
     p_ancestral, source_freq = balding_nichols_frequencies(n_envs, n_variants, fst, rng)
@@ -111,12 +128,20 @@ def simulate_sibships(
     )
     axis = rng.standard_normal(n_envs)  # the ancestry direction that carries the confounding
 
+    # The neutral panel's own streams: 0x51B7 for its frequencies, 0x51B8 per population. Distinct
+    # second words, because SeedSequence pads with zeros, so [seed, a] and [seed, a, 0] are one stream.
+    neutral_source = None
+    if keep_genome:
+        _, neutral_source = balding_nichols_frequencies(
+            n_envs, n_genome_variants, fst, np.random.default_rng([seed, 0x51B7]))
+
     n_parents = 2 * n_families_per_env
     blocks = []
     for k in range(n_envs):
         r = mating_correlation * k / (n_envs - 1)
         blocks.append(_population(k, n_parents, n_sibs, generations, r, source_freq, admixture, axis, model,
-                                  stratification, np.random.default_rng([seed, 0x51B6, k])))
+                                  stratification, np.random.default_rng([seed, 0x51B6, k]), neutral_source,
+                                  np.random.default_rng([seed, 0x51B8, k]) if keep_genome else None))
 
     G = np.concatenate([b["G"] for b in blocks])
     s_anc = np.concatenate([b["ancestry"] for b in blocks])
@@ -148,6 +173,8 @@ def simulate_sibships(
         "theta": theta, "n_causal": n_causal, "n_causal_outcome": n_causal_outcome, "h2": h2,
         "h2_outcome": h2_outcome, "stratification": stratification, "family_effect": family_effect,
         "dynastic": dynastic, "household_sd": household_sd,
+        # Only when kept, so the parameters of every run without the panel read as before.
+        **({"keep_genome": True, "n_genome_variants": n_genome_variants} if keep_genome else {}),
     }
     truth = {
         "theta": float(theta),
@@ -175,17 +202,25 @@ def simulate_sibships(
     return GeneticSimulation(
         genotypes=G, env=env, sample_ids=sample_ids, exposure=D, outcome=Y, covariates=covariates, truth=truth,
         latent={"H": np.column_stack([H_anc, F, household, H_ind, G_Y]), "ancestry": s_anc, "F": F,
-                "G_exposure": G_D, "G_outcome": G_Y},
+                "G_exposure": G_D, "G_outcome": G_Y,
+                **({"genome_genotypes": np.hstack([G, np.concatenate([b["neutral"] for b in blocks])])}
+                   if keep_genome else {})},
         family_ids=family_ids, **annotations,
     )
 
 
 def _population(k, n_parents, n_sibs, generations, correlation, source_freq, admixture, axis, model,
-                stratification, rng) -> dict:
-    """One population: founders, `generations` rounds of assortative mating, then the sibships."""
+                stratification, rng, neutral_source=None, neutral_rng=None) -> dict:
+    """One population: founders, `generations` rounds of assortative mating, then the sibships.
+
+    With `neutral_source` (K x m source frequencies) the founders also draw a
+    neutral panel at their own ancestry q, carried down the same pedigree with
+    `neutral_rng` only, so `rng`'s draws, hence everything else, are unchanged.
+    """
     n_envs = source_freq.shape[0]
     q = draw_ancestry(np.full(n_parents, k), n_envs, admixture if n_envs > 1 else 0.0, 4.0, rng)
     G = draw_genotypes(q @ source_freq, rng)
+    neutral = None if neutral_source is None else draw_genotypes(q @ neutral_source, neutral_rng)
     ancestry = q @ axis
     partner_r = float("nan")
     for gen in range(generations + 1):
@@ -203,10 +238,13 @@ def _population(k, n_parents, n_sibs, generations, correlation, source_freq, adm
         per_couple = n_sibs if last else 2
         couple = np.repeat(np.arange(half), per_couple)
         G = transmit(G[mothers[couple]], rng) + transmit(G[fathers[couple]], rng)
+        if neutral is not None:
+            # Same parents as the instruments: the panel carries the pedigree (IBD between siblings).
+            neutral = transmit(neutral[mothers[couple]], neutral_rng) + transmit(neutral[fathers[couple]], neutral_rng)
         parent_D = ((D[mothers] + D[fathers]) / 2)[couple]
         ancestry = ((ancestry[mothers] + ancestry[fathers]) / 2)[couple]
     return {"G": G, "ancestry": ancestry, "parent_D": parent_D, "family": couple,
-            "partner_correlation": partner_r}
+            "partner_correlation": partner_r, "neutral": neutral}
 
 
 __all__ = ["simulate_sibships"]
