@@ -497,39 +497,53 @@ HEADLINE = (
     ("invariant_linear", "invariant_linear"),
     ("invariant_linear_crossfit", "invariant_linear_crossfit"),
     ("invariant_genotype", "invariant_genotype"),
+    ("invariant_genotype [gi-gwpcs]", "invariant_genotype + 10 genome-wide PCs"),
     ("invariant_autoencoder [neural]", "invariant autoencoder"),
 )
 
+#: Tagged runs that stand in for a headline method where the scenario's main run lacks it.
+HEADLINE_FALLBACKS = {
+    "tsls_pcs_genome": ("tsls_pcs [gwpcs]",),  # scenarios that keep no genome in their main run
+    "invariant_genotype": ("invariant_genotype [gi]",),  # scenarios run before the method existed
+}
+
 
 def headline_table(summaries: dict) -> list[str]:
-    return ["## Headline: bias (SD) of the pooled estimate", "", *headline_rows(summaries), ""]
+    return ["## Headline: bias (SD) of the pooled estimate", "", *headline_rows(summaries), "",
+            "## Headline: RMSE of the pooled estimate", "", *headline_rows(summaries, metric="rmse"), ""]
 
 
-def headline_rows(summaries: dict) -> list[str]:
-    """Bias (SD) of the key methods per scenario; 'abstained k/n' where a method gave no estimate.
+def _headline_summary(rows: dict, method: str):
+    for name in (method, *HEADLINE_FALLBACKS.get(method, ()), f"{method} [extra]"):
+        if rows.get(name) is not None:
+            return rows[name]
+    return None
 
-    A cell names its replicate count whenever it is not 20 of 20 with estimates.
+
+def headline_rows(summaries: dict, metric: str = "bias") -> list[str]:
+    """Bias (SD), or RMSE, of the key methods per scenario; 'abstained k/n' where a method gave no estimate.
+
+    A cell names its replicate count whenever it is not 20 of 20 with estimates. Within-family MR
+    needs families: on scenarios of unrelated people its cell says so rather than "not run".
     """
     lines = ["| scenario | " + " | ".join(label for _, label in HEADLINE) + " |",
              "|---|" + "---|" * len(HEADLINE)]
     for scenario, rows in summaries.items():
         cells = []
         for method, _ in HEADLINE:
-            s = rows.get(method)
-            if s is None and method == "tsls_pcs_genome":  # scenarios that keep no genome: the tagged run
-                s = rows.get("tsls_pcs [gwpcs]")
-            if s is None and method == "invariant_genotype":  # scenarios run before it existed: the tagged run
-                s = rows.get("invariant_genotype [gi]")
-            if s is None:  # a method added to a scenario by a later, tagged fill-in run
-                s = rows.get(f"{method} [extra]")
+            s = _headline_summary(rows, method)
             if s is None:
-                cells.append("not run")
+                unrelated = method == "within_family" and scenario not in FAMILY_SCENARIOS
+                cells.append("no families" if unrelated else "not run")
             elif s["bias"] is None:
                 cells.append(f"abstained {s['failed']}/{s['failed']}")
             else:
                 reps = s["n"] + s["failed"]
-                note = f", {s['n']}/{reps} reps" if s["failed"] or reps < 20 else ""
-                cells.append(f"{s['bias']:.3f} ({_fmt(s['sd'])}{note})")
+                note = f"{s['n']}/{reps} reps" if s["failed"] or reps < 20 else ""
+                if metric == "rmse":
+                    cells.append(f"{s['rmse']:.3f}" + (f" ({note})" if note else ""))
+                else:
+                    cells.append(f"{s['bias']:.3f} ({_fmt(s['sd'])}{', ' + note if note else ''})")
         lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     return lines
 
