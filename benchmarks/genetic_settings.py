@@ -60,6 +60,8 @@ FIGURES = ROOT / "docs" / "img"
 WRITE_UP = ROOT / "docs" / "genetic_simulations.md"
 TABLE_BEGIN = "<!-- headline table: written by `python benchmarks/genetic_settings.py report`, do not edit -->"
 TABLE_END = "<!-- end of headline table -->"
+CELLS_BEGIN = "<!-- scenario table: written by `python benchmarks/genetic_settings.py report`, do not edit -->"
+CELLS_END = "<!-- end of scenario table -->"
 
 #: name -> (model, parameters, one-line description)
 SCENARIOS: dict[str, tuple[str, dict, str]] = {
@@ -470,22 +472,24 @@ def build_report() -> None:
     REPORT.write_text("\n".join(lines) + "\n")
     (RESULTS_DIR.parent / "genetic_settings_summary.json").write_text(json.dumps(summaries, indent=1))
     print(f"wrote {REPORT}")
-    update_write_up(headline_rows(summaries))
+    update_write_up({(TABLE_BEGIN, TABLE_END): headline_rows(summaries),
+                     (CELLS_BEGIN, CELLS_END): scenario_cells(summaries)})
     plot_bias(summaries)
 
 
-def update_write_up(table: list[str]) -> None:
-    """Put the headline table into the write-up, so its numbers cannot drift from the results."""
+def update_write_up(tables: dict[tuple[str, str], list[str]]) -> None:
+    """Put the tables into the write-up between their marker lines, so their numbers cannot drift from the results."""
     text = WRITE_UP.read_text()
-    if text.count(TABLE_BEGIN) != 1 or text.count(TABLE_END) != 1:
-        raise SystemExit(f"{WRITE_UP} needs exactly one pair of headline-table marker lines:\n"
-                         f"{TABLE_BEGIN}\n{TABLE_END}")
-    head, rest = text.split(TABLE_BEGIN)
-    _, tail = rest.split(TABLE_END)
+    for (begin, end), table in tables.items():
+        if text.count(begin) != 1 or text.count(end) != 1:
+            raise SystemExit(f"{WRITE_UP} needs exactly one pair of table marker lines:\n{begin}\n{end}")
+        head, rest = text.split(begin)
+        _, tail = rest.split(end)
+        text = head + begin + "\n" + "\n".join(table) + "\n" + end + tail
     tmp = WRITE_UP.with_suffix(".md.tmp")
-    tmp.write_text(head + TABLE_BEGIN + "\n" + "\n".join(table) + "\n" + TABLE_END + tail)
+    tmp.write_text(text)
     os.replace(tmp, WRITE_UP)
-    print(f"updated the headline table in {WRITE_UP}")
+    print(f"updated the tables in {WRITE_UP}")
 
 
 HEADLINE = (
@@ -544,6 +548,40 @@ def headline_rows(summaries: dict, metric: str = "bias") -> list[str]:
                     cells.append(f"{s['rmse']:.3f}" + (f" ({note})" if note else ""))
                 else:
                     cells.append(f"{s['bias']:.3f} ({_fmt(s['sd'])}{', ' + note if note else ''})")
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    return lines
+
+
+#: The write-up's per-scenario table: (column, the summaries that stand for it, first found).
+SCENARIO_COLUMNS = (
+    ("tsls_pcs", ("tsls_pcs",)),
+    ("tsls_pcs_genome", ("tsls_pcs_genome", "tsls_pcs [gwpcs]")),
+    ("tsht", ("tsht",)),
+    ("within_family", ("within_family",)),
+    ("invariant_linear", ("invariant_linear",)),
+    ("invariant_genotype", ("invariant_genotype", "invariant_genotype [gi]")),
+    ("invariant_genotype + gw PCs", ("invariant_genotype [gi-gwpcs]",)),
+    ("ref_oracle_H", ("ref_oracle_H",)),
+)
+
+
+def scenario_cells(summaries: dict) -> list[str]:
+    """Bias / RMSE / coverage of the designs per scenario (docs/genetic_simulations.md)."""
+    lines = ["| scenario | " + " | ".join(name for name, _ in SCENARIO_COLUMNS) + " |",
+             "|---|" + "---|" * len(SCENARIO_COLUMNS)]
+    for scenario, rows in summaries.items():
+        cells = []
+        for name, sources in SCENARIO_COLUMNS:
+            s = next((rows[k] for k in sources if rows.get(k) is not None), None)
+            if s is None:
+                unrelated = name == "within_family" and scenario not in FAMILY_SCENARIOS
+                cells.append("no families" if unrelated else "not run")
+            elif s["bias"] is None:
+                cells.append(f"abstained {s['failed']}/{s['failed']}")
+            else:
+                reps = s["n"] + s["failed"]
+                note = f" ({s['n']}/{reps} reps)" if s["failed"] or reps < 20 else ""
+                cells.append(f"{s['bias']:+.3f} / {s['rmse']:.3f} / {_fmt(s['coverage'], 2)}{note}")
         lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     return lines
 
