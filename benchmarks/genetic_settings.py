@@ -517,39 +517,38 @@ def headline_table(summaries: dict) -> list[str]:
             "## Headline: RMSE of the pooled estimate", "", *headline_rows(summaries, metric="rmse"), ""]
 
 
-def _headline_summary(rows: dict, method: str):
-    for name in (method, *HEADLINE_FALLBACKS.get(method, ()), f"{method} [extra]"):
-        if rows.get(name) is not None:
-            return rows[name]
-    return None
+def _method_table(summaries: dict, columns, render) -> list[str]:
+    """One row per scenario, one cell per (label, summaries that stand for it, the first found) column.
 
-
-def headline_rows(summaries: dict, metric: str = "bias") -> list[str]:
-    """Bias (SD), or RMSE, of the key methods per scenario; 'abstained k/n' where a method gave no estimate.
-
-    A cell names its replicate count whenever it is not 20 of 20 with estimates. Within-family MR
-    needs families: on scenarios of unrelated people its cell says so rather than "not run".
+    A cell is `render(summary, note)`, the note naming the replicate count whenever it is not 20 of 20
+    with estimates; 'abstained k/k' where a method gave no estimate. Within-family MR needs families:
+    on scenarios of unrelated people its cell says so rather than "not run".
     """
-    lines = ["| scenario | " + " | ".join(label for _, label in HEADLINE) + " |",
-             "|---|" + "---|" * len(HEADLINE)]
+    lines = ["| scenario | " + " | ".join(label for label, _ in columns) + " |", "|---|" + "---|" * len(columns)]
     for scenario, rows in summaries.items():
         cells = []
-        for method, _ in HEADLINE:
-            s = _headline_summary(rows, method)
+        for _, sources in columns:
+            s = next((rows[k] for k in sources if rows.get(k) is not None), None)
             if s is None:
-                unrelated = method == "within_family" and scenario not in FAMILY_SCENARIOS
+                unrelated = sources[0] == "within_family" and scenario not in FAMILY_SCENARIOS
                 cells.append("no families" if unrelated else "not run")
             elif s["bias"] is None:
                 cells.append(f"abstained {s['failed']}/{s['failed']}")
             else:
                 reps = s["n"] + s["failed"]
-                note = f"{s['n']}/{reps} reps" if s["failed"] or reps < 20 else ""
-                if metric == "rmse":
-                    cells.append(f"{s['rmse']:.3f}" + (f" ({note})" if note else ""))
-                else:
-                    cells.append(f"{s['bias']:.3f} ({_fmt(s['sd'])}{', ' + note if note else ''})")
+                cells.append(render(s, f"{s['n']}/{reps} reps" if s["failed"] or reps < 20 else ""))
         lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     return lines
+
+
+def headline_rows(summaries: dict, metric: str = "bias") -> list[str]:
+    """Bias (SD), or RMSE, of the key methods per scenario."""
+    columns = [(label, (method, *HEADLINE_FALLBACKS.get(method, ()), f"{method} [extra]"))
+               for method, label in HEADLINE]
+    if metric == "rmse":
+        return _method_table(summaries, columns, lambda s, note: f"{s['rmse']:.3f}" + (f" ({note})" if note else ""))
+    return _method_table(summaries, columns,
+                         lambda s, note: f"{s['bias']:.3f} ({_fmt(s['sd'])}{', ' + note if note else ''})")
 
 
 #: The write-up's per-scenario table: (column, the summaries that stand for it, first found).
@@ -567,23 +566,8 @@ SCENARIO_COLUMNS = (
 
 def scenario_cells(summaries: dict) -> list[str]:
     """Bias / RMSE / coverage of the designs per scenario (docs/genetic_simulations.md)."""
-    lines = ["| scenario | " + " | ".join(name for name, _ in SCENARIO_COLUMNS) + " |",
-             "|---|" + "---|" * len(SCENARIO_COLUMNS)]
-    for scenario, rows in summaries.items():
-        cells = []
-        for name, sources in SCENARIO_COLUMNS:
-            s = next((rows[k] for k in sources if rows.get(k) is not None), None)
-            if s is None:
-                unrelated = name == "within_family" and scenario not in FAMILY_SCENARIOS
-                cells.append("no families" if unrelated else "not run")
-            elif s["bias"] is None:
-                cells.append(f"abstained {s['failed']}/{s['failed']}")
-            else:
-                reps = s["n"] + s["failed"]
-                note = f" ({s['n']}/{reps} reps)" if s["failed"] or reps < 20 else ""
-                cells.append(f"{s['bias']:+.3f} / {s['rmse']:.3f} / {_fmt(s['coverage'], 2)}{note}")
-        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
-    return lines
+    return _method_table(summaries, SCENARIO_COLUMNS, lambda s, note: (
+        f"{s['bias']:+.3f} / {s['rmse']:.3f} / {_fmt(s['coverage'], 2)}" + (f" ({note})" if note else "")))
 
 
 def reproduction_guide(by_scenario) -> list[str]:

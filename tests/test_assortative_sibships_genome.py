@@ -99,16 +99,9 @@ def _mean_chi2(columns, y):
 
 
 # ---------------------------------------------------------------- nothing else changes
-def test_assortative_keeping_the_genome_changes_nothing_else(assortative_pair):
-    plain, kept = assortative_pair
-    assert "genome_genotypes" not in plain.latent
-    assert not any("genome" in k for k in plain.truth["parameters"])
-    _assert_same_simulation(plain, kept)
-    _panel(kept)
-
-
-def test_sibships_keeping_the_genome_changes_nothing_else(sibships_pair):
-    plain, kept = sibships_pair
+@pytest.mark.parametrize("pair", ["assortative_pair", "sibships_pair"])
+def test_keeping_the_genome_changes_nothing_else(pair, request):
+    plain, kept = request.getfixturevalue(pair)
     assert "genome_genotypes" not in plain.latent
     assert not any("genome" in k for k in plain.truth["parameters"])
     _assert_same_simulation(plain, kept)
