@@ -420,7 +420,9 @@ class dask_client:
         if self.scheduler is None and self.workers is None:
             return None
         try:
-            from distributed import Client, LocalCluster
+            from distributed import Client
+
+            from invariant_mr.passes.dask_passes import local_cluster
         except ImportError:  # pragma: no cover - dask[distributed] is a dependency
             raise InputError("--scheduler/--workers need dask.distributed (pip install 'dask[distributed]')") from None
         if self.scheduler is not None:
@@ -429,9 +431,7 @@ class dask_client:
             except (OSError, TimeoutError) as exc:
                 raise InputError(f"--scheduler {self.scheduler}: cannot connect ({exc})") from None
         else:
-            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, silence_logs=40)
-            self.client = Client(self.cluster)
+            self.cluster, self.client = local_cluster(self.workers)
         return self.client
 
     def __exit__(self, *exc):

@@ -30,6 +30,11 @@ from invariant_mr.passes.rows import Block, RowVectors, iter_array_blocks, row_i
 #: Partials merged per reduction task (a binary tree keeps each merge to two K m^2 arrays).
 SPLIT_EVERY = 2
 
+#: Row chunks per worker by default: several, so that a worker slowed by other work on its core
+#: leaves its remaining chunks to the others, and the first partials merge while the last chunks
+#: are read. (Each chunk costs one partial result, K m^2 floats, and one merge.)
+CHUNKS_PER_WORKER = 4
+
 
 @dataclass(frozen=True)
 class RowChunk:
@@ -126,15 +131,17 @@ class DaskPasses:
         if not self._parts:
             raise InputError("no row chunks")
 
-    def graph(self, kernel):
-        """The Delayed result of the reduction (not computed)."""
+    def graph(self, kernel, *, kernel_data=None, vectors_data=None):
+        """The Delayed result of the reduction (not computed). `kernel_data`/`vectors_data`: the kernel
+        and the vectors already on the workers (futures of `Client.scatter`) instead of in the graph."""
         import uuid
 
         import dask
 
         token = uuid.uuid4().hex[:12]
-        kernel_d = dask.delayed(kernel, name=f"suffstats-kernel-{token}")
-        vectors_d = dask.delayed(self.vectors, name=f"suffstats-vectors-{token}")
+        kernel_d = dask.delayed(kernel, name=f"suffstats-kernel-{token}") if kernel_data is None else kernel_data
+        vectors_d = (dask.delayed(self.vectors, name=f"suffstats-vectors-{token}") if vectors_data is None
+                     else vectors_data)
         parts = [
             dask.delayed(_run_chunk, pure=True)(
                 kernel_d, src, lo, hi, vectors_d, self.block_rows, local,
@@ -142,6 +149,8 @@ class DaskPasses:
             )
             for i, (src, lo, hi, local) in enumerate(self._parts)
         ]
+        # Adjacent pairs, level by level: a fixed order of additions (the same bits on every run with
+        # the same chunks), and row order for the kernels whose merge stacks rows.
         level = 0
         while len(parts) > 1:
             parts = [
@@ -156,10 +165,44 @@ class DaskPasses:
         return parts[0]
 
     def run(self, kernel) -> Any:
-        result = self.graph(kernel)
-        if self.client is not None:
-            return _aligned(self.client.compute(result).result())
-        return result.compute()
+        if self.client is None:
+            return self.graph(kernel).compute()
+        # The kernel (tens of MB for a second pass: its designs) and the vectors go to every worker
+        # once, before the chunks. Inside the graph they would be computed on one worker, which the
+        # scheduler then favours for every chunk (their data are there), so that the other worker
+        # idled until work stealing moved chunks over.
+        kernel_f, vectors_f = self.client.scatter([kernel, self.vectors], broadcast=True, hash=False)
+        try:
+            future = self.client.compute(self.graph(kernel, kernel_data=kernel_f, vectors_data=vectors_f))
+            return _aligned(future.result())
+        finally:
+            self.client.cancel([kernel_f, vectors_f])
+
+
+def local_cluster(n_workers: int):
+    """(cluster, client): a `distributed.LocalCluster` of `n_workers` single-threaded worker processes
+    set up for passes, and its client. Close both (client first) when done.
+
+    The workers get Dask's usual pre-spawn environment (one BLAS thread each) except its
+    `MALLOC_TRIM_THRESHOLD_`: setting any malloc tunable turns off glibc's dynamic mmap threshold,
+    so every block-sized temporary of a kernel would be a fresh mapping whose pages fault on first
+    touch (about twice the page faults of the same chunk in this process, measured in
+    benchmarks/results/dask_workers.md); without it a worker allocates as the local run does.
+    Partials are small beside a worker's memory, so the memory limits stay Dask's defaults.
+    """
+    import dask
+    from distributed import Client, LocalCluster
+
+    environ = {k: v for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}).items()
+               if k != "MALLOC_TRIM_THRESHOLD_"}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):  # read as each Nanny is made
+        cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=40)
+    try:
+        return cluster, Client(cluster)
+    except BaseException:
+        cluster.close()
+        raise
 
 
 def _aligned(result):
@@ -173,4 +216,4 @@ def _aligned(result):
     return result
 
 
-__all__ = ["DaskPasses", "NpyRows", "RowChunk", "npy_chunks"]
+__all__ = ["CHUNKS_PER_WORKER", "DaskPasses", "NpyRows", "RowChunk", "local_cluster", "npy_chunks"]
