@@ -18,7 +18,7 @@ stream shows which worker ran which chunk.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,24 +171,24 @@ class DaskPasses:
         # once, before the chunks. Inside the graph they would be computed on one worker, which the
         # scheduler then favours for every chunk (their data are there), so that the other worker
         # idled until work stealing moved chunks over.
+        # (Their futures are released on return, which frees the workers' copies.)
         kernel_f, vectors_f = self.client.scatter([kernel, self.vectors], broadcast=True, hash=False)
-        try:
-            future = self.client.compute(self.graph(kernel, kernel_data=kernel_f, vectors_data=vectors_f))
-            return _aligned(future.result())
-        finally:
-            self.client.cancel([kernel_f, vectors_f])
+        future = self.client.compute(self.graph(kernel, kernel_data=kernel_f, vectors_data=vectors_f))
+        return _aligned(future.result())
 
 
-def local_cluster(n_workers: int):
+def local_cluster(n_workers: int, preload: Sequence[str] = ()):
     """(cluster, client): a `distributed.LocalCluster` of `n_workers` single-threaded worker processes
     set up for passes, and its client. Close both (client first) when done.
 
     The workers get Dask's usual pre-spawn environment (one BLAS thread each) except its
     `MALLOC_TRIM_THRESHOLD_`: setting any malloc tunable turns off glibc's dynamic mmap threshold,
     so every block-sized temporary of a kernel would be a fresh mapping whose pages fault on first
-    touch (about twice the page faults of the same chunk in this process, measured in
-    benchmarks/results/dask_workers.md); without it a worker allocates as the local run does.
-    Partials are small beside a worker's memory, so the memory limits stay Dask's defaults.
+    touch (about twice the page faults of the same chunks, benchmarks/results/dask_workers.md);
+    without it a worker allocates as the local run does. `preload`: modules each worker imports as
+    it starts (those that unpickling the kernels and row sources needs), so that the first pass
+    does not wait for them. Partials are small beside a worker's memory, so the memory limits stay
+    Dask's defaults.
     """
     import dask
     from distributed import Client, LocalCluster
@@ -197,12 +197,46 @@ def local_cluster(n_workers: int):
                if k != "MALLOC_TRIM_THRESHOLD_"}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):  # read as each Nanny is made
         cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=40)
+                               dashboard_address=None, silence_logs=40, preload=list(preload))
     try:
         return cluster, Client(cluster)
     except BaseException:
         cluster.close()
         raise
+
+
+class StartingCluster:
+    """A `local_cluster` started in a background thread: its worker processes spawn and import while
+    this process goes on (e.g. loads the data), instead of after it. `result()` waits for
+    (cluster, client) and raises what starting it raised; `close()` closes whatever was started."""
+
+    def __init__(self, n_workers: int, preload: Sequence[str] = ()):
+        import threading
+
+        self._out: tuple | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._start, args=(int(n_workers), tuple(preload)),
+                                        name="invariant-mr-dask-start", daemon=True)
+        self._thread.start()
+
+    def _start(self, n_workers: int, preload: tuple) -> None:
+        try:
+            self._out = local_cluster(n_workers, preload)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> tuple:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._out
+
+    def close(self) -> None:
+        self._thread.join()
+        if self._out is not None:
+            cluster, client = self._out
+            client.close()
+            cluster.close()
 
 
 def _aligned(result):
@@ -216,4 +250,4 @@ def _aligned(result):
     return result
 
 
-__all__ = ["CHUNKS_PER_WORKER", "DaskPasses", "NpyRows", "RowChunk", "local_cluster", "npy_chunks"]
+__all__ = ["CHUNKS_PER_WORKER", "DaskPasses", "NpyRows", "RowChunk", "StartingCluster", "local_cluster", "npy_chunks"]
