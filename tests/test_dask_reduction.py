@@ -111,3 +111,52 @@ def test_row_chunks_with_local_slices(sim, vectors, local):
     # slices straight into the local accumulation too
     direct = EnvironmentCrossProducts.accumulate(_local_slice_blocks(G, 0, G.shape[0], 128), vectors)
     _assert_same((direct.cross,), (stats.cross,))
+
+
+def test_local_cluster_for_passes_workers_environment_balance_and_repeatability(tmp_path, sim, vectors, local):
+    """`local_cluster` (what `run --workers` starts, in the background): one BLAS thread and no malloc
+    tunable in each worker (Dask's MALLOC_TRIM_THRESHOLD_ turns off glibc's dynamic mmap threshold),
+    the preloaded modules imported before any task; the chunks of a pass spread over both workers;
+    the same chunks give the same bits on every run (a fixed merge order), within 1e-12 of the local
+    pass."""
+    import os
+    import sys
+
+    from invariant_mr.estimators.sufficient_stats import CrossProductKernel
+    from invariant_mr.passes.dask_passes import StartingCluster
+
+    stats, passes = local
+    path = tmp_path / "genotypes.npy"
+    np.save(path, sim.genotypes)
+    chunks = npy_chunks(str(path), 8, block_rows=32)
+    starting = StartingCluster(2, preload=("invariant_mr.estimators.sufficient_stats",))
+    try:
+        cluster, client = starting.result()
+        seen = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OPENBLAS_NUM_THREADS"),
+                                   "invariant_mr.estimators.sufficient_stats" in sys.modules))
+        assert len(seen) == 2 and set(seen.values()) == {(None, "1", True)}
+        kernel = CrossProductKernel(vectors.env_levels, vectors.q, vectors.covariate_names)
+        import distributed
+
+        with distributed.get_task_stream(client) as ts:
+            first = DaskPasses(chunks, vectors, client=client).run(kernel)
+        again = DaskPasses(chunks, vectors, client=client).run(kernel)
+    finally:
+        starting.close()
+    ran_on = {t["worker"] for t in ts.data if "suffstats-chunk-" in str(t["key"])}
+    assert len(ran_on) == 2
+    np.testing.assert_array_equal(first.cross, again.cross)  # bit for bit
+    np.testing.assert_array_equal(first.counts, stats.counts)
+    scale = np.abs(stats.cross).max()
+    assert np.abs(first.cross - stats.cross).max() <= 1e-12 * scale
+    assert np.abs(first.sums - stats.sums).max() <= 1e-12 * np.abs(stats.sums).max()
+
+
+def test_starting_cluster_hands_back_its_error():
+    """A cluster that fails to start in the background fails the caller's `result()`, with the error."""
+    from invariant_mr.passes.dask_passes import StartingCluster
+
+    bad = StartingCluster(1, preload=("invariant_mr_no_such_module",))
+    with pytest.raises(Exception, match="start"):
+        bad.result()
+    bad.close()  # nothing was started: nothing to close, no error
