@@ -114,7 +114,7 @@ def test_row_chunks_with_local_slices(sim, vectors, local):
 
 
 def test_local_cluster_for_passes_workers_environment_balance_and_repeatability(tmp_path, sim, vectors, local):
-    """`local_cluster` (what `run --workers` starts, in the background): one BLAS thread and a 32 MiB
+    """`local_cluster` (what `run --workers` starts): one BLAS thread and a 32 MiB
     mmap threshold in each worker (not Dask's MALLOC_TRIM_THRESHOLD_=65536, whatever this process's
     environment holds: it turns off glibc's dynamic mmap threshold); its dashboard profiler off;
     the preloaded modules imported before any task; the chunks of a pass spread over both workers;
@@ -124,15 +124,14 @@ def test_local_cluster_for_passes_workers_environment_balance_and_repeatability(
     import sys
 
     from invariant_mr.estimators.sufficient_stats import CrossProductKernel
-    from invariant_mr.passes.dask_passes import StartingCluster
+    from invariant_mr.passes.dask_passes import local_cluster
 
     stats, passes = local
     path = tmp_path / "genotypes.npy"
     np.save(path, sim.genotypes)
     chunks = npy_chunks(str(path), 8, block_rows=32)
-    starting = StartingCluster(2, preload=("invariant_mr.estimators.sufficient_stats",))
+    cluster, client = local_cluster(2, preload=("invariant_mr.estimators.sufficient_stats",))
     try:
-        cluster, client = starting.result()
         import dask
 
         seen = client.run(lambda: (os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("OPENBLAS_NUM_THREADS"),
@@ -147,7 +146,8 @@ def test_local_cluster_for_passes_workers_environment_balance_and_repeatability(
             first = DaskPasses(chunks, vectors, client=client).run(kernel)
         again = DaskPasses(chunks, vectors, client=client).run(kernel)
     finally:
-        starting.close()
+        client.close()
+        cluster.close()
     ran_on = {t["worker"] for t in ts.data if "suffstats-chunk-" in str(t["key"])}
     assert len(ran_on) == 2
     np.testing.assert_array_equal(first.cross, again.cross)  # bit for bit
@@ -155,13 +155,3 @@ def test_local_cluster_for_passes_workers_environment_balance_and_repeatability(
     scale = np.abs(stats.cross).max()
     assert np.abs(first.cross - stats.cross).max() <= 1e-12 * scale
     assert np.abs(first.sums - stats.sums).max() <= 1e-12 * np.abs(stats.sums).max()
-
-
-def test_starting_cluster_hands_back_its_error():
-    """A cluster that fails to start in the background fails the caller's `result()`, with the error."""
-    from invariant_mr.passes.dask_passes import StartingCluster
-
-    bad = StartingCluster(1, preload=("invariant_mr_no_such_module",))
-    with pytest.raises(Exception, match="start"):
-        bad.result()
-    bad.close()  # nothing was started: nothing to close, no error

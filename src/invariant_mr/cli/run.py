@@ -344,32 +344,26 @@ def _run_genetic(out, ctx, methods, quiet, env_col, exposure, outcome, covariate
         max_variant_missing=g["max_variant_missing"], max_sample_missing=g["max_sample_missing"],
         min_maf=g["min_maf"], min_maf_per_env=g["min_maf_per_env"], standardize=g["standardize_dosages"],
     )
-    # --workers: the worker processes start (and import) while the data load, not after.
-    clients = dask_client(g["scheduler"], g["workers"]).begin()
-    try:
-        loaded = load_genetic_data(
-            bfile=g["bfile"], pfile=g["pfile"], bgen=g["bgen"], sample=g["sample"], vcf=g["vcf"],
-            vcf_dosage=g["vcf_dosage"], min_info=g["min_info"],
-            npy=g["npy"], npy_samples=g["npy_samples"], npy_variants=g["npy_variants"],
-            pheno=g["pheno"], env_col=env_col, exposure=exposure, outcome=outcome,
-            covariates=[c.strip() for c in covariates.split(",") if c.strip()] if covariates else (),
-            iid_col=g["iid_col"], fid_col=g["fid_col"], id_match=g["id_match"], extract=g["extract"],
-            region=g["region"], exclude=g["exclude"], chromosomes=g["chromosomes"], keep=g["keep"], remove=g["remove"],
-            qc=qc, min_samples_per_env=g["min_env_samples"], count_a1=g["dosage_of"] == "A1",
-            missing_codes=parse_missing_codes(g["missing_code"]), cluster=cluster,
-            streaming=streaming, memory_gb=g["memory_gb"], subsample_rows=g["subsample_rows"], seed=ctx.seed,
-            extra_covariates=extra_covariates,
-        )
-        coded = check_outcome_type(loaded.data, outcome_type)
-        coded_12 = coded is not loaded.data
-        if coded_12:
-            from dataclasses import replace
+    loaded = load_genetic_data(
+        bfile=g["bfile"], pfile=g["pfile"], bgen=g["bgen"], sample=g["sample"], vcf=g["vcf"],
+        vcf_dosage=g["vcf_dosage"], min_info=g["min_info"],
+        npy=g["npy"], npy_samples=g["npy_samples"], npy_variants=g["npy_variants"],
+        pheno=g["pheno"], env_col=env_col, exposure=exposure, outcome=outcome,
+        covariates=[c.strip() for c in covariates.split(",") if c.strip()] if covariates else (),
+        iid_col=g["iid_col"], fid_col=g["fid_col"], id_match=g["id_match"], extract=g["extract"],
+        region=g["region"], exclude=g["exclude"], chromosomes=g["chromosomes"], keep=g["keep"], remove=g["remove"],
+        qc=qc, min_samples_per_env=g["min_env_samples"], count_a1=g["dosage_of"] == "A1",
+        missing_codes=parse_missing_codes(g["missing_code"]), cluster=cluster,
+        streaming=streaming, memory_gb=g["memory_gb"], subsample_rows=g["subsample_rows"], seed=ctx.seed,
+        extra_covariates=extra_covariates,
+    )
+    coded = check_outcome_type(loaded.data, outcome_type)
+    coded_12 = coded is not loaded.data
+    if coded_12:
+        from dataclasses import replace
 
-            loaded = replace(loaded, data=coded)
-    except BaseException:
-        clients.abandon()
-        raise
-    with clients as client:
+        loaded = replace(loaded, data=coded)
+    with dask_client(g["scheduler"], g["workers"]) as client:
         data = loaded.data if client is None else loaded.data.with_client(client)
         result = run_analysis(
             data, methods, ctx, command=command_line(),
@@ -425,13 +419,15 @@ class dask_client:
 
     def __init__(self, scheduler: str | None, workers: int | None):
         self.scheduler, self.workers = scheduler, workers
-        self.client = self.cluster = self._starting = None
+        self.client = self.cluster = None
 
     def __enter__(self):
         if self.scheduler is None and self.workers is None:
             return None
         try:
             from distributed import Client
+
+            from invariant_mr.passes.dask_passes import local_cluster
         except ImportError:  # pragma: no cover - dask[distributed] is a dependency
             raise InputError("--scheduler/--workers need dask.distributed (pip install 'dask[distributed]')") from None
         if self.scheduler is not None:
@@ -440,21 +436,8 @@ class dask_client:
             except (OSError, TimeoutError) as exc:
                 raise InputError(f"--scheduler {self.scheduler}: cannot connect ({exc})") from None
         else:
-            self.cluster, self.client = self.begin()._starting.result()
+            self.cluster, self.client = local_cluster(self.workers, preload=WORKER_PRELOAD)
         return self.client
-
-    def begin(self):
-        """`--workers N`: start the local cluster now, in the background (`StartingCluster`)."""
-        if self.workers is not None and self.scheduler is None and self._starting is None:
-            from invariant_mr.passes.dask_passes import StartingCluster
-
-            self._starting = StartingCluster(self.workers, preload=WORKER_PRELOAD)
-        return self
-
-    def abandon(self) -> None:
-        """Close a cluster `begin` started, when the run stops before using it."""
-        if self._starting is not None:
-            self._starting.close()
 
     def __exit__(self, *exc):
         if self.client is not None:

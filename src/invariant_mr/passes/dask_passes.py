@@ -220,40 +220,6 @@ def local_cluster(n_workers: int, preload: Sequence[str] = ()):
         raise
 
 
-class StartingCluster:
-    """A `local_cluster` started in a background thread: its worker processes spawn and import while
-    this process goes on (e.g. loads the data), instead of after it. `result()` waits for
-    (cluster, client) and raises what starting it raised; `close()` closes whatever was started."""
-
-    def __init__(self, n_workers: int, preload: Sequence[str] = ()):
-        import threading
-
-        self._out: tuple | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._start, args=(int(n_workers), tuple(preload)),
-                                        name="invariant-mr-dask-start", daemon=True)
-        self._thread.start()
-
-    def _start(self, n_workers: int, preload: tuple) -> None:
-        try:
-            self._out = local_cluster(n_workers, preload)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
-            self._error = exc
-
-    def result(self) -> tuple:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._out
-
-    def close(self) -> None:
-        self._thread.join()
-        if self._out is not None:
-            cluster, client = self._out
-            client.close()
-            cluster.close()
-
-
 def _aligned(result):
     """`result` with its arrays (at the top or in tuples and lists) memory-aligned: arrays that
     distributed deserialises from a worker's message can be unaligned and read-only, which
@@ -265,4 +231,4 @@ def _aligned(result):
     return result
 
 
-__all__ = ["CHUNKS_PER_WORKER", "DaskPasses", "NpyRows", "RowChunk", "StartingCluster", "local_cluster", "npy_chunks"]
+__all__ = ["CHUNKS_PER_WORKER", "DaskPasses", "NpyRows", "RowChunk", "local_cluster", "npy_chunks"]
