@@ -13,7 +13,7 @@ from invariant_mr.estimators.sufficient_stats import (
     accumulate_meats,
     partial_out,
 )
-from invariant_mr.passes import DaskPasses, LocalPasses, RowChunk, RowVectors, npy_chunks
+from invariant_mr.passes import ArrayRows, DaskPasses, LocalPasses, RowChunk, RowVectors, npy_chunks
 from invariant_mr.inference.tests_from_stats import (
     anderson_rubin_requests,
 )
@@ -145,6 +145,8 @@ def test_local_cluster_for_passes_workers_environment_balance_and_repeatability(
         with distributed.get_task_stream(client) as ts:
             first = DaskPasses(chunks, vectors, client=client).run(kernel)
         again = DaskPasses(chunks, vectors, client=client).run(kernel)
+        shared = DaskPasses.over_source(ArrayRows(sim.genotypes, block_rows=32), 8, vectors, client=client)
+        from_source = shared.run(kernel)
     finally:
         client.close()
         cluster.close()
@@ -155,3 +157,8 @@ def test_local_cluster_for_passes_workers_environment_balance_and_repeatability(
     scale = np.abs(stats.cross).max()
     assert np.abs(first.cross - stats.cross).max() <= 1e-12 * scale
     assert np.abs(first.sums - stats.sums).max() <= 1e-12 * np.abs(stats.sums).max()
+    # the same chunk bounds and blocks from one shared source: the same bits as the per-chunk readers
+    np.testing.assert_array_equal(from_source.cross, first.cross)
+    keys = [str(k) for k in dict(shared.graph(kernel).__dask_graph__())]
+    assert sum(k.startswith("suffstats-rows-") for k in keys) == 1  # the source once, not once per chunk
+    assert sum(k.startswith("suffstats-chunk-") for k in keys) == 8

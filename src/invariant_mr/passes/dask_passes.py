@@ -52,7 +52,8 @@ class RowChunk:
 
     start: int
     stop: int
-    read: Callable[[], Iterable[Block]]
+    #: None: rows [start, stop) of the source a `DaskPasses.over_source` reads (sent once, not per chunk).
+    read: Callable[[], Iterable[Block]] | None
     #: True when `read()` yields rows relative to `start` (e.g. `iter_blocks(rows=positions[start:stop])`
     #: of a `GenotypeSource`, whose slices index the rows it was given).
     local_rows: bool = False
@@ -79,13 +80,18 @@ def npy_chunks(path: str, n_chunks: int, block_rows: int | None = None) -> list[
     return [RowChunk(int(lo), int(hi), NpyRows(str(path), int(lo), int(hi), block_rows)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
 
 
-def _run_chunk(kernel, source, start: int, stop: int, vectors: RowVectors, block_rows: int | None, local_rows: bool):
-    """One task: the kernel over rows [start, stop), with row indices local to the chunk."""
+def _run_chunk(kernel, source, start: int, stop: int, vectors: RowVectors, block_rows: int | None, local_rows: bool,
+               rows=None):
+    """One task: the kernel over rows [start, stop), with row indices local to the chunk. `source`: the
+    chunk's reader, or None to read rows [start, stop) of `rows` (the runner's shared row source)."""
     local = vectors.rows(start, stop)
     acc = kernel.start()
     if isinstance(source, np.ndarray):  # a materialised Dask array chunk
         blocks = iter_array_blocks(source, block_rows)
         offset = 0
+    elif source is None:
+        blocks = rows.iter_blocks(start, stop)
+        offset = start
     else:
         blocks = source()
         offset = 0 if local_rows else start
@@ -113,6 +119,7 @@ class DaskPasses:
         self.vectors = vectors
         self.client = client
         self.block_rows = block_rows
+        self.rows = None  # the shared row source of `over_source`
         if hasattr(chunks, "to_delayed") and hasattr(chunks, "chunks"):
             if chunks.ndim != 2 or chunks.shape[0] != vectors.n:
                 raise InputError(f"the Dask array must be (n={vectors.n}, p), got {chunks.shape}")
@@ -135,9 +142,24 @@ class DaskPasses:
         if not self._parts:
             raise InputError("no row chunks")
 
-    def graph(self, kernel, *, kernel_data=None, vectors_data=None):
-        """The Delayed result of the reduction (not computed). `kernel_data`/`vectors_data`: the kernel
-        and the vectors already on the workers (futures of `Client.scatter`) instead of in the graph."""
+    @property
+    def n_chunks(self) -> int:
+        return len(self._parts)
+
+    @classmethod
+    def over_source(cls, rows, n_chunks: int, vectors: RowVectors, *, client=None) -> DaskPasses:
+        """Passes over `n_chunks` row chunks of `rows`, a row source (`iter_blocks(start, stop)` yielding
+        global row positions, `chunk_bounds(n)`: streamed genotypes, `ArrayRows`). The source goes to the
+        workers once per pass, not inside every chunk's task: it holds the sample table and n-length
+        row maps (3 MB pickled at n = 60,000), which per-chunk readers copied into the graph once per chunk."""
+        out = cls([RowChunk(lo, hi, None) for lo, hi in rows.chunk_bounds(n_chunks)], vectors, client=client)
+        out.rows = rows
+        return out
+
+    def graph(self, kernel, *, kernel_data=None, vectors_data=None, rows_data=None):
+        """The Delayed result of the reduction (not computed). `kernel_data`/`vectors_data`/`rows_data`:
+        the kernel, the vectors and the shared row source already on the workers (futures of
+        `Client.scatter`) instead of in the graph."""
         import uuid
 
         import dask
@@ -146,9 +168,12 @@ class DaskPasses:
         kernel_d = dask.delayed(kernel, name=f"suffstats-kernel-{token}") if kernel_data is None else kernel_data
         vectors_d = (dask.delayed(self.vectors, name=f"suffstats-vectors-{token}") if vectors_data is None
                      else vectors_data)
+        rows_d = rows_data
+        if rows_d is None and self.rows is not None:
+            rows_d = dask.delayed(self.rows, name=f"suffstats-rows-{token}")
         parts = [
             dask.delayed(_run_chunk, pure=True)(
-                kernel_d, src, lo, hi, vectors_d, self.block_rows, local,
+                kernel_d, src, lo, hi, vectors_d, self.block_rows, local, rows_d,
                 dask_key_name=f"suffstats-chunk-{token}-{i}",
             )
             for i, (src, lo, hi, local) in enumerate(self._parts)
@@ -175,9 +200,12 @@ class DaskPasses:
         # once, before the chunks. Inside the graph they would be computed on one worker, which the
         # scheduler then favours for every chunk (their data are there), so that the other worker
         # idled until work stealing moved chunks over.
-        # (Their futures are released on return, which frees the workers' copies.)
-        kernel_f, vectors_f = self.client.scatter([kernel, self.vectors], broadcast=True, hash=False)
-        future = self.client.compute(self.graph(kernel, kernel_data=kernel_f, vectors_data=vectors_f))
+        # The shared row source likewise. (Their futures are released on return, which frees the
+        # workers' copies.)
+        shared = [kernel, self.vectors] + ([] if self.rows is None else [self.rows])
+        kernel_f, vectors_f, *rows_f = self.client.scatter(shared, broadcast=True, hash=False)
+        future = self.client.compute(self.graph(kernel, kernel_data=kernel_f, vectors_data=vectors_f,
+                                                rows_data=rows_f[0] if rows_f else None))
         return _aligned(future.result())
 
 

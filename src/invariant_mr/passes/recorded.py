@@ -39,11 +39,11 @@ def row_passes(genotypes, vectors: RowVectors, *, client=None, n_chunks: int | N
     `dask_passes.CHUNKS_PER_WORKER` per worker), each read by its worker from the source."""
     if client is None:
         return LocalPasses(genotypes.iter_blocks, vectors), "local"
-    from invariant_mr.passes.dask_passes import CHUNKS_PER_WORKER, DaskPasses, RowChunk
+    from invariant_mr.passes.dask_passes import CHUNKS_PER_WORKER, DaskPasses
 
     n_chunks = n_chunks or max(2, CHUNKS_PER_WORKER * _n_workers(client))
-    chunks = [RowChunk(lo, hi, genotypes.reader(lo, hi)) for lo, hi in genotypes.chunk_bounds(n_chunks)]
-    return DaskPasses(chunks, vectors, client=client), f"dask ({len(chunks)} row chunks)"
+    runner = DaskPasses.over_source(genotypes, n_chunks, vectors, client=client)
+    return runner, f"dask ({runner.n_chunks} row chunks)"
 
 
 class RecordedPasses:
