@@ -48,18 +48,20 @@ Profiled on 60,000 x 1,000 (chunk timings, rusage and imports of each worker pro
 - **Fixed costs were the loss**, per run: the cluster start (a Python process per worker, `distributed`,
   then at the first task pandas, pyarrow and scipy, which unpickling `io.streamed_genotypes` and the
   kernels imports: about 0.85 CPU-s per worker; no torch), the dashboard's sampling profiler, system
-  monitor and event-loop tick (an idle cluster of 2 workers: 0.12 CPU-s per second), Dask's
-  `MALLOC_TRIM_THRESHOLD_=65536` in the workers (it turns off glibc's dynamic mmap threshold: twice
-  the page faults of the same chunks), and the second pass's kernel (61.5 MB pickled at p = 1,000,
+  monitor and event-loop tick (an idle cluster of 2 workers: 0.12 CPU-s per second), the row
+  source (its sample table and n-length row maps, 3 MB at n = 60,000) pickled into every chunk's
+  task, and the second pass's kernel (61.5 MB pickled at p = 1,000,
   32 MB of it the designs' m x m Gram matrices) computed into the graph on one worker, which the
   scheduler then favoured for the chunks.
 - **Now** (`passes/dask_passes.py`, `run --workers`): the workers preload the modules the kernels
-  need as they start, get the local run's malloc thresholds and no profiler; the kernel and row
+  need as they start and run no profiler; the kernel, the row source and the row
   vectors are broadcast to every worker before the chunks (no worker favoured), 4 row chunks per
   worker (a slowed worker leaves its chunks to the other), merged pairwise in a fixed order (the same
   bits on every run, within 1e-12 of the local pass). Tried and dropped: starting the cluster in a
-  background thread while the data load; on this loaded machine the main process spent about 1 CPU-s
-  more (its threads share one interpreter lock) and 1 worker ran slower in both pairs measured.
+  background thread while the data load (on this loaded machine the main process spent about 1 CPU-s
+  more, its threads sharing one interpreter lock, and 1 worker ran slower in both pairs measured);
+  the local run's malloc thresholds in the workers (half the page faults, but no measurable CPU saved
+  and 40-120 MiB more peak RSS with 2 workers).
 - **Still**: a worker process and `distributed` cost about 1.5-2 CPU-s per worker and 1-2 CPU-s in the
   main process per run, whatever n; the passes are the only part that divides among workers (the rest
   of the run, loading, QC and estimation, is the main process's). The second pass's kernel still ships

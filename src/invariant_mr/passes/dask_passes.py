@@ -35,10 +35,6 @@ SPLIT_EVERY = 2
 #: are read. (Each chunk costs one partial result, K m^2 floats, and one merge.)
 CHUNKS_PER_WORKER = 4
 
-#: glibc's largest dynamic mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX): what a worker's
-#: malloc is set to (see `local_cluster`).
-MMAP_THRESHOLD = 32 * 2**20
-
 
 @dataclass(frozen=True)
 class RowChunk:
@@ -213,13 +209,11 @@ def local_cluster(n_workers: int, preload: Sequence[str] = ()):
     """(cluster, client): a `distributed.LocalCluster` of `n_workers` single-threaded worker processes
     set up for passes, and its client. Close both (client first) when done.
 
-    The workers get Dask's usual pre-spawn environment (one BLAS thread each) but not its
-    `MALLOC_TRIM_THRESHOLD_=65536`: setting any malloc tunable turns off glibc's dynamic mmap
-    threshold, so every temporary above 128 KiB would be a fresh mapping whose pages fault on first
-    touch (about twice the page faults of the same chunks). They get instead the thresholds the
-    dynamic rule reaches in the local run (mmap above 32 MiB, the most it allows; trim above
-    twice that), set explicitly because the variable may already be in this process's environment
-    (a Nanny exports its pre-spawn environment here too) and children inherit it.
+    The workers keep Dask's pre-spawn environment: one BLAS thread each, and its
+    `MALLOC_TRIM_THRESHOLD_=65536`, which turns off glibc's dynamic mmap threshold and so doubles
+    a worker's page faults; giving the workers the local run's thresholds instead (mmap above
+    32 MiB, trim above 64 MiB) was measured (benchmarks/results/dask_workers.md) and saved no
+    measurable CPU while it raised the peak RSS of 2 workers by 40-120 MiB, so it is not done.
 
     `preload`: modules each worker imports as it starts (those that unpickling the kernels and row
     sources needs), so that the first pass does not wait for them. Partials are small beside a
@@ -233,12 +227,10 @@ def local_cluster(n_workers: int, preload: Sequence[str] = ()):
     import dask
     from distributed import Client, LocalCluster
 
-    environ = {**(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}),
-               "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD, "MALLOC_TRIM_THRESHOLD_": 2 * MMAP_THRESHOLD}
     quiet = {"distributed.worker.profile.enabled": False, "distributed.admin.system-monitor.interval": "2s",
              "distributed.admin.tick.interval": "500ms"}
     # Read as the scheduler and each Nanny are made; a Nanny hands its config to its worker process.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **quiet}):
+    with dask.config.set(quiet):
         cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True,
                                dashboard_address=None, silence_logs=40, preload=list(preload))
     try:
