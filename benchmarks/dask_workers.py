@@ -65,8 +65,11 @@ Profiled on 60,000 x 1,000 (chunk timings, rusage and imports of each worker pro
 - **Still**: a worker process and `distributed` cost about 1.5-2 CPU-s per worker and 1-2 CPU-s in the
   main process per run, whatever n; the passes are the only part that divides among workers (the rest
   of the run, loading, QC and estimation, is the main process's). The second pass's kernel still ships
-  the designs' Gram matrices, which the workers do not use (an `estimators` change). On this 2-core
-  machine other sessions' jobs take cores, so 2 workers seldom get 2 cores.
+  the designs' Gram matrices, which the workers do not use (an `estimators` change), and a worker
+  imports pandas and pyarrow only to unpickle the genotype source's sample table (an `io` change).
+- **Reading the table**: where the 2-worker rows' CPU / wall stays near 1, the workers never had two
+  cores at once (on this 2-core machine, other sessions' jobs held one), so those rows measure the
+  cluster's overhead, not what 2 workers gain on free cores.
 """
 
 
@@ -154,22 +157,22 @@ def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
         "`--streaming on`, each run a fresh process; medians over the rounds; \"vs local\": the median over "
         "rounds of the route's wall (CPU) over the local run's in the same round. CPU (s) includes the Dask "
         "workers. The machine is shared (2 cores, other sessions running), so wall time includes waiting for "
-        "a core.",
+        "a core; CPU / wall is the parallelism a run obtained (near 1: its processes shared one core).",
         "",
         f"    {meta['command']}",
         "",
-        "| n | p | what | rounds | wall (s) | CPU (s) | peak RSS (MiB) | wall vs local | CPU vs local | "
+        "| n | p | what | rounds | wall (s) | CPU (s) | CPU / wall | peak RSS (MiB) | wall vs local | CPU vs local | "
         "wall / bare | passes (s, wall) | rest of the run (s, wall) |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         b = bare.get((r["n"], r["p"]))
         if r is b:
             lines.append(f"| {r['n']:,} | {r['p']:,} | {r['what']} |  | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
-                         f"{peak_mib(r):,.0f} |  |  |  |  |  |")
+                         f"{r['cpu_s'] / r['wall_s']:.2f} | {peak_mib(r):,.0f} |  |  |  |  |  |")
             continue
         lines.append(f"| {r['n']:,} | {r['p']:,} | {r['what']} | {r['rounds']} | {r['wall_s']:.1f} | "
-                     f"{r['cpu_s']:.1f} | {peak_mib(r):,.0f} | {r['wall_vs_local']:.2f} | {r['cpu_vs_local']:.2f} | "
+                     f"{r['cpu_s']:.1f} | {r['cpu_s'] / r['wall_s']:.2f} | {peak_mib(r):,.0f} | {r['wall_vs_local']:.2f} | {r['cpu_vs_local']:.2f} | "
                      f"{r['wall_s'] / b['wall_s']:.2f} | {r['passes_s']:.1f} | {r['wall_s'] - r['passes_s']:.1f} |")
     lines += ["", "Each streamed pass (kind: median wall seconds), in order, and where:", ""]
     for r in rows:
@@ -196,7 +199,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--scratch", default=tempfile.gettempdir())
     ap.add_argument("--out", default=str(RESULTS / "dask_workers"))
+    ap.add_argument("--render", action="store_true", help="rewrite OUT.md from OUT.json (no runs)")
     args = ap.parse_args()
+    if args.render:
+        import json
+
+        saved = json.loads(Path(args.out + ".json").read_text())
+        write_outputs(saved["rows"], saved["meta"], Path(args.out))
+        return
     workers = [int(w) for w in args.workers.split(",")]
     scratch = Path(tempfile.mkdtemp(prefix="dask-workers-", dir=args.scratch))
     base = export_src(args.base, scratch) if args.base else None
