@@ -50,9 +50,9 @@ Profiled on 60,000 x 1,000 (chunk timings, rusage and imports of each worker pro
   kernels imports: about 0.85 CPU-s per worker; no torch), the dashboard's sampling profiler, system
   monitor and event-loop tick (an idle cluster of 2 workers: 0.12 CPU-s per second), the row
   source (its sample table and n-length row maps, 3 MB at n = 60,000) pickled into every chunk's
-  task, and the second pass's kernel (61.5 MB pickled at p = 1,000,
-  32 MB of it the designs' m x m Gram matrices) computed into the graph on one worker, which the
-  scheduler then favoured for the chunks.
+  task, and the kernel (61.5 MB pickled for the second pass at p = 1,000, 32 MB of it the designs'
+  m x m Gram matrices) and the row vectors computed into the graph on one worker, which the scheduler
+  may then favour for the chunks (in one profiled run one worker took 3 of a first pass's 4 chunks).
 - **Now** (`passes/dask_passes.py`, `run --workers`): the workers preload the modules the kernels
   need as they start and run no profiler; the kernel, the row source and the row
   vectors are broadcast to every worker before the chunks (no worker favoured), 4 row chunks per
