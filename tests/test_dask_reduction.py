@@ -13,7 +13,7 @@ from invariant_mr.estimators.sufficient_stats import (
     accumulate_meats,
     partial_out,
 )
-from invariant_mr.passes import DaskPasses, LocalPasses, RowChunk, RowVectors, npy_chunks
+from invariant_mr.passes import ArrayRows, DaskPasses, LocalPasses, RowChunk, RowVectors, npy_chunks
 from invariant_mr.inference.tests_from_stats import (
     anderson_rubin_requests,
 )
@@ -111,3 +111,53 @@ def test_row_chunks_with_local_slices(sim, vectors, local):
     # slices straight into the local accumulation too
     direct = EnvironmentCrossProducts.accumulate(_local_slice_blocks(G, 0, G.shape[0], 128), vectors)
     _assert_same((direct.cross,), (stats.cross,))
+
+
+def test_local_cluster_for_passes_workers_setup_balance_and_repeatability(tmp_path, sim, vectors, local):
+    """`local_cluster` (what `run --workers` starts): one BLAS thread in each worker, its
+    dashboard profiler off;
+    the preloaded modules imported before any task; the chunks of a pass spread over both workers;
+    the same chunks give the same bits on every run (a fixed merge order), within 1e-12 of the local
+    pass."""
+    import os
+    import sys
+
+    from invariant_mr.estimators.sufficient_stats import CrossProductKernel
+    from invariant_mr.passes.dask_passes import local_cluster
+
+    stats, passes = local
+    path = tmp_path / "genotypes.npy"
+    np.save(path, sim.genotypes)
+    chunks = npy_chunks(str(path), 8, block_rows=32)
+    cluster, client = local_cluster(2, preload=("invariant_mr.estimators.sufficient_stats",))
+    try:
+        import dask
+
+        seen = client.run(lambda: (os.environ.get("OPENBLAS_NUM_THREADS"),
+                                   "invariant_mr.estimators.sufficient_stats" in sys.modules,
+                                   dask.config.get("distributed.worker.profile.enabled")))
+        assert len(seen) == 2 and set(seen.values()) == {("1", True, False)}
+        assert dask.config.get("distributed.worker.profile.enabled")  # this process's config is left alone
+        kernel = CrossProductKernel(vectors.env_levels, vectors.q, vectors.covariate_names)
+        import distributed
+
+        with distributed.get_task_stream(client) as ts:
+            first = DaskPasses(chunks, vectors, client=client).run(kernel)
+        again = DaskPasses(chunks, vectors, client=client).run(kernel)
+        shared = DaskPasses.over_source(ArrayRows(sim.genotypes, block_rows=32), 8, vectors, client=client)
+        from_source = shared.run(kernel)
+    finally:
+        client.close()
+        cluster.close()
+    ran_on = {t["worker"] for t in ts.data if "suffstats-chunk-" in str(t["key"])}
+    assert len(ran_on) == 2
+    np.testing.assert_array_equal(first.cross, again.cross)  # bit for bit
+    np.testing.assert_array_equal(first.counts, stats.counts)
+    scale = np.abs(stats.cross).max()
+    assert np.abs(first.cross - stats.cross).max() <= 1e-12 * scale
+    assert np.abs(first.sums - stats.sums).max() <= 1e-12 * np.abs(stats.sums).max()
+    # the same chunk bounds and blocks from one shared source: the same bits as the per-chunk readers
+    np.testing.assert_array_equal(from_source.cross, first.cross)
+    keys = [str(k) for k in dict(shared.graph(kernel).__dask_graph__())]
+    assert sum(k.startswith("suffstats-rows-") for k in keys) == 1  # the source once, not once per chunk
+    assert sum(k.startswith("suffstats-chunk-") for k in keys) == 8

@@ -408,6 +408,11 @@ def genome_wide_pc_table(path, ld_r2, k: int, *, seed: int, quiet: bool):
     return table, record
 
 
+#: What a local worker imports as it starts: what unpickling the streamed row sources and the
+#: statistics' kernels needs (pandas and scipy among them), so that the first pass does not wait.
+WORKER_PRELOAD = ("invariant_mr.io.streamed_genotypes", "invariant_mr.estimators.sufficient_stats")
+
+
 class dask_client:
     """`--scheduler ADDRESS`: a client of that running cluster; `--workers N`: a local cluster of N
     single-threaded worker processes, closed on exit; neither: None (the passes run here)."""
@@ -420,7 +425,9 @@ class dask_client:
         if self.scheduler is None and self.workers is None:
             return None
         try:
-            from distributed import Client, LocalCluster
+            from distributed import Client
+
+            from invariant_mr.passes.dask_passes import local_cluster
         except ImportError:  # pragma: no cover - dask[distributed] is a dependency
             raise InputError("--scheduler/--workers need dask.distributed (pip install 'dask[distributed]')") from None
         if self.scheduler is not None:
@@ -429,9 +436,7 @@ class dask_client:
             except (OSError, TimeoutError) as exc:
                 raise InputError(f"--scheduler {self.scheduler}: cannot connect ({exc})") from None
         else:
-            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, silence_logs=40)
-            self.client = Client(self.cluster)
+            self.cluster, self.client = local_cluster(self.workers, preload=WORKER_PRELOAD)
         return self.client
 
     def __exit__(self, *exc):

@@ -18,7 +18,7 @@ stream shows which worker ran which chunk.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,11 @@ from invariant_mr.passes.rows import Block, RowVectors, iter_array_blocks, row_i
 
 #: Partials merged per reduction task (a binary tree keeps each merge to two K m^2 arrays).
 SPLIT_EVERY = 2
+
+#: Row chunks per worker by default: several, so that a worker slowed by other work on its core
+#: leaves its remaining chunks to the others, and the first partials merge while the last chunks
+#: are read. (Each chunk costs one partial result, K m^2 floats, and one merge.)
+CHUNKS_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,8 @@ class RowChunk:
 
     start: int
     stop: int
-    read: Callable[[], Iterable[Block]]
+    #: None: rows [start, stop) of the source a `DaskPasses.over_source` reads (sent once, not per chunk).
+    read: Callable[[], Iterable[Block]] | None
     #: True when `read()` yields rows relative to `start` (e.g. `iter_blocks(rows=positions[start:stop])`
     #: of a `GenotypeSource`, whose slices index the rows it was given).
     local_rows: bool = False
@@ -70,13 +76,18 @@ def npy_chunks(path: str, n_chunks: int, block_rows: int | None = None) -> list[
     return [RowChunk(int(lo), int(hi), NpyRows(str(path), int(lo), int(hi), block_rows)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
 
 
-def _run_chunk(kernel, source, start: int, stop: int, vectors: RowVectors, block_rows: int | None, local_rows: bool):
-    """One task: the kernel over rows [start, stop), with row indices local to the chunk."""
+def _run_chunk(kernel, source, start: int, stop: int, vectors: RowVectors, block_rows: int | None, local_rows: bool,
+               rows=None):
+    """One task: the kernel over rows [start, stop), with row indices local to the chunk. `source`: the
+    chunk's reader, or None to read rows [start, stop) of `rows` (the runner's shared row source)."""
     local = vectors.rows(start, stop)
     acc = kernel.start()
     if isinstance(source, np.ndarray):  # a materialised Dask array chunk
         blocks = iter_array_blocks(source, block_rows)
         offset = 0
+    elif source is None:
+        blocks = rows.iter_blocks(start, stop)
+        offset = start
     else:
         blocks = source()
         offset = 0 if local_rows else start
@@ -104,6 +115,7 @@ class DaskPasses:
         self.vectors = vectors
         self.client = client
         self.block_rows = block_rows
+        self.rows = None  # the shared row source of `over_source`
         if hasattr(chunks, "to_delayed") and hasattr(chunks, "chunks"):
             if chunks.ndim != 2 or chunks.shape[0] != vectors.n:
                 raise InputError(f"the Dask array must be (n={vectors.n}, p), got {chunks.shape}")
@@ -126,22 +138,44 @@ class DaskPasses:
         if not self._parts:
             raise InputError("no row chunks")
 
-    def graph(self, kernel):
-        """The Delayed result of the reduction (not computed)."""
+    @property
+    def n_chunks(self) -> int:
+        return len(self._parts)
+
+    @classmethod
+    def over_source(cls, rows, n_chunks: int, vectors: RowVectors, *, client=None) -> DaskPasses:
+        """Passes over `n_chunks` row chunks of `rows`, a row source (`iter_blocks(start, stop)` yielding
+        global row positions, `chunk_bounds(n)`: streamed genotypes, `ArrayRows`). The source goes to the
+        workers once per pass, not inside every chunk's task: it holds the sample table and n-length
+        row maps (3 MB pickled at n = 60,000), which per-chunk readers copied into the graph once per chunk."""
+        out = cls([RowChunk(lo, hi, None) for lo, hi in rows.chunk_bounds(n_chunks)], vectors, client=client)
+        out.rows = rows
+        return out
+
+    def graph(self, kernel, *, kernel_data=None, vectors_data=None, rows_data=None):
+        """The Delayed result of the reduction (not computed). `kernel_data`/`vectors_data`/`rows_data`:
+        the kernel, the vectors and the shared row source already on the workers (futures of
+        `Client.scatter`) instead of in the graph."""
         import uuid
 
         import dask
 
         token = uuid.uuid4().hex[:12]
-        kernel_d = dask.delayed(kernel, name=f"suffstats-kernel-{token}")
-        vectors_d = dask.delayed(self.vectors, name=f"suffstats-vectors-{token}")
+        kernel_d = dask.delayed(kernel, name=f"suffstats-kernel-{token}") if kernel_data is None else kernel_data
+        vectors_d = (dask.delayed(self.vectors, name=f"suffstats-vectors-{token}") if vectors_data is None
+                     else vectors_data)
+        rows_d = rows_data
+        if rows_d is None and self.rows is not None:
+            rows_d = dask.delayed(self.rows, name=f"suffstats-rows-{token}")
         parts = [
             dask.delayed(_run_chunk, pure=True)(
-                kernel_d, src, lo, hi, vectors_d, self.block_rows, local,
+                kernel_d, src, lo, hi, vectors_d, self.block_rows, local, rows_d,
                 dask_key_name=f"suffstats-chunk-{token}-{i}",
             )
             for i, (src, lo, hi, local) in enumerate(self._parts)
         ]
+        # Adjacent pairs, level by level: a fixed order of additions (the same bits on every run with
+        # the same chunks), and row order for the kernels whose merge stacks rows.
         level = 0
         while len(parts) > 1:
             parts = [
@@ -156,10 +190,54 @@ class DaskPasses:
         return parts[0]
 
     def run(self, kernel) -> Any:
-        result = self.graph(kernel)
-        if self.client is not None:
-            return _aligned(self.client.compute(result).result())
-        return result.compute()
+        if self.client is None:
+            return self.graph(kernel).compute()
+        # The kernel (tens of MB for a second pass: its designs) and the vectors go to every worker
+        # once, before the chunks. Inside the graph they would be computed on one worker, which the
+        # scheduler then favours for every chunk (their data are there), so that the other worker
+        # idled until work stealing moved chunks over.
+        # The shared row source likewise. (Their futures are released on return, which frees the
+        # workers' copies.)
+        shared = [kernel, self.vectors] + ([] if self.rows is None else [self.rows])
+        kernel_f, vectors_f, *rows_f = self.client.scatter(shared, broadcast=True, hash=False)
+        future = self.client.compute(self.graph(kernel, kernel_data=kernel_f, vectors_data=vectors_f,
+                                                rows_data=rows_f[0] if rows_f else None))
+        return _aligned(future.result())
+
+
+def local_cluster(n_workers: int, preload: Sequence[str] = ()):
+    """(cluster, client): a `distributed.LocalCluster` of `n_workers` single-threaded worker processes
+    set up for passes, and its client. Close both (client first) when done.
+
+    The workers keep Dask's pre-spawn environment: one BLAS thread each, and its
+    `MALLOC_TRIM_THRESHOLD_=65536`, which turns off glibc's dynamic mmap threshold and so doubles
+    a worker's page faults; giving the workers the local run's thresholds instead (mmap above
+    32 MiB, trim above 64 MiB) was measured (benchmarks/results/dask_workers.md) and saved no
+    measurable CPU while it raised the peak RSS of 2 workers by 40-120 MiB, so it is not done.
+
+    `preload`: modules each worker imports as it starts (those that unpickling the kernels and row
+    sources needs), so that the first pass does not wait for them. Partials are small beside a
+    worker's memory, so the memory limits stay Dask's defaults.
+
+    The dashboard's instruments are off or slowed (there is no dashboard): each worker's sampling
+    profiler (every 10 ms), the system monitors and the event-loop tick cost an idle cluster of two
+    workers about 0.12 CPU-seconds a second, 0.02 without them (measured on this project's 2-core
+    machine), CPU the passes then lack on a shared machine.
+    """
+    import dask
+    from distributed import Client, LocalCluster
+
+    quiet = {"distributed.worker.profile.enabled": False, "distributed.admin.system-monitor.interval": "2s",
+             "distributed.admin.tick.interval": "500ms"}
+    # Read as the scheduler and each Nanny are made; a Nanny hands its config to its worker process.
+    with dask.config.set(quiet):
+        cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=40, preload=list(preload))
+    try:
+        return cluster, Client(cluster)
+    except BaseException:
+        cluster.close()
+        raise
 
 
 def _aligned(result):
@@ -173,4 +251,4 @@ def _aligned(result):
     return result
 
 
-__all__ = ["DaskPasses", "NpyRows", "RowChunk", "npy_chunks"]
+__all__ = ["CHUNKS_PER_WORKER", "DaskPasses", "NpyRows", "RowChunk", "local_cluster", "npy_chunks"]

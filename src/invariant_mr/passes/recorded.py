@@ -36,14 +36,14 @@ _REUSE_BYTES = 128 * 2**20
 def row_passes(genotypes, vectors: RowVectors, *, client=None, n_chunks: int | None = None) -> tuple[RowPasses, str]:
     """(the runner, where it runs) for passes over `genotypes` (a streamed source or `ArrayRows`):
     local without a Dask client; with one, a Dask reduction over `n_chunks` row chunks (default
-    two per worker), each read by its worker from the source."""
+    `dask_passes.CHUNKS_PER_WORKER` per worker), each read by its worker from the source."""
     if client is None:
         return LocalPasses(genotypes.iter_blocks, vectors), "local"
-    from invariant_mr.passes.dask_passes import DaskPasses, RowChunk
+    from invariant_mr.passes.dask_passes import CHUNKS_PER_WORKER, DaskPasses
 
-    n_chunks = n_chunks or max(2, 2 * _n_workers(client))
-    chunks = [RowChunk(lo, hi, genotypes.reader(lo, hi)) for lo, hi in genotypes.chunk_bounds(n_chunks)]
-    return DaskPasses(chunks, vectors, client=client), f"dask ({len(chunks)} row chunks)"
+    n_chunks = n_chunks or max(2, CHUNKS_PER_WORKER * _n_workers(client))
+    runner = DaskPasses.over_source(genotypes, n_chunks, vectors, client=client)
+    return runner, f"dask ({runner.n_chunks} row chunks)"
 
 
 class RecordedPasses:
