@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from battery import export_src  # noqa: E402  (the src/ tree of an earlier commit)
 from scale import METHODS, fileset_and_bare, measured, peak_mib, run_args, run_record, write_json_rows  # noqa: E402
 from table_provenance import ROOT, command_line, git_commit  # noqa: E402
 
@@ -79,16 +80,6 @@ def src_command(src: Path, cmd: list[str]) -> list[str]:
     code = f"import sys; sys.path.insert(0, {str(src)!r}); from invariant_mr.cli import main; sys.exit(main())"
     assert cmd[1:3] == ["-m", "invariant_mr.cli"]
     return [cmd[0], "-c", code, *cmd[3:]]
-
-
-def export_src(commit: str, scratch: Path) -> tuple[Path, str]:
-    """The `src/` tree of `commit` (git archive) in a scratch folder, and the full hash."""
-    full = subprocess.run(["git", "-C", str(ROOT), "rev-parse", commit], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    dest = Path(tempfile.mkdtemp(prefix="dask-base-src-", dir=scratch))
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", full, "src"], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest / "src", full
 
 
 def measure_size(n: int, p: int, workers: list[int], seed: int, scratch: Path, repeats: int,
