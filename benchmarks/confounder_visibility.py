@@ -34,10 +34,11 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from genetic_settings import SCENARIOS  # noqa: E402
+from genetic_settings import SCENARIOS, genome_wide_pcs  # noqa: E402
 from table_provenance import git_commit  # noqa: E402
 
-from invariant_mr.estimators.genotype_pcs import genotype_pcs, randomized_genotype_pcs, row_blocks_of_array  # noqa: E402
+from invariant_mr.estimators.genotype_pcs import genotype_pcs  # noqa: E402
+from invariant_mr.estimators.iv import orthonormal_basis, residualize  # noqa: E402
 from invariant_mr.io.output import atomic_write_text  # noqa: E402
 from invariant_mr.provenance import cpu_model  # noqa: E402
 from invariant_mr.simulation.genetic_dataset import simulate_genetic  # noqa: E402
@@ -48,16 +49,11 @@ DEFAULT_SCENARIOS = ("bn-fst0.1", "coalescent-ooa", "coalescent-ooa-gwanc", "coa
 ADJUSTMENTS = ("environment only", "+ 10 instrument PCs", "+ 10 genome-wide PCs")
 
 
-def _residualise(A: np.ndarray, C: np.ndarray) -> np.ndarray:
-    coef, *_ = np.linalg.lstsq(C, A, rcond=None)
-    return A - C @ coef
-
-
 def leak(H: np.ndarray, Z: np.ndarray, C: np.ndarray) -> float:
     """R² of H on Z after partialling out C, less the m / n that m unrelated columns reach by chance."""
-    h = _residualise(H[:, None], C)[:, 0]
-    Zc = _residualise(Z, C)
-    fitted = Zc @ np.linalg.lstsq(Zc, h, rcond=None)[0]
+    adjustment = orthonormal_basis(C)
+    h = residualize(H[:, None], adjustment)[:, 0]
+    fitted = h - residualize(h[:, None], orthonormal_basis(residualize(Z, adjustment)))[:, 0]
     return float(fitted @ fitted / (h @ h) - Z.shape[1] / Z.shape[0])
 
 
@@ -69,7 +65,7 @@ def measure(name: str, seed: int) -> dict:
     Z = Z[:, keep]
     env = np.unique(sim.env, return_inverse=True)[1]
     E = np.eye(env.max() + 1)[env]
-    gw = randomized_genotype_pcs(row_blocks_of_array(sim.latent["genome_genotypes"]), 10, seed=seed).scores
+    gw = genome_wide_pcs(sim, k=10, seed=seed).scores
     controls = {
         ADJUSTMENTS[0]: E,
         ADJUSTMENTS[1]: np.column_stack([E, genotype_pcs(Z, 10)]),

@@ -342,16 +342,20 @@ def within_env_standardized(data):
     return replace(data, Z=Z)
 
 
-def with_genome_wide_pcs(data, sim, *, k: int = 10, seed: int = 0):
-    """The data with the top-k genome-wide PCs (streamed randomised SVD over every distinct common SNP
-    of the simulation, what `run --pcs-from` computes) as covariates PC1..PCk."""
-    from dataclasses import replace
-
+def genome_wide_pcs(sim, *, k: int = 10, seed: int = 0):
+    """The top-k PCs of the simulation's genome-wide panel (`latent["genome_genotypes"]`): the streamed
+    randomised SVD that `run --pcs-from` computes."""
     from invariant_mr.estimators.genotype_pcs import randomized_genotype_pcs, row_blocks_of_array
 
-    genome = sim.latent["genome_genotypes"]
+    return randomized_genotype_pcs(row_blocks_of_array(sim.latent["genome_genotypes"]), k, seed=seed)
+
+
+def with_genome_wide_pcs(data, sim, *, k: int = 10, seed: int = 0):
+    """The data with the top-k genome-wide PCs (`genome_wide_pcs`) as covariates PC1..PCk."""
+    from dataclasses import replace
+
     start = time.perf_counter()
-    pcs = randomized_genotype_pcs(row_blocks_of_array(genome), k, seed=seed)
+    pcs = genome_wide_pcs(sim, k=k, seed=seed)
     record = {"n_variants": int(pcs.variant_mask.sum()), "seconds": time.perf_counter() - start,
               "passes": pcs.passes}
     return replace(data, covariates=pcs.scores, covariate_names=tuple(f"PC{j + 1}" for j in range(k))), record
