@@ -15,7 +15,6 @@ worker can read its own row chunk (`reader(start, stop)`), and it reads any set 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -128,10 +127,6 @@ class StreamedGenotypes:
         n_chunks = int(max(1, min(n_chunks, self.n)))
         bounds = np.linspace(0, self.n, n_chunks + 1).astype(int)
         return [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-
-    def reader(self, start: int, stop: int):
-        """A picklable zero-argument callable yielding the blocks of rows [start, stop)."""
-        return functools.partial(self.iter_blocks, int(start), int(stop))
 
     def describe(self) -> dict:
         return {

@@ -72,9 +72,6 @@ class ArrayRows:
         bounds = np.linspace(0, self.n, n_chunks + 1).astype(int)
         return [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
 
-    def reader(self, start: int, stop: int):
-        return lambda: self.iter_blocks(start, stop)
-
 
 def frozen_copy(arr, dtype=float) -> np.ndarray:
     """A read-only copy (what frozen containers hold, so no caller can change them later)."""
